@@ -23,6 +23,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DIV = {"epoch_s": 1, "epoch_ms": 1_000, "epoch_us": 1_000_000}
 # Readings stamped further than this in the future are a broken device clock.
 MAX_CLOCK_AHEAD = timedelta(days=1)
+# No meter reads 10^18 of anything; bigger numbers are corrupt or hostile.
+_IMPLAUSIBLE = Decimal(10) ** 18
 
 
 def _topic_regex(pattern: str) -> re.Pattern[str]:
@@ -145,11 +147,11 @@ class CompiledProfile:
             found = self.device_id.get(record)
             if found is MISSING or found is None or found == "":
                 raise ValidationFailed("missing field", detail=self.device_id.text)
-            return str(found)[:128]
+            return _clean_id(str(found))
         device_id = captures.get("device_id")
         if not device_id:
             raise ValidationFailed("missing field", detail="device_id")
-        return device_id[:128]
+        return _clean_id(device_id)
 
     def _timestamp(self, record: object, message: RawMessage) -> datetime:
         if self.ts_path is None or self.timestamp is None:
@@ -180,6 +182,8 @@ class CompiledProfile:
                 raise ValidationFailed("not a number", detail=f"{meter.name}: {str(raw)[:40]!r}") from err
             if number in meter.missing:
                 return None
+            if abs(number) >= _IMPLAUSIBLE:
+                raise ValidationFailed("value out of range", detail=f"{meter.name}: implausibly large")
             if spec.min is not None and number < spec.min or spec.max is not None and number > spec.max:
                 raise ValidationFailed("value out of range", detail=f"{meter.name}={number}")
             value = number * spec.scale
@@ -195,6 +199,15 @@ class CompiledProfile:
                           unit=spec.unit, kind=spec.kind, profile_id=self.profile.id,
                           service=self.profile.service, received_at=message.received_at,
                           reset_marker=reset, text_value=text_value)
+
+
+_ID_OK = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
+
+
+def _clean_id(device_id: str) -> str:
+    if not _ID_OK.match(device_id):
+        raise ValidationFailed("bad device id", detail=repr(device_id[:40]))
+    return device_id
 
 
 def _oid_value(record: object, oid: str) -> object:

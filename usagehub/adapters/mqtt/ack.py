@@ -1,0 +1,36 @@
+"""Acknowledge QoS 1/2 messages only after their durable commit.
+
+aiomqtt acknowledges on receipt; paho (underneath) can be switched to manual
+acknowledgement. This is the one place that reaches into aiomqtt's private paho
+client; the adapter's tests run it against a real Mosquitto.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiomqtt
+
+log = logging.getLogger(__name__)
+
+
+class ManualAck:
+    """Manual PUBACK for one connection: create before connecting, ack after commit."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._paho = client._client  # noqa: SLF001 — see module docstring
+        self._paho.manual_ack_set(True)
+        self.failed = 0
+
+    def ack(self, message: aiomqtt.Message) -> None:
+        """Send the PUBACK of ``message`` on the connection it arrived on.
+
+        A message of an earlier connection is never acked on a later one: its
+        message id may be reused there; the broker redelivers it instead and the
+        pipeline's identity check counts it once.
+        """
+        if message.qos == 0:
+            return
+        rc = self._paho.ack(message.mid, message.qos)
+        if rc != 0:
+            self.failed += 1

@@ -1,0 +1,107 @@
+"""MQTT adapter on aiomqtt: persistent session, QoS 1, acknowledgement after commit."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import re
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+from paho.mqtt import client as paho_client
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from usagehub.adapters.base import AdapterSettings, Receipt, Sink
+from usagehub.adapters.mqtt.ack import ManualAck
+from usagehub.adapters.mqtt.config import MqttConfig
+from usagehub.core.events import RawMessage
+
+log = logging.getLogger(__name__)
+
+
+def profile_topics(settings: AdapterSettings) -> list[str]:
+    """Subscription filters for the mqtt profiles: ``{placeholders}`` become ``+``."""
+    topics = {re.sub(r"\{[a-z_]+\}", "+", p.match.topic or "#")
+              for p in settings.profiles if p.match.transport == "mqtt"}
+    return sorted(topics)
+
+
+class MqttAdapter:
+    """Subscribes to device topics and submits every message; reconnects with jittered backoff."""
+
+    def __init__(self, config: MqttConfig, settings: AdapterSettings) -> None:
+        self.config = config
+        self.topics = config.topics or profile_topics(settings)
+        self.connected = asyncio.Event()
+        self.client: aiomqtt.Client | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.connected.clear()
+
+    def _client(self) -> tuple[aiomqtt.Client, ManualAck]:
+        v5 = self.config.protocol == "5"
+        props = None
+        if v5:
+            # Receive Maximum: how many unacknowledged QoS 1 messages the broker may
+            # send us; acks wait for a commit, so a small window would stall ingest.
+            props = Properties(PacketTypes.CONNECT)
+            props.ReceiveMaximum = 65535
+            props.SessionExpiryInterval = 7 * 24 * 3600
+        client = aiomqtt.Client(
+            self.config.host, self.config.port, username=self.config.username,
+            password=self.config.password, identifier=self.config.client_id,
+            clean_session=None if v5 else False,
+            clean_start=False if v5 else paho_client.MQTT_CLEAN_START_FIRST_ONLY,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            keepalive=self.config.keepalive_s, properties=props,
+            tls_params=aiomqtt.TLSParameters() if self.config.tls else None,
+        )
+        return client, ManualAck(client)
+
+    async def run(self, sink: Sink) -> None:
+        """Receive until cancelled; a lost connection is retried with jittered backoff."""
+        delay = 0.5
+        while True:
+            client, acks = self._client()
+            try:
+                async with client:
+                    self.client = client
+                    await client.subscribe([(t, self.config.qos) for t in self.topics])
+                    log.info("mqtt connected to %s:%s, subscribed to %s", self.config.host, self.config.port,
+                             ", ".join(self.topics))
+                    self.connected.set()
+                    delay = 0.5
+                    await self._pump(client, acks, sink)
+            except aiomqtt.MqttError as err:
+                self.connected.clear()
+                log.warning("mqtt connection to %s:%s lost (%s); retrying in %.1fs",
+                            self.config.host, self.config.port, err, delay)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self.config.reconnect_max_s)
+
+    async def _pump(self, client: aiomqtt.Client, acks: ManualAck, sink: Sink) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            raw = RawMessage(
+                transport="mqtt", topic=message.topic.value,
+                payload=payload if isinstance(payload, bytes) else str(payload).encode(),
+                received_at=datetime.now(UTC),
+            )
+            future = await sink.submit(raw)
+            if message.qos:
+                future.add_done_callback(functools.partial(_ack_when_stored, acks, message))
+
+
+def _ack_when_stored(acks: ManualAck, message: aiomqtt.Message, future: asyncio.Future[Receipt]) -> None:
+    # A failed or cancelled commit is never acknowledged: the broker redelivers.
+    if not future.cancelled() and future.exception() is None:
+        acks.ack(message)

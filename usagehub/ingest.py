@@ -1,0 +1,215 @@
+"""The ingest pipeline: batches raw messages, decodes them by profile and commits them exactly once.
+
+A batch is written in one transaction — new events (identity-checked), what
+later stages derive from them (batch hooks: usage, sessions, balances) and the
+quarantine rows — and only after COMMIT does each submitter's future resolve,
+which is when adapters acknowledge their senders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from psycopg_pool import AsyncConnectionPool
+
+from usagehub import metrics
+from usagehub.adapters.base import Outcome, Receipt
+from usagehub.core.decode import ProfileSet
+from usagehub.core.events import RawMessage, UsageEvent
+from usagehub.errors import DecodeError, StorageError, StorageUnavailable
+from usagehub.storage.events import (
+    EventKey,
+    PartitionCache,
+    QuarantineItem,
+    event_key,
+    insert_events,
+    insert_quarantine,
+)
+from usagehub.storage.pool import Connection, mapped_errors
+from usagehub.storage.registry import KnownDevices
+
+log = logging.getLogger(__name__)
+
+BatchHook = Callable[[Connection, Sequence[UsageEvent]], Awaitable[None]]
+Listener = Callable[[Sequence[UsageEvent]], None]
+
+
+@dataclass(slots=True)
+class _Item:
+    message: RawMessage
+    future: asyncio.Future[Receipt]
+    events: list[UsageEvent] = field(default_factory=list)
+    quarantine: QuarantineItem | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineSettings:
+    """Batching knobs: a batch closes at ``batch_max_messages`` or after ``batch_max_wait_ms``."""
+
+    batch_max_messages: int = 2000
+    batch_max_wait_ms: float = 20.0
+    queue_max_messages: int = 50_000
+    retry_max_s: float = 10.0
+
+
+class Pipeline:
+    """Implements the adapters' Sink: ``submit`` enqueues, ``run`` commits batches."""
+
+    def __init__(self, pool: AsyncConnectionPool, profiles: ProfileSet, devices: KnownDevices,
+                 settings: PipelineSettings | None = None) -> None:
+        self.pool, self.profiles, self.devices = pool, profiles, devices
+        self.settings = settings or PipelineSettings()
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(self.settings.queue_max_messages)
+        self._partitions = PartitionCache()
+        self.hooks: list[BatchHook] = []
+        self.listeners: list[Listener] = []
+        self.totals = {"messages": 0, "accepted": 0, "duplicates": 0, "quarantined": 0, "batches": 0}
+
+    async def submit(self, message: RawMessage) -> asyncio.Future[Receipt]:
+        """Enqueue ``message``; the future resolves with its receipt after the batch commits."""
+        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Item(message, future))
+        metrics.MESSAGES_IN.labels(message.transport).inc()
+        return future
+
+    async def run(self) -> None:
+        """Commit batches until cancelled; on cancel, the batch in hand is finished first."""
+        while True:
+            batch = await self._collect()
+            await asyncio.shield(self._commit_with_retry(batch))
+
+    async def drain(self) -> None:
+        """Commit everything queued so far (used at shutdown, after adapters stop receiving)."""
+        while not self._queue.empty():
+            batch = [self._queue.get_nowait() for _ in range(min(self._queue.qsize(),
+                                                                self.settings.batch_max_messages))]
+            await self._commit_with_retry(batch)
+
+    async def _collect(self) -> list[_Item]:
+        first = await self._queue.get()
+        batch = [first]
+        deadline = time.monotonic() + self.settings.batch_max_wait_ms / 1000
+        limit = self.settings.batch_max_messages
+        while len(batch) < limit:
+            while len(batch) < limit and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            remaining = deadline - time.monotonic()
+            if len(batch) >= limit or remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    batch.append(await self._queue.get())
+            except TimeoutError:
+                break
+        metrics.QUEUE_DEPTH.set(self._queue.qsize())
+        return batch
+
+    async def _commit_with_retry(self, batch: list[_Item]) -> None:
+        await self._decode(batch)
+        delay = 0.2
+        while True:
+            try:
+                await self._commit(batch)
+                return
+            except StorageUnavailable as err:
+                metrics.BATCH_RETRIES.inc()
+                log.warning("batch of %d messages not stored (%s); retrying in %.1fs", len(batch), err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_s)
+            except StorageError as err:
+                if len(batch) == 1:
+                    await self._quarantine_after_refusal(batch[0], err)
+                    return
+                # One message the database refuses must not hold back the others: split and retry.
+                half = len(batch) // 2
+                await self._commit_with_retry(batch[:half])
+                await self._commit_with_retry(batch[half:])
+                return
+
+    async def _decode(self, batch: list[_Item]) -> None:
+        for item in batch:
+            if item.events or item.quarantine:
+                continue
+            try:
+                item.events = self.profiles.decode(item.message)
+            except DecodeError as err:
+                item.quarantine = QuarantineItem(message=item.message, reason=err.reason, detail=err.detail)
+        candidates = {e.device_id for item in batch for e in item.events}
+        unknown = await self.devices.unknown(candidates)
+        for item in batch:
+            if item.events and item.events[0].device_id in unknown:
+                item.quarantine = QuarantineItem(message=item.message, reason="unknown device",
+                                                 detail=item.events[0].device_id,
+                                                 device_id=item.events[0].device_id,
+                                                 profile_id=item.events[0].profile_id)
+                item.events = []
+
+    async def _commit(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        events = [e for item in batch for e in item.events]
+        quarantine = [item.quarantine for item in batch if item.quarantine]
+        async with mapped_errors(), self.pool.connection() as conn:
+            async with conn.transaction():
+                await self._partitions.ensure(conn, events)
+                new_keys = await insert_events(conn, events)
+                new_events = _first_claims(events, new_keys)
+                for hook in self.hooks:
+                    await hook(conn, new_events)
+                q_ids = await insert_quarantine(conn, quarantine)
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(batch))
+        self._resolve(batch, new_keys, q_ids)
+        for listener in self.listeners:
+            listener(new_events)
+
+    def _resolve(self, batch: list[_Item], new_keys: set[EventKey], q_ids: list[int]) -> None:
+        totals = self.totals
+        totals["batches"] += 1
+        q_iter = iter(q_ids)
+        for item in batch:
+            totals["messages"] += 1
+            if item.quarantine is not None:
+                receipt = Receipt(outcome=Outcome.QUARANTINED, reason=item.quarantine.reason,
+                                  quarantine_id=next(q_iter), device_id=item.quarantine.device_id)
+                metrics.QUARANTINED.labels(item.quarantine.reason).inc()
+                totals["quarantined"] += 1
+            else:
+                fresh = 0
+                for e in item.events:  # the first claim of a new key is the new one; later copies are dups
+                    key = event_key(e)
+                    if key in new_keys:
+                        new_keys.discard(key)
+                        fresh += 1
+                dup = len(item.events) - fresh
+                receipt = Receipt(outcome=Outcome.ACCEPTED if fresh else Outcome.DUPLICATE,
+                                  accepted=fresh, duplicates=dup, device_id=item.events[0].device_id)
+                totals["accepted"] += fresh
+                totals["duplicates"] += dup
+                metrics.EVENTS_ACCEPTED.inc(fresh)
+                metrics.EVENTS_DUPLICATE.inc(dup)
+            if not item.future.done():
+                item.future.set_result(receipt)
+
+    async def _quarantine_after_refusal(self, item: _Item, err: StorageError) -> None:
+        item.quarantine = QuarantineItem(message=item.message, reason="refused by storage", detail=str(err),
+                                         device_id=item.events[0].device_id if item.events else None)
+        item.events = []
+        await self._commit_with_retry([item])
+
+
+def _first_claims(events: Sequence[UsageEvent], new_keys: set[EventKey]) -> list[UsageEvent]:
+    """The events whose identity was new, each identity once (a batch may carry copies)."""
+    if len(new_keys) == len(events):
+        return list(events)
+    unclaimed = set(new_keys)
+    out = []
+    for e in events:
+        key = event_key(e)
+        if key in unclaimed:
+            unclaimed.discard(key)
+            out.append(e)
+    return out

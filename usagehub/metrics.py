@@ -1,0 +1,22 @@
+"""Prometheus metrics: per-message signals are counters here, never log lines."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+MESSAGES_IN = Counter("usagehub_messages_in_total", "Raw messages received", ["transport"], registry=REGISTRY)
+EVENTS_ACCEPTED = Counter("usagehub_events_accepted_total", "New usage events stored", registry=REGISTRY)
+EVENTS_DUPLICATE = Counter("usagehub_events_duplicate_total", "Events already stored (replays, redeliveries)",
+                           registry=REGISTRY)
+QUARANTINED = Counter("usagehub_quarantined_total", "Messages stored in quarantine", ["reason"],
+                      registry=REGISTRY)
+BATCH_SIZE = Histogram("usagehub_batch_messages", "Messages per committed batch",
+                       buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000), registry=REGISTRY)
+COMMIT_SECONDS = Histogram("usagehub_commit_seconds", "Time to write and commit one batch",
+                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+                           registry=REGISTRY)
+BATCH_RETRIES = Counter("usagehub_batch_retries_total", "Batches retried after a storage failure",
+                        registry=REGISTRY)
+QUEUE_DEPTH = Gauge("usagehub_pipeline_queue_depth", "Messages waiting for a batch", registry=REGISTRY)

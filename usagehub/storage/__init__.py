@@ -1,0 +1,1 @@
+"""PostgreSQL storage: the pool, migrations, the embedded server and the repositories."""

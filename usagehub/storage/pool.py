@@ -1,0 +1,40 @@
+"""The one async connection pool and the mapping of psycopg errors to StorageError."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from usagehub.errors import IntegrityViolation, StorageError, StorageUnavailable
+
+Connection = psycopg.AsyncConnection[tuple[object, ...]]
+
+
+async def open_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> AsyncConnectionPool:
+    """An open pool on ``url``; raises StorageUnavailable when the database cannot be reached."""
+    pool: AsyncConnectionPool = AsyncConnectionPool(
+        url, min_size=min_size, max_size=max_size, open=False, timeout=15,
+        kwargs={"autocommit": True, "application_name": "usagehub"},
+    )
+    try:
+        await pool.open(wait=True, timeout=15)
+    except Exception as err:
+        await pool.close()
+        raise StorageUnavailable(f"cannot connect to the database: {err}") from err
+    return pool
+
+
+@contextlib.asynccontextmanager
+async def mapped_errors() -> AsyncIterator[None]:
+    """Turn psycopg exceptions into the StorageError family at the storage boundary."""
+    try:
+        yield
+    except psycopg.errors.IntegrityError as err:
+        raise IntegrityViolation(str(err).splitlines()[0]) from err
+    except psycopg.OperationalError as err:
+        raise StorageUnavailable(str(err).splitlines()[0] if str(err) else "database unavailable") from err
+    except psycopg.Error as err:
+        raise StorageError(str(err).splitlines()[0] if str(err) else type(err).__name__) from err
