@@ -68,6 +68,8 @@ class Pipeline:
         self.hooks: list[BatchHook] = []
         self.listeners: list[Listener] = []
         self.totals = {"messages": 0, "accepted": 0, "duplicates": 0, "quarantined": 0, "batches": 0}
+        self._inflight: asyncio.Future[None] | None = None
+        self._pending: list[_Item] = []  # taken off the queue when a cancel arrived
 
     async def submit(self, message: RawMessage) -> asyncio.Future[Receipt]:
         """Enqueue ``message``; the future resolves with its receipt after the batch commits."""
@@ -80,10 +82,16 @@ class Pipeline:
         """Commit batches until cancelled; on cancel, the batch in hand is finished first."""
         while True:
             batch = await self._collect()
-            await asyncio.shield(self._commit_with_retry(batch))
+            self._inflight = asyncio.ensure_future(self._commit_with_retry(batch))
+            await asyncio.shield(self._inflight)
 
     async def drain(self) -> None:
-        """Commit everything queued so far (used at shutdown, after adapters stop receiving)."""
+        """Commit everything received so far (at shutdown, after adapters stop and ``run`` is cancelled)."""
+        if self._inflight is not None:
+            await asyncio.gather(self._inflight, return_exceptions=True)
+        if self._pending:
+            batch, self._pending = self._pending, []
+            await self._commit_with_retry(batch)
         while not self._queue.empty():
             batch = [self._queue.get_nowait() for _ in range(min(self._queue.qsize(),
                                                                 self.settings.batch_max_messages))]
@@ -92,6 +100,13 @@ class Pipeline:
     async def _collect(self) -> list[_Item]:
         first = await self._queue.get()
         batch = [first]
+        try:
+            return await self._fill(batch)
+        except asyncio.CancelledError:
+            self._pending = batch  # not lost: drain() commits them
+            raise
+
+    async def _fill(self, batch: list[_Item]) -> list[_Item]:
         deadline = time.monotonic() + self.settings.batch_max_wait_ms / 1000
         limit = self.settings.batch_max_messages
         while len(batch) < limit:

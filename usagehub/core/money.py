@@ -100,7 +100,7 @@ class Money:
     @classmethod
     def of(cls, amount: str | int | Decimal, currency: str) -> Money:
         """Build from a decimal string, int or Decimal (never a float)."""
-        if isinstance(amount, float):  # type: ignore[unreachable]
+        if isinstance(amount, float):
             raise DomainError("NOT_DECIMAL", "money is never built from a float")
         return cls(amount=Decimal(amount), currency=currency)
 

@@ -182,7 +182,7 @@ class Profile(_Model):
 _yaml = YAML(typ="rt")
 
 
-def _line_of(node: Any, loc: tuple[int | str, ...]) -> int | None:
+def line_of(node: Any, loc: tuple[int | str, ...]) -> int | None:
     """The 1-based line of the deepest element of ``loc`` found in the YAML tree."""
     line: int | None = None
     for step in loc:
@@ -219,8 +219,8 @@ def parse_profile(text: str, source: str, *, expected_id: str | None = None) -> 
         first = err.errors()[0]
         loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         field = ".".join(str(p) for p in loc) or "(profile)"
-        raise ConfigError(first["msg"], file=source, field=field, line=_line_of(tree, loc)) from err
+        raise ConfigError(first["msg"], file=source, field=field, line=line_of(tree, loc)) from err
     if expected_id is not None and profile.id != expected_id:
         raise ConfigError(f"id {profile.id!r} does not match the file name {expected_id!r}",
-                          file=source, field="id", line=_line_of(tree, ("id",)))
+                          file=source, field="id", line=line_of(tree, ("id",)))
     return profile

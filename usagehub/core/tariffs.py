@@ -9,6 +9,7 @@ version lists components: one usage price (``flat``, ``graduated``, ``volume`` o
 
 from __future__ import annotations
 
+import itertools
 import re
 from datetime import date
 from decimal import Decimal
@@ -69,7 +70,7 @@ def _check_tiers(tiers: list[Tier]) -> list[Tier]:
     inner = [b for b in bounds[:-1] if b is not None]
     if len(inner) != len(bounds) - 1:
         raise ValueError("only the last tier may omit 'up_to'")
-    if any(b <= 0 for b in inner) or any(a >= b for a, b in zip(inner, inner[1:], strict=False)):
+    if any(b <= 0 for b in inner) or any(a >= b for a, b in itertools.pairwise(inner)):
         raise ValueError("tier 'up_to' bounds must be positive and strictly increasing")
     return tiers
 
@@ -118,7 +119,8 @@ class Window(_Model):
     @model_validator(mode="after")
     def _ordered(self) -> Window:
         if self.start_minute >= self.end_minute:
-            raise ValueError("start must be before end; split an overnight window in two (22:00-24:00, 00:00-06:00)")
+            raise ValueError("start must be before end; split an overnight window in two "
+                             "(22:00-24:00, 00:00-06:00)")
         return self
 
     @property
@@ -159,7 +161,7 @@ class TimeOfUse(_Model):
             raise ValueError("window names must be unique")
         for day in (*WEEKDAYS, "holiday"):
             spans = sorted((w.start_minute, w.end_minute, w.name) for w in self.windows if day in w.days)
-            for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
+            for (_, end, a), (start, _, b) in itertools.pairwise(spans):
                 if start < end:
                     raise ValueError(f"windows {a!r} and {b!r} overlap on {day}")
         return self
@@ -186,7 +188,8 @@ class Minimum(_Model):
 
 
 UsagePrice = Flat | Graduated | Volume | TimeOfUse
-Component = Annotated[Flat | Graduated | Volume | TimeOfUse | StandingCharge | Minimum, Field(discriminator="type")]
+Component = Annotated[Flat | Graduated | Volume | TimeOfUse | StandingCharge | Minimum,
+                      Field(discriminator="type")]
 
 
 class PlanVersion(_Model):
@@ -258,7 +261,7 @@ class PricePlan(_Model):
     @classmethod
     def _chain(cls, versions: list[PlanVersion]) -> list[PlanVersion]:
         ordered = sorted(versions, key=lambda v: v.valid_from)
-        for prev, nxt in zip(ordered, ordered[1:], strict=False):
+        for prev, nxt in itertools.pairwise(ordered):
             if prev.valid_to is None or prev.valid_to > nxt.valid_from:
                 raise ValueError(f"versions from {prev.valid_from} and {nxt.valid_from} overlap")
         return ordered

@@ -72,7 +72,7 @@ def _fingerprint(params: Mapping[str, bytes | None]) -> str:
     return digest.hexdigest()
 
 
-class DeviceContext(oscore.FilesystemSecurityContext):
+class DeviceContext(oscore.FilesystemSecurityContext):  # type: ignore[misc]
     """An OSCORE context whose keys come from the registry; only sequence state is on disk."""
 
     def __init__(self, device_id: str, params: Mapping[str, bytes | None], basedir: Path) -> None:

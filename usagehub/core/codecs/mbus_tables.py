@@ -68,7 +68,7 @@ def _primary() -> None:
 def _fd_table() -> None:
     _run(0x100, 4, "Currency units", "Credit", -3)
     _run(0x104, 4, "Currency units", "Debit", -3)
-    _named(0x108, ["Access Number (transmission count)", "Device type", "Manufacturer",
+    _named(0x108, ["Access Number (transmission count)", "Medium", "Manufacturer",
                    "Parameter set identification", "Model / Version", "Hardware version", "Firmware version",
                    "Software version", "Customer location", "Customer", "Access Code User",
                    "Access Code Operator", "Access Code System Operator", "Access Code Developer", "Password",

@@ -1,0 +1,182 @@
+"""TCP and UDP listeners that frame legacy binary streams and submit each frame as a RawMessage."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self
+
+from usagehub.adapters.base import AdapterSettings, Receipt, Sink
+from usagehub.adapters.binary.config import BinaryConfig, ListenerConfig
+from usagehub.adapters.binary.framing import FramingSpec, default_framing, make_framer
+from usagehub.adapters.binary.replies import Dc09Replier
+from usagehub.core.codecs import get_codec
+from usagehub.core.events import RawMessage
+from usagehub.core.profiles import Profile
+from usagehub.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Listener:
+    config: ListenerConfig
+    profile: Profile
+    framing: FramingSpec
+    replier: Dc09Replier | None
+
+
+def _prepare(config: ListenerConfig, profiles: dict[str, Profile]) -> _Listener:
+    profile = profiles.get(config.profile)
+    if profile is None:
+        raise ConfigError(f"listener on port {config.port} names unknown profile {config.profile!r}",
+                          field="adapters.binary.listeners")
+    framing = config.framing or default_framing(profile.decode)
+    if framing is None:
+        raise ConfigError(f"profile {profile.id!r} needs decode.framing (or the listener's framing)",
+                          field="adapters.binary.listeners")
+    replier = None
+    if profile.decode_type == "dc09":
+        codec = get_codec("dc09")
+        options = codec.options_model.model_validate(profile.decode)
+        replier = Dc09Replier(codec.compile(options), dict(profile.decode.get("keys", {})),
+                              bool(profile.decode.get("strict", True)))
+    return _Listener(config, profile, framing, replier)
+
+
+class BinaryAdapter:
+    """Listens on every configured socket until cancelled; a bad frame never closes a connection."""
+
+    def __init__(self, config: BinaryConfig, settings: AdapterSettings) -> None:
+        profiles = {p.id: p for p in settings.profiles}
+        self._listeners = [_prepare(c, profiles) for c in config.listeners]
+        self._config = config
+        self._servers: list[asyncio.Server] = []
+        self._transports: list[asyncio.DatagramTransport] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sink: Sink | None = None
+        self._slots = asyncio.Semaphore(config.max_connections)
+        self.bound: dict[int, int] = {}  # configured port -> bound port (differs when configured as 0)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self._close()
+
+    async def run(self, sink: Sink) -> None:
+        """Open every listener and serve until cancelled."""
+        self._sink = sink
+        try:
+            for listener in self._listeners:
+                await self._open(listener)
+            log.info("binary adapter listening on %s", sorted(self.bound.values()))
+            await asyncio.Future()  # serve until cancelled
+        finally:
+            await self._close()
+
+    async def _open(self, listener: _Listener) -> None:
+        cfg = listener.config
+        loop = asyncio.get_running_loop()
+        if cfg.protocol == "tcp":
+            server = await asyncio.start_server(lambda r, w: self._connection(listener, r, w), cfg.host, cfg.port)
+            self._servers.append(server)
+            self.bound[cfg.port] = server.sockets[0].getsockname()[1]
+        else:
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self, listener),
+                                                               local_addr=(cfg.host, cfg.port))
+            self._transports.append(transport)
+            self.bound[cfg.port] = transport.get_extra_info("sockname")[1]
+
+    async def _close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for transport in self._transports:
+            transport.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers, self._transports = [], []
+
+    async def _connection(self, listener: _Listener, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        source = f"{peer[0]}:{peer[1]}" if peer else ""
+        framer = make_framer(listener.framing)
+        async with self._slots:
+            try:
+                while True:
+                    async with asyncio.timeout(self._config.idle_timeout_s):
+                        data = await reader.read(65536)
+                    if not data:
+                        break
+                    for frame in framer.feed(data):
+                        reply = await self.handle(listener, frame, source)
+                        if reply:
+                            writer.write(reply)
+                            await writer.drain()
+                rest = framer.flush()
+                if rest.strip():
+                    await self.handle(listener, rest, source)
+            except (TimeoutError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+                try:
+                    await writer.wait_closed()
+                except (ConnectionError, OSError):
+                    pass
+
+    async def handle(self, listener: _Listener, frame: bytes, source: str) -> bytes | None:
+        """Submit one frame, wait for its durable receipt, and return the reply to send (if any)."""
+        assert self._sink is not None
+        topic = listener.profile.id
+        message = RawMessage(transport="binary", topic=topic, payload=frame, received_at=datetime.now(UTC),
+                             source=source, meta={"profile": topic, "port": str(listener.config.port)})
+        receipt: Receipt | None = None
+        try:
+            receipt = await (await self._sink.submit(message))
+        except Exception:  # noqa: BLE001 - the pipeline failed; no ACK lets the sender retry
+            log.warning("binary frame from %s not stored", source, exc_info=True)
+        if listener.replier is None:
+            return None
+        return listener.replier.reply(frame, receipt, datetime.now(UTC), secrets.token_hex(8))
+
+    def _spawn(self, coro: asyncio.Future[None] | asyncio.Task[None] | object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class _Udp(asyncio.DatagramProtocol):
+    """One datagram is one or more frames of the listener's framing; replies go back to the sender."""
+
+    def __init__(self, adapter: BinaryAdapter, listener: _Listener) -> None:
+        self.adapter, self.listener = adapter, listener
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        self.adapter._spawn(self._handle(data, addr))
+
+    async def _handle(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        framer = make_framer(self.listener.framing)
+        frames = framer.feed(data)
+        rest = framer.flush()
+        if rest.strip():
+            frames.append(rest)
+        for frame in frames:
+            reply = await self.adapter.handle(self.listener, frame, f"{addr[0]}:{addr[1]}")
+            if reply and self.transport is not None:
+                self.transport.sendto(reply, addr)

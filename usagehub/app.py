@@ -1,0 +1,176 @@
+"""The hub: storage, pipeline, adapters and the web API wired together, with clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import uvicorn
+from psycopg_pool import AsyncConnectionPool
+
+from usagehub import adapters
+from usagehub.adapters.base import Adapter, AdapterSettings
+from usagehub.broker import EmbeddedBroker
+from usagehub.config import HubConfig
+from usagehub.core.decode import ProfileSet
+from usagehub.core.events import RawMessage
+from usagehub.graphql.context import Services
+from usagehub.ingest import Pipeline, PipelineSettings
+from usagehub.profile_files import load_profiles
+from usagehub.storage.embedded import embedded_database_url
+from usagehub.storage.keys import ApiKeys
+from usagehub.storage.migrations import migrate
+from usagehub.storage.pool import open_pool
+from usagehub.storage.queries import Reads
+from usagehub.storage.registry import DeviceDirectorySql, KnownDevices, Registry
+from usagehub.storage.usage import UsageWriter
+from usagehub.web import create_app
+
+log = logging.getLogger(__name__)
+
+
+async def database_url(config: HubConfig) -> str:
+    """The configured URL, or the embedded server's (started in a thread: it blocks ~1 s)."""
+    if config.database_url:
+        return config.database_url
+    return await asyncio.to_thread(embedded_database_url, config.data_dir.resolve())
+
+
+@contextlib.asynccontextmanager
+async def open_storage(config: HubConfig, *, max_size: int = 10) -> AsyncIterator[AsyncConnectionPool]:
+    """A migrated pool on the configured (or embedded) database."""
+    pool = await open_pool(await database_url(config), max_size=max_size)
+    try:
+        await migrate(pool)
+        yield pool
+    finally:
+        await pool.close()
+
+
+@dataclass
+class Hub:
+    """A running hub; ``stop()`` asks it to shut down cleanly."""
+
+    config: HubConfig
+    pool: AsyncConnectionPool
+    pipeline: Pipeline
+    keys: ApiKeys
+    registry: Registry
+    adapters: dict[str, Adapter] = field(default_factory=dict)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    http_port: int = 0
+
+    def stop(self) -> None:
+        """Begin a clean shutdown."""
+        self.stopping.set()
+
+    async def replay(self, ids: list[int]) -> list[tuple[int, str, str | None]]:
+        """Resubmit quarantined messages and mark each with what became of it."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT quarantine_id, received_at, transport, topic, source, payload, meta FROM quarantine "
+                "WHERE quarantine_id = ANY(%s) AND replayed_at IS NULL ORDER BY quarantine_id", (ids,))
+            rows = await cur.fetchall()
+        results: list[tuple[int, str, str | None]] = []
+        for qid, received_at, transport, topic, source, payload, meta in rows:
+            message = RawMessage(transport=str(transport), topic=str(topic), source=str(source),
+                                 payload=bytes(payload), received_at=received_at,  # type: ignore[arg-type]
+                                 meta={str(k): str(v) for k, v in (meta or {}).items()})  # type: ignore[attr-defined]
+            receipt = await (await self.pipeline.submit(message))
+            async with self.pool.connection() as conn:
+                await conn.execute("UPDATE quarantine SET replayed_at = now(), replay_outcome = %s "
+                                   "WHERE quarantine_id = %s", (receipt.outcome.value, qid))
+            results.append((int(qid), receipt.outcome.value, receipt.reason))  # type: ignore[call-overload]
+        return results
+
+
+def _adapter_configs(config: HubConfig, broker_url: str) -> dict[str, dict[str, Any]]:
+    configs = {name: dict(value) for name, value in config.adapters.items()}
+    mqtt = configs.setdefault("mqtt", {})
+    mqtt.setdefault("url", broker_url)
+    mqtt.setdefault("client_id", config.mqtt_client_id)
+    if not config.mqtt_url:
+        mqtt.setdefault("protocol", "3.1.1")  # amqtt speaks MQTT 3.1.1 only
+    return configs
+
+
+async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = None,
+                  install_signals: bool = True) -> None:
+    """Run a hub until SIGINT/SIGTERM or ``Hub.stop()``; commits and acknowledges the batch in flight."""
+    profiles = load_profiles(config.profiles)
+    async with contextlib.AsyncExitStack() as stack:
+        broker_url = config.mqtt_url or f"mqtt://127.0.0.1:{config.embedded_broker_port}"
+        if not config.mqtt_url:
+            await stack.enter_async_context(EmbeddedBroker(config.embedded_broker_port))
+        pool = await stack.enter_async_context(open_storage(config))
+        profile_set = ProfileSet(profiles)
+        pipeline = Pipeline(pool, profile_set, KnownDevices(pool),
+                            PipelineSettings(batch_max_messages=config.batch_max_messages,
+                                             batch_max_wait_ms=config.batch_max_wait_ms))
+        pipeline.hooks.append(UsageWriter(profile_set).apply)
+        hub = Hub(config=config, pool=pool, pipeline=pipeline, keys=ApiKeys(pool), registry=Registry(pool))
+        settings = AdapterSettings(profiles=profiles, devices=DeviceDirectorySql(pool), data_dir=config.data_dir)
+        for name, raw in _adapter_configs(config, broker_url).items():
+            factory = adapters.load(name)
+            hub.adapters[name] = await stack.enter_async_context(
+                factory.create(factory.config_model.model_validate(raw), settings))
+        await _serve(hub, install_signals, on_ready)
+
+
+async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any] | None) -> None:
+    services = Services(registry=hub.registry, reads=Reads(hub.pool), ingest_totals=hub.pipeline.totals,
+                        replay=hub.replay, extra={})
+    app = create_app(services, hub.keys, ready=hub.ready.is_set, max_depth=hub.config.graphql_max_depth)
+    server = uvicorn.Server(uvicorn.Config(app, host=hub.config.http_host, port=hub.config.http_port,
+                                           log_level="warning", lifespan="off"))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    if install_signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, hub.stop)
+    pipeline_task = asyncio.create_task(hub.pipeline.run(), name="pipeline")
+    adapter_tasks = [asyncio.create_task(a.run(hub.pipeline), name=f"adapter:{n}") for n, a in hub.adapters.items()]
+    web_task = asyncio.create_task(server.serve(), name="web")
+    while not server.started and not web_task.done():
+        await asyncio.sleep(0.02)
+    if web_task.done():
+        web_task.result()  # raises the bind error
+    hub.http_port = server.servers[0].sockets[0].getsockname()[1]
+    hub.ready.set()
+    log.info("usagehub ready: GraphQL on http://%s:%d/graphql at %s", hub.config.http_host, hub.http_port,
+             datetime.now(UTC).isoformat(timespec="seconds"))
+    if on_ready is not None:
+        result = on_ready(hub)
+        if asyncio.iscoroutine(result):
+            await result
+    stop_wait = asyncio.create_task(hub.stopping.wait())
+    await asyncio.wait([stop_wait, pipeline_task, web_task, *adapter_tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in (pipeline_task, web_task, *adapter_tasks):
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("%s failed: %r", task.get_name(), task.exception())
+    await _shutdown(hub, server, pipeline_task, adapter_tasks, web_task)
+    stop_wait.cancel()
+
+
+async def _shutdown(hub: Hub, server: uvicorn.Server, pipeline_task: asyncio.Task[None],
+                    adapter_tasks: list[asyncio.Task[None]], web_task: asyncio.Task[None]) -> None:
+    """Stop receiving, commit and acknowledge what was received, then close the doors."""
+    log.info("usagehub stopping: finishing the batch in flight")
+    hub.ready.clear()
+    for task in adapter_tasks:
+        task.cancel()
+    await asyncio.gather(*adapter_tasks, return_exceptions=True)
+    pipeline_task.cancel()  # the batch being committed is shielded and completes
+    await asyncio.gather(pipeline_task, return_exceptions=True)
+    await hub.pipeline.drain()
+    await asyncio.sleep(0.05)  # let the last PUBACKs leave before the connection closes
+    server.should_exit = True
+    await asyncio.gather(web_task, return_exceptions=True)
+    log.info("usagehub stopped: %s", hub.pipeline.totals)

@@ -1,0 +1,168 @@
+"""Billing records: one per account, period and product; open -> closed -> billed; billed is final.
+
+The truth of a key (what the sessions say now) is reconciled against the stored
+records: an open or closed record is amended; a billed record is never edited,
+the difference becomes (or amends) an adjustment record in the account's
+current open period. Invariant: billed + adjustments == truth after every run.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from usagehub.core.aggregation import Partial, merge_all
+from usagehub.core.periods import Period, ensure_aware
+from usagehub.core.sessions import Session
+from usagehub.errors import DomainError
+
+TruthKey = tuple[str, Period, str]  # (account, period, product)
+
+
+class RecordStatus(StrEnum):
+    """Lifecycle of a record; it only moves forward."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+    BILLED = "billed"
+
+
+class RecordKind(StrEnum):
+    """A regular record of its own period, or an adjustment of a billed one."""
+
+    REGULAR = "regular"
+    ADJUSTMENT = "adjustment"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BillingRecord:
+    """Quantity of one product for one account and period; ``version`` grows with each amendment."""
+
+    record_id: str
+    account_id: str
+    period: Period
+    product: str
+    quantity: Decimal
+    unit: str
+    status: RecordStatus = RecordStatus.OPEN
+    kind: RecordKind = RecordKind.REGULAR
+    adjusts: str | None = None     # record_id of the billed record an adjustment corrects
+    version: int = 1
+
+    @property
+    def key(self) -> TruthKey:
+        """The (account, period, product) this record bills."""
+        return (self.account_id, self.period, self.product)
+
+
+def regular_id(account_id: str, period: Period, product: str) -> str:
+    """The stable id of the regular record of a key."""
+    return f"{account_id}/{period.label}/{product}"
+
+
+def adjustment_id(billed: BillingRecord, period: Period) -> str:
+    """The stable id of the adjustment, in ``period``, of a billed record."""
+    return f"{billed.record_id}/adj/{period.label}"
+
+
+def truth_from_sessions(sessions: Iterable[Session]) -> dict[TruthKey, Decimal]:
+    """Each (account, period, product)'s value: the merge of its sessions' partials."""
+    partials: defaultdict[TruthKey, list[Partial]] = defaultdict(list)
+    for session in sessions:
+        for product, partial in session.partials.items():
+            partials[(session.account_id, session.period, product)].append(partial)
+    truth: dict[TruthKey, Decimal] = {}
+    for key, items in partials.items():
+        value = merge_all(items, items[0].aggregation).result()
+        if value is not None:
+            truth[key] = value
+    return truth
+
+
+def sessions_behind(record: BillingRecord, sessions: Iterable[Session]) -> list[Session]:
+    """The sessions whose usage a regular record bills."""
+    return [s for s in sessions if (s.account_id, s.period, record.product) == record.key
+            and record.product in s.partials]
+
+
+def _amend(record: BillingRecord, quantity: Decimal) -> BillingRecord:
+    if record.status is RecordStatus.BILLED:
+        raise DomainError("RECORD_BILLED", f"billing record {record.record_id} is billed and final")
+    return replace(record, quantity=quantity, version=record.version + 1)
+
+
+def reconcile(truth: Mapping[TruthKey, Decimal], records: Sequence[BillingRecord], *,
+              units: Mapping[str, str], open_period_of: Callable[[str], Period]) -> list[BillingRecord]:
+    """The records to write (new, or amended with a higher version) so that records match ``truth``.
+
+    ``records`` are the stored records of the accounts concerned (regular and
+    adjustments); a key missing from ``truth`` is worth 0. ``open_period_of``
+    gives an account's current open period, where adjustments go.
+    """
+    regular = {r.key: r for r in records if r.kind is RecordKind.REGULAR}
+    adjustments: defaultdict[str, list[BillingRecord]] = defaultdict(list)
+    for r in records:
+        if r.kind is RecordKind.ADJUSTMENT and r.adjusts is not None:
+            adjustments[r.adjusts].append(r)
+    out: list[BillingRecord] = []
+    for key in sorted(set(truth) | set(regular)):
+        target = truth.get(key, Decimal(0))
+        record = regular.get(key)
+        if record is None:
+            if target != 0:
+                account, period, product = key
+                out.append(BillingRecord(record_id=regular_id(account, period, product), account_id=account,
+                                         period=period, product=product, quantity=target,
+                                         unit=units.get(product, "")))
+        elif record.status is not RecordStatus.BILLED:
+            if record.quantity != target:
+                out.append(_amend(record, target))
+        else:
+            change = _adjust(record, adjustments[record.record_id], target, open_period_of)
+            if change is not None:
+                out.append(change)
+    return out
+
+
+def _adjust(billed: BillingRecord, adjustments: Sequence[BillingRecord], target: Decimal,
+            open_period_of: Callable[[str], Period]) -> BillingRecord | None:
+    """Amend the pending adjustment of a billed record, or create one, so the total is ``target``."""
+    diff = target - billed.quantity - sum((a.quantity for a in adjustments), Decimal(0))
+    if diff == 0:
+        return None
+    pending = sorted((a for a in adjustments if a.status is not RecordStatus.BILLED), key=lambda a: a.period)
+    if pending:
+        return _amend(pending[0], pending[0].quantity + diff)
+    period = open_period_of(billed.account_id)
+    if period.start < billed.period.end:
+        raise DomainError("ADJUSTMENT_PERIOD", f"adjustment of {billed.record_id} must go to a later period")
+    return BillingRecord(record_id=adjustment_id(billed, period), account_id=billed.account_id,
+                         period=period, product=billed.product, quantity=diff, unit=billed.unit,
+                         kind=RecordKind.ADJUSTMENT, adjusts=billed.record_id)
+
+
+def close_records(records: Iterable[BillingRecord], as_of: datetime) -> list[BillingRecord]:
+    """Open records whose period has ended by ``as_of``, now closed."""
+    as_of = ensure_aware(as_of)
+    return [replace(r, status=RecordStatus.CLOSED, version=r.version + 1)
+            for r in records if r.status is RecordStatus.OPEN and r.period.end <= as_of]
+
+
+def bill(records: Iterable[BillingRecord]) -> list[BillingRecord]:
+    """A billing run: closed records become billed (and final)."""
+    return [replace(r, status=RecordStatus.BILLED, version=r.version + 1)
+            for r in records if r.status is RecordStatus.CLOSED]
+
+
+def billed_total(records: Iterable[BillingRecord]) -> dict[TruthKey, Decimal]:
+    """What the records say per key: regular quantity plus the adjustments of it."""
+    by_id = {r.record_id: r for r in records}
+    totals: defaultdict[TruthKey, Decimal] = defaultdict(Decimal)
+    for r in by_id.values():
+        target = by_id[r.adjusts] if r.adjusts is not None else r
+        totals[target.key] += r.quantity
+    return dict(totals)

@@ -1,0 +1,259 @@
+"""Billable sessions: a deterministic function of an account's points for one service.
+
+Points are netted (:func:`~usagehub.core.allocation.net_points`) and walked in
+:func:`sort_key` order. A session opens on an activation or on the first
+activity; it closes on the deactivation that leaves nothing active, when the
+idle timeout passes with nothing active, or at the billing-period boundary (a
+state still active there carries into a session that opens at the boundary).
+The same point set and ``as_of`` always give the same sessions, so a late event
+is handled by recomputing from the last session that starts before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from usagehub.core.aggregation import Partial, Sample, seconds_between
+from usagehub.core.allocation import Point, PointKind, net_points
+from usagehub.core.events import Aggregation
+from usagehub.core.periods import Period, ensure_aware, next_period, period_of
+
+SortKey = tuple[datetime, int, datetime, str, str, str, str]
+StateKey = tuple[str, str]  # (device, product)
+
+
+def sort_key(point: Point) -> SortKey:
+    """The total order of points: time, then activations before usage before deactivations."""
+    rank = 1 if point.active is None else (0 if point.active else 2)
+    return (point.start, rank, point.end, point.device_id, point.product, point.label or "", point.tie)
+
+
+def _boundary_key(at: datetime) -> SortKey:
+    return (at, -1, at, "", "", "", "")  # before every point at the boundary
+
+
+class CloseReason(StrEnum):
+    """Why a session closed."""
+
+    DEACTIVATION = "deactivation"
+    IDLE = "idle"
+    PERIOD_END = "period_end"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionRules:
+    """How one account's sessions of one service break: idle timeout and the account's zone."""
+
+    idle_timeout: timedelta
+    zone: ZoneInfo
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resume:
+    """Where a recomputation restarts: a sort key and the states active just before it."""
+
+    key: SortKey
+    active: frozenset[tuple[str, str, Aggregation]] = frozenset()  # (device, product, aggregation)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Session:
+    """One billable session of an account and service, within one billing period."""
+
+    account_id: str
+    service: str
+    period: Period
+    start: datetime
+    end: datetime
+    closed_reason: CloseReason | None          # None: still open at ``as_of``
+    activity_count: int
+    devices: frozenset[str]
+    partials: Mapping[str, Partial]            # per product, mergeable into the period's value
+    resume: Resume
+    expires_at: datetime | None = None         # an open session closes then without new activity
+
+    @property
+    def duration_s(self) -> Decimal:
+        """Seconds from start to end."""
+        return seconds_between(self.start, self.end)
+
+    @property
+    def aggregates(self) -> dict[str, Decimal | None]:
+        """Each product's aggregated value over the session."""
+        return {product: p.result() for product, p in self.partials.items()}
+
+
+@dataclass(slots=True, kw_only=True)
+class _Open:
+    period: Period
+    start: datetime
+    last: datetime
+    resume: Resume
+    count: int = 0
+    devices: set[str] = field(default_factory=set)
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
+    aggregations: dict[str, Aggregation] = field(default_factory=dict)
+    seconds: dict[str, Decimal] = field(default_factory=dict)
+
+    def add_seconds(self, product: str, seconds: Decimal, aggregation: Aggregation) -> None:
+        self.aggregations.setdefault(product, aggregation)
+        self.seconds[product] = self.seconds.get(product, Decimal(0)) + seconds
+
+
+class _Machine:
+    """The walk over sorted points; ``sessions`` holds the result."""
+
+    def __init__(self, account_id: str, service: str, rules: SessionRules) -> None:
+        self.account_id, self.service, self.rules = account_id, service, rules
+        self.active: dict[StateKey, tuple[datetime, Aggregation]] = {}
+        self.cur: _Open | None = None
+        self.sessions: list[Session] = []
+
+    def open(self, at: datetime, resume: Resume) -> None:
+        self.cur = _Open(period=period_of(at, self.rules.zone), start=at, last=at, resume=resume)
+
+    def carry(self, at: datetime, active: Mapping[StateKey, Aggregation]) -> None:
+        """Open a session at a period start with ``active`` states carried in."""
+        self.active = {key: (at, agg) for key, agg in active.items()}
+        states = frozenset((device, product, agg) for (device, product), agg in active.items())
+        self.open(at, Resume(key=_boundary_key(at), active=states))
+
+    def is_activity(self, point: Point) -> bool:
+        if point.kind is PointKind.USAGE:
+            return point.value != 0
+        if point.kind is PointKind.STATE:
+            return bool(point.active) != ((point.device_id, point.product) in self.active)
+        return True
+
+    def feed(self, point: Point) -> None:
+        if self.cur is not None:
+            self.maybe_close(point.start)
+        activity = self.is_activity(point)
+        if self.cur is None:
+            if not activity:
+                return  # zero usage and repeated "off" open nothing
+            self.open(point.start, Resume(key=sort_key(point)))
+        self.add(point, activity)
+
+    def add(self, point: Point, activity: bool) -> None:
+        cur = self.cur
+        assert cur is not None
+        cur.aggregations.setdefault(point.product, point.aggregation)
+        cur.samples.setdefault(point.product, []).append(
+            Sample(at=point.end, value=point.value, label=point.label,
+                   tie=f"{point.start.isoformat()}|{point.device_id}|{point.tie}"))
+        cur.devices.add(point.device_id)
+        if activity:
+            cur.count += 1
+            cur.last = max(cur.last, point.end)
+        if point.kind is PointKind.STATE and activity:
+            self.switch(point, cur)
+
+    def switch(self, point: Point, cur: _Open) -> None:
+        key = (point.device_id, point.product)
+        if point.active:
+            self.active[key] = (point.start, point.aggregation)
+            return
+        since, agg = self.active.pop(key)
+        cur.add_seconds(point.product, seconds_between(since, point.start), agg)
+        if not self.active:
+            self.close(CloseReason.DEACTIVATION, cur.last)
+
+    def maybe_close(self, t: datetime) -> None:
+        """Close the open session if ``t`` (next point or ``as_of``) is past its idle deadline or period."""
+        cur = self.cur
+        assert cur is not None
+        if not self.active:
+            deadline = cur.last + self.rules.idle_timeout
+            if t > deadline and deadline < cur.period.end:
+                self.close(CloseReason.IDLE, cur.last)
+                return
+        if t < cur.period.end:
+            return
+        carried = {key: agg for key, (_, agg) in self.active.items()}
+        boundary = cur.period.end
+        self.close(CloseReason.PERIOD_END, boundary if carried else cur.last)
+        if not carried:
+            return
+        period = period_of(boundary, self.rules.zone)
+        while t >= period.end:  # whole periods spent in an active state
+            self.carry(period.start, carried)
+            self.close(CloseReason.PERIOD_END, period.end)
+            period = next_period(period, self.rules.zone)
+        self.carry(period.start, carried)
+
+    def settle_states(self, cur: _Open, until: datetime) -> None:
+        for (_, product), (since, agg) in self.active.items():
+            cur.add_seconds(product, seconds_between(since, max(since, until)), agg)
+
+    def close(self, reason: CloseReason | None, end: datetime, *, as_of: datetime | None = None) -> None:
+        cur = self.cur
+        assert cur is not None
+        if reason is CloseReason.PERIOD_END:
+            self.settle_states(cur, cur.period.end)
+            self.active = {}
+        expires: datetime | None = None
+        if reason is None:
+            assert as_of is not None
+            self.settle_states(cur, min(as_of, cur.period.end))
+            expires = cur.period.end if self.active else min(cur.last + self.rules.idle_timeout,
+                                                              cur.period.end)
+        partials = {product: Partial.of(agg, cur.samples.get(product, ()), cur.seconds.get(product,
+                                                                                           Decimal(0)))
+                    for product, agg in cur.aggregations.items()}
+        self.sessions.append(Session(
+            account_id=self.account_id, service=self.service, period=cur.period, start=cur.start,
+            end=max(end, cur.start), closed_reason=reason, activity_count=cur.count,
+            devices=frozenset(cur.devices), partials=partials, resume=cur.resume, expires_at=expires))
+        self.cur = None
+
+    def finish(self, as_of: datetime) -> None:
+        if self.cur is not None:
+            self.maybe_close(as_of)
+        cur = self.cur
+        if cur is not None:
+            end = max(cur.last, min(as_of, cur.period.end)) if self.active else cur.last
+            self.close(None, end, as_of=as_of)
+
+
+def sessionize(points: Iterable[Point], *, account_id: str, service: str, rules: SessionRules,
+               as_of: datetime, resume: Resume | None = None) -> list[Session]:
+    """The sessions of one account and service from its points, as of ``as_of``.
+
+    With ``resume`` (a stored session's :attr:`Session.resume`, or :func:`resume_for`),
+    only points at or after ``resume.key`` count and the walk restarts there:
+    the result replaces the stored sessions from that one on.
+    """
+    as_of = ensure_aware(as_of)
+    netted = net_points(points)
+    if resume is not None:
+        netted = [p for p in netted if sort_key(p) >= resume.key]
+    machine = _Machine(account_id, service, rules)
+    if resume is not None and resume.active:
+        # A session that carried states in always starts at a period boundary.
+        machine.carry(resume.key[0], {(device, product): agg for device, product, agg in resume.active})
+    for point in sorted(netted, key=sort_key):
+        machine.feed(point)
+    machine.finish(as_of)
+    return machine.sessions
+
+
+def resume_for(stored: Sequence[Session], earliest: SortKey) -> Resume:
+    """Where to recompute from when points at or after ``earliest`` changed.
+
+    ``stored`` are the account's sessions for the service, in order. The answer
+    is the last one that starts strictly before ``earliest``; delete it and every
+    later stored session, then store :func:`sessionize` of the points from there.
+    """
+    anchor: Resume | None = None
+    for session in stored:
+        if session.resume.key < earliest:
+            anchor = session.resume
+        else:
+            break
+    return anchor if anchor is not None else Resume(key=earliest)

@@ -1,0 +1,1 @@
+"""The GraphQL API: a thin strawberry layer over core and storage."""

@@ -1,0 +1,41 @@
+"""Roles and the errors the API returns, each with a stable ``code`` in ``extensions``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from graphql import GraphQLError
+from strawberry.types import Info
+
+from usagehub.errors import DomainError, StorageError
+
+READ_ALL = ("admin", "operator", "billing", "analytics")
+# What each role may change.
+MANAGE_REGISTRY = ("admin", "operator")
+BILLING_WRITE = ("admin", "billing")
+QUARANTINE_WRITE = ("admin", "operator")
+
+
+def api_error(code: str, message: str) -> GraphQLError:
+    """A GraphQL error carrying a stable machine-readable code."""
+    return GraphQLError(message, extensions={"code": code})
+
+
+def require(info: Info, *roles: str) -> str:
+    """The caller's tenant, if its role is among ``roles``; a FORBIDDEN error otherwise."""
+    principal = info.context.principal
+    if principal.role not in roles:
+        raise api_error("FORBIDDEN", f"role {principal.role!r} may not do this (needs {' or '.join(roles)})")
+    return str(principal.tenant)
+
+
+@contextlib.contextmanager
+def domain_errors() -> Iterator[None]:
+    """Turn domain and storage errors into coded GraphQL errors."""
+    try:
+        yield
+    except DomainError as err:
+        raise api_error(err.code, str(err)) from err
+    except StorageError as err:
+        raise api_error("STORAGE", "the database refused or failed; see the hub log") from err

@@ -1,0 +1,174 @@
+"""The root Query and Mutation types and the schema with its protective extensions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import strawberry
+from strawberry.extensions import ParserCache, QueryDepthLimiter, ValidationCache
+from strawberry.types import Info
+
+from usagehub.graphql import types as t
+from usagehub.graphql.auth import MANAGE_REGISTRY, QUARANTINE_WRITE, READ_ALL, api_error, domain_errors, require
+from usagehub.graphql.pagination import Connection, connection, decode_cursor, page_size
+
+
+def _services(info: Info) -> Any:
+    return info.context.services
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None:
+        raise api_error("BAD_REQUEST", f"{name} needs a time zone (ISO 8601 with offset)")
+    return value
+
+
+@strawberry.input
+class AccountInput:
+    """Fields of an account to create or update."""
+
+    id: str
+    name: str = ""
+    market: str = "DE"
+    currency: str = "EUR"
+    timezone: str = "UTC"
+    prepaid: bool = False
+
+
+@strawberry.input
+class DeviceInput:
+    """Fields of a device to register or update."""
+
+    id: str
+    profile_id: str | None = None
+    name: str = ""
+    address: str | None = None
+    port: int | None = None
+
+
+@strawberry.type
+class Query:
+    """Read access; every field checks the caller's role and tenant."""
+
+    @strawberry.field(description="Accounts, searchable by id or name.")
+    async def accounts(self, info: Info, first: int = 50, after: str | None = None,
+                       search: str | None = None) -> Connection[t.Account]:
+        tenant = require(info, *READ_ALL)
+        n = page_size(first)
+        rows = await _services(info).registry.accounts(tenant=tenant, after=decode_cursor(after), limit=n + 1,
+                                                       search=search)
+        return connection([t.Account.of(r) for r in rows], n, lambda a: a.id)
+
+    @strawberry.field
+    async def account(self, info: Info, id: str) -> t.Account | None:
+        tenant = require(info, *READ_ALL)
+        row = await _services(info).registry.account(id, tenant=tenant)
+        return t.Account.of(row) if row else None
+
+    @strawberry.field
+    async def devices(self, info: Info, first: int = 50, after: str | None = None) -> Connection[t.Device]:
+        tenant = require(info, *READ_ALL)
+        n = page_size(first)
+        rows = await _services(info).registry.devices(tenant=tenant, after=decode_cursor(after), limit=n + 1)
+        return connection([t.Device.of(r) for r in rows], n, lambda d: d.id)
+
+    @strawberry.field(description="Bindings of a device or an account (validity ranges).")
+    async def bindings(self, info: Info, device_id: str | None = None,
+                       account_id: str | None = None) -> list[t.Binding]:
+        require(info, *READ_ALL)
+        rows = await _services(info).registry.bindings(device_ids=[device_id] if device_id else [],
+                                                       account_ids=[account_id] if account_id else [])
+        return [t.Binding.of(r) for r in rows]
+
+    @strawberry.field(description="Raw events of one device in device-time order.")
+    async def events(self, info: Info, device_id: str, meter: str | None = None,
+                     since: datetime | None = None, until: datetime | None = None, first: int = 100,
+                     after: str | None = None) -> Connection[t.UsageEvent]:
+        tenant = require(info, "admin", "operator", "billing")
+        n = page_size(first)
+        pos = decode_cursor(after)
+        after_key = (datetime.fromisoformat(pos[0]), pos[1], pos[2]) if isinstance(pos, list) else None
+        rows = await _services(info).reads.events(
+            tenant=tenant, device_id=device_id, meter=meter, since=since and _aware(since, "since"),
+            until=until and _aware(until, "until"), after=after_key, limit=n + 1)
+        return connection([t.UsageEvent.of(r) for r in rows], n,
+                          lambda e: [e.ts.isoformat(), e.meter, e.event_id])
+
+    @strawberry.field(description="Usage of an account per meter in time buckets of the account's zone.")
+    async def usage(self, info: Info, account_id: str, since: datetime, until: datetime,
+                    bucket: t.Bucket = t.Bucket.DAY, meter: str | None = None) -> list[t.UsageBucket]:
+        tenant = require(info, *READ_ALL)
+        rows = await _services(info).reads.usage(
+            tenant=tenant, account_id=account_id, bucket=bucket.value, since=_aware(since, "since"),
+            until=_aware(until, "until"), meter=meter)
+        return [t.UsageBucket(start=r.start, meter=r.meter, quantity=r.quantity, unit=r.unit) for r in rows]
+
+    @strawberry.field(description="Messages kept in quarantine with raw bytes and reason.")
+    async def quarantine(self, info: Info, reason: str | None = None, first: int = 50, after: str | None = None,
+                         include_replayed: bool = False) -> Connection[t.QuarantineItem]:
+        require(info, "admin", "operator")
+        n = page_size(first)
+        pos = decode_cursor(after)
+        rows = await _services(info).reads.quarantine(reason=reason, after=int(pos) if pos else None,
+                                                      limit=n + 1, include_replayed=include_replayed)
+        return connection([t.QuarantineItem.of(r) for r in rows], n, lambda q: int(q.id))
+
+    @strawberry.field
+    async def ingest_stats(self, info: Info) -> t.IngestStats:
+        require(info, *READ_ALL)
+        services = _services(info)
+        counts = await services.reads.quarantine_counts()
+        return t.IngestStats(**services.ingest_totals,
+                             quarantine_open=[t.ReasonCount(reason=k, count=v) for k, v in counts.items()])
+
+
+@strawberry.type
+class Mutation:
+    """Changes; analytics keys may change nothing, billing keys may not touch the registry."""
+
+    @strawberry.mutation
+    async def register_account(self, info: Info, account: AccountInput) -> t.Account:
+        tenant = require(info, *MANAGE_REGISTRY)
+        with domain_errors():
+            row = await _services(info).registry.upsert_account(
+                account_id=account.id, tenant=tenant, name=account.name, market=account.market,
+                currency=account.currency, timezone=account.timezone, prepaid=account.prepaid)
+        return t.Account.of(row)
+
+    @strawberry.mutation
+    async def register_device(self, info: Info, device: DeviceInput) -> t.Device:
+        tenant = require(info, *MANAGE_REGISTRY)
+        with domain_errors():
+            row = await _services(info).registry.upsert_device(
+                device_id=device.id, tenant=tenant, profile_id=device.profile_id, name=device.name,
+                address=device.address, port=device.port)
+        return t.Device.of(row)
+
+    @strawberry.mutation(description="Bind a device to an account from an instant; an open binding closes then.")
+    async def bind_device(self, info: Info, device_id: str, account_id: str, valid_from: datetime,
+                          valid_to: datetime | None = None) -> t.Binding:
+        tenant = require(info, *MANAGE_REGISTRY)
+        with domain_errors():
+            row = await _services(info).registry.bind(
+                device_id=device_id, account_id=account_id, valid_from=_aware(valid_from, "validFrom"),
+                valid_to=valid_to and _aware(valid_to, "validTo"), tenant=tenant)
+        return t.Binding.of(row)
+
+    @strawberry.mutation(description="Feed quarantined messages through the pipeline again (after a fix).")
+    async def replay_quarantine(self, info: Info, ids: list[strawberry.ID]) -> list[t.ReplayResult]:
+        require(info, *QUARANTINE_WRITE)
+        if len(ids) > 1000:
+            raise api_error("BAD_REQUEST", "replay at most 1000 items at once")
+        with domain_errors():
+            results = await _services(info).replay([int(i) for i in ids])
+        return [t.ReplayResult(id=str(r[0]), outcome=r[1], reason=r[2]) for r in results]
+
+
+def build_schema(max_depth: int = 12) -> strawberry.Schema:
+    """The schema with parser/validation caches and a query depth limit."""
+    return strawberry.Schema(
+        query=Query, mutation=Mutation,
+        extensions=[lambda: ParserCache(maxsize=256), lambda: ValidationCache(maxsize=256),
+                    QueryDepthLimiter(max_depth=max_depth)],
+    )

@@ -1,0 +1,80 @@
+"""Read queries for the API: events, quarantine, usage buckets. Keyset pagination throughout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+BUCKETS = {"HOUR": "hour", "DAY": "day", "MONTH": "month"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageBucket:
+    """Usage of one meter of an account in one time bucket."""
+
+    start: datetime
+    meter: str
+    quantity: Decimal
+    unit: str
+
+
+class Reads:
+    """SQL read side used by GraphQL resolvers."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    async def _rows(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(sql, params)
+            return await cur.fetchall()
+
+    async def events(self, *, tenant: str, device_id: str, meter: str | None, since: datetime | None,
+                     until: datetime | None, after: tuple[datetime, str, str] | None,
+                     limit: int) -> list[dict[str, Any]]:
+        """Events of one device in time order, keyset-paged on (ts, meter, event_id)."""
+        a_ts, a_meter, a_id = after if after else (None, None, None)
+        return await self._rows(
+            "SELECT e.* FROM events e JOIN devices d USING (device_id) WHERE e.device_id = %s AND d.tenant = %s "
+            "AND (%s::text IS NULL OR e.meter = %s) AND (%s::timestamptz IS NULL OR e.ts >= %s) "
+            "AND (%s::timestamptz IS NULL OR e.ts < %s) "
+            "AND (%s::timestamptz IS NULL OR (e.ts, e.meter, e.event_id) > (%s, %s, %s)) "
+            "ORDER BY e.ts, e.meter, e.event_id LIMIT %s",
+            (device_id, tenant, meter, meter, since, since, until, until, a_ts, a_ts, a_meter, a_id, limit))
+
+    async def quarantine(self, *, reason: str | None, after: int | None, limit: int,
+                         include_replayed: bool = False) -> list[dict[str, Any]]:
+        """Quarantined messages, newest id last, keyset-paged."""
+        return await self._rows(
+            "SELECT * FROM quarantine WHERE (%s::text IS NULL OR reason = %s) AND (%s::bigint IS NULL OR "
+            "quarantine_id > %s) AND (%s OR replayed_at IS NULL) ORDER BY quarantine_id LIMIT %s",
+            (reason, reason, after, after, include_replayed, limit))
+
+    async def quarantine_counts(self) -> dict[str, int]:
+        """Open quarantine items per reason."""
+        rows = await self._rows("SELECT reason, count(*) AS n FROM quarantine WHERE replayed_at IS NULL "
+                                "GROUP BY reason ORDER BY reason", ())
+        return {r["reason"]: int(r["n"]) for r in rows}
+
+    async def usage(self, *, tenant: str, account_id: str, bucket: str, since: datetime, until: datetime,
+                    meter: str | None) -> list[UsageBucket]:
+        """Usage of an account per meter and bucket, in the account's time zone.
+
+        Usage belongs to the account that held the device at the usage's time;
+        usage of a device bound later becomes visible then (nothing is dropped).
+        """
+        rows = await self._rows(
+            "SELECT date_trunc(%s, u.ts AT TIME ZONE a.timezone) AT TIME ZONE a.timezone AS start, u.meter, "
+            "sum(u.quantity) AS quantity, max(u.unit) AS unit "
+            "FROM usage_entries u JOIN bindings b ON b.device_id = u.device_id AND b.valid @> u.ts "
+            "JOIN accounts a ON a.account_id = b.account_id "
+            "WHERE b.account_id = %s AND a.tenant = %s AND u.ts >= %s AND u.ts < %s "
+            "AND (%s::text IS NULL OR u.meter = %s) GROUP BY 1, 2 ORDER BY 1, 2",
+            (BUCKETS[bucket], account_id, tenant, since, until, meter, meter))
+        return [UsageBucket(start=r["start"], meter=r["meter"], quantity=r["quantity"], unit=r["unit"])
+                for r in rows]
