@@ -1,6 +1,7 @@
 """The ``usagehub`` command: serve, demo, simulate, seed, keys, profiles, import."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: typer reads the real annotation objects.
+
 
 import asyncio
 import functools
@@ -70,6 +71,7 @@ def with_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(1) from err
 
     wrapper.__signature__ = sig.replace(parameters=[*own, *_COMMON])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in [*own, *_COMMON]}
     return wrapper
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.adapters.coap.conftest import profiles, start, stop
+from tests.adapters.coap.support import profiles, start, stop
 from tests.adapters.files.minipipe import MiniPipeline
 from tests.peers import require_binary
 

@@ -37,7 +37,7 @@ class Partial:
     minimum: Decimal | None = None
     maximum: Decimal | None = None
     last: Decimal | None = None
-    last_key: tuple[datetime, str] | None = None
+    last_key: tuple[datetime, str, Decimal] | None = None  # value last: ties stay total
     labels: frozenset[str] = field(default_factory=frozenset)
     seconds: Decimal = _ZERO
 
@@ -48,10 +48,10 @@ class Partial:
         if not items:
             return cls(aggregation=aggregation, seconds=seconds)
         values = [s.value for s in items]
-        final = max(items, key=lambda s: (s.at, s.tie))
+        final = max(items, key=lambda s: (s.at, s.tie, s.value))
         return cls(aggregation=aggregation, count=len(items), total=sum(values, _ZERO),
                    minimum=min(values), maximum=max(values), last=final.value,
-                   last_key=(final.at, final.tie),
+                   last_key=(final.at, final.tie, final.value),
                    labels=frozenset(_label(s) for s in items), seconds=seconds)
 
     def merge(self, other: Partial) -> Partial:

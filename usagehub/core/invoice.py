@@ -78,7 +78,8 @@ def build_invoice(account: Account, period: BillingPeriod, lines: Iterable[Rated
     numbered: list[InvoiceLine] = []
     for number, rated in enumerate([*current, *late], start=1):
         if rated.net.currency != account.currency:
-            raise DomainError("CURRENCY_MISMATCH", f"a {rated.net.currency} line on a {account.currency} invoice")
+            raise DomainError("CURRENCY_MISMATCH",
+                              f"a {rated.net.currency} line on a {account.currency} invoice")
         vat_rate = vat_table.rate_for(account.market, rated.vat_category, _supply_date(rated, account)).rate
         numbered.append(InvoiceLine(number=number, rated=rated, vat_rate=vat_rate))
     groups = summarize((Taxed(rate=ln.vat_rate, category=ln.rated.vat_category, net=ln.rated.net)
@@ -140,7 +141,7 @@ CSV_COLUMNS = ("row", "line", "product", "plan_id", "plan_version", "component",
 
 
 def invoice_to_csv(preview: InvoicePreview) -> str:
-    """The preview as CSV: one ``line``/``adjustment`` row per line, one ``vat`` row per rate, a ``total`` row.
+    """The preview as CSV: a ``line``/``adjustment`` row per line, a ``vat`` row per rate, a ``total`` row.
 
     Reference lists are joined with ``;``.
     """

@@ -308,14 +308,18 @@ class _Context:
         return [self.line(tail, "minimum", Decimal(1), "period", shortfall, shortfall)]
 
 
-def diff_lines(billed: Iterable[RatedLine], rerated: Iterable[RatedLine],
-               period: BillingPeriod) -> list[RatedLine]:
+def diff_lines(billed: Iterable[RatedLine], rerated: Iterable[RatedLine], period: BillingPeriod, *,
+               cause: Iterable[UsageItem] = ()) -> list[RatedLine]:
     """Adjustment lines: what a re-rating of already billed ``period`` adds to (or takes from) the bill.
 
     Lines are matched by :meth:`RatedLine.key`; each adjustment carries the quantity
     and net differences, and drills down to the records and events the re-rating
-    added. Unchanged lines give nothing.
+    added plus those of the ``cause`` items of its product (the late usage: it
+    also moves earlier usage between bands). Unchanged lines give nothing.
     """
+    causes: dict[str, list[UsageItem]] = {}
+    for item in cause:
+        causes.setdefault(item.product, []).append(item)
     before = {line.key(): line for line in billed}
     after = {line.key(): line for line in rerated}
     adjustments = []
@@ -328,16 +332,16 @@ def diff_lines(billed: Iterable[RatedLine], rerated: Iterable[RatedLine],
             net = (new.net.amount if new else Decimal(0)) - (old.net.amount if old else Decimal(0))
             if not quantity and not net:
                 continue
+            records, events = _refs(causes.get(base.product, ()))
             adjustments.append(replace(
                 base, quantity=quantity, net=Money(amount=net, currency=base.net.currency), adjusts=period,
-                record_ids=_added(old.record_ids if old else (), new.record_ids if new else ()),
-                event_ids=_added(old.event_ids if old else (), new.event_ids if new else ())))
+                record_ids=_added(old.record_ids if old else (), new.record_ids if new else (), records),
+                event_ids=_added(old.event_ids if old else (), new.event_ids if new else (), events)))
     return sorted(adjustments, key=RatedLine.sort_key)
 
 
-def _added(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[str, ...]:
-    gone = set(old)
-    return tuple(ref for ref in new if ref not in gone)
+def _added(old: tuple[str, ...], new: tuple[str, ...], caused: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted((set(new) - set(old)) | set(caused)))
 
 
 def rate_adjustment(billed: Iterable[UsageItem], late: Iterable[UsageItem], book: PlanBook, account: Account,
@@ -348,7 +352,7 @@ def rate_adjustment(billed: Iterable[UsageItem], late: Iterable[UsageItem], book
     the rating of the billed usage alone, so tiers, volume bands and minimums come
     out exactly as if the late data had arrived in time.
     """
-    billed, cuts = list(billed), tuple(split_at)
+    billed, late, cuts = list(billed), list(late), tuple(split_at)
     before = rate(billed, book, account, period, split_at=cuts)
     after = rate([*billed, *late], book, account, period, split_at=cuts)
-    return diff_lines(before, after, period)
+    return diff_lines(before, after, period, cause=late)

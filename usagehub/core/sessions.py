@@ -150,7 +150,8 @@ class _Machine:
         cur.devices.add(point.device_id)
         if activity:
             cur.count += 1
-            cur.last = max(cur.last, point.end)
+            # Allocation splits spans at period boundaries; clamp anyway so a session never leaves its period.
+            cur.last = max(cur.last, min(point.end, cur.period.end))
         if point.kind is PointKind.STATE and activity:
             self.switch(point, cur)
 

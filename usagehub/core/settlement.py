@@ -41,7 +41,8 @@ class _Rule(_Model):
 
     def in_force(self, day: date) -> bool:
         """Whether the rule applies to a transaction on local date ``day``."""
-        return (self.valid_from is None or self.valid_from <= day) and (self.valid_to is None or day < self.valid_to)
+        started = self.valid_from is None or self.valid_from <= day
+        return started and (self.valid_to is None or day < self.valid_to)
 
 
 class TopupPercent(_Rule):
@@ -185,7 +186,8 @@ def _unique(transactions: Iterable[Transaction]) -> list[Transaction]:
     for txn in transactions:
         prior = seen.setdefault(txn.id, txn)
         if prior != txn:   # a redelivery is harmless; two different facts under one id are not
-            raise DomainError("CONFLICTING_TRANSACTION", f"transaction {txn.id!r} arrived with different contents")
+            raise DomainError("CONFLICTING_TRANSACTION",
+                              f"transaction {txn.id!r} arrived with different contents")
     return sorted(seen.values(), key=lambda t: (t.ts, t.id))
 
 
@@ -218,7 +220,8 @@ def settle(vendor: Vendor, period: BillingPeriod, transactions: Iterable[Transac
                 if found is None:
                     continue
                 if txn.amount.currency != vendor.currency:
-                    raise DomainError("CURRENCY_MISMATCH", f"transaction {txn.id!r} is in {txn.amount.currency}, "
+                    raise DomainError("CURRENCY_MISMATCH",
+                                      f"transaction {txn.id!r} is in {txn.amount.currency}, "
                                       f"vendor {vendor.id!r} settles in {vendor.currency}")
                 base, factor, share = found
                 lines.append(StatementLine(
@@ -275,8 +278,8 @@ def statement_to_json(statement: Statement) -> str:
     return json.dumps(_document(statement), indent=2, ensure_ascii=False) + "\n"
 
 
-STATEMENT_CSV_COLUMNS = ("row", "transaction_id", "ts", "account_id", "rule_id", "rule_type", "base", "factor",
-                         "share", "currency", "transactions", "refs")
+STATEMENT_CSV_COLUMNS = ("row", "transaction_id", "ts", "account_id", "rule_id", "rule_type", "base",
+                         "factor", "share", "currency", "transactions", "refs")
 
 
 def statement_to_csv(statement: Statement) -> str:
@@ -308,4 +311,5 @@ def revenue_transactions(preview: InvoicePreview) -> list[Transaction]:
         id=f"invoice:{preview.account_id}:{start}:{line.number}", kind=TransactionKind.REVENUE,
         ts=line.rated.supply_from, account_id=preview.account_id, amount=line.rated.net,
         product=line.rated.product, quantity=line.rated.quantity, unit=line.rated.unit,
-        refs=(*line.rated.record_ids, *line.rated.event_ids)) for line in (*preview.lines, *preview.adjustments)]
+        refs=(*line.rated.record_ids, *line.rated.event_ids))
+        for line in (*preview.lines, *preview.adjustments)]

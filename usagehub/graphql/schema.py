@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.extensions import ParserCache, QueryDepthLimiter, ValidationCache
 from strawberry.types import Info
 
@@ -165,9 +166,19 @@ class Mutation:
         return [t.ReplayResult(id=str(r[0]), outcome=r[1], reason=r[2]) for r in results]
 
 
+class _Schema(strawberry.Schema):
+    """Logs only unexpected errors: refusals with a code are answers, not incidents."""
+
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        unexpected = [e for e in errors if not (e.extensions or {}).get("code")
+                      and not isinstance(e.original_error, GraphQLError | None.__class__)]
+        if unexpected:
+            super().process_errors(unexpected, execution_context)
+
+
 def build_schema(max_depth: int = 12) -> strawberry.Schema:
     """The schema with parser/validation caches and a query depth limit."""
-    return strawberry.Schema(
+    return _Schema(
         query=Query, mutation=Mutation,
         extensions=[lambda: ParserCache(maxsize=256), lambda: ValidationCache(maxsize=256),
                     QueryDepthLimiter(max_depth=max_depth)],

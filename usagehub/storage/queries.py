@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -70,11 +71,11 @@ class Reads:
         """
         rows = await self._rows(
             "SELECT date_trunc(%s, u.ts AT TIME ZONE a.timezone) AT TIME ZONE a.timezone AS start, u.meter, "
-            "sum(u.quantity) AS quantity, max(u.unit) AS unit "
+            "sum(u.quantity) AS quantity, max(u.unit) AS unit, max(a.timezone) AS tz "
             "FROM usage_entries u JOIN bindings b ON b.device_id = u.device_id AND b.valid @> u.ts "
             "JOIN accounts a ON a.account_id = b.account_id "
             "WHERE b.account_id = %s AND a.tenant = %s AND u.ts >= %s AND u.ts < %s "
             "AND (%s::text IS NULL OR u.meter = %s) GROUP BY 1, 2 ORDER BY 1, 2",
             (BUCKETS[bucket], account_id, tenant, since, until, meter, meter))
-        return [UsageBucket(start=r["start"], meter=r["meter"], quantity=r["quantity"], unit=r["unit"])
-                for r in rows]
+        return [UsageBucket(start=r["start"].astimezone(ZoneInfo(r["tz"])), meter=r["meter"],
+                            quantity=r["quantity"], unit=r["unit"]) for r in rows]

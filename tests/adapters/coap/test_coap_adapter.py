@@ -13,7 +13,7 @@ import pytest
 from aiocoap import oscore
 from aiocoap.numbers.codes import Code
 
-from tests.adapters.coap.conftest import Hub, Installer, profiles, start, stop
+from tests.adapters.coap.support import Hub, Installer, profiles, start, stop
 from tests.adapters.files.minipipe import MiniPipeline
 from tests.fakes import RecordingSink
 from usagehub.adapters.base import Outcome, Receipt

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 from pydantic import BaseModel
 
 from usagehub.adapters.base import Adapter, AdapterSettings
@@ -14,7 +16,7 @@ class _Factory:
     """Creates binary adapters."""
 
     type = "binary"
-    config_model: type[BaseModel] = BinaryConfig
+    config_model: builtins.type[BaseModel] = BinaryConfig  # `type` is shadowed by the attribute above
 
     def create(self, config: BaseModel, settings: AdapterSettings) -> Adapter:
         """A new adapter for validated ``config``."""
@@ -24,5 +26,13 @@ class _Factory:
 
 FACTORY = _Factory()
 
-__all__ = ["FACTORY", "BinaryAdapter", "BinaryConfig", "FramingSpec", "ListenerConfig", "default_framing",
-           "make_framer", "split_frames"]
+__all__ = [
+    "FACTORY",
+    "BinaryAdapter",
+    "BinaryConfig",
+    "FramingSpec",
+    "ListenerConfig",
+    "default_framing",
+    "make_framer",
+    "split_frames",
+]

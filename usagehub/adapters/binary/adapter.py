@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 from usagehub.adapters.base import AdapterSettings, Receipt, Sink
 from usagehub.adapters.binary.config import BinaryConfig, ListenerConfig
@@ -33,18 +34,25 @@ class _Listener:
 def _prepare(config: ListenerConfig, profiles: dict[str, Profile]) -> _Listener:
     profile = profiles.get(config.profile)
     if profile is None:
-        raise ConfigError(f"listener on port {config.port} names unknown profile {config.profile!r}",
-                          field="adapters.binary.listeners")
+        raise ConfigError(
+            f"listener on port {config.port} names unknown profile {config.profile!r}",
+            field="adapters.binary.listeners",
+        )
     framing = config.framing or default_framing(profile.decode)
     if framing is None:
-        raise ConfigError(f"profile {profile.id!r} needs decode.framing (or the listener's framing)",
-                          field="adapters.binary.listeners")
+        raise ConfigError(
+            f"profile {profile.id!r} needs decode.framing (or the listener's framing)",
+            field="adapters.binary.listeners",
+        )
     replier = None
     if profile.decode_type == "dc09":
         codec = get_codec("dc09")
         options = codec.options_model.model_validate(profile.decode)
-        replier = Dc09Replier(codec.compile(options), dict(profile.decode.get("keys", {})),
-                              bool(profile.decode.get("strict", True)))
+        replier = Dc09Replier(
+            codec.compile(options),
+            dict(profile.decode.get("keys", {})),
+            bool(profile.decode.get("strict", True)),
+        )
     return _Listener(config, profile, framing, replier)
 
 
@@ -60,13 +68,15 @@ class BinaryAdapter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sink: Sink | None = None
         self._slots = asyncio.Semaphore(config.max_connections)
-        self.bound: dict[int, int] = {}  # configured port -> bound port (differs when configured as 0)
+        self.ready = asyncio.Event()  # set once every listener is bound
+        self.bound: list[int] = []  # bound ports in listener order (differ from the config when it says 0)
 
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self._close()
 
     async def run(self, sink: Sink) -> None:
@@ -75,7 +85,8 @@ class BinaryAdapter:
         try:
             for listener in self._listeners:
                 await self._open(listener)
-            log.info("binary adapter listening on %s", sorted(self.bound.values()))
+            log.info("binary adapter listening on %s", self.bound)
+            self.ready.set()
             await asyncio.Future()  # serve until cancelled
         finally:
             await self._close()
@@ -84,14 +95,17 @@ class BinaryAdapter:
         cfg = listener.config
         loop = asyncio.get_running_loop()
         if cfg.protocol == "tcp":
-            server = await asyncio.start_server(lambda r, w: self._connection(listener, r, w), cfg.host, cfg.port)
+            server = await asyncio.start_server(
+                lambda r, w: self._connection(listener, r, w), cfg.host, cfg.port
+            )
             self._servers.append(server)
-            self.bound[cfg.port] = server.sockets[0].getsockname()[1]
+            self.bound.append(server.sockets[0].getsockname()[1])
         else:
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self, listener),
-                                                               local_addr=(cfg.host, cfg.port))
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self, listener), local_addr=(cfg.host, cfg.port)
+            )
             self._transports.append(transport)
-            self.bound[cfg.port] = transport.get_extra_info("sockname")[1]
+            self.bound.append(transport.get_extra_info("sockname")[1])
 
     async def _close(self) -> None:
         for server in self._servers:
@@ -106,8 +120,9 @@ class BinaryAdapter:
             await server.wait_closed()
         self._servers, self._transports = [], []
 
-    async def _connection(self, listener: _Listener, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
+    async def _connection(
+        self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         peer = writer.get_extra_info("peername")
         source = f"{peer[0]}:{peer[1]}" if peer else ""
         framer = make_framer(listener.framing)
@@ -130,21 +145,25 @@ class BinaryAdapter:
                 pass
             finally:
                 writer.close()
-                try:
+                with contextlib.suppress(ConnectionError, OSError):
                     await writer.wait_closed()
-                except (ConnectionError, OSError):
-                    pass
 
     async def handle(self, listener: _Listener, frame: bytes, source: str) -> bytes | None:
         """Submit one frame, wait for its durable receipt, and return the reply to send (if any)."""
         assert self._sink is not None
         topic = listener.profile.id
-        message = RawMessage(transport="binary", topic=topic, payload=frame, received_at=datetime.now(UTC),
-                             source=source, meta={"profile": topic, "port": str(listener.config.port)})
+        message = RawMessage(
+            transport="binary",
+            topic=topic,
+            payload=frame,
+            received_at=datetime.now(UTC),
+            source=source,
+            meta={"profile": topic, "port": str(listener.config.port)},
+        )
         receipt: Receipt | None = None
         try:
             receipt = await (await self._sink.submit(message))
-        except Exception:  # noqa: BLE001 - the pipeline failed; no ACK lets the sender retry
+        except Exception:
             log.warning("binary frame from %s not stored", source, exc_info=True)
         if listener.replier is None:
             return None
@@ -164,8 +183,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
         self.adapter._spawn(self._handle(data, addr))

@@ -90,7 +90,7 @@ class _Delimited(_Base):
         delim = self.spec.delimiter.encode("latin-1")
         while (end := self.buf.find(delim)) >= 0:
             frame = self._take(end)
-            del self.buf[:len(delim)]
+            del self.buf[: len(delim)]
             if frame:
                 yield frame
 
@@ -138,8 +138,13 @@ class _Dc09(_Base):
             yield self._take(end + 1)
 
 
-_KINDS: dict[str, type[_Base]] = {"fixed": _Fixed, "length_prefixed": _LengthPrefixed, "delimited": _Delimited,
-                                  "mbus": _Mbus, "dc09": _Dc09}
+_KINDS: dict[str, type[_Base]] = {
+    "fixed": _Fixed,
+    "length_prefixed": _LengthPrefixed,
+    "delimited": _Delimited,
+    "mbus": _Mbus,
+    "dc09": _Dc09,
+}
 
 
 def make_framer(spec: FramingSpec) -> Framer:
@@ -164,5 +169,5 @@ def default_framing(decode: dict[str, object]) -> FramingSpec | None:
         return FramingSpec.model_validate(explicit)
     kind = decode.get("type")
     if kind in ("mbus", "dc09"):
-        return FramingSpec(type=kind)  # type: ignore[arg-type]
+        return FramingSpec(type=kind)
     return None

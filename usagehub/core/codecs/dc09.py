@@ -22,8 +22,11 @@ from usagehub.core.codecs.dc09_body import data_account, parse_adm_cid, parse_si
 from usagehub.errors import DecodeError
 
 _HEAD = re.compile(r'^(?P<crc>[0-9A-Fa-f]{4})(?P<len>[0-9A-Fa-f]{4})(?P<body>".*)$', re.S)
-_BODY = re.compile(r'^"(?P<enc>\*)?(?P<id>[A-Z0-9-]+)"(?P<seq>\d{4})(?:R(?P<rcvr>[0-9A-Fa-f]{1,6}))?'
-                   r'L(?P<line>[0-9A-Fa-f]{1,6})(?:#(?P<acct>[0-9A-Fa-f]{3,16}))?\[(?P<rest>.*)$', re.S)
+_BODY = re.compile(
+    r'^"(?P<enc>\*)?(?P<id>[A-Z0-9-]+)"(?P<seq>\d{4})(?:R(?P<rcvr>[0-9A-Fa-f]{1,6}))?'
+    r"L(?P<line>[0-9A-Fa-f]{1,6})(?:#(?P<acct>[0-9A-Fa-f]{3,16}))?\[(?P<rest>.*)$",
+    re.S,
+)
 _TIMESTAMP = re.compile(r"_(\d{2}):(\d{2}):(\d{2}),(\d{2})-(\d{2})-(\d{4})$")
 _OH = re.compile(r"^SR(?P<rcvr>\d{4})L(?P<line>\d{4})\s+(?P<acct>\S+)\s+\[ID(?P<id>\w+)\]$")
 SUPPORTED = ("SIA-DCS", "ADM-CID", "NULL")
@@ -32,7 +35,9 @@ SUPPORTED = ("SIA-DCS", "ADM-CID", "NULL")
 class Dc09Error(DecodeError):
     """A DC-09 frame was refused; ``reply`` says what the receiver answers (NAK or DUH)."""
 
-    def __init__(self, reason: str, *, detail: str | None = None, reply: Literal["NAK", "DUH"] = "NAK") -> None:
+    def __init__(
+        self, reason: str, *, detail: str | None = None, reply: Literal["NAK", "DUH"] = "NAK"
+    ) -> None:
         super().__init__(reason, detail=detail)
         self.reply = reply
 
@@ -100,8 +105,15 @@ def verify(text: str, *, strict: bool = True) -> Frame:
     m = _BODY.match(body)
     if m is None:
         raise Dc09Error("bad DC-09 header", detail=body[:40])
-    return Frame(message_id=m["id"], encrypted=bool(m["enc"]), seq=m["seq"], receiver=m["rcvr"],
-                 line=m["line"], account=m["acct"], rest=m["rest"])
+    return Frame(
+        message_id=m["id"],
+        encrypted=bool(m["enc"]),
+        seq=m["seq"],
+        receiver=m["rcvr"],
+        line=m["line"],
+        account=m["acct"],
+        rest=m["rest"],
+    )
 
 
 def _aes(key: bytes) -> Cipher[modes.CBC]:
@@ -121,7 +133,7 @@ def decrypt(rest: str, key: bytes) -> str:
     plain = (decryptor.update(cipher_bytes) + decryptor.finalize()).decode("latin-1")
     if "|" in plain:
         return plain.partition("|")[2]
-    return plain[plain.index("]"):] if "]" in plain else plain
+    return plain[plain.index("]") :] if "]" in plain else plain
 
 
 def parse_timestamp(text: str) -> tuple[str, str | None]:
@@ -134,7 +146,7 @@ def parse_timestamp(text: str) -> tuple[str, str | None]:
         stamp = datetime(yyyy, mo, dd, hh, mi, ss, tzinfo=UTC).isoformat()
     except ValueError as err:
         raise Dc09Error("bad timestamp", detail=m.group(0)) from err
-    return text[:m.start()], stamp
+    return text[: m.start()], stamp
 
 
 def _blocks(text: str) -> tuple[str, dict[str, str]]:
@@ -186,10 +198,21 @@ def _events(message_id: str, data: str) -> list[dict[str, Any]]:
     raise Dc09Error("unsupported message type", detail=message_id, reply="DUH")
 
 
-def _document(frame: Frame, account: str | None, timestamp: str | None, events: list[dict[str, Any]],
-              extended: dict[str, str]) -> dict[str, Any]:
-    common = {"account": account, "receiver": frame.receiver, "line": frame.line, "seq": frame.seq,
-              "message_type": frame.message_id, "encrypted": frame.encrypted}
+def _document(
+    frame: Frame,
+    account: str | None,
+    timestamp: str | None,
+    events: list[dict[str, Any]],
+    extended: dict[str, str],
+) -> dict[str, Any]:
+    common = {
+        "account": account,
+        "receiver": frame.receiver,
+        "line": frame.line,
+        "seq": frame.seq,
+        "message_type": frame.message_id,
+        "encrypted": frame.encrypted,
+    }
     if timestamp is not None:
         common["timestamp"] = timestamp
     records = [{**common, **e, "event_id": f"{frame.seq}.{i}"} for i, e in enumerate(events)]
@@ -198,9 +221,21 @@ def _document(frame: Frame, account: str | None, timestamp: str | None, events: 
 
 def _oh_document(m: re.Match[str]) -> dict[str, Any]:
     """An Osborne-Hoffman heartbeat (``SR0001L0001 acct [ID…]``), accepted only when not strict."""
-    common = {"account": m["acct"], "receiver": m["rcvr"], "line": m["line"], "seq": "0000",
-              "message_type": "OH", "encrypted": False}
-    record = {**common, "code": "RP", "description": "Automatic Test", "category": "test", "event_id": "0000.0"}
+    common = {
+        "account": m["acct"],
+        "receiver": m["rcvr"],
+        "line": m["line"],
+        "seq": "0000",
+        "message_type": "OH",
+        "encrypted": False,
+    }
+    record = {
+        **common,
+        "code": "RP",
+        "description": "Automatic Test",
+        "category": "test",
+        "event_id": "0000.0",
+    }
     return {**common, "events": [record], "extended": {}}
 
 

@@ -85,8 +85,16 @@ def parse_sia_dcs(data: str) -> list[dict[str, Any]]:
         m = _SIA_EVENT.match(rest)
         if m is None:
             continue
-        events.append(event(m["code"], zone=m["num"] or None, area=mods.get("ri"), user=mods.get("id"),
-                            text=text, extra=m["rest"] or None))
+        events.append(
+            event(
+                m["code"],
+                zone=m["num"] or None,
+                area=mods.get("ri"),
+                user=mods.get("id"),
+                text=text,
+                extra=m["rest"] or None,
+            )
+        )
     if not events:
         raise DecodeError("no SIA event in message", detail=data[:60])
     return events

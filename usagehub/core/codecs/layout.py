@@ -9,6 +9,8 @@ constants) and optionally a checksum. The body is compiled with construct's
 
 from __future__ import annotations
 
+import re
+import struct
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Literal
@@ -40,8 +42,10 @@ class LayoutField(_M):
     """One field of a record layout; ``type`` decides which other keys apply."""
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    type: str = Field(description="u8..u64, i8..i64 (any multiple of 8), f32, f64, bcd, bits, bytes, "
-                                  "string, pstring, array, enum, const")
+    type: str = Field(
+        description="u8..u64, i8..i64 (any multiple of 8), f32, f64, bcd, bits, bytes, "
+        "string, pstring, array, enum, const"
+    )
     order: Order | None = None
     size: int | None = Field(None, ge=1, le=4096)
     length_bytes: Literal[1, 2, 4] = 1
@@ -111,8 +115,6 @@ def _int_or_float(kind: str, order: Order) -> cs.Construct:
         return cs.Float32b if order == "big" else cs.Float32l
     if kind == "f64":
         return cs.Float64b if order == "big" else cs.Float64l
-    import re
-
     if not re.match(_INT_RE, kind):
         raise ValueError(f"unknown field type {kind!r}")
     width = int(kind[1:]) // 8
@@ -142,6 +144,7 @@ def _bits_fn(spec: LayoutField) -> Callable[[int], dict[str, int]]:
 
     def split(value: int) -> dict[str, int]:
         return {name: (value >> sh) & mask for name, sh, mask in plan if not name.startswith("_")}
+
     return split
 
 
@@ -159,7 +162,8 @@ def _field(spec: LayoutField, order: Order) -> tuple[cs.Construct, Callable[[Any
     if kind == "bytes":
         return cs.Bytes(spec.size or 1), bytes.hex
     if kind == "string":
-        return cs.PaddedString(spec.size or 1, spec.encoding), None
+        encoding = spec.encoding
+        return cs.Bytes(spec.size or 1), lambda raw: raw.decode(encoding).rstrip("\x00")
     if kind == "pstring":
         return cs.PascalString(_int_or_float(f"u{spec.length_bytes * 8}", fo), spec.encoding), None
     if kind == "array":
@@ -171,7 +175,9 @@ def _field(spec: LayoutField, order: Order) -> tuple[cs.Construct, Callable[[Any
         table = dict(spec.values)
         return _int_or_float(spec.base, fo), lambda v: table.get(v, v)
     if kind == "const":
-        return cs.Const(_const_bytes(spec, fo)), None
+        # checked here rather than by cs.Const, which construct's compiler does not inline
+        expected = _const_bytes(spec, fo)
+        return cs.Bytes(len(expected)), _const_check(spec.name, expected)
     sub = _int_or_float(kind, fo)
     return sub, (_to_decimal if kind in _NUMERIC else None)
 
@@ -186,6 +192,14 @@ def _to_decimal(value: float) -> Decimal | None:
     return Decimal(repr(value))
 
 
+def _const_check(name: str, expected: bytes) -> Callable[[bytes], None]:
+    def check(raw: bytes) -> None:
+        if raw != expected:
+            raise DecodeError("layout mismatch", detail=f"{name} is {raw.hex()}, expected {expected.hex()}")
+
+    return check
+
+
 def _const_bytes(spec: LayoutField, order: Order) -> bytes:
     value = spec.value
     if isinstance(value, str):
@@ -198,37 +212,64 @@ class _Compiled:
     """A compiled layout: construct parse, then per-field conversions and the checksum check."""
 
     def __init__(self, options: LayoutOptions) -> None:
-        subcons, self._plan = [], []
+        subcons: list[cs.Construct] = []
+        self._plan: list[tuple[str, Callable[[Any], Any] | None]] = []
+        self._consts: list[tuple[str, Callable[[Any], Any]]] = []
         for spec in options.layout:
             sub, conv = _field(spec, options.byte_order)
             subcons.append(spec.name / sub)
-            if spec.type != "const" and not spec.name.startswith("_"):
+            if spec.type == "const" and conv is not None:
+                self._consts.append((spec.name, conv))
+            elif not spec.name.startswith("_"):
                 self._plan.append((spec.name, conv))
-        subcons.append(cs.Terminated)
         struct = cs.Struct(*subcons)
         try:
+            self._size: int | None = struct.sizeof()
+        except cs.SizeofError:  # variable length: let construct insist on consuming everything
+            self._size = None
+            struct = cs.Struct(*subcons, cs.Terminated)
+        try:
             self._parse = struct.compile().parse
-        except Exception:  # noqa: BLE001 - an uncompilable layout still works, only slower
+        except Exception:
             self._parse = struct.parse
         self._check = None
         if options.checksum is not None:
-            self._check = (checksum_fn(options.checksum.algorithm), options.checksum.start,
-                           int(options.layout[-1].type[1:]) // 8, options.checksum.field)
+            self._check = (
+                checksum_fn(options.checksum.algorithm),
+                options.checksum.start,
+                int(options.layout[-1].type[1:]) // 8,
+                options.checksum.field,
+            )
 
     def __call__(self, payload: bytes) -> dict[str, Any]:
+        if self._size is not None and len(payload) != self._size:
+            raise DecodeError("wrong record length", detail=f"{len(payload)} bytes, layout has {self._size}")
         try:
             parsed = self._parse(payload)
-        except (cs.ConstructError, UnicodeDecodeError, ValueError, OverflowError) as err:
+        # compiled parsers raise struct.error for short input where interpreted ones raise StreamError
+        except (
+            cs.ConstructError,
+            struct.error,
+            UnicodeDecodeError,
+            ValueError,
+            OverflowError,
+            IndexError,
+        ) as err:
             raise DecodeError("layout mismatch", detail=str(err)[:200]) from err
         if self._check is not None:
             fn, start, size, name = self._check
-            expected = fn(payload[start:len(payload) - size])
+            expected = fn(payload[start : len(payload) - size])
             if parsed[name] != expected:
                 raise DecodeError("bad checksum", detail=f"{name}={parsed[name]:#x}, computed {expected:#x}")
+        for name, check in self._consts:
+            check(parsed[name])
         out: dict[str, Any] = {}
-        for name, conv in self._plan:
-            value = parsed[name]
-            out[name] = conv(value) if conv is not None else value
+        try:
+            for name, conv in self._plan:
+                value = parsed[name]
+                out[name] = conv(value) if conv is not None else value
+        except UnicodeDecodeError as err:  # a text field holding bytes its encoding refuses
+            raise DecodeError("layout mismatch", detail=f"{name}: {err}"[:200]) from err
         return out
 
 

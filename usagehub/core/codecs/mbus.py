@@ -63,10 +63,18 @@ def _variable(data: bytes, big_endian: bool) -> dict[str, Any]:
     ident = data[0:4][::-1] if big_endian else data[0:4]
     man = int.from_bytes(data[4:6], "big" if big_endian else "little")
     # libmbus prints the BCD id as hex digits, so a meter with hex digits in its id keeps them.
-    return {"id": f"{int.from_bytes(ident, 'little'):X}", "manufacturer": manufacturer(man), "version": data[6],
-            "medium": medium_name(data[7]), "medium_code": data[7], "access_number": data[8],
-            "status": data[9], "signature": data[10:12].hex().upper(), "structure": "variable",
-            **_with_current(parse_records(data, 12))}
+    return {
+        "id": f"{int.from_bytes(ident, 'little'):X}",
+        "manufacturer": manufacturer(man),
+        "version": data[6],
+        "medium": medium_name(data[7]),
+        "medium_code": data[7],
+        "access_number": data[8],
+        "status": data[9],
+        "signature": data[10:12].hex().upper(),
+        "structure": "variable",
+        **_with_current(parse_records(data, 12)),
+    }
 
 
 def _with_current(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -89,10 +97,17 @@ def _with_current(records: list[dict[str, Any]]) -> dict[str, Any]:
 def _fixed_counter(status: int, kind: int, raw: bytes) -> dict[str, Any]:
     raw_value = bcd_le(raw) if status & 0x80 == 0 else int.from_bytes(raw, "little", signed=True)
     raw_unit, unit, quantity, factor = FIXED_UNIT[kind & 0x3F]
-    return {"function": "Stored value" if status & 0x40 else "Actual value", "storage": 0 if not status & 0x40 else 1,
-            "tariff": None, "subunit": None, "unit": unit, "quantity": quantity,
-            "value": (raw_value * factor).normalize() if factor != 1 else raw_value,
-            "raw_unit": raw_unit, "raw_value": raw_value}
+    return {
+        "function": "Stored value" if status & 0x40 else "Actual value",
+        "storage": 0 if not status & 0x40 else 1,
+        "tariff": None,
+        "subunit": None,
+        "unit": unit,
+        "quantity": quantity,
+        "value": (raw_value * factor).normalize() if factor != 1 else raw_value,
+        "raw_unit": raw_unit,
+        "raw_value": raw_value,
+    }
 
 
 def _fixed(data: bytes) -> dict[str, Any]:
@@ -101,8 +116,15 @@ def _fixed(data: bytes) -> dict[str, Any]:
     status, t1, t2 = data[5], data[6], data[7]
     medium = FIXED_MEDIUM[((t1 & 0xC0) >> 6) | ((t2 & 0xC0) >> 4)]
     records = [_fixed_counter(status, t1, data[8:12]), _fixed_counter(status, t2, data[12:16])]
-    return {"id": str(bcd_le(data[0:4])), "manufacturer": None, "medium": medium, "access_number": data[4],
-            "status": status, "structure": "fixed", "records": records}
+    return {
+        "id": str(bcd_le(data[0:4])),
+        "manufacturer": None,
+        "medium": medium,
+        "access_number": data[4],
+        "status": status,
+        "structure": "fixed",
+        "records": records,
+    }
 
 
 def decode_frame(frame: bytes) -> dict[str, Any]:

@@ -79,7 +79,7 @@ class _Cursor:
     def take(self, count: int, where: str) -> bytes:
         if self.pos + count > len(self.data):
             raise DecodeError("premature end of record", detail=f"at {where}, offset {self.pos}")
-        chunk = self.data[self.pos:self.pos + count]
+        chunk = self.data[self.pos : self.pos + count]
         self.pos += count
         return chunk
 
@@ -130,7 +130,9 @@ def _raw_value(coding: int, raw: bytes, vif: int, vife0: int | None, kind: str) 
         return _date(raw)
     if coding == 0x06 and plain == 0x6D:
         return _datetime(raw[1:], second=raw[0] & 0x3F)
-    if coding == 0x04 and (plain == 0x6D or (vif == 0xFD and vife0 is not None and vife0 & 0x7F in (0x30, 0x70))):
+    if coding == 0x04 and (
+        plain == 0x6D or (vif == 0xFD and vife0 is not None and vife0 & 0x7F in (0x30, 0x70))
+    ):
         return _datetime(raw)
     if coding in (0x01, 0x02, 0x03, 0x04, 0x06, 0x07):
         return _int_le(raw)
@@ -183,11 +185,19 @@ def _scaled(value: Any, factor: Decimal, offset: Decimal) -> Any:
 
 
 def _manufacturer_record(dif: int, cur: _Cursor) -> dict[str, Any]:
-    rest = cur.data[cur.pos:]
+    rest = cur.data[cur.pos :]
     cur.pos = len(cur.data)
-    return {"function": "More records follow" if dif == 0x1F else "Manufacturer specific",
-            "storage": 0, "tariff": None, "subunit": None, "unit": "", "quantity": "",
-            "value": _hex(rest), "dif": dif, "vif": None}
+    return {
+        "function": "More records follow" if dif == 0x1F else "Manufacturer specific",
+        "storage": 0,
+        "tariff": None,
+        "subunit": None,
+        "unit": "",
+        "quantity": "",
+        "value": _hex(rest),
+        "dif": dif,
+        "vif": None,
+    }
 
 
 def parse_record(cur: _Cursor) -> dict[str, Any]:
@@ -212,9 +222,18 @@ def parse_record(cur: _Cursor) -> dict[str, Any]:
     storage, tariff, device = _dib_fields(dif, difes)
     value = _raw_value(coding, raw, vif, vifes[0] if vifes else None, kind)
     unit, quantity, factor, offset = _unit(vif, vifes, custom)
-    return {"function": FUNCTIONS[(dif & 0x30) >> 4], "storage": storage, "tariff": tariff, "subunit": device,
-            "unit": unit, "quantity": quantity, "value": _scaled(value, factor, offset),
-            "dif": dif, "vif": vif, "vife": vifes or None}
+    return {
+        "function": FUNCTIONS[(dif & 0x30) >> 4],
+        "storage": storage,
+        "tariff": tariff,
+        "subunit": device,
+        "unit": unit,
+        "quantity": quantity,
+        "value": _scaled(value, factor, offset),
+        "dif": dif,
+        "vif": vif,
+        "vife": vifes or None,
+    }
 
 
 def parse_records(data: bytes, start: int) -> list[dict[str, Any]]:

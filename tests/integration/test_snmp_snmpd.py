@@ -1,0 +1,156 @@
+"""Polling net-snmp snmpd: Counter32/Counter64 wraps, resets and reboots, v2c and v3 authPriv, missed polls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from tests.adapters.snmp.agents import ENTERPRISE, Snmpd
+from tests.adapters.snmp.helpers import by_key, config, decode_all, profile_from, settings
+from tests.fakes import RecordingSink
+from tests.peers import free_port
+from usagehub.adapters.base import DeviceEndpoint
+from usagehub.adapters.snmp.adapter import SnmpAdapter
+from usagehub.core.profiles import Profile
+
+pytestmark = pytest.mark.integration
+
+C32, C64, G = f"{ENTERPRISE}.1.0", f"{ENTERPRISE}.2.0", f"{ENTERPRISE}.3.0"
+
+
+def _profile(version: str, interval_s: float = 300) -> Profile:
+    return profile_from(f"""
+id: test-counters-v{version}
+match: {{transport: snmp}}
+decode: {{type: snmp}}
+timestamp: "$.ts"
+poll: {{interval_s: {interval_s}, version: "{version}", timeout_s: 0.3, retries: 0}}
+meters:
+  c32: {{oid: "{C32}", kind: cumulative, wrap_bits: 32, unit: count, aggregation: sum,
+         reset_marker: "$.markers['{C32}']"}}
+  c64: {{oid: "{C64}", kind: cumulative, wrap_bits: 64, unit: count, aggregation: sum,
+         reset_marker: "$.markers['{C64}']"}}
+  level: {{oid: "{G}", kind: gauge, unit: "%", aggregation: avg, missing_values: [-1]}}
+""")
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Snmpd]:
+    with Snmpd(tmp_path_factory.mktemp("snmpd")).running() as running:
+        yield running
+
+
+def _v2c(agent: Snmpd, device_id: str = "dev", profile: str = "test-counters-v2c") -> DeviceEndpoint:
+    return DeviceEndpoint(device_id=device_id, profile_id=profile, address="127.0.0.1", port=agent.port,
+                          secrets={"community": agent.community})
+
+
+def _v3(agent: Snmpd, auth_key: str | None = None) -> DeviceEndpoint:
+    return DeviceEndpoint(device_id="dev3", profile_id="test-counters-v3", address="127.0.0.1", port=agent.port,
+                          secrets={"user": agent.user, "auth_key": auth_key or agent.auth_key,
+                                   "priv_key": agent.priv_key, "auth_protocol": "SHA", "priv_protocol": "AES"})
+
+
+class _Poller:
+    def __init__(self, adapter: SnmpAdapter, profile: Profile, endpoint: DeviceEndpoint) -> None:
+        self.adapter, self.profile, self.endpoint = adapter, profile, endpoint
+
+    async def read(self) -> dict[str, tuple[Decimal, str | None]]:
+        assert self.adapter.scheduler is not None
+        messages = await self.adapter.scheduler.poll_once(self.endpoint, self.adapter.plans[self.profile.id])
+        events = by_key(decode_all([self.profile], messages))
+        return {meter: (e.value, e.reset_marker) for (_, meter), e in events.items()}
+
+
+@contextlib.asynccontextmanager
+async def _poller(tmp_path: Path, profile: Profile, endpoint: DeviceEndpoint):  # type: ignore[no-untyped-def]
+    async with SnmpAdapter(config(traps={"enabled": False}), settings([profile], [endpoint], tmp_path)) as adapter:
+        yield _Poller(adapter, profile, endpoint)
+
+
+async def test_wrap_keeps_baseline_and_reset_starts_a_new_one(tmp_path: Path, agent: Snmpd) -> None:
+    agent.set(c32=2**32 - 6, c64=2**64 - 6, g=-1, uptime=500_000)
+    async with _poller(tmp_path, _profile("2c"), _v2c(agent)) as poller:
+        first = await poller.read()
+        assert first["c32"][0] == 2**32 - 6 and first["c64"][0] == 2**64 - 6
+        assert "level" not in first                                   # -1: not supported -> absent
+        agent.set(c32=10, c64=10, g=55, uptime=500_100)               # both counters wrap
+        wrapped = await poller.read()
+        assert wrapped["c32"] == (Decimal(10), first["c32"][1])       # same marker: the core applies wrap_bits
+        assert wrapped["c64"] == (Decimal(10), first["c64"][1])
+        assert wrapped["level"][0] == 55
+        agent.set(c32=4, uptime=500_200)                              # a drop no wrap explains
+        reset = await poller.read()
+        assert reset["c32"][1] != wrapped["c32"][1]                   # new baseline for c32 only
+        assert reset["c64"][1] == wrapped["c64"][1]
+        agent.set(c32=1, c64=1, uptime=20)                            # sysUpTime went backwards: reboot
+        rebooted = await poller.read()
+        assert rebooted["c64"][1].split("#")[0] != reset["c64"][1].split("#")[0]
+
+
+async def test_markers_survive_a_hub_restart(tmp_path: Path, agent: Snmpd) -> None:
+    agent.set(c32=100, c64=100, uptime=900_000)
+    async with _poller(tmp_path, _profile("2c"), _v2c(agent)) as poller:
+        before = await poller.read()
+    agent.set(c32=150, c64=150, uptime=900_050)
+    async with _poller(tmp_path, _profile("2c"), _v2c(agent)) as poller:   # same data_dir: state reloaded
+        after = await poller.read()
+    assert after["c32"][1] == before["c32"][1] and after["c64"][1] == before["c64"][1]
+
+
+async def test_v3_auth_priv_poll(tmp_path: Path, agent: Snmpd) -> None:
+    agent.set(c32=7, c64=2**40, uptime=1000)
+    async with _poller(tmp_path, _profile("3"), _v3(agent)) as poller:
+        values = await poller.read()
+    assert values["c64"][0] == 2**40 and values["c32"][0] == 7
+
+
+def _missed(device: str) -> float:
+    return REGISTRY.get_sample_value("usagehub_snmp_poll_missed_total", {"device": device}) or 0.0
+
+
+async def test_schedule_submits_and_counts_missed_polls(tmp_path: Path, agent: Snmpd) -> None:
+    agent.set(c32=1, c64=1, g=5, uptime=3000)
+    profile = _profile("2c", interval_s=0.4)
+    dead = DeviceEndpoint(device_id="dead", profile_id=profile.id, address="127.0.0.1",
+                          port=free_port(2), secrets={"community": "public"})     # nothing listens there
+    wrong_key = DeviceEndpoint(device_id="badkey", profile_id=profile.id, address="127.0.0.1", port=agent.port,
+                               secrets={})                                       # no community in registry
+    before = _missed("dead"), _missed("badkey"), _missed("live")
+    endpoints = [_v2c(agent, "live", profile.id), dead, wrong_key]
+    sink = RecordingSink()
+    async with SnmpAdapter(config(traps={"enabled": False}), settings([profile], endpoints, tmp_path)) as adapter:
+        task = asyncio.create_task(adapter.run(sink))
+        await asyncio.sleep(1.5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        missed = adapter.missed_polls
+    assert {m.meta["device_id"] for m in sink.messages} == {"live"}
+    assert len(sink.messages) >= 2
+    assert missed["dead"] >= 2 and missed["badkey"] >= 2 and missed.get("live", 0) == 0
+    assert _missed("dead") - before[0] == missed["dead"]
+    assert _missed("badkey") - before[1] == missed["badkey"]
+    assert _missed("live") == before[2]
+    assert (tmp_path / "snmp-state.json").exists()
+
+
+async def test_v3_wrong_key_is_a_missed_poll(tmp_path: Path, agent: Snmpd) -> None:
+    profile = _profile("3", interval_s=0.3)
+    endpoint = _v3(agent, auth_key="not-the-right-key")
+    sink = RecordingSink()
+    async with SnmpAdapter(config(traps={"enabled": False}), settings([profile], [endpoint], tmp_path)) as adapter:
+        task = asyncio.create_task(adapter.run(sink))
+        await asyncio.sleep(0.9)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert adapter.missed_polls["dev3"] >= 1
+        assert adapter.device_health["dev3"].last_error
+    assert sink.messages == []

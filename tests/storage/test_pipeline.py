@@ -1,0 +1,129 @@
+"""The ingest pipeline against a real PostgreSQL: identity, quarantine, usage entries."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import orjson
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from usagehub.adapters.base import Outcome
+from usagehub.config import SHIPPED_PROFILES
+from usagehub.core.decode import ProfileSet
+from usagehub.core.events import RawMessage
+from usagehub.ingest import Pipeline, PipelineSettings
+from usagehub.profile_files import load_profiles
+from usagehub.storage.queries import Reads
+from usagehub.storage.registry import KnownDevices, Registry
+from usagehub.storage.usage import UsageWriter
+
+T0 = datetime(2026, 10, 1, tzinfo=UTC)
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+async def pipeline(pool: AsyncConnectionPool) -> Pipeline:
+    registry = Registry(pool)
+    await registry.upsert_account(account_id="a1", timezone="Europe/Berlin")
+    for dev in ("m1", "m2"):
+        await registry.upsert_device(device_id=dev, profile_id="acme-em340")
+        await registry.bind(device_id=dev, account_id="a1", valid_from=T0 - timedelta(days=30))
+    profiles = ProfileSet(load_profiles(SHIPPED_PROFILES))
+    p = Pipeline(pool, profiles, KnownDevices(pool), PipelineSettings(batch_max_wait_ms=5))
+    p.hooks.append(UsageWriter(profiles).apply)
+    return p
+
+
+def reading(device: str, seq: int, minutes: int, wh: int, boot: int = 1) -> RawMessage:
+    body = {"seq": seq, "ts": (T0 + timedelta(minutes=minutes)).isoformat(), "energy_wh": wh, "boot": boot}
+    return RawMessage(transport="mqtt", topic=f"meters/{device}/reading", payload=orjson.dumps(body),
+                      received_at=NOW)
+
+
+async def feed(pipeline: Pipeline, messages: list[RawMessage]) -> list[Outcome]:
+    task = asyncio.create_task(pipeline.run())
+    try:
+        futures = [await pipeline.submit(m) for m in messages]
+        return [(await f).outcome for f in futures]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await pipeline.drain()
+
+
+async def total_kwh(pool: AsyncConnectionPool, device: str = "m1") -> Decimal:
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT coalesce(sum(quantity), 0) FROM usage_entries WHERE device_id = %s "
+                                 "AND meter = 'energy'", (device,))
+        row = await cur.fetchone()
+    assert row is not None
+    return Decimal(row[0])
+
+
+async def test_duplicates_in_and_across_batches_count_once(pipeline: Pipeline, pool: AsyncConnectionPool) -> None:
+    msgs = [reading("m1", i, 15 * i, 1000 + 100 * i) for i in range(10)]
+    first = await feed(pipeline, msgs + msgs[:3])
+    assert first.count(Outcome.ACCEPTED) == 10 and first.count(Outcome.DUPLICATE) == 3
+    again = await feed(pipeline, msgs)
+    assert set(again) == {Outcome.DUPLICATE}
+    assert await total_kwh(pool) == Decimal("0.900")
+
+
+async def test_late_reading_splits_delta_and_total_is_order_invariant(pipeline: Pipeline,
+                                                                      pool: AsyncConnectionPool) -> None:
+    msgs = [reading("m1", i, 15 * i, 5000 + 250 * i) for i in range(8)]
+    await feed(pipeline, [msgs[0], msgs[7]])          # one big delta first
+    await feed(pipeline, msgs[3:5])                    # then late readings land inside it
+    await feed(pipeline, list(reversed(msgs[1:3])) + msgs[5:7])
+    assert await total_kwh(pool) == Decimal("1.750")
+    reads = Reads(pool)
+    buckets = await reads.usage(tenant="default", account_id="a1", bucket="HOUR", since=T0,
+                                until=T0 + timedelta(hours=3), meter="energy")
+    # Usage lands where the later reading of each interval is: 15-min deltas of 0.25 kWh.
+    assert [b.quantity for b in buckets] == [Decimal("0.750"), Decimal("1.000")]
+
+
+async def test_wrap_and_reset(pipeline: Pipeline, pool: AsyncConnectionPool) -> None:
+    top = 2**32
+    msgs = [reading("m2", 1, 0, top - 500), reading("m2", 2, 15, 700),           # wrap: +1200 Wh
+            reading("m2", 3, 30, 900, boot=2), reading("m2", 4, 45, 1000, boot=2)]  # reset: +900, +100
+    await feed(pipeline, msgs)
+    assert await total_kwh(pool, "m2") == Decimal("2.200")
+
+
+@pytest.mark.parametrize(("topic", "payload", "reason"), [
+    ("meters/m1/reading", b"not json at all", "not JSON"),
+    ("meters/ghost/reading", b'{"seq":1,"ts":"2026-10-01T00:00:00Z","energy_wh":5}', "unknown device"),
+    ("meters/m1/reading", b'{"seq":1,"energy_wh":5}', "missing field"),
+    ("meters/m1/reading", b'{"seq":1,"ts":"2026-10-01T00:00:00Z","energy_wh":-5}', "value out of range"),
+    ("meters/m1/reading", b'{"seq":1,"ts":"2026-10-01T00:00:00","energy_wh":5}', "timestamp without zone"),
+    ("meters/m1/reading", b'{"seq":1,"ts":"2026-10-01T00:00:00Z","energy_wh":"lots"}', "not a number"),
+    ("meters/m1/reading", b'{"seq":1,"ts":"2026-10-01T00:00:00Z","energy_wh":1e300}', "value out of range"),
+    ("elsewhere/x", b"{}", "unknown topic"),
+    ("meters/m1/reading", b"[" * 100_000, "not JSON"),
+    ("meters/m1/reading", b'{"seq":1,"ts":"2099-10-01T00:00:00Z","energy_wh":5}', "timestamp in the future"),
+])
+async def test_bad_messages_are_quarantined_with_raw_bytes(pipeline: Pipeline, pool: AsyncConnectionPool,
+                                                           topic: str, payload: bytes, reason: str) -> None:
+    message = RawMessage(transport="mqtt", topic=topic, payload=payload, received_at=NOW)
+    assert await feed(pipeline, [message]) == [Outcome.QUARANTINED]
+    rows = await Reads(pool).quarantine(reason=None, after=None, limit=10)
+    assert [(r["reason"], bytes(r["payload"]), r["topic"]) for r in rows] == [(reason, payload, topic)]
+    assert pipeline.totals["quarantined"] == 1
+
+
+async def test_gateway_batch_yields_one_event_per_reading(pool: AsyncConnectionPool) -> None:
+    registry = Registry(pool)
+    for i in range(50):
+        await registry.upsert_device(device_id=f"g{i}")
+    profiles = ProfileSet(load_profiles(SHIPPED_PROFILES))
+    pipeline = Pipeline(pool, profiles, KnownDevices(pool))
+    body = {"readings": [{"meter": f"g{i}", "seq": 1, "ts": T0.isoformat(), "energy_wh": i} for i in range(50)]}
+    message = RawMessage(transport="mqtt", topic="gateways/dc1/batch", payload=orjson.dumps(body), received_at=NOW)
+    task = asyncio.create_task(pipeline.run())
+    receipt = await (await pipeline.submit(message))
+    task.cancel()
+    assert (receipt.outcome, receipt.accepted) == (Outcome.ACCEPTED, 50)

@@ -1,0 +1,5 @@
+"""``python -m usagehub``."""
+
+from usagehub.cli import main
+
+main()
