@@ -26,10 +26,10 @@ from aiocoap import resource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from usagehub.adapters.base import AdapterSettings, DeviceEndpoint, Outcome, Receipt  # noqa: E402
-from usagehub.adapters.coap import FACTORY, CoapConfig  # noqa: E402
-from usagehub.core.events import RawMessage  # noqa: E402
-from usagehub.core.profiles import parse_profile  # noqa: E402
+from usagehub.adapters.base import AdapterSettings, DeviceEndpoint, Outcome, Receipt
+from usagehub.adapters.coap import FACTORY, CoapConfig
+from usagehub.core.events import RawMessage
+from usagehub.core.profiles import parse_profile
 
 PROFILE = """
 id: bench-coap

@@ -22,11 +22,11 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from coap_ingest import FastSink  # noqa: E402
+from coap_ingest import FastSink
 
-from usagehub.adapters.files import import_paths  # noqa: E402
-from usagehub.adapters.files.readers import detect_format, read_records  # noqa: E402
-from usagehub.core.profiles import Profile, parse_profile  # noqa: E402
+from usagehub.adapters.files import import_paths
+from usagehub.adapters.files.readers import detect_format, read_records
+from usagehub.core.profiles import Profile, parse_profile
 
 PROFILES = {
     "csv": """

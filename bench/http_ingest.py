@@ -28,10 +28,10 @@ from starlette.routing import Route
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from coap_ingest import FastSink  # noqa: E402
+from coap_ingest import FastSink
 
-from usagehub.adapters.base import DeviceEndpoint  # noqa: E402
-from usagehub.adapters.http import HttpConfig, ingest_routes  # noqa: E402
+from usagehub.adapters.base import DeviceEndpoint
+from usagehub.adapters.http import HttpConfig, ingest_routes
 
 TOKEN = "bench-token"
 
@@ -73,7 +73,8 @@ async def _clients(port: int, batches: int, size: int, concurrency: int) -> floa
         return batches * size / (time.perf_counter() - started)
 
 
-def _client_process(port: int, batches: int, size: int, concurrency: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def _client_process(port: int, batches: int, size: int, concurrency: int,
+                    out: mp.Queue) -> None:  # type: ignore[type-arg]
     out.put(asyncio.run(_clients(port, batches, size, concurrency)))
 
 
@@ -83,12 +84,15 @@ async def serve_and_measure(app: Starlette, args: argparse.Namespace) -> list[fl
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False))
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
+    for _ in range(1000):  # uvicorn offers no started event
+        if server.started:
+            break
         await asyncio.sleep(0.01)
     rates = []
     for _ in range(args.rounds):
         out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-        proc = mp.Process(target=_client_process, args=(port, args.batches, args.batch, args.concurrency, out))
+        client_args = (port, args.batches, args.batch, args.concurrency, out)
+        proc = mp.Process(target=_client_process, args=client_args)
         proc.start()
         rates.append(await asyncio.to_thread(out.get, True, 300))
         await asyncio.to_thread(proc.join, 10)

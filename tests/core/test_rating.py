@@ -402,3 +402,16 @@ def test_late_data_adjustments_complete_the_billed_rating(items: list[UsageItem]
         assert net(rate(billed, WITH_MINIMUM, ACCOUNT, PERIOD)) + net(adjustments) == net(
             rate(items, WITH_MINIMUM, ACCOUNT, PERIOD)
         )
+
+
+def test_a_utc_period_from_the_session_core_gives_local_times() -> None:
+    utc_period = BillingPeriod(
+        start=datetime(2024, 2, 29, 23, tzinfo=ZoneInfo("UTC")),
+        end=datetime(2024, 3, 31, 22, tzinfo=ZoneInfo("UTC")),
+    )
+    lines = rate([item(at(2), "1"), item(at(20), "1")], book(FLAT, change=FLAT), ACCOUNT, utc_period)
+    assert [ln.supply_from.isoformat() for ln in lines] == [
+        "2024-03-01T00:00:00+01:00",
+        "2024-03-16T00:00:00+01:00",
+    ]
+    assert lines[-1].supply_to.isoformat() == "2024-04-01T00:00:00+02:00"

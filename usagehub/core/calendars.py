@@ -82,10 +82,11 @@ def cut_period(period: BillingPeriod, tz: ZoneInfo, cut_dates: Iterable[date]) -
     count every date exactly once.
     """
     cuts = sorted({m for m in (local_midnight(d, tz) for d in cut_dates) if period.start < m < period.end})
-    starts = [period.start, *cuts]
-    ends = [*cuts, period.end]
+    # in the account's zone, so every time an invoice shows carries the local offset
+    starts = [period.start.astimezone(tz), *cuts]
+    ends = [*cuts, period.end.astimezone(tz)]
     days: list[list[date]] = [[] for _ in starts]
     for day in local_days(period.start, period.end, tz):
-        anchor = max(local_midnight(day, tz), period.start)
+        anchor = max(local_midnight(day, tz), starts[0])
         days[bisect_right(starts, anchor) - 1].append(day)
     return [Segment(start=s, end=e, days=tuple(d)) for s, e, d in zip(starts, ends, days, strict=True)]

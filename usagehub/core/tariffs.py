@@ -310,6 +310,8 @@ def line_of(node: Any, loc: tuple[int | str, ...]) -> int | None:
     """The 1-based line of the deepest element of ``loc`` found in a ruamel YAML tree."""
     line: int | None = None
     for step in loc:
+        if isinstance(node, CommentedMap) and step not in node and node.get("type") == step:
+            continue   # a discriminated union's tag in pydantic's error location, not a key
         if isinstance(node, CommentedMap) and step in node:
             line = node.lc.key(step)[0] + 1
             node = node[step]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -200,3 +201,24 @@ def test_bad_device_keys_are_skipped(tmp_path: Path, bad: dict[str, str]) -> Non
                 DeviceEndpoint(device_id="ok", profile_id=None, secrets={"oscore_master_secret": "01"})])
     assert len(creds) == 1
     creds.close()
+
+
+async def test_replay_window_lost_in_a_crash_is_recovered_with_echo(tmp_path: Path,
+                                                                    oscore_client: Installer) -> None:
+    sink = RecordingSink()
+    adapter, task, port = await start(tmp_path, sink)
+    client = oscore_client(port)
+    uri = f"coap://127.0.0.1:{port}/u/dev1"
+    try:
+        assert (await post(client, uri, reading(1))).code == Code.CHANGED
+    finally:
+        await stop(adapter, task)
+    [state] = (tmp_path / "coap" / "oscore").glob("dev1-*/sequence.json")
+    saved = json.loads(state.read_text())
+    state.write_text(json.dumps({**saved, "received": "unknown"}))  # what a killed hub leaves
+    adapter, task, _ = await start(tmp_path, sink, port=port)
+    try:
+        assert (await post(client, uri, reading(2))).code == Code.CHANGED  # after a 4.01 Echo round trip
+    finally:
+        await stop(adapter, task)
+    assert [m.payload for m in sink.messages] == [reading(1), reading(2)]

@@ -83,7 +83,8 @@ async def test_resume_after_a_crash_counts_every_event_once(tmp_path: Path) -> N
 
 
 async def test_binary_bad_records_are_quarantined_not_dropped(tmp_path: Path) -> None:
-    data = dump_record(1, 1, 5) + b"\x12" + b"\x00" * 18 + dump_record(1, 2, 6) + b"\x12\xa5"  # junk, then a stub
+    junk, stub = b"\x12" + b"\x00" * 18, b"\x12\xa5"  # a record without magic; a truncated last one
+    data = dump_record(1, 1, 5) + junk + dump_record(1, 2, 6) + stub
     path = write(tmp_path / "dump-c.bin", data)
     pipeline = MiniPipeline(PROFILES)
     summary = await import_paths([path], pipeline, PROFILES, progress=False)

@@ -85,7 +85,10 @@ async def test_bad_lines_are_reported_and_quarantined(hub: tuple[httpx.AsyncClie
     assert [m.payload for m, _ in pipeline.quarantine] == [b"{oops", b'{"seq":2,"wh":6}']
 
 
-async def test_gateway_token_posts_batches_for_its_meters(hub: tuple[httpx.AsyncClient, MiniPipeline]) -> None:
+Hub = tuple[httpx.AsyncClient, MiniPipeline]
+
+
+async def test_gateway_token_posts_batches_for_its_meters(hub: Hub) -> None:
     client, pipeline = hub
     batch = {"readings": [{"meter": "m1", "seq": 1, "ts": "2026-03-01T00:00:00Z", "kwh": 10},
                           {"meter": "m2", "seq": 1, "ts": "2026-03-01T00:00:00Z", "kwh": 20}]}
@@ -148,7 +151,8 @@ async def test_answer_waits_for_commit() -> None:
 
 
 async def test_newly_registered_token_is_found_without_restart() -> None:
-    endpoints = [DeviceEndpoint(device_id="late", profile_id="acme-http-meter", secrets={"http_token": "t-late"})]
+    endpoints = [DeviceEndpoint(device_id="late", profile_id="acme-http-meter",
+                                secrets={"http_token": "t-late"})]
     directory = StaticDirectory([])
     app = Starlette(routes=ingest_routes(RecordingSink(), directory,
                                          HttpConfig(token_miss_refresh_s=0), profiles()))
@@ -160,8 +164,8 @@ async def test_newly_registered_token_is_found_without_restart() -> None:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5), max_size=3),
-                max_size=8))
+@given(st.lists(st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5),
+                                max_size=3), max_size=8))
 def test_split_is_deterministic_and_line_per_element(items: list[dict[str, object]]) -> None:
     body = orjson.dumps(items)
     lines = split_body(body, "application/json")
