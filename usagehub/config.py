@@ -61,7 +61,7 @@ def _env_values(environ: dict[str, str]) -> dict[str, Any]:
 
 
 def _toml_line(text: str, field: str) -> int | None:
-    m = re.search(rf"^\s*{re.escape(field)}\s*=", text, re.MULTILINE)
+    m = re.search(rf"^[ \t]*{re.escape(field)}[ \t]*=", text, re.MULTILINE)
     return text.count("\n", 0, m.start()) + 1 if m else None
 
 

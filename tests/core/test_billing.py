@@ -20,6 +20,7 @@ from usagehub.core.billing import (
     RecordKind,
     RecordStatus,
     TruthKey,
+    amend_record,
     bill,
     billed_total,
     close_records,
@@ -96,6 +97,9 @@ def test_no_record_for_zero_truth_and_billed_is_final() -> None:
     assert reconcile({("a", JAN, "energy"): Decimal(0)}, [], units=UNITS, open_period_of=lambda _a: FEB) == []
     billed = BillingRecord(record_id="r", account_id="a", period=JAN, product="energy", quantity=Decimal(1),
                            unit="kWh", status=RecordStatus.BILLED)
+    with pytest.raises(DomainError) as refused:
+        amend_record(billed, Decimal(3))
+    assert refused.value.code == "RECORD_BILLED"
     with pytest.raises(DomainError) as err:
         reconcile({billed.key: Decimal(2)}, [billed], units=UNITS, open_period_of=lambda _a: JAN)
     assert err.value.code == "ADJUSTMENT_PERIOD"
@@ -188,4 +192,4 @@ def test_late_readings_and_billing_runs_end_in_the_truth(steps: list[int], seed:
     assert {k: v for k, v in billed_total(store.records.values()).items() if v} == {
         k: v for k, v in truth.items() if v}
     assert sum(truth.values()) == sum(
-        (b.value - a.value) % 2**16 for a, b in zip(series, series[1:], strict=False))
+        int(b.value - a.value) % 2**16 for a, b in zip(series, series[1:], strict=False))

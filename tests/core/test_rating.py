@@ -14,6 +14,7 @@ from usagehub.core.calendars import BillingPeriod, cut_period
 from usagehub.core.money import exact
 from usagehub.core.rating import Account, RatedLine, UsageItem, diff_lines, rate, rate_adjustment
 from usagehub.core.tariffs import PlanBook, parse_plans
+from usagehub.core.tiers import graduated_split
 from usagehub.errors import DomainError
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -415,3 +416,23 @@ def test_a_utc_period_from_the_session_core_gives_local_times() -> None:
         "2024-03-16T00:00:00+01:00",
     ]
     assert lines[-1].supply_to.isoformat() == "2024-04-01T00:00:00+02:00"
+
+
+TIERS = book(GRADUATED).plans[0].versions[0].usage_price.tiers  # type: ignore[union-attr]
+levels = st.decimals(min_value=D("-50"), max_value=D("500"), places=2, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=300)
+@given(levels, levels, levels)
+def test_band_slices_telescope(a: D, b: D, c: D) -> None:
+    def per_band(start: D, end: D) -> dict[int, D]:
+        out: dict[int, D] = {}
+        for index, quantity in graduated_split(TIERS, start, end):
+            out[index] = out.get(index, D(0)) + quantity
+        return out
+
+    assert sum(per_band(a, b).values(), D(0)) == b - a
+    merged = per_band(a, b)
+    for index, quantity in per_band(b, c).items():
+        merged[index] = merged.get(index, D(0)) + quantity
+    assert {k: v for k, v in merged.items() if v} == per_band(a, c)

@@ -10,6 +10,7 @@ which happens after the message's durable commit.
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -100,7 +101,7 @@ class AdapterFactory(Protocol):
     """Creates one kind of adapter; registered by ``type`` name."""
 
     type: str
-    config_model: type[BaseModel]
+    config_model: builtins.type[BaseModel]
 
     def create(self, config: BaseModel, settings: AdapterSettings) -> Adapter:
         """A new adapter for validated ``config``."""

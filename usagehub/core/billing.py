@@ -89,7 +89,8 @@ def sessions_behind(record: BillingRecord, sessions: Iterable[Session]) -> list[
             and record.product in s.partials]
 
 
-def _amend(record: BillingRecord, quantity: Decimal) -> BillingRecord:
+def amend_record(record: BillingRecord, quantity: Decimal) -> BillingRecord:
+    """A new version of an open or closed record with ``quantity``; a billed record is refused."""
     if record.status is RecordStatus.BILLED:
         raise DomainError("RECORD_BILLED", f"billing record {record.record_id} is billed and final")
     return replace(record, quantity=quantity, version=record.version + 1)
@@ -120,7 +121,7 @@ def reconcile(truth: Mapping[TruthKey, Decimal], records: Sequence[BillingRecord
                                          unit=units.get(product, "")))
         elif record.status is not RecordStatus.BILLED:
             if record.quantity != target:
-                out.append(_amend(record, target))
+                out.append(amend_record(record, target))
         else:
             change = _adjust(record, adjustments[record.record_id], target, open_period_of)
             if change is not None:
@@ -136,7 +137,7 @@ def _adjust(billed: BillingRecord, adjustments: Sequence[BillingRecord], target:
         return None
     pending = sorted((a for a in adjustments if a.status is not RecordStatus.BILLED), key=lambda a: a.period)
     if pending:
-        return _amend(pending[0], pending[0].quantity + diff)
+        return amend_record(pending[0], pending[0].quantity + diff)
     period = open_period_of(billed.account_id)
     if period.start < billed.period.end:
         raise DomainError("ADJUSTMENT_PERIOD", f"adjustment of {billed.record_id} must go to a later period")

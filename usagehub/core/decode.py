@@ -23,6 +23,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DIV = {"epoch_s": 1, "epoch_ms": 1_000, "epoch_us": 1_000_000}
 # Readings stamped further than this in the future are a broken device clock.
 MAX_CLOCK_AHEAD = timedelta(days=1)
+# Readings stamped before this come from a device whose clock was never set (epoch 0 and friends).
+CLOCK_NOT_SET = datetime(2000, 1, 1, tzinfo=UTC)
 # No meter reads 10^18 of anything; bigger numbers are corrupt or hostile.
 _IMPLAUSIBLE = Decimal(10) ** 18
 
@@ -134,6 +136,8 @@ class CompiledProfile:
         ts = self._timestamp(record, message)
         if ts - message.received_at > MAX_CLOCK_AHEAD:
             raise ValidationFailed("timestamp in the future", detail=ts.isoformat())
+        if ts < CLOCK_NOT_SET:
+            raise ValidationFailed("bad timestamp", detail=f"{ts.isoformat()}: device clock not set")
         seq = self.event_id.get(record) if self.event_id else MISSING
         if self.event_id is not None and (seq is MISSING or seq is None):
             raise ValidationFailed("missing field", detail=self.event_id.text)

@@ -25,7 +25,7 @@ from types import MappingProxyType
 from usagehub.core.calendars import BillingPeriod, Segment, cut_period, require_aware, zone
 from usagehub.core.money import Money, exact, minor_unit
 from usagehub.core.tariffs import PlanBook, PricePlan, Tier, TimeOfUse
-from usagehub.core.tiers import TierSlice, graduated_slices, volume_band
+from usagehub.core.tiers import band_of, graduated_split, tier_label, volume_band
 from usagehub.core.tou import window_of, window_rank
 from usagehub.errors import DomainError
 
@@ -245,21 +245,20 @@ class _Context:
 
     def _graduated(self, segment: Segment, items: list[UsageItem], before: Decimal,
                    tiers: Sequence[Tier]) -> list[RatedLine]:
-        slices: dict[int, tuple[TierSlice, list[UsageItem]]] = {}
+        quantities: dict[int, Decimal] = {}
+        reached: dict[int, list[UsageItem]] = {}
         running = before
         for item in items:   # per item, so each tier line drills down to the items that reached it
-            for piece in graduated_slices(tiers, running, running + item.quantity):
-                prior = slices.get(piece.index)
-                merged = piece if prior is None else replace(
-                    prior[0], quantity=prior[0].quantity + piece.quantity)
-                slices[piece.index] = (merged, [*(prior[1] if prior else []), item])
+            for index, quantity in graduated_split(tiers, running, running + item.quantity):
+                quantities[index] = quantities.get(index, Decimal(0)) + quantity
+                reached.setdefault(index, []).append(item)
             running += item.quantity
-        if not slices:   # the segment's usage nets to zero inside one band: keep its drill-down
-            piece = graduated_slices(tiers, before, before, keep_empty=True)[0]
-            slices[piece.index] = (piece, items)
-        return [self.line(segment, "graduated", s.quantity, self.plan.unit, s.price, s.quantity * s.price,
-                          detail=s.label, rank=s.index, items=its) for s, its in
-                (slices[k] for k in sorted(slices))]
+        if not quantities:   # the segment's usage nets to zero inside one band: keep its drill-down
+            quantities[band_of(tiers, before)] = Decimal(0)
+            reached[band_of(tiers, before)] = items
+        return [self.line(segment, "graduated", quantities[i], self.plan.unit, tiers[i].price,
+                          quantities[i] * tiers[i].price, detail=tier_label(tiers, i), rank=i,
+                          items=reached[i]) for i in sorted(quantities)]
 
     def _tou(self, segment: Segment, items: list[UsageItem], price: TimeOfUse) -> list[RatedLine]:
         tz = zone(self.account.timezone)

@@ -49,24 +49,22 @@ def band_of(tiers: Sequence[Tier], cumulative: Decimal) -> int:
     return len(tiers) - 1   # unreachable: the last band is open
 
 
-def graduated_slices(tiers: Sequence[Tier], start: Decimal, end: Decimal, *,
-                     keep_empty: bool = False) -> list[TierSlice]:
-    """How moving the period's cumulative quantity from ``start`` to ``end`` fills each band.
+def graduated_split(tiers: Sequence[Tier], start: Decimal, end: Decimal) -> list[tuple[int, Decimal]]:
+    """(band, quantity) for each band that moving the cumulative quantity from ``start`` to ``end`` touches.
 
     Slices telescope: the slices of a->b plus those of b->c equal those of a->c,
     which is why item order inside a period cannot change the total.
     """
-    slices = []
-    for index, tier in enumerate(tiers):
+    low, high = (start, end) if start <= end else (end, start)
+    first, last = band_of(tiers, low), band_of(tiers, high)
+    if first == last:   # the common case: one band, no clamping needed
+        return [(first, end - start)] if end != start else []
+    split = []
+    for index in range(first, last + 1):
         quantity = _clamp(tiers, index, end) - _clamp(tiers, index, start)
         if quantity:
-            slices.append(TierSlice(index=index, label=tier_label(tiers, index), price=tier.price,
-                                    quantity=quantity))
-    if not slices and keep_empty:
-        index = band_of(tiers, start)
-        slices.append(TierSlice(index=index, label=tier_label(tiers, index), price=tiers[index].price,
-                                quantity=Decimal(0)))
-    return slices
+            split.append((index, quantity))
+    return split
 
 
 def volume_band(tiers: Sequence[Tier], total: Decimal) -> TierSlice:

@@ -1,0 +1,109 @@
+"""Decoding by profile: paths, timestamps, identity, scale, and hostile input never escaping as a crash."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from usagehub.config import SHIPPED_PROFILES
+from usagehub.core.decode import ProfileSet
+from usagehub.core.events import MeterKind, RawMessage, content_event_id
+from usagehub.core.paths import MISSING, PathSyntaxError, compile_path
+from usagehub.errors import DecodeError
+from usagehub.profile_files import load_profiles
+
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
+PROFILES = ProfileSet(load_profiles(SHIPPED_PROFILES))
+
+
+def msg(topic: str, body: object) -> RawMessage:
+    payload = body if isinstance(body, bytes) else orjson.dumps(body)
+    return RawMessage(transport="mqtt", topic=topic, payload=payload, received_at=NOW)
+
+
+def test_paths() -> None:
+    doc = {"a": {"b": [10, {"c": "x"}]}, "odd key": 1}
+    assert compile_path("$.a.b[1].c").get(doc) == "x"
+    assert compile_path("$['odd key']").get(doc) == 1
+    assert compile_path("$.a.b[5]").get(doc) is MISSING
+    assert compile_path("$.a.b.c").get(doc) is MISSING
+    assert compile_path("$").get(doc) is doc
+    for bad in ("a.b", "$.a..b", "$[x]", "$.a b"):
+        with pytest.raises(PathSyntaxError):
+            compile_path(bad)
+
+
+def test_smart_meter_reading_is_scaled_exactly_with_zone_and_identity() -> None:
+    events = PROFILES.decode(msg("meters/m7/reading", {"seq": 42, "ts": "2026-10-05T12:00:00+02:00",
+                                                       "energy_wh": 123456789, "power_w": 1234.5, "boot": 3}))
+    by_meter = {e.meter: e for e in events}
+    energy = by_meter["energy"]
+    assert (energy.device_id, energy.event_id, energy.kind) == ("m7", "42", MeterKind.CUMULATIVE)
+    assert energy.value == Decimal("123456.789") and energy.unit == "kWh"
+    assert energy.ts == datetime(2026, 10, 5, 10, tzinfo=UTC)
+    assert energy.reset_marker == "3"
+    assert by_meter["power"].value == Decimal("1.2345")  # floats go through their shortest repr, not binary
+
+
+def test_alarm_panel_events_and_states() -> None:
+    alarm = PROFILES.decode(msg("security/p1/event", {"id": 9, "t": 1790848800000, "type": "alarm"}))
+    assert [(e.meter, e.value) for e in alarm] == [("alarms", 1)]
+    armed = PROFILES.decode(msg("security/p1/event", {"id": 10, "t": 1790848800000, "type": "state",
+                                                      "state": "armed_away"}))
+    assert [(e.meter, e.value, e.text_value) for e in armed] == [("armed", 1, "armed_away")]
+    assert armed[0].ts == datetime(2026, 10, 1, 10, tzinfo=UTC)
+
+
+def test_content_hash_identity_when_the_device_sends_no_id() -> None:
+    ts = datetime(2026, 10, 1, tzinfo=UTC)
+    assert content_event_id("d", "m", ts, Decimal("1.5")) == content_event_id("d", "m", ts, Decimal("1.5"))
+    assert content_event_id("d", "m", ts, Decimal("1.5")) != content_event_id("d", "m", ts, Decimal("1.6"))
+
+
+def test_gateway_batch_takes_device_id_from_each_record() -> None:
+    events = PROFILES.decode(msg("gateways/g1/batch", {"readings": [
+        {"meter": "a", "seq": 1, "ts": "2026-10-01T00:00:00Z", "energy_wh": 1000},
+        {"meter": "b", "seq": 1, "ts": "2026-10-01T00:00:00Z", "energy_wh": 2000}]}))
+    assert [(e.device_id, e.value) for e in events] == [("a", Decimal("1.000")), ("b", Decimal("2.000"))]
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ({"seq": 1, "ts": "2026-10-01T00:00:00Z", "energy_wh": True}, "not a number"),
+    ({"seq": 1, "ts": "2026-10-01T00:00:00Z", "energy_wh": "NaN"}, "not a number"),
+    ({"seq": 1, "ts": 12, "energy_wh": 5}, "bad timestamp"),
+    ({"seq": None, "ts": "2026-10-01T00:00:00Z", "energy_wh": 5}, "missing field"),
+    ({"seq": 1, "ts": "2026-10-01T00:00:00Z"}, "no readings"),
+    ([1, 2, 3], "missing field"),
+])
+def test_invalid_readings_have_reasons(body: object, reason: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        PROFILES.decode(msg("meters/m1/reading", body))
+    assert info.value.reason == reason
+
+
+def test_device_id_with_control_characters_is_refused() -> None:
+    with pytest.raises(DecodeError, match="bad device id"):
+        PROFILES.decode(msg("gateways/g/batch", {"readings": [{"meter": "a\x00b", "seq": 1,
+                                                              "ts": "2026-10-01T00:00:00Z", "energy_wh": 1}]}))
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.text(max_size=20),
+                           lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+                           max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.binary(max_size=300) | json_values.map(lambda v: orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS)),
+       topic=st.sampled_from(["meters/x/reading", "security/x/event", "gateways/x/batch", "other"]))
+def test_hostile_payloads_only_ever_raise_decode_error(payload: bytes, topic: str) -> None:
+    try:
+        events = PROFILES.decode(msg(topic, payload))
+    except DecodeError:
+        return
+    for e in events:
+        assert isinstance(e.value, Decimal) and e.ts.tzinfo is not None
