@@ -38,9 +38,18 @@ from usagehub.adapters.snmp.scheduler import PollScheduler
 from usagehub.adapters.snmp.state import MarkerStore
 from usagehub.core.profiles import parse_profile
 
-OIDS = ["1.3.6.1.2.1.1.3.0", "1.3.6.1.2.1.1.1.0", "1.3.6.1.2.1.1.2.0", "1.3.6.1.2.1.1.4.0", "1.3.6.1.2.1.1.5.0",
-        "1.3.6.1.2.1.1.6.0", "1.3.6.1.2.1.1.7.0", "1.3.6.1.2.1.2.1.0", "1.3.6.1.2.1.2.2.1.10.1",
-        "1.3.6.1.2.1.2.2.1.16.1"]
+OIDS = [
+    "1.3.6.1.2.1.1.3.0",
+    "1.3.6.1.2.1.1.1.0",
+    "1.3.6.1.2.1.1.2.0",
+    "1.3.6.1.2.1.1.4.0",
+    "1.3.6.1.2.1.1.5.0",
+    "1.3.6.1.2.1.1.6.0",
+    "1.3.6.1.2.1.1.7.0",
+    "1.3.6.1.2.1.2.1.0",
+    "1.3.6.1.2.1.2.2.1.10.1",
+    "1.3.6.1.2.1.2.2.1.16.1",
+]
 
 
 def _free_udp_port() -> int:
@@ -50,10 +59,14 @@ def _free_udp_port() -> int:
 
 
 def _profile(count: int):  # type: ignore[no-untyped-def]
-    meters = "\n".join(f'  m{i}: {{oid: "{oid}", kind: gauge, unit: x, aggregation: last}}'
-                       for i, oid in enumerate(OIDS[:count]))
-    text = f"id: bench-{count}\nmatch: {{transport: snmp}}\ndecode: {{type: snmp}}\n" \
-           f"poll: {{interval_s: 60, version: 2c, timeout_s: 2, retries: 1}}\nmeters:\n{meters}\n"
+    meters = "\n".join(
+        f'  m{i}: {{oid: "{oid}", kind: gauge, unit: x, aggregation: last}}'
+        for i, oid in enumerate(OIDS[:count])
+    )
+    text = (
+        f"id: bench-{count}\nmatch: {{transport: snmp}}\ndecode: {{type: snmp}}\n"
+        f"poll: {{interval_s: 60, version: 2c, timeout_s: 2, retries: 1}}\nmeters:\n{meters}\n"
+    )
     return parse_profile(text, "<bench>")
 
 
@@ -62,10 +75,23 @@ async def _adapter_round(port: int, count: int, polls: int, concurrency: int) ->
     plan = plan_for(profile)
     assert plan is not None
     client = SnmpClient()
-    scheduler = PollScheduler(config=SnmpConfig(), plans={profile.id: plan}, directory=None,  # type: ignore[arg-type]
-                              client=client, store=MarkerStore(None))
-    endpoints = [DeviceEndpoint(device_id=f"d{i}", profile_id=profile.id, address="127.0.0.1", port=port,
-                                secrets={"community": "public"}) for i in range(polls)]
+    scheduler = PollScheduler(
+        config=SnmpConfig(),
+        plans={profile.id: plan},
+        directory=None,  # type: ignore[arg-type]
+        client=client,
+        store=MarkerStore(None),
+    )
+    endpoints = [
+        DeviceEndpoint(
+            device_id=f"d{i}",
+            profile_id=profile.id,
+            address="127.0.0.1",
+            port=port,
+            secrets={"community": "public"},
+        )
+        for i in range(polls)
+    ]
     slots = asyncio.Semaphore(concurrency)
 
     async def one(endpoint: DeviceEndpoint) -> None:
@@ -87,9 +113,14 @@ async def _bare_round(port: int, count: int, polls: int, concurrency: int) -> fl
 
     async def one() -> None:
         async with slots:
-            error, status, _, _ = await get_cmd(engine, auth, target, ContextData(),
-                                                *(ObjectType(ObjectIdentity(o)) for o in OIDS[:count]),
-                                                lookupMib=False)
+            error, status, _, _ = await get_cmd(
+                engine,
+                auth,
+                target,
+                ContextData(),
+                *(ObjectType(ObjectIdentity(o)) for o in OIDS[:count]),
+                lookupMib=False,
+            )
             assert not error and not status
 
     started = time.perf_counter()
@@ -100,16 +131,20 @@ async def _bare_round(port: int, count: int, polls: int, concurrency: int) -> fl
 
 
 async def _main(args: argparse.Namespace, port: int) -> None:
-    print(f"snmpd 127.0.0.1:{port}, {args.polls} devices per round, {args.rounds} rounds, "
-          f"concurrency {args.concurrency}")
+    print(
+        f"snmpd 127.0.0.1:{port}, {args.polls} devices per round, {args.rounds} rounds, "
+        f"concurrency {args.concurrency}"
+    )
     for count in (1, 10):
         adapter, bare = [], []
         for _ in range(args.rounds):  # interleaved, so drift hits both alike
             adapter.append(await _adapter_round(port, count, args.polls, args.concurrency))
             bare.append(await _bare_round(port, count, args.polls, args.concurrency))
         a, b = statistics.median(adapter), statistics.median(bare)
-        print(f"{count:2d} OID(s)/device: adapter {a:7.0f} devices/s   bare pysnmp get {b:7.0f} polls/s   "
-              f"ratio {a / b:.2f}")
+        print(
+            f"{count:2d} OID(s)/device: adapter {a:7.0f} devices/s   bare pysnmp get {b:7.0f} polls/s   "
+            f"ratio {a / b:.2f}"
+        )
 
 
 def main() -> None:
@@ -122,12 +157,26 @@ def main() -> None:
     port = _free_udp_port()
     with tempfile.TemporaryDirectory() as folder:
         conf = Path(folder) / "snmpd.conf"
-        conf.write_text(textwrap.dedent(f"""\
+        conf.write_text(
+            textwrap.dedent(f"""\
             agentaddress udp:127.0.0.1:{port}
             rocommunity public 127.0.0.1
-            """))
-        proc = subprocess.Popen(["/usr/sbin/snmpd", "-f", "-Lf", "/dev/null", "-C", "-c", str(conf), "-m", "",
-                                 f"--persistentDir={folder}/persist"])
+            """)
+        )
+        proc = subprocess.Popen(
+            [
+                "/usr/sbin/snmpd",
+                "-f",
+                "-Lf",
+                "/dev/null",
+                "-C",
+                "-c",
+                str(conf),
+                "-m",
+                "",
+                f"--persistentDir={folder}/persist",
+            ]
+        )
         try:
             time.sleep(0.5)
             asyncio.run(_main(args, port))

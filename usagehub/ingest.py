@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -70,12 +71,16 @@ class Pipeline:
         self.totals = {"messages": 0, "accepted": 0, "duplicates": 0, "quarantined": 0, "batches": 0}
         self._inflight: asyncio.Future[None] | None = None
         self._pending: list[_Item] = []  # taken off the queue when a cancel arrived
+        self._in_counters: dict[str, Any] = {}
 
     async def submit(self, message: RawMessage) -> asyncio.Future[Receipt]:
         """Enqueue ``message``; the future resolves with its receipt after the batch commits."""
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Item(message, future))
-        metrics.MESSAGES_IN.labels(message.transport).inc()
+        counter = self._in_counters.get(message.transport)
+        if counter is None:
+            counter = self._in_counters[message.transport] = metrics.MESSAGES_IN.labels(message.transport)
+        counter.inc()
         return future
 
     async def run(self) -> None:
@@ -182,16 +187,14 @@ class Pipeline:
             listener(new_events)
 
     def _resolve(self, batch: list[_Item], new_keys: set[EventKey], q_ids: list[int]) -> None:
-        totals = self.totals
-        totals["batches"] += 1
         q_iter = iter(q_ids)
+        accepted = duplicates = quarantined = 0
         for item in batch:
-            totals["messages"] += 1
             if item.quarantine is not None:
                 receipt = Receipt(outcome=Outcome.QUARANTINED, reason=item.quarantine.reason,
                                   quarantine_id=next(q_iter), device_id=item.quarantine.device_id)
                 metrics.QUARANTINED.labels(item.quarantine.reason).inc()
-                totals["quarantined"] += 1
+                quarantined += 1
             else:
                 fresh = 0
                 for e in item.events:  # the first claim of a new key is the new one; later copies are dups
@@ -202,12 +205,18 @@ class Pipeline:
                 dup = len(item.events) - fresh
                 receipt = Receipt(outcome=Outcome.ACCEPTED if fresh else Outcome.DUPLICATE,
                                   accepted=fresh, duplicates=dup, device_id=item.events[0].device_id)
-                totals["accepted"] += fresh
-                totals["duplicates"] += dup
-                metrics.EVENTS_ACCEPTED.inc(fresh)
-                metrics.EVENTS_DUPLICATE.inc(dup)
+                accepted += fresh
+                duplicates += dup
             if not item.future.done():
                 item.future.set_result(receipt)
+        metrics.EVENTS_ACCEPTED.inc(accepted)
+        metrics.EVENTS_DUPLICATE.inc(duplicates)
+        totals = self.totals
+        totals["batches"] += 1
+        totals["messages"] += len(batch)
+        totals["accepted"] += accepted
+        totals["duplicates"] += duplicates
+        totals["quarantined"] += quarantined
 
     async def _quarantine_after_refusal(self, item: _Item, err: StorageError) -> None:
         item.quarantine = QuarantineItem(message=item.message, reason="refused by storage", detail=str(err),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,6 @@ from hypothesis import strategies as st
 
 from usagehub.core.aggregation import Partial
 from usagehub.core.allocation import MeterInfo, Point, allocate_entry, by_account
-from usagehub.core.binding import Binding, BindingIndex
 from usagehub.core.billing import (
     BillingRecord,
     RecordKind,
@@ -28,6 +28,7 @@ from usagehub.core.billing import (
     sessions_behind,
     truth_from_sessions,
 )
+from usagehub.core.binding import Binding, BindingIndex
 from usagehub.core.counters import CounterSpec, Reading, UsageEntry, apply_batch
 from usagehub.core.events import Aggregation
 from usagehub.core.periods import Period, period_of
@@ -69,8 +70,8 @@ def test_lifecycle_amend_then_adjust() -> None:
     key = ("acc", JAN, "energy")
     store.sync({key: Decimal(10)}, as_of=JAN.start + timedelta(days=3))
     [record] = store.records.values()
-    assert (record.status, record.kind, record.quantity, record.unit) == (RecordStatus.OPEN, RecordKind.REGULAR,
-                                                                          Decimal(10), "kWh")
+    assert (record.status, record.kind, record.quantity, record.unit) == (
+        RecordStatus.OPEN, RecordKind.REGULAR, Decimal(10), "kWh")
     store.sync({key: Decimal(12)}, as_of=JAN.start + timedelta(days=4))  # open: amended
     store.write(close_records(store.records.values(), FEB.start))
     store.sync({key: Decimal(13)}, as_of=FEB.start)                     # closed: amended
@@ -105,6 +106,16 @@ def test_no_record_for_zero_truth_and_billed_is_final() -> None:
     assert err.value.code == "ADJUSTMENT_PERIOD"
 
 
+def test_scope_limits_what_missing_truth_means() -> None:
+    jan, feb = (BillingRecord(record_id=p.label, account_id="a", period=p, product="energy",
+                              quantity=Decimal(5), unit="kWh") for p in (JAN, FEB))
+    changes = reconcile({("a", FEB, "energy"): Decimal(6), ("a", JAN, "energy"): Decimal(1)}, [jan, feb],
+                        units=UNITS, open_period_of=lambda _a: FEB, scope=[("a", FEB)])
+    assert [(r.record_id, r.quantity) for r in changes] == [("2026-02", Decimal(6))]  # January untouched
+    unscoped = reconcile({}, [jan, feb], units=UNITS, open_period_of=lambda _a: FEB)
+    assert [r.quantity for r in unscoped] == [0, 0]
+
+
 def _session(period: Period, value: str, start: datetime) -> Session:
     partial = Partial(aggregation=Aggregation.MAX, count=1, maximum=Decimal(value))
     return Session(account_id="a", service="power", period=period, start=start, end=start, closed_reason=None,
@@ -116,11 +127,13 @@ def test_truth_merges_session_partials_per_period() -> None:
     sessions = [_session(JAN, "3", JAN.start), _session(JAN, "7", JAN.start + timedelta(days=2)),
                 _session(FEB, "1", FEB.start)]
     assert truth_from_sessions(sessions) == {("a", JAN, "peak"): Decimal(7), ("a", FEB, "peak"): Decimal(1)}
-    empty = Session(account_id="a", service="s", period=JAN, start=JAN.start, end=JAN.start, closed_reason=None,
-                    activity_count=0, devices=frozenset(), partials={"avg": Partial(aggregation=Aggregation.AVG)},
+    empty = Session(account_id="a", service="s", period=JAN, start=JAN.start, end=JAN.start,
+                    closed_reason=None, activity_count=0, devices=frozenset(),
+                    partials={"avg": Partial(aggregation=Aggregation.AVG)},
                     resume=Resume(key=(JAN.start, 1, JAN.start, "", "", "", "")))
     assert truth_from_sessions([empty]) == {}
-    record = BillingRecord(record_id="r", account_id="a", period=JAN, product="peak", quantity=Decimal(7), unit="kW")
+    record = BillingRecord(record_id="r", account_id="a", period=JAN, product="peak", quantity=Decimal(7),
+                           unit="kW")
     assert sessions_behind(record, sessions) == sessions[:2]
 
 
@@ -135,7 +148,8 @@ ops = st.lists(st.one_of(
 @given(operations=ops)
 def test_billed_plus_adjustments_equals_truth(operations: list[tuple[str, str, int, int]]) -> None:
     periods = [period_of(datetime(2026, m, 5, tzinfo=UTC), UTCZ) for m in range(1, 6)]
-    store, truth, clock = Store(), defaultdict(Decimal), 0
+    store, clock = Store(), 0
+    truth: defaultdict[TruthKey, Decimal] = defaultdict(Decimal)
     for op, account, month, amount in operations:
         if op == "run":
             clock = max(clock, month + 1)  # billing runs move forward in time
@@ -152,7 +166,8 @@ def test_billed_plus_adjustments_equals_truth(operations: list[tuple[str, str, i
 BERLIN = ZoneInfo("Europe/Berlin")
 START = datetime(2026, 1, 1, tzinfo=UTC)
 REBIND = datetime(2026, 2, 14, 9, tzinfo=UTC)
-INDEX = BindingIndex([Binding(device_id="m1", account_id="a", valid_from=START - timedelta(days=1), valid_to=REBIND),
+INDEX = BindingIndex([Binding(device_id="m1", account_id="a", valid_from=START - timedelta(days=1),
+                              valid_to=REBIND),
                       Binding(device_id="m1", account_id="b", valid_from=REBIND)])
 INFO = MeterInfo(service="power", product="energy", aggregation=Aggregation.SUM)
 RULES = SessionRules(idle_timeout=timedelta(hours=6), zone=BERLIN)
@@ -160,7 +175,8 @@ SPEC = CounterSpec(device_id="m1", meter="energy", wrap_modulus=Decimal(2**16))
 
 
 def _truth(entries: list[UsageEntry], as_of: datetime) -> dict[TruthKey, Decimal]:
-    points: list[Point] = [p for e in entries for p in allocate_entry(e, INFO, INDEX, zone_of=lambda _a: BERLIN)]
+    points: list[Point] = [p for e in entries
+                           for p in allocate_entry(e, INFO, INDEX, zone_of=lambda _a: BERLIN)]
     sessions = [s for (account, service), pts in by_account(points).items() if account is not None
                 for s in sessionize(pts, account_id=account, service=service, rules=RULES, as_of=as_of)]
     return truth_from_sessions(sessions)
@@ -177,7 +193,9 @@ def test_late_readings_and_billing_runs_end_in_the_truth(steps: list[int], seed:
         series.append(Reading(ts=START + timedelta(hours=hour), value=Decimal(value), event_id=f"r{i}"))
     arrivals = series + rng.sample(series, k=min(3, len(series)))
     rng.shuffle(arrivals)
-    store, known, entries = Store(), [], []
+    store = Store()
+    known: list[Reading] = []
+    entries: list[UsageEntry] = []
     for i, reading in enumerate(arrivals):
         got, added = apply_batch(known, [reading], SPEC)
         known = sorted(known + added, key=lambda r: r.key)
@@ -192,4 +210,4 @@ def test_late_readings_and_billing_runs_end_in_the_truth(steps: list[int], seed:
     assert {k: v for k, v in billed_total(store.records.values()).items() if v} == {
         k: v for k, v in truth.items() if v}
     assert sum(truth.values()) == sum(
-        int(b.value - a.value) % 2**16 for a, b in zip(series, series[1:], strict=False))
+        int(b.value - a.value) % 2**16 for a, b in itertools.pairwise(series))

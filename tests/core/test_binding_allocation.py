@@ -28,7 +28,8 @@ INDEX = BindingIndex([Binding(device_id="d1", account_id="old", valid_from=T - 1
                       Binding(device_id="d1", account_id="new", valid_from=T)])
 
 
-def entry(since: datetime | None, ts: datetime, quantity: str, kind: EntryKind = EntryKind.USAGE) -> UsageEntry:
+def entry(since: datetime | None, ts: datetime, quantity: str,
+          kind: EntryKind = EntryKind.USAGE) -> UsageEntry:
     return UsageEntry(device_id="d1", meter="energy", ts=ts, since=since, quantity=Decimal(quantity),
                       cause="e", kind=kind)
 
@@ -55,8 +56,8 @@ def test_period_split_uses_the_accounts_zone() -> None:
     index = BindingIndex([Binding(device_id="d1", account_id="a", valid_from=T - 1000 * H)])
     start, end = datetime(2026, 3, 31, 20, tzinfo=UTC), datetime(2026, 4, 1, 2, tzinfo=UTC)
     points = allocate_entry(entry(start, end, "6"), ENERGY, index, zone_of=lambda _a: berlin)
-    assert [(p.start, p.value) for p in points] == [(start, Decimal("2.000000000")),
-                                                    (datetime(2026, 3, 31, 22, tzinfo=UTC), Decimal("4.000000000"))]
+    assert [(p.start, p.value) for p in points] == [
+        (start, Decimal("2.000000000")), (datetime(2026, 3, 31, 22, tzinfo=UTC), Decimal("4.000000000"))]
     assert len(allocate_entry(entry(start, end, "6"), ENERGY, index, zone_of=utc_zone)) == 2
 
 
@@ -79,9 +80,9 @@ def test_state_and_gauge_points() -> None:
     info = MeterInfo.of("armed", spec, "alarm")
     assert info.product == "armed-time" and "true" in info.active_values
     on = event_point(_event(MeterKind.STATE, "0", "ARMED"), info, INDEX, state=True)
-    assert (on.kind, on.active, on.value, on.account_id) == (PointKind.STATE, True, 1, "new")
+    assert (on.kind, on.active, on.value, on.account_id) == (PointKind.STATE, True, Decimal(1), "new")
     off = event_point(_event(MeterKind.STATE, "0", "disarmed"), info, INDEX, state=True)
-    assert (off.active, off.value) == (False, 0)
+    assert (off.active, off.value) == (False, Decimal(0))
     assert is_active(_event(MeterKind.STATE, "1.0"), info.active_values)
     g = event_point(_event(MeterKind.GAUGE, "3.5"), ENERGY, INDEX, state=False)
     assert (g.kind, g.value, g.active) == (PointKind.GAUGE, Decimal("3.5"), None)

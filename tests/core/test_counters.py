@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from bisect import bisect_left
 from collections import defaultdict
@@ -147,7 +148,7 @@ def test_naive_timestamps_are_refused() -> None:
 def _truth(series: list[Reading], s: CounterSpec) -> dict[tuple[datetime, datetime], Decimal]:
     ordered = sorted({x.key: x for x in series}.values(), key=lambda x: x.key)
     out: defaultdict[tuple[datetime, datetime], Decimal] = defaultdict(Decimal)
-    for a, b in zip(ordered, ordered[1:], strict=False):
+    for a, b in itertools.pairwise(ordered):
         out[(a.ts, b.ts)] += register_delta(a, b, wrap_modulus=s.wrap_modulus)
     return {k: v for k, v in out.items() if v}
 

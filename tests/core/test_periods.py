@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -25,8 +26,8 @@ ZONES = [ZoneInfo(z) for z in ("UTC", "Europe/Berlin", "America/New_York", "Aust
                                "America/Santiago", "Asia/Kathmandu", "Pacific/Apia", "America/Havana")]
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def test_berlin_month_starts_at_local_midnight() -> None:
@@ -54,7 +55,8 @@ def test_naive_is_refused() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(ts=st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2060, 1, 1), timezones=st.just(UTC)),
+@given(ts=st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2060, 1, 1),
+                      timezones=st.just(UTC)),
        zone=st.sampled_from(ZONES))
 def test_periods_are_contiguous_and_contain_their_instant(ts: datetime, zone: ZoneInfo) -> None:
     period = period_of(ts, zone)
@@ -74,13 +76,15 @@ def test_boundaries_within() -> None:
 def test_split_is_proportional_to_time() -> None:
     # 10 kWh over 20:00..04:00 UTC across the Berlin March boundary (23:00 UTC): 3 h before, 5 h after.
     parts = split_interval(Decimal(10), utc(2026, 2, 28, 20), utc(2026, 3, 1, 4), [utc(2026, 2, 28, 23)])
-    assert parts == [Part(start=utc(2026, 2, 28, 20), end=utc(2026, 2, 28, 23), quantity=Decimal("3.750000000")),
-                     Part(start=utc(2026, 2, 28, 23), end=utc(2026, 3, 1, 4), quantity=Decimal("6.250000000"))]
+    assert parts == [
+        Part(start=utc(2026, 2, 28, 20), end=utc(2026, 2, 28, 23), quantity=Decimal("3.750000000")),
+        Part(start=utc(2026, 2, 28, 23), end=utc(2026, 3, 1, 4), quantity=Decimal("6.250000000"))]
 
 
 def test_split_remainder_goes_to_the_last_part() -> None:
-    parts = split_interval(Decimal(1), utc(2026, 1, 1), utc(2026, 1, 1, 3), [utc(2026, 1, 1, 1), utc(2026, 1, 1, 2)])
-    assert [p.quantity for p in parts] == [Decimal("0.333333333"), Decimal("0.333333333"), Decimal("0.333333334")]
+    cuts = [utc(2026, 1, 1, 1), utc(2026, 1, 1, 2)]
+    parts = split_interval(Decimal(1), utc(2026, 1, 1), utc(2026, 1, 1, 3), cuts)
+    assert [p.quantity for p in parts] == [Decimal(x) for x in ("0.333333333", "0.333333333", "0.333333334")]
 
 
 def test_split_ignores_outside_cuts_and_zero_length() -> None:
@@ -99,4 +103,4 @@ def test_split_sums_exactly_and_negates_exactly(q: Decimal, length: int, cuts: l
     parts = split_interval(q, start, end, at)
     assert sum(p.quantity for p in parts) == q
     assert [p.quantity for p in split_interval(-q, start, end, at)] == [-p.quantity for p in parts]
-    assert all(a.end == b.start for a, b in zip(parts, parts[1:], strict=False))
+    assert all(a.end == b.start for a, b in itertools.pairwise(parts))

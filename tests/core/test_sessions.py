@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -17,6 +19,7 @@ from usagehub.core.sessions import (
     Resume,
     Session,
     SessionRules,
+    SortKey,
     resume_for,
     sessionize,
     sort_key,
@@ -71,7 +74,8 @@ def test_idle_timeout_splits_sessions() -> None:
 
 
 def test_activation_and_deactivation_bound_a_session() -> None:
-    points = [state(m(0), True), usage(m(10), "4"), gauge(m(20), "7"), gauge(m(25), "9"), state(m(150), False)]
+    points = [state(m(0), True), usage(m(10), "4"), gauge(m(20), "7"), gauge(m(25), "9"),
+              state(m(150), False)]
     [session] = run(points, as_of=m(400))
     assert (session.start, session.end, session.closed_reason) == (m(0), m(150), CloseReason.DEACTIVATION)
     # An active state suspends the idle timeout (130 minutes without events).
@@ -88,7 +92,8 @@ def test_zero_usage_and_repeated_off_open_nothing() -> None:
 
 
 def test_devices_of_an_account_merge_into_one_session() -> None:
-    points = [usage(m(0), "1", device="d1"), usage(m(40), "2", device="legacy-7"), usage(m(90), "3", device="d1")]
+    points = [usage(m(0), "1", device="d1"), usage(m(40), "2", device="legacy-7"),
+              usage(m(90), "3", device="d1")]
     [session] = run(points, as_of=m(100))
     assert session.devices == frozenset({"d1", "legacy-7"}) and session.aggregates == {"energy": Decimal(6)}
 
@@ -107,7 +112,8 @@ def test_state_durations_split_at_a_berlin_period_boundary() -> None:
     rules = SessionRules(idle_timeout=HOUR, zone=BERLIN)
     points = [state(boundary - 2 * HOUR, True), state(boundary + 4 * HOUR, False)]
     march, april = run(points, as_of=boundary + 10 * HOUR, rules=rules)
-    assert (march.start, march.end, march.closed_reason) == (boundary - 2 * HOUR, boundary, CloseReason.PERIOD_END)
+    assert (march.start, march.end, march.closed_reason) == (boundary - 2 * HOUR, boundary,
+                                                             CloseReason.PERIOD_END)
     assert (march.period.label, april.period.label) == ("2026-03", "2026-04")
     assert march.aggregates == {"armed": Decimal(7200)}
     assert (april.start, april.end, april.closed_reason) == (boundary, boundary + 4 * HOUR,
@@ -201,17 +207,13 @@ def _arrivals(points: list[Point], rng: random.Random) -> list[Point]:
     for p in points:
         if p.kind is PointKind.USAGE and rng.random() < 0.5:
             extra = Decimal(rng.randint(1, 9))
-            out += [Point(**{**_fields(p), "value": p.value + extra}), Point(**{**_fields(p), "value": -extra})]
+            out += [replace(p, value=p.value + extra), replace(p, value=-extra)]
         elif p.kind is PointKind.USAGE:
             out.append(p)  # entries are never duplicated: readings are de-duplicated before
         else:
             out += [p] * rng.randint(1, 2)
     rng.shuffle(out)
     return out
-
-
-def _fields(p: Point) -> dict[str, object]:
-    return {f: getattr(p, f) for f in Point.__dataclass_fields__}
 
 
 AS_OF = BOUNDARY + timedelta(days=90)
@@ -223,7 +225,7 @@ def test_sessions_are_invariant_to_arrival_order_duplication_and_retraction(poin
                                                                              seed: int) -> None:
     expected = run(points, AS_OF, BERLIN_RULES)
     assert run(_arrivals(points, random.Random(seed)), AS_OF, BERLIN_RULES) == expected
-    for a, b in zip(expected, expected[1:], strict=False):
+    for a, b in itertools.pairwise(expected):
         # (a usage span reported across a deactivation may end after the next session starts)
         assert a.start <= b.start and a.closed_reason is not None
         assert a.period <= b.period
@@ -263,8 +265,8 @@ def test_incremental_merge_is_independent_of_how_device_streams_interleave(point
     assert stored == run(points, AS_OF, BERLIN_RULES)
 
 
-def _splice(stored: list[Session], seen: list[Point], earliest: tuple[object, ...], *,
+def _splice(stored: list[Session], seen: list[Point], earliest: SortKey, *,
             as_of: datetime) -> list[Session]:
-    resume = resume_for(stored, earliest)  # type: ignore[arg-type]
+    resume = resume_for(stored, earliest)
     kept = [s for s in stored if s.resume.key < resume.key]
     return kept + run(seen, as_of, BERLIN_RULES, resume=resume)

@@ -1,4 +1,4 @@
-"""Polling net-snmp snmpd: Counter32/Counter64 wraps, resets and reboots, v2c and v3 authPriv, missed polls."""
+"""Polling net-snmp snmpd: Counter32/Counter64 wraps, resets, reboots; v2c and v3 authPriv; missed polls."""
 
 from __future__ import annotations
 
@@ -48,14 +48,29 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Snmpd]:
 
 
 def _v2c(agent: Snmpd, device_id: str = "dev", profile: str = "test-counters-v2c") -> DeviceEndpoint:
-    return DeviceEndpoint(device_id=device_id, profile_id=profile, address="127.0.0.1", port=agent.port,
-                          secrets={"community": agent.community})
+    return DeviceEndpoint(
+        device_id=device_id,
+        profile_id=profile,
+        address="127.0.0.1",
+        port=agent.port,
+        secrets={"community": agent.community},
+    )
 
 
 def _v3(agent: Snmpd, auth_key: str | None = None) -> DeviceEndpoint:
-    return DeviceEndpoint(device_id="dev3", profile_id="test-counters-v3", address="127.0.0.1", port=agent.port,
-                          secrets={"user": agent.user, "auth_key": auth_key or agent.auth_key,
-                                   "priv_key": agent.priv_key, "auth_protocol": "SHA", "priv_protocol": "AES"})
+    return DeviceEndpoint(
+        device_id="dev3",
+        profile_id="test-counters-v3",
+        address="127.0.0.1",
+        port=agent.port,
+        secrets={
+            "user": agent.user,
+            "auth_key": auth_key or agent.auth_key,
+            "priv_key": agent.priv_key,
+            "auth_protocol": "SHA",
+            "priv_protocol": "AES",
+        },
+    )
 
 
 class _Poller:
@@ -67,9 +82,11 @@ class _Poller:
         assert self.adapter.scheduler is not None
         messages = await self.adapter.scheduler.poll_once(self.endpoint, self.adapter.plans[self.profile.id])
         document = decode_snmp(messages[0].payload)
-        found = {name: (Decimal(document[spec.oid]), document["markers"].get(spec.oid))
-                 for name, spec in self.profile.meters.items()
-                 if spec.oid and document.get(spec.oid) is not None and document[spec.oid] != -1}
+        found = {
+            name: (Decimal(document[spec.oid]), document["markers"].get(spec.oid))
+            for name, spec in self.profile.meters.items()
+            if spec.oid and document.get(spec.oid) is not None and document[spec.oid] != -1
+        }
         if all(v < 10**18 for v, _ in found.values()):  # decode.py refuses larger values (see report)
             events = by_key(decode_all([self.profile], messages))
             assert {m: (e.value, e.reset_marker) for (_, m), e in events.items()} == found
@@ -78,7 +95,9 @@ class _Poller:
 
 @contextlib.asynccontextmanager
 async def _poller(tmp_path: Path, profile: Profile, endpoint: DeviceEndpoint):  # type: ignore[no-untyped-def]
-    async with SnmpAdapter(config(traps={"enabled": False}), settings([profile], [endpoint], tmp_path)) as adapter:
+    async with SnmpAdapter(
+        config(traps={"enabled": False}), settings([profile], [endpoint], tmp_path)
+    ) as adapter:
         yield _Poller(adapter, profile, endpoint)
 
 
@@ -87,17 +106,17 @@ async def test_wrap_keeps_baseline_and_reset_starts_a_new_one(tmp_path: Path, ag
     async with _poller(tmp_path, _profile("2c"), _v2c(agent)) as poller:
         first = await poller.read()
         assert first["c32"][0] == 2**32 - 6 and first["c64"][0] == 2**64 - 6
-        assert "level" not in first                                   # -1: not supported -> absent
-        agent.set(c32=10, c64=10, g=55, uptime=500_100)               # both counters wrap
+        assert "level" not in first  # -1: not supported -> absent
+        agent.set(c32=10, c64=10, g=55, uptime=500_100)  # both counters wrap
         wrapped = await poller.read()
-        assert wrapped["c32"] == (Decimal(10), first["c32"][1])       # same marker: the core applies wrap_bits
+        assert wrapped["c32"] == (Decimal(10), first["c32"][1])  # same marker: the core applies wrap_bits
         assert wrapped["c64"] == (Decimal(10), first["c64"][1])
         assert wrapped["level"][0] == 55
-        agent.set(c32=4, uptime=500_200)                              # a drop no wrap explains
+        agent.set(c32=4, uptime=500_200)  # a drop no wrap explains
         reset = await poller.read()
-        assert reset["c32"][1] != wrapped["c32"][1]                   # new baseline for c32 only
+        assert reset["c32"][1] != wrapped["c32"][1]  # new baseline for c32 only
         assert reset["c64"][1] == wrapped["c64"][1]
-        agent.set(c32=1, c64=1, uptime=20)                            # sysUpTime went backwards: reboot
+        agent.set(c32=1, c64=1, uptime=20)  # sysUpTime went backwards: reboot
         rebooted = await poller.read()
         assert rebooted["c64"][1].split("#")[0] != reset["c64"][1].split("#")[0]
 
@@ -107,7 +126,7 @@ async def test_markers_survive_a_hub_restart(tmp_path: Path, agent: Snmpd) -> No
     async with _poller(tmp_path, _profile("2c"), _v2c(agent)) as poller:
         before = await poller.read()
     agent.set(c32=150, c64=150, uptime=900_050)
-    async with _poller(tmp_path, _profile("2c"), _v2c(agent)) as poller:   # same data_dir: state reloaded
+    async with _poller(tmp_path, _profile("2c"), _v2c(agent)) as poller:  # same data_dir: state reloaded
         after = await poller.read()
     assert after["c32"][1] == before["c32"][1] and after["c64"][1] == before["c64"][1]
 
@@ -126,14 +145,22 @@ def _missed(device: str) -> float:
 async def test_schedule_submits_and_counts_missed_polls(tmp_path: Path, agent: Snmpd) -> None:
     agent.set(c32=1, c64=1, g=5, uptime=3000)
     profile = _profile("2c", interval_s=0.4)
-    dead = DeviceEndpoint(device_id="dead", profile_id=profile.id, address="127.0.0.1",
-                          port=free_port(2), secrets={"community": "public"})     # nothing listens there
-    wrong_key = DeviceEndpoint(device_id="badkey", profile_id=profile.id, address="127.0.0.1", port=agent.port,
-                               secrets={})                                       # no community in registry
+    dead = DeviceEndpoint(
+        device_id="dead",
+        profile_id=profile.id,
+        address="127.0.0.1",
+        port=free_port(2),
+        secrets={"community": "public"},
+    )  # nothing listens there
+    wrong_key = DeviceEndpoint(
+        device_id="badkey", profile_id=profile.id, address="127.0.0.1", port=agent.port, secrets={}
+    )  # no community in registry
     before = _missed("dead"), _missed("badkey"), _missed("live")
     endpoints = [_v2c(agent, "live", profile.id), dead, wrong_key]
     sink = RecordingSink()
-    async with SnmpAdapter(config(traps={"enabled": False}), settings([profile], endpoints, tmp_path)) as adapter:
+    async with SnmpAdapter(
+        config(traps={"enabled": False}), settings([profile], endpoints, tmp_path)
+    ) as adapter:
         task = asyncio.create_task(adapter.run(sink))
         await asyncio.sleep(1.5)
         task.cancel()
@@ -153,7 +180,9 @@ async def test_v3_wrong_key_is_a_missed_poll(tmp_path: Path, agent: Snmpd) -> No
     profile = _profile("3", interval_s=0.3)
     endpoint = _v3(agent, auth_key="not-the-right-key")
     sink = RecordingSink()
-    async with SnmpAdapter(config(traps={"enabled": False}), settings([profile], [endpoint], tmp_path)) as adapter:
+    async with SnmpAdapter(
+        config(traps={"enabled": False}), settings([profile], [endpoint], tmp_path)
+    ) as adapter:
         task = asyncio.create_task(adapter.run(sink))
         await asyncio.sleep(0.9)
         task.cancel()

@@ -18,8 +18,13 @@ from usagehub.errors import ValidationFailed
 
 pytestmark = pytest.mark.integration
 
-WALKS = {"pdu": "UPS/apc-8641.snmprec", "pdu2": "UPS/apc-7902b.snmprec", "ups": "UPS/huawei-gse200m.snmprec.bz2",
-         "ups2": "UPS/phoenixtec-power.snmprec.bz2", "cam": "camera/semac-ipcam-500.snmprec.bz2"}
+WALKS = {
+    "pdu": "UPS/apc-8641.snmprec",
+    "pdu2": "UPS/apc-7902b.snmprec",
+    "ups": "UPS/huawei-gse200m.snmprec.bz2",
+    "ups2": "UPS/phoenixtec-power.snmprec.bz2",
+    "cam": "camera/semac-ipcam-500.snmprec.bz2",
+}
 ENERGY = "1.3.6.1.4.1.318.1.1.26.4.3.1.9.1"
 PROFILES = [shipped(n) for n in ("apc-ap8641", "ietf-ups-mib", "ietf-if-mib-switch", "ip-camera")]
 
@@ -31,9 +36,16 @@ def sim_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 
 async def _poll(tmp_path: Path, port: int, profile_id: str, community: str) -> list[RawMessage]:
-    endpoint = DeviceEndpoint(device_id=community, profile_id=profile_id, address="127.0.0.1", port=port,
-                              secrets={"community": community})
-    async with SnmpAdapter(config(traps={"enabled": False}), settings(PROFILES, [endpoint], tmp_path)) as adapter:
+    endpoint = DeviceEndpoint(
+        device_id=community,
+        profile_id=profile_id,
+        address="127.0.0.1",
+        port=port,
+        secrets={"community": community},
+    )
+    async with SnmpAdapter(
+        config(traps={"enabled": False}), settings(PROFILES, [endpoint], tmp_path)
+    ) as adapter:
         assert adapter.scheduler is not None
         return await adapter.scheduler.poll_once(endpoint, adapter.plans[profile_id])
 
@@ -43,18 +55,19 @@ async def test_apc_pdu_device_and_outlets(tmp_path: Path, sim_port: int) -> None
     assert [m.topic for m in messages][:1] == ["poll"]
     assert {m.transport for m in messages} == {"snmp"}
     events = by_key(decode_all(PROFILES, messages))
-    assert events["pdu", "energy"].value == Decimal("1951.6")       # 19516 tenths of kWh
-    assert events["pdu", "power"].value == Decimal("1.21")          # 121 hundredths of kW
+    assert events["pdu", "energy"].value == Decimal("1951.6")  # 19516 tenths of kWh
+    assert events["pdu", "power"].value == Decimal("1.21")  # 121 hundredths of kW
     assert events["pdu", "energy"].reset_marker.startswith("b")
     outlets = {d for d, m in events if m == "outlet_energy"}
     assert len(outlets) == 24
     assert events["pdu/1", "outlet_energy"].value == Decimal("304.6")
     assert events["pdu/1", "outlet_power"].value == Decimal(163)
-    assert events["pdu", "energy"].ts == messages[0].received_at    # stamped with the response time
+    assert events["pdu", "energy"].ts == messages[0].received_at  # stamped with the response time
 
 
 async def test_not_supported_values_are_absent_and_quarantined_when_nothing_is_left(
-        tmp_path: Path, sim_port: int) -> None:
+    tmp_path: Path, sim_port: int
+) -> None:
     # The AP7902B answers -1 (not supported) for both energy and power: no reading, no marker change,
     # and a message without any reading goes to quarantine with a reason instead of vanishing.
     messages = await _poll(tmp_path, sim_port, "apc-ap8641", "pdu2")
@@ -68,10 +81,10 @@ async def test_not_supported_values_are_absent_and_quarantined_when_nothing_is_l
 
 async def test_ups_mib_battery_and_output_lines(tmp_path: Path, sim_port: int) -> None:
     events = by_key(decode_all(PROFILES, await _poll(tmp_path, sim_port, "ietf-ups-mib", "ups")))
-    assert ("ups", "battery_charge") not in events                 # Huawei answers -1
+    assert ("ups", "battery_charge") not in events  # Huawei answers -1
     assert ("ups", "battery_runtime") not in events
     assert events["ups", "battery_voltage"].value == Decimal("538.5")
-    assert events["ups", "on_battery"].value == 0                   # upsOutputSource = 3 (normal)
+    assert events["ups", "on_battery"].value == 0  # upsOutputSource = 3 (normal)
     assert events["ups/1", "output_power"].value == Decimal(34)
     assert events["ups/1", "output_load"].value == Decimal(8)
 

@@ -1,4 +1,4 @@
-"""Traps and informs from net-snmp ``snmptrap``: v2c and v3 authPriv, accepted, rejected, acked after commit."""
+"""Traps and informs from net-snmp snmptrap: v2c and v3 authPriv, accepted, rejected, acked after commit."""
 
 from __future__ import annotations
 
@@ -21,13 +21,31 @@ from usagehub.errors import DecodeError, ValidationFailed
 pytestmark = pytest.mark.integration
 
 PROFILES = [shipped("security-panel-traps"), shipped("ip-camera")]
-DOOR_FORCED, MAINS_FAIL, MAINS_OK = "1.3.6.1.4.1.32473.1.0.1", "1.3.6.1.4.1.32473.1.0.3", "1.3.6.1.4.1.32473.1.0.4"
+DOOR_FORCED, MAINS_FAIL, MAINS_OK = (
+    "1.3.6.1.4.1.32473.1.0.1",
+    "1.3.6.1.4.1.32473.1.0.3",
+    "1.3.6.1.4.1.32473.1.0.4",
+)
 ENGINE_ID = "0x80001f8880c0ffee01"
-PANEL = DeviceEndpoint(device_id="panel-1", profile_id="security-panel-traps", address="127.0.0.1",
-                       secrets={"community": "panel-secret"})
-PANEL_V3 = DeviceEndpoint(device_id="panel-v3", profile_id="security-panel-traps", address="127.0.0.1",
-                          secrets={"user": "bob", "auth_key": "bob-auth-pass", "priv_key": "bob-priv-pass",
-                                   "auth_protocol": "SHA", "priv_protocol": "AES", "engine_id": ENGINE_ID})
+PANEL = DeviceEndpoint(
+    device_id="panel-1",
+    profile_id="security-panel-traps",
+    address="127.0.0.1",
+    secrets={"community": "panel-secret"},
+)
+PANEL_V3 = DeviceEndpoint(
+    device_id="panel-v3",
+    profile_id="security-panel-traps",
+    address="127.0.0.1",
+    secrets={
+        "user": "bob",
+        "auth_key": "bob-auth-pass",
+        "priv_key": "bob-priv-pass",
+        "auth_protocol": "SHA",
+        "priv_protocol": "AES",
+        "engine_id": ENGINE_ID,
+    },
+)
 
 
 @contextlib.asynccontextmanager
@@ -45,8 +63,9 @@ async def _receiver(tmp_path: Path, sink: RecordingSink) -> AsyncIterator[int]:
 
 async def _send(*args: str, binary: str = "snmptrap") -> tuple[int, float]:
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(require_binary(binary), *args, stdout=subprocess.DEVNULL,
-                                                stderr=subprocess.DEVNULL)
+    proc = await asyncio.create_subprocess_exec(
+        require_binary(binary), *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     return await proc.wait(), time.monotonic() - started
 
 
@@ -65,7 +84,10 @@ async def test_v2c_traps_become_events_and_state_changes(tmp_path: Path) -> None
     assert messages[0].meta == {"device_id": "panel-1", "profile": "security-panel-traps"}
     events = decode_all(PROFILES, messages)
     assert [(e.device_id, e.meter, e.value) for e in events] == [
-        ("panel-1", "door_forced", 1), ("panel-1", "mains_failure", 1), ("panel-1", "mains_failure", 0)]
+        ("panel-1", "door_forced", 1),
+        ("panel-1", "mains_failure", 1),
+        ("panel-1", "mains_failure", 0),
+    ]
     assert events[0].ts == messages[0].received_at
 
 
@@ -74,13 +96,16 @@ async def test_unknown_community_and_garbage_are_quarantined_not_dropped(tmp_pat
     async with _receiver(tmp_path, sink) as port:
         await _send(*_v2c(port, "guess", DOOR_FORCED))
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
-                                                           remote_addr=("127.0.0.1", port))
+        transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=("127.0.0.1", port)
+        )
         transport.sendto(b"\x30\x03not snmp at all")
         transport.close()
         messages = await sink.wait_for(2)
-    assert [m.meta["rejected"] for m in messages] == ["unauthenticated: unknown community",
-                                                      "malformed: not an SNMP message"]
+    assert [m.meta["rejected"] for m in messages] == [
+        "unauthenticated: unknown community",
+        "malformed: not an SNMP message",
+    ]
     for message in messages:
         with pytest.raises(DecodeError, match="rejected snmp trap"):
             decode_all(PROFILES, [message])
@@ -89,7 +114,7 @@ async def test_unknown_community_and_garbage_are_quarantined_not_dropped(tmp_pat
 async def test_unmapped_trap_of_a_known_device_is_quarantined(tmp_path: Path) -> None:
     sink = RecordingSink()
     async with _receiver(tmp_path, sink) as port:
-        await _send(*_v2c(port, "panel-secret", "1.3.6.1.6.3.1.1.5.1"))   # coldStart: not in the profile
+        await _send(*_v2c(port, "panel-secret", "1.3.6.1.6.3.1.1.5.1"))  # coldStart: not in the profile
         messages = await sink.wait_for(1)
     with pytest.raises(ValidationFailed, match="no readings"):
         decode_all(PROFILES, messages)
@@ -97,7 +122,21 @@ async def test_unmapped_trap_of_a_known_device_is_quarantined(tmp_path: Path) ->
 
 async def test_v3_auth_priv_trap_accepted_and_wrong_key_rejected(tmp_path: Path) -> None:
     sink = RecordingSink()
-    v3 = ["-v3", "-e", ENGINE_ID, "-u", "bob", "-l", "authPriv", "-a", "SHA", "-x", "AES", "-X", "bob-priv-pass"]
+    v3 = [
+        "-v3",
+        "-e",
+        ENGINE_ID,
+        "-u",
+        "bob",
+        "-l",
+        "authPriv",
+        "-a",
+        "SHA",
+        "-x",
+        "AES",
+        "-X",
+        "bob-priv-pass",
+    ]
     async with _receiver(tmp_path, sink) as port:
         await _send(*v3, "-A", "bob-auth-pass", f"127.0.0.1:{port}", "", MAINS_FAIL)
         await _send(*v3, "-A", "wrong-auth-pass", f"127.0.0.1:{port}", "", MAINS_FAIL)
@@ -108,10 +147,10 @@ async def test_v3_auth_priv_trap_accepted_and_wrong_key_rejected(tmp_path: Path)
 
 
 async def test_inform_is_acknowledged_only_after_commit(tmp_path: Path) -> None:
-    sink = RecordingSink(delay_s=0.8)       # the pipeline commits 0.8 s after submit
+    sink = RecordingSink(delay_s=0.8)  # the pipeline commits 0.8 s after submit
     async with _receiver(tmp_path, sink) as port:
         status, elapsed = await _send("-Ci", "-t", "3", "-r", "0", *_v2c(port, "panel-secret", DOOR_FORCED))
-    assert status == 0                      # the inform was answered...
-    assert elapsed >= 0.75                  # ...but not before the commit
+    assert status == 0  # the inform was answered...
+    assert elapsed >= 0.75  # ...but not before the commit
     assert len(sink.messages) == 1
     assert sink.messages[0].meta["device_id"] == "panel-1"

@@ -9,7 +9,7 @@ current open period. Invariant: billed + adjustments == truth after every run.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
@@ -97,13 +97,20 @@ def amend_record(record: BillingRecord, quantity: Decimal) -> BillingRecord:
 
 
 def reconcile(truth: Mapping[TruthKey, Decimal], records: Sequence[BillingRecord], *,
-              units: Mapping[str, str], open_period_of: Callable[[str], Period]) -> list[BillingRecord]:
+              units: Mapping[str, str], open_period_of: Callable[[str], Period],
+              scope: Collection[tuple[str, Period]] | None = None) -> list[BillingRecord]:
     """The records to write (new, or amended with a higher version) so that records match ``truth``.
 
     ``records`` are the stored records of the accounts concerned (regular and
-    adjustments); a key missing from ``truth`` is worth 0. ``open_period_of``
-    gives an account's current open period, where adjustments go.
+    adjustments); a key missing from ``truth`` is worth 0, so pass ``scope``
+    (the ``(account, period)`` pairs whose truth was computed in full) unless
+    ``truth`` covers every record given. ``open_period_of`` gives an
+    account's current open period, where adjustments go.
     """
+    if scope is not None:
+        pairs = set(scope)
+        truth = {k: v for k, v in truth.items() if (k[0], k[1]) in pairs}
+        records = [r for r in records if r.kind is RecordKind.ADJUSTMENT or (r.account_id, r.period) in pairs]
     regular = {r.key: r for r in records if r.kind is RecordKind.REGULAR}
     adjustments: defaultdict[str, list[BillingRecord]] = defaultdict(list)
     for r in records:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import lru_cache
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
@@ -49,6 +50,7 @@ def _shift(year: int, month: int, by: int) -> tuple[int, int]:
     return index // 12, index % 12 + 1
 
 
+@lru_cache(maxsize=4096)  # pure in its arguments; month boundaries are asked for again and again
 def _period(year: int, month: int, zone: ZoneInfo) -> Period:
     ny, nm = _shift(year, month, 1)
     return Period(start=_month_start(year, month, zone), end=_month_start(ny, nm, zone),

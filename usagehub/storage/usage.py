@@ -67,11 +67,13 @@ class UsageWriter:
             if latest is None or readings[-1].key > latest.key:
                 new_state.append((key, readings[-1]))
         if new_state:
-            await conn.cursor().executemany(
+            await conn.execute(
                 "INSERT INTO meter_state (device_id, meter, ts, value, reset_marker, event_id) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (device_id, meter) DO UPDATE SET "
-                "ts = EXCLUDED.ts, value = EXCLUDED.value, reset_marker = EXCLUDED.reset_marker, event_id = EXCLUDED.event_id",
-                [(k[0], k[1], r.ts, r.value, r.reset_marker, r.event_id) for k, r in new_state])
+                "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::numeric[], %s::text[], "
+                "%s::text[]) ON CONFLICT (device_id, meter) DO UPDATE SET ts = EXCLUDED.ts, "
+                "value = EXCLUDED.value, reset_marker = EXCLUDED.reset_marker, event_id = EXCLUDED.event_id",
+                tuple(list(col) for col in zip(*[(k[0], k[1], r.ts, r.value, r.reset_marker, r.event_id)
+                                                 for k, r in new_state], strict=True)))
         return out
 
 

@@ -28,7 +28,8 @@ ENTERPRISE = "1.3.6.1.4.1.99999.1"
 # A pass_persist script (one long-running process, so answers are fast): serves Counter32 .1.0,
 # Counter64 .2.0 and Integer .3.0 from a JSON state file re-read on every request; a second
 # instance registered with -p 1 overrides sysUpTime, so tests can "reboot" the agent.
-_PASS = textwrap.dedent('''\
+_PASS = (
+    textwrap.dedent("""\
     import json, sys
     state_file, which = sys.argv[1], sys.argv[2]
     base = ".%s"
@@ -54,7 +55,9 @@ _PASS = textwrap.dedent('''\
                 break
         else:
             print("NONE", flush=True)
-    ''') % ENTERPRISE
+    """)
+    % ENTERPRISE
+)
 
 
 def venv_binary(name: str) -> str:
@@ -122,17 +125,33 @@ class Snmpd:
         script.write_text(_PASS)
         py = shutil.which("python3") or sys.executable
         conf = self.folder / "snmpd.conf"
-        conf.write_text(textwrap.dedent(f"""\
+        conf.write_text(
+            textwrap.dedent(f"""\
             agentaddress udp:127.0.0.1:{self.port}
             rocommunity {self.community} 127.0.0.1
             createUser {self.user} SHA {self.auth_key} AES {self.priv_key}
             rouser {self.user} priv
             pass_persist {ENTERPRISE} {py} {script} {self.state_file} counters
             pass_persist -p 1 .1.3.6.1.2.1.1.3 {py} {script} {self.state_file} uptime
-            """))
-        proc = subprocess.Popen([binary, "-f", "-Lo", "-C", "-c", str(conf), "-m", "",
-                                 f"--persistentDir={self.folder / 'persist'}", "-p", str(self.folder / "pid")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            """)
+        )
+        proc = subprocess.Popen(
+            [
+                binary,
+                "-f",
+                "-Lo",
+                "-C",
+                "-c",
+                str(conf),
+                "-m",
+                "",
+                f"--persistentDir={self.folder / 'persist'}",
+                "-p",
+                str(self.folder / "pid"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             _wait_udp_agent(self.port, self.community)
             yield self
@@ -165,9 +184,20 @@ def snmpsim(folder: Path, walks: dict[str, str]) -> Iterator[int]:
         raw = bz2.decompress(source.read_bytes()) if source.suffix == ".bz2" else source.read_bytes()
         (data / f"{community}.snmprec").write_bytes(raw)
     port = free_port(socket.SOCK_DGRAM)
-    proc = subprocess.Popen([sys.executable, "-c", _SNMPSIM_WRAPPER, binary, f"--data-dir={data}",
-                             f"--cache-dir={cache}", f"--agent-udpv4-endpoint=127.0.0.1:{port}",
-                             "--logging-method=null"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _SNMPSIM_WRAPPER,
+            binary,
+            f"--data-dir={data}",
+            f"--cache-dir={cache}",
+            f"--agent-udpv4-endpoint=127.0.0.1:{port}",
+            "--logging-method=null",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_udp_agent(port, next(iter(walks)))
         yield port

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.fakes import StaticDirectory
 from usagehub.adapters.base import AdapterSettings, DeviceEndpoint
 from usagehub.adapters.snmp.config import SnmpConfig, TrapConfig
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage, UsageEvent
 from usagehub.core.profiles import Profile, parse_profile
-
-from tests.fakes import StaticDirectory
 
 PROFILES_DIR = Path(__file__).resolve().parents[3] / "device_profiles"
 SNMP_PROFILES = ("apc-ap8641", "ietf-ups-mib", "ietf-if-mib-switch", "ip-camera", "security-panel-traps")
@@ -28,7 +27,9 @@ def profile_from(text: str) -> Profile:
     return parse_profile(text, "<test>")
 
 
-def settings(profiles: Sequence[Profile], endpoints: Sequence[DeviceEndpoint], data_dir: Path) -> AdapterSettings:
+def settings(
+    profiles: Sequence[Profile], endpoints: Sequence[DeviceEndpoint], data_dir: Path
+) -> AdapterSettings:
     """AdapterSettings over a static directory."""
     return AdapterSettings(profiles=list(profiles), devices=StaticDirectory(endpoints), data_dir=data_dir)
 

@@ -51,7 +51,7 @@ def test_credentials() -> None:
     with pytest.raises(CredentialError):
         auth_data("2c", {})
     with pytest.raises(CredentialError):
-        usm_user({"user": "u", "priv_key": "p" * 8})          # privacy without authentication
+        usm_user({"user": "u", "priv_key": "p" * 8})  # privacy without authentication
     with pytest.raises(CredentialError):
         usm_user({"user": "u", "auth_key": "a" * 8, "auth_protocol": "ROT13"})
     user = usm_user({"user": "u", "auth_key": "a" * 8, "priv_key": "p" * 8, "engine_id": "0x8000"})

@@ -11,14 +11,16 @@ T0 = 1_714_550_000.0
 
 
 @settings(max_examples=200, deadline=None)
-@given(boot_uptime=st.integers(0, TICKS_MODULUS - 1), steps=st.lists(
-    st.tuples(st.floats(1, 86_400 * 30), st.floats(-2, 2)), min_size=1, max_size=30))
+@given(
+    boot_uptime=st.integers(0, TICKS_MODULUS - 1),
+    steps=st.lists(st.tuples(st.floats(1, 86_400 * 30), st.floats(-2, 2)), min_size=1, max_size=30),
+)
 def test_same_boot_keeps_its_marker(boot_uptime: int, steps: list[tuple[float, float]]) -> None:
     tracker, at, uptime = BootTracker(), T0, boot_uptime
     first = tracker.observe(at, uptime)
     for elapsed, jitter in steps:
         at += elapsed
-        uptime = (uptime + round(elapsed * 100)) % TICKS_MODULUS        # includes the 497-day wrap
+        uptime = (uptime + round(elapsed * 100)) % TICKS_MODULUS  # includes the 497-day wrap
         assert tracker.observe(at + jitter, uptime) == first
 
 
@@ -50,10 +52,10 @@ def test_wrap_explains_only_plausible_wraps(bits: int, data: st.DataObject) -> N
 def test_counter_epoch_bumps_on_unexplained_drop_and_survives_json() -> None:
     markers = DeviceMarkers()
     assert markers.counter_marker("x", "b1", 2**32 - 5, 32) == "b1#0"
-    assert markers.counter_marker("x", "b1", 3, 32) == "b1#0"          # wrap
-    assert markers.counter_marker("x", "b1", 1, 32) == "b1#1"          # reset
+    assert markers.counter_marker("x", "b1", 3, 32) == "b1#0"  # wrap
+    assert markers.counter_marker("x", "b1", 1, 32) == "b1#1"  # reset
     assert markers.counter_marker("y", "b1", 9, None, discontinuity=77) == "b1#0@77"
-    assert markers.counter_marker("y", "b1", 8, None) == "b1#1"        # a register never wraps
+    assert markers.counter_marker("y", "b1", 8, None) == "b1#1"  # a register never wraps
     restored = DeviceMarkers.from_json(markers.to_json())
     assert restored.counter_marker("x", "b1", 1, 32) == "b1#1"
     assert DeviceMarkers.from_json({"garbage": 1}).counters == {}

@@ -82,7 +82,8 @@ def decode_snmp(payload: bytes) -> dict[str, Any]:
         parsed = orjson.loads(payload)
     except orjson.JSONDecodeError as err:
         raise DecodeError("not an snmp adapter payload", detail=str(err)) from err
-    if not isinstance(parsed, dict) or parsed.get("v") != PAYLOAD_VERSION or parsed.get("kind") not in _KINDS:
+    version, kind = (parsed.get("v"), parsed.get("kind")) if isinstance(parsed, dict) else (None, None)
+    if type(version) is not int or version != PAYLOAD_VERSION or not isinstance(kind, str) or kind not in _KINDS:
         raise DecodeError("not an snmp adapter payload", detail="expected an object with v=1 and a kind")
     if parsed["kind"] == "rejected":
         reason = parsed.get("reason")

@@ -1,0 +1,219 @@
+"""Ingest benchmark: MQTT QoS 1 -> usagehub -> PostgreSQL, beside the raw limits and the glue baseline.
+
+In one run, on one Mosquitto and one embedded PostgreSQL, with the same messages:
+  1. bare aiomqtt subscriber draining the messages (orjson parse only, QoS 1)   — the MQTT limit
+  2. bare COPY (binary) of the same rows                                          — the database limit
+  3. ../shared/baselines/glue_batch.py (500 rows/transaction, acks BEFORE commit) — what people write
+  4. usagehub serve (acks AFTER commit, identity-checked, usage derived)          — us
+  5. usagehub with gateway messages of 50 readings each
+Each case runs REPEAT times on a fresh database; medians are printed, with ratios.
+Usage: .venv/bin/python bench/ingest.py [N] [REPEAT]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiomqtt
+import orjson
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.rawpub import publish  # noqa: E402
+from usagehub.storage.embedded import embedded_database_url  # noqa: E402
+
+BASELINES = ROOT.parent / "shared" / "baselines"
+METERS = 1000
+
+
+def messages(n: int, gateway: int = 0) -> list[tuple[bytes, bytes]]:
+    """N single readings for 1,000 meters (or N/gateway gateway messages), stamped now."""
+    now = datetime.now(UTC) - timedelta(hours=1)
+    rows = []
+    for k in range(n):
+        d, seq = k % METERS, k // METERS + 1
+        rows.append((f"m{d:04d}", {"seq": seq, "ts": (now + timedelta(milliseconds=seq)).isoformat(),
+                                   "energy_wh": 1_000_000 * d // 7 + 37 * seq}))
+    if not gateway:
+        return [(f"meters/{dev}/reading".encode(), orjson.dumps(body)) for dev, body in rows]
+    out = []
+    for i in range(0, n, gateway):
+        chunk = [{"meter": dev, **body} for dev, body in rows[i:i + gateway]]
+        out.append((f"gateways/g{i // gateway % 50:02d}/batch".encode(), orjson.dumps({"readings": chunk})))
+    return out
+
+
+def new_db(server: str) -> str:
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    info = psycopg.conninfo.conninfo_to_dict(server)
+    info["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
+
+
+def count(url: str, sql: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql).fetchone()
+    return int(row[0]) if row else 0
+
+
+def wait_count(url: str, sql: str, n: int, timeout: float = 300) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if count(url, sql) >= n:
+            return time.monotonic()
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {n} rows ({count(url, sql)} seen)")
+
+
+class Broker:
+    def __init__(self, tmp: Path) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        conf = tmp / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 0\n"
+                        "max_queued_messages 10000000\nmax_queued_bytes 0\n")
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+
+
+async def bare_subscriber(port: int, msgs: list[tuple[bytes, bytes]]) -> float:
+    n, got = len(msgs), 0
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"bare-{uuid.uuid4().hex[:6]}",
+                              clean_session=False) as client:
+        await client.subscribe("meters/+/reading", qos=1)
+        pub = asyncio.create_task(publish(msgs, port))
+        t0 = time.monotonic()
+        async for m in client.messages:
+            orjson.loads(m.payload)  # type: ignore[arg-type]
+            got += 1
+            if got >= n:
+                break
+        await pub
+        return n / (time.monotonic() - t0)
+
+
+def bare_copy(url: str, msgs: list[tuple[bytes, bytes]]) -> float:
+    rows = [(t.split(b"/")[1].decode(), orjson.loads(p)) for t, p in msgs]
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE copy_bench (device_id text, ts timestamptz, energy_wh bigint, seq int, "
+                     "PRIMARY KEY (device_id, seq))")
+        t0 = time.monotonic()
+        with conn.cursor() as cur, cur.copy("COPY copy_bench FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["text", "timestamptz", "int8", "int4"])
+            for dev, r in rows:
+                copy.write_row((dev, datetime.fromisoformat(r["ts"]), r["energy_wh"], r["seq"]))
+        conn.commit()
+        return len(rows) / (time.monotonic() - t0)
+
+
+def glue_batch(url: str, port: int, msgs: list[tuple[bytes, bytes]]) -> float:
+    env = {**os.environ, "BASELINE_DSN": url, "BASELINE_MQTT_PORT": str(port), "BASELINE_N": str(len(msgs))}
+    proc = subprocess.Popen([sys.executable, str(BASELINES / "glue_batch.py")], cwd=BASELINES, env=env)
+    try:
+        time.sleep(1.5)  # connected and subscribed
+        t0 = time.monotonic()
+        asyncio.run(publish(msgs, port))
+        t1 = wait_count(url, "SELECT count(*) FROM readings", len(msgs))
+        return len(msgs) / (t1 - t0)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def usagehub_run(url: str, port: int, msgs: list[tuple[bytes, bytes]], events: int, tmp: Path,
+                 ) -> tuple[float, float, float]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    seed = tmp / "seed.yaml"
+    lines = ["accounts: [{id: a}]", "devices:"] + [f"  - {{id: m{d:04d}}}" for d in range(METERS)]
+    seed.write_text("\n".join(lines) + "\n")
+    settings = ["--database-url", url, "--mqtt-url", f"mqtt://127.0.0.1:{port}", "--data-dir", str(tmp),
+                "--log-level", "WARNING"]
+    subprocess.run([sys.executable, "-m", "usagehub", "seed", str(seed), *settings], check=True, cwd=ROOT,
+                   capture_output=True)
+    proc = subprocess.Popen([sys.executable, "-m", "usagehub", "serve", *settings, "--http-port", "0",
+                             "--config", "/dev/null"], cwd=ROOT)
+    try:
+        time.sleep(2.5)
+        t0 = time.monotonic()
+        asyncio.run(publish(msgs, port))
+        t1 = wait_count(url, "SELECT count(*) FROM events", events)
+        lat = latencies(url)
+        return events / (t1 - t0), lat[0], lat[1]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def latencies(url: str) -> tuple[float, float]:
+    """Device time -> commit (ingested_at is the storing transaction's start) p50/p99 in ms.
+
+    Readings are stamped ``now - 1h + seq ms`` at generation, so the absolute
+    figure is meaningless; we report receive -> store (received_at -> ingested_at) instead.
+    """
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM ingested_at - received_at)), "
+            "percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM ingested_at - received_at)) "
+            "FROM events").fetchone()
+    assert row is not None
+    return float(row[0]) * 1000, float(row[1]) * 1000
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
+    repeat = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    tmp = Path(tempfile.mkdtemp(prefix="usagehub-bench-"))
+    os.chmod(tmp, 0o755)
+    server = embedded_database_url(tmp / "db")
+    broker = Broker(tmp)
+    single, gateway = messages(n), messages(n, gateway=50)
+    results: dict[str, list[float]] = {k: [] for k in ("bare_sub", "copy", "glue", "hub", "hub_p50", "hub_p99",
+                                                       "gw", "gw_p50", "gw_p99")}
+    try:
+        for r in range(repeat):
+            results["bare_sub"].append(asyncio.run(bare_subscriber(broker.port, single)))
+            results["copy"].append(bare_copy(new_db(server), single))
+            if (BASELINES / "glue_batch.py").exists():
+                results["glue"].append(glue_batch(new_db(server), broker.port, single))
+            rate, p50, p99 = usagehub_run(new_db(server), broker.port, single, n, tmp / f"h{r}")
+            results["hub"].append(rate)
+            results["hub_p50"].append(p50)
+            results["hub_p99"].append(p99)
+            rate, p50, p99 = usagehub_run(new_db(server), broker.port, gateway, n, tmp / f"g{r}")
+            results["gw"].append(rate)
+            results["gw_p50"].append(p50)
+            results["gw_p99"].append(p99)
+            print(f"run {r + 1}: " + ", ".join(f"{k}={v[-1]:.0f}" for k, v in results.items() if v), flush=True)
+    finally:
+        broker.proc.terminate()
+    med = {k: statistics.median(v) for k, v in results.items() if v}
+    print(f"\nmedians of {repeat} runs, N={n} messages, {METERS} meters, Mosquitto + embedded PostgreSQL 18")
+    print(f"  bare aiomqtt subscriber (QoS 1, parse only)   {med['bare_sub']:>10,.0f} msg/s")
+    print(f"  bare COPY binary of the same rows              {med['copy']:>10,.0f} rows/s")
+    if "glue" in med:
+        print(f"  glue_batch.py (acks before commit)             {med['glue']:>10,.0f} msg/s")
+    print(f"  usagehub, single readings (acks after commit)  {med['hub']:>10,.0f} events/s  "
+          f"receive->store p50 {med['hub_p50']:.1f} ms p99 {med['hub_p99']:.1f} ms")
+    print(f"  usagehub, gateway messages of 50 readings      {med['gw']:>10,.0f} events/s  "
+          f"receive->store p50 {med['gw_p50']:.1f} ms p99 {med['gw_p99']:.1f} ms")
+    print(f"  ratios: usagehub/bare subscriber {med['hub'] / med['bare_sub']:.2f}"
+          + (f", usagehub/glue_batch {med['hub'] / med['glue']:.2f}" if "glue" in med else ""))
+
+
+if __name__ == "__main__":
+    main()
