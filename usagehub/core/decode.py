@@ -25,8 +25,8 @@ _EPOCH_DIV = {"epoch_s": 1, "epoch_ms": 1_000, "epoch_us": 1_000_000}
 MAX_CLOCK_AHEAD = timedelta(days=1)
 # Readings stamped before this come from a device whose clock was never set (epoch 0 and friends).
 CLOCK_NOT_SET = datetime(2000, 1, 1, tzinfo=UTC)
-# No meter reads 10^18 of anything; bigger numbers are corrupt or hostile.
-_IMPLAUSIBLE = Decimal(10) ** 18
+# Nothing reads 10^20 of anything (a Counter64 tops out at 1.8e19); bigger numbers are corrupt or hostile.
+_IMPLAUSIBLE = Decimal(10) ** 20
 
 
 def _topic_regex(pattern: str) -> re.Pattern[str]:

@@ -83,7 +83,8 @@ def decode_snmp(payload: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as err:
         raise DecodeError("not an snmp adapter payload", detail=str(err)) from err
     version, kind = (parsed.get("v"), parsed.get("kind")) if isinstance(parsed, dict) else (None, None)
-    if type(version) is not int or version != PAYLOAD_VERSION or not isinstance(kind, str) or kind not in _KINDS:
+    valid_version = type(version) is int and version == PAYLOAD_VERSION  # True == 1, so no bools
+    if not valid_version or not isinstance(kind, str) or kind not in _KINDS:
         raise DecodeError("not an snmp adapter payload", detail="expected an object with v=1 and a kind")
     if parsed["kind"] == "rejected":
         reason = parsed.get("reason")
