@@ -20,6 +20,7 @@ from usagehub.broker import EmbeddedBroker
 from usagehub.config import HubConfig
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
+from usagehub.core.profiles import Profile
 from usagehub.graphql.context import Services
 from usagehub.ingest import Pipeline, PipelineSettings
 from usagehub.profile_files import load_profiles
@@ -91,6 +92,31 @@ class Hub:
         return results
 
 
+def build_pipeline(config: HubConfig, pool: AsyncConnectionPool, profiles: list[Profile]) -> Pipeline:
+    """The ingest pipeline with its batch hooks (usage entries), as ``serve`` and ``import`` use it."""
+    profile_set = ProfileSet(profiles)
+    pipeline = Pipeline(pool, profile_set, KnownDevices(pool),
+                        PipelineSettings(batch_max_messages=config.batch_max_messages,
+                                         batch_max_wait_ms=config.batch_max_wait_ms))
+    pipeline.hooks.append(UsageWriter(profile_set).apply)
+    return pipeline
+
+
+@contextlib.asynccontextmanager
+async def running_pipeline(config: HubConfig) -> AsyncIterator[tuple[Pipeline, list[Profile]]]:
+    """A pipeline committing in the background (for ``usagehub import``); drained on exit."""
+    profiles = load_profiles(config.profiles)
+    async with open_storage(config) as pool:
+        pipeline = build_pipeline(config, pool, profiles)
+        task = asyncio.create_task(pipeline.run(), name="pipeline")
+        try:
+            yield pipeline, profiles
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await pipeline.drain()
+
+
 def _adapter_configs(config: HubConfig, broker_url: str) -> dict[str, dict[str, Any]]:
     configs = {name: dict(value) for name, value in config.adapters.items()}
     mqtt = configs.setdefault("mqtt", {})
@@ -110,24 +136,26 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
         if not config.mqtt_url:
             await stack.enter_async_context(EmbeddedBroker(config.embedded_broker_port))
         pool = await stack.enter_async_context(open_storage(config))
-        profile_set = ProfileSet(profiles)
-        pipeline = Pipeline(pool, profile_set, KnownDevices(pool),
-                            PipelineSettings(batch_max_messages=config.batch_max_messages,
-                                             batch_max_wait_ms=config.batch_max_wait_ms))
-        pipeline.hooks.append(UsageWriter(profile_set).apply)
+        pipeline = build_pipeline(config, pool, profiles)
         hub = Hub(config=config, pool=pool, pipeline=pipeline, keys=ApiKeys(pool), registry=Registry(pool))
         settings = AdapterSettings(profiles=profiles, devices=DeviceDirectorySql(pool), data_dir=config.data_dir)
         for name, raw in _adapter_configs(config, broker_url).items():
             factory = adapters.load(name)
             hub.adapters[name] = await stack.enter_async_context(
                 factory.create(factory.config_model.model_validate(raw), settings))
-        await _serve(hub, install_signals, on_ready)
+        await _serve(hub, install_signals, on_ready, profiles)
 
 
-async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any] | None) -> None:
+async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any] | None,
+                 profiles: list[Profile]) -> None:
+    from usagehub.adapters.http import HttpConfig, ingest_routes
+
     services = Services(registry=hub.registry, reads=Reads(hub.pool), ingest_totals=hub.pipeline.totals,
                         replay=hub.replay, extra={})
-    app = create_app(services, hub.keys, ready=hub.ready.is_set, max_depth=hub.config.graphql_max_depth)
+    # HTTP ingest shares the API port; devices authenticate with their own tokens.
+    routes = ingest_routes(hub.pipeline, DeviceDirectorySql(hub.pool), HttpConfig(), profiles)
+    app = create_app(services, hub.keys, ready=hub.ready.is_set, max_depth=hub.config.graphql_max_depth,
+                     extra_routes=list(routes))
     server = uvicorn.Server(uvicorn.Config(app, host=hub.config.http_host, port=hub.config.http_port,
                                            log_level="warning", lifespan="off"))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

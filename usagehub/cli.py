@@ -136,6 +136,37 @@ def seed(config: HubConfig, file: Path) -> None:
                   f"{counts['bindings']} new bindings")
 
 
+@app.command("import")
+@with_settings
+def import_files(config: HubConfig,
+                 paths: Annotated[list[str], typer.Argument(help="files, folders or s3://bucket/prefix")],
+                 profile: Annotated[str | None, typer.Option(help="force this profile id")] = None,
+                 watch: Annotated[bool, typer.Option(help="keep watching the folders (or bucket)")] = False,
+                 s3_endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint")] = None,
+                 ) -> None:
+    """Import batch files (CSV, NDJSON, binary records) exactly once, with a progress bar."""
+    from usagehub.adapters.files import import_paths, watch_paths, watch_s3
+    from usagehub.app import running_pipeline
+
+    async def go() -> int:
+        async with running_pipeline(config) as (pipeline, profiles):
+            if watch:
+                watchers = [watch_s3(p, pipeline, profiles, data_dir=config.data_dir, endpoint_url=s3_endpoint_url)
+                            if p.startswith("s3://") else watch_paths(Path(p), pipeline, profiles, profile=profile)
+                            for p in paths]
+                await asyncio.gather(*watchers)
+                return 0
+            summary = await import_paths(paths, pipeline, profiles, profile=profile, data_dir=config.data_dir,
+                                         s3_endpoint_url=s3_endpoint_url, console=console)
+            return 1 if summary.failed else 0
+
+    try:
+        code = asyncio.run(go())
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
+
+
 @keys_app.command("create")
 @with_settings
 def keys_create(config: HubConfig, role: Annotated[str, typer.Option(help="admin|billing|analytics|operator")],
