@@ -94,7 +94,7 @@ class Broker:
 async def bare_subscriber(port: int, msgs: list[tuple[bytes, bytes]]) -> float:
     n, got = len(msgs), 0
     async with aiomqtt.Client("127.0.0.1", port, identifier=f"bare-{uuid.uuid4().hex[:6]}",
-                              clean_session=False) as client:
+                              clean_session=True) as client:
         await client.subscribe("meters/+/reading", qos=1)
         pub = asyncio.create_task(publish(msgs, port))
         t0 = time.monotonic()
@@ -133,6 +133,7 @@ def glue_batch(url: str, port: int, msgs: list[tuple[bytes, bytes]]) -> float:
     finally:
         proc.terminate()
         proc.wait(10)
+        asyncio.run(forget_session(port, "baseline-batch"))
 
 
 def usagehub_run(url: str, port: int, msgs: list[tuple[bytes, bytes]], events: int, tmp: Path,
@@ -145,8 +146,9 @@ def usagehub_run(url: str, port: int, msgs: list[tuple[bytes, bytes]], events: i
                 "--log-level", "WARNING"]
     subprocess.run([sys.executable, "-m", "usagehub", "seed", str(seed), *settings], check=True, cwd=ROOT,
                    capture_output=True)
+    env = {**os.environ, "USAGEHUB_MQTT_CLIENT_ID": f"usagehub-bench-{uuid.uuid4().hex[:6]}"}
     proc = subprocess.Popen([sys.executable, "-m", "usagehub", "serve", *settings, "--http-port", "0",
-                             "--config", "/dev/null"], cwd=ROOT)
+                             "--config", "/dev/null"], cwd=ROOT, env=env)
     try:
         time.sleep(2.5)
         t0 = time.monotonic()
@@ -157,6 +159,16 @@ def usagehub_run(url: str, port: int, msgs: list[tuple[bytes, bytes]], events: i
     finally:
         proc.terminate()
         proc.wait(30)
+        asyncio.run(forget_session(port, env["USAGEHUB_MQTT_CLIENT_ID"]))
+
+
+async def forget_session(port: int, client_id: str) -> None:
+    """Drop the hub's persistent session so later cases' messages are not queued for it."""
+    for v5 in (True, False):
+        async with aiomqtt.Client("127.0.0.1", port, identifier=client_id, clean_start=True if v5 else 3,
+                                  clean_session=None if v5 else True,
+                                  protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311):
+            pass
 
 
 def latencies(url: str) -> tuple[float, float]:

@@ -24,12 +24,15 @@ from usagehub.core.profiles import Profile
 from usagehub.graphql.context import Services
 from usagehub.ingest import Pipeline, PipelineSettings
 from usagehub.profile_files import load_profiles
+from usagehub.storage.billing_service import BillingService
+from usagehub.storage.billing_service import register as register_billing
 from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.keys import ApiKeys
 from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
 from usagehub.storage.queries import Reads
 from usagehub.storage.registry import DeviceDirectorySql, KnownDevices, Registry
+from usagehub.storage.sessions import SessionEngine
 from usagehub.storage.usage import UsageWriter
 from usagehub.web import create_app
 
@@ -67,6 +70,7 @@ class Hub:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     http_port: int = 0
+    background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def stop(self) -> None:
         """Begin a clean shutdown."""
@@ -82,13 +86,13 @@ class Hub:
         results: list[tuple[int, str, str | None]] = []
         for qid, received_at, transport, topic, source, payload, meta in rows:
             message = RawMessage(transport=str(transport), topic=str(topic), source=str(source),
-                                 payload=bytes(payload), received_at=received_at,  # type: ignore[arg-type]
-                                 meta={str(k): str(v) for k, v in (meta or {}).items()})  # type: ignore[attr-defined]
+                                 payload=bytes(payload), received_at=received_at,
+                                 meta={str(k): str(v) for k, v in (meta or {}).items()})
             receipt = await (await self.pipeline.submit(message))
             async with self.pool.connection() as conn:
                 await conn.execute("UPDATE quarantine SET replayed_at = now(), replay_outcome = %s "
                                    "WHERE quarantine_id = %s", (receipt.outcome.value, qid))
-            results.append((int(qid), receipt.outcome.value, receipt.reason))  # type: ignore[call-overload]
+            results.append((int(qid), receipt.outcome.value, receipt.reason))
         return results
 
 
@@ -98,7 +102,12 @@ def build_pipeline(config: HubConfig, pool: AsyncConnectionPool, profiles: list[
     pipeline = Pipeline(pool, profile_set, KnownDevices(pool),
                         PipelineSettings(batch_max_messages=config.batch_max_messages,
                                          batch_max_wait_ms=config.batch_max_wait_ms))
-    pipeline.hooks.append(UsageWriter(profile_set).apply)
+    usage = UsageWriter(profile_set)
+    pipeline.hooks.append(usage.apply)
+    # Sessions and billing records follow the entries the UsageWriter wrote, in the same transaction.
+    engine = SessionEngine(profile_set, entries=lambda: usage.last_entries)
+    pipeline.hooks.append(engine.apply)
+    register_billing(BillingService(pool, engine))
     return pipeline
 
 
@@ -158,7 +167,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
                      extra_routes=list(routes))
     server = uvicorn.Server(uvicorn.Config(app, host=hub.config.http_host, port=hub.config.http_port,
                                            log_level="warning", lifespan="off"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # hub owns signals
     if install_signals:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -166,7 +175,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     pipeline_task = asyncio.create_task(hub.pipeline.run(), name="pipeline")
     adapter_tasks = [asyncio.create_task(a.run(hub.pipeline), name=f"adapter:{n}") for n, a in hub.adapters.items()]
     web_task = asyncio.create_task(server.serve(), name="web")
-    while not server.started and not web_task.done():
+    while not server.started and not web_task.done():  # noqa: ASYNC110 — uvicorn offers only a flag
         await asyncio.sleep(0.02)
     if web_task.done():
         web_task.result()  # raises the bind error

@@ -7,9 +7,7 @@ import asyncio
 import functools
 import inspect
 import logging
-
 from collections.abc import Callable
-
 from pathlib import Path
 from typing import Annotated, Any
 

@@ -29,7 +29,7 @@ async def run_demo(config: HubConfig, *, meters: int, panels: int, rate: float, 
               f"  try:      {{ ingestStats {{ messages accepted duplicates quarantined }} }}\n"
               "Ctrl-C stops.", flush=True)
         sim = Simulator(fleet, MqttConfig(url=broker), rate_per_s=rate)
-        asyncio.create_task(_summary(hub, sim, duration_s), name="demo-summary")
+        hub.background.append(asyncio.create_task(_summary(hub, sim, duration_s), name="demo-summary"))
 
     await run_hub(config, on_ready=on_ready)
 

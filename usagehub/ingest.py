@@ -53,6 +53,9 @@ class PipelineSettings:
 
     batch_max_messages: int = 2000
     batch_max_wait_ms: float = 20.0
+    # Gateway messages carry many readings: bound a batch by bytes too, so one batch
+    # never holds the event loop (and the MQTT keepalive) for long.
+    batch_max_bytes: int = 512 * 1024
     queue_max_messages: int = 50_000
     retry_max_s: float = 10.0
 
@@ -113,18 +116,23 @@ class Pipeline:
 
     async def _fill(self, batch: list[_Item]) -> list[_Item]:
         deadline = time.monotonic() + self.settings.batch_max_wait_ms / 1000
-        limit = self.settings.batch_max_messages
-        while len(batch) < limit:
-            while len(batch) < limit and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+        limit, max_bytes = self.settings.batch_max_messages, self.settings.batch_max_bytes
+        size = len(batch[0].message.payload)
+        while len(batch) < limit and size < max_bytes:
+            while len(batch) < limit and size < max_bytes and not self._queue.empty():
+                item = self._queue.get_nowait()
+                batch.append(item)
+                size += len(item.message.payload)
             remaining = deadline - time.monotonic()
-            if len(batch) >= limit or remaining <= 0:
+            if len(batch) >= limit or size >= max_bytes or remaining <= 0:
                 break
             try:
                 async with asyncio.timeout(remaining):
-                    batch.append(await self._queue.get())
+                    item = await self._queue.get()
             except TimeoutError:
                 break
+            batch.append(item)
+            size += len(item.message.payload)
         metrics.QUEUE_DEPTH.set(self._queue.qsize())
         return batch
 
@@ -172,14 +180,13 @@ class Pipeline:
         started = time.perf_counter()
         events = [e for item in batch for e in item.events]
         quarantine = [item.quarantine for item in batch if item.quarantine]
-        async with mapped_errors(), self.pool.connection() as conn:
-            async with conn.transaction():
-                await self._partitions.ensure(conn, events)
-                new_keys = await insert_events(conn, events)
-                new_events = _first_claims(events, new_keys)
-                for hook in self.hooks:
-                    await hook(conn, new_events)
-                q_ids = await insert_quarantine(conn, quarantine)
+        async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
+            await self._partitions.ensure(conn, events)
+            new_keys = await insert_events(conn, events)
+            new_events = _first_claims(events, new_keys)
+            for hook in self.hooks:
+                await hook(conn, new_events)
+            q_ids = await insert_quarantine(conn, quarantine)
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(batch))
         self._resolve(batch, new_keys, q_ids)

@@ -68,8 +68,9 @@ class Simulator:
     async def run(self) -> None:
         """Publish until cancelled (QoS 1)."""
         devices = self.fleet.meters + self.fleet.panels
+        client_id = f"usagehub-sim-{random.randrange(1 << 30)}"
         async with aiomqtt.Client(self.mqtt.host, self.mqtt.port, username=self.mqtt.username,
-                                  password=self.mqtt.password, identifier=f"usagehub-sim-{random.randrange(1 << 30)}") as client:
+                                  password=self.mqtt.password, identifier=client_id) as client:
             while True:
                 device = self.rng.choice(devices)
                 now = datetime.now(UTC) - timedelta(milliseconds=1)

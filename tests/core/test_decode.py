@@ -92,13 +92,15 @@ def test_device_id_with_control_characters_is_refused() -> None:
                                                               "ts": "2026-10-01T00:00:00Z", "energy_wh": 1}]}))
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.text(max_size=20),
+scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.text(max_size=20)
+json_values = st.recursive(scalars,
                            lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
                            max_leaves=20)
 
 
 @settings(max_examples=300, deadline=None)
-@given(payload=st.binary(max_size=300) | json_values.map(lambda v: orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS)),
+@given(payload=st.binary(max_size=300)
+       | json_values.map(lambda v: orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS)),
        topic=st.sampled_from(["meters/x/reading", "security/x/event", "gateways/x/batch", "other"]))
 def test_hostile_payloads_only_ever_raise_decode_error(payload: bytes, topic: str) -> None:
     try:

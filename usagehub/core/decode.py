@@ -103,8 +103,9 @@ class CompiledProfile:
         self.records = compile_path(profile.records) if profile.records else None
         self.device_id = compile_path(profile.device_id) if profile.device_id else None
         self.event_id = compile_path(profile.event_id) if profile.event_id else None
-        self.timestamp = profile.timestamp
-        self.ts_path = compile_path(profile.timestamp.path) if profile.timestamp else None
+        ts = profile.timestamp
+        self.timestamp = ts if isinstance(ts, TimestampSpec) else (TimestampSpec(path=ts) if ts else None)
+        self.ts_path = compile_path(self.timestamp.path) if self.timestamp else None
         self.meters = tuple(
             _Meter(name, spec,
                    compile_path(spec.value) if spec.value else None,
@@ -188,7 +189,7 @@ class CompiledProfile:
                 return None
             if abs(number) >= _IMPLAUSIBLE:
                 raise ValidationFailed("value out of range", detail=f"{meter.name}: implausibly large")
-            if spec.min is not None and number < spec.min or spec.max is not None and number > spec.max:
+            if (spec.min is not None and number < spec.min) or (spec.max is not None and number > spec.max):
                 raise ValidationFailed("value out of range", detail=f"{meter.name}={number}")
             value = number * spec.scale
             if spec.kind is MeterKind.CUMULATIVE and value < 0:
@@ -245,7 +246,7 @@ class ProfileSet:
             compiled = self.by_id.get(message.meta["profile"])
             if compiled is None:
                 raise DecodeError("unknown profile", detail=message.meta["profile"])
-            found = (compiled, self._captures(compiled, message))
+            found: tuple[CompiledProfile, dict[str, str]] | None = (compiled, self._captures(compiled, message))
         else:
             found = self._match(message.transport, message.topic)
         if found is None:

@@ -10,6 +10,7 @@ from graphql import GraphQLError
 from strawberry.extensions import ParserCache, QueryDepthLimiter, ValidationCache
 from strawberry.types import Info
 
+from usagehub.graphql import billing as b
 from usagehub.graphql import types as t
 from usagehub.graphql.auth import MANAGE_REGISTRY, QUARANTINE_WRITE, READ_ALL, api_error, domain_errors, require
 from usagehub.graphql.pagination import Connection, connection, decode_cursor, page_size
@@ -111,7 +112,7 @@ class Query:
         require(info, "admin", "operator")
         n = page_size(first)
         pos = decode_cursor(after)
-        rows = await _services(info).reads.quarantine(reason=reason, after=int(pos) if pos else None,
+        rows = await _services(info).reads.quarantine(reason=reason, after=int(str(pos)) if pos else None,
                                                       limit=n + 1, include_replayed=include_replayed)
         return connection([t.QuarantineItem.of(r) for r in rows], n, lambda q: int(q.id))
 
@@ -122,6 +123,15 @@ class Query:
         counts = await services.reads.quarantine_counts()
         return t.IngestStats(**services.ingest_totals,
                              quarantine_open=[t.ReasonCount(reason=k, count=v) for k, v in counts.items()])
+
+    sessions: Connection[b.BillingSession] = strawberry.field(
+        resolver=b.sessions, description="Billable sessions of an account starting in [since, until).")
+    billing_records: Connection[b.BillingRecord] = strawberry.field(
+        resolver=b.billing_records, description="Billing records of an account (period YYYY-MM, status).")
+    billing_record: b.BillingRecord | None = strawberry.field(
+        resolver=b.billing_record, description="One billing record; drill down to sessions and events.")
+    meter_inspection: list[b.MeterInspection] = strawberry.field(
+        resolver=b.meter_inspection, description="Last reading, current-period total and last event per meter.")
 
 
 @strawberry.type
@@ -165,6 +175,13 @@ class Mutation:
             results = await _services(info).replay([int(i) for i in ids])
         return [t.ReplayResult(id=str(r[0]), outcome=r[1], reason=r[2]) for r in results]
 
+    mark_billed: list[b.BillingRecord] = strawberry.mutation(
+        resolver=b.mark_billed, description="Bill records by id; billed records are final.")
+    run_billing: list[b.BillingRecord] = strawberry.mutation(
+        resolver=b.run_billing, description="Close a period (YYYY-MM) and bill its records.")
+    submit_correction: b.Correction = strawberry.mutation(
+        resolver=b.submit_correction, description="A correction with a reason; the author is the API key.")
+
 
 class _Schema(strawberry.Schema):
     """Logs only unexpected errors: refusals with a code are answers, not incidents."""
@@ -181,5 +198,5 @@ def build_schema(max_depth: int = 12) -> strawberry.Schema:
     return _Schema(
         query=Query, mutation=Mutation,
         extensions=[lambda: ParserCache(maxsize=256), lambda: ValidationCache(maxsize=256),
-                    QueryDepthLimiter(max_depth=max_depth)],
+                    lambda: QueryDepthLimiter(max_depth=max_depth)],
     )

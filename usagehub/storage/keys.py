@@ -57,7 +57,7 @@ class ApiKeys:
             cur = await conn.execute("SELECT role, tenant, secret_hash FROM api_keys "
                                      "WHERE key_id = %s AND revoked_at IS NULL", (key_id,))
             row = await cur.fetchone()
-        if row is None or not hmac.compare_digest(bytes(row[2]), _hash(secret)):  # type: ignore[arg-type]
+        if row is None or not hmac.compare_digest(bytes(row[2]), _hash(secret)):
             return None
         principal = Principal(key_id=key_id, role=str(row[0]), tenant=str(row[1]))
         if len(self._cache) > 10_000:

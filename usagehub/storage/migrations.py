@@ -15,7 +15,7 @@ _LOCK_KEY = 7_311_001  # pg_advisory_xact_lock key: two hubs starting together m
 
 def _migrations() -> list[tuple[str, str]]:
     folder = resources.files("usagehub.storage") / "migrations"
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     return [(p.name.removesuffix(".sql"), p.read_text(encoding="utf-8")) for p in files]
 
 

@@ -119,7 +119,7 @@ class Registry:
             raise DomainError("BINDING_OVERLAP",
                               f"device {device_id!r} is already bound in that time range") from err
         assert row is not None
-        return BindingRow(binding_id=int(row[0]), device_id=device_id,  # type: ignore[call-overload]
+        return BindingRow(binding_id=int(row[0]), device_id=device_id,
                           account_id=account_id, valid_from=valid_from, valid_to=valid_to)
 
     @staticmethod
@@ -175,8 +175,9 @@ class Registry:
         out = []
         for binding_id, device_id, account_id, valid in rows:
             assert isinstance(valid, Range)
-            out.append(BindingRow(binding_id=binding_id, device_id=device_id, account_id=account_id,  # type: ignore[arg-type]
-                                  valid_from=valid.lower, valid_to=valid.upper))
+            assert valid.lower is not None  # bindings always have a start
+            out.append(BindingRow(binding_id=int(binding_id), device_id=str(device_id),
+                                  account_id=str(account_id), valid_from=valid.lower, valid_to=valid.upper))
         return out
 
 

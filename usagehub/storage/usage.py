@@ -21,6 +21,8 @@ class UsageWriter:
 
     def __init__(self, profiles: ProfileSet) -> None:
         self.profiles = profiles
+        # The entries of the last batch, for the next hook (sessions) in the same transaction.
+        self.last_entries: list[tuple[UsageEntry, UsageEvent]] = []
 
     def _spec(self, event: UsageEvent) -> CounterSpec:
         meter = self.profiles.by_id[event.profile_id].profile.meters[event.meter]
@@ -28,7 +30,7 @@ class UsageWriter:
                            wrap_modulus=modulus_of(meter.wrap_bits, meter.scale))
 
     async def apply(self, conn: Connection, events: Sequence[UsageEvent]) -> None:
-        """Append the usage entries of ``events`` (already identity-checked as new)."""
+        """Append the usage entries of ``events`` (already identity-checked as new); see ``last_entries``."""
         entries: list[tuple[UsageEntry, UsageEvent]] = []
         registers: dict[MeterKey, list[UsageEvent]] = defaultdict(list)
         for event in events:
@@ -38,6 +40,7 @@ class UsageWriter:
                 entries.append((entry, event))
         if registers:
             entries.extend(await self._registers(conn, registers))
+        self.last_entries = entries
         await write_entries(conn, entries)
 
     async def _registers(self, conn: Connection,

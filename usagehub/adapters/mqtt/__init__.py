@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 from pydantic import BaseModel
 
 from usagehub.adapters.base import Adapter, AdapterSettings
@@ -11,7 +13,7 @@ from usagehub.adapters.mqtt.config import MqttConfig
 
 class _Factory:
     type = "mqtt"
-    config_model: type[BaseModel] = MqttConfig
+    config_model: builtins.type[BaseModel] = MqttConfig
 
     def create(self, config: BaseModel, settings: AdapterSettings) -> Adapter:
         assert isinstance(config, MqttConfig)

@@ -18,7 +18,7 @@ class ManualAck:
     """Manual PUBACK for one connection: create before connecting, ack after commit."""
 
     def __init__(self, client: aiomqtt.Client) -> None:
-        self._paho = client._client  # noqa: SLF001 — see module docstring
+        self._paho = client._client
         self._paho.manual_ack_set(True)
         self.failed = 0
 

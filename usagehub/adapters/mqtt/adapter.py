@@ -53,7 +53,7 @@ class MqttAdapter:
         if v5:
             # Receive Maximum: how many unacknowledged QoS 1 messages the broker may
             # send us; acks wait for a commit, so a small window would stall ingest.
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.ReceiveMaximum = 65535
             props.SessionExpiryInterval = 7 * 24 * 3600
         client = aiomqtt.Client(
@@ -75,12 +75,20 @@ class MqttAdapter:
             try:
                 async with client:
                     self.client = client
-                    await client.subscribe([(t, self.config.qos) for t in self.topics])
-                    log.info("mqtt connected to %s:%s, subscribed to %s", self.config.host, self.config.port,
-                             ", ".join(self.topics))
-                    self.connected.set()
-                    delay = 0.5
-                    await self._pump(client, acks, sink)
+                    # A resumed session may deliver a large backlog before the SUBACK:
+                    # consume it while subscribing, or the SUBACK waits behind it forever.
+                    pump = asyncio.create_task(self._pump(client, acks, sink), name="mqtt-pump")
+                    try:
+                        await client.subscribe([(t, self.config.qos) for t in self.topics],
+                                               timeout=self.config.subscribe_timeout_s)
+                        log.info("mqtt connected to %s:%s, subscribed to %s", self.config.host,
+                                 self.config.port, ", ".join(self.topics))
+                        self.connected.set()
+                        delay = 0.5
+                        await pump
+                    finally:
+                        pump.cancel()
+                        await asyncio.gather(pump, return_exceptions=True)
             except aiomqtt.MqttError as err:
                 self.connected.clear()
                 log.warning("mqtt connection to %s:%s lost (%s); retrying in %.1fs",

@@ -18,6 +18,7 @@ class MqttConfig(BaseModel):
     qos: int = Field(1, ge=0, le=2)
     keepalive_s: int = Field(30, ge=5)
     reconnect_max_s: float = Field(30.0, gt=0)
+    subscribe_timeout_s: float = Field(120.0, gt=0)
     protocol: str = Field("5", pattern="^(3.1.1|5)$")
 
     @field_validator("url")
