@@ -29,7 +29,7 @@ CLOCK_NOT_SET = datetime(2000, 1, 1, tzinfo=UTC)
 _IMPLAUSIBLE = Decimal(10) ** 20
 
 
-def _topic_regex(pattern: str) -> re.Pattern[str]:
+def topic_regex(pattern: str) -> re.Pattern[str]:
     """``meters/{device_id}/reading`` -> a regex with named groups; ``+``/``#`` are MQTT wildcards."""
     out, pos = [], 0
     for m in re.finditer(r"\{([a-z_]+)\}|\+|#", pattern):
@@ -97,7 +97,7 @@ class CompiledProfile:
 
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
-        self.topic_re = _topic_regex(profile.match.topic) if profile.match.topic else None
+        self.topic_re = topic_regex(profile.match.topic) if profile.match.topic else None
         codec = get_codec(profile.decode_type)
         self.decode_fn: DecodeFn = codec.compile(codec.options_model.model_validate(profile.decode))
         self.records = compile_path(profile.records) if profile.records else None

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from usagehub.core.decode import topic_regex
 from usagehub.core.profiles import Profile
 
 DEFAULT_PATH = "u/{device_id}"
 
 
-def pattern_regex(pattern: str) -> re.Pattern[str]:
-    """``u/{device_id}`` -> a regex with named groups (``+``/``#`` as in MQTT), same rules as core.decode."""
-    out, pos = [], 0
-    for m in re.finditer(r"\{([a-z_]+)\}|\+|#", pattern):
-        out.append(re.escape(pattern[pos:m.start()]))
-        token = m.group(0)
-        out.append(f"(?P<{m.group(1)}>[^/]+)" if m.group(1) else ("[^/]+" if token == "+" else ".*"))
-        pos = m.end()
-    out.append(re.escape(pattern[pos:]))
-    return re.compile("^" + "".join(out) + "$")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,7 +25,7 @@ class Router:
     """Matches request paths (without leading slash) against the profiles of one transport."""
 
     def __init__(self, profiles: Iterable[Profile], transport: str = "coap") -> None:
-        self._routes = [(p, pattern_regex((p.match.topic or DEFAULT_PATH).lstrip("/")))
+        self._routes = [(p, topic_regex((p.match.topic or DEFAULT_PATH).lstrip("/")))
                         for p in profiles if p.match.transport == transport]
 
     def __bool__(self) -> bool:
