@@ -11,8 +11,6 @@ from usagehub.core.profiles import Profile
 DEFAULT_PATH = "u/{device_id}"
 
 
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Route:
     """A matched request: the profile, and the device id named by the path (if any)."""
