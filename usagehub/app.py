@@ -25,7 +25,6 @@ from usagehub.graphql.context import Services
 from usagehub.ingest import Pipeline, PipelineSettings
 from usagehub.profile_files import load_profiles
 from usagehub.storage.billing_service import BillingService
-from usagehub.storage.billing_service import register as register_billing
 from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.keys import ApiKeys
 from usagehub.storage.migrations import migrate
@@ -66,6 +65,7 @@ class Hub:
     pipeline: Pipeline
     keys: ApiKeys
     registry: Registry
+    billing: BillingService
     adapters: dict[str, Adapter] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -96,8 +96,9 @@ class Hub:
         return results
 
 
-def build_pipeline(config: HubConfig, pool: AsyncConnectionPool, profiles: list[Profile]) -> Pipeline:
-    """The ingest pipeline with its batch hooks (usage entries), as ``serve`` and ``import`` use it."""
+def build_pipeline(config: HubConfig, pool: AsyncConnectionPool,
+                   profiles: list[Profile]) -> tuple[Pipeline, BillingService]:
+    """The ingest pipeline with its batch hooks (usage, sessions, billing) and the billing service over them."""
     profile_set = ProfileSet(profiles)
     pipeline = Pipeline(pool, profile_set, KnownDevices(pool),
                         PipelineSettings(batch_max_messages=config.batch_max_messages,
@@ -107,8 +108,7 @@ def build_pipeline(config: HubConfig, pool: AsyncConnectionPool, profiles: list[
     # Sessions and billing records follow the entries the UsageWriter wrote, in the same transaction.
     engine = SessionEngine(profile_set, entries=lambda: usage.last_entries)
     pipeline.hooks.append(engine.apply)
-    register_billing(BillingService(pool, engine))
-    return pipeline
+    return pipeline, BillingService(pool, engine)
 
 
 @contextlib.asynccontextmanager
@@ -116,7 +116,7 @@ async def running_pipeline(config: HubConfig) -> AsyncIterator[tuple[Pipeline, l
     """A pipeline committing in the background (for ``usagehub import``); drained on exit."""
     profiles = load_profiles(config.profiles)
     async with open_storage(config) as pool:
-        pipeline = build_pipeline(config, pool, profiles)
+        pipeline, _ = build_pipeline(config, pool, profiles)
         task = asyncio.create_task(pipeline.run(), name="pipeline")
         try:
             yield pipeline, profiles
@@ -145,8 +145,9 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
         if not config.mqtt_url:
             await stack.enter_async_context(EmbeddedBroker(config.embedded_broker_port))
         pool = await stack.enter_async_context(open_storage(config))
-        pipeline = build_pipeline(config, pool, profiles)
-        hub = Hub(config=config, pool=pool, pipeline=pipeline, keys=ApiKeys(pool), registry=Registry(pool))
+        pipeline, billing = build_pipeline(config, pool, profiles)
+        hub = Hub(config=config, pool=pool, pipeline=pipeline, keys=ApiKeys(pool), registry=Registry(pool),
+                  billing=billing)
         settings = AdapterSettings(profiles=profiles, devices=DeviceDirectorySql(pool), data_dir=config.data_dir)
         for name, raw in _adapter_configs(config, broker_url).items():
             factory = adapters.load(name)
@@ -160,7 +161,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     from usagehub.adapters.http import HttpConfig, ingest_routes
 
     services = Services(registry=hub.registry, reads=Reads(hub.pool), ingest_totals=hub.pipeline.totals,
-                        replay=hub.replay, extra={})
+                        replay=hub.replay, extra={}, billing=hub.billing)
     # HTTP ingest shares the API port; devices authenticate with their own tokens.
     routes = ingest_routes(hub.pipeline, DeviceDirectorySql(hub.pool), HttpConfig(), profiles)
     app = create_app(services, hub.keys, ready=hub.ready.is_set, max_depth=hub.config.graphql_max_depth,

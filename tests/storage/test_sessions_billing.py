@@ -179,15 +179,14 @@ async def test_device_rebound_at_t_bills_to_new_account_from_t(pool: AsyncConnec
 async def test_graphql_billing_fields(pool: AsyncConnectionPool, registry: Registry) -> None:
     from usagehub.graphql.context import Context, Services
     from usagehub.graphql.schema import build_schema
-    from usagehub.storage.billing_service import register
     from usagehub.storage.keys import Principal
     from usagehub.storage.queries import Reads
 
     pipeline, billing = wired(pool)
-    register(billing)
     await feed(pipeline, [reading("m1", d, OCT + timedelta(days=d, hours=10), 500 * d) for d in range(6)])
     schema = build_schema()
-    services = Services(registry=registry, reads=Reads(pool), ingest_totals={}, replay=None, extra={})  # type: ignore[arg-type]
+    services = Services(registry=registry, reads=Reads(pool), ingest_totals={}, replay=None, extra={},  # type: ignore[arg-type]
+                        billing=billing)
 
     async def run(query: str, role: str = "billing") -> dict[str, object]:
         ctx = Context(services=services, principal=Principal(key_id=f"key-{role}", role=role, tenant="default"))

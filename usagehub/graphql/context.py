@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from usagehub.storage.billing_service import BillingService, service_for
+from usagehub.storage.billing_service import BillingService
 from usagehub.storage.keys import Principal
 from usagehub.storage.queries import Reads
 from usagehub.storage.registry import Registry
@@ -21,11 +21,7 @@ class Services:
     ingest_totals: dict[str, int]
     replay: Callable[[list[int]], Awaitable[list[Any]]]
     extra: dict[str, Any]
-
-    @property
-    def billing(self) -> BillingService | None:
-        """The billing service built with the pipeline on the same pool (None without one)."""
-        return service_for(self.reads.pool)
+    billing: BillingService | None = None
 
 
 @dataclass(slots=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -21,19 +20,6 @@ from usagehub.errors import DomainError
 from usagehub.storage.billing import RECORD_COLUMNS, period_by_label, record_of
 from usagehub.storage.pool import mapped_errors
 from usagehub.storage.sessions import SESSION_COLUMNS, SessionEngine, session_of
-
-_SERVICES: weakref.WeakKeyDictionary[AsyncConnectionPool, BillingService] = weakref.WeakKeyDictionary()
-
-
-def register(service: BillingService) -> BillingService:
-    """Make ``service`` the billing service of its pool (the API finds it through its pool)."""
-    _SERVICES[service.pool] = service
-    return service
-
-
-def service_for(pool: AsyncConnectionPool) -> BillingService | None:
-    """The billing service registered for ``pool``, if any."""
-    return _SERVICES.get(pool)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,4 +188,4 @@ class BillingService:
             return out
 
 
-__all__ = ["BillingService", "MeterView", "period_by_label", "register", "service_for"]
+__all__ = ["BillingService", "MeterView", "period_by_label"]
