@@ -22,6 +22,10 @@ class Services:
     replay: Callable[[list[int]], Awaitable[list[Any]]]
     extra: dict[str, Any]
     billing: BillingService | None = None
+    # One service per room, typed in the room's own GraphQL module (rating, prepaid, analytics).
+    rating: Any = None
+    prepaid: Any = None
+    analytics: Any = None
 
 
 @dataclass(slots=True)

@@ -8,8 +8,10 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import ParserCache, QueryDepthLimiter, ValidationCache
+from strawberry.tools import merge_types
 from strawberry.types import Info
 
+from usagehub.graphql import analytics, prepaid, rating
 from usagehub.graphql import billing as b
 from usagehub.graphql import types as t
 from usagehub.graphql.auth import MANAGE_REGISTRY, QUARANTINE_WRITE, READ_ALL, api_error, domain_errors, require
@@ -50,7 +52,7 @@ class DeviceInput:
 
 
 @strawberry.type
-class Query:
+class CoreQuery:
     """Read access; every field checks the caller's role and tenant."""
 
     @strawberry.field(description="Accounts, searchable by id or name.")
@@ -135,7 +137,7 @@ class Query:
 
 
 @strawberry.type
-class Mutation:
+class CoreMutation:
     """Changes; analytics keys may change nothing, billing keys may not touch the registry."""
 
     @strawberry.mutation
@@ -193,10 +195,19 @@ class _Schema(strawberry.Schema):
             super().process_errors(unexpected, execution_context)
 
 
+# Each room (rating, prepaid, analytics) owns one module exporting QUERIES, MUTATIONS and SUBSCRIPTIONS:
+# tuples of strawberry types whose fields are merged into the root types here.
+ROOMS = (rating, prepaid, analytics)
+Query = merge_types("Query", (CoreQuery, *(q for room in ROOMS for q in room.QUERIES)))
+Mutation = merge_types("Mutation", (CoreMutation, *(m for room in ROOMS for m in room.MUTATIONS)))
+_SUBSCRIPTIONS = tuple(s for room in ROOMS for s in room.SUBSCRIPTIONS)
+Subscription = merge_types("Subscription", _SUBSCRIPTIONS) if _SUBSCRIPTIONS else None
+
+
 def build_schema(max_depth: int = 12) -> strawberry.Schema:
     """The schema with parser/validation caches and a query depth limit."""
     return _Schema(
-        query=Query, mutation=Mutation,
+        query=Query, mutation=Mutation, subscription=Subscription,
         extensions=[lambda: ParserCache(maxsize=256), lambda: ValidationCache(maxsize=256),
                     lambda: QueryDepthLimiter(max_depth=max_depth)],
     )
