@@ -166,6 +166,8 @@ class SessionEngine:
             for name, spec in p.meters.items():
                 units.setdefault(spec.product or name, spec.unit)
         self.book = RecordBook(units, self.clock)
+        # Account-bound points stored by the last absorb (later hooks: prepaid debit); reset every batch.
+        self.last_points: list[Point] = []
 
     def info(self, profile_id: str, meter: str) -> MeterInfo | None:
         """What allocation needs to know about a profile's meter (None if the profile has no such meter)."""
@@ -186,6 +188,7 @@ class SessionEngine:
     async def absorb(self, conn: Connection, entries: Sequence[tuple[UsageEntry, MeterInfo]],
                      instants: Sequence[tuple[UsageEvent, MeterInfo]]) -> None:
         """Allocate, store the points, recompute touched sessions and reconcile their billing records."""
+        self.last_points = []
         if not entries and not instants:
             return
         devices = {e.device_id for e, _ in entries} | {e.device_id for e, _ in instants}
@@ -206,6 +209,7 @@ class SessionEngine:
             return
         await lock_accounts(conn, {p.account_id for p in bound if p.account_id})
         await _copy_points(conn, bound)
+        self.last_points = bound
         groups: defaultdict[tuple[str, str], list[Point]] = defaultdict(list)
         for p in bound:
             assert p.account_id is not None
