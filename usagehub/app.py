@@ -30,6 +30,7 @@ from usagehub.storage.keys import ApiKeys
 from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
 from usagehub.storage.queries import Reads
+from usagehub.storage.rebind import rebind, sweep_expired
 from usagehub.storage.registry import DeviceDirectorySql, KnownDevices, Registry
 from usagehub.storage.sessions import SessionEngine
 from usagehub.storage.usage import UsageWriter
@@ -98,7 +99,10 @@ class Hub:
 
 def build_pipeline(config: HubConfig, pool: AsyncConnectionPool,
                    profiles: list[Profile]) -> tuple[Pipeline, BillingService]:
-    """The ingest pipeline with its batch hooks (usage, sessions, billing) and the billing service over them."""
+    """The ingest pipeline with its batch hooks (usage, sessions, billing) and the billing service over them.
+
+    ``billing.engine`` also re-allocates usage when a binding changes (``registry_for``).
+    """
     profile_set = ProfileSet(profiles)
     pipeline = Pipeline(pool, profile_set, KnownDevices(pool),
                         PipelineSettings(batch_max_messages=config.batch_max_messages,
@@ -109,6 +113,27 @@ def build_pipeline(config: HubConfig, pool: AsyncConnectionPool,
     engine = SessionEngine(profile_set, entries=lambda: usage.last_entries)
     pipeline.hooks.append(engine.apply)
     return pipeline, BillingService(pool, engine)
+
+
+def registry_for(pool: AsyncConnectionPool, billing: BillingService) -> Registry:
+    """A registry whose binding changes re-allocate the device's earlier usage in the same transaction."""
+    engine = billing.engine
+
+    async def on_bind(conn: Any, device_id: str, at: datetime) -> None:
+        await rebind(engine, conn, device_id, at)
+
+    return Registry(pool, on_bind=on_bind)
+
+
+async def sweep_sessions(hub: Hub, *, every_s: float = 60.0) -> None:
+    """Close sessions whose idle deadline passed with no new data (billed quantities do not change)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            async with hub.pool.connection() as conn, conn.transaction():
+                await sweep_expired(hub.billing.engine, conn, datetime.now(UTC))
+        except Exception:  # a failed sweep retries next round; ingest is unaffected
+            log.exception("session sweep failed")
 
 
 @contextlib.asynccontextmanager
@@ -146,8 +171,8 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
             await stack.enter_async_context(EmbeddedBroker(config.embedded_broker_port))
         pool = await stack.enter_async_context(open_storage(config))
         pipeline, billing = build_pipeline(config, pool, profiles)
-        hub = Hub(config=config, pool=pool, pipeline=pipeline, keys=ApiKeys(pool), registry=Registry(pool),
-                  billing=billing)
+        hub = Hub(config=config, pool=pool, pipeline=pipeline, keys=ApiKeys(pool),
+                  registry=registry_for(pool, billing), billing=billing)
         settings = AdapterSettings(profiles=profiles, devices=DeviceDirectorySql(pool), data_dir=config.data_dir)
         for name, raw in _adapter_configs(config, broker_url).items():
             factory = adapters.load(name)
@@ -174,6 +199,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, hub.stop)
     pipeline_task = asyncio.create_task(hub.pipeline.run(), name="pipeline")
+    hub.background.append(asyncio.create_task(sweep_sessions(hub), name="session-sweep"))
     adapter_tasks = [asyncio.create_task(a.run(hub.pipeline), name=f"adapter:{n}") for n, a in hub.adapters.items()]
     web_task = asyncio.create_task(server.serve(), name="web")
     while not server.started and not web_task.done():  # noqa: ASYNC110 — uvicorn offers only a flag
@@ -202,9 +228,9 @@ async def _shutdown(hub: Hub, server: uvicorn.Server, pipeline_task: asyncio.Tas
     """Stop receiving, commit and acknowledge what was received, then close the doors."""
     log.info("usagehub stopping: finishing the batch in flight")
     hub.ready.clear()
-    for task in adapter_tasks:
+    for task in (*hub.background, *adapter_tasks):
         task.cancel()
-    await asyncio.gather(*adapter_tasks, return_exceptions=True)
+    await asyncio.gather(*hub.background, *adapter_tasks, return_exceptions=True)
     pipeline_task.cancel()  # the batch being committed is shielded and completes
     await asyncio.gather(pipeline_task, return_exceptions=True)
     await hub.pipeline.drain()

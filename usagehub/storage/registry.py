@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -56,11 +56,16 @@ class BindingRow:
     valid_to: datetime | None
 
 
+OnBind = Callable[[Any, str, datetime], Awaitable[None]]
+
+
 class Registry:
     """SQL for the registry; every statement uses bound parameters."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, *, on_bind: OnBind | None = None) -> None:
+        """``on_bind(conn, device, at)`` runs in a binding's transaction (re-allocation of earlier data)."""
         self.pool = pool
+        self.on_bind = on_bind
 
     async def upsert_account(self, *, account_id: str, tenant: str = "default", name: str = "",
                              market: str = "DE", currency: str = "EUR", timezone: str = "UTC",
@@ -115,6 +120,8 @@ class Registry:
                     "INSERT INTO bindings (device_id, account_id, valid) VALUES (%s, %s, tstzrange(%s, %s, '[)')) "
                     "RETURNING binding_id", (device_id, account_id, valid_from, valid_to))
                 row = await cur.fetchone()
+                if self.on_bind is not None:
+                    await self.on_bind(conn, device_id, valid_from)
         except IntegrityViolation as err:
             raise DomainError("BINDING_OVERLAP",
                               f"device {device_id!r} is already bound in that time range") from err

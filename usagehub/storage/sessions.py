@@ -46,6 +46,11 @@ _POINT_COLUMNS = ("account_id, service, device_id, product, kind, aggregation, s
                   "label, tie")
 _POINT_TYPES = ["text", "text", "text", "text", "text", "text", "timestamptz", "timestamptz", "numeric", "bool",
                 "text", "text"]
+_ORIGIN_COLUMNS = "entry_ref, entry_since, entry_ts, entry_quantity"
+_ORIGIN_TYPES = ["text", "timestamptz", "timestamptz", "numeric"]
+_NO_ORIGIN = (None, None, None, None)
+Origin = tuple[str, datetime | None, datetime, Decimal]  # entry ref, since, ts, quantity
+REF_SEP = "\x1f"  # entry ref: kind, meter and cause joined by the ASCII unit separator
 _SESSION_COLUMNS = ("session_id, account_id, service, period_start, period_end, period_label, start_ts, end_ts, "
                     "closed_reason, activity_count, devices, partials, resume, resume_ts, expires_at")
 
@@ -63,6 +68,15 @@ async def lock_accounts(conn: Connection, accounts: Iterable[str]) -> None:
         await conn.execute(
             "SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtextextended('usagehub-account:' || a, 0) AS k "
             "FROM unnest(%s::text[]) AS a ORDER BY a) AS s", (names,))
+
+
+async def lock_devices(conn: Connection, devices: Iterable[str]) -> None:
+    """Serialise allocation of these devices' usage with binding changes, in one order."""
+    names = sorted(set(devices))
+    if names:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtextextended('usagehub-device:' || d, 0) AS k "
+            "FROM unnest(%s::text[]) AS d ORDER BY d) AS s", (names,))
 
 
 async def zones_of(conn: Connection, accounts: Iterable[str]) -> dict[str, ZoneInfo]:
@@ -137,7 +151,7 @@ def _session_row(s: Session) -> tuple[Any, ...]:
             orjson.dumps(resume_json(s.resume)).decode(), s.resume.key[0], s.expires_at)
 
 
-def _point_of(row: Sequence[Any]) -> Point:
+def point_of(row: Sequence[Any]) -> Point:
     account, service, device, product, kind, agg, start, end, value, active, label, tie = row
     return Point(account_id=account, service=service, device_id=device, product=product, kind=PointKind(kind),
                  aggregation=Aggregation(agg), start=utc(start), end=utc(end), value=value, active=active,
@@ -187,41 +201,45 @@ class SessionEngine:
 
     async def absorb(self, conn: Connection, entries: Sequence[tuple[UsageEntry, MeterInfo]],
                      instants: Sequence[tuple[UsageEvent, MeterInfo]]) -> None:
-        """Allocate, store the points, recompute touched sessions and reconcile their billing records."""
+        """Allocate and store the points (unbound ones too), recompute touched sessions and their records."""
         self.last_points = []
         if not entries and not instants:
             return
         devices = {e.device_id for e, _ in entries} | {e.device_id for e, _ in instants}
-        bindings, zones = await self._bindings(conn, devices)
-        if not zones:
-            return  # unbound usage stays in usage_entries; it is allocated once a binding covers it
+        await lock_devices(conn, devices)  # a binding change re-allocating these devices waits, or we wait
+        bindings, zones = await self.bindings_for(conn, devices)
 
         def zone_of(account: str | None) -> ZoneInfo:
             return zones.get(account, _UTC) if account else _UTC
 
-        points: list[Point] = []
+        stored: list[tuple[Point, Origin | None]] = []
         for entry, info in entries:
-            points.extend(allocate_entry(entry, info, bindings, zone_of))
+            origin = origin_of(entry)
+            stored.extend((p, origin) for p in allocate_entry(entry, info, bindings, zone_of))
         for event, info in instants:
-            points.append(event_point(event, info, bindings, state=event.kind is MeterKind.STATE))
-        bound = [p for p in points if p.account_id is not None]
-        if not bound:
-            return
-        await lock_accounts(conn, {p.account_id for p in bound if p.account_id})
-        await _copy_points(conn, bound)
+            stored.append((event_point(event, info, bindings, state=event.kind is MeterKind.STATE), None))
+        bound = [p for p, _ in stored if p.account_id is not None]
+        if bound:
+            await lock_accounts(conn, {p.account_id for p in bound if p.account_id})
+        # Unbound pieces are kept too: a binding registered later re-allocates them (storage.rebind).
+        await copy_points(conn, stored)
         self.last_points = bound
+        await self.recompute(conn, bound, zones)
+
+    async def recompute(self, conn: Connection, points: Sequence[Point], zones: dict[str, ZoneInfo]) -> None:
+        """Re-sessionize every (account, service) of ``points`` from its earliest point; reconcile records."""
         groups: defaultdict[tuple[str, str], list[Point]] = defaultdict(list)
-        for p in bound:
-            assert p.account_id is not None
-            groups[(p.account_id, p.service)].append(p)
+        for p in points:
+            if p.account_id is not None:
+                groups[(p.account_id, p.service)].append(p)
         touched: set[Pair] = set()
         now = self.clock()
         for (account, service), group in sorted(groups.items()):
             earliest = min(sort_key(p) for p in group)
-            touched |= await self._resessionize(conn, account, service, earliest, zones[account], now)
+            touched |= await self.resessionize(conn, account, service, earliest, zones[account], now)
         await self.book.reconcile(conn, touched, zones)
 
-    async def _bindings(self, conn: Connection, devices: set[str]) -> tuple[BindingIndex, dict[str, ZoneInfo]]:
+    async def bindings_for(self, conn: Connection, devices: set[str]) -> tuple[BindingIndex, dict[str, ZoneInfo]]:
         cur = await conn.execute(
             "SELECT b.device_id, b.account_id, lower(b.valid), upper(b.valid), a.timezone FROM bindings b "
             "JOIN accounts a USING (account_id) WHERE b.device_id = ANY(%s)", (sorted(devices),))
@@ -230,7 +248,7 @@ class SessionEngine:
                                      valid_to=None if r[3] is None else utc(r[3])) for r in rows)
         return index, {str(r[1]): ZoneInfo(str(r[4])) for r in rows}
 
-    async def _resessionize(self, conn: Connection, account: str, service: str, earliest: SortKey,
+    async def resessionize(self, conn: Connection, account: str, service: str, earliest: SortKey,
                             zone: ZoneInfo, now: datetime) -> set[Pair]:
         """Replace the stored sessions from the resume point on; return the (account, period) pairs touched."""
         cur = await conn.execute(
@@ -245,7 +263,7 @@ class SessionEngine:
         cur = await conn.execute(
             f"SELECT {_POINT_COLUMNS} FROM session_points WHERE account_id = %s AND service = %s "
             "AND start_ts >= %s", (account, service, resume.key[0]))
-        points = [_point_of(r) for r in await cur.fetchall()]
+        points = [point_of(r) for r in await cur.fetchall()]
         rules = SessionRules(idle_timeout=self.idle.get(service, timedelta(hours=1)), zone=zone)
         fresh = sessionize(points, account_id=account, service=service, rules=rules, as_of=now, resume=resume)
         if stale:
@@ -255,13 +273,20 @@ class SessionEngine:
         return {(s.account_id, s.period) for s in [*stale, *fresh]}
 
 
-async def _copy_points(conn: Connection, points: Sequence[Point]) -> None:
+def origin_of(entry: UsageEntry) -> Origin:
+    """Where a usage point came from: the entry's reference, interval and quantity."""
+    return (REF_SEP.join((entry.kind.value, entry.meter, entry.cause)), entry.since, entry.ts, entry.quantity)
+
+
+async def copy_points(conn: Connection, points: Sequence[tuple[Point, Origin | None]]) -> None:
+    """Store points with the entry each usage point came from (None for gauge/state points)."""
     async with conn.cursor() as cur, cur.copy(
-            f"COPY session_points ({_POINT_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(_POINT_TYPES)
-        for p in points:
+            f"COPY session_points ({_POINT_COLUMNS}, {_ORIGIN_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types([*_POINT_TYPES, *_ORIGIN_TYPES])
+        for p, o in points:
             await copy.write_row((p.account_id, p.service, p.device_id, p.product, p.kind.value,
-                                  p.aggregation.value, p.start, p.end, p.value, p.active, p.label, p.tie))
+                                  p.aggregation.value, p.start, p.end, p.value, p.active, p.label, p.tie,
+                                  *(o or _NO_ORIGIN)))
 
 
 async def _insert_sessions(conn: Connection, sessions: Sequence[Session]) -> None:
