@@ -184,11 +184,16 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
 async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any] | None,
                  profiles: list[Profile]) -> None:
     from usagehub.adapters.http import HttpConfig, ingest_routes
+    from usagehub.exports import export_routes
+    from usagehub.storage.rating import RatingService
 
+    rating = RatingService(hub.pool)
+    await rating.start()  # loads the shipped VAT rates into an empty table
     services = Services(registry=hub.registry, reads=Reads(hub.pool), ingest_totals=hub.pipeline.totals,
-                        replay=hub.replay, extra={}, billing=hub.billing)
+                        replay=hub.replay, extra={}, billing=hub.billing, rating=rating)
     # HTTP ingest shares the API port; devices authenticate with their own tokens.
-    routes = ingest_routes(hub.pipeline, DeviceDirectorySql(hub.pool), HttpConfig(), profiles)
+    routes = [*ingest_routes(hub.pipeline, DeviceDirectorySql(hub.pool), HttpConfig(), profiles),
+              *export_routes(rating, hub.keys)]
     app = create_app(services, hub.keys, ready=hub.ready.is_set, max_depth=hub.config.graphql_max_depth,
                      extra_routes=list(routes))
     server = uvicorn.Server(uvicorn.Config(app, host=hub.config.http_host, port=hub.config.http_port,

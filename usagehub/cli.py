@@ -216,6 +216,11 @@ def profiles_check(folder: Annotated[Path, typer.Argument(help="profiles folder"
         raise typer.Exit(1)
 
 
+from usagehub.cli_rating import rating_app  # noqa: E402  (it uses with_settings, defined above)
+
+app.add_typer(rating_app)  # plans, vat, vendors, invoice
+
+
 def main() -> None:
     """Entry point of the ``usagehub`` script."""
     app()
