@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+import hypothesis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +21,7 @@ from usagehub.core.sessions import (
     Session,
     SessionRules,
     SortKey,
+    continue_open,
     resume_for,
     sessionize,
     sort_key,
@@ -270,3 +272,37 @@ def _splice(stored: list[Session], seen: list[Point], earliest: SortKey, *,
     resume = resume_for(stored, earliest)
     kept = [s for s in stored if s.resume.key < resume.key]
     return kept + run(seen, as_of, BERLIN_RULES, resume=resume)
+
+
+@settings(max_examples=400, deadline=None)
+@given(points=point_sets(), cut=st.integers(0, 40), lag=st.integers(0, 600), seed=st.integers(0, 2**32))
+def test_continuing_an_open_session_equals_replaying_it(points: list[Point], cut: int, lag: int,
+                                                        seed: int) -> None:
+    """Stored open session + later points (continue_open) == sessionize over everything."""
+    ordered = sorted(points, key=sort_key)
+    head, tail = ordered[:cut], ordered[cut:]
+    if not head:
+        return
+    as_of = head[-1].start + timedelta(minutes=lag)
+    stored = run(head, as_of, BERLIN_RULES)
+    expected = run(points, AS_OF, BERLIN_RULES)
+    carry = stored[-1].carry if stored else None
+    if carry is None or (tail and sort_key(tail[0]) <= carry.last_key):
+        return  # storage takes the replay path then
+    hypothesis.event(f"continued {stored[-1].closed_reason} with {min(len(tail), 3)}+ points")
+    arrived = _arrivals(tail, random.Random(seed))  # shuffled, retractions, duplicates among the new points
+    assert stored[:-1] + continue_open(stored[-1], arrived, rules=BERLIN_RULES, as_of=AS_OF) == expected
+
+
+def test_only_sessions_closed_by_as_of_alone_continue() -> None:
+    first, second = run([usage(m(0)), usage(m(200))], m(300))
+    assert first.closed_reason is CloseReason.IDLE and first.carry is None  # closed by a later point: final
+    assert second.closed_reason is CloseReason.IDLE and second.carry is not None  # by as_of: may continue
+    assert continue_open(second, [usage(m(230))], rules=RULES, as_of=m(280))[0].closed_reason is None
+    closed = first
+    try:
+        continue_open(closed, [usage(m(400))], rules=RULES, as_of=m(500))
+    except ValueError as err:
+        assert "can be continued" in str(err)
+    else:
+        raise AssertionError("a closed session was continued")

@@ -12,7 +12,7 @@ is handled by recomputing from the last session that starts before it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -62,6 +62,16 @@ class Resume:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Carry:
+    """An open session's walk state after its last point: enough to continue it without replaying."""
+
+    last_key: SortKey                          # the last point fed (or the resume key)
+    last: datetime                             # end of the last activity
+    base: Mapping[str, Partial]                # per product, without the provisional seconds of open states
+    active: tuple[tuple[str, str, datetime, Aggregation], ...] = ()  # (device, product, since, aggregation)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Session:
     """One billable session of an account and service, within one billing period."""
 
@@ -76,6 +86,7 @@ class Session:
     partials: Mapping[str, Partial]            # per product, mergeable into the period's value
     resume: Resume
     expires_at: datetime | None = None         # an open session closes then without new activity
+    carry: Carry | None = None                 # continue with later points (continue_open); None: final
 
     @property
     def duration_s(self) -> Decimal:
@@ -99,6 +110,16 @@ class _Open:
     samples: dict[str, list[Sample]] = field(default_factory=dict)
     aggregations: dict[str, Aggregation] = field(default_factory=dict)
     seconds: dict[str, Decimal] = field(default_factory=dict)
+    base: dict[str, Partial] = field(default_factory=dict)   # partials carried in by continue_open
+    last_key: SortKey | None = None
+
+    def partials(self) -> dict[str, Partial]:
+        """Each product's partial so far (carried-in base merged with the samples fed since)."""
+        out = {}
+        for product, agg in self.aggregations.items():
+            part = Partial.of(agg, self.samples.get(product, ()), self.seconds.get(product, Decimal(0)))
+            out[product] = self.base[product].merge(part) if product in self.base else part
+        return out
 
     def add_seconds(self, product: str, seconds: Decimal, aggregation: Aggregation) -> None:
         self.aggregations.setdefault(product, aggregation)
@@ -148,6 +169,7 @@ class _Machine:
             Sample(at=point.end, value=point.value, label=point.label,
                    tie=f"{point.start.isoformat()}|{point.device_id}|{point.tie}"))
         cur.devices.add(point.device_id)
+        cur.last_key = sort_key(point)
         if activity:
             cur.count += 1
             # Allocation splits spans at period boundaries; clamp anyway so a session never leaves its period.
@@ -199,22 +221,34 @@ class _Machine:
             self.settle_states(cur, cur.period.end)
             self.active = {}
         expires: datetime | None = None
+        carry: Carry | None = None
         if reason is None:
             assert as_of is not None
+            carry = self.snapshot(cur)
             self.settle_states(cur, min(as_of, cur.period.end))
             expires = cur.period.end if self.active else min(cur.last + self.rules.idle_timeout,
                                                               cur.period.end)
-        partials = {product: Partial.of(agg, cur.samples.get(product, ()), cur.seconds.get(product,
-                                                                                           Decimal(0)))
-                    for product, agg in cur.aggregations.items()}
         self.sessions.append(Session(
             account_id=self.account_id, service=self.service, period=cur.period, start=cur.start,
             end=max(end, cur.start), closed_reason=reason, activity_count=cur.count,
-            devices=frozenset(cur.devices), partials=partials, resume=cur.resume, expires_at=expires))
+            devices=frozenset(cur.devices), partials=cur.partials(), resume=cur.resume, expires_at=expires,
+            carry=carry))
         self.cur = None
 
+    def snapshot(self, cur: _Open) -> Carry:
+        """The walk state after the last point fed (before any provisional settling)."""
+        return Carry(last_key=cur.last_key or cur.resume.key, last=cur.last, base=cur.partials(),
+                     active=tuple(sorted((d, p, since, agg) for (d, p), (since, agg) in self.active.items())))
+
     def finish(self, as_of: datetime) -> None:
-        if self.cur is not None:
+        if self.cur is not None and not self.active:
+            # Closed only because ``as_of`` passed its deadline or period: a later point may still find
+            # it so (it closes it the same way), so keep the state to continue from.
+            before = self.snapshot(self.cur)
+            self.maybe_close(as_of)
+            if self.cur is None:
+                self.sessions[-1] = replace(self.sessions[-1], carry=before)
+        elif self.cur is not None:
             self.maybe_close(as_of)
         cur = self.cur
         if cur is not None:
@@ -241,6 +275,34 @@ def sessionize(points: Iterable[Point], *, account_id: str, service: str, rules:
     for point in sorted(netted, key=sort_key):
         machine.feed(point)
     machine.finish(as_of)
+    return machine.sessions
+
+
+def continue_open(session: Session, points: Iterable[Point], *, rules: SessionRules,
+                  as_of: datetime) -> list[Session]:
+    """Continue an open session with points that sort after its last one, without replaying its points.
+
+    A session closed by ``as_of`` alone (idle deadline or period end passed, no
+    later point) keeps its carry too: the next point closes it the same way, or
+    extends it when it comes within the deadline (data stored in arrears).
+
+    Gives exactly what :func:`sessionize` from ``session.resume`` over all the
+    points would (points at or before ``carry.last_key`` are ignored: the caller
+    takes this path only when every new point sorts after it).
+    """
+    carry = session.carry
+    if carry is None:
+        raise ValueError("only an open session (or one closed by as_of alone) can be continued")
+    machine = _Machine(session.account_id, session.service, rules)
+    machine.active = {(device, product): (since, agg) for device, product, since, agg in carry.active}
+    machine.cur = _Open(period=session.period, start=session.start, last=carry.last, resume=session.resume,
+                        count=session.activity_count, devices=set(session.devices),
+                        aggregations={k: v.aggregation for k, v in carry.base.items()}, base=dict(carry.base),
+                        last_key=carry.last_key)
+    later = [p for p in net_points(points) if sort_key(p) > carry.last_key]
+    for point in sorted(later, key=sort_key):
+        machine.feed(point)
+    machine.finish(ensure_aware(as_of))
     return machine.sessions
 
 

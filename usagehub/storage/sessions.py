@@ -28,11 +28,13 @@ from usagehub.core.decode import ProfileSet
 from usagehub.core.events import Aggregation, MeterKind, UsageEvent
 from usagehub.core.periods import Period
 from usagehub.core.sessions import (
+    Carry,
     CloseReason,
     Resume,
     Session,
     SessionRules,
     SortKey,
+    continue_open,
     resume_for,
     sessionize,
     sort_key,
@@ -52,7 +54,7 @@ _NO_ORIGIN = (None, None, None, None)
 Origin = tuple[str, datetime | None, datetime, Decimal]  # entry ref, since, ts, quantity
 REF_SEP = "\x1f"  # entry ref: kind, meter and cause joined by the ASCII unit separator
 _SESSION_COLUMNS = ("session_id, account_id, service, period_start, period_end, period_label, start_ts, end_ts, "
-                    "closed_reason, activity_count, devices, partials, resume, resume_ts, expires_at")
+                    "closed_reason, activity_count, devices, partials, resume, resume_ts, expires_at, carry")
 
 
 def utc(ts: Any) -> datetime:
@@ -113,18 +115,38 @@ def partial_of(d: dict[str, Any]) -> Partial:
                    labels=frozenset(d["lb"]), seconds=Decimal(d["s"]))
 
 
+def key_json(k: SortKey) -> list[Any]:
+    """A sort key as JSON."""
+    return [k[0].isoformat(), k[1], k[2].isoformat(), *k[3:]]
+
+
+def key_of(k: list[Any]) -> SortKey:
+    """The sort key stored by :func:`key_json`."""
+    return (datetime.fromisoformat(k[0]), int(k[1]), datetime.fromisoformat(k[2]), k[3], k[4], k[5], k[6])
+
+
 def resume_json(r: Resume) -> dict[str, Any]:
     """A resume point as JSON."""
-    k = r.key
-    return {"k": [k[0].isoformat(), k[1], k[2].isoformat(), *k[3:]],
-            "a": sorted([d, p, a.value] for d, p, a in r.active)}
+    return {"k": key_json(r.key), "a": sorted([d, p, a.value] for d, p, a in r.active)}
 
 
 def resume_of(d: dict[str, Any]) -> Resume:
     """The resume point stored by :func:`resume_json`."""
-    k = d["k"]
-    key: SortKey = (datetime.fromisoformat(k[0]), int(k[1]), datetime.fromisoformat(k[2]), k[3], k[4], k[5], k[6])
-    return Resume(key=key, active=frozenset((x[0], x[1], Aggregation(x[2])) for x in d["a"]))
+    return Resume(key=key_of(d["k"]), active=frozenset((x[0], x[1], Aggregation(x[2])) for x in d["a"]))
+
+
+def carry_json(c: Carry) -> dict[str, Any]:
+    """An open session's carry as JSON."""
+    return {"k": key_json(c.last_key), "last": c.last.isoformat(),
+            "base": {k: partial_json(v) for k, v in c.base.items()},
+            "a": [[d, p, since.isoformat(), agg.value] for d, p, since, agg in c.active]}
+
+
+def carry_of(d: dict[str, Any]) -> Carry:
+    """The carry stored by :func:`carry_json`."""
+    return Carry(last_key=key_of(d["k"]), last=datetime.fromisoformat(d["last"]),
+                 base={k: partial_of(v) for k, v in d["base"].items()},
+                 active=tuple((x[0], x[1], datetime.fromisoformat(x[2]), Aggregation(x[3])) for x in d["a"]))
 
 
 def session_id(s: Session) -> str:
@@ -136,19 +158,21 @@ def session_id(s: Session) -> str:
 def session_of(row: Sequence[Any]) -> Session:
     """A session from a row selected with ``_SESSION_COLUMNS``."""
     (_, account, service, p_start, p_end, p_label, start, end, reason, count, devices, partials, resume,
-     _, expires) = row
+     _, expires, carry) = row
     return Session(account_id=account, service=service,
                    period=Period(start=utc(p_start), end=utc(p_end), label=p_label), start=utc(start),
                    end=utc(end), closed_reason=CloseReason(reason) if reason else None, activity_count=count,
                    devices=frozenset(devices), partials={k: partial_of(v) for k, v in partials.items()},
-                   resume=resume_of(resume), expires_at=None if expires is None else utc(expires))
+                   resume=resume_of(resume), expires_at=None if expires is None else utc(expires),
+                   carry=None if carry is None else carry_of(carry))
 
 
 def _session_row(s: Session) -> tuple[Any, ...]:
     return (session_id(s), s.account_id, s.service, s.period.start, s.period.end, s.period.label, s.start, s.end,
             s.closed_reason.value if s.closed_reason else None, s.activity_count, sorted(s.devices),
             orjson.dumps({k: partial_json(v) for k, v in s.partials.items()}).decode(),
-            orjson.dumps(resume_json(s.resume)).decode(), s.resume.key[0], s.expires_at)
+            orjson.dumps(resume_json(s.resume)).decode(), s.resume.key[0], s.expires_at,
+            None if s.carry is None else orjson.dumps(carry_json(s.carry)).decode())
 
 
 def point_of(row: Sequence[Any]) -> Point:
@@ -248,6 +272,13 @@ class SessionEngine:
                                      valid_to=None if r[3] is None else utc(r[3])) for r in rows)
         return index, {str(r[1]): ZoneInfo(str(r[4])) for r in rows}
 
+    @staticmethod
+    async def _points(conn: Connection, account: str, service: str, since: datetime) -> list[Point]:
+        cur = await conn.execute(
+            f"SELECT {_POINT_COLUMNS} FROM session_points WHERE account_id = %s AND service = %s "
+            "AND start_ts >= %s", (account, service, since))
+        return [point_of(r) for r in await cur.fetchall()]
+
     async def resessionize(self, conn: Connection, account: str, service: str, earliest: SortKey,
                             zone: ZoneInfo, now: datetime) -> set[Pair]:
         """Replace the stored sessions from the resume point on; return the (account, period) pairs touched."""
@@ -258,14 +289,18 @@ class SessionEngine:
             (account, service, account, service, earliest[0]))
         rows = await cur.fetchall()
         stored = sorted((session_of(r) for r in rows), key=lambda s: s.resume.key)
-        resume = resume_for(stored, earliest)
-        stale = [s for s in stored if s.resume.key >= resume.key]
-        cur = await conn.execute(
-            f"SELECT {_POINT_COLUMNS} FROM session_points WHERE account_id = %s AND service = %s "
-            "AND start_ts >= %s", (account, service, resume.key[0]))
-        points = [point_of(r) for r in await cur.fetchall()]
         rules = SessionRules(idle_timeout=self.idle.get(service, timedelta(hours=1)), zone=zone)
-        fresh = sessionize(points, account_id=account, service=service, rules=rules, as_of=now, resume=resume)
+        latest = stored[-1] if stored else None
+        if latest is not None and latest.carry is not None and earliest > latest.carry.last_key:
+            # In-order data: continue the open session from its carry, reading only the new points.
+            stale = [latest]
+            fresh = continue_open(latest, await self._points(conn, account, service, latest.carry.last_key[0]),
+                                  rules=rules, as_of=now)
+        else:
+            resume = resume_for(stored, earliest)
+            stale = [s for s in stored if s.resume.key >= resume.key]
+            points = await self._points(conn, account, service, resume.key[0])
+            fresh = sessionize(points, account_id=account, service=service, rules=rules, as_of=now, resume=resume)
         if stale:
             await conn.execute("DELETE FROM sessions WHERE session_id = ANY(%s)", ([session_id(s) for s in stale],))
         if fresh:
@@ -294,7 +329,7 @@ async def _insert_sessions(conn: Connection, sessions: Sequence[Session]) -> Non
     async with conn.cursor() as cur:
         await cur.executemany(
             f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-            "%s::jsonb, %s::jsonb, %s, %s)", rows)
+            "%s::jsonb, %s::jsonb, %s, %s, %s::jsonb)", rows)
 
 
 async def sessions_of_pairs(conn: Connection, pairs: Iterable[Pair]) -> list[Session]:
