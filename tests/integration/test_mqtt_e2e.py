@@ -134,6 +134,13 @@ def test_roles_limit_what_a_key_can_do(hub: HubProcess) -> None:
     assert hub.graphql(register, operator)["data"]["registerDevice"]["id"] == "new-1"
     assert hub.graphql("{ quarantine { edges { cursor } } }", analytics)["errors"][0]["extensions"]["code"] == \
         "FORBIDDEN"
+    # Account ids and names are personal data: an analytics key needs a grant (issue 9, privacy).
+    accounts = "{ accounts { edges { node { id } } } }"
+    assert hub.graphql(accounts, analytics)["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    assert "errors" not in hub.graphql(accounts, billing)
+    granted = usagehub("analytics", "grant-personal", analytics.split("_")[1], *hub.settings)
+    assert granted.returncode == 0, granted.stderr
+    assert "errors" not in hub.graphql(accounts, analytics)
     no_key = httpx.post(f"http://127.0.0.1:{hub.port}/graphql", json={"query": "{ accounts { edges { cursor } } }"})
     assert no_key.status_code == 401
     bad_key = httpx.post(f"http://127.0.0.1:{hub.port}/graphql", json={"query": "{ accounts { edges { cursor } } }"},

@@ -11,6 +11,9 @@ from strawberry.types import Info
 from usagehub.errors import DomainError, StorageError
 
 READ_ALL = ("admin", "operator", "billing", "analytics")
+# Who sees personal data (account ids and names, per-account usage, money): analytics keys only when
+# granted (usagehub analytics grant-personal); otherwise they see pseudonymous aggregates (issue 9).
+PERSONAL_READ = ("admin", "operator", "billing")
 # What each role may change.
 MANAGE_REGISTRY = ("admin", "operator")
 BILLING_WRITE = ("admin", "billing")
@@ -20,6 +23,18 @@ QUARANTINE_WRITE = ("admin", "operator")
 def api_error(code: str, message: str) -> GraphQLError:
     """A GraphQL error carrying a stable machine-readable code."""
     return GraphQLError(message, extensions={"code": code})
+
+
+async def require_personal(info: Info, *roles: str) -> str:
+    """The caller's tenant if it may see personal data: one of ``roles``, or an analytics key granted it."""
+    principal = info.context.principal
+    if principal.role == "analytics":
+        analytics = info.context.services.analytics
+        if analytics is not None and await analytics.personal(principal):
+            return str(principal.tenant)
+        raise api_error("FORBIDDEN", "analytics keys see pseudonymous aggregates (the analytics fields); "
+                                     "personal data needs a grant: usagehub analytics grant-personal KEY_ID")
+    return require(info, *(roles or PERSONAL_READ))
 
 
 def require(info: Info, *roles: str) -> str:

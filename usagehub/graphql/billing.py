@@ -11,7 +11,7 @@ from strawberry.types import Info
 from usagehub.core.billing import BillingRecord as CoreRecord
 from usagehub.core.sessions import Session
 from usagehub.graphql import types as t
-from usagehub.graphql.auth import BILLING_WRITE, READ_ALL, api_error, domain_errors, require
+from usagehub.graphql.auth import BILLING_WRITE, api_error, domain_errors, require, require_personal
 from usagehub.graphql.pagination import Connection, connection, decode_cursor, page_size
 from usagehub.storage.billing_service import BillingService, MeterView
 
@@ -170,7 +170,7 @@ class Correction:
 async def sessions(info: Info, account_id: str, since: datetime | None = None, until: datetime | None = None,
                    first: int = 50, after: str | None = None) -> Connection[BillingSession]:
     """Sessions of an account starting in [since, until)."""
-    tenant = require(info, *READ_ALL)
+    tenant = await require_personal(info)
     n = page_size(first)
     rows = await _service(info).sessions(tenant=tenant, account_id=account_id, since=_aware(since, "since"),
                                          until=_aware(until, "until"), after=_session_after(after), limit=n + 1)

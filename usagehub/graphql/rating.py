@@ -19,7 +19,7 @@ from usagehub.core.settlement import Vendor, VendorBook, parse_vendors
 from usagehub.core.tariffs import PlanBook, parse_plans
 from usagehub.errors import ConfigError
 from usagehub.graphql import rating_types as rt
-from usagehub.graphql.auth import BILLING_WRITE, READ_ALL, api_error, domain_errors, require
+from usagehub.graphql.auth import BILLING_WRITE, READ_ALL, api_error, domain_errors, require, require_personal
 from usagehub.graphql.pagination import Connection, connection, decode_cursor, page_size
 from usagehub.storage.rating import RatingService
 
@@ -89,7 +89,7 @@ class RatingQuery:
 
     @strawberry.field(description="An account's invoice preview for a period (YYYY-MM in its zone).")
     async def invoice_preview(self, info: Info, account_id: str, period: str) -> rt.InvoicePreview:
-        tenant = require(info, *INVOICE_READ)
+        tenant = await require_personal(info, *INVOICE_READ)
         with domain_errors():
             stored = await _service(info).invoice_preview(account_id, period, tenant=tenant)
         return rt.InvoicePreview.of(stored)

@@ -14,7 +14,15 @@ from strawberry.types import Info
 from usagehub.graphql import analytics, prepaid, rating
 from usagehub.graphql import billing as b
 from usagehub.graphql import types as t
-from usagehub.graphql.auth import MANAGE_REGISTRY, QUARANTINE_WRITE, READ_ALL, api_error, domain_errors, require
+from usagehub.graphql.auth import (
+    MANAGE_REGISTRY,
+    QUARANTINE_WRITE,
+    READ_ALL,
+    api_error,
+    domain_errors,
+    require,
+    require_personal,
+)
 from usagehub.graphql.pagination import Connection, connection, decode_cursor, page_size
 
 
@@ -58,7 +66,7 @@ class CoreQuery:
     @strawberry.field(description="Accounts, searchable by id or name.")
     async def accounts(self, info: Info, first: int = 50, after: str | None = None,
                        search: str | None = None) -> Connection[t.Account]:
-        tenant = require(info, *READ_ALL)
+        tenant = await require_personal(info)
         n = page_size(first)
         rows = await _services(info).registry.accounts(tenant=tenant, after=decode_cursor(after), limit=n + 1,
                                                        search=search)
@@ -66,13 +74,13 @@ class CoreQuery:
 
     @strawberry.field
     async def account(self, info: Info, id: str) -> t.Account | None:
-        tenant = require(info, *READ_ALL)
+        tenant = await require_personal(info)
         row = await _services(info).registry.account(id, tenant=tenant)
         return t.Account.of(row) if row else None
 
     @strawberry.field
     async def devices(self, info: Info, first: int = 50, after: str | None = None) -> Connection[t.Device]:
-        tenant = require(info, *READ_ALL)
+        tenant = await require_personal(info)
         n = page_size(first)
         rows = await _services(info).registry.devices(tenant=tenant, after=decode_cursor(after), limit=n + 1)
         return connection([t.Device.of(r) for r in rows], n, lambda d: d.id)
@@ -80,7 +88,7 @@ class CoreQuery:
     @strawberry.field(description="Bindings of a device or an account (validity ranges).")
     async def bindings(self, info: Info, device_id: str | None = None,
                        account_id: str | None = None) -> list[t.Binding]:
-        require(info, *READ_ALL)
+        await require_personal(info)
         rows = await _services(info).registry.bindings(device_ids=[device_id] if device_id else [],
                                                        account_ids=[account_id] if account_id else [])
         return [t.Binding.of(r) for r in rows]
@@ -102,7 +110,7 @@ class CoreQuery:
     @strawberry.field(description="Usage of an account per meter in time buckets of the account's zone.")
     async def usage(self, info: Info, account_id: str, since: datetime, until: datetime,
                     bucket: t.Bucket = t.Bucket.DAY, meter: str | None = None) -> list[t.UsageBucket]:
-        tenant = require(info, *READ_ALL)
+        tenant = await require_personal(info)
         rows = await _services(info).reads.usage(
             tenant=tenant, account_id=account_id, bucket=bucket.value, since=_aware(since, "since"),
             until=_aware(until, "until"), meter=meter)

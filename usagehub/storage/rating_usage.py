@@ -1,0 +1,186 @@
+"""Stored usage as rating input: billing records and session points of an account into core usage items.
+
+Billing records are the truth of what a period bills; session points say *when*
+the usage happened, which time-of-use windows and plan changes need. A usage
+point covering ``(a, b]`` is placed at its midpoint (an instant at itself): an
+interval read on a window boundary lands in the window it covers. When the
+points of a product do not add up to its record (an aggregation other than
+``sum``), the record's quantity is one item at the product's last point.
+
+Late data: a billed record's adjustment (in a later period) is rated by
+``core.rating.diff_lines`` over the original period: the points stored before
+the bill (a prefix in storage order, since sessions, billing runs and ingest of
+an account are serialised by its lock) against those plus the late ones.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from usagehub.core.billing import BillingRecord, RecordKind
+from usagehub.core.calendars import BillingPeriod
+from usagehub.core.periods import Period
+from usagehub.core.rating import Account, RatedLine, UsageItem, diff_lines, rate
+from usagehub.core.tariffs import PlanBook
+from usagehub.core.vat import VatTable
+from usagehub.storage.billing import RECORD_COLUMNS, record_of
+from usagehub.storage.pool import Connection
+from usagehub.storage.sessions import utc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredPoint:
+    """A usage point as stored: ``point_id`` orders points by the commit that wrote them."""
+
+    point_id: int
+    product: str
+    device_id: str
+    start: datetime
+    end: datetime
+    value: Decimal
+    label: str | None
+    aggregation: str
+
+
+def billing_period(period: Period) -> BillingPeriod:
+    """A session-core period as the rating core's period."""
+    return BillingPeriod(start=period.start, end=period.end)
+
+
+async def period_records(conn: Connection, account_id: str, period: Period) -> list[BillingRecord]:
+    """The billing records (regular and adjustments) an account has in ``period``."""
+    cur = await conn.execute(f"SELECT {RECORD_COLUMNS} FROM billing_records WHERE account_id = %s "
+                             "AND period_start = %s ORDER BY record_id", (account_id, period.start))
+    return [record_of(r) for r in await cur.fetchall()]
+
+
+async def usage_points(conn: Connection, account_id: str, period: Period) -> list[StoredPoint]:
+    """The account's usage points starting in ``period``, in storage order."""
+    cur = await conn.execute(
+        "SELECT point_id, product, device_id, start_ts, end_ts, value, label, aggregation FROM session_points "
+        "WHERE account_id = %s AND kind = 'usage' AND start_ts >= %s AND start_ts < %s ORDER BY point_id",
+        (account_id, period.start, period.end))
+    rows: list[Any] = await cur.fetchall()
+    return [StoredPoint(point_id=int(r[0]), product=str(r[1]), device_id=str(r[2]), start=utc(r[3]),
+                        end=utc(r[4]), value=r[5], label=r[6], aggregation=str(r[7])) for r in rows]
+
+
+def net(points: Iterable[StoredPoint]) -> list[StoredPoint]:
+    """Points of the same device, product, span and label summed (a retraction cancels its entry)."""
+    sums: defaultdict[tuple[Any, ...], Decimal] = defaultdict(Decimal)
+    first: dict[tuple[Any, ...], StoredPoint] = {}
+    for p in points:
+        key = (p.device_id, p.product, p.start, p.end, p.label)
+        sums[key] += p.value
+        first.setdefault(key, p)
+    return [StoredPoint(**{**_fields(first[k]), "value": v}) for k, v in sums.items() if v != 0]
+
+
+def _fields(p: StoredPoint) -> dict[str, Any]:
+    return {name: getattr(p, name) for name in StoredPoint.__dataclass_fields__}
+
+
+def when(point: StoredPoint, period: Period) -> datetime:
+    """The instant a point's usage is rated at: the midpoint of its span, inside ``period``."""
+    middle = point.start + (point.end - point.start) / 2
+    return middle if period.contains(middle) else point.start
+
+
+def _item(account_id: str, product: str, ts: datetime, quantity: Decimal, record: BillingRecord) -> UsageItem:
+    return UsageItem(account_id=account_id, product=product, ts=ts, quantity=quantity, unit=record.unit,
+                     record_id=record.record_id)
+
+
+def items_of(points: Sequence[StoredPoint], quantity: Decimal, record: BillingRecord, period: Period,
+             *, anchor_points: Sequence[StoredPoint] = ()) -> list[UsageItem]:
+    """Usage items worth ``quantity`` of ``record``'s product.
+
+    The netted points stored up to where they add up to ``quantity`` (all of them
+    for an open record; for a billed one, those it billed: later ones are late
+    data, adjusted in a later period).
+    """
+    split = split_at_quantity(points, quantity, quantity) if all(p.aggregation == "sum" for p in points) else None
+    if split is not None:
+        return [_item(record.account_id, record.product, when(p, period), p.value, record) for p in net(split[0])]
+    if quantity == 0:
+        return []
+    pool = [*anchor_points, *points]
+    anchor = max((when(p, period) for p in pool), default=period.start)
+    return [_item(record.account_id, record.product, anchor, quantity, record)]
+
+
+def usage_items(records: Iterable[BillingRecord], points: Sequence[StoredPoint], period: Period) -> list[UsageItem]:
+    """The usage items of a period's regular records."""
+    by_product: defaultdict[str, list[StoredPoint]] = defaultdict(list)
+    for p in points:
+        by_product[p.product].append(p)
+    items: list[UsageItem] = []
+    for record in records:
+        if record.kind is RecordKind.REGULAR:
+            items += items_of(by_product[record.product], record.quantity, record, period)
+    return items
+
+
+def split_at_quantity(points: Sequence[StoredPoint], billed: Decimal,
+                      total: Decimal) -> tuple[list[StoredPoint], list[StoredPoint]] | None:
+    """(billed points, late points): the storage-order prefixes whose sums are ``billed`` and ``total``."""
+    running, cut_billed, cut_total = Decimal(0), None, None
+    sums = [Decimal(0)]
+    for p in points:
+        running += p.value
+        sums.append(running)
+    for index in range(len(sums) - 1, -1, -1):
+        if cut_total is None and sums[index] == total:
+            cut_total = index
+        if cut_total is not None and sums[index] == billed:
+            cut_billed = index
+            break
+    if cut_total is None or cut_billed is None:
+        return None
+    return list(points[:cut_billed]), list(points[cut_billed:cut_total])
+
+
+async def _record(conn: Connection, record_id: str) -> BillingRecord | None:
+    cur = await conn.execute(f"SELECT {RECORD_COLUMNS} FROM billing_records WHERE record_id = %s", (record_id,))
+    row = await cur.fetchone()
+    return None if row is None else record_of(row)
+
+
+async def _adjusted_before(conn: Connection, target: BillingRecord, before: datetime) -> Decimal:
+    cur = await conn.execute("SELECT coalesce(sum(quantity), 0) FROM billing_records WHERE adjusts = %s "
+                             "AND period_start < %s", (target.record_id, before))
+    row = await cur.fetchone()
+    return Decimal(row[0]) if row else Decimal(0)  # type: ignore[arg-type]
+
+
+async def adjustment_lines(conn: Connection, account: Account, period: Period, adjustments: Sequence[BillingRecord],
+                           book: PlanBook, vat: VatTable) -> list[RatedLine]:
+    """The adjustment lines of ``period``: each adjusted period re-rated with its late usage."""
+    groups: defaultdict[Period, list[tuple[BillingRecord, BillingRecord]]] = defaultdict(list)
+    for adjustment in adjustments:
+        target = await _record(conn, adjustment.adjusts or "")
+        if target is not None:
+            groups[target.period].append((target, adjustment))
+    lines: list[RatedLine] = []
+    cuts = vat.change_dates(account.market)
+    for original, pairs in sorted(groups.items()):
+        points = await usage_points(conn, account.account_id, original)
+        billed_items: list[UsageItem] = []
+        late_items: list[UsageItem] = []
+        for target, adjustment in pairs:
+            billed = target.quantity + await _adjusted_before(conn, target, period.start)
+            own = [p for p in points if p.product == target.product]
+            split = split_at_quantity(own, billed, billed + adjustment.quantity)
+            old, late = split if split else ([], [])
+            billed_items += items_of(old, billed, target, original, anchor_points=own)
+            late_items += items_of(late, adjustment.quantity, adjustment, original, anchor_points=own)
+        bp = billing_period(original)
+        before = rate(billed_items, book, account, bp, split_at=cuts)
+        after = rate([*billed_items, *late_items], book, account, bp, split_at=cuts)
+        lines += diff_lines(before, after, bp, cause=late_items)
+    return lines
