@@ -29,6 +29,12 @@ SELECT s.account_id, (s.start_ts AT TIME ZONE a.timezone)::date, s.product, s.se
 FROM session_points s JOIN accounts a USING (account_id) GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"""
 
 
+RECOMPUTE_FLEET = """
+SELECT a.tenant, a.market, r.day, r.product, r.service, sum(r.quantity), sum(r.usage_count), sum(r.activity_count),
+       count(*)
+FROM rollup_daily r JOIN accounts a USING (account_id) GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"""
+
+
 def _norm(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
     return [(*r[:4], Decimal(r[4] or 0).normalize(), r[5], r[6]) for r in rows]  # type: ignore[arg-type]
 
@@ -43,8 +49,15 @@ async def _assert_exact(pool: AsyncConnectionPool) -> None:
         got_d = _norm(await (await conn.execute(
             "SELECT account_id, day, product, service, quantity, usage_count, activity_count "
             "FROM rollup_daily ORDER BY 1, 2, 3, 4")).fetchall())
+        want_f = await (await conn.execute(RECOMPUTE_FLEET)).fetchall()
+        got_f = await (await conn.execute(
+            "SELECT tenant, market, day, product, service, quantity, usage_count, activity_count, accounts "
+            "FROM rollup_fleet_daily WHERE accounts <> 0 OR usage_count <> 0 OR activity_count <> 0 "
+            "ORDER BY 1, 2, 3, 4, 5")).fetchall()
     assert got_15 == want_15
     assert got_d == want_d
+    assert [(*r[:5], Decimal(r[5]).normalize(), *r[6:]) for r in got_f] == \
+        [(*r[:5], Decimal(r[5]).normalize(), *r[6:]) for r in want_f]
 
 
 points = st.builds(

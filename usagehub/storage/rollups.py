@@ -64,13 +64,32 @@ async def series(conn: Connection, *, tenant: str, scope: Scope, key: str | None
     """
     if bucket in (Bucket.QUARTER, Bucket.HOUR) or scope is Scope.DEVICE:
         return await _from_quarters(conn, tenant, scope, key, product, bucket, since, until)
-    extra, params = _filters(scope, key, product, "r")
     label = "r.day::timestamp" if bucket is Bucket.DAY else f"date_trunc('{_TRUNC[bucket]}', r.day::timestamp)"
+    if scope in (Scope.FLEET, Scope.MARKET):
+        return await _from_fleet(conn, tenant, key if scope is Scope.MARKET else None, product, label, since, until)
+    extra, params = _filters(scope, key, product, "r")
     cur = await conn.execute(
         f"SELECT {label} AS label, sum(r.quantity), sum(r.activity_count), count(DISTINCT r.account_id) "
         "FROM rollup_daily r JOIN accounts a ON a.account_id = r.account_id "
         f"WHERE r.day >= %s AND r.day < %s AND a.tenant = %s{extra} GROUP BY 1 ORDER BY 1",
         [since, until, tenant, *params])
+    return [_point(row) for row in await fetch_all(cur)]
+
+
+async def _from_fleet(conn: Connection, tenant: str, market: str | None, product: str | None, label: str,
+                      since: date, until: date) -> list[SeriesPoint]:
+    """Fleet and market series from the per-market daily rollup (a few rows per day).
+
+    ``accounts`` of a bucket is the largest number of accounts with data for one product on one day
+    of it (with a product filter: that product's), the count the daily rollup gives per product.
+    """
+    cur = await conn.execute(
+        f"SELECT label, sum(q), sum(ac), max(n) FROM (SELECT {label} AS label, r.day, sum(r.quantity) AS q, "
+        "sum(r.activity_count) AS ac, max(r.accounts) AS n FROM rollup_fleet_daily r "
+        "WHERE r.tenant = %s AND r.day >= %s AND r.day < %s AND (%s::text IS NULL OR r.market = %s) "
+        "AND (%s::text IS NULL OR r.product = %s) AND (r.accounts <> 0 OR r.usage_count <> 0 OR r.activity_count <> 0) "
+        "GROUP BY 1, 2) d GROUP BY 1 ORDER BY 1",
+        [tenant, since, until, market, market, product, product])
     return [_point(row) for row in await fetch_all(cur)]
 
 

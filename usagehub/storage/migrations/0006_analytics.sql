@@ -30,6 +30,23 @@ CREATE TABLE rollup_daily (
 -- Fleet and market series read a date range across all accounts: an index-only scan.
 CREATE INDEX rollup_daily_day ON rollup_daily (day, product) INCLUDE (account_id, quantity, activity_count);
 
+-- Fleet and market series at day/week/month: one row per tenant, market, local day, product and
+-- service, kept in the same statement as rollup_daily; `accounts` counts its rollup_daily rows (the
+-- accounts with data for that product that day). A year of the whole fleet reads ~365 rows per product.
+-- These rows are shared by every account of a market: concurrent batches wait on them briefly.
+CREATE TABLE rollup_fleet_daily (
+    tenant         text NOT NULL,
+    market         text NOT NULL,
+    day            date NOT NULL,
+    product        text NOT NULL,
+    service        text NOT NULL,
+    quantity       numeric NOT NULL DEFAULT 0,
+    usage_count    bigint NOT NULL DEFAULT 0,
+    activity_count bigint NOT NULL DEFAULT 0,
+    accounts       bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, day, market, product, service)
+);
+
 -- Add (sign +1) or subtract (sign -1) the points of a statement. Keys are upserted in key order so
 -- that concurrent batches lock rollup rows in the same order; rows that drop to nothing are deleted,
 -- so the tables always equal a recompute from session_points (see analytics_rebuild_rollups).
@@ -71,7 +88,22 @@ LANGUAGE sql IMMUTABLE AS $f$
             ON CONFLICT (account_id, day, product, service) DO UPDATE
             SET quantity = r.quantity + excluded.quantity, usage_count = r.usage_count + excluded.usage_count,
                 activity_count = r.activity_count + excluded.activity_count
-            RETURNING ctid, usage_count, activity_count)
+            RETURNING ctid, account_id, day, product, service, usage_count, activity_count, (xmax = 0) AS created),
+        fleet AS (
+            INSERT INTO rollup_fleet_daily AS f (tenant, market, day, product, service, quantity, usage_count,
+                                                 activity_count, accounts)
+            SELECT a.tenant, a.market, agg.d, agg.product, agg.service, sum(agg.q), sum(agg.uc), sum(agg.ac),
+                   sum(CASE WHEN up.created THEN 1 ELSE 0 END)
+                   - sum(CASE WHEN up.usage_count = 0 AND up.activity_count = 0 THEN 1 ELSE 0 END)
+            FROM agg JOIN up ON up.account_id = agg.account_id AND up.day = agg.d AND up.product = agg.product
+                            AND up.service = agg.service
+                     JOIN accounts a ON a.account_id = agg.account_id
+            GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 3, 2, 4, 5
+            ON CONFLICT (tenant, day, market, product, service) DO UPDATE
+            SET quantity = f.quantity + excluded.quantity, usage_count = f.usage_count + excluded.usage_count,
+                activity_count = f.activity_count + excluded.activity_count,
+                accounts = f.accounts + excluded.accounts
+            RETURNING 1)
         SELECT array_agg(ctid) FROM up WHERE usage_count = 0 AND activity_count = 0 $q$, source)
 $f$;
 
@@ -111,6 +143,7 @@ BEGIN
     LOCK TABLE session_points IN SHARE MODE;  -- no writer may slip between the wipe and the sum
     DELETE FROM rollup_15m;
     DELETE FROM rollup_daily;
+    DELETE FROM rollup_fleet_daily;
     FOR step IN SELECT * FROM analytics_rollup_sql('SELECT account_id, service, device_id, product, kind, '
                                                    'start_ts, value, 1 AS sign FROM session_points '
                                                    'WHERE account_id IS NOT NULL') LOOP
