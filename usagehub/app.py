@@ -8,7 +8,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import uvicorn
@@ -23,6 +23,7 @@ from usagehub.core.events import RawMessage
 from usagehub.core.profiles import Profile
 from usagehub.graphql.context import Services
 from usagehub.ingest import Pipeline, PipelineSettings
+from usagehub.prepaid_app import PrepaidRuntime, debit_hook
 from usagehub.profile_files import load_profiles
 from usagehub.storage.billing_service import BillingService
 from usagehub.storage.embedded import embedded_database_url
@@ -72,6 +73,7 @@ class Hub:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     http_port: int = 0
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    prepaid: PrepaidRuntime | None = None
 
     def stop(self) -> None:
         """Begin a clean shutdown."""
@@ -112,6 +114,8 @@ def build_pipeline(config: HubConfig, pool: AsyncConnectionPool,
     # Sessions and billing records follow the entries the UsageWriter wrote, in the same transaction.
     engine = SessionEngine(profile_set, entries=lambda: usage.last_entries)
     pipeline.hooks.append(engine.apply)
+    # Prepaid accounts are debited for the usage points the engine stored, in the same transaction.
+    pipeline.hooks.append(debit_hook(pool, engine))
     return pipeline, BillingService(pool, engine)
 
 
@@ -134,6 +138,19 @@ async def sweep_sessions(hub: Hub, *, every_s: float = 60.0) -> None:
                 await sweep_expired(hub.billing.engine, conn, datetime.now(UTC))
         except Exception:  # a failed sweep retries next round; ingest is unaffected
             log.exception("session sweep failed")
+
+
+async def daily_analytics(hub: Hub, service: Any) -> None:
+    """Refresh behaviour features and segments once at start, then shortly after each UTC midnight."""
+    while True:
+        now = datetime.now(UTC)
+        try:
+            result, evaluated = await service.daily(now.date() - timedelta(days=1), now)
+            log.info("analytics refreshed: %d accounts, %d segments", result.accounts, len(evaluated))
+        except Exception:  # a failed refresh retries tomorrow; the previous features stay
+            log.exception("daily analytics refresh failed")
+        tomorrow = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+        await asyncio.sleep((tomorrow - now).total_seconds() + 300)
 
 
 @contextlib.asynccontextmanager
@@ -173,7 +190,10 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
         pipeline, billing = build_pipeline(config, pool, profiles)
         hub = Hub(config=config, pool=pool, pipeline=pipeline, keys=ApiKeys(pool),
                   registry=registry_for(pool, billing), billing=billing)
-        settings = AdapterSettings(profiles=profiles, devices=DeviceDirectorySql(pool), data_dir=config.data_dir)
+        hub.prepaid = PrepaidRuntime.create(pool, profiles, mqtt_url=broker_url, client_id=config.mqtt_client_id,
+                                            shared=bool(config.mqtt_url))  # amqtt (embedded) has no $share
+        settings = AdapterSettings(profiles=profiles, devices=DeviceDirectorySql(pool), data_dir=config.data_dir,
+                                   prepaid=hub.prepaid.service)
         for name, raw in _adapter_configs(config, broker_url).items():
             factory = adapters.load(name)
             hub.adapters[name] = await stack.enter_async_context(
@@ -191,9 +211,16 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     await rating.start()  # loads the shipped VAT rates into an empty table
     services = Services(registry=hub.registry, reads=Reads(hub.pool), ingest_totals=hub.pipeline.totals,
                         replay=hub.replay, extra={}, billing=hub.billing, rating=rating)
+    if hub.prepaid is not None:
+        services.prepaid = hub.prepaid.service
+        services.extra["prepaid_events"] = hub.prepaid.events
+    from usagehub.analytics_web import analytics_routes
+    from usagehub.storage.analytics import AnalyticsService
+
+    services.analytics = AnalyticsService(hub.pool)
     # HTTP ingest shares the API port; devices authenticate with their own tokens.
     routes = [*ingest_routes(hub.pipeline, DeviceDirectorySql(hub.pool), HttpConfig(), profiles),
-              *export_routes(rating, hub.keys)]
+              *export_routes(rating, hub.keys), *analytics_routes(services.analytics, hub.keys)]
     app = create_app(services, hub.keys, ready=hub.ready.is_set, max_depth=hub.config.graphql_max_depth,
                      extra_routes=list(routes))
     server = uvicorn.Server(uvicorn.Config(app, host=hub.config.http_host, port=hub.config.http_port,
@@ -205,6 +232,8 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
             loop.add_signal_handler(sig, hub.stop)
     pipeline_task = asyncio.create_task(hub.pipeline.run(), name="pipeline")
     hub.background.append(asyncio.create_task(sweep_sessions(hub), name="session-sweep"))
+    hub.background.append(asyncio.create_task(daily_analytics(hub, services.analytics), name="analytics-daily"))
+    hub.background += hub.prepaid.start() if hub.prepaid is not None else []
     adapter_tasks = [asyncio.create_task(a.run(hub.pipeline), name=f"adapter:{n}") for n, a in hub.adapters.items()]
     web_task = asyncio.create_task(server.serve(), name="web")
     while not server.started and not web_task.done():  # noqa: ASYNC110 — uvicorn offers only a flag

@@ -220,6 +220,10 @@ from usagehub.cli_rating import rating_app  # noqa: E402  (it uses with_settings
 
 app.add_typer(rating_app)  # plans, vat, vendors, invoice
 
+from usagehub.cli_analytics import analytics_app  # noqa: E402
+
+app.add_typer(analytics_app, name="analytics")  # refresh, export, grant-personal
+
 
 def main() -> None:
     """Entry point of the ``usagehub`` script."""

@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
 from pydantic import BaseModel
 
 from usagehub.core.events import RawMessage
 from usagehub.core.profiles import Profile
+
+if TYPE_CHECKING:
+    from usagehub.adapters.prepaid_port import PrepaidPort
 
 
 class Outcome(StrEnum):
@@ -82,6 +85,7 @@ class AdapterSettings:
     profiles: Sequence[Profile]
     devices: DeviceDirectory
     data_dir: Path
+    prepaid: PrepaidPort | None = None  # device-side prepaid requests (CoAP resource), when the hub runs prepaid
 
 
 class Adapter(Protocol):

@@ -115,6 +115,8 @@ class CommandSpec(_Model):
 
     transport: str = "mqtt"
     topic: str = "{device_id}/cmd"
+    block_payload: str = '{"command": "block"}'
+    restore_payload: str = '{"command": "restore"}'
 
 
 class Profile(_Model):

@@ -13,6 +13,7 @@ from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 
 from usagehub.adapters.base import AdapterSettings, Sink
 from usagehub.adapters.coap.config import CoapConfig
+from usagehub.adapters.coap.prepaid import prepaid_site
 from usagehub.adapters.coap.resource import IngestResource
 from usagehub.adapters.coap.routing import Router
 from usagehub.adapters.coap.security import DeviceCredentials
@@ -28,12 +29,13 @@ class CoapAdapter:
         self.config, self.settings = config, settings
         self.router = Router(settings.profiles, "coap")
         self.resource = IngestResource(config, self.router, settings.devices)
+        self.site = prepaid_site(self.resource, settings.prepaid, settings.devices, settings.profiles)
         state_dir = Path(config.state_dir) if config.state_dir else settings.data_dir / "coap" / "oscore"
         self.credentials = DeviceCredentials(state_dir) if config.oscore else None
         self._context: aiocoap.Context | None = None
 
     async def __aenter__(self) -> Self:
-        site: Any = self.resource
+        site: Any = self.site
         if self.credentials is not None:
             await self.refresh_credentials()
             site = OscoreSiteWrapper(self.resource, self.credentials)
