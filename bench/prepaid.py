@@ -1,0 +1,242 @@
+"""Prepaid authorization benchmark: a real ``usagehub serve`` on Mosquitto and an embedded PostgreSQL.
+
+Two paths, measured separately, each by a concurrent closed-loop client in this
+process (the hub is another process; both share the machine's cores):
+  1. device side: MQTT request/response (``prepaid/{device}/authorize`` -> ``.../response``)
+  2. GraphQL: ``authorize`` mutations over keep-alive HTTP/1.1 connections
+  3. (optional) service-rating / service-flat: the PrepaidService in this process, no transport
+Device requests go at QoS BENCH_QOS (default 1; answers at QoS 1).
+Each authorization is exact (batched transactions, rating prices it, the ledger
+trigger checks it). Each path runs REPEAT times; medians are printed.
+Usage: [BENCH_QOS=0|1] .venv/bin/python bench/prepaid.py [N] [REPEAT] [CONCURRENCY] [mqtt,graphql,...]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiomqtt
+import httpx
+import orjson
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.integration.test_prepaid_hubs import load_plan  # noqa: E402
+from tests.peers import free_port  # noqa: E402
+from usagehub.storage.embedded import embedded_database_url  # noqa: E402
+
+DEVICES, ACCOUNTS = 400, 40
+QOS = int(os.environ.get("BENCH_QOS", "1"))
+
+
+def setup_db(server: str, tmp: Path) -> str:
+    """A fresh database with prepaid accounts (large balances), bound meters and a flat plan."""
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    info = psycopg.conninfo.conninfo_to_dict(server)
+    info["dbname"] = name
+    url = psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
+    lines = ["accounts:"] + [f"  - {{id: a{i}, prepaid: true}}" for i in range(ACCOUNTS)]
+    lines += ["devices:"] + [f"  - {{id: d{i}, profile: acme-em340}}" for i in range(DEVICES)]
+    lines += ["bindings:"] + [f'  - {{device: d{i}, account: a{i % ACCOUNTS}, valid_from: "2026-01-01T00:00:00Z"}}'
+                              for i in range(DEVICES)]
+    (tmp / "seed.yaml").write_text("\n".join(lines) + "\n")
+    run("seed", str(tmp / "seed.yaml"), "--database-url", url)
+    asyncio.run(load_plan(url))
+    with psycopg.connect(url, autocommit=True) as conn:
+        for i in range(ACCOUNTS):
+            conn.execute("INSERT INTO ledger_entries (account_id, kind, amount, currency, payment_ref) "
+                         "VALUES (%s, 'topup', 1000000000, 'EUR', %s)", (f"a{i}", f"bench-{i}"))
+    return url
+
+
+def run(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "usagehub", *args], capture_output=True, text=True, cwd=ROOT,
+                          check=True)
+    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+
+class Broker:
+    """Mosquitto on a free port."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        conf = tmp / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 0\n"
+                        "max_queued_messages 1000000\n")
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+
+
+def start_hub(url: str, broker: Broker, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    settings = ["--database-url", url, "--mqtt-url", f"mqtt://127.0.0.1:{broker.port}", "--data-dir", str(tmp)]
+    proc = subprocess.Popen([sys.executable, "-m", "usagehub", "serve", *settings, "--http-port", str(port),
+                             "--log-level", "WARNING"], cwd=ROOT,
+                            env={**os.environ, "USAGEHUB_MQTT_CLIENT_ID": "bench"})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=0.5).status_code == 200:
+                return proc, port
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("hub did not start")
+
+
+def summary(latencies: list[float], seconds: float) -> tuple[float, float, float]:
+    """(authorizations/s, p50 ms, p99 ms)."""
+    ordered = sorted(latencies)
+    return (len(ordered) / seconds, ordered[len(ordered) // 2] * 1000, ordered[int(len(ordered) * 0.99)] * 1000)
+
+
+async def mqtt_path(port: int, n: int, concurrency: int) -> tuple[float, float, float]:
+    """Closed loop: ``concurrency`` devices, each with one request in flight."""
+    waiting: dict[str, asyncio.Future[bytes]] = {}
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"bench-{uuid.uuid4().hex[:6]}",
+                              max_inflight_messages=1000) as client:
+        await client.subscribe("prepaid/+/response", qos=1)
+
+        async def pump() -> None:
+            async for m in client.messages:
+                doc = orjson.loads(m.payload)
+                fut = waiting.pop(doc["req"], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(m.payload)
+
+        reader = asyncio.create_task(pump())
+        latencies: list[float] = []
+        counter = iter(range(n))
+
+        async def worker(w: int) -> None:
+            loop = asyncio.get_running_loop()
+            for k in counter:
+                req = f"{w}-{k}-{uuid.uuid4().hex[:6]}"
+                fut: asyncio.Future[bytes] = loop.create_future()
+                waiting[req] = fut
+                t = time.perf_counter()
+                await client.publish(f"prepaid/d{(w * 7 + k) % DEVICES}/authorize",
+                                     orjson.dumps({"req": req, "units": "0.5"}), qos=QOS)
+                answer = orjson.loads(await asyncio.wait_for(fut, 30))
+                latencies.append(time.perf_counter() - t)
+                assert answer["ok"], answer
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        reader.cancel()
+    return summary(latencies, elapsed)
+
+
+async def graphql_path(port: int, key: str, n: int, concurrency: int) -> tuple[float, float, float]:
+    """Closed loop over ``concurrency`` keep-alive connections (a minimal HTTP/1.1 client: httpx is slower)."""
+    query = "mutation($d: String!) { authorize(deviceId: $d, units: \"0.5\") { granted reason } }"
+    latencies: list[float] = []
+    counter = iter(range(n))
+
+    async def worker(w: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for k in counter:
+                body = orjson.dumps({"query": query, "variables": {"d": f"d{(w * 7 + k) % DEVICES}"}})
+                head = (f"POST /graphql HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+                t = time.perf_counter()
+                writer.write(head + body)
+                status = await reader.readline()
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                payload = await reader.readexactly(length)
+                latencies.append(time.perf_counter() - t)
+                assert b" 200 " in status and b'"granted":true' in payload, (status, payload[:300])
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return summary(latencies, time.perf_counter() - started)
+
+
+async def service_path(url: str, n: int, concurrency: int, pricer: str) -> tuple[float, float, float]:
+    """The PrepaidService alone in this process (no transport): what batching gives, by pricer."""
+    from decimal import Decimal
+
+    from usagehub.core.prepaid import AuthRequest, Grant
+    from usagehub.storage.pool import open_pool
+    from usagehub.storage.prepaid import FlatPricer, PrepaidService
+    from usagehub.storage.rating import RatingService
+
+    pool = await open_pool(url, max_size=4)
+    service = PrepaidService(pool, RatingService(pool) if pricer == "rating" else FlatPricer(
+        {"energy": Decimal("0.2975")}))
+    latencies: list[float] = []
+    counter = iter(range(n))
+
+    async def worker(w: int) -> None:
+        for k in counter:
+            t = time.perf_counter()
+            decision = await service.authorize(AuthRequest(device_id=f"d{(w * 7 + k) % DEVICES}",
+                                                           units=Decimal("0.5")))
+            latencies.append(time.perf_counter() - t)
+            assert isinstance(decision, Grant), decision
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        return summary(latencies, time.perf_counter() - started)
+    finally:
+        await service.close()
+        await pool.close()
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    repeat = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    concurrency = int(sys.argv[3]) if len(sys.argv) > 3 else 32
+    paths = sys.argv[4].split(",") if len(sys.argv) > 4 else ["mqtt", "graphql"]
+    tmp = Path(tempfile.mkdtemp(prefix="uh-bench-prepaid-"))
+    os.chmod(tmp, 0o755)
+    server = embedded_database_url(tmp / "db")
+    broker = Broker(tmp)
+    url = setup_db(server, tmp)
+    hub, http_port = start_hub(url, broker, tmp / "hub")
+    try:
+        key = run("keys", "create", "--role", "operator", "--database-url", url)
+        def once(path: str, count: int) -> tuple[float, float, float]:
+            if path == "mqtt":
+                return asyncio.run(mqtt_path(broker.port, count, concurrency))
+            if path.startswith("service-"):
+                return asyncio.run(service_path(url, count, concurrency, path.removeprefix("service-")))
+            return asyncio.run(graphql_path(http_port, key, count, concurrency))
+
+        for path in paths:
+            once(path, 500)  # warm-up
+        results: dict[str, list[tuple[float, float, float]]] = {p: [] for p in paths}
+        for _ in range(repeat):
+            for path in paths:
+                results[path].append(once(path, n))
+        print(f"prepaid authorizations: N={n} per run, {repeat} runs, concurrency {concurrency}, medians")
+        for path, runs in results.items():
+            rate, p50, p99 = (statistics.median(r[i] for r in runs) for i in range(3))
+            print(f"  {path:8s} {rate:8.0f} auth/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   "
+                  f"(runs: {', '.join(f'{r[0]:.0f}' for r in runs)})")
+    finally:
+        hub.terminate()
+        hub.wait(30)
+        broker.proc.terminate()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Ledger SQL: lock prepaid accounts, append entries, save block state and emit prepaid events.
+
+Every write path (authorization batches, top-ups, continuous debit, expiry sweep)
+locks the accounts' rows first, in account order (no deadlocks between hub
+processes), decides with ``core.prepaid`` and then appends here; the ledger
+trigger re-checks the overdraft and keeps the balance, so a bug above cannot
+spend money the account does not have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from usagehub.core.prepaid import AccountState, Entry, Notice, notices
+from usagehub.storage.pool import Connection
+
+_STATE_COLUMNS = ("pa.account_id, pa.currency, pa.balance, pa.held, pa.overdraft, pa.low_threshold, pa.arrears, "
+                  "pa.blocked, pa.debit_mode, a.prepaid")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Locked:
+    """An account's state as locked, with how its metered usage is debited."""
+
+    state: AccountState
+    debit_mode: str
+    prepaid: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LedgerRow:
+    """One entry to append, with its references."""
+
+    account_id: str
+    entry: Entry
+    currency: str
+    card_id: str | None = None
+    vendor_id: str | None = None
+    payment_ref: str | None = None
+    reservation_id: str | None = None
+    device_id: str | None = None
+    product: str | None = None
+    quantity: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrepaidEvent:
+    """A stored alert or block/restore event."""
+
+    event_id: int
+    account_id: str
+    kind: str
+    balance: Decimal
+    funds: Decimal
+    currency: str
+    at: datetime
+
+
+def state_of(row: Sequence[Any]) -> Locked:
+    """A :class:`Locked` from a row selected with ``_STATE_COLUMNS``."""
+    account, currency, balance, held, overdraft, low, arrears, blocked, mode, prepaid = row
+    state = AccountState(account_id=account, currency=currency, balance=balance, held=held, overdraft=overdraft,
+                         low_threshold=low, arrears=arrears, blocked=blocked)
+    return Locked(state=state, debit_mode=str(mode), prepaid=bool(prepaid))
+
+
+async def lock_states(conn: Connection, accounts: Iterable[str]) -> dict[str, Locked]:
+    """Lock the prepaid rows of ``accounts`` (in account order) and return their states."""
+    names = sorted(set(accounts))
+    if not names:
+        return {}
+    cur = await conn.execute(
+        f"SELECT {_STATE_COLUMNS} FROM prepaid_accounts pa JOIN accounts a USING (account_id) "
+        "WHERE pa.account_id = ANY(%s) ORDER BY pa.account_id FOR UPDATE OF pa", (names,))
+    return {str(r[0]): state_of(r) for r in _rows(await cur.fetchall())}
+
+
+async def read_state(conn: Connection, account: str) -> Locked | None:
+    """An account's state without locking it."""
+    cur = await conn.execute(
+        f"SELECT {_STATE_COLUMNS} FROM prepaid_accounts pa JOIN accounts a USING (account_id) "
+        "WHERE pa.account_id = %s", (account,))
+    row = await cur.fetchone()
+    return state_of(row) if row else None
+
+
+async def append(conn: Connection, rows: Sequence[LedgerRow]) -> list[int]:
+    """Append entries in order (one statement); the trigger checks and applies each. Returns entry ids."""
+    if not rows:
+        return []
+    columns = [
+        [r.account_id for r in rows], [r.entry.kind.value for r in rows], [r.entry.amount for r in rows],
+        [r.currency for r in rows], [r.vendor_id for r in rows], [r.payment_ref for r in rows],
+        [r.card_id for r in rows], [r.reservation_id for r in rows], [r.device_id for r in rows],
+        [r.product for r in rows], [r.quantity for r in rows],
+    ]
+    cur = await conn.execute(
+        "INSERT INTO ledger_entries (account_id, kind, amount, currency, vendor_id, payment_ref, card_id, "
+        "reservation_id, device_id, product, quantity) "
+        "SELECT a, k, m, c, v, p, cd, r, d, pr, q FROM unnest(%s::text[], %s::text[], %s::numeric[], %s::text[], "
+        "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::numeric[]) "
+        "WITH ORDINALITY AS u(a, k, m, c, v, p, cd, r, d, pr, q, n) ORDER BY n RETURNING entry_id", columns)
+    return [int(r[0]) for r in _rows(await cur.fetchall())]
+
+
+async def settle(conn: Connection, before: dict[str, AccountState],
+                 after: dict[str, AccountState]) -> list[tuple[str, Notice, AccountState]]:
+    """Save arrears and block state of changed accounts and record their alerts/events (NOTIFY at commit)."""
+    changed: list[AccountState] = []
+    events: list[tuple[str, Notice, AccountState]] = []
+    for account, new in after.items():
+        old = before[account]
+        final, found = notices(old, new)
+        if final.arrears != old.arrears or final.blocked != old.blocked:
+            changed.append(final)
+        events += [(account, n, final) for n in found]
+    if changed:
+        await conn.execute(
+            "UPDATE prepaid_accounts pa SET arrears = u.arrears, blocked = u.blocked, "
+            "blocked_at = CASE WHEN u.blocked AND NOT pa.blocked THEN now() WHEN u.blocked THEN pa.blocked_at END "
+            "FROM unnest(%s::text[], %s::numeric[], %s::bool[]) AS u(account_id, arrears, blocked) "
+            "WHERE pa.account_id = u.account_id",
+            ([s.account_id for s in changed], [s.arrears for s in changed], [s.blocked for s in changed]))
+    if events:
+        await conn.execute(
+            "INSERT INTO prepaid_events (account_id, kind, balance, funds, currency) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::numeric[], %s::numeric[], %s::text[])",
+            ([a for a, _, _ in events], [n.value for _, n, _ in events], [s.balance for _, _, s in events],
+             [s.funds for _, _, s in events], [s.currency for _, _, s in events]))
+    return events
+
+
+def with_states(locked: dict[str, Locked]) -> dict[str, AccountState]:
+    """The plain states of locked accounts (a copy to mutate while planning)."""
+    return {k: replace(v.state) for k, v in locked.items()}
+
+
+async def ledger_sum(conn: Connection, account: str) -> Decimal:
+    """The sum of an account's ledger entries (equals its balance; checked by tests and audits)."""
+    cur = await conn.execute("SELECT coalesce(sum(amount), 0) FROM ledger_entries WHERE account_id = %s",
+                             (account,))
+    row = await cur.fetchone()
+    assert row is not None
+    return Decimal(str(row[0]))
+
+
+def _rows(rows: Sequence[Any]) -> list[Any]:
+    """Fetched rows, typed loosely for unpacking (psycopg types them as tuples of object)."""
+    return list(rows)

@@ -1,0 +1,380 @@
+"""One transaction for a batch of authorize/commit/release operations, each decided exactly.
+
+The batch's accounts are locked (in account order) before anything is decided;
+operations are then applied one by one, in arrival order, to the locked states,
+so each decision sees every earlier one — as if each had its own transaction —
+while the whole batch costs a handful of round trips. Expired reservations of
+the locked accounts are released first (lazy expiry).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol
+
+from usagehub.core import prepaid as core
+from usagehub.core.prepaid import (
+    AccountState,
+    AuthRequest,
+    Decision,
+    Denial,
+    Grant,
+    Reason,
+    ReservationState,
+    Settlement,
+)
+from usagehub.errors import DomainError
+from usagehub.storage.ledger import LedgerRow, Locked, append, lock_states, settle, with_states
+from usagehub.storage.pool import Connection
+
+
+class Pricer(Protocol):
+    """Prices usage before it is debited (the rating service implements it)."""
+
+    async def usage_charge(self, conn: Connection, *, account_id: str, product: str, quantity: Decimal,
+                           at: datetime) -> Decimal:
+        """The gross charge of ``quantity`` of ``product`` for the account at ``at`` (exact)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizeOp:
+    """Reserve before use."""
+
+    request: AuthRequest
+
+
+@dataclass(frozen=True, slots=True)
+class CommitOp:
+    """Debit the used units of a reservation and release the rest."""
+
+    reservation_id: str
+    used_units: Decimal
+    device_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseOp:
+    """Give a reservation's hold back unused."""
+
+    reservation_id: str
+    device_id: str | None = None
+
+
+Op = AuthorizeOp | CommitOp | ReleaseOp
+Result = Decision | Settlement
+
+
+@dataclass(slots=True)
+class _Res:
+    reservation_id: str
+    account_id: str
+    device_id: str
+    product: str
+    units: Decimal
+    hold: Decimal
+    state: ReservationState
+    expires_at: datetime
+    used_units: Decimal | None = None
+    charged: Decimal | None = None
+    dirty: bool = False
+
+
+_RES_COLUMNS = ("reservation_id, account_id, device_id, product, units, hold, state, expires_at, used_units, "
+                "charged")
+
+
+def _res(row: Sequence[Any]) -> _Res:
+    rid, account, device, product, units, hold, state, expires, used, charged = row
+    return _Res(reservation_id=rid, account_id=account, device_id=device, product=product, units=units,
+                hold=hold, state=ReservationState(state), expires_at=expires, used_units=used, charged=charged)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What one batch writes, collected while deciding."""
+
+    conn: Connection
+    pricer: Pricer
+    now: datetime
+    ttl: timedelta
+    locked: dict[str, Locked]
+    states: dict[str, AccountState]
+    reservations: dict[str, _Res]
+    ledger: list[LedgerRow] = field(default_factory=list)
+    created: list[tuple[_Res, str | None, str | None]] = field(default_factory=list)
+    attempts: list[tuple[str, str | None, str, str | None]] = field(default_factory=list)
+    repeats: dict[tuple[str, str], Grant] = field(default_factory=dict)
+    prices: dict[tuple[str, str, Decimal], Decimal] = field(default_factory=dict)
+
+    def write(self, account: str, plan: core.Plan, **refs: Any) -> None:
+        currency = self.states[account].currency
+        self.ledger += [LedgerRow(account_id=account, entry=e, currency=currency, **refs) for e in plan.entries]
+        self.states[account] = plan.state
+
+    async def price(self, account: str, product: str, quantity: Decimal) -> Decimal:
+        """The charge of ``quantity`` now (memoised per batch: requests repeat the same quantities)."""
+        if quantity == 0:
+            return Decimal(0)
+        key = (account, product, quantity)
+        charge = self.prices.get(key)
+        if charge is None:
+            try:
+                charge = await self.pricer.usage_charge(self.conn, account_id=account, product=product,
+                                                        quantity=quantity, at=self.now)
+            except DomainError as err:
+                raise NoPrice(f"{err.code}: {err}") from err
+            self.prices[key] = charge
+        return charge
+
+
+class NoPrice(Exception):
+    """Rating cannot price this usage (no plan, no VAT rate...)."""
+
+
+async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: datetime, ttl: timedelta,
+                  expire: frozenset[str] = frozenset()) -> list[Result]:
+    """Decide and write ``ops`` in the caller's transaction; results in the same order.
+
+    ``expire`` names more accounts whose expired reservations are released (the sweep).
+    """
+    requests = [op.request for op in ops if isinstance(op, AuthorizeOp)]
+    wanted = sorted({op.reservation_id for op in ops if not isinstance(op, AuthorizeOp)})
+    devices = await _devices(conn, {r.device_id for r in requests}, now)
+    cards = await _cards(conn, {r.card_id for r in requests if r.card_id})
+    repeats = await _repeats(conn, [(r.device_id, r.request_id) for r in requests if r.request_id])
+    targets = [_target(r, devices, cards) for r in requests]
+    accounts = {t for t in targets if isinstance(t, str)} | await _reservation_accounts(conn, wanted) | expire
+    locked = await lock_states(conn, accounts)
+    batch = _Batch(conn=conn, pricer=pricer, now=now, ttl=ttl, locked=locked, states=with_states(locked),
+                   reservations={}, repeats=repeats)
+    before = dict(batch.states)
+    await _load_reservations(batch, wanted)
+    results: list[Result] = []
+    target_iter = iter(targets)
+    for op in ops:
+        if isinstance(op, AuthorizeOp):
+            results.append(await _authorize(batch, op.request, next(target_iter), cards))
+        elif isinstance(op, CommitOp):
+            results.append(await _commit(batch, op))
+        else:
+            results.append(_release(batch, op))
+    await append(conn, batch.ledger)
+    await _write_reservations(batch)
+    await _write_attempts(conn, batch.attempts)
+    await settle(conn, before, batch.states)
+    return results
+
+
+async def _devices(conn: Connection, ids: set[str], now: datetime) -> dict[str, str | None]:
+    """Known devices and the account each is bound to at ``now`` (None: unbound)."""
+    if not ids:
+        return {}
+    cur = await conn.execute(
+        "SELECT d.device_id, b.account_id FROM devices d LEFT JOIN bindings b ON b.device_id = d.device_id "
+        "AND b.valid @> %s::timestamptz WHERE d.device_id = ANY(%s)", (now, sorted(ids)))
+    return {str(r[0]): r[1] for r in _rows(await cur.fetchall())}
+
+
+async def _cards(conn: Connection, ids: set[str | None]) -> dict[str, tuple[str, bool, str | None]]:
+    if not ids:
+        return {}
+    cur = await conn.execute("SELECT card_id, account_id, blacklisted, reason FROM prepaid_cards "
+                             "WHERE card_id = ANY(%s)", (sorted(i for i in ids if i),))
+    return {str(r[0]): (str(r[1]), bool(r[2]), r[3]) for r in _rows(await cur.fetchall())}
+
+
+async def _repeats(conn: Connection, keys: list[tuple[str, str | None]]) -> dict[tuple[str, str], Grant]:
+    if not keys:
+        return {}
+    cur = await conn.execute(
+        "SELECT r.device_id, r.request_id, r.reservation_id, r.account_id, r.units, r.hold, pa.currency, "
+        "r.expires_at FROM prepaid_reservations r JOIN prepaid_accounts pa USING (account_id) "
+        "WHERE (r.device_id, r.request_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+        ([k[0] for k in keys], [k[1] for k in keys]))
+    return {(r[0], r[1]): Grant(reservation_id=r[2], account_id=r[3], units=r[4], amount=r[5], currency=r[6],
+                                expires_at=r[7]) for r in _rows(await cur.fetchall())}
+
+
+async def _reservation_accounts(conn: Connection, ids: list[str]) -> set[str]:
+    if not ids:
+        return set()
+    cur = await conn.execute("SELECT DISTINCT account_id FROM prepaid_reservations WHERE reservation_id = ANY(%s)",
+                             (ids,))
+    return {str(r[0]) for r in _rows(await cur.fetchall())}
+
+
+async def _load_reservations(batch: _Batch, wanted: list[str]) -> None:
+    """Read the wanted reservations and release the expired ones of the locked accounts (under the lock)."""
+    if not batch.locked:
+        return
+    cur = await batch.conn.execute(
+        f"SELECT {_RES_COLUMNS} FROM prepaid_reservations WHERE reservation_id = ANY(%s) "
+        "OR (account_id = ANY(%s) AND state = 'open' AND expires_at <= %s)",
+        (wanted, sorted(batch.locked), batch.now))
+    for row in await cur.fetchall():
+        res = _res(row)
+        batch.reservations[res.reservation_id] = res
+        if res.state is ReservationState.OPEN and core.expired(res.expires_at, batch.now):
+            _expire(batch, res)
+
+
+def _expire(batch: _Batch, res: _Res) -> None:
+    batch.write(res.account_id, core.plan_release(batch.states[res.account_id], res.hold),
+                reservation_id=res.reservation_id, device_id=res.device_id)
+    res.state, res.dirty = ReservationState.EXPIRED, True
+
+
+def _target(r: AuthRequest, devices: dict[str, str | None],
+            cards: dict[str, tuple[str, bool, str | None]]) -> str | Denial:
+    """The account to charge, or why not (checks that need no lock)."""
+    problem = core.request_problem(r)
+    if problem:
+        return Denial(reason=Reason.BAD_REQUEST, detail=problem)
+    if r.device_id not in devices:
+        return Denial(reason=Reason.UNKNOWN_DEVICE, detail=f"device {r.device_id!r} is not registered")
+    if r.card_id:
+        card = cards.get(r.card_id)
+        if card is None:
+            return Denial(reason=Reason.UNKNOWN_CARD, detail=f"card {r.card_id!r} is not registered")
+        if r.account_id and r.account_id != card[0]:
+            return Denial(reason=Reason.BAD_REQUEST, detail="the card belongs to another account")
+        return card[0]
+    bound = devices[r.device_id]
+    if bound is None or (r.account_id and r.account_id != bound):
+        return Denial(reason=Reason.DEVICE_NOT_BOUND,
+                      detail=f"device {r.device_id!r} is not bound to {r.account_id or 'an account'} now")
+    return bound
+
+
+async def _authorize(batch: _Batch, r: AuthRequest, target: str | Denial,
+                     cards: dict[str, tuple[str, bool, str | None]]) -> Decision:
+    if r.request_id and (r.device_id, r.request_id) in batch.repeats:
+        return batch.repeats[(r.device_id, r.request_id)]
+    if r.card_id and r.card_id in cards and cards[r.card_id][1]:
+        batch.attempts.append((r.card_id, cards[r.card_id][0], Reason.CARD_BLACKLISTED.value, r.device_id))
+        return Denial(reason=Reason.CARD_BLACKLISTED, detail=cards[r.card_id][2] or "card is blacklisted")
+    if isinstance(target, Denial):
+        if target.reason is Reason.UNKNOWN_CARD and r.card_id:
+            batch.attempts.append((r.card_id, None, target.reason.value, r.device_id))
+        return target
+    locked = batch.locked.get(target)
+    if locked is None or not locked.prepaid:
+        return Denial(reason=Reason.NOT_PREPAID, detail=f"account {target!r} is not a prepaid account")
+    state = batch.states[target]
+    try:
+        if r.units is not None:
+            units, cost = r.units, await batch.price(target, r.product, r.units)
+        else:
+            assert r.amount is not None
+            cost = r.amount
+            units = core.units_for_amount(cost, await batch.price(target, r.product, Decimal(1)))
+    except NoPrice as err:
+        return Denial(reason=Reason.NO_PRICE, detail=str(err))
+    reason = core.refusal(state, cost)
+    if reason is not None:
+        return Denial(reason=reason, detail=f"needs {cost} {state.currency}, may spend {state.headroom}")
+    res = _Res(reservation_id=uuid.uuid4().hex, account_id=target, device_id=r.device_id, product=r.product,
+               units=units, hold=cost, state=ReservationState.OPEN, expires_at=batch.now + batch.ttl)
+    batch.write(target, core.plan_hold(state, cost), reservation_id=res.reservation_id, device_id=r.device_id,
+                card_id=r.card_id, product=r.product, quantity=units)
+    batch.reservations[res.reservation_id] = res
+    batch.created.append((res, r.card_id, r.request_id))
+    grant = Grant(reservation_id=res.reservation_id, account_id=target, units=units, amount=cost,
+                  currency=state.currency, expires_at=res.expires_at)
+    if r.request_id:
+        batch.repeats[(r.device_id, r.request_id)] = grant
+    return grant
+
+
+def _settlement(batch: _Batch, res: _Res) -> Settlement:
+    released = res.hold - (res.charged or 0) if res.state is ReservationState.COMMITTED else res.hold
+    return Settlement(reservation_id=res.reservation_id, state=res.state, used_units=res.used_units or Decimal(0),
+                      charged=res.charged or Decimal(0), released=max(released, Decimal(0)),
+                      currency=batch.states[res.account_id].currency)
+
+
+def _find(batch: _Batch, rid: str, device: str | None) -> _Res | Settlement:
+    res = batch.reservations.get(rid)
+    if res is None or res.account_id not in batch.states or (device is not None and device != res.device_id):
+        return Settlement(reservation_id=rid, state=None, reason=Reason.UNKNOWN_RESERVATION)
+    if res.state is ReservationState.OPEN and core.expired(res.expires_at, batch.now):
+        _expire(batch, res)
+    return res
+
+
+async def _commit(batch: _Batch, op: CommitOp) -> Settlement:
+    found = _find(batch, op.reservation_id, op.device_id)
+    if isinstance(found, Settlement):
+        return found
+    res = found
+    if res.state in (ReservationState.OPEN, ReservationState.EXPIRED) and op.used_units >= 0:
+        try:
+            charge = await batch.price(res.account_id, res.product, op.used_units)
+        except NoPrice:  # the plan went away since the grant: charge at the granted rate
+            charge = res.hold * op.used_units / res.units if res.units else res.hold
+        state = batch.states[res.account_id]
+        hold = res.hold if res.state is ReservationState.OPEN else Decimal(0)  # an expired hold is back already
+        batch.write(res.account_id, core.plan_commit(state, hold, charge), reservation_id=res.reservation_id,
+                    device_id=res.device_id, product=res.product, quantity=op.used_units)
+        res.state, res.used_units, res.charged, res.dirty = ReservationState.COMMITTED, op.used_units, charge, True
+    elif op.used_units < 0:
+        return Settlement(reservation_id=res.reservation_id, state=res.state, reason=Reason.BAD_REQUEST)
+    return _settlement(batch, res)
+
+
+def _release(batch: _Batch, op: ReleaseOp) -> Settlement:
+    found = _find(batch, op.reservation_id, op.device_id)
+    if isinstance(found, Settlement):
+        return found
+    res = found
+    if res.state is ReservationState.OPEN:
+        batch.write(res.account_id, core.plan_release(batch.states[res.account_id], res.hold),
+                    reservation_id=res.reservation_id, device_id=res.device_id)
+        res.state, res.dirty = ReservationState.RELEASED, True
+    return _settlement(batch, res)
+
+
+async def _write_reservations(batch: _Batch) -> None:
+    created = {r.reservation_id for r, _, _ in batch.created}
+    if batch.created:
+        rows = [(r, card, req) for r, card, req in batch.created]
+        await batch.conn.execute(
+            "INSERT INTO prepaid_reservations (reservation_id, account_id, device_id, card_id, request_id, product, "
+            "units, hold, state, created_at, expires_at, closed_at, used_units, charged) "
+            "SELECT i, a, d, c, q, p, u, h, s, %s, e, CASE WHEN s = 'open' THEN NULL ELSE %s END, uu, ch "
+            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::numeric[], "
+            "%s::numeric[], %s::text[], %s::timestamptz[], %s::numeric[], %s::numeric[]) "
+            "AS x(i, a, d, c, q, p, u, h, s, e, uu, ch)",
+            (batch.now, batch.now, [r.reservation_id for r, _, _ in rows], [r.account_id for r, _, _ in rows],
+             [r.device_id for r, _, _ in rows], [c for _, c, _ in rows], [q for _, _, q in rows],
+             [r.product for r, _, _ in rows], [r.units for r, _, _ in rows], [r.hold for r, _, _ in rows],
+             [r.state.value for r, _, _ in rows], [r.expires_at for r, _, _ in rows],
+             [r.used_units for r, _, _ in rows], [r.charged for r, _, _ in rows]))
+    changed = [r for r in batch.reservations.values() if r.dirty and r.reservation_id not in created]
+    if changed:
+        await batch.conn.execute(
+            "UPDATE prepaid_reservations r SET state = x.s, closed_at = %s, used_units = x.u, charged = x.c "
+            "FROM unnest(%s::text[], %s::text[], %s::numeric[], %s::numeric[]) AS x(i, s, u, c) "
+            "WHERE r.reservation_id = x.i",
+            (batch.now, [r.reservation_id for r in changed], [r.state.value for r in changed],
+             [r.used_units for r in changed], [r.charged for r in changed]))
+
+
+async def _write_attempts(conn: Connection, attempts: list[tuple[str, str | None, str, str | None]]) -> None:
+    if attempts:
+        await conn.execute(
+            "INSERT INTO prepaid_card_attempts (card_id, account_id, operation, reason, device_id) "
+            "SELECT c, a, 'authorize', r, d FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
+            "AS x(c, a, r, d)",
+            ([a[0] for a in attempts], [a[1] for a in attempts], [a[2] for a in attempts],
+             [a[3] for a in attempts]))
+
+
+def _rows(rows: Sequence[Any]) -> list[Any]:
+    """Fetched rows, typed loosely for unpacking (psycopg types them as tuples of object)."""
+    return list(rows)
