@@ -12,7 +12,7 @@ from strawberry.types import Info
 
 from usagehub.core.prepaid import AccountState, AuthRequest, Decision, Grant, Settlement
 from usagehub.errors import DomainError
-from usagehub.graphql.auth import READ_ALL, api_error, domain_errors, require
+from usagehub.graphql.auth import api_error, domain_errors, require, require_personal
 from usagehub.graphql.pagination import Connection, connection, decode_cursor, page_size
 
 PAY = ("admin", "billing")                    # top-ups, cards, configuration
@@ -190,7 +190,7 @@ class PrepaidQuery:
 
     @strawberry.field(description="An account's prepaid balance (null when the account is not prepaid).")
     async def prepaid_account(self, info: Info, account_id: str) -> PrepaidAccount | None:
-        tenant = require(info, *READ_ALL)
+        tenant = await require_personal(info)
         await _own(info, tenant, "accounts", "account_id", account_id)
         state = await _svc(info).account(account_id)
         return PrepaidAccount.of(state) if state else None
@@ -205,7 +205,7 @@ class PrepaidQuery:
 
     @strawberry.field(description="Alerts and block/restore events of an account, newest first.")
     async def prepaid_events(self, info: Info, account_id: str, first: int = 50) -> list[PrepaidEvent]:
-        tenant = require(info, *READ_ALL)
+        tenant = await require_personal(info)
         await _own(info, tenant, "accounts", "account_id", account_id)
         rows = await _svc(info).rows(
             "SELECT event_id, account_id, kind, balance, funds, currency, at FROM prepaid_events "
@@ -290,7 +290,7 @@ class PrepaidSubscription:
 
     @strawberry.subscription(description="Low-balance alerts, blocks and restores (of one account, or all).")
     async def prepaid_events(self, info: Info, account_id: str | None = None) -> AsyncGenerator[PrepaidEvent, None]:
-        tenant = require(info, *READ_ALL) if account_id else require(info, "admin")  # all accounts: admins only
+        tenant = await require_personal(info) if account_id else require(info, "admin")  # all accounts: admins only
         await _own(info, tenant, "accounts", "account_id", account_id)
         hub = info.context.services.extra.get("prepaid_events")
         if hub is None:
