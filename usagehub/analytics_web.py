@@ -34,9 +34,7 @@ def analytics_routes(service: AnalyticsService, keys: ApiKeys,
     """Routes: /analytics (page), /analytics/api/{fleet,profile}, /analytics/export/{features,series}.{csv,parquet}."""
 
     async def caller(request: Request) -> tuple[Principal, bool]:
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        principal = await keys.verify(token) if token else None
+        principal = await keys.from_header(request.headers.get("authorization", ""))
         if principal is None:
             raise _Refused(401, "missing or invalid API key: send Authorization: Bearer <key>")
         if principal.role not in ROLES:

@@ -11,6 +11,7 @@ settled, or another tenant's data, 400 for a malformed period.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,6 +20,8 @@ from starlette.routing import BaseRoute, Route
 from usagehub.errors import DomainError
 from usagehub.storage.keys import ApiKeys, Principal
 from usagehub.storage.rating import FORMATS, RatingService
+
+Fetch = Callable[..., Awaitable[str | None]]  # (id, period, format, tenant=) -> document, None: not settled
 
 EXPORT_ROLES = ("admin", "billing")
 _PERIOD = re.compile(r"^\d{4}-\d{2}$")
@@ -31,9 +34,7 @@ def _problem(status: int, code: str, message: str) -> JSONResponse:
 
 
 async def _principal(request: Request, keys: ApiKeys) -> Principal | Response:
-    header = request.headers.get("authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-    principal = await keys.verify(token) if token else None
+    principal = await keys.from_header(request.headers.get("authorization", ""))
     if principal is None:
         return _problem(401, "UNAUTHENTICATED", "missing or invalid API key: send Authorization: Bearer <key>")
     if principal.role not in EXPORT_ROLES:
@@ -60,36 +61,28 @@ def _file(body: str, fmt: str, name: str) -> Response:
 def export_routes(rating: RatingService, keys: ApiKeys) -> list[BaseRoute]:
     """The export routes, to pass as ``extra_routes`` to ``web.create_app``."""
 
-    async def invoice(request: Request) -> Response:
+    async def serve(request: Request, kind: str, fetch: Fetch) -> Response:
         who = await _principal(request, keys)
         if isinstance(who, Response):
             return who
         target = _target(request)
         if isinstance(target, Response):
             return target
-        account, period, fmt = target
+        ident, period, fmt = target
         try:
-            body = await rating.invoice_export(account, period, fmt, tenant=who.tenant)
-        except DomainError as err:
-            return _domain(err)
-        return _file(body, fmt, f"invoice-{account}-{period}")
-
-    async def statement(request: Request) -> Response:
-        who = await _principal(request, keys)
-        if isinstance(who, Response):
-            return who
-        target = _target(request)
-        if isinstance(target, Response):
-            return target
-        vendor, period, fmt = target
-        try:
-            body = await rating.statement_export(vendor, period, fmt, tenant=who.tenant)
+            body = await fetch(ident, period, fmt, tenant=who.tenant)
         except DomainError as err:
             return _domain(err)
         if body is None:
-            return _problem(404, "NOT_SETTLED", f"vendor {vendor!r} has no settlement for {period}: "
+            return _problem(404, "NOT_SETTLED", f"vendor {ident!r} has no settlement for {period}: "
                             "run runSettlement first")
-        return _file(body, fmt, f"settlement-{vendor}-{period}")
+        return _file(body, fmt, f"{kind}-{ident}-{period}")
+
+    async def invoice(request: Request) -> Response:
+        return await serve(request, "invoice", rating.invoice_export)
+
+    async def statement(request: Request) -> Response:
+        return await serve(request, "settlement", rating.statement_export)
 
     return [Route("/exports/invoices/{ident}/{file}", invoice, methods=["GET"]),
             Route("/exports/settlements/{ident}/{file}", statement, methods=["GET"])]

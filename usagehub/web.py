@@ -28,9 +28,7 @@ class AuthenticatedGraphQL(GraphQL[Context, None]):
         self.services, self.keys = services, keys
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        principal = await self.keys.verify(token) if token else None
+        principal = await self.keys.from_header(request.headers.get("authorization", ""))
         if principal is None:
             raise HTTPException(401, "missing or invalid API key: send Authorization: Bearer <key>")
         return Context(services=self.services, principal=principal, request=request, response=response)

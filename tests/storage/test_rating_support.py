@@ -6,7 +6,6 @@ Usage is driven through the real Pipeline with the shipped ``acme-em340`` profil
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,6 +13,7 @@ from decimal import Decimal
 import orjson
 from psycopg_pool import AsyncConnectionPool
 
+from tests.storage.test_sessions_billing import feed
 from usagehub.config import SHIPPED_PROFILES
 from usagehub.core.calendars import BillingPeriod
 from usagehub.core.decode import ProfileSet
@@ -49,19 +49,6 @@ def reading(device: str, seq: int, ts: datetime, wh: int) -> RawMessage:
     body = {"seq": seq, "ts": ts.isoformat(), "energy_wh": wh, "boot": 1}
     return RawMessage(transport="mqtt", topic=f"meters/{device}/reading", payload=orjson.dumps(body),
                       received_at=NOW)
-
-
-async def feed(pipeline: Pipeline, messages: list[RawMessage]) -> None:
-    """Submit messages and wait until each is committed."""
-    task = asyncio.create_task(pipeline.run())
-    try:
-        futures = [await pipeline.submit(m) for m in messages]
-        for f in futures:
-            await f
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await pipeline.drain()
 
 
 async def feed_readings(pipeline: Pipeline, device: str, readings: list[Reading], *, first_seq: int = 0) -> None:

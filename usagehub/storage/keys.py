@@ -65,6 +65,11 @@ class ApiKeys:
         self._cache[token] = principal
         return principal
 
+    async def from_header(self, authorization: str) -> Principal | None:
+        """The principal of an ``Authorization: Bearer <key>`` header value; None if absent or invalid."""
+        token = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+        return await self.verify(token) if token else None
+
     async def revoke(self, key_id: str) -> bool:
         """Revoke a key; True when it existed."""
         async with mapped_errors(), self.pool.connection() as conn:
