@@ -16,8 +16,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from usagehub.analytics.service import AnalyticsService
 from usagehub.core.analytics.buckets import Bucket
-from usagehub.storage.analytics import AnalyticsService
 from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool

@@ -174,9 +174,9 @@ async def service_path(url: str, n: int, concurrency: int, pricer: str) -> tuple
     from decimal import Decimal
 
     from usagehub.core.prepaid import AuthRequest, Grant
+    from usagehub.prepaid.service import FlatPricer, PrepaidService
+    from usagehub.rating.service import RatingService
     from usagehub.storage.pool import open_pool
-    from usagehub.storage.prepaid import FlatPricer, PrepaidService
-    from usagehub.storage.rating import RatingService
 
     pool = await open_pool(url, max_size=4)
     service = PrepaidService(pool, RatingService(pool) if pricer == "rating" else FlatPricer(

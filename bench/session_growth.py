@@ -20,10 +20,10 @@ from pathlib import Path
 
 import orjson
 
-from usagehub.app import build_pipeline
-from usagehub.config import SHIPPED_PROFILES, HubConfig
 from usagehub.core.events import RawMessage
-from usagehub.profile_files import load_profiles
+from usagehub.runtime.config import SHIPPED_PROFILES, HubConfig
+from usagehub.runtime.hub import build_pipeline
+from usagehub.runtime.profile_files import load_profiles
 from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from usagehub.config import load_config
 from usagehub.errors import ConfigError
+from usagehub.runtime.config import load_config
 
 
 def test_precedence(tmp_path: Path) -> None:

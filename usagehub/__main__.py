@@ -1,5 +1,5 @@
 """``python -m usagehub``."""
 
-from usagehub.cli import main
+from usagehub.runtime.cli.main import main
 
 main()

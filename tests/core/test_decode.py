@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usagehub.config import SHIPPED_PROFILES
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import MeterKind, RawMessage, content_event_id
 from usagehub.core.paths import MISSING, PathSyntaxError, compile_path
 from usagehub.errors import DecodeError
-from usagehub.profile_files import load_profiles
+from usagehub.runtime.config import SHIPPED_PROFILES
+from usagehub.runtime.profile_files import load_profiles
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 PROFILES = ProfileSet(load_profiles(SHIPPED_PROFILES))

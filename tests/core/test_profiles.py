@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from usagehub.config import SHIPPED_PROFILES
 from usagehub.core.profiles import parse_profile
 from usagehub.errors import ConfigError
-from usagehub.profile_files import check_profiles
+from usagehub.runtime.config import SHIPPED_PROFILES
+from usagehub.runtime.profile_files import check_profiles
 
 GOOD = """\
 id: acme

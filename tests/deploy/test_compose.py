@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from usagehub.config import ENV_PREFIX, HubConfig, load_config
+from usagehub.runtime.config import ENV_PREFIX, HubConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -27,9 +27,9 @@ from tests.peers import free_port, require_binary
 from usagehub.adapters.base import AdapterSettings
 from usagehub.adapters.coap import FACTORY, CoapConfig
 from usagehub.adapters.coap.adapter import CoapAdapter
-from usagehub.config import SHIPPED_PROFILES
-from usagehub.profile_files import load_profiles
-from usagehub.storage.prepaid import FlatPricer, PrepaidService
+from usagehub.prepaid.service import FlatPricer, PrepaidService
+from usagehub.runtime.config import SHIPPED_PROFILES
+from usagehub.runtime.profile_files import load_profiles
 from usagehub.storage.registry import DeviceDirectorySql, Registry
 
 pytestmark = [pytest.mark.integration]

@@ -14,8 +14,8 @@ import pytest
 
 from tests.conftest import Mosquitto
 from tests.integration.hubproc import HubProcess, usagehub
+from usagehub.rating.service import RatingService
 from usagehub.storage.pool import open_pool
-from usagehub.storage.rating import RatingService
 
 pytestmark = [pytest.mark.integration]
 

@@ -9,9 +9,9 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from tests.storage.analytics_data import Row, add_accounts, copy_points
+from usagehub.analytics.service import AnalyticsService
 from usagehub.core.analytics.rules import RuleError
 from usagehub.errors import DomainError
-from usagehub.storage.analytics import AnalyticsService
 from usagehub.storage.keys import ApiKeys
 
 AS_OF = date(2026, 10, 31)

@@ -11,14 +11,14 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from usagehub.adapters.base import Outcome
-from usagehub.config import SHIPPED_PROFILES
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
-from usagehub.ingest import Pipeline, PipelineSettings
-from usagehub.profile_files import load_profiles
+from usagehub.pipeline.pipeline import Pipeline, PipelineSettings
+from usagehub.pipeline.usage import UsageWriter
+from usagehub.runtime.config import SHIPPED_PROFILES
+from usagehub.runtime.profile_files import load_profiles
 from usagehub.storage.queries import Reads
 from usagehub.storage.registry import KnownDevices, Registry
-from usagehub.storage.usage import UsageWriter
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 NOW = datetime(2026, 11, 1, tzinfo=UTC)

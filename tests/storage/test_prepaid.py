@@ -13,8 +13,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from usagehub.core.prepaid import AuthRequest, Denial, Grant, Reason, ReservationState
 from usagehub.errors import DomainError
+from usagehub.prepaid.service import FlatPricer, PrepaidService
 from usagehub.storage.ledger import ledger_sum
-from usagehub.storage.prepaid import FlatPricer, PrepaidService
 from usagehub.storage.registry import Registry
 
 T0 = datetime(2026, 11, 21, 12, tzinfo=UTC)
@@ -212,8 +212,8 @@ async def test_two_services_never_overspend(pool: AsyncConnectionPool, database_
 async def test_metered_usage_is_debited_blocks_and_top_up_restores(pool: AsyncConnectionPool) -> None:
     """The pipeline hook after the SessionEngine debits prepaid usage in the batch transaction."""
     from tests.storage.test_sessions_billing import feed, reading, wired
-    from usagehub.storage.prepaid_debit import PrepaidDebit
-    from usagehub.storage.prepaid_events import PrepaidEventHub
+    from usagehub.pipeline.prepaid_debit import PrepaidDebit
+    from usagehub.prepaid.events import PrepaidEventHub
 
     await setup_accounts(pool)
     pipeline, billing = wired(pool)

@@ -9,18 +9,18 @@ from typing import Any
 import httpx
 import pytest
 from psycopg_pool import AsyncConnectionPool
+from usagehub.web.app import create_app
+from usagehub.web.exports import export_routes
 
 from tests.storage.test_rating_settlement import READINGS, VENDORS
 from tests.storage.test_rating_support import GRADUATED_DE, account_with_meter, feed_readings, wired
+from usagehub.analytics.service import AnalyticsService
 from usagehub.core.invoice import invoice_to_json
-from usagehub.exports import export_routes
 from usagehub.graphql.context import Services
-from usagehub.storage.analytics import AnalyticsService
+from usagehub.rating.service import RatingService
 from usagehub.storage.keys import ApiKeys
 from usagehub.storage.queries import Reads
-from usagehub.storage.rating import RatingService
 from usagehub.storage.registry import Registry
-from usagehub.web import create_app
 
 
 class Api:

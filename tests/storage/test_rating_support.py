@@ -14,18 +14,18 @@ import orjson
 from psycopg_pool import AsyncConnectionPool
 
 from tests.storage.test_sessions_billing import feed
-from usagehub.config import SHIPPED_PROFILES
+from usagehub.billing.service import BillingService
 from usagehub.core.calendars import BillingPeriod
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
 from usagehub.core.rating import UsageItem
-from usagehub.ingest import Pipeline, PipelineSettings
-from usagehub.profile_files import load_profiles
-from usagehub.storage.billing_service import BillingService
-from usagehub.storage.rating import RatingService
+from usagehub.pipeline.pipeline import Pipeline, PipelineSettings
+from usagehub.pipeline.sessions import SessionEngine
+from usagehub.pipeline.usage import UsageWriter
+from usagehub.rating.service import RatingService
+from usagehub.runtime.config import SHIPPED_PROFILES
+from usagehub.runtime.profile_files import load_profiles
 from usagehub.storage.registry import KnownDevices, Registry
-from usagehub.storage.sessions import SessionEngine
-from usagehub.storage.usage import UsageWriter
 
 NOW = datetime(2026, 11, 21, 12, tzinfo=UTC)
 BOUND_FROM = datetime(2026, 8, 1, tzinfo=UTC)

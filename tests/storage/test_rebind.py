@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
 from tests.storage.test_sessions_billing import NOW, feed, reading, records, wired
+from usagehub.billing.service import BillingService
 from usagehub.core.allocation import MeterInfo, allocate_entry
 from usagehub.core.binding import Binding, BindingIndex
 from usagehub.core.counters import EntryKind, UsageEntry
 from usagehub.core.events import Aggregation
-from usagehub.storage.billing_service import BillingService
-from usagehub.storage.rebind import moved_by, reallocate, rebind, sweep_expired
+from usagehub.pipeline.rebind import moved_by, reallocate, rebind, sweep_expired
 from usagehub.storage.registry import Registry
 from usagehub.storage.sessions import origin_of
 

@@ -11,16 +11,16 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from usagehub.config import SHIPPED_PROFILES
+from usagehub.billing.service import BillingService
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
 from usagehub.errors import DomainError
-from usagehub.ingest import Pipeline, PipelineSettings
-from usagehub.profile_files import load_profiles
-from usagehub.storage.billing_service import BillingService
+from usagehub.pipeline.pipeline import Pipeline, PipelineSettings
+from usagehub.pipeline.sessions import SessionEngine
+from usagehub.pipeline.usage import UsageWriter
+from usagehub.runtime.config import SHIPPED_PROFILES
+from usagehub.runtime.profile_files import load_profiles
 from usagehub.storage.registry import KnownDevices, Registry
-from usagehub.storage.sessions import SessionEngine
-from usagehub.storage.usage import UsageWriter
 
 NOW = datetime(2026, 11, 21, 12, tzinfo=UTC)
 OCT = datetime(2026, 10, 1, tzinfo=UTC)

@@ -10,10 +10,10 @@ from typing import Any
 import strawberry
 from strawberry.types import Info
 
+from usagehub.analytics.service import AnalyticsService, Member, Segment
 from usagehub.core.analytics.buckets import Bucket
 from usagehub.graphql.auth import api_error, domain_errors, require
 from usagehub.graphql.pagination import Connection, connection, decode_cursor, page_size
-from usagehub.storage.analytics import AnalyticsService, Member, Segment
 from usagehub.storage.rollups import Scope
 
 ANALYTICS_READ = ("admin", "analytics")

@@ -8,12 +8,12 @@ from decimal import Decimal
 import strawberry
 from strawberry.types import Info
 
+from usagehub.billing.service import BillingService, MeterView
 from usagehub.core.billing import BillingRecord as CoreRecord
 from usagehub.core.sessions import Session
 from usagehub.graphql import types as t
 from usagehub.graphql.auth import BILLING_WRITE, api_error, domain_errors, require, require_personal
 from usagehub.graphql.pagination import Connection, connection, decode_cursor, page_size
-from usagehub.storage.billing_service import BillingService, MeterView
 
 BILLING_READ = ("admin", "operator", "billing")
 CORRECTION_WRITE = ("admin", "operator", "billing")

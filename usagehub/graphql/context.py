@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from usagehub.storage.billing_service import BillingService
+from usagehub.billing.service import BillingService
 from usagehub.storage.keys import Principal
 from usagehub.storage.queries import Reads
 from usagehub.storage.registry import Registry

@@ -21,7 +21,7 @@ from usagehub.errors import ConfigError
 from usagehub.graphql import rating_types as rt
 from usagehub.graphql.auth import BILLING_WRITE, READ_ALL, api_error, domain_errors, require, require_personal
 from usagehub.graphql.pagination import Connection, connection, decode_cursor, page_size
-from usagehub.storage.rating import RatingService
+from usagehub.rating.service import RatingService
 
 INVOICE_READ = ("admin", "billing", "analytics")
 

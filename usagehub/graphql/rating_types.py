@@ -21,7 +21,7 @@ from usagehub.core.vat import VatTable
 from usagehub.graphql import billing as b
 from usagehub.graphql.auth import api_error, require
 from usagehub.graphql.pagination import Connection, connection, decode_cursor, page_size
-from usagehub.storage import rating as service
+from usagehub.rating import service
 from usagehub.storage.rating_catalog import PlanChange as CorePlanChange
 from usagehub.storage.rating_catalog import StoredPlan
 from usagehub.storage.rating_settlement import SettlementRun as CoreRun

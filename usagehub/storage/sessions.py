@@ -1,19 +1,10 @@
-"""Sessions in storage: allocate a batch's entries and events to accounts, recompute the touched sessions.
-
-Runs inside the batch transaction, after the UsageWriter hook: its entries and
-the batch's gauge/state events become account-bound points (binding as of event
-time, periods in the account's zone), and each touched (account, service) is
-re-sessionized from the last stored session that starts before the new points
-(``core.sessions.resume_for``). The (account, period) pairs whose sessions
-changed are then reconciled into billing records (``storage.billing``).
-"""
+"""Sessions and session points in SQL: locks, bindings, points, sessions; the stage is ``pipeline.sessions``."""
 
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,23 +12,17 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from usagehub.core.aggregation import Partial
-from usagehub.core.allocation import MeterInfo, Point, PointKind, allocate_entry, event_point
+from usagehub.core.allocation import Point, PointKind
 from usagehub.core.binding import Binding, BindingIndex
 from usagehub.core.counters import UsageEntry
-from usagehub.core.decode import ProfileSet
-from usagehub.core.events import Aggregation, MeterKind, UsageEvent
+from usagehub.core.events import Aggregation
 from usagehub.core.periods import Period
 from usagehub.core.sessions import (
     Carry,
     CloseReason,
     Resume,
     Session,
-    SessionRules,
     SortKey,
-    continue_open,
-    resume_for,
-    sessionize,
-    sort_key,
 )
 from usagehub.storage.pool import Connection
 
@@ -182,132 +167,6 @@ def point_of(row: Sequence[Any]) -> Point:
                  label=label, tie=tie)
 
 
-# --- the engine -------------------------------------------------------------------------------------
-
-class SessionEngine:
-    """Allocates usage to accounts and keeps sessions and billing records up to date, per batch."""
-
-    def __init__(self, profiles: ProfileSet, *, entries: Callable[[], Sequence[tuple[UsageEntry, UsageEvent]]]
-                 | None = None, clock: Clock | None = None) -> None:
-        """``entries`` gives the entries the previous hook (UsageWriter) wrote for the batch."""
-        from usagehub.storage.billing import RecordBook  # billing imports this module's helpers
-
-        self.profiles = profiles
-        self.entries = entries or (lambda: [])
-        self.clock: Clock = clock or (lambda: datetime.now(UTC))
-        self.idle: dict[str, timedelta] = {}
-        units: dict[str, str] = {}
-        for compiled in profiles.compiled:
-            p = compiled.profile
-            timeout = timedelta(seconds=p.idle_timeout_s)
-            self.idle[p.service] = max(self.idle.get(p.service, timeout), timeout)  # one rule per service
-            for name, spec in p.meters.items():
-                units.setdefault(spec.product or name, spec.unit)
-        self.book = RecordBook(units, self.clock)
-        # Account-bound points stored by the last absorb (later hooks: prepaid debit); reset every batch.
-        self.last_points: list[Point] = []
-
-    def info(self, profile_id: str, meter: str) -> MeterInfo | None:
-        """What allocation needs to know about a profile's meter (None if the profile has no such meter)."""
-        compiled = self.profiles.by_id.get(profile_id)
-        spec = compiled.profile.meters.get(meter) if compiled else None
-        if compiled is None or spec is None:
-            return None
-        return MeterInfo.of(meter, spec, compiled.profile.service)
-
-    async def apply(self, conn: Connection, events: Sequence[UsageEvent]) -> None:
-        """Batch hook: the UsageWriter's entries and the gauge/state events of the batch."""
-        entries = [(entry, info) for entry, event in self.entries()
-                   if (info := self.info(event.profile_id, event.meter)) is not None]
-        instants = [(event, info) for event in events if event.kind in (MeterKind.GAUGE, MeterKind.STATE)
-                    and (info := self.info(event.profile_id, event.meter)) is not None]
-        await self.absorb(conn, entries, instants)
-
-    async def absorb(self, conn: Connection, entries: Sequence[tuple[UsageEntry, MeterInfo]],
-                     instants: Sequence[tuple[UsageEvent, MeterInfo]]) -> None:
-        """Allocate and store the points (unbound ones too), recompute touched sessions and their records."""
-        self.last_points = []
-        if not entries and not instants:
-            return
-        devices = {e.device_id for e, _ in entries} | {e.device_id for e, _ in instants}
-        await lock_devices(conn, devices)  # a binding change re-allocating these devices waits, or we wait
-        bindings, zones = await self.bindings_for(conn, devices)
-
-        def zone_of(account: str | None) -> ZoneInfo:
-            return zones.get(account, _UTC) if account else _UTC
-
-        stored: list[tuple[Point, Origin | None]] = []
-        for entry, info in entries:
-            origin = origin_of(entry)
-            stored.extend((p, origin) for p in allocate_entry(entry, info, bindings, zone_of))
-        for event, info in instants:
-            stored.append((event_point(event, info, bindings, state=event.kind is MeterKind.STATE), None))
-        bound = [p for p, _ in stored if p.account_id is not None]
-        if bound:
-            await lock_accounts(conn, {p.account_id for p in bound if p.account_id})
-        # Unbound pieces are kept too: a binding registered later re-allocates them (storage.rebind).
-        await copy_points(conn, stored)
-        self.last_points = bound
-        await self.recompute(conn, bound, zones)
-
-    async def recompute(self, conn: Connection, points: Sequence[Point], zones: dict[str, ZoneInfo]) -> None:
-        """Re-sessionize every (account, service) of ``points`` from its earliest point; reconcile records."""
-        groups: defaultdict[tuple[str, str], list[Point]] = defaultdict(list)
-        for p in points:
-            if p.account_id is not None:
-                groups[(p.account_id, p.service)].append(p)
-        touched: set[Pair] = set()
-        now = self.clock()
-        for (account, service), group in sorted(groups.items()):
-            earliest = min(sort_key(p) for p in group)
-            touched |= await self.resessionize(conn, account, service, earliest, zones[account], now)
-        await self.book.reconcile(conn, touched, zones)
-
-    async def bindings_for(self, conn: Connection, devices: set[str]) -> tuple[BindingIndex, dict[str, ZoneInfo]]:
-        cur = await conn.execute(
-            "SELECT b.device_id, b.account_id, lower(b.valid), upper(b.valid), a.timezone FROM bindings b "
-            "JOIN accounts a USING (account_id) WHERE b.device_id = ANY(%s)", (sorted(devices),))
-        rows = await cur.fetchall()
-        index = BindingIndex(Binding(device_id=str(r[0]), account_id=str(r[1]), valid_from=utc(r[2]),
-                                     valid_to=None if r[3] is None else utc(r[3])) for r in rows)
-        return index, {str(r[1]): ZoneInfo(str(r[4])) for r in rows}
-
-    @staticmethod
-    async def _points(conn: Connection, account: str, service: str, since: datetime) -> list[Point]:
-        cur = await conn.execute(
-            f"SELECT {_POINT_COLUMNS} FROM session_points WHERE account_id = %s AND service = %s "
-            "AND start_ts >= %s", (account, service, since))
-        return [point_of(r) for r in await cur.fetchall()]
-
-    async def resessionize(self, conn: Connection, account: str, service: str, earliest: SortKey,
-                            zone: ZoneInfo, now: datetime) -> set[Pair]:
-        """Replace the stored sessions from the resume point on; return the (account, period) pairs touched."""
-        cur = await conn.execute(
-            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE account_id = %s AND service = %s AND resume_ts >= "
-            "coalesce((SELECT max(resume_ts) FROM sessions WHERE account_id = %s AND service = %s "
-            "AND resume_ts < %s), '-infinity')",
-            (account, service, account, service, earliest[0]))
-        rows = await cur.fetchall()
-        stored = sorted((session_of(r) for r in rows), key=lambda s: s.resume.key)
-        rules = SessionRules(idle_timeout=self.idle.get(service, timedelta(hours=1)), zone=zone)
-        latest = stored[-1] if stored else None
-        if latest is not None and latest.carry is not None and earliest > latest.carry.last_key:
-            # In-order data: continue the open session from its carry, reading only the new points.
-            stale = [latest]
-            fresh = continue_open(latest, await self._points(conn, account, service, latest.carry.last_key[0]),
-                                  rules=rules, as_of=now)
-        else:
-            resume = resume_for(stored, earliest)
-            stale = [s for s in stored if s.resume.key >= resume.key]
-            points = await self._points(conn, account, service, resume.key[0])
-            fresh = sessionize(points, account_id=account, service=service, rules=rules, as_of=now, resume=resume)
-        if stale:
-            await conn.execute("DELETE FROM sessions WHERE session_id = ANY(%s)", ([session_id(s) for s in stale],))
-        if fresh:
-            await _insert_sessions(conn, fresh)
-        return {(s.account_id, s.period) for s in [*stale, *fresh]}
-
-
 def origin_of(entry: UsageEntry) -> Origin:
     """Where a usage point came from: the entry's reference, interval and quantity."""
     return (REF_SEP.join((entry.kind.value, entry.meter, entry.cause)), entry.since, entry.ts, entry.quantity)
@@ -324,7 +183,7 @@ async def copy_points(conn: Connection, points: Sequence[tuple[Point, Origin | N
                                   *(o or _NO_ORIGIN)))
 
 
-async def _insert_sessions(conn: Connection, sessions: Sequence[Session]) -> None:
+async def insert_sessions(conn: Connection, sessions: Sequence[Session]) -> None:
     rows = [_session_row(s) for s in sessions]
     async with conn.cursor() as cur:
         await cur.executemany(
@@ -341,6 +200,43 @@ async def sessions_of_pairs(conn: Connection, pairs: Iterable[Pair]) -> list[Ses
         f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE (account_id, period_start) IN "
         "(SELECT * FROM unnest(%s::text[], %s::timestamptz[]))", ([a for a, _ in items], [s for _, s in items]))
     return [session_of(r) for r in await cur.fetchall()]
+
+
+async def bindings_for(conn: Connection, devices: set[str]) -> tuple[BindingIndex, dict[str, ZoneInfo]]:
+    """The bindings of ``devices`` and the time zone of every account they name."""
+    cur = await conn.execute(
+        "SELECT b.device_id, b.account_id, lower(b.valid), upper(b.valid), a.timezone FROM bindings b "
+        "JOIN accounts a USING (account_id) WHERE b.device_id = ANY(%s)", (sorted(devices),))
+    rows = await cur.fetchall()
+    index = BindingIndex(Binding(device_id=str(r[0]), account_id=str(r[1]), valid_from=utc(r[2]),
+                                 valid_to=None if r[3] is None else utc(r[3])) for r in rows)
+    return index, {str(r[1]): ZoneInfo(str(r[4])) for r in rows}
+
+
+async def points_since(conn: Connection, account: str, service: str, since: datetime) -> list[Point]:
+    """The stored points of one account and service that start at or after ``since``."""
+    cur = await conn.execute(
+        f"SELECT {_POINT_COLUMNS} FROM session_points WHERE account_id = %s AND service = %s "
+        "AND start_ts >= %s", (account, service, since))
+    return [point_of(r) for r in await cur.fetchall()]
+
+
+async def sessions_from(conn: Connection, account: str, service: str, earliest: datetime) -> list[Session]:
+    """The stored sessions of one account and service from the last one resuming before ``earliest`` on."""
+    cur = await conn.execute(
+        f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE account_id = %s AND service = %s AND resume_ts >= "
+        "coalesce((SELECT max(resume_ts) FROM sessions WHERE account_id = %s AND service = %s "
+        "AND resume_ts < %s), '-infinity')",
+        (account, service, account, service, earliest))
+    return sorted((session_of(r) for r in await cur.fetchall()), key=lambda s: s.resume.key)
+
+
+async def replace_sessions(conn: Connection, stale: Sequence[Session], fresh: Sequence[Session]) -> None:
+    """Delete ``stale`` sessions and insert ``fresh`` ones."""
+    if stale:
+        await conn.execute("DELETE FROM sessions WHERE session_id = ANY(%s)", ([session_id(s) for s in stale],))
+    if fresh:
+        await insert_sessions(conn, fresh)
 
 
 SESSION_COLUMNS = _SESSION_COLUMNS

@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from usagehub.analytics.service import AnalyticsService
 from usagehub.core.analytics.buckets import Bucket
 from usagehub.errors import DomainError
-from usagehub.storage.analytics import AnalyticsService
 from usagehub.storage.keys import ApiKeys, Principal
 from usagehub.storage.rollups import Scope
 

@@ -16,26 +16,26 @@ from psycopg_pool import AsyncConnectionPool
 
 from usagehub import adapters
 from usagehub.adapters.base import Adapter, AdapterSettings
-from usagehub.broker import EmbeddedBroker
-from usagehub.config import HubConfig
+from usagehub.billing.service import BillingService
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
 from usagehub.core.profiles import Profile
 from usagehub.graphql.context import Services
-from usagehub.ingest import Pipeline, PipelineSettings
-from usagehub.prepaid_app import PrepaidRuntime, debit_hook
-from usagehub.profile_files import load_profiles
-from usagehub.storage.billing_service import BillingService
+from usagehub.pipeline.pipeline import Pipeline, PipelineSettings
+from usagehub.pipeline.rebind import rebind, sweep_expired
+from usagehub.pipeline.sessions import SessionEngine
+from usagehub.pipeline.usage import UsageWriter
+from usagehub.prepaid.runtime import PrepaidRuntime, debit_hook
+from usagehub.runtime.broker import EmbeddedBroker
+from usagehub.runtime.config import HubConfig
+from usagehub.runtime.profile_files import load_profiles
 from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.keys import ApiKeys
 from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
 from usagehub.storage.queries import Reads
-from usagehub.storage.rebind import rebind, sweep_expired
 from usagehub.storage.registry import DeviceDirectorySql, KnownDevices, Registry
-from usagehub.storage.sessions import SessionEngine
-from usagehub.storage.usage import UsageWriter
-from usagehub.web import create_app
+from usagehub.web.app import create_app
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +204,8 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
 async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any] | None,
                  profiles: list[Profile]) -> None:
     from usagehub.adapters.http import HttpConfig, ingest_routes
-    from usagehub.exports import export_routes
-    from usagehub.storage.rating import RatingService
+    from usagehub.rating.service import RatingService
+    from usagehub.web.exports import export_routes
 
     rating = RatingService(hub.pool)
     await rating.start()  # loads the shipped VAT rates into an empty table
@@ -214,8 +214,8 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     if hub.prepaid is not None:
         services.prepaid = hub.prepaid.service
         services.extra["prepaid_events"] = hub.prepaid.events
-    from usagehub.analytics_web import analytics_routes
-    from usagehub.storage.analytics import AnalyticsService
+    from usagehub.analytics.service import AnalyticsService
+    from usagehub.web.analytics import analytics_routes
 
     services.analytics = AnalyticsService(hub.pool)
     # HTTP ingest shares the API port; devices authenticate with their own tokens.

@@ -22,11 +22,11 @@ from zoneinfo import ZoneInfo
 from usagehub.core.allocation import MeterInfo, Point, PointKind, allocate_entry
 from usagehub.core.binding import BindingIndex
 from usagehub.core.counters import EntryKind, UsageEntry
+from usagehub.pipeline.sessions import SessionEngine
 from usagehub.storage.pool import Connection
 from usagehub.storage.sessions import (
     REF_SEP,
     Origin,
-    SessionEngine,
     copy_points,
     lock_accounts,
     lock_devices,

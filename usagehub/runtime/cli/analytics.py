@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from usagehub.cli import console, with_settings
-from usagehub.config import HubConfig
+from usagehub.runtime.cli.common import console, with_settings
+from usagehub.runtime.config import HubConfig
 
 analytics_app: typer.Typer = typer.Typer(help="Consumption analytics: features, segments, exports.",
                                          no_args_is_help=True)
@@ -22,8 +22,8 @@ def refresh(config: HubConfig, as_of: Annotated[str | None, typer.Option(
         help="local day YYYY-MM-DD the features end on; default yesterday (UTC)")] = None,
             evaluate: Annotated[bool, typer.Option(help="evaluate every segment afterwards")] = True) -> None:
     """Recompute behaviour features (the daily job) and re-evaluate segments."""
-    from usagehub.app import open_storage
-    from usagehub.storage.analytics import AnalyticsService
+    from usagehub.analytics.service import AnalyticsService
+    from usagehub.runtime.hub import open_storage
 
     day = date.fromisoformat(as_of) if as_of else datetime.now(UTC).date() - timedelta(days=1)
 
@@ -49,9 +49,9 @@ def export(config: HubConfig, out: Annotated[Path, typer.Argument(help="file to 
            product: str | None = None,
            personal: Annotated[bool, typer.Option(help="real account ids instead of pseudonyms")] = False) -> None:
     """Write every account's features to a CSV or Parquet file for notebooks."""
-    from usagehub.analytics_web import _csv, _feature_table, _parquet
-    from usagehub.app import open_storage
-    from usagehub.storage.analytics import AnalyticsService
+    from usagehub.analytics.service import AnalyticsService
+    from usagehub.runtime.hub import open_storage
+    from usagehub.web.analytics import _csv, _feature_table, _parquet
 
     if out.suffix not in (".csv", ".parquet"):
         console.print("[red]the output file must end in .csv or .parquet[/red]")
@@ -72,8 +72,8 @@ def export(config: HubConfig, out: Annotated[Path, typer.Argument(help="file to 
 def grant_personal(config: HubConfig, key_id: str,
                    revoke: Annotated[bool, typer.Option(help="withdraw the grant")] = False) -> None:
     """Let an analytics key see real account ids (personal data), or withdraw that."""
-    from usagehub.app import open_storage
-    from usagehub.storage.analytics import AnalyticsService
+    from usagehub.analytics.service import AnalyticsService
+    from usagehub.runtime.hub import open_storage
 
     async def go() -> None:
         async with open_storage(config, max_size=2) as pool:

@@ -6,7 +6,7 @@ usage points that hook stored (``engine.last_points``): each point is new usage
 (negative point) credits back. Debits stop at the overdraft; the rest becomes
 arrears, collected from the next top-up. Crossing the low threshold or
 exhausting the account records an event (NOTIFY at commit); commands to the
-devices go out after the commit (``usagehub.prepaid_commands``).
+devices go out after the commit (``usagehub.prepaid.commands``).
 """
 
 from __future__ import annotations

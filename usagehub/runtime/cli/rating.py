@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from usagehub.cli import console, with_settings
-from usagehub.config import HubConfig
+from usagehub.runtime.cli.common import console, with_settings
+from usagehub.runtime.config import HubConfig
 
 rating_app: typer.Typer = typer.Typer(no_args_is_help=True)
 plans_app = typer.Typer(help="Price plans (tariff files).", no_args_is_help=True)
@@ -29,8 +29,8 @@ def plans_load(config: HubConfig, file: FileArg, tenant: str = "default",
                replace: Annotated[bool, typer.Option(help="retire the tenant's plans the file does not name")]
                = False) -> None:
     """Load a tariff file: each changed plan becomes a new revision (versions in force cannot change)."""
-    from usagehub.app import open_storage
-    from usagehub.storage.rating import RatingService
+    from usagehub.rating.service import RatingService
+    from usagehub.runtime.hub import open_storage
 
     async def go() -> None:
         async with open_storage(config, max_size=2) as pool:
@@ -47,8 +47,8 @@ def plans_load(config: HubConfig, file: FileArg, tenant: str = "default",
 @with_settings
 def vat_load(config: HubConfig, file: FileArg) -> None:
     """Make a VAT rate file (same shape as usagehub/data/vat_rates.yaml) the table in force."""
-    from usagehub.app import open_storage
-    from usagehub.storage.rating import RatingService
+    from usagehub.rating.service import RatingService
+    from usagehub.runtime.hub import open_storage
 
     async def go() -> tuple[int, bool]:
         async with open_storage(config, max_size=2) as pool:
@@ -62,9 +62,9 @@ def vat_load(config: HubConfig, file: FileArg) -> None:
 @with_settings
 def vendors_load(config: HubConfig, file: FileArg, tenant: str = "default") -> None:
     """Register the vendors of a vendor file (changed ones become new revisions)."""
-    from usagehub.app import open_storage
     from usagehub.core.settlement import parse_vendors
-    from usagehub.storage.rating import RatingService
+    from usagehub.rating.service import RatingService
+    from usagehub.runtime.hub import open_storage
 
     book = parse_vendors(file.read_text(encoding="utf-8"), str(file))
 
@@ -82,8 +82,8 @@ def vendors_load(config: HubConfig, file: FileArg, tenant: str = "default") -> N
 def invoice(config: HubConfig, account: str, period: Annotated[str, typer.Argument(help="YYYY-MM")],
             format: Annotated[str, typer.Option("--format", help="json or csv")] = "json") -> None:
     """Print an account's invoice preview for a period as JSON or CSV (the export format)."""
-    from usagehub.app import open_storage
-    from usagehub.storage.rating import RatingService
+    from usagehub.rating.service import RatingService
+    from usagehub.runtime.hub import open_storage
 
     async def go() -> str:
         async with open_storage(config, max_size=2) as pool:

@@ -8,10 +8,10 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from usagehub.adapters.mqtt.config import MqttConfig
-from usagehub.app import Hub, run_hub
-from usagehub.config import HubConfig
-from usagehub.seed import SeedFile, apply_seed
-from usagehub.simulate import Fleet, Simulator
+from usagehub.runtime.config import HubConfig
+from usagehub.runtime.hub import Hub, run_hub
+from usagehub.runtime.seed import SeedFile, apply_seed
+from usagehub.runtime.simulate import Fleet, Simulator
 
 
 async def run_demo(config: HubConfig, *, meters: int, panels: int, rate: float, duration_s: float) -> None:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from usagehub.errors import ConfigError
 
-SHIPPED_PROFILES = Path(__file__).resolve().parent / "device_profiles"
+SHIPPED_PROFILES = Path(__file__).resolve().parent.parent / "device_profiles"
 
 
 class HubConfig(BaseModel):

@@ -18,8 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from usagehub.errors import DomainError
+from usagehub.rating.service import FORMATS, RatingService
 from usagehub.storage.keys import ApiKeys, Principal
-from usagehub.storage.rating import FORMATS, RatingService
 
 Fetch = Callable[..., Awaitable[str | None]]  # (id, period, format, tenant=) -> document, None: not settled
 

@@ -17,9 +17,10 @@ from usagehub.core.counters import CorrectionEvent, EntryKind
 from usagehub.core.periods import period_of
 from usagehub.core.sessions import Session
 from usagehub.errors import DomainError
+from usagehub.pipeline.sessions import SessionEngine
 from usagehub.storage.billing import RECORD_COLUMNS, period_by_label, record_of
 from usagehub.storage.pool import mapped_errors
-from usagehub.storage.sessions import SESSION_COLUMNS, SessionEngine, session_of
+from usagehub.storage.sessions import SESSION_COLUMNS, session_of
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,20 +13,20 @@ from psycopg_pool import AsyncConnectionPool
 from usagehub.adapters.mqtt.config import MqttConfig
 from usagehub.adapters.mqtt.prepaid import PrepaidMqtt, PrepaidMqttSettings
 from usagehub.core.profiles import Profile
-from usagehub.ingest import BatchHook
-from usagehub.prepaid_commands import CoapCommands, CommandDispatcher
-from usagehub.storage.prepaid import PrepaidService
+from usagehub.pipeline.pipeline import BatchHook
+from usagehub.pipeline.prepaid_debit import PrepaidDebit
+from usagehub.pipeline.sessions import SessionEngine
+from usagehub.prepaid.commands import CoapCommands, CommandDispatcher
+from usagehub.prepaid.events import PrepaidEventHub
+from usagehub.prepaid.service import PrepaidService
 from usagehub.storage.prepaid_batch import Pricer
-from usagehub.storage.prepaid_debit import PrepaidDebit
-from usagehub.storage.prepaid_events import PrepaidEventHub
-from usagehub.storage.sessions import SessionEngine
 
 log = logging.getLogger(__name__)
 
 
 def pricer_for(pool: AsyncConnectionPool) -> Pricer:
     """Rating prices prepaid usage (gross, exact)."""
-    from usagehub.storage.rating import RatingService
+    from usagehub.rating.service import RatingService
 
     return RatingService(pool)
 

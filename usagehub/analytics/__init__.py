@@ -1,0 +1,1 @@
+"""Analytics as an application service: series, features, segments, exports, pseudonyms."""

@@ -1,0 +1,1 @@
+"""Billing as an application service: sessions, records, runs, corrections, inspection."""

@@ -1,0 +1,1 @@
+"""The pipeline: batching, decode, identity, then the stages (usage, sessions, records, prepaid debit)."""

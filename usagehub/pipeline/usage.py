@@ -1,0 +1,63 @@
+"""The usage stage: derive append-only usage entries from a batch's new events, in the batch's transaction."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+from usagehub.core.counters import CounterSpec, Reading, UsageEntry, apply_batch, reading_of, simple_entry
+from usagehub.core.counters import wrap_modulus as modulus_of
+from usagehub.core.decode import ProfileSet
+from usagehub.core.events import MeterKind, UsageEvent
+from usagehub.storage.pool import Connection
+from usagehub.storage.usage import MeterKey, lock_meter_state, save_meter_state, stored_neighbourhood, write_entries
+
+
+class UsageWriter:
+    """Batch hook: registers become deltas (wrap, reset, late readings), deltas and events become entries."""
+
+    def __init__(self, profiles: ProfileSet) -> None:
+        self.profiles = profiles
+        # The entries of the last batch, for the next hook (sessions) in the same transaction.
+        self.last_entries: list[tuple[UsageEntry, UsageEvent]] = []
+
+    def _spec(self, event: UsageEvent) -> CounterSpec:
+        meter = self.profiles.by_id[event.profile_id].profile.meters[event.meter]
+        return CounterSpec(device_id=event.device_id, meter=event.meter,
+                           wrap_modulus=modulus_of(meter.wrap_bits, meter.scale))
+
+    async def apply(self, conn: Connection, events: Sequence[UsageEvent]) -> None:
+        """Append the usage entries of ``events`` (already identity-checked as new); see ``last_entries``."""
+        entries: list[tuple[UsageEntry, UsageEvent]] = []
+        registers: dict[MeterKey, list[UsageEvent]] = defaultdict(list)
+        for event in events:
+            if event.kind is MeterKind.CUMULATIVE:
+                registers[(event.device_id, event.meter)].append(event)
+            elif (entry := simple_entry(event)) is not None:
+                entries.append((entry, event))
+        if registers:
+            entries.extend(await self._registers(conn, registers))
+        self.last_entries = entries
+        await write_entries(conn, entries)
+
+    async def _registers(self, conn: Connection,
+                         registers: dict[MeterKey, list[UsageEvent]]) -> list[tuple[UsageEntry, UsageEvent]]:
+        keys = sorted(registers)
+        state = await lock_meter_state(conn, keys)
+        out: list[tuple[UsageEntry, UsageEvent]] = []
+        new_state: list[tuple[MeterKey, Reading]] = []
+        for key in keys:
+            group = sorted(registers[key], key=lambda e: (e.ts, e.event_id))
+            readings = [reading_of(e) for e in group]
+            latest = state.get(key)
+            if latest is None or readings[0].key > latest.key:
+                known = [latest] if latest else []
+            else:
+                known = await stored_neighbourhood(conn, key, readings)
+            entries, _ = apply_batch(known, readings, self._spec(group[0]))
+            by_id = {e.event_id: e for e in group}
+            out.extend((entry, by_id.get(entry.cause, group[-1])) for entry in entries)
+            if latest is None or readings[-1].key > latest.key:
+                new_state.append((key, readings[-1]))
+        await save_meter_state(conn, new_state)
+        return out

@@ -1,0 +1,1 @@
+"""Rating as an application service: plans, VAT, invoices, exports, settlement."""

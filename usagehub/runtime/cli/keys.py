@@ -1,0 +1,49 @@
+"""API key commands: ``usagehub keys create`` and ``revoke``."""
+
+# No `from __future__ import annotations`: typer reads the real annotation objects.
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from usagehub.runtime.cli.common import console, with_settings
+from usagehub.runtime.config import HubConfig
+
+keys_app = typer.Typer(help="API keys for /graphql.", no_args_is_help=True)
+
+
+@keys_app.command("create")
+@with_settings
+def keys_create(config: HubConfig, role: Annotated[str, typer.Option(help="admin|billing|analytics|operator")],
+                tenant: str = "default", name: str = "") -> None:
+    """Create an API key and print it (shown once)."""
+    from usagehub.runtime.hub import open_storage
+    from usagehub.storage.keys import ROLES, ApiKeys
+
+    if role not in ROLES:
+        console.print(f"[red]role must be one of {', '.join(ROLES)}[/red]")
+        raise typer.Exit(2)
+
+    async def go() -> str:
+        async with open_storage(config, max_size=2) as pool:
+            key, _ = await ApiKeys(pool).create(role=role, tenant=tenant, name=name)
+            return key
+
+    print(asyncio.run(go()))
+
+
+@keys_app.command("revoke")
+@with_settings
+def keys_revoke(config: HubConfig, key_id: str) -> None:
+    """Revoke an API key by its id (the part after ``uh_``)."""
+    from usagehub.runtime.hub import open_storage
+    from usagehub.storage.keys import ApiKeys
+
+    async def go() -> bool:
+        async with open_storage(config, max_size=2) as pool:
+            return await ApiKeys(pool).revoke(key_id)
+
+    if not asyncio.run(go()):
+        console.print(f"[red]no active key {key_id!r}[/red]")
+        raise typer.Exit(1)
