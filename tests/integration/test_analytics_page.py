@@ -15,8 +15,6 @@ import httpx
 import pytest
 import uvicorn
 from psycopg_pool import AsyncConnectionPool
-from usagehub.web.analytics import analytics_routes
-from usagehub.web.app import create_app
 
 from tests.peers import free_port, require_binary
 from tests.storage.analytics_data import Row, add_accounts, copy_points
@@ -25,6 +23,8 @@ from usagehub.graphql.context import Services
 from usagehub.storage.keys import ApiKeys
 from usagehub.storage.queries import Reads
 from usagehub.storage.registry import Registry
+from usagehub.web.analytics import analytics_routes
+from usagehub.web.app import create_app
 
 TODAY = date(2026, 10, 31)
 

@@ -9,8 +9,6 @@ from typing import Any
 import httpx
 import pytest
 from psycopg_pool import AsyncConnectionPool
-from usagehub.web.app import create_app
-from usagehub.web.exports import export_routes
 
 from tests.storage.test_rating_settlement import READINGS, VENDORS
 from tests.storage.test_rating_support import GRADUATED_DE, account_with_meter, feed_readings, wired
@@ -21,6 +19,8 @@ from usagehub.rating.service import RatingService
 from usagehub.storage.keys import ApiKeys
 from usagehub.storage.queries import Reads
 from usagehub.storage.registry import Registry
+from usagehub.web.app import create_app
+from usagehub.web.exports import export_routes
 
 
 class Api:
