@@ -80,6 +80,7 @@ class MeterSpec(_Model):
     when: WhenSpec | None = None
     active_values: list[str | int | bool] = [True, 1, "on", "active", "armed", "open"]
     product: str | None = None
+    alert: Literal["tamper", "fault"] | None = None  # the meter firing raises an alert of this kind
 
     _v = field_validator("value", "reset_marker")(_check_path)
 
@@ -132,6 +133,7 @@ class Profile(_Model):
     event_id: str | None = None
     timestamp: str | TimestampSpec | None = None
     idle_timeout_s: int = Field(3600, gt=0)
+    silent_after_s: int | None = Field(None, gt=0)  # no message for this long raises a "silent" alert
     allow_unauthenticated: bool = False
     poll: PollSpec | None = None
     command: CommandSpec | None = None

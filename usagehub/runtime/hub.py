@@ -21,6 +21,7 @@ from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
 from usagehub.core.profiles import Profile
 from usagehub.graphql.context import Services
+from usagehub.pipeline.alerts import AlertStage
 from usagehub.pipeline.pipeline import Pipeline, PipelineSettings
 from usagehub.pipeline.rebind import rebind, sweep_expired
 from usagehub.pipeline.sessions import SessionEngine
@@ -28,6 +29,7 @@ from usagehub.pipeline.usage import UsageWriter
 from usagehub.prepaid.runtime import PrepaidRuntime, debit_hook
 from usagehub.runtime.broker import EmbeddedBroker
 from usagehub.runtime.config import HubConfig
+from usagehub.runtime.operations import wire_operations
 from usagehub.runtime.profile_files import load_profiles
 from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.keys import ApiKeys
@@ -116,6 +118,8 @@ def build_pipeline(config: HubConfig, pool: AsyncConnectionPool,
     pipeline.hooks.append(engine.apply)
     # Prepaid accounts are debited for the usage points the engine stored, in the same transaction.
     pipeline.hooks.append(debit_hook(pool, engine))
+    # Last contact per device and tamper/fault alerts, in the same transaction.
+    pipeline.hooks.append(AlertStage(profile_set).apply)
     return pipeline, BillingService(pool, engine)
 
 
@@ -221,6 +225,9 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     # HTTP ingest shares the API port; devices authenticate with their own tokens.
     routes = [*ingest_routes(hub.pipeline, DeviceDirectorySql(hub.pool), HttpConfig(), profiles),
               *export_routes(rating, hub.keys), *analytics_routes(services.analytics, hub.keys)]
+    console, operation_tasks = wire_operations(hub.pool, hub.pipeline.profiles, services, hub.keys)
+    routes += console
+    hub.background += operation_tasks
     app = create_app(services, hub.keys, ready=hub.ready.is_set, max_depth=hub.config.graphql_max_depth,
                      extra_routes=list(routes))
     server = uvicorn.Server(uvicorn.Config(app, host=hub.config.http_host, port=hub.config.http_port,

@@ -1,0 +1,145 @@
+"""Operations fields: alerts (query, acknowledge, live subscription) and revenue assurance, tenant-scoped."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import strawberry
+from strawberry.types import Info
+
+from usagehub.errors import DomainError
+from usagehub.graphql.auth import api_error, domain_errors, require
+from usagehub.graphql.pagination import Connection, connection, decode_cursor, page_size
+from usagehub.storage.alerts import AlertRow
+from usagehub.storage.assurance import AssuranceRow
+
+ALERT_READ = ("admin", "operator")
+ALERT_WRITE = ("admin", "operator")
+ASSURANCE_READ = ("admin", "operator", "billing")
+
+
+def _svc(info: Info) -> Any:
+    svc = info.context.services.extra.get("operations")
+    if svc is None:
+        raise api_error("UNAVAILABLE", "operations are not enabled on this hub")
+    return svc
+
+
+@strawberry.type
+class Alert:
+    """A tamper or fault event, a silent meter, a low balance, a block or a restore."""
+
+    id: strawberry.ID
+    kind: str
+    severity: str
+    account_id: str | None
+    device_id: str | None
+    message: str
+    raised_at: datetime
+    acked_at: datetime | None
+    acked_by: str | None
+
+    @classmethod
+    def of(cls, a: AlertRow) -> Alert:
+        """From a stored alert."""
+        return cls(id=strawberry.ID(str(a.alert_id)), kind=a.kind, severity=a.severity, account_id=a.account_id,
+                   device_id=a.device_id, message=a.message, raised_at=a.raised_at, acked_at=a.acked_at,
+                   acked_by=a.acked_by)
+
+
+@strawberry.type
+class AssuranceDay:
+    """One account (null: the tenant's unbound devices), local day and product ("" carries the counts)."""
+
+    account_id: str | None
+    day: date
+    product: str
+    events: int
+    quarantined: int
+    billable: Decimal
+    unbound: Decimal
+    adjustments: Decimal
+    ratio: Decimal | None = strawberry.field(
+        description="billable / (billable + unbound) for the product: the share of received usage that bills")
+
+    @classmethod
+    def of(cls, r: AssuranceRow) -> AssuranceDay:
+        """From a stored row."""
+        total = r.billable + r.unbound
+        ratio = (r.billable / total).quantize(Decimal("0.0001")) if total else None
+        return cls(account_id=r.account_id, day=r.day, product=r.product, events=r.events,
+                   quarantined=r.quarantined, billable=r.billable, unbound=r.unbound, adjustments=r.adjustments,
+                   ratio=ratio)
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None:
+        raise api_error("BAD_REQUEST", f"{name} needs a time zone (ISO 8601 with offset)")
+    return value
+
+
+@strawberry.type
+class OperationsQuery:
+    """Operations reads."""
+
+    @strawberry.field(description="The tenant's alerts, newest first.")
+    async def alerts(self, info: Info, first: int = 50, after: str | None = None, open_only: bool = False,
+                     kind: str | None = None) -> Connection[Alert]:
+        tenant = require(info, *ALERT_READ)
+        n = page_size(first)
+        cursor = decode_cursor(after)
+        with domain_errors():
+            rows = await _svc(info).alerts(tenant=tenant, open_only=open_only, kind=kind,
+                                           after=int(str(cursor)) if cursor is not None else None,
+                                           limit=n + 1)
+        return connection([Alert.of(a) for a in rows], n, lambda a: int(a.id))
+
+    @strawberry.field(description="Received, billable, quarantined, unbound and adjusted usage per account and day.")
+    async def revenue_assurance(self, info: Info, since: datetime, until: datetime,
+                                account_id: str | None = None) -> list[AssuranceDay]:
+        tenant = require(info, *ASSURANCE_READ)
+        with domain_errors():
+            rows = await _svc(info).revenue_assurance(tenant=tenant, since=_aware(since, "since"),
+                                                      until=_aware(until, "until"), account_id=account_id)
+        return [AssuranceDay.of(r) for r in rows]
+
+
+@strawberry.type
+class OperationsMutation:
+    """Operations changes."""
+
+    @strawberry.mutation(description="Acknowledge alerts; the author is the API key.")
+    async def acknowledge_alerts(self, info: Info, ids: list[strawberry.ID]) -> list[Alert]:
+        tenant = require(info, *ALERT_WRITE)
+        if not ids or len(ids) > 500:
+            raise api_error("BAD_REQUEST", "acknowledge between 1 and 500 alerts at once")
+        try:
+            numbers = [int(i) for i in ids]
+        except ValueError as err:
+            raise api_error("NOT_FOUND", "no such alert") from err
+        with domain_errors():
+            done = await _svc(info).acknowledge(tenant=tenant, ids=numbers, by=info.context.principal.key_id)
+        return [Alert.of(a) for a in done]
+
+
+@strawberry.type
+class OperationsSubscription:
+    """Alerts as they are raised (graphql-transport-ws)."""
+
+    @strawberry.subscription(description="New alerts of the caller's tenant.")
+    async def alerts(self, info: Info) -> AsyncGenerator[Alert, None]:
+        tenant = require(info, *ALERT_READ)
+        feed = info.context.services.extra.get("alert_feed")
+        if feed is None:
+            raise DomainError("UNAVAILABLE", "alerts are not enabled on this hub")
+        async for a in feed.stream(tenant):
+            yield Alert.of(a)
+
+
+# Strawberry types merged into the root Query, Mutation and Subscription by schema.py.
+QUERIES: tuple[type, ...] = (OperationsQuery,)
+MUTATIONS: tuple[type, ...] = (OperationsMutation,)
+SUBSCRIPTIONS: tuple[type, ...] = (OperationsSubscription,)

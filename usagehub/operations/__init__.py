@@ -1,0 +1,1 @@
+"""Operations as an application service: alerts (raised, streamed, acknowledged, exported) and revenue assurance."""

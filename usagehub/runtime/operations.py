@@ -1,0 +1,42 @@
+"""Operations in a running hub: the alert service and feed, the silent-device sweep, the console routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from psycopg_pool import AsyncConnectionPool
+from starlette.routing import BaseRoute
+
+from usagehub.core.decode import ProfileSet
+from usagehub.graphql.context import Services
+from usagehub.operations.feed import AlertFeed
+from usagehub.operations.service import OperationsService
+from usagehub.storage.keys import ApiKeys
+from usagehub.web.console import console_routes
+
+log = logging.getLogger(__name__)
+
+
+async def sweep_silent(service: OperationsService, *, every_s: float = 60.0) -> None:
+    """Raise "silent" alerts once a minute; a failed round retries next minute."""
+    while True:
+        try:
+            raised = await service.sweep_silent()
+            if raised:
+                log.info("%d devices went silent", raised)
+        except Exception:
+            log.exception("silent-device sweep failed")
+        await asyncio.sleep(every_s)
+
+
+def wire_operations(pool: AsyncConnectionPool, profiles: ProfileSet, services: Services,
+                    keys: ApiKeys) -> tuple[list[BaseRoute], list[asyncio.Task[None]]]:
+    """Register the operations service and alert feed with the API; return the console routes and tasks."""
+    service = OperationsService(pool, profiles)
+    feed = AlertFeed(str(pool.conninfo), pool)
+    services.extra["operations"] = service
+    services.extra["alert_feed"] = feed
+    tasks = [asyncio.create_task(feed.run(), name="alert-feed"),
+             asyncio.create_task(sweep_silent(service), name="silent-sweep")]
+    return console_routes(service, keys), tasks
