@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import struct
-import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -16,6 +14,7 @@ import pytest
 import uvicorn
 from psycopg_pool import AsyncConnectionPool
 
+from tests.browser import png_colours
 from tests.peers import free_port, require_binary
 from tests.storage.analytics_data import Row, add_accounts, copy_points
 from usagehub.analytics.service import AnalyticsService
@@ -62,42 +61,6 @@ async def server(pool: AsyncConnectionPool) -> AsyncIterator[tuple[str, ApiKeys,
     await task
 
 
-def _png_colours(data: bytes) -> int:
-    """Distinct pixel colours of an 8-bit RGB/RGBA PNG (enough to tell a drawn chart from a blank page)."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, header = 8, b"", b""
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        chunk = data[pos + 8:pos + 8 + length]
-        header = chunk if kind == b"IHDR" else header
-        idat += chunk if kind == b"IDAT" else b""
-        pos += 12 + length
-    width, height, depth, colour = struct.unpack(">IIBB", header[:10])
-    assert depth == 8 and colour in (2, 6)
-    channels = 3 if colour == 2 else 4
-    raw, stride, seen = zlib.decompress(idat), width * channels, set()
-    prev = bytearray(stride)
-    for y in range(height):
-        line = raw[y * (stride + 1):(y + 1) * (stride + 1)]
-        kind, cur = line[0], bytearray(line[1:])
-        for x in range(stride):
-            a = cur[x - channels] if x >= channels else 0
-            b, c = prev[x], prev[x - channels] if x >= channels else 0
-            if kind == 1:
-                cur[x] = (cur[x] + a) & 255
-            elif kind == 2:
-                cur[x] = (cur[x] + b) & 255
-            elif kind == 3:
-                cur[x] = (cur[x] + (a + b) // 2) & 255
-            elif kind == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                cur[x] = (cur[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-        seen.update(bytes(cur[i:i + 3]) for i in range(0, stride, channels * 4))
-        prev = cur
-    return len(seen)
-
-
 async def test_page_draws_fleet_and_load_profile_in_chromium(server: tuple[str, ApiKeys, AnalyticsService],
                                                              tmp_path: Path) -> None:
     chromium = require_binary("chromium")
@@ -112,7 +75,7 @@ async def test_page_draws_fleet_and_load_profile_in_chromium(server: tuple[str, 
     await asyncio.wait_for(proc.wait(), 60)
     data = shot.read_bytes()
     assert len(data) > 5000
-    colours = _png_colours(data)
+    colours = len(png_colours(data))
     # A blank or error page has a handful of colours; the polyline and red/green bars add many (anti-aliasing).
     assert colours > 20, colours
     async with httpx.AsyncClient() as client:  # the page's own feeds, with the same key

@@ -13,6 +13,7 @@ import httpx
 import orjson
 import pytest
 from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
 
 from tests.storage.test_rating_support import _PROFILES, NOW, account_with_meter, feed_readings, wired
 from tests.storage.test_sessions_billing import feed
@@ -51,8 +52,8 @@ class World:
         return body
 
 
-@pytest.fixture
-async def world(pool: AsyncConnectionPool) -> AsyncIterator[World]:
+async def build(pool: AsyncConnectionPool) -> tuple[Starlette, dict[str, str], OperationsService]:
+    """Two tenants with meters and panels, a tamper each, an unbound meter, a quarantined message; the app."""
     pipeline, billing, _ = wired(pool)
     pipeline.hooks.append(AlertStage(_PROFILES).apply)
     registry = Registry(pool)
@@ -78,6 +79,12 @@ async def world(pool: AsyncConnectionPool) -> AsyncIterator[World]:
     app = create_app(services, keys, ready=lambda: True, extra_routes=console_routes(ops, keys))
     tokens = {role: (await keys.create(role=role))[0] for role in ("admin", "operator", "billing", "analytics")}
     tokens["b-operator"] = (await keys.create(role="operator", tenant="elsewhere"))[0]
+    return app, tokens, ops
+
+
+@pytest.fixture
+async def world(pool: AsyncConnectionPool) -> AsyncIterator[World]:
+    app, tokens, ops = await build(pool)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as client:
         yield World(client, tokens, ops)
 
