@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 from psycopg_pool import AsyncConnectionPool
@@ -41,12 +42,16 @@ async def test_operator_signs_in_acknowledges_an_alert_and_drills_down(console: 
         await page.type("#key", tokens["operator"])
         await page.press("Enter", "Enter", 13, "\r")  # submits the sign-in form from the keyboard
         await page.wait("document.querySelectorAll('#alerts-rows tr').length === 1")
+        assert await page.js("document.getElementById('login').hidden")
         row = await page.js("document.querySelector('#alerts-rows tr').innerText")
         assert "tamper" in row and "p1" in row and "open" in row
-        colours = png_colours(await page.screenshot())
+        shot = await page.screenshot()
+        (tmp_path / "console.png").write_bytes(shot)  # kept for a person to look at (pytest's tmp folder)
+        colours = png_colours(shot)
         assert CRITICAL_RED in colours and len(colours) > 20  # the severity is drawn in red, the table is there
 
         await page.click("#alerts-rows input[type=checkbox]")
+        assert await page.js("document.querySelector('#alerts-rows input').checked")
         await page.click("#alerts-ack")
         await page.wait("document.querySelectorAll('#alerts-rows tr').length === 0")  # open only: it is gone
         assert "acknowledged 1 alerts" in await page.js("document.getElementById('status').textContent")
@@ -84,3 +89,25 @@ async def test_a_key_of_another_tenant_sees_none_of_this_tenants_alerts(console:
         row = await page.js("document.querySelector('#alerts-rows tr').innerText")
         assert "p2" in row and "p1" not in row
         assert await page.js("location.hash") == ""  # the key leaves the address bar
+
+
+async def test_consumer_sees_their_consumption_chart_on_a_phone_screen(console: tuple[str, dict[str, str]],
+                                                                     tmp_path: Path) -> None:
+    url, tokens = console
+    async with httpx.AsyncClient() as client:
+        made = (await client.post(f"{url}/graphql", headers={"Authorization": f"Bearer {tokens['billing']}"},
+                                  json={"query": 'mutation { createConsumerToken(accountId: "a1") { token } }'})).json()
+    token = made["data"]["createConsumerToken"]["token"]
+    async with browser(tmp_path, width=390, height=844) as page:
+        await page.goto(f"{url}/me#token={token}")
+        await page.wait("document.querySelectorAll('#daily canvas').length === 1")
+        options = await page.js("[...document.getElementById('product').options].map(o => o.value)")
+        assert "energy" in options and "door_openings" in options
+        await page.js("(() => { const s = document.getElementById('product'); s.value = 'energy';"
+                      " s.dispatchEvent(new Event('change')); })()")
+        await page.wait("document.querySelectorAll('#daily canvas').length === 1")
+        await page.wait("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
+        shot = await page.screenshot()
+        (tmp_path / "me.png").write_bytes(shot)
+        colours = png_colours(shot)
+        assert any(abs(c[0] - 0x09) < 40 and abs(c[1] - 0x69) < 40 and c[2] > 0xb0 for c in colours)  # bars drawn

@@ -19,6 +19,7 @@ from tests.storage.test_rating_support import _PROFILES, NOW, account_with_meter
 from tests.storage.test_sessions_billing import feed
 from usagehub.core.events import RawMessage
 from usagehub.graphql.context import Services
+from usagehub.operations.consumer import ConsumerService
 from usagehub.operations.service import OperationsService
 from usagehub.pipeline.alerts import AlertStage
 from usagehub.storage.events import QuarantineItem, insert_quarantine
@@ -27,6 +28,7 @@ from usagehub.storage.queries import Reads
 from usagehub.storage.registry import Registry
 from usagehub.web.app import create_app
 from usagehub.web.console import console_routes
+from usagehub.web.me import me_routes
 
 DAY = NOW - timedelta(days=2)
 READINGS = [(DAY + timedelta(hours=h), 1000 + 500 * h) for h in range(5)]  # 4 deltas of 0.5 kWh
@@ -74,11 +76,14 @@ async def build(pool: AsyncConnectionPool) -> tuple[Starlette, dict[str, str], O
                                                       device_id="p1")])
     ops = OperationsService(pool, _PROFILES, clock=lambda: NOW + timedelta(hours=2))
     keys = ApiKeys(pool)
+    consumers = ConsumerService(pool)
     services = Services(registry=registry, reads=Reads(pool), ingest_totals={}, replay=_no_replay,
-                        extra={"operations": ops}, billing=billing)
-    app = create_app(services, keys, ready=lambda: True, extra_routes=console_routes(ops, keys))
+                        extra={"operations": ops, "consumers": consumers}, billing=billing)
+    app = create_app(services, keys, ready=lambda: True,
+                     extra_routes=[*console_routes(ops, keys), *me_routes(consumers)])
     tokens = {role: (await keys.create(role=role))[0] for role in ("admin", "operator", "billing", "analytics")}
     tokens["b-operator"] = (await keys.create(role="operator", tenant="elsewhere"))[0]
+    tokens["b-billing"] = (await keys.create(role="billing", tenant="elsewhere"))[0]
     return app, tokens, ops
 
 
@@ -177,3 +182,35 @@ async def test_alerts_export_needs_an_operator_key_and_holds_only_the_tenant(wor
     assert lines[0].startswith("id,kind,severity") and len(lines) == 2 and ",p1," in lines[1]
     page = await world.client.get("/console")
     assert page.status_code == 200 and "API key" in page.text and "X-Frame-Options" in page.headers
+
+
+CREATE_TOKEN = "mutation($a: String!) { createConsumerToken(accountId: $a) { id token accountId } }"
+REVOKE_TOKEN = "mutation($id: ID!) { revokeConsumerToken(id: $id) }"
+
+
+async def test_consumer_token_shows_only_its_account_and_dies_on_revocation(world: World) -> None:
+    assert (await world.gql("analytics", CREATE_TOKEN, a="a1"))["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    hostile = await world.gql("b-billing", CREATE_TOKEN, a="a1")
+    assert hostile["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+    made = (await world.gql("billing", CREATE_TOKEN, a="a1"))["data"]["createConsumerToken"]
+    token = made["token"]
+
+    async def summary(bearer: str) -> httpx.Response:
+        return await world.client.get("/me/api/summary", headers={"Authorization": f"Bearer {bearer}"})
+
+    mine = (await summary(token)).json()
+    assert mine["account"]["account_id"] == "a1" and mine["prepaid"] is None
+    energy = [d for d in mine["daily"] if d["product"] == "energy"]
+    assert sum(Decimal(d["quantity"]) for d in energy) == Decimal("2.0") and energy[0]["unit"] == "kWh"
+    assert (await summary(token[:-2] + "xx")).status_code == 401  # a forged secret
+    assert (await summary(world.keys["admin"])).status_code == 401  # an API key is no consumer token
+    other = await world.gql("b-billing", REVOKE_TOKEN, id=made["id"])
+    assert other["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+    assert (await summary(token)).status_code == 200
+    assert (await world.gql("operator", REVOKE_TOKEN, id=made["id"]))["data"]["revokeConsumerToken"] is True
+    assert (await summary(token)).status_code == 401  # refused from the next request on
+    page = await world.client.get("/me")
+    assert page.status_code == 200 and "uPlot.iife.min.js" in page.text
+    asset = await world.client.get("/static/vendor/uplot/uPlot.iife.min.js")
+    assert asset.status_code == 200 and len(asset.content) > 10_000
+    assert (await world.client.get("/static/vendor/uplot/../../me.html")).status_code == 404

@@ -19,6 +19,7 @@ from usagehub.storage.assurance import AssuranceRow
 ALERT_READ = ("admin", "operator")
 ALERT_WRITE = ("admin", "operator")
 ASSURANCE_READ = ("admin", "operator", "billing")
+CONSUMER_TOKENS = ("admin", "operator", "billing")
 
 
 def _svc(info: Info) -> Any:
@@ -26,6 +27,22 @@ def _svc(info: Info) -> Any:
     if svc is None:
         raise api_error("UNAVAILABLE", "operations are not enabled on this hub")
     return svc
+
+
+def _consumers(info: Info) -> Any:
+    svc = info.context.services.extra.get("consumers")
+    if svc is None:
+        raise api_error("UNAVAILABLE", "consumer self-service is not enabled on this hub")
+    return svc
+
+
+@strawberry.type
+class ConsumerToken:
+    """A consumer token: give ``token`` to the account holder (it is not shown again)."""
+
+    id: strawberry.ID
+    token: str
+    account_id: str
 
 
 @strawberry.type
@@ -123,6 +140,22 @@ class OperationsMutation:
         with domain_errors():
             done = await _svc(info).acknowledge(tenant=tenant, ids=numbers, by=info.context.principal.key_id)
         return [Alert.of(a) for a in done]
+
+
+    @strawberry.mutation(description="A token for the consumer self-service page /me of one account (shown once).")
+    async def create_consumer_token(self, info: Info, account_id: str) -> ConsumerToken:
+        tenant = require(info, *CONSUMER_TOKENS)
+        with domain_errors():
+            token, token_id = await _consumers(info).create(tenant=tenant, account_id=account_id,
+                                                            created_by=info.context.principal.key_id)
+        return ConsumerToken(id=strawberry.ID(token_id), token=token, account_id=account_id)
+
+    @strawberry.mutation(description="Revoke a consumer token; it is refused from the next request on.")
+    async def revoke_consumer_token(self, info: Info, id: strawberry.ID) -> bool:
+        tenant = require(info, *CONSUMER_TOKENS)
+        with domain_errors():
+            await _consumers(info).revoke(tenant=tenant, token_id=str(id))
+        return True
 
 
 @strawberry.type

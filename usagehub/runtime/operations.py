@@ -10,10 +10,12 @@ from starlette.routing import BaseRoute
 
 from usagehub.core.decode import ProfileSet
 from usagehub.graphql.context import Services
+from usagehub.operations.consumer import ConsumerService
 from usagehub.operations.feed import AlertFeed
 from usagehub.operations.service import OperationsService
 from usagehub.storage.keys import ApiKeys
 from usagehub.web.console import console_routes
+from usagehub.web.me import me_routes
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +34,13 @@ async def sweep_silent(service: OperationsService, *, every_s: float = 60.0) -> 
 
 def wire_operations(pool: AsyncConnectionPool, profiles: ProfileSet, services: Services,
                     keys: ApiKeys) -> tuple[list[BaseRoute], list[asyncio.Task[None]]]:
-    """Register the operations service and alert feed with the API; return the console routes and tasks."""
+    """Register the operations services with the API; return the console and /me routes and the tasks."""
     service = OperationsService(pool, profiles)
     feed = AlertFeed(str(pool.conninfo), pool)
     services.extra["operations"] = service
     services.extra["alert_feed"] = feed
+    consumers = ConsumerService(pool)
+    services.extra["consumers"] = consumers
     tasks = [asyncio.create_task(feed.run(), name="alert-feed"),
              asyncio.create_task(sweep_silent(service), name="silent-sweep")]
-    return console_routes(service, keys), tasks
+    return [*console_routes(service, keys), *me_routes(consumers)], tasks

@@ -47,3 +47,15 @@ CREATE TABLE device_seen (
     last_received  timestamptz NOT NULL,
     last_ts        timestamptz NOT NULL
 );
+
+-- Consumer self-service: a token per account, created by a billing or operator key, revocable at once.
+CREATE TABLE consumer_tokens (
+    token_id     text PRIMARY KEY,
+    tenant       text NOT NULL,
+    account_id   text NOT NULL REFERENCES accounts (account_id),
+    secret_hash  bytea NOT NULL,
+    created_by   text NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    revoked_at   timestamptz
+);
+CREATE INDEX consumer_tokens_account ON consumer_tokens (account_id);
