@@ -34,12 +34,12 @@ async def console(pool: AsyncConnectionPool) -> AsyncIterator[tuple[str, dict[st
     await task
 
 
-async def test_operator_signs_in_acknowledges_an_alert_and_drills_down(console: tuple[str, dict[str, str]],
-                                                                      tmp_path: Path) -> None:
+async def test_admin_acknowledges_an_alert_drills_down_and_edits_a_meter_type(console: tuple[str, dict[str, str]],
+                                                                             tmp_path: Path) -> None:
     url, tokens = console
     async with browser(tmp_path) as page:
         await page.goto(f"{url}/console")
-        await page.type("#key", tokens["operator"])
+        await page.type("#key", tokens["admin"])
         await page.press("Enter", "Enter", 13, "\r")  # submits the sign-in form from the keyboard
         await page.wait("document.querySelectorAll('#alerts-rows tr').length === 1")
         assert await page.js("document.getElementById('login').hidden")
@@ -75,6 +75,18 @@ async def test_operator_signs_in_acknowledges_an_alert_and_drills_down(console: 
         await page.click("#inspect-form button[type=submit]")
         await page.wait("document.querySelectorAll('#inspect-rows tr').length > 0")
         assert "energy" in await page.js("document.getElementById('inspect-rows').innerText")
+        await page.click("#tab-types")
+        await page.wait("document.getElementById('types-list').options.length > 5")
+        await page.js("(() => { const s = document.getElementById('types-list'); s.value = 'acme-em340';"
+                      " s.dispatchEvent(new Event('change')); })()")
+        yaml = await page.js("document.getElementById('types-yaml').value")
+        assert "energy_wh" in yaml
+        await page.js("document.getElementById('types-yaml').value = document.getElementById('types-yaml')"
+                      ".value.replace('kind: cumulative', 'kind: sideways')")
+        await page.click("#types-save")
+        await page.wait("document.querySelectorAll('#types-errors li').length > 0")
+        error = await page.js("document.getElementById('types-errors').innerText")
+        assert "meters.energy.kind" in error and "line 14" in error
         labelled = await page.js("[...document.querySelectorAll('input')].every(i => i.labels.length > 0 "
                                  "|| i.getAttribute('aria-label'))")
         assert labelled

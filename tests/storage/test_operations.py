@@ -17,11 +17,15 @@ from starlette.applications import Starlette
 
 from tests.storage.test_rating_support import _PROFILES, NOW, account_with_meter, feed_readings, wired
 from tests.storage.test_sessions_billing import feed
+from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
 from usagehub.graphql.context import Services
 from usagehub.operations.consumer import ConsumerService
+from usagehub.operations.profiles import ProfileCatalog
 from usagehub.operations.service import OperationsService
 from usagehub.pipeline.alerts import AlertStage
+from usagehub.runtime.config import SHIPPED_PROFILES
+from usagehub.runtime.profile_files import load_profiles
 from usagehub.storage.events import QuarantineItem, insert_quarantine
 from usagehub.storage.keys import ApiKeys
 from usagehub.storage.queries import Reads
@@ -77,8 +81,11 @@ async def build(pool: AsyncConnectionPool) -> tuple[Starlette, dict[str, str], O
     ops = OperationsService(pool, _PROFILES, clock=lambda: NOW + timedelta(hours=2))
     keys = ApiKeys(pool)
     consumers = ConsumerService(pool)
+    files = load_profiles(SHIPPED_PROFILES)
+    catalog = ProfileCatalog(pool, ProfileSet(files), SHIPPED_PROFILES, files)  # its own set: tests share _PROFILES
     services = Services(registry=registry, reads=Reads(pool), ingest_totals={}, replay=_no_replay,
-                        extra={"operations": ops, "consumers": consumers}, billing=billing)
+                        extra={"operations": ops, "consumers": consumers, "profile_catalog": catalog},
+                        billing=billing)
     app = create_app(services, keys, ready=lambda: True,
                      extra_routes=[*console_routes(ops, keys), *me_routes(consumers)])
     tokens = {role: (await keys.create(role=role))[0] for role in ("admin", "operator", "billing", "analytics")}

@@ -225,9 +225,15 @@ class ProfileSet:
     """All loaded profiles; finds the one that claims a message."""
 
     def __init__(self, profiles: Iterable[Profile]) -> None:
-        self.compiled = [CompiledProfile(p) for p in profiles]
-        self.by_id = {c.profile.id: c for c in self.compiled}
+        self.version = 0
+        self.replace(profiles)
+
+    def replace(self, profiles: Iterable[Profile]) -> None:
+        """Put ``profiles`` in force in place, so every holder of this set decodes with them from now on."""
+        compiled = [CompiledProfile(p) for p in profiles]
+        self.compiled, self.by_id = compiled, {c.profile.id: c for c in compiled}
         self._match = lru_cache(maxsize=65536)(self._match_uncached)
+        self.version += 1
 
     def _match_uncached(self, transport: str, topic: str) -> tuple[CompiledProfile, dict[str, str]] | None:
         for compiled in self.compiled:

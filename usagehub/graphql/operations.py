@@ -13,6 +13,7 @@ from strawberry.types import Info
 from usagehub.errors import DomainError
 from usagehub.graphql.auth import api_error, domain_errors, require
 from usagehub.graphql.pagination import Connection, connection, decode_cursor, page_size
+from usagehub.operations.profiles import CatalogEntry
 from usagehub.storage.alerts import AlertRow
 from usagehub.storage.assurance import AssuranceRow
 
@@ -20,6 +21,9 @@ ALERT_READ = ("admin", "operator")
 ALERT_WRITE = ("admin", "operator")
 ASSURANCE_READ = ("admin", "operator", "billing")
 CONSUMER_TOKENS = ("admin", "operator", "billing")
+METER_TYPES_READ = ("admin", "operator")
+# Meter types are shared by every tenant of a hub, so only admins change them.
+METER_TYPES_WRITE = ("admin",)
 
 
 def _svc(info: Info) -> Any:
@@ -92,6 +96,51 @@ class AssuranceDay:
                    ratio=ratio)
 
 
+def _catalog(info: Info) -> Any:
+    catalog = info.context.services.extra.get("profile_catalog")
+    if catalog is None:
+        raise api_error("UNAVAILABLE", "meter types cannot be edited on this hub")
+    return catalog
+
+
+@strawberry.type
+class MeterType:
+    """A device profile in force: from a file (version 0) or stored through the API (versions 1, 2, ...)."""
+
+    id: str
+    version: int
+    source: str
+    description: str
+    transport: str
+    service: str
+    meters: list[str]
+    yaml: str
+
+    @classmethod
+    def of(cls, e: CatalogEntry) -> MeterType:
+        """From a catalogue entry."""
+        p = e.profile
+        return cls(id=p.id, version=e.version, source=e.source, description=p.description,
+                   transport=p.match.transport, service=p.service, meters=sorted(p.meters), yaml=e.yaml)
+
+
+@strawberry.type
+class FieldError:
+    """One validation error, at a field and line of the YAML."""
+
+    field: str | None
+    line: int | None
+    message: str
+
+
+@strawberry.type
+class SaveMeterTypeResult:
+    """The meter type in force after saving, or why nothing was saved."""
+
+    meter_type: MeterType | None
+    errors: list[FieldError]
+
+
 def _aware(value: datetime, name: str) -> datetime:
     if value.tzinfo is None:
         raise api_error("BAD_REQUEST", f"{name} needs a time zone (ISO 8601 with offset)")
@@ -113,6 +162,11 @@ class OperationsQuery:
                                            after=int(str(cursor)) if cursor is not None else None,
                                            limit=n + 1)
         return connection([Alert.of(a) for a in rows], n, lambda a: int(a.id))
+
+    @strawberry.field(description="Meter types (device profiles) in force, by id.")
+    async def meter_types(self, info: Info) -> list[MeterType]:
+        require(info, *METER_TYPES_READ)
+        return [MeterType.of(e) for e in _catalog(info).entries()]
 
     @strawberry.field(description="Received, billable, quarantined, unbound and adjusted usage per account and day.")
     async def revenue_assurance(self, info: Info, since: datetime, until: datetime,
@@ -141,6 +195,14 @@ class OperationsMutation:
             done = await _svc(info).acknowledge(tenant=tenant, ids=numbers, by=info.context.principal.key_id)
         return [Alert.of(a) for a in done]
 
+
+    @strawberry.mutation(description="Validate and store a new version of a meter type; running hubs apply it.")
+    async def save_meter_type(self, info: Info, yaml: str) -> SaveMeterTypeResult:
+        require(info, *METER_TYPES_WRITE)
+        with domain_errors():
+            entry, errors = await _catalog(info).save(yaml, author=info.context.principal.key_id)
+        return SaveMeterTypeResult(meter_type=MeterType.of(entry) if entry else None,
+                                   errors=[FieldError(field=e.field, line=e.line, message=e.message) for e in errors])
 
     @strawberry.mutation(description="A token for the consumer self-service page /me of one account (shown once).")
     async def create_consumer_token(self, info: Info, account_id: str) -> ConsumerToken:

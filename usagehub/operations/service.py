@@ -32,8 +32,13 @@ class OperationsService:
                  clock: Callable[[], datetime] | None = None) -> None:
         self.pool = pool
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.silent_after = {c.profile.id: timedelta(seconds=c.profile.silent_after_s)
-                             for c in profiles.compiled if c.profile.silent_after_s}
+        self.profiles = profiles
+
+    @property
+    def silent_after(self) -> dict[str, timedelta]:
+        """Each profile's ``silent_after_s`` (read from the profiles in force: they can change while running)."""
+        return {c.profile.id: timedelta(seconds=c.profile.silent_after_s)
+                for c in self.profiles.compiled if c.profile.silent_after_s}
 
     async def alerts(self, *, tenant: str, open_only: bool = False, kind: str | None = None,
                      after: int | None = None, limit: int = 50) -> list[AlertRow]:
@@ -52,11 +57,12 @@ class OperationsService:
 
     async def sweep_silent(self) -> int:
         """Raise one "silent" alert per device quiet past its profile's ``silent_after_s``; return how many."""
-        if not self.silent_after:
+        silent_after = self.silent_after
+        if not silent_after:
             return 0
         async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
-            seen = await last_seen(conn, sorted(self.silent_after))
-            return await raise_device_alerts(conn, silent_alerts(seen, self.silent_after, self.clock()))
+            seen = await last_seen(conn, sorted(silent_after))
+            return await raise_device_alerts(conn, silent_alerts(seen, silent_after, self.clock()))
 
     async def revenue_assurance(self, *, tenant: str, since: datetime, until: datetime,
                                 account_id: str | None = None, limit: int = 1000) -> list[AssuranceRow]:

@@ -16,11 +16,19 @@ class AlertStage:
     """Batch hook: one upsert of last contact per batch, and the alerts of meters a profile marks ``alert:``."""
 
     def __init__(self, profiles: ProfileSet) -> None:
-        self.rules = {(c.profile.id, name): (spec.alert, spec.active_values)
-                      for c in profiles.compiled for name, spec in c.profile.meters.items() if spec.alert}
+        self.profiles = profiles
+        self._version = -1
+        self.rules: dict[tuple[str, str], tuple[str, list[str | int | bool]]] = {}
+
+    def _refresh(self) -> None:
+        if self._version != self.profiles.version:  # profiles changed while the hub runs
+            self.rules = {(c.profile.id, name): (spec.alert, spec.active_values) for c in self.profiles.compiled
+                          for name, spec in c.profile.meters.items() if spec.alert}
+            self._version = self.profiles.version
 
     async def apply(self, conn: Connection, events: Sequence[UsageEvent]) -> None:
         """Run inside the batch transaction, after the events are stored."""
+        self._refresh()
         seen: dict[str, tuple[datetime, datetime]] = {}
         for e in events:
             prev = seen.get(e.device_id)

@@ -50,16 +50,25 @@ class SessionEngine:
         self.entries = entries or (lambda: [])
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
         self.idle: dict[str, timedelta] = {}
-        units: dict[str, str] = {}
-        for compiled in profiles.compiled:
-            p = compiled.profile
-            timeout = timedelta(seconds=p.idle_timeout_s)
-            self.idle[p.service] = max(self.idle.get(p.service, timeout), timeout)  # one rule per service
-            for name, spec in p.meters.items():
-                units.setdefault(spec.product or name, spec.unit)
-        self.book = RecordBook(units, self.clock)
+        self.book = RecordBook({}, self.clock)
+        self._version = -1
+        self.refresh()
         # Account-bound points stored by the last absorb (later hooks: prepaid debit); reset every batch.
         self.last_points: list[Point] = []
+
+    def refresh(self) -> None:
+        """Idle timeouts and product units from the profiles in force (they can change while the hub runs)."""
+        if self._version == self.profiles.version:
+            return
+        idle: dict[str, timedelta] = {}
+        units: dict[str, str] = {}
+        for compiled in self.profiles.compiled:
+            p = compiled.profile
+            timeout = timedelta(seconds=p.idle_timeout_s)
+            idle[p.service] = max(idle.get(p.service, timeout), timeout)  # one rule per service
+            for name, spec in p.meters.items():
+                units.setdefault(spec.product or name, spec.unit)
+        self.idle, self.book.units, self._version = idle, units, self.profiles.version
 
     def info(self, profile_id: str, meter: str) -> MeterInfo | None:
         """What allocation needs to know about a profile's meter (None if the profile has no such meter)."""
@@ -80,6 +89,7 @@ class SessionEngine:
     async def absorb(self, conn: Connection, entries: Sequence[tuple[UsageEntry, MeterInfo]],
                      instants: Sequence[tuple[UsageEvent, MeterInfo]]) -> None:
         """Allocate and store the points (unbound ones too), recompute touched sessions and their records."""
+        self.refresh()
         self.last_points = []
         if not entries and not instants:
             return

@@ -225,7 +225,8 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     # HTTP ingest shares the API port; devices authenticate with their own tokens.
     routes = [*ingest_routes(hub.pipeline, DeviceDirectorySql(hub.pool), HttpConfig(), profiles),
               *export_routes(rating, hub.keys), *analytics_routes(services.analytics, hub.keys)]
-    console, operation_tasks = wire_operations(hub.pool, hub.pipeline.profiles, services, hub.keys)
+    console, operation_tasks = await wire_operations(hub.pool, hub.pipeline.profiles, services, hub.keys,
+                                                     hub.config.profiles, profiles)
     routes += console
     hub.background += operation_tasks
     app = create_app(services, hub.keys, ready=hub.ready.is_set, max_depth=hub.config.graphql_max_depth,

@@ -59,3 +59,22 @@ CREATE TABLE consumer_tokens (
     revoked_at   timestamptz
 );
 CREATE INDEX consumer_tokens_account ON consumer_tokens (account_id);
+
+-- Meter types (device profiles) edited through the API or the console: every version kept, the latest in
+-- force. Files in device_profiles/ stay the bootstrap; a stored version of the same id takes their place.
+CREATE TABLE device_profile_versions (
+    profile_id  text NOT NULL,
+    version     integer NOT NULL,
+    yaml        text NOT NULL,
+    author      text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (profile_id, version)
+);
+
+CREATE FUNCTION device_profile_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('usagehub_profiles', NEW.profile_id);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER device_profile_notify AFTER INSERT ON device_profile_versions
+    FOR EACH ROW EXECUTE FUNCTION device_profile_notify();
