@@ -221,3 +221,15 @@ async def test_consumer_token_shows_only_its_account_and_dies_on_revocation(worl
     asset = await world.client.get("/static/vendor/uplot/uPlot.iife.min.js")
     assert asset.status_code == 200 and len(asset.content) > 10_000
     assert (await world.client.get("/static/vendor/uplot/../../me.html")).status_code == 404
+
+
+async def test_a_quarantine_burst_raises_one_alert_per_device_and_window(world: World,
+                                                                        pool: AsyncConnectionPool) -> None:
+    async with pool.connection() as conn:
+        await insert_quarantine(conn, [QuarantineItem(message=panel("p2", 100 + i, "x"), reason="refused",
+                                                      device_id="p2") for i in range(25)])
+    assert await world.ops.sweep_bursts(window=timedelta(days=1), threshold=20) == 1
+    assert await world.ops.sweep_bursts(window=timedelta(days=1), threshold=20) == 0
+    theirs = nodes(await world.gql("b-operator", ALERTS, open=True))
+    assert ("quarantine_burst", "p2") in [(a["kind"], a["deviceId"]) for a in theirs]
+    assert "quarantine_burst" not in [a["kind"] for a in nodes(await world.gql("operator", ALERTS, open=True))]

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from usagehub.core.events import MeterKind, UsageEvent
 
-SEVERITY = {"tamper": "critical", "fault": "warning", "silent": "warning"}
+SEVERITY = {"tamper": "critical", "fault": "warning", "silent": "warning", "quarantine_burst": "warning"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,3 +59,12 @@ def silent_alerts(seen: Iterable[tuple[str, str, datetime]], silent_after: Mappi
                                     f"{int(limit.total_seconds())} s)",
                             raised_at=now, dedupe_key=f"silent:{device}:{last.isoformat()}"))
     return out
+
+
+def burst_alerts(bursts: Iterable[tuple[str, int]], window: timedelta, now: datetime) -> list[NewAlert]:
+    """One alert per device and window whose quarantined messages reached the threshold."""
+    slot = int(now.timestamp() // window.total_seconds())
+    return [NewAlert(kind="quarantine_burst", severity=SEVERITY["quarantine_burst"], device_id=device,
+                     message=f"{count} messages of {device} quarantined in the last "
+                             f"{int(window.total_seconds() // 60)} minutes",
+                     raised_at=now, dedupe_key=f"burst:{device}:{slot}") for device, count in bursts]

@@ -9,10 +9,17 @@ from datetime import UTC, datetime, timedelta
 
 from psycopg_pool import AsyncConnectionPool
 
-from usagehub.core.alerts import silent_alerts
+from usagehub.core.alerts import burst_alerts, silent_alerts
 from usagehub.core.decode import ProfileSet
 from usagehub.errors import DomainError
-from usagehub.storage.alerts import AlertRow, acknowledge, last_seen, list_alerts, raise_device_alerts
+from usagehub.storage.alerts import (
+    AlertRow,
+    acknowledge,
+    last_seen,
+    list_alerts,
+    quarantine_bursts,
+    raise_device_alerts,
+)
 from usagehub.storage.assurance import AssuranceRow, revenue_assurance
 from usagehub.storage.pool import mapped_errors
 
@@ -63,6 +70,13 @@ class OperationsService:
         async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
             seen = await last_seen(conn, sorted(silent_after))
             return await raise_device_alerts(conn, silent_alerts(seen, silent_after, self.clock()))
+
+    async def sweep_bursts(self, *, window: timedelta = timedelta(minutes=10), threshold: int = 20) -> int:
+        """Raise a "quarantine_burst" alert for each device whose quarantine grew by ``threshold`` in ``window``."""
+        now = self.clock()
+        async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
+            bursts = await quarantine_bursts(conn, since=now - window, threshold=threshold)
+            return await raise_device_alerts(conn, burst_alerts(bursts, window, now))
 
     async def revenue_assurance(self, *, tenant: str, since: datetime, until: datetime,
                                 account_id: str | None = None, limit: int = 1000) -> list[AssuranceRow]:

@@ -24,12 +24,12 @@ log = logging.getLogger(__name__)
 
 
 async def sweep_silent(service: OperationsService, *, every_s: float = 60.0) -> None:
-    """Raise "silent" alerts once a minute; a failed round retries next minute."""
+    """Raise "silent" and "quarantine_burst" alerts once a minute; a failed round retries next minute."""
     while True:
         try:
-            raised = await service.sweep_silent()
+            raised = await service.sweep_silent() + await service.sweep_bursts()
             if raised:
-                log.info("%d devices went silent", raised)
+                log.info("%d new silence or quarantine-burst alerts", raised)
         except Exception:
             log.exception("silent-device sweep failed")
         await asyncio.sleep(every_s)

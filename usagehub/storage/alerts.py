@@ -97,3 +97,12 @@ async def acknowledge(conn: Connection, *, tenant: str, ids: Sequence[int], by: 
         "UPDATE alerts SET acked_at = coalesce(acked_at, now()), acked_by = coalesce(acked_by, %s) "
         f"WHERE tenant = %s AND alert_id = ANY(%s) RETURNING {ALERT_COLUMNS}", (by, tenant, list(ids)))
     return sorted((alert_of(r) for r in await cur.fetchall()), key=lambda a: a.alert_id)
+
+
+async def quarantine_bursts(conn: Connection, *, since: datetime, threshold: int) -> list[tuple[str, int]]:
+    """(device, count) of registered devices with at least ``threshold`` quarantined messages since ``since``."""
+    cur = await conn.execute(
+        "SELECT q.device_id, count(*) FROM quarantine q JOIN devices d USING (device_id) "
+        "WHERE q.received_at >= %s GROUP BY q.device_id HAVING count(*) >= %s", (since, threshold))
+    rows: list[Any] = await cur.fetchall()
+    return [(str(r[0]), int(r[1])) for r in rows]
