@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from usagehub.storage.alerts import AlertRow, alert_by_id
+from usagehub.storage.notify import listen_forever
 from usagehub.storage.pool import mapped_errors
 
-log = logging.getLogger(__name__)
 CHANNEL = "usagehub_alerts"
 
 
@@ -26,24 +24,11 @@ class AlertFeed:
         self._queues: dict[asyncio.Queue[AlertRow], str] = {}
 
     async def run(self) -> None:
-        """Listen until cancelled; reconnect after a lost connection (logged once per outage)."""
-        lost = False
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    self.listening.set()
-                    if lost:
-                        log.info("alert listener reconnected")
-                        lost = False
-                    async for notify in conn.notifies():
-                        await self._publish(int(notify.payload))
-            except psycopg.Error as err:
-                self.listening.clear()
-                if not lost:
-                    log.warning("alert listener lost its connection (%s); reconnecting", err)
-                    lost = True
-                await asyncio.sleep(1.0)
+        """Listen until cancelled (reconnecting after a loss)."""
+        await listen_forever(self.conninfo, CHANNEL, self._on_notify, on_connect=self.listening.set)
+
+    async def _on_notify(self, payload: str) -> None:
+        await self._publish(int(payload))
 
     async def _publish(self, alert_id: int) -> None:
         if not self._queues:

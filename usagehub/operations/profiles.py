@@ -7,17 +7,16 @@ and every hub on the database puts it in force when it hears of the commit (LIST
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from usagehub.core.decode import ProfileSet
 from usagehub.core.profiles import Profile, parse_profile
 from usagehub.errors import ConfigError, DomainError
+from usagehub.storage.notify import listen_forever
 from usagehub.storage.pool import mapped_errors
 from usagehub.storage.profile_versions import CHANNEL, add_version, history, latest
 
@@ -115,20 +114,5 @@ class ProfileCatalog:
         return next(e for e in self.entries() if e.profile.id == profile.id), []
 
     async def listen(self) -> None:
-        """Put versions saved by any hub in force when their commit is heard; reconnect after a loss."""
-        lost = False
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(str(self.pool.conninfo), autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    await self.load()  # whatever was saved while we were not listening
-                    if lost:
-                        log.info("meter type listener reconnected")
-                        lost = False
-                    async for _ in conn.notifies():
-                        await self.load()
-            except psycopg.Error as err:
-                if not lost:
-                    log.warning("meter type listener lost its connection (%s); reconnecting", err)
-                    lost = True
-                await asyncio.sleep(1.0)
+        """Put versions saved by any hub in force when their commit is heard (and after each reconnection)."""
+        await listen_forever(str(self.pool.conninfo), CHANNEL, lambda _: self.load(), on_connect=self.load)

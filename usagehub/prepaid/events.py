@@ -15,9 +15,9 @@ from datetime import datetime
 from decimal import Decimal
 
 import orjson
-import psycopg
 
 from usagehub.storage.ledger import PrepaidEvent
+from usagehub.storage.notify import listen_forever
 
 log = logging.getLogger(__name__)
 CHANNEL = "usagehub_prepaid"
@@ -45,17 +45,9 @@ class PrepaidEventHub:
 
     async def run(self) -> None:
         """Listen until cancelled; reconnects after a lost connection."""
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    self.listening.set()
-                    async for notify in conn.notifies():
-                        self.publish(event_of(notify.payload))
-            except psycopg.Error as err:
-                self.listening.clear()
-                log.warning("prepaid event listener lost its connection (%s); reconnecting", err)
-                await asyncio.sleep(1.0)
+        self.listening.clear()
+        await listen_forever(self.conninfo, CHANNEL, lambda payload: self.publish(event_of(payload)),
+                             on_connect=self.listening.set)
 
     def publish(self, event: PrepaidEvent) -> None:
         """Give ``event`` to every subscriber (a full queue drops its oldest) and every handler."""

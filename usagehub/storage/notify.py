@@ -1,0 +1,39 @@
+"""LISTEN on a PostgreSQL channel for as long as a hub runs: reconnect after a loss, log it once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+
+async def listen_forever(conninfo: str, channel: str, handle: Callable[[str], Awaitable[None] | None], *,
+                         on_connect: Callable[[], Awaitable[None] | None] | None = None,
+                         retry_s: float = 1.0) -> None:
+    """Call ``handle(payload)`` for every NOTIFY on ``channel`` until cancelled.
+
+    ``on_connect`` runs after each (re)connection, once LISTEN is in place: what was missed while the
+    connection was down is caught up there. A lost connection is logged once per outage and once on recovery.
+    """
+    lost = False
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                await conn.execute(f"LISTEN {channel}")
+                if on_connect is not None and (result := on_connect()) is not None:
+                    await result
+                if lost:
+                    log.info("listening on %s again", channel)
+                    lost = False
+                async for notify in conn.notifies():
+                    if (result := handle(notify.payload)) is not None:
+                        await result
+        except psycopg.Error as err:
+            if not lost:
+                log.warning("lost the %s listener connection (%s); reconnecting", channel, err)
+                lost = True
+            await asyncio.sleep(retry_s)
