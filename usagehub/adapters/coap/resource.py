@@ -114,7 +114,7 @@ class IngestResource(resource.Resource):  # type: ignore[misc]
             endpoint = await self._devices.endpoint(authenticated)
             if endpoint is None:
                 raise Refused(Code.UNAUTHORIZED, "device no longer registered")
-            if endpoint.profile_id not in (None, route.profile.id):
+            if endpoint.profile_id != route.profile.id:  # the registered profile decides
                 raise Refused(Code.FORBIDDEN, "device is not registered for this profile")
             return authenticated, "oscore"
         if not route.profile.allow_unauthenticated:
@@ -125,7 +125,7 @@ class IngestResource(resource.Resource):  # type: ignore[misc]
         if endpoint is None:
             if not self._config.accept_unregistered:
                 raise Refused(Code.UNAUTHORIZED, "unknown device")
-        elif endpoint.profile_id not in (None, route.profile.id):
+        elif endpoint.profile_id != route.profile.id:  # no profile is no consent to an open door
             raise Refused(Code.FORBIDDEN, "device is not registered for this profile")
         return route.path_device_id, "none"
 
