@@ -116,7 +116,7 @@ class Entitlements:
         self._candidates = lru_cache(maxsize=65536)(self._candidates_uncached)
 
     def _candidates_uncached(self, transport: str, topic: str) -> tuple[tuple[CompiledProfile, dict[str, str]], ...]:
-        found = []
+        found: list[tuple[CompiledProfile, dict[str, str]]] = []
         for compiled in self.profiles.compiled:
             if compiled.profile.match.transport != transport:
                 continue

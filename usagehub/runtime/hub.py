@@ -74,6 +74,7 @@ class Hub:
     http_port: int = 0
     background: list[asyncio.Task[None]] = field(default_factory=list)
     prepaid: PrepaidRuntime | None = None
+    broker: EmbeddedBroker | None = None  # the embedded broker, when no mqtt_url is set
 
     def stop(self) -> None:
         """Begin a clean shutdown."""
@@ -183,13 +184,16 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
     """Run a hub until SIGINT/SIGTERM or ``Hub.stop()``; commits and acknowledges the batch in flight."""
     profiles = load_profiles(config.profiles)
     async with contextlib.AsyncExitStack() as stack:
-        broker_url = config.mqtt_url or f"mqtt://127.0.0.1:{config.embedded_broker_port}"
-        if not config.mqtt_url:
-            await stack.enter_async_context(EmbeddedBroker(config.embedded_broker_port))
+        broker_url, broker = config.mqtt_url, None
+        if not broker_url:  # clients of the embedded broker log in too (runtime/broker.py)
+            broker = await stack.enter_async_context(EmbeddedBroker(config.embedded_broker_port))
+            broker_url = broker.url()
         pool = await stack.enter_async_context(open_storage(config))
+        if broker is not None:
+            broker.guard.directory = DeviceDirectorySql(pool)
         pipeline, billing = build_pipeline(config, pool, profiles)
         hub = Hub(config=config, pool=pool, pipeline=pipeline, keys=ApiKeys(pool),
-                  registry=registry_for(pool, billing), billing=billing)
+                  registry=registry_for(pool, billing), billing=billing, broker=broker)
         hub.prepaid = PrepaidRuntime.create(pool, profiles, mqtt_url=broker_url, client_id=config.mqtt_client_id,
                                             shared=bool(config.mqtt_url))  # amqtt (embedded) has no $share
         settings = AdapterSettings(profiles=profiles, devices=DeviceDirectorySql(pool), data_dir=config.data_dir,
