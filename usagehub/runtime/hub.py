@@ -208,6 +208,7 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
 async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any] | None,
                  profiles: list[Profile]) -> None:
     from usagehub.adapters.http import HttpConfig, ingest_routes
+    from usagehub.adapters.http.slow import deadline_protocol
     from usagehub.rating.service import RatingService
     from usagehub.web.exports import export_routes
 
@@ -227,8 +228,11 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
               *export_routes(rating, hub.keys), *analytics_routes(services.analytics, hub.keys)]
     app = create_app(services, hub.keys, ready=hub.ready.is_set, max_depth=hub.config.graphql_max_depth,
                      extra_routes=list(routes))
+    ingest = HttpConfig()  # slow clients: header and body deadlines on the API port too
     server = uvicorn.Server(uvicorn.Config(app, host=hub.config.http_host, port=hub.config.http_port,
-                                           log_level="warning", lifespan="off"))
+                                           log_level="warning", lifespan="off",
+                                           http=deadline_protocol(header_timeout_s=ingest.header_timeout_s,
+                                                                  body_timeout_s=ingest.body_timeout_s)))
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # hub owns signals
     if install_signals:
         loop = asyncio.get_running_loop()
