@@ -93,9 +93,10 @@ class Hub:
                                  payload=bytes(payload), received_at=received_at,
                                  meta={str(k): str(v) for k, v in (meta or {}).items()})
             receipt = await (await self.pipeline.submit(message))
-            async with self.pool.connection() as conn:
-                await conn.execute("UPDATE quarantine SET replayed_at = now(), replay_outcome = %s "
-                                   "WHERE quarantine_id = %s", (receipt.outcome.value, qid))
+            if receipt.quarantine_id != qid:  # refused again for the same reason: the entry stays open
+                async with self.pool.connection() as conn:
+                    await conn.execute("UPDATE quarantine SET replayed_at = now(), replay_outcome = %s "
+                                       "WHERE quarantine_id = %s", (receipt.outcome.value, qid))
             results.append((int(qid), receipt.outcome.value, receipt.reason))
         return results
 
@@ -139,6 +140,22 @@ async def sweep_sessions(hub: Hub, *, every_s: float = 60.0) -> None:
                 await sweep_expired(hub.billing.engine, conn, datetime.now(UTC))
         except Exception:  # a failed sweep retries next round; ingest is unaffected
             log.exception("session sweep failed")
+
+
+async def prune_quarantine_hourly(hub: Hub) -> None:
+    """Apply the quarantine retention (age and row cap) at start and every hour."""
+    from usagehub.storage.quarantine import prune_quarantine
+
+    while True:
+        try:
+            deleted = await prune_quarantine(hub.pool, now=datetime.now(UTC),
+                                             retention=timedelta(days=hub.config.quarantine_retention_days),
+                                             max_rows=hub.config.quarantine_max_rows)
+            if deleted:
+                log.info("quarantine retention removed %d entries", deleted)
+        except Exception:  # retried next hour; ingest is unaffected
+            log.exception("quarantine retention failed")
+        await asyncio.sleep(3600)
 
 
 async def daily_analytics(hub: Hub, service: Any) -> None:
@@ -240,6 +257,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
             loop.add_signal_handler(sig, hub.stop)
     pipeline_task = asyncio.create_task(hub.pipeline.run(), name="pipeline")
     hub.background.append(asyncio.create_task(sweep_sessions(hub), name="session-sweep"))
+    hub.background.append(asyncio.create_task(prune_quarantine_hourly(hub), name="quarantine-retention"))
     hub.background.append(asyncio.create_task(daily_analytics(hub, services.analytics), name="analytics-daily"))
     hub.background += hub.prepaid.start() if hub.prepaid is not None else []
     adapter_tasks = [asyncio.create_task(a.run(hub.pipeline), name=f"adapter:{n}") for n, a in hub.adapters.items()]
