@@ -109,3 +109,11 @@ async def test_unauthenticated_requests_are_rate_limited_per_address(tmp_path: P
     assert all("4.29" in printed for _, printed in answers[2:])
     assert len(pipeline.events) == 2
     assert (after or 0) - (before or 0) == 2
+
+
+async def test_open_path_refuses_a_device_registered_without_that_profile(hub: tuple[int, MiniPipeline]) -> None:
+    port, pipeline = hub
+    answers = [await coap_client("-m", "post", "-t", "50", "-e", reading(1).decode(),
+                                 f"coap://127.0.0.1:{port}/open/{device}") for device in ("noprofile", "dev2")]
+    assert all("4.03" in printed for _, printed in answers)   # no profile / a profile that needs OSCORE
+    assert pipeline.events == {} and pipeline.messages == []
