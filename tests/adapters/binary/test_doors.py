@@ -54,12 +54,11 @@ async def test_connections_beyond_the_per_source_cap_are_closed_at_once(tmp_path
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await closed_within(reader, 2)                       # the third: closed, not parked
         assert dropped("binary-tcp", "per-source connection cap") == before + 1
-        r0, w0 = held[0]
+        _, w0 = held[0]
         w0.write(pulse_record(device=7))                            # the held ones still work
         await w0.drain()
         async with asyncio.timeout(5):
-            while not sink.messages:
-                await asyncio.sleep(0.01)
+            await sink.wait_for(1)
         for _, w in [*held, (reader, writer)]:
             w.close()
 
