@@ -83,7 +83,7 @@ async def insert_events(conn: Connection, events: Sequence[UsageEvent]) -> set[E
 
 
 # A quarantine row keeps at most this much of the payload; the size and SHA-256 of the whole stay.
-QUARANTINE_PAYLOAD_MAX = 64 * 1024
+QUARANTINE_PAYLOAD_MAX = 256 * 1024
 _INSERT_QUARANTINE = (
     "INSERT INTO quarantine (received_at, transport, topic, source, payload, reason, detail, meta, device_id, "
     "profile_id, fingerprint, payload_size, payload_sha256, last_seen_at) "
