@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import UTC, datetime, timedelta
 
@@ -13,11 +14,12 @@ from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
 from usagehub.metrics import REGISTRY
 from usagehub.pipeline.pipeline import Pipeline, PipelineSettings
-from usagehub.runtime.config import SHIPPED_PROFILES
+from usagehub.runtime.config import SHIPPED_PROFILES, HubConfig
+from usagehub.runtime.hub import Hub
 from usagehub.runtime.profile_files import load_profiles
 from usagehub.storage.events import QUARANTINE_PAYLOAD_MAX
 from usagehub.storage.quarantine import prune_quarantine
-from usagehub.storage.registry import KnownDevices
+from usagehub.storage.registry import KnownDevices, Registry
 
 
 def make(pool: AsyncConnectionPool) -> Pipeline:
@@ -71,3 +73,29 @@ async def test_retention_removes_old_entries_then_the_oldest_beyond_the_cap(pool
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT payload FROM quarantine ORDER BY quarantine_id")
         assert [bytes(r[0]) for r in await cur.fetchall()] == [b"new 3", b"new 4"]
+
+
+async def test_replay_keeps_a_still_refused_entry_open_and_closes_a_fixed_one(pool: AsyncConnectionPool) -> None:
+    pipeline = make(pool)
+    hub = Hub(config=HubConfig(), pool=pool, pipeline=pipeline, keys=None, registry=None,  # type: ignore[arg-type]
+              billing=None)  # type: ignore[arg-type]
+    body = orjson.dumps({"seq": 1, "ts": (NOW - timedelta(hours=1)).isoformat(), "energy_wh": 5, "boot": 1})
+    task = asyncio.create_task(pipeline.run())
+    try:
+        receipt = await (await pipeline.submit(garbage(body, topic="meters/late/reading")))
+        qid = receipt.quarantine_id
+        assert qid is not None and receipt.reason == "unknown device"
+        assert await hub.replay([qid]) == [(qid, "quarantined", "unknown device")]
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT seen_count, replayed_at FROM quarantine WHERE quarantine_id = %s",
+                                     (qid,))
+            assert await cur.fetchone() == (2, None)          # still open, counted twice
+        await Registry(pool).upsert_device(device_id="late", profile_id="acme-em340")
+        pipeline.identity.facts._cache.clear()                # (or wait out the 3 s cache)
+        assert await hub.replay([qid]) == [(qid, "accepted", None)]
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT replay_outcome FROM quarantine WHERE quarantine_id = %s", (qid,))
+            assert await cur.fetchone() == ("accepted",)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
