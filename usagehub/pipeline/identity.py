@@ -181,7 +181,9 @@ class Entitlements:
                                                  device_id=sender, profile_id=compiled.profile.id)
                 continue
             decoded.append((item, sender, compiled))
-        named = await self.facts.get({e.device_id for item, _, _ in decoded for e in item.events})
+        # Readings for the sender itself were checked before decoding: look up only the other devices.
+        named = await self.facts.get({e.device_id for item, sender, _ in decoded for e in item.events
+                                      if e.device_id != sender})
         for item, sender, compiled in decoded:
             refusal = self._refusal(item.message, item.events, sender,
                                     senders.get(sender) if sender else None, compiled.profile.id, named)
