@@ -38,7 +38,7 @@ TOKEN = "bench-token"
 
 class Directory:
     async def endpoints(self, profile_id: str | None = None) -> list[DeviceEndpoint]:
-        return [DeviceEndpoint(device_id="gw", profile_id=None, secrets={"http_token": TOKEN})]
+        return [DeviceEndpoint(device_id="plug", profile_id="acme-http-meter", secrets={"http_token": TOKEN})]
 
     async def endpoint(self, device_id: str) -> DeviceEndpoint | None:
         return None

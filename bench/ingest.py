@@ -140,12 +140,22 @@ def usagehub_run(url: str, port: int, msgs: list[tuple[bytes, bytes]], events: i
                  ) -> tuple[float, float, float]:
     tmp.mkdir(parents=True, exist_ok=True)
     seed = tmp / "seed.yaml"
-    lines = ["accounts: [{id: a}]", "devices:"] + [f"  - {{id: m{d:04d}}}" for d in range(METERS)]
+    # The registered profile decodes (docs/security.md): meters as acme-em340; in the gateway case the
+    # meters are registered behind the 50 gateways, which are registered as acme-dc100-gateway.
+    via_gateway = msgs[0][0].startswith(b"gateways/")
+    profile = "" if via_gateway else ", profile: acme-em340"
+    lines = ["accounts: [{id: a}]", "devices:"] + [f"  - {{id: m{d:04d}{profile}}}" for d in range(METERS)]
+    if via_gateway:
+        lines += [f"  - {{id: g{g:02d}, profile: acme-dc100-gateway}}" for g in range(50)]
     seed.write_text("\n".join(lines) + "\n")
     settings = ["--database-url", url, "--mqtt-url", f"mqtt://127.0.0.1:{port}", "--data-dir", str(tmp),
                 "--log-level", "WARNING"]
     subprocess.run([sys.executable, "-m", "usagehub", "seed", str(seed), *settings], check=True, cwd=ROOT,
                    capture_output=True)
+    if via_gateway:
+        with psycopg.connect(url) as conn:
+            conn.execute("INSERT INTO gateway_devices (gateway_id, device_id) SELECT g.device_id, m.device_id "
+                         "FROM devices g JOIN devices m ON m.device_id LIKE 'm%' WHERE g.device_id LIKE 'g%'")
     env = {**os.environ, "USAGEHUB_MQTT_CLIENT_ID": f"usagehub-bench-{uuid.uuid4().hex[:6]}"}
     proc = subprocess.Popen([sys.executable, "-m", "usagehub", "serve", *settings, "--http-port", "0",
                              "--config", "/dev/null"], cwd=ROOT, env=env)

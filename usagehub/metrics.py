@@ -20,3 +20,14 @@ COMMIT_SECONDS = Histogram("usagehub_commit_seconds", "Time to write and commit 
 BATCH_RETRIES = Counter("usagehub_batch_retries_total", "Batches retried after a storage failure",
                         registry=REGISTRY)
 QUEUE_DEPTH = Gauge("usagehub_pipeline_queue_depth", "Messages waiting for a batch", registry=REGISTRY)
+DOOR_DROPPED = Counter("usagehub_door_dropped_total",
+                       "Input dropped at a door before the pipeline (rate limits, slow clients, caps)",
+                       ["door", "reason"], registry=REGISTRY)
+QUARANTINE_MERGED = Counter("usagehub_quarantine_merged_total",
+                            "Quarantined messages identical to an open entry: counted on it, not stored again",
+                            registry=REGISTRY)
+QUARANTINE_TRUNCATED = Counter("usagehub_quarantine_truncated_total",
+                               "Quarantined payloads cut to the per-row cap (size and SHA-256 kept)",
+                               registry=REGISTRY)
+QUARANTINE_PRUNED = Counter("usagehub_quarantine_pruned_total",
+                            "Quarantine rows deleted by retention (age or row cap)", registry=REGISTRY)

@@ -13,6 +13,7 @@ import pytest
 from tests.adapters.coap.support import profiles, start, stop
 from tests.adapters.files.minipipe import MiniPipeline
 from tests.peers import require_binary
+from usagehub.metrics import REGISTRY
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +92,28 @@ async def test_blockwise_body_over_limit_gets_413(hub: tuple[int, MiniPipeline],
                                    f"coap://127.0.0.1:{port}/open/open1")
     assert printed.startswith("4.13")
     assert pipeline.messages == []
+
+
+async def test_unauthenticated_requests_are_rate_limited_per_address(tmp_path: Path) -> None:
+    pipeline = MiniPipeline(profiles())
+    limit = {"per_source_per_s": 0.01, "burst": 2}
+    adapter, task, port = await start(tmp_path, pipeline, unauthenticated_rate_limit=limit)
+    try:
+        before = REGISTRY.get_sample_value("usagehub_door_dropped_total", {"door": "coap", "reason": "rate limited"})
+        answers = [await coap_client("-m", "post", "-t", "50", "-e", reading(seq).decode(),
+                                     f"coap://127.0.0.1:{port}/open/open1") for seq in range(4)]
+        after = REGISTRY.get_sample_value("usagehub_door_dropped_total", {"door": "coap", "reason": "rate limited"})
+    finally:
+        await stop(adapter, task)
+    assert [a[0] for a in answers[:2]] == [0, 0]
+    assert all("4.29" in printed for _, printed in answers[2:])
+    assert len(pipeline.events) == 2
+    assert (after or 0) - (before or 0) == 2
+
+
+async def test_open_path_refuses_a_device_registered_without_that_profile(hub: tuple[int, MiniPipeline]) -> None:
+    port, pipeline = hub
+    answers = [await coap_client("-m", "post", "-t", "50", "-e", reading(1).decode(),
+                                 f"coap://127.0.0.1:{port}/open/{device}") for device in ("noprofile", "dev2")]
+    assert all("4.03" in printed for _, printed in answers)   # no profile / a profile that needs OSCORE
+    assert pipeline.events == {} and pipeline.messages == []

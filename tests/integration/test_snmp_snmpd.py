@@ -9,7 +9,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 
 from tests.adapters.snmp.agents import ENTERPRISE, Snmpd
 from tests.adapters.snmp.helpers import by_key, config, decode_all, profile_from, settings
@@ -19,6 +18,7 @@ from usagehub.adapters.base import DeviceEndpoint
 from usagehub.adapters.snmp.adapter import SnmpAdapter
 from usagehub.core.codecs.snmp import decode_snmp
 from usagehub.core.profiles import Profile
+from usagehub.metrics import REGISTRY
 
 pytestmark = pytest.mark.integration
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +18,9 @@ from tests.fakes import RecordingSink
 from tests.peers import require_binary
 from usagehub.adapters.base import DeviceEndpoint
 from usagehub.adapters.snmp.adapter import SnmpAdapter
+from usagehub.adapters.snmp.config import TrapConfig
 from usagehub.errors import DecodeError, ValidationFailed
+from usagehub.metrics import REGISTRY
 
 pytestmark = pytest.mark.integration
 
@@ -154,3 +158,31 @@ async def test_inform_is_acknowledged_only_after_commit(tmp_path: Path) -> None:
     assert elapsed >= 0.75  # ...but not before the commit
     assert len(sink.messages) == 1
     assert sink.messages[0].meta["device_id"] == "panel-1"
+
+
+async def test_a_flood_from_one_address_is_rate_limited_and_counted(tmp_path: Path) -> None:
+    def limited() -> float:
+        return REGISTRY.get_sample_value("usagehub_snmp_traps_total", {"result": "rate_limited"}) or 0.0
+
+    sink = RecordingSink()
+    traps = TrapConfig(host="127.0.0.1", port=0, rate_limit={"per_source_per_s": 0.01, "burst": 3})
+    before = limited()
+    async with SnmpAdapter(config(traps=traps), settings(PROFILES, [PANEL], tmp_path)) as adapter:
+        task = asyncio.create_task(adapter.run(sink))
+        try:
+            assert adapter.trap_port
+            for _ in range(3):  # real traps from net-snmp: the burst passes
+                await _send(*_v2c(adapter.trap_port, "panel-secret", DOOR_FORCED))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                for n in range(200):  # then a flood of garbage from the same address
+                    sock.sendto(os.urandom(1400), ("127.0.0.1", adapter.trap_port))
+                    if n % 50 == 49:
+                        await asyncio.sleep(0.01)
+            await _send(*_v2c(adapter.trap_port, "panel-secret", MAINS_FAIL))  # over the rate too
+            await asyncio.sleep(0.3)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert len(sink.messages) == 3 and all(m.meta.get("device_id") == "panel-1" for m in sink.messages)
+    assert limited() - before == 201  # every dropped datagram is counted

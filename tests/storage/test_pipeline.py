@@ -119,6 +119,8 @@ async def test_gateway_batch_yields_one_event_per_reading(pool: AsyncConnectionP
     registry = Registry(pool)
     for i in range(50):
         await registry.upsert_device(device_id=f"g{i}")
+    await registry.upsert_device(device_id="dc1", profile_id="acme-dc100-gateway")
+    await registry.attach_to_gateway(gateway_id="dc1", device_ids=[f"g{i}" for i in range(50)])
     profiles = ProfileSet(load_profiles(SHIPPED_PROFILES))
     pipeline = Pipeline(pool, profiles, KnownDevices(pool))
     body = {"readings": [{"meter": f"g{i}", "seq": 1, "ts": T0.isoformat(), "energy_wh": i} for i in range(50)]}

@@ -13,7 +13,7 @@ from strawberry.extensions.query_depth_limiter import create_validator
 from strawberry.tools import merge_types
 from strawberry.types import Info
 
-from usagehub.graphql import analytics, operations, prepaid, rating
+from usagehub.graphql import analytics, gateways, operations, prepaid, rating
 from usagehub.graphql import billing as b
 from usagehub.graphql import types as t
 from usagehub.graphql.auth import (
@@ -207,7 +207,7 @@ class _Schema(strawberry.Schema):
 
 # Each room (rating, prepaid, analytics) owns one module exporting QUERIES, MUTATIONS and SUBSCRIPTIONS:
 # tuples of strawberry types whose fields are merged into the root types here.
-ROOMS = (rating, prepaid, analytics, operations)
+ROOMS = (rating, prepaid, analytics, operations, gateways)
 Query = merge_types("Query", (CoreQuery, *(q for room in ROOMS for q in room.QUERIES)))
 Mutation = merge_types("Mutation", (CoreMutation, *(m for room in ROOMS for m in room.MUTATIONS)))
 _SUBSCRIPTIONS = tuple(s for room in ROOMS for s in room.SUBSCRIPTIONS)

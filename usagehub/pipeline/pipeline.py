@@ -21,7 +21,8 @@ from usagehub import metrics
 from usagehub.adapters.base import Outcome, Receipt
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage, UsageEvent
-from usagehub.errors import DecodeError, StorageError, StorageUnavailable
+from usagehub.errors import StorageError, StorageUnavailable
+from usagehub.pipeline.identity import Entitlements
 from usagehub.storage.events import (
     EventKey,
     PartitionCache,
@@ -75,6 +76,7 @@ class Pipeline:
         self._inflight: asyncio.Future[None] | None = None
         self._pending: list[_Item] = []  # taken off the queue when a cancel arrived
         self._in_counters: dict[str, Any] = {}
+        self.identity = Entitlements(pool, profiles)
 
     async def submit(self, message: RawMessage) -> asyncio.Future[Receipt]:
         """Enqueue ``message``; the future resolves with its receipt after the batch commits."""
@@ -159,22 +161,8 @@ class Pipeline:
                 return
 
     async def _decode(self, batch: list[_Item]) -> None:
-        for item in batch:
-            if item.events or item.quarantine:
-                continue
-            try:
-                item.events = self.profiles.decode(item.message)
-            except DecodeError as err:
-                item.quarantine = QuarantineItem(message=item.message, reason=err.reason, detail=err.detail)
-        candidates = {e.device_id for item in batch for e in item.events}
-        unknown = await self.devices.unknown(candidates)
-        for item in batch:
-            if item.events and item.events[0].device_id in unknown:
-                item.quarantine = QuarantineItem(message=item.message, reason="unknown device",
-                                                 detail=item.events[0].device_id,
-                                                 device_id=item.events[0].device_id,
-                                                 profile_id=item.events[0].profile_id)
-                item.events = []
+        # The registered profile decodes; readings the sender may not write are quarantined (identity.py).
+        await self.identity.decode([item for item in batch if not (item.events or item.quarantine)])
 
     async def _commit(self, batch: list[_Item]) -> None:
         started = time.perf_counter()

@@ -39,6 +39,8 @@ class HubConfig(BaseModel):
     adapters: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                 description="extra adapters by name, with their config")
     graphql_max_depth: int = Field(12, ge=2, le=50)
+    quarantine_retention_days: int = Field(30, ge=1, description="quarantine entries not seen for longer go")
+    quarantine_max_rows: int = Field(1_000_000, ge=100, description="beyond, the oldest entries go")
 
     @property
     def uses_embedded_database(self) -> bool:

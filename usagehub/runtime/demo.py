@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import sys
 from datetime import UTC, datetime, timedelta
 
@@ -28,7 +29,12 @@ async def run_demo(config: HubConfig, *, meters: int, panels: int, rate: float, 
               f"  (in GraphiQL, add the header  {{\"Authorization\": \"Bearer {key}\"}})\n"
               f"  try:      {{ ingestStats {{ messages accepted duplicates quarantined }} }}\n"
               "Ctrl-C stops.", flush=True)
-        sim = Simulator(fleet, MqttConfig(url=broker), rate_per_s=rate)
+        url = broker
+        if hub.broker is not None:  # the embedded broker wants a login: one for the simulated fleet
+            password = secrets.token_urlsafe(16)
+            hub.broker.guard.add_publisher("demo-fleet", password, [*fleet.meters, *fleet.panels])
+            url = hub.broker.url("demo-fleet", password)
+        sim = Simulator(fleet, MqttConfig(url=url), rate_per_s=rate)
         hub.background.append(asyncio.create_task(_summary(hub, sim, duration_s), name="demo-summary"))
 
     await run_hub(config, on_ready=on_ready)

@@ -76,6 +76,7 @@ class Hub:
     http_port: int = 0
     background: list[asyncio.Task[None]] = field(default_factory=list)
     prepaid: PrepaidRuntime | None = None
+    broker: EmbeddedBroker | None = None  # the embedded broker, when no mqtt_url is set
 
     def stop(self) -> None:
         """Begin a clean shutdown."""
@@ -94,9 +95,10 @@ class Hub:
                                  payload=bytes(payload), received_at=received_at,
                                  meta={str(k): str(v) for k, v in (meta or {}).items()})
             receipt = await (await self.pipeline.submit(message))
-            async with self.pool.connection() as conn:
-                await conn.execute("UPDATE quarantine SET replayed_at = now(), replay_outcome = %s "
-                                   "WHERE quarantine_id = %s", (receipt.outcome.value, qid))
+            if receipt.quarantine_id != qid:  # refused again for the same reason: the entry stays open
+                async with self.pool.connection() as conn:
+                    await conn.execute("UPDATE quarantine SET replayed_at = now(), replay_outcome = %s "
+                                       "WHERE quarantine_id = %s", (receipt.outcome.value, qid))
             results.append((int(qid), receipt.outcome.value, receipt.reason))
         return results
 
@@ -144,6 +146,22 @@ async def sweep_sessions(hub: Hub, *, every_s: float = 60.0) -> None:
             log.exception("session sweep failed")
 
 
+async def prune_quarantine_hourly(hub: Hub) -> None:
+    """Apply the quarantine retention (age and row cap) at start and every hour."""
+    from usagehub.storage.quarantine import prune_quarantine
+
+    while True:
+        try:
+            deleted = await prune_quarantine(hub.pool, now=datetime.now(UTC),
+                                             retention=timedelta(days=hub.config.quarantine_retention_days),
+                                             max_rows=hub.config.quarantine_max_rows)
+            if deleted:
+                log.info("quarantine retention removed %d entries", deleted)
+        except Exception:  # retried next hour; ingest is unaffected
+            log.exception("quarantine retention failed")
+        await asyncio.sleep(3600)
+
+
 async def daily_analytics(hub: Hub, service: Any) -> None:
     """Refresh behaviour features and segments once at start, then shortly after each UTC midnight."""
     while True:
@@ -187,13 +205,16 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
     """Run a hub until SIGINT/SIGTERM or ``Hub.stop()``; commits and acknowledges the batch in flight."""
     profiles = load_profiles(config.profiles)
     async with contextlib.AsyncExitStack() as stack:
-        broker_url = config.mqtt_url or f"mqtt://127.0.0.1:{config.embedded_broker_port}"
-        if not config.mqtt_url:
-            await stack.enter_async_context(EmbeddedBroker(config.embedded_broker_port))
+        broker_url, broker = config.mqtt_url, None
+        if not broker_url:  # clients of the embedded broker log in too (runtime/broker.py)
+            broker = await stack.enter_async_context(EmbeddedBroker(config.embedded_broker_port))
+            broker_url = broker.url()
         pool = await stack.enter_async_context(open_storage(config))
+        if broker is not None:
+            broker.guard.directory = DeviceDirectorySql(pool)
         pipeline, billing = build_pipeline(config, pool, profiles)
         hub = Hub(config=config, pool=pool, pipeline=pipeline, keys=ApiKeys(pool),
-                  registry=registry_for(pool, billing), billing=billing)
+                  registry=registry_for(pool, billing), billing=billing, broker=broker)
         hub.prepaid = PrepaidRuntime.create(pool, profiles, mqtt_url=broker_url, client_id=config.mqtt_client_id,
                                             shared=bool(config.mqtt_url))  # amqtt (embedded) has no $share
         settings = AdapterSettings(profiles=profiles, devices=DeviceDirectorySql(pool), data_dir=config.data_dir,
@@ -208,6 +229,7 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
 async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any] | None,
                  profiles: list[Profile]) -> None:
     from usagehub.adapters.http import HttpConfig, ingest_routes
+    from usagehub.adapters.http.slow import deadline_protocol
     from usagehub.rating.service import RatingService
     from usagehub.web.exports import export_routes
 
@@ -231,8 +253,11 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     hub.background += operation_tasks
     app = create_app(services, hub.keys, ready=hub.ready.is_set, max_depth=hub.config.graphql_max_depth,
                      extra_routes=list(routes))
+    ingest = HttpConfig()  # slow clients: header and body deadlines on the API port too
     server = uvicorn.Server(uvicorn.Config(app, host=hub.config.http_host, port=hub.config.http_port,
-                                           log_level="warning", lifespan="off"))
+                                           log_level="warning", lifespan="off",
+                                           http=deadline_protocol(header_timeout_s=ingest.header_timeout_s,
+                                                                  body_timeout_s=ingest.body_timeout_s)))
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # hub owns signals
     if install_signals:
         loop = asyncio.get_running_loop()
@@ -240,6 +265,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
             loop.add_signal_handler(sig, hub.stop)
     pipeline_task = asyncio.create_task(hub.pipeline.run(), name="pipeline")
     hub.background.append(asyncio.create_task(sweep_sessions(hub), name="session-sweep"))
+    hub.background.append(asyncio.create_task(prune_quarantine_hourly(hub), name="quarantine-retention"))
     hub.background.append(asyncio.create_task(daily_analytics(hub, services.analytics), name="analytics-daily"))
     hub.background += hub.prepaid.start() if hub.prepaid is not None else []
     adapter_tasks = [asyncio.create_task(a.run(hub.pipeline), name=f"adapter:{n}") for n, a in hub.adapters.items()]

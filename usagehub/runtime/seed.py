@@ -37,6 +37,7 @@ class SeedDevice(_M):
     address: str | None = None
     port: int | None = None
     secrets: dict[str, str] = Field(default_factory=dict)
+    gateways: list[str] = Field(default_factory=list, description="gateways that may report for this device")
 
 
 class SeedBinding(_M):
@@ -81,6 +82,9 @@ async def apply_seed(registry: Registry, seed: SeedFile) -> dict[str, int]:
     for d in seed.devices:
         await registry.upsert_device(device_id=d.id, tenant=seed.tenant, profile_id=d.profile, name=d.name,
                                      address=d.address, port=d.port, secrets=d.secrets)
+    for d in seed.devices:
+        for gateway in d.gateways:
+            await registry.attach_to_gateway(gateway_id=gateway, device_ids=[d.id], tenant=seed.tenant)
     existing = {(b.device_id, b.account_id, b.valid_from)
                 for b in await registry.bindings(device_ids=[b.device for b in seed.bindings])}
     bound = 0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 import orjson
 
+from usagehub import metrics
 from usagehub.core.events import RawMessage, UsageEvent
 from usagehub.storage.pool import Connection
 
@@ -80,23 +82,56 @@ async def insert_events(conn: Connection, events: Sequence[UsageEvent]) -> set[E
     return {(str(r[0]), str(r[1]), r[2], str(r[3])) for r in rows}  # type: ignore[misc]
 
 
+# A quarantine row keeps at most this much of the payload; the size and SHA-256 of the whole stay.
+QUARANTINE_PAYLOAD_MAX = 256 * 1024
+_INSERT_QUARANTINE = (
+    "INSERT INTO quarantine (received_at, transport, topic, source, payload, reason, detail, meta, device_id, "
+    "profile_id, fingerprint, payload_size, payload_sha256, last_seen_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (fingerprint) WHERE replayed_at IS NULL DO UPDATE SET seen_count = quarantine.seen_count + 1, "
+    "last_seen_at = greatest(quarantine.last_seen_at, EXCLUDED.last_seen_at) "
+    "RETURNING quarantine_id, seen_count"
+)
+
+
+def quarantine_fingerprint(item: QuarantineItem) -> bytes:
+    """The identity of a quarantine entry: the same message refused for the same reason is one entry."""
+    m = item.message
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (m.transport, m.topic, item.reason, item.device_id or ""):
+        digest.update(part.encode("utf-8", "replace") + b"\x1f")
+    digest.update(m.payload)
+    return digest.digest()
+
+
 async def insert_quarantine(conn: Connection, items: Sequence[QuarantineItem]) -> list[int]:
-    """Store quarantined messages with raw bytes and reason; return their ids in order."""
+    """Store quarantined messages with raw bytes and reason; return their ids in order.
+
+    An open entry with the same identity (:func:`quarantine_fingerprint`: a redelivery,
+    a device repeating itself) is counted (``seen_count``) instead of stored again; a
+    payload over :data:`QUARANTINE_PAYLOAD_MAX` is cut, with its full size and SHA-256 kept.
+    """
     ids: list[int] = []
     async with conn.cursor() as cur:
         for item in items:
             m = item.message
+            payload, detail = m.payload, item.detail
+            if len(payload) > QUARANTINE_PAYLOAD_MAX:
+                payload = payload[:QUARANTINE_PAYLOAD_MAX]
+                detail = f"{detail or ''} (payload of {len(m.payload)} bytes cut to {QUARANTINE_PAYLOAD_MAX})"
+                metrics.QUARANTINE_TRUNCATED.inc()
             # Text columns refuse NUL; the raw bytes keep everything as received.
-            await cur.execute(
-                "INSERT INTO quarantine (received_at, transport, topic, source, payload, reason, detail, meta, "
-                "device_id, profile_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING quarantine_id",
-                (m.received_at, _text(m.transport), _text(m.topic), _text(m.source), m.payload,
-                 _text(item.reason), item.detail and _text(item.detail[:500]),
-                 orjson.dumps({_text(k): _text(v) for k, v in m.meta.items()}).decode(),
-                 item.device_id and _text(item.device_id), item.profile_id))
+            await cur.execute(_INSERT_QUARANTINE, (
+                m.received_at, _text(m.transport[:100]), _text(m.topic[:1000]), _text(m.source[:200]), payload,
+                _text(item.reason[:200]), detail and _text(detail[:500]),
+                orjson.dumps({_text(k[:100]): _text(v[:1000]) for k, v in list(m.meta.items())[:32]}).decode(),
+                item.device_id and _text(item.device_id[:200]), item.profile_id, quarantine_fingerprint(item),
+                len(m.payload), hashlib.sha256(m.payload).digest(), m.received_at))
             row = await cur.fetchone()
             assert row is not None
             ids.append(int(row[0]))  # type: ignore[call-overload]
+            if int(row[1]) > 1:  # type: ignore[call-overload]
+                metrics.QUARANTINE_MERGED.inc()
     return ids
 
 

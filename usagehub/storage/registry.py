@@ -142,6 +142,47 @@ class Registry:
         if dev_tenant != tenant or acc_tenant != tenant:
             raise DomainError("FORBIDDEN", "device or account belongs to another tenant")
 
+    async def attach_to_gateway(self, *, gateway_id: str, device_ids: Sequence[str],
+                                tenant: str = "default") -> list[str]:
+        """Register ``device_ids`` behind ``gateway_id``: the gateway's credential may then report for them.
+
+        All must be registered devices of ``tenant``; returns the devices newly attached.
+        """
+        ids = sorted(set(device_ids))
+        async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute("SELECT device_id, tenant FROM devices WHERE device_id = ANY(%s)",
+                                     ([gateway_id, *ids],))
+            tenants = {str(r[0]): str(r[1]) for r in await cur.fetchall()}
+            missing = [d for d in [gateway_id, *ids] if d not in tenants]
+            foreign = [d for d in [gateway_id, *ids] if tenants.get(d, tenant) != tenant]
+            if missing or foreign:  # one message for both: never reveal that an id exists elsewhere
+                raise DomainError("UNKNOWN_DEVICE",
+                                  f"not a registered device of this tenant: {', '.join((missing + foreign)[:5])}")
+            if gateway_id in ids:
+                raise DomainError("BAD_INPUT", "a gateway cannot be behind itself")
+            cur = await conn.execute(
+                "INSERT INTO gateway_devices (gateway_id, device_id) SELECT %s, unnest(%s::text[]) "
+                "ON CONFLICT DO NOTHING RETURNING device_id", (gateway_id, ids))
+            return sorted(str(r[0]) for r in await cur.fetchall())
+
+    async def detach_from_gateway(self, *, gateway_id: str, device_ids: Sequence[str],
+                                  tenant: str = "default") -> list[str]:
+        """Remove devices from behind a gateway of ``tenant``; returns the devices detached."""
+        async with mapped_errors(), self.pool.connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM gateway_devices g USING devices d WHERE g.gateway_id = %s "
+                "AND g.device_id = ANY(%s) AND d.device_id = g.gateway_id AND d.tenant = %s "
+                "RETURNING g.device_id", (gateway_id, list(device_ids), tenant))
+            return sorted(str(r[0]) for r in await cur.fetchall())
+
+    async def gateway_devices(self, gateway_id: str, *, tenant: str) -> list[str]:
+        """The devices registered behind ``gateway_id`` (empty for another tenant's gateway)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT g.device_id FROM gateway_devices g JOIN devices d ON d.device_id = g.gateway_id "
+                "WHERE g.gateway_id = %s AND d.tenant = %s ORDER BY g.device_id", (gateway_id, tenant))
+            return [str(r[0]) for r in await cur.fetchall()]
+
     async def accounts(self, *, tenant: str, after: str | None, limit: int,
                        search: str | None = None) -> list[AccountRow]:
         """Accounts of a tenant ordered by id, keyset-paged."""

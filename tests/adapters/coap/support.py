@@ -37,11 +37,15 @@ meters:
 def devices() -> StaticDirectory:
     """dev1/dev2 with OSCORE keys; open1 registered without keys."""
     return StaticDirectory([
-        DeviceEndpoint(device_id="dev1", profile_id=None,
+        DeviceEndpoint(device_id="dev1", profile_id="acme-coap-meter",
                        secrets={"oscore_master_secret": SECRET, "oscore_sender_id": "01"}),
         DeviceEndpoint(device_id="dev2", profile_id="acme-coap-meter",
                        secrets={"oscore_master_secret": SECRET[::-1], "oscore_sender_id": "02"}),
         DeviceEndpoint(device_id="open1", profile_id="acme-coap-open"),
+        DeviceEndpoint(device_id="noprofile", profile_id=None),  # registered, but for no profile
+        # The registered profile decides decoding: a batch device is registered under the batch profile.
+        DeviceEndpoint(device_id="bat1", profile_id="test-coap-batch",
+                       secrets={"oscore_master_secret": SECRET, "oscore_sender_id": "03"}),
     ])
 
 

@@ -107,10 +107,10 @@ async def test_unauthenticated_profile_takes_registered_devices_only(hub: Hub,
 
 
 async def test_large_batch_arrives_blockwise(hub: Hub, oscore_client: Installer) -> None:
-    client = oscore_client(hub.port)
+    client = oscore_client(hub.port, name="bat1", sender_id="03")
     batch = cbor2.dumps({"r": [{"seq": i, "ts": 1_700_000_000 + i, "e": i} for i in range(150)]})
     assert 1024 < len(batch) < 4096  # more than one block, less than the limit
-    response = await post(client, hub.uri("b/dev1"), batch)
+    response = await post(client, hub.uri("b/bat1"), batch)
     assert response.code == Code.CHANGED
     [message] = hub.pipeline.messages
     assert message.payload == batch

@@ -15,10 +15,12 @@ from usagehub.adapters.base import AdapterSettings, Receipt, Sink
 from usagehub.adapters.binary.config import BinaryConfig, ListenerConfig
 from usagehub.adapters.binary.framing import FramingSpec, default_framing, make_framer
 from usagehub.adapters.binary.replies import Dc09Replier
+from usagehub.adapters.ratelimit import SourceLimiter
 from usagehub.core.codecs import get_codec
 from usagehub.core.events import RawMessage
 from usagehub.core.profiles import Profile
 from usagehub.errors import ConfigError
+from usagehub.metrics import DOOR_DROPPED
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,10 @@ class BinaryAdapter:
         self._transports: list[asyncio.DatagramTransport] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._sink: Sink | None = None
-        self._slots = asyncio.Semaphore(config.max_connections)
+        self._open_connections: dict[str, int] = {}  # per source address
+        self._open_total = 0
+        self._udp_limiter = SourceLimiter(config.udp_rate_limit)
+        self._udp_inflight = 0
         self.ready = asyncio.Event()  # set once every listener is bound
         self.bound: list[int] = []  # bound ports in listener order (differ from the config when it says 0)
 
@@ -125,8 +130,20 @@ class BinaryAdapter:
     ) -> None:
         peer = writer.get_extra_info("peername")
         source = f"{peer[0]}:{peer[1]}" if peer else ""
+        host = str(peer[0]) if peer else ""
+        refusal = None
+        if self._open_total >= self._config.max_connections:
+            refusal = "connection cap"
+        elif self._open_connections.get(host, 0) >= self._config.max_connections_per_source:
+            refusal = "per-source connection cap"
+        if refusal is not None:  # close at once: a connection beyond the cap must not wait unbounded
+            DOOR_DROPPED.labels("binary-tcp", refusal).inc()
+            writer.close()
+            return
+        self._open_connections[host] = self._open_connections.get(host, 0) + 1
+        self._open_total += 1
         framer = make_framer(listener.framing)
-        async with self._slots:
+        try:
             try:
                 while True:
                     async with asyncio.timeout(self._config.idle_timeout_s):
@@ -141,12 +158,19 @@ class BinaryAdapter:
                 rest = framer.flush()
                 if rest.strip():
                     await self.handle(listener, rest, source)
-            except (TimeoutError, ConnectionError):
+            except TimeoutError:
+                DOOR_DROPPED.labels("binary-tcp", "idle timeout").inc()
+            except ConnectionError:
                 pass
             finally:
                 writer.close()
                 with contextlib.suppress(ConnectionError, OSError):
                     await writer.wait_closed()
+        finally:
+            self._open_total -= 1
+            left = self._open_connections.pop(host, 1) - 1
+            if left > 0:
+                self._open_connections[host] = left
 
     async def handle(self, listener: _Listener, frame: bytes, source: str) -> bytes | None:
         """Submit one frame, wait for its durable receipt, and return the reply to send (if any)."""
@@ -186,15 +210,28 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        self.adapter._spawn(self._handle(data, addr))
+        adapter = self.adapter
+        # Bounded work per datagram: a source over its rate, or any datagram while the in-flight
+        # limit is reached, is dropped and counted (a UDP sender retries or loses it anyway).
+        if not adapter._udp_limiter.allow(str(addr[0])):
+            DOOR_DROPPED.labels("binary-udp", "rate limited").inc()
+            return
+        if adapter._udp_inflight >= adapter._config.udp_max_inflight:
+            DOOR_DROPPED.labels("binary-udp", "overload").inc()
+            return
+        adapter._udp_inflight += 1
+        adapter._spawn(self._handle(data, addr))
 
     async def _handle(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        framer = make_framer(self.listener.framing)
-        frames = framer.feed(data)
-        rest = framer.flush()
-        if rest.strip():
-            frames.append(rest)
-        for frame in frames:
-            reply = await self.adapter.handle(self.listener, frame, f"{addr[0]}:{addr[1]}")
-            if reply and self.transport is not None:
-                self.transport.sendto(reply, addr)
+        try:
+            framer = make_framer(self.listener.framing)
+            frames = framer.feed(data)
+            rest = framer.flush()
+            if rest.strip():
+                frames.append(rest)
+            for frame in frames:
+                reply = await self.adapter.handle(self.listener, frame, f"{addr[0]}:{addr[1]}")
+                if reply and self.transport is not None:
+                    self.transport.sendto(reply, addr)
+        finally:
+            self.adapter._udp_inflight -= 1

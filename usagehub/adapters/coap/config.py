@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from usagehub.adapters.ratelimit import RateLimitConfig
+
 
 class CoapConfig(BaseModel):
     """Bind address, security and limits of the CoAP ingest server."""
@@ -18,4 +20,6 @@ class CoapConfig(BaseModel):
     accept_unregistered: bool = Field(
         False, description="on profiles that allow unauthenticated CoAP, also take unregistered device ids")
     credentials_refresh_s: float = Field(60.0, gt=0, description="how often device keys are re-read")
+    unauthenticated_rate_limit: RateLimitConfig = Field(
+        default_factory=RateLimitConfig, description="requests per source address on unauthenticated profiles")
     state_dir: str | None = Field(None, description="OSCORE sequence state; default <data_dir>/coap/oscore")

@@ -16,7 +16,9 @@ from usagehub.adapters.base import DeviceDirectory, Outcome, Receipt, Sink
 from usagehub.adapters.coap.config import CoapConfig
 from usagehub.adapters.coap.routing import Route, Router
 from usagehub.adapters.coap.security import authenticated_device
+from usagehub.adapters.ratelimit import SourceLimiter
 from usagehub.core.events import RawMessage
+from usagehub.metrics import DOOR_DROPPED
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class IngestResource(resource.Resource):  # type: ignore[misc]
         super().__init__()
         self._config, self._router, self._devices, self._clock = config, router, devices, clock
         self.sink: Sink | None = None
+        self._limiter = SourceLimiter(config.unauthenticated_rate_limit)
 
     async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
         """Large batches arrive block-wise (RFC 7959); aiocoap reassembles them for us."""
@@ -114,18 +117,21 @@ class IngestResource(resource.Resource):  # type: ignore[misc]
             endpoint = await self._devices.endpoint(authenticated)
             if endpoint is None:
                 raise Refused(Code.UNAUTHORIZED, "device no longer registered")
-            if endpoint.profile_id not in (None, route.profile.id):
+            if endpoint.profile_id != route.profile.id:  # the registered profile decides
                 raise Refused(Code.FORBIDDEN, "device is not registered for this profile")
             return authenticated, "oscore"
         if not route.profile.allow_unauthenticated:
             raise Refused(Code.UNAUTHORIZED, "OSCORE required")
+        if not self._limiter.allow(_host(remote)):  # no credential: bound what one address can send
+            DOOR_DROPPED.labels("coap", "rate limited").inc()
+            raise Refused(Code.TOO_MANY_REQUESTS, "too many requests from this address")
         if route.path_device_id is None:
             raise Refused(Code.UNAUTHORIZED, "unauthenticated requests must name the device in the path")
         endpoint = await self._devices.endpoint(route.path_device_id)
         if endpoint is None:
             if not self._config.accept_unregistered:
                 raise Refused(Code.UNAUTHORIZED, "unknown device")
-        elif endpoint.profile_id not in (None, route.profile.id):
+        elif endpoint.profile_id != route.profile.id:  # no profile is no consent to an open door
             raise Refused(Code.FORBIDDEN, "device is not registered for this profile")
         return route.path_device_id, "none"
 
@@ -133,6 +139,12 @@ class IngestResource(resource.Resource):  # type: ignore[misc]
 def _being_cancelled() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _host(remote: object) -> str:
+    """The sender's address without port (one rate-limit bucket per host)."""
+    source = _source(remote)
+    return source.rsplit(":", 1)[0] if source.count(":") == 1 or source.startswith("[") else source
 
 
 def _source(remote: object) -> str:

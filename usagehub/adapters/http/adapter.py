@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from usagehub.adapters.base import AdapterSettings, Sink
 from usagehub.adapters.http.config import HttpConfig
 from usagehub.adapters.http.routes import ingest_routes
+from usagehub.adapters.http.slow import deadline_protocol
 from usagehub.errors import PermanentAdapterError
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,11 @@ class HttpAdapter:
         """Serve ``POST <path>`` through ``sink`` until cancelled, then shut down gracefully."""
         assert self._socket is not None, "enter the adapter first"
         app = ingest_app(sink, self.settings, self.config)
-        server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False))
+        server = uvicorn.Server(uvicorn.Config(
+            app, lifespan="off", log_level="warning", access_log=False,
+            http=deadline_protocol(header_timeout_s=self.config.header_timeout_s,
+                                   body_timeout_s=self.config.body_timeout_s),
+            limit_concurrency=self.config.max_connections))
         self.server = server
         serving = asyncio.create_task(server.serve(sockets=[self._socket]), name="http-ingest")
         try:

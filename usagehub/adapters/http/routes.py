@@ -13,7 +13,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from usagehub.adapters.base import DeviceDirectory, DeviceEndpoint, Outcome, Receipt, Sink
-from usagehub.adapters.coap.routing import Router
 from usagehub.adapters.http.auth import TokenIndex
 from usagehub.adapters.http.body import split_body
 from usagehub.adapters.http.config import HttpConfig
@@ -43,7 +42,6 @@ class IngestEndpoint:
         self.tokens = TokenIndex(devices, secret=config.token_secret, cache_s=config.token_cache_s,
                                  miss_refresh_s=config.token_miss_refresh_s)
         self.profiles = {p.id: p for p in profiles}
-        self.router = Router(profiles, "http")
 
     async def handle(self, request: Request) -> Response:
         """Authenticate, read within limits, submit each line, answer after every commit."""
@@ -103,10 +101,9 @@ class IngestEndpoint:
                 for n, line in enumerate(lines, start=1)]
 
     def _profile_of(self, endpoint: DeviceEndpoint) -> Profile | None:
-        if endpoint.profile_id is not None:
-            return self.profiles.get(endpoint.profile_id)
-        route = self.router.match(DEFAULT_TOPIC)
-        return route.profile if route else None
+        # Only the registered profile decodes; a device registered without one gets none (and its
+        # lines are quarantined by the pipeline), never whatever profile claims /ingest.
+        return self.profiles.get(endpoint.profile_id) if endpoint.profile_id is not None else None
 
     async def _commit(self, messages: list[RawMessage]) -> list[Receipt]:
         async with asyncio.timeout(self.config.commit_timeout_s):

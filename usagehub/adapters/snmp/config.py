@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from usagehub.adapters.ratelimit import RateLimitConfig
+
 
 class TrapConfig(BaseModel):
     """The trap and inform listener."""
@@ -16,6 +18,8 @@ class TrapConfig(BaseModel):
     port: int = Field(1162, ge=0, le=65535, description="0 picks a free port (tests)")
     queue_max: int = Field(10_000, gt=0, description="traps waiting for the pipeline; beyond: overflow")
     dedupe_window_s: float = Field(300, gt=0, description="a retransmitted inform keeps its first time")
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig,
+                                        description="datagrams per source address; beyond: dropped, counted")
 
 
 class SnmpConfig(BaseModel):

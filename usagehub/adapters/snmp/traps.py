@@ -10,6 +10,7 @@ stored the trap, so a hub crash makes the device retransmit instead of losing it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from pysnmp.proto.api import v1, v2c
 from pysnmp.proto.proxy import rfc2576
 
 from usagehub.adapters.base import DeviceDirectory, Sink
+from usagehub.adapters.ratelimit import SourceLimiter
 from usagehub.adapters.snmp import metrics
 from usagehub.adapters.snmp.config import TrapConfig
 from usagehub.adapters.snmp.trapauth import Sender, TrapAuth
@@ -68,6 +70,7 @@ class TrapReceiver:
         self._handled = False
         self._datagram_address: tuple[str, int] = ("", 0)
         self._community = ""
+        self._limiter = SourceLimiter(config.rate_limit)
         self._waiting: set[asyncio.Task[None]] = set()
         self.port = 0
 
@@ -75,6 +78,7 @@ class TrapReceiver:
         """Bind the port and install the registry's credentials."""
         self._engine = engine = SnmpEngine()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        _large_receive_buffer(sock)
         try:
             sock.bind((self._config.host, self._config.port))
         except OSError:
@@ -130,6 +134,9 @@ class TrapReceiver:
 
     def _on_datagram(self, dispatcher: Any, domain: Any, address: Any, whole_msg: bytes) -> None:
         assert self._engine is not None
+        if not self._limiter.allow(str(address[0])):  # a flood from one address never reaches quarantine
+            metrics.TRAPS.labels("rate_limited").inc()
+            return
         before = [int(counter.syntax) for counter, _ in self._counters]
         self._handled, self._datagram_address, self._community = False, (str(address[0]), int(address[1])), ""
         try:
@@ -227,6 +234,19 @@ class TrapReceiver:
             return first[0]
         self._seen[key] = (now, horizon + self._config.dedupe_window_s)
         return now
+
+
+def _large_receive_buffer(sock: socket.socket, size: int = 4 * 1024 * 1024) -> None:
+    """Room for a burst, so datagrams are dropped (and counted) by us, not silently by the kernel."""
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    with contextlib.suppress(OSError):
+        if force is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, size)  # needs CAP_NET_ADMIN
+                return
+            except OSError:
+                pass
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)  # capped by net.core.rmem_max
 
 
 def _message(body: dict[str, Any], topic: str, source: str, ts: datetime, meta: dict[str, str]) -> RawMessage:
