@@ -115,7 +115,9 @@ class Entitlements:
         self.facts = DeviceFactsCache(pool, ttl_s=ttl_s)
         self._candidates = lru_cache(maxsize=65536)(self._candidates_uncached)
 
-    def _candidates_uncached(self, transport: str, topic: str) -> tuple[tuple[CompiledProfile, dict[str, str]], ...]:
+    def _candidates_uncached(self, version: int, transport: str, topic: str
+                             ) -> tuple[tuple[CompiledProfile, dict[str, str]], ...]:
+        """``version`` keys the cache: meter types can change while the hub runs (``ProfileSet.replace``)."""
         found: list[tuple[CompiledProfile, dict[str, str]]] = []
         for compiled in self.profiles.compiled:
             if compiled.profile.match.transport != transport:
@@ -138,7 +140,7 @@ class Entitlements:
             if "device_id" in message.meta:
                 captures["device_id"] = message.meta["device_id"]
             return [(compiled, captures)]
-        found = list(self._candidates(message.transport, message.topic))
+        found = list(self._candidates(self.profiles.version, message.transport, message.topic))
         if not found:
             raise DecodeError("unknown topic", detail=f"{message.transport}:{message.topic[:200]}")
         return found
