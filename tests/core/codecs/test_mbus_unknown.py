@@ -30,7 +30,7 @@ VOLUME = bytes.fromhex("0C" "14" "78563400")  # BCD 345678 x 0.01 m^3
         (bytes.fromhex("04" "7B" "D2040000"), 1234, "VIF=0x7B"),
         (bytes.fromhex("02" "7D" "3412"), 0x1234, "VIF=0x7D"),
         (bytes.fromhex("0B" "7B" "563412"), 123456, "VIF=0x7B"),  # BCD kept as its digits
-        (bytes.fromhex("04" "93" "3E" "01000000"), 1, "VIFE=0x3E"),  # reserved combinable VIFE
+        (bytes.fromhex("04" "93" "44" "01000000"), 1, "VIFE=0x44"),  # reserved combinable VIFE
         (bytes.fromhex("0D" "7D" "03" "414243"), "41 42 43", "VIF=0x7D"),
     ],
 )

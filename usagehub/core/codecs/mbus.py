@@ -74,11 +74,11 @@ def _variable(data: bytes, big_endian: bool) -> dict[str, Any]:
         # two bytes sent low byte first, printed as libmbus prints them (example_data_01: 27 B6 -> "B627")
         "signature": f"{int.from_bytes(data[10:12], 'little'):04X}",
         "structure": "variable",
-        **_with_current(parse_records(data, 12)),
+        **with_current(parse_records(data, 12)),
     }
 
 
-def _with_current(records: list[dict[str, Any]]) -> dict[str, Any]:
+def with_current(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Records, plus ``current``: the first present, instantaneous, tariff-0 value of each quantity.
 
     Profiles read registers as ``$.current.energy`` or ``$.current.volume``

@@ -153,7 +153,7 @@ def _raw_value(coding: int, raw: bytes, vif: int, vife0: int | None, kind: str) 
 
 
 # Combinable (orthogonal) VIFE codes EN 13757-3 leaves reserved, and 0x7C whose extension table we lack.
-_RESERVED_COMBINABLE = frozenset({0x3E, 0x3F, 0x44, 0x45, 0x4C, 0x4D, 0x7C})
+_RESERVED_COMBINABLE = frozenset({0x44, 0x45, 0x4C, 0x4D, 0x7C})
 UNKNOWN_UNIT = "unknown"
 
 
