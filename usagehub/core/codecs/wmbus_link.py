@@ -70,8 +70,8 @@ def _strip_b(raw: bytes) -> bytes | None:
 
 def strip_dll_crcs(raw: bytes, frame_format: str = "auto") -> tuple[bytes, str]:
     """The telegram without DLL CRCs and the format found: ``A``, ``B`` or ``none`` (already stripped)."""
-    if len(raw) < 11:
-        raise DecodeError("wM-Bus telegram too short", detail=f"{len(raw)} bytes")
+    if len(raw) < 11 or raw[0] < 10:
+        raise DecodeError("wM-Bus telegram too short", detail=f"{len(raw)} bytes, L={raw[0] if raw else None}")
     if frame_format in ("auto", "A") and (stripped := _strip_a(raw)) is not None:
         return stripped, "A"
     if frame_format in ("auto", "B") and (stripped := _strip_b(raw)) is not None:
