@@ -39,6 +39,7 @@ class HubConfig(BaseModel):
     adapters: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                 description="extra adapters by name, with their config")
     graphql_max_depth: int = Field(12, ge=2, le=50)
+    device_key_secret: str | None = Field(None, description="seals per-device AES keys (wM-Bus) at rest")
 
     @property
     def uses_embedded_database(self) -> bool:

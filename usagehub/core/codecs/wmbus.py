@@ -131,8 +131,9 @@ class WmbusDecoder:
         elif tpl.mode != 0:
             raise DecodeError("unsupported wM-Bus security mode", detail=str(tpl.mode))
         else:
-            state.security.append("none")
             secured, tail = payload, b""
+        if tpl.mode:
+            state.security.append(f"mode{tpl.mode}" if self.keys(meter_id) else f"mode{tpl.mode}-already-clear")
         records = parse_records(secured, 0)
         document = self._document(state, tpl, address, frame_format, records)
         if tail:
@@ -143,6 +144,7 @@ class WmbusDecoder:
             except DecodeError as err:
                 document["unparsed_tail"] = {"hex": tail.hex().upper(), "reason": f"{err.reason}: {err.detail}"}
             document.update(with_current(records))
+        document["meter_time"] = meter_time(records)
         return document
 
     def _mode5(self, meter_id: str, address: bytes, tpl: Tpl, payload: bytes) -> tuple[bytes, bytes]:
@@ -191,6 +193,16 @@ class WmbusDecoder:
             "security": "+".join(state.security),
             **with_current(records),
         }
+
+
+def meter_time(records: list[dict[str, Any]]) -> str | None:
+    """The meter's current date and time (the first storage-0 type F/I record), ISO 8601; None if unset."""
+    for record in records:
+        vif, value = record.get("vif"), record["value"]
+        if (vif is not None and vif & 0x7F == 0x6D and record["storage"] == 0 and isinstance(value, str)
+                and not value.startswith("1900")):
+            return value
+    return None
 
 
 def take_ci(data: bytes, pos: int) -> int:
