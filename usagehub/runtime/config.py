@@ -40,6 +40,7 @@ class HubConfig(BaseModel):
                                                 description="extra adapters by name, with their config")
     graphql_max_depth: int = Field(12, ge=2, le=50)
     device_key_secret: str | None = Field(None, description="seals per-device AES keys (wM-Bus) at rest")
+    device_key_refresh_s: float = Field(30.0, gt=0, description="how often a running hub reloads device keys")
 
     @property
     def uses_embedded_database(self) -> bool:

@@ -31,15 +31,14 @@ async def open_keyring(config: HubConfig, pool: AsyncConnectionPool) -> KeyRing:
     return ring
 
 
-async def refresh_keyring(config: HubConfig, pool: AsyncConnectionPool, ring: KeyRing, *,
-                          every_s: float = 30.0) -> None:
+async def refresh_keyring(config: HubConfig, pool: AsyncConnectionPool, ring: KeyRing) -> None:
     """Reload the keys now and then, so a key added with ``usagehub keys device-set`` is used without a restart."""
     store = device_keys(config, pool)
     if store is None:
         return
     failing = False
     while True:
-        await asyncio.sleep(every_s)
+        await asyncio.sleep(config.device_key_refresh_s)
         try:
             await store.load_into(ring)
             if failing:
