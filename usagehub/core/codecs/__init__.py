@@ -47,6 +47,7 @@ BUILTIN_CODECS: dict[str, str] = {
     "dc09": "usagehub.core.codecs.dc09:CODEC",
     "snmp": "usagehub.core.codecs.snmp:CODEC",
     "wmbus": "usagehub.core.codecs.wmbus:CODEC",
+    "sparkplug": "usagehub.core.codecs.sparkplug:CODEC",
 }
 
 

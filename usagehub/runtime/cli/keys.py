@@ -54,7 +54,7 @@ def keys_revoke(config: HubConfig, key_id: str) -> None:
 def keys_device_set(config: HubConfig, device_id: str,
                     key: Annotated[str, typer.Option(help="the device's AES-128 key, 32 hex digits")],
                     protocol: str = "wmbus", tenant: str = "default") -> None:
-    """Store a device's AES key, sealed under device_key_secret (a running hub picks it up within device_key_refresh_s)."""
+    """Store a device's AES key, sealed under device_key_secret (a running hub reloads keys by itself)."""
     from usagehub.core.codecs.keyring import parse_key_hex
     from usagehub.runtime.device_keys import device_keys
     from usagehub.runtime.hub import open_storage
