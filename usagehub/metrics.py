@@ -20,3 +20,5 @@ COMMIT_SECONDS = Histogram("usagehub_commit_seconds", "Time to write and commit 
 BATCH_RETRIES = Counter("usagehub_batch_retries_total", "Batches retried after a storage failure",
                         registry=REGISTRY)
 QUEUE_DEPTH = Gauge("usagehub_pipeline_queue_depth", "Messages waiting for a batch", registry=REGISTRY)
+SPARKPLUG_REBIRTHS = Counter("usagehub_sparkplug_rebirth_requests_total",
+                             "Sparkplug B rebirth requests (NCMD) sent, by reason", ["reason"], registry=REGISTRY)

@@ -68,7 +68,8 @@ def test_seq_gap_asks_for_a_rebirth_once_per_interval() -> None:
     sessions = _born()
     assert sessions.receive(NDATA, V["NDATA_V1"], T).payload
     gap = sessions.receive(NDATA, V["NDATA_GAP"], T + 10)
-    assert gap.rebirth and gap.payload is None and "seq gap" in (gap.reason or "")
+    assert gap.rebirth and "seq gap" in (gap.reason or "")
+    assert gap.payload is not None and decode_payload(gap.payload)["values"] == {"Temperature": Decimal(27)}
     # 7 after 5 is a gap too, but a request is still fresh
     assert not sessions.receive(NDATA, _payload(7, ("Temperature", None, 1.0)), T + 20).rebirth
     assert sessions.receive(NDATA, _payload(9, ("Temperature", None, 1.0)), T + 6_000).rebirth
@@ -85,10 +86,13 @@ def test_seq_wraps_after_255() -> None:
 def test_data_before_birth_and_unknown_alias_ask_for_rebirth() -> None:
     fresh = SparkplugSessions()
     before = fresh.receive(NDATA, V["NDATA_BEFORE_BIRTH"], T)
-    assert before.rebirth and before.payload is None
+    assert before.rebirth and before.payload is not None  # forwarded: the pipeline quarantines "alias:100"
+    assert decode_payload(before.payload)["values"] == {"alias:100": Decimal(25)}
     sessions = _born()
-    unknown = sessions.receive(NDATA, _payload(1, (None, 999, 1.0)), T)
+    unknown = sessions.receive(NDATA, _payload(1, (None, 999, 1.0), (None, 100, 2.0)), T)
     assert unknown.rebirth and "unknown alias 999" in (unknown.reason or "")
+    assert unknown.payload is not None
+    assert decode_payload(unknown.payload)["values"] == {"alias:999": Decimal(1), "Temperature": Decimal(2)}
 
 
 def test_death_ends_the_session_only_with_its_bdseq() -> None:
@@ -97,7 +101,8 @@ def test_death_ends_the_session_only_with_its_bdseq() -> None:
     assert "stale" in (stale.reason or "") and sessions.receive(NDATA, V["NDATA_V1"], T).payload is not None
     death = sessions.receive(NDEATH, _payload(0, bd_seq=88), T)
     assert death.reason == "node death" and death.payload is None
-    assert sessions.receive(NDATA, _payload(2, (None, 100, 1.0)), T).rebirth
+    after = sessions.receive(NDATA, _payload(2, (None, 100, 1.0)), T)
+    assert after.rebirth and "not online" in (after.reason or "")
 
 
 def test_devices_birth_data_death() -> None:
@@ -109,7 +114,8 @@ def test_devices_birth_data_death() -> None:
     assert sessions.receive(dbirth, _payload(1, ("Energy", 5, 10.0)), T).payload is not None
     resolved = sessions.receive(ddata, _payload(2, (None, 5, 12.5)), T).payload
     assert resolved is not None and decode_payload(resolved)["values"] == {"Energy": Decimal("12.5")}
-    assert sessions.receive(parse_topic("spBv1.0/plant/DDEATH/edge1/meter-1"), _payload(3), T).reason
+    ddeath = sessions.receive(parse_topic("spBv1.0/plant/DDEATH/edge1/meter-1"), _payload(3), T)
+    assert ddeath.reason == "device death" and ddeath.payload is None
     assert sessions.receive(ddata, _payload(4, (None, 5, 13.0)), T).rebirth
 
 

@@ -58,7 +58,7 @@ class _Node:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What to do with one message: forward ``payload`` (aliases resolved), request a rebirth, or neither."""
+    """What to do with one message: forward ``payload`` (aliases resolved) if any, request a rebirth or not."""
 
     payload: bytes | None = None
     rebirth: bool = False
@@ -81,7 +81,12 @@ class SparkplugSessions:
         self.rebirth_interval_ms = rebirth_interval_ms
 
     def receive(self, topic: Topic, data: bytes, now_ms: int) -> Verdict:
-        """Apply one message; DecodeError when the payload is not protobuf (the caller quarantines it)."""
+        """Apply one message; DecodeError when the payload is not protobuf (the caller quarantines it).
+
+        Data is forwarded even when something is wrong with the session (the values are still the
+        device's): a gap or an unknown alias adds a rebirth request; an unresolved alias stays
+        ``alias:<n>`` and the pipeline quarantines what no profile can read.
+        """
         payload = parse_payload(data)
         node = self.nodes.setdefault(topic.node, _Node())
         if topic.kind in ("NCMD", "DCMD"):
@@ -90,24 +95,38 @@ class SparkplugSessions:
             return self._nbirth(node, payload)
         if topic.kind == "NDEATH":
             return self._ndeath(node, payload)
-        if not node.online:
-            return self._rebirth(node, now_ms, "message from an edge node that is not online")
-        if payload.HasField("seq") and node.seq is not None and payload.seq != (node.seq + 1) % 256:
-            expected = (node.seq + 1) % 256
-            node.seq = payload.seq
-            return self._rebirth(node, now_ms, f"seq gap: expected {expected}, got {payload.seq}")
-        node.seq = payload.seq if payload.HasField("seq") else node.seq
+        problems = self._check_seq(node, payload)
         device = topic.device or ""
         if topic.kind == "DBIRTH":
             node.devices_online.add(device)
             node.aliases[device] = _learn(payload)
-            return Verdict(payload=data)
-        if topic.kind == "DDEATH":
+        elif topic.kind == "DDEATH":
             node.devices_online.discard(device)
-            return Verdict(reason="device death")
-        if topic.device is not None and device not in node.devices_online:
-            return self._rebirth(node, now_ms, f"data from device {device!r} without its birth")
-        return self._resolve(node, device, payload, data, now_ms)
+            return self._verdict(node, None, problems, now_ms, "device death")
+        elif topic.device is not None and device not in node.devices_online:
+            problems.append(f"data from device {device!r} without its birth")
+        resolved, unknown = _resolve(node.aliases.get(device, {}), payload)
+        problems += [f"unknown alias {alias}" for alias in unknown]
+        return self._verdict(node, resolved or data, problems, now_ms, None)
+
+    def _check_seq(self, node: _Node, payload: Any) -> list[str]:
+        if not node.online:
+            return ["message from an edge node that is not online"]
+        if not payload.HasField("seq"):
+            return []
+        expected = None if node.seq is None else (node.seq + 1) % 256
+        node.seq = payload.seq
+        return [f"seq gap: expected {expected}, got {payload.seq}"] if expected not in (None, payload.seq) else []
+
+    def _verdict(self, node: _Node, payload: bytes | None, problems: list[str], now_ms: int,
+                 reason: str | None) -> Verdict:
+        if not problems:
+            return Verdict(payload=payload, reason=reason)
+        # ask again only when no request is still fresh: no storm of NCMDs while the node reboots
+        due = node.rebirth_at_ms is None or now_ms - node.rebirth_at_ms >= self.rebirth_interval_ms
+        if due:
+            node.rebirth_at_ms = now_ms
+        return Verdict(payload=payload, rebirth=due, reason="; ".join(problems))
 
     def _nbirth(self, node: _Node, payload: Any) -> Verdict:
         node.online, node.devices_online = True, set()
@@ -123,26 +142,6 @@ class SparkplugSessions:
             return Verdict(reason=f"stale death: bdSeq {bd_seq}, session {node.bd_seq}")
         node.online, node.devices_online, node.seq = False, set(), None
         return Verdict(reason="node death")
-
-    def _resolve(self, node: _Node, device: str, payload: Any, data: bytes, now_ms: int) -> Verdict:
-        aliases = node.aliases.get(device, {})
-        changed = False
-        for metric in payload.metrics:
-            if metric.HasField("name") or not metric.HasField("alias"):
-                continue
-            name = aliases.get(metric.alias)
-            if name is None:
-                return self._rebirth(node, now_ms, f"unknown alias {metric.alias}")
-            metric.name = name
-            changed = True
-        return Verdict(payload=bytes(payload.SerializeToString()) if changed else data)
-
-    def _rebirth(self, node: _Node, now_ms: int, reason: str) -> Verdict:
-        """Ask again unless a request is still fresh (no storm of NCMDs while the node reboots)."""
-        due = node.rebirth_at_ms is None or now_ms - node.rebirth_at_ms >= self.rebirth_interval_ms
-        if due:
-            node.rebirth_at_ms = now_ms
-        return Verdict(rebirth=due, reason=reason)
 
     def to_json(self) -> dict[str, Any]:
         """The state worth keeping across a restart: aliases, bdSeq, seq, who is online."""
@@ -165,6 +164,20 @@ class SparkplugSessions:
             except (KeyError, TypeError, ValueError, AttributeError):
                 continue
         return sessions
+
+
+def _resolve(aliases: dict[int, str], payload: Any) -> tuple[bytes | None, list[int]]:
+    """The payload re-encoded with names for aliases (None if nothing changed), and the unknown aliases."""
+    changed, unknown = False, []
+    for metric in payload.metrics:
+        if metric.HasField("name") or not metric.HasField("alias"):
+            continue
+        name = aliases.get(metric.alias)
+        if name is None:
+            unknown.append(metric.alias)
+        else:
+            metric.name, changed = name, True
+    return (bytes(payload.SerializeToString()) if changed else None), unknown
 
 
 def _learn(payload: Any) -> dict[int, str]:
