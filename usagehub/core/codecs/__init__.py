@@ -48,6 +48,7 @@ BUILTIN_CODECS: dict[str, str] = {
     "snmp": "usagehub.core.codecs.snmp:CODEC",
     "wmbus": "usagehub.core.codecs.wmbus:CODEC",
     "sparkplug": "usagehub.core.codecs.sparkplug:CODEC",
+    "dlms_push": "usagehub.core.codecs.dlms_push:CODEC",
 }
 
 
