@@ -56,7 +56,9 @@ def _to_python(item: Any) -> Any:
 def parse_data(data: bytes) -> list[Any]:
     """A-XDR data items as Python values (lists, int, Decimal, str)."""
     try:
-        return [_to_python(item) for item in parse_as_dlms_data(data)]
+        parsed = parse_as_dlms_data(data)
+        # one top-level octet string comes back as its bytes, anything else as a list of items
+        return [_to_python(item) for item in parsed] if isinstance(parsed, list) else [_to_python(parsed)]
     except (ValueError, KeyError, IndexError, TypeError, NotImplementedError, AttributeError) as err:
         raise DecodeError("bad A-XDR data", detail=str(err)[:120]) from err
 
@@ -125,6 +127,14 @@ def _pairs(body: Any) -> list[tuple[int | None, str, int, Any]] | None:
             and all(isinstance(d, list) and len(d) == 4 and _is_obis(d[1]) for d in head)):
         # "push object list + values" (Landis+Gyr, Iskra): the list describes every element, itself included
         return [(d[0], d[1], d[2], value) for d, value in zip(head, body, strict=True)]
+    if all(isinstance(item, list) and 2 <= len(item) <= 3 and _is_obis(item[0]) for item in body):
+        # structures {OBIS, value[, scaler_unit]} (the Kaifa/Kamstrup-style push in dlms-cosem's tests)
+        out: list[tuple[int | None, str, int, Any]] = []
+        for item in body:
+            out.append((None, item[0], 2, item[1]))
+            if len(item) == 3:
+                out.append((None, item[0], 3, item[2]))
+        return out
     flat = body[1:] if len(body) % 2 else body  # a leading clock, then OBIS, value, OBIS, value …
     if flat and all(_is_obis(o) for o in flat[0::2]):
         return [(None, str(o), 2, v) for o, v in zip(flat[0::2], flat[1::2], strict=True)]
