@@ -177,6 +177,10 @@ def _adapter_configs(config: HubConfig, broker_url: str) -> dict[str, dict[str, 
     mqtt.setdefault("client_id", config.mqtt_client_id)
     if not config.mqtt_url:
         mqtt.setdefault("protocol", "3.1.1")  # amqtt speaks MQTT 3.1.1 only
+    if "sparkplug" in configs:  # the Sparkplug B host shares the hub's broker unless told otherwise
+        configs["sparkplug"].setdefault("url", broker_url)
+        if not config.mqtt_url:
+            configs["sparkplug"].setdefault("protocol", "3.1.1")
     return configs
 
 
