@@ -31,3 +31,5 @@ QUARANTINE_TRUNCATED = Counter("usagehub_quarantine_truncated_total",
                                registry=REGISTRY)
 QUARANTINE_PRUNED = Counter("usagehub_quarantine_pruned_total",
                             "Quarantine rows deleted by retention (age or row cap)", registry=REGISTRY)
+SPARKPLUG_REBIRTHS = Counter("usagehub_sparkplug_rebirth_requests_total",
+                             "Sparkplug B rebirth requests (NCMD) sent, by reason", ["reason"], registry=REGISTRY)

@@ -11,6 +11,7 @@ from usagehub.errors import ConfigError
 # Imported lazily: a hub that does not use SNMP never imports pysnmp.
 BUILTINS: dict[str, str] = {
     "mqtt": "usagehub.adapters.mqtt:FACTORY",
+    "sparkplug": "usagehub.adapters.sparkplug:FACTORY",
     "coap": "usagehub.adapters.coap:FACTORY",
     "http": "usagehub.adapters.http:FACTORY",
     "files": "usagehub.adapters.files:FACTORY",

@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 
 from usagehub.core.codecs import DecodeFn, get_codec
+from usagehub.core.codecs.keyring import KeyRing
 from usagehub.core.events import MeterKind, RawMessage, UsageEvent, content_event_id
 from usagehub.core.paths import MISSING, FieldPath, compile_path
 from usagehub.core.profiles import MeterSpec, Profile, TimestampSpec
@@ -95,11 +96,14 @@ class _Meter:
 class CompiledProfile:
     """A profile prepared for the hot path: topic regex, codec function, compiled paths."""
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Profile, keyring: KeyRing | None = None) -> None:
         self.profile = profile
         self.topic_re = topic_regex(profile.match.topic) if profile.match.topic else None
         codec = get_codec(profile.decode_type)
-        self.decode_fn: DecodeFn = codec.compile(codec.options_model.model_validate(profile.decode))
+        options = codec.options_model.model_validate(profile.decode)
+        with_keys = getattr(codec, "compile_with_keys", None)  # codecs that decrypt (wmbus) get the key ring
+        self.decode_fn: DecodeFn = (with_keys(options, keyring.lookup_for(profile.decode_type))
+                                    if with_keys is not None and keyring is not None else codec.compile(options))
         self.records = compile_path(profile.records) if profile.records else None
         self.device_id = compile_path(profile.device_id) if profile.device_id else None
         self.event_id = compile_path(profile.event_id) if profile.event_id else None
@@ -224,13 +228,14 @@ def _oid_value(record: object, oid: str) -> object:
 class ProfileSet:
     """All loaded profiles; finds the one that claims a message."""
 
-    def __init__(self, profiles: Iterable[Profile]) -> None:
+    def __init__(self, profiles: Iterable[Profile], keyring: KeyRing | None = None) -> None:
+        self.keyring = keyring
         self.version = 0
         self.replace(profiles)
 
     def replace(self, profiles: Iterable[Profile]) -> None:
         """Put ``profiles`` in force in place, so every holder of this set decodes with them from now on."""
-        compiled = [CompiledProfile(p) for p in profiles]
+        compiled = [CompiledProfile(p, self.keyring) for p in profiles]
         self.compiled, self.by_id = compiled, {c.profile.id: c for c in compiled}
         self._match = lru_cache(maxsize=65536)(self._match_uncached)
         self.version += 1

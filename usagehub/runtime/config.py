@@ -41,6 +41,8 @@ class HubConfig(BaseModel):
     graphql_max_depth: int = Field(12, ge=2, le=50)
     quarantine_retention_days: int = Field(30, ge=1, description="quarantine entries not seen for longer go")
     quarantine_max_rows: int = Field(1_000_000, ge=100, description="beyond, the oldest entries go")
+    device_key_secret: str | None = Field(None, description="seals per-device AES keys (wM-Bus) at rest")
+    device_key_refresh_s: float = Field(30.0, gt=0, description="how often a running hub reloads device keys")
 
     @property
     def uses_embedded_database(self) -> bool:

@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from usagehub import adapters
 from usagehub.adapters.base import Adapter, AdapterSettings
 from usagehub.billing.service import BillingService
+from usagehub.core.codecs.keyring import KeyRing
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
 from usagehub.core.profiles import Profile
@@ -29,6 +30,7 @@ from usagehub.pipeline.usage import UsageWriter
 from usagehub.prepaid.runtime import PrepaidRuntime, debit_hook
 from usagehub.runtime.broker import EmbeddedBroker
 from usagehub.runtime.config import HubConfig
+from usagehub.runtime.device_keys import open_keyring, refresh_keyring
 from usagehub.runtime.operations import wire_operations
 from usagehub.runtime.profile_files import load_profiles
 from usagehub.storage.embedded import embedded_database_url
@@ -103,13 +105,13 @@ class Hub:
         return results
 
 
-def build_pipeline(config: HubConfig, pool: AsyncConnectionPool,
-                   profiles: list[Profile]) -> tuple[Pipeline, BillingService]:
+def build_pipeline(config: HubConfig, pool: AsyncConnectionPool, profiles: list[Profile],
+                   keyring: KeyRing | None = None) -> tuple[Pipeline, BillingService]:
     """The ingest pipeline with its batch hooks (usage, sessions, billing) and the billing service over them.
 
     ``billing.engine`` also re-allocates usage when a binding changes (``registry_for``).
     """
-    profile_set = ProfileSet(profiles)
+    profile_set = ProfileSet(profiles, keyring)
     pipeline = Pipeline(pool, profile_set, KnownDevices(pool),
                         PipelineSettings(batch_max_messages=config.batch_max_messages,
                                          batch_max_wait_ms=config.batch_max_wait_ms))
@@ -180,7 +182,7 @@ async def running_pipeline(config: HubConfig) -> AsyncIterator[tuple[Pipeline, l
     """A pipeline committing in the background (for ``usagehub import``); drained on exit."""
     profiles = load_profiles(config.profiles)
     async with open_storage(config) as pool:
-        pipeline, _ = build_pipeline(config, pool, profiles)
+        pipeline, _ = build_pipeline(config, pool, profiles, await open_keyring(config, pool))
         task = asyncio.create_task(pipeline.run(), name="pipeline")
         try:
             yield pipeline, profiles
@@ -197,6 +199,10 @@ def _adapter_configs(config: HubConfig, broker_url: str) -> dict[str, dict[str, 
     mqtt.setdefault("client_id", config.mqtt_client_id)
     if not config.mqtt_url:
         mqtt.setdefault("protocol", "3.1.1")  # amqtt speaks MQTT 3.1.1 only
+    if "sparkplug" in configs:  # the Sparkplug B host shares the hub's broker unless told otherwise
+        configs["sparkplug"].setdefault("url", broker_url)
+        if not config.mqtt_url:
+            configs["sparkplug"].setdefault("protocol", "3.1.1")
     return configs
 
 
@@ -212,7 +218,8 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
         pool = await stack.enter_async_context(open_storage(config))
         if broker is not None:
             broker.guard.directory = DeviceDirectorySql(pool)
-        pipeline, billing = build_pipeline(config, pool, profiles)
+        keyring = await open_keyring(config, pool)
+        pipeline, billing = build_pipeline(config, pool, profiles, keyring)
         hub = Hub(config=config, pool=pool, pipeline=pipeline, keys=ApiKeys(pool),
                   registry=registry_for(pool, billing), billing=billing, broker=broker)
         hub.prepaid = PrepaidRuntime.create(pool, profiles, mqtt_url=broker_url, client_id=config.mqtt_client_id,
@@ -223,6 +230,7 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
             factory = adapters.load(name)
             hub.adapters[name] = await stack.enter_async_context(
                 factory.create(factory.config_model.model_validate(raw), settings))
+        hub.background.append(asyncio.create_task(refresh_keyring(config, pool, keyring), name="device-keys"))
         await _serve(hub, install_signals, on_ready, profiles)
 
 

@@ -13,12 +13,15 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from usagehub.core.codecs.dlms_hdlc import hdlc_frames
+from usagehub.errors import DecodeError
+
 
 class FramingSpec(BaseModel):
     """How frames are delimited on a stream (``decode.framing`` of a profile, or the listener's)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    type: Literal["fixed", "length_prefixed", "delimited", "mbus", "dc09"]
+    type: Literal["fixed", "length_prefixed", "delimited", "mbus", "dc09", "dlms_hdlc"]
     size: int | None = Field(None, ge=1, le=1 << 20, description="fixed: bytes per frame")
     prefix_bytes: Literal[1, 2, 4] = 2
     byte_order: Literal["big", "little"] = "big"
@@ -138,12 +141,54 @@ class _Dc09(_Base):
             yield self._take(end + 1)
 
 
+class _DlmsHdlc(_Base):
+    """DLMS pushes: HDLC frames ``7E A0/A8 … 7E`` kept together until the push ends (no segmentation
+    bit, and no general-block-transfer block that says more follow)."""
+
+    def __init__(self, spec: FramingSpec) -> None:
+        super().__init__(spec)
+        self.push = bytearray()
+
+    def _frames(self) -> Iterator[bytes]:
+        while self.buf:
+            if self.buf[0] != 0x7E or (len(self.buf) > 1 and self.buf[1] == 0x7E):
+                start = self.buf.find(b"\x7e", 1)
+                junk = self._take(start if start > 0 else len(self.buf))
+                if junk.strip(b"\x7e"):
+                    yield junk
+                continue
+            if len(self.buf) < 3:
+                return
+            total = ((self.buf[1] << 8 | self.buf[2]) & 0x7FF) + 2
+            if len(self.buf) < total:
+                return
+            frame = self._take(total)
+            try:
+                ((segmented, info),) = hdlc_frames(frame)
+            except DecodeError:
+                yield bytes(self.push) + frame  # quarantined with the reason by the decoder
+                self.push.clear()
+                continue
+            self.push += frame
+            body = info[3:] if info.startswith(b"\xe6\xe7\x00") else info
+            if not segmented and not (body[:1] == b"\xe0" and len(body) > 1 and not body[1] & 0x80):
+                yield bytes(self.push)
+                self.push.clear()
+
+    def flush(self) -> bytes:
+        """An unfinished push and whatever followed it."""
+        rest = bytes(self.push) + super().flush()
+        self.push.clear()
+        return rest
+
+
 _KINDS: dict[str, type[_Base]] = {
     "fixed": _Fixed,
     "length_prefixed": _LengthPrefixed,
     "delimited": _Delimited,
     "mbus": _Mbus,
     "dc09": _Dc09,
+    "dlms_hdlc": _DlmsHdlc,
 }
 
 
@@ -170,4 +215,6 @@ def default_framing(decode: dict[str, object]) -> FramingSpec | None:
     kind = decode.get("type")
     if kind in ("mbus", "dc09"):
         return FramingSpec(type=kind)
+    if kind == "dlms_push":
+        return FramingSpec(type="dlms_hdlc")
     return None

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict
 
 Document = Any
 DecodeFn = Callable[[bytes], Document]
+# Meter id -> its 16-byte AES key, or None; filled by the runtime from the encrypted key store.
+KeyLookup = Callable[[str], bytes | None]
 
 
 class NoOptions(BaseModel):
@@ -44,6 +46,9 @@ BUILTIN_CODECS: dict[str, str] = {
     "mbus": "usagehub.core.codecs.mbus:CODEC",
     "dc09": "usagehub.core.codecs.dc09:CODEC",
     "snmp": "usagehub.core.codecs.snmp:CODEC",
+    "wmbus": "usagehub.core.codecs.wmbus:CODEC",
+    "sparkplug": "usagehub.core.codecs.sparkplug:CODEC",
+    "dlms_push": "usagehub.core.codecs.dlms_push:CODEC",
 }
 
 

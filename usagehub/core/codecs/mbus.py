@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from usagehub.core.codecs import DecodeFn
-from usagehub.core.codecs.mbus_records import bcd_le, parse_records
+from usagehub.core.codecs.mbus_records import UNKNOWN_UNIT, bcd_le, parse_records
 from usagehub.core.codecs.mbus_tables import APPLICATION_ERRORS, FIXED_MEDIUM, FIXED_UNIT, medium_name
 from usagehub.errors import DecodeError
 
@@ -71,13 +71,14 @@ def _variable(data: bytes, big_endian: bool) -> dict[str, Any]:
         "medium_code": data[7],
         "access_number": data[8],
         "status": data[9],
-        "signature": data[10:12].hex().upper(),
+        # two bytes sent low byte first, printed as libmbus prints them (example_data_01: 27 B6 -> "B627")
+        "signature": f"{int.from_bytes(data[10:12], 'little'):04X}",
         "structure": "variable",
-        **_with_current(parse_records(data, 12)),
+        **with_current(parse_records(data, 12)),
     }
 
 
-def _with_current(records: list[dict[str, Any]]) -> dict[str, Any]:
+def with_current(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Records, plus ``current``: the first present, instantaneous, tariff-0 value of each quantity.
 
     Profiles read registers as ``$.current.energy`` or ``$.current.volume``
@@ -86,6 +87,8 @@ def _with_current(records: list[dict[str, Any]]) -> dict[str, Any]:
     current: dict[str, Any] = {}
     for rec in records:
         if rec["storage"] or rec["tariff"] or rec["subunit"] or rec["function"] != "Instantaneous value":
+            continue
+        if rec["unit"] == UNKNOWN_UNIT:  # never a register unless a profile maps the record itself
             continue
         value = rec["value"]
         if isinstance(value, Decimal) and rec["quantity"]:

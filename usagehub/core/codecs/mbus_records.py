@@ -152,20 +152,35 @@ def _raw_value(coding: int, raw: bytes, vif: int, vife0: int | None, kind: str) 
     raise DecodeError("unsupported data field", detail=f"DIF coding 0x{coding:X} (selection for readout)")
 
 
+# Combinable (orthogonal) VIFE codes EN 13757-3 leaves reserved, and 0x7C whose extension table we lack.
+_RESERVED_COMBINABLE = frozenset({0x44, 0x45, 0x4C, 0x4D, 0x7C})
+UNKNOWN_UNIT = "unknown"
+
+
+class UnknownVib(Exception):
+    """A VIF or VIFE without a table entry: the record is kept raw (internal to this module)."""
+
+
 def _unit(vif: int, vifes: list[int], custom: str | None) -> tuple[str, str, Decimal, Decimal]:
-    """Unit, quantity, multiplier and additive offset of a VIB."""
+    """Unit, quantity, multiplier and additive offset of a VIB; UnknownVib if a code has no entry."""
     if vif in (0xFD, 0xFB):
         if not vifes:
             raise DecodeError("missing VIF extension", detail=f"VIF 0x{vif:02X}")
         code = (vifes[0] & 0x7F) | (0x100 if vif == 0xFD else 0x200)
+        combinable = vifes[1:]
     else:
         code = vif & 0x7F
+        combinable = vifes
     if code == 0x7C:
         unit, quantity, factor = "-", custom or "", Decimal(1)
     elif code in VIF:
         unit, quantity, factor = VIF[code]
     else:
-        raise DecodeError("unknown VIF", detail=f"0x{code:03X}")
+        raise UnknownVib(f"VIF=0x{code:02X}" if code < 0x100 else f"VIF=0x{vif:02X} VIFE=0x{code & 0x7F:02X}")
+    if code != 0x7F and vif != 0xFF:  # after a manufacturer-specific VIF the VIFEs are the manufacturer's
+        for ext in combinable:
+            if ext & 0x7F in _RESERVED_COMBINABLE:
+                raise UnknownVib(f"VIFE=0x{ext & 0x7F:02X}")
     offset = Decimal(0)
     if vif & 0x80 and vif not in (0xFD, 0xFB) and vifes:
         ext = vifes[0] & 0x7F
@@ -220,20 +235,34 @@ def parse_record(cur: _Cursor) -> dict[str, Any]:
         length, kind = _variable_length(cur)
     raw = cur.take(length, "data")
     storage, tariff, device = _dib_fields(dif, difes)
-    value = _raw_value(coding, raw, vif, vifes[0] if vifes else None, kind)
-    unit, quantity, factor, offset = _unit(vif, vifes, custom)
-    return {
+    record: dict[str, Any] = {
         "function": FUNCTIONS[(dif & 0x30) >> 4],
         "storage": storage,
         "tariff": tariff,
         "subunit": device,
-        "unit": unit,
-        "quantity": quantity,
-        "value": _scaled(value, factor, offset),
         "dif": dif,
         "vif": vif,
         "vife": vifes or None,
     }
+    try:
+        unit, quantity, factor, offset = _unit(vif, vifes, custom)
+    except UnknownVib as unknown:
+        # Kept as libmbus keeps an "Unknown VIF": the raw value, no unit, no quantity; the frame goes on.
+        return record | _unknown(coding, raw, kind, str(unknown))
+    value = _raw_value(coding, raw, vif, vifes[0] if vifes else None, kind)
+    return record | {"unit": unit, "quantity": quantity, "value": _scaled(value, factor, offset)}
+
+
+def _unknown(coding: int, raw: bytes, kind: str, reason: str) -> dict[str, Any]:
+    """The document of a record whose VIB has no table entry: raw value, unit "unknown"."""
+    value: Any
+    if coding in (0x01, 0x02, 0x03, 0x04, 0x06, 0x07):
+        value = _int_le(raw)
+    elif coding in (0x09, 0x0A, 0x0B, 0x0C, 0x0E):
+        value = bcd_le(raw)
+    else:
+        value = _hex(raw)
+    return {"unit": UNKNOWN_UNIT, "quantity": f"Unknown ({reason})", "value": value, "raw": raw.hex().upper()}
 
 
 def parse_records(data: bytes, start: int) -> list[dict[str, Any]]:

@@ -145,6 +145,7 @@ def _fb_table() -> None:
     _run(0x208, 2, "J", "Energy", 8)
     _run(0x210, 2, "m^3", "Volume", 2)
     _run(0x218, 2, "kg", "Mass", 5)
+    _run(0x21A, 2, "%", "Relative humidity", -1)  # EN 13757-3:2013; pyMeterBus WEP-indoor reads 53.1 %
     VIF[0x221] = ("feet^3", "Volume", Decimal("0.1"))
     VIF[0x222] = ("American gallon", "Volume", Decimal("0.1"))
     VIF[0x223] = ("American gallon", "Volume", Decimal(1))

@@ -10,7 +10,7 @@ import typer
 from usagehub.runtime.cli.common import console, with_settings
 from usagehub.runtime.config import HubConfig
 
-keys_app = typer.Typer(help="API keys for /graphql.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys for /graphql; device keys (wM-Bus AES) sealed at rest.", no_args_is_help=True)
 
 
 @keys_app.command("create")
@@ -46,4 +46,44 @@ def keys_revoke(config: HubConfig, key_id: str) -> None:
 
     if not asyncio.run(go()):
         console.print(f"[red]no active key {key_id!r}[/red]")
+        raise typer.Exit(1)
+
+
+@keys_app.command("device-set")
+@with_settings
+def keys_device_set(config: HubConfig, device_id: str,
+                    key: Annotated[str, typer.Option(help="the device's AES-128 key, 32 hex digits")],
+                    protocol: str = "wmbus", tenant: str = "default") -> None:
+    """Store a device's AES key, sealed under device_key_secret (a running hub reloads keys by itself)."""
+    from usagehub.core.codecs.keyring import parse_key_hex
+    from usagehub.runtime.device_keys import device_keys
+    from usagehub.runtime.hub import open_storage
+
+    raw = parse_key_hex(key)
+
+    async def go() -> None:
+        async with open_storage(config, max_size=2) as pool:
+            store = device_keys(config, pool)
+            if store is None:
+                console.print("[red]set device_key_secret (USAGEHUB_DEVICE_KEY_SECRET) first[/red]")
+                raise typer.Exit(2)
+            await store.put(tenant=tenant, device_id=device_id, protocol=protocol, key=raw)
+
+    asyncio.run(go())
+
+
+@keys_app.command("device-remove")
+@with_settings
+def keys_device_remove(config: HubConfig, device_id: str, protocol: str = "wmbus", tenant: str = "default") -> None:
+    """Remove a device's stored key."""
+    from usagehub.runtime.device_keys import device_keys
+    from usagehub.runtime.hub import open_storage
+
+    async def go() -> bool:
+        async with open_storage(config, max_size=2) as pool:
+            store = device_keys(config, pool)
+            return store is not None and await store.delete(tenant=tenant, device_id=device_id, protocol=protocol)
+
+    if not asyncio.run(go()):
+        console.print(f"[red]no key for {device_id!r} ({protocol}) in tenant {tenant!r}[/red]")
         raise typer.Exit(1)
