@@ -26,6 +26,9 @@ _COMMON = [
                       annotation=Annotated[str | None, typer.Option(help="PostgreSQL URL; default embedded")]),
     inspect.Parameter("mqtt_url", inspect.Parameter.KEYWORD_ONLY, default=None,
                       annotation=Annotated[str | None, typer.Option(help="MQTT broker URL; default embedded")]),
+    inspect.Parameter("embedded_broker_port", inspect.Parameter.KEYWORD_ONLY, default=None,
+                      annotation=Annotated[int | None, typer.Option(
+                          help="port of the embedded MQTT broker (used when no --mqtt-url)")]),
     inspect.Parameter("http_host", inspect.Parameter.KEYWORD_ONLY, default=None,
                       annotation=Annotated[str | None, typer.Option(help="GraphQL/HTTP listen host")]),
     inspect.Parameter("http_port", inspect.Parameter.KEYWORD_ONLY, default=None,

@@ -25,13 +25,18 @@ def serve(config: HubConfig) -> None:
 
 @hub_app.command()
 @with_settings
-def demo(config: HubConfig, meters: int = 20, panels: int = 5, rate: float = 20.0,
-         duration_s: Annotated[float, typer.Option(help="stop after this many seconds; 0 runs until Ctrl-C")] = 0
+def demo(config: HubConfig,
+         meters: Annotated[int, typer.Option(help="simulated smart meters (one household account each)")] = 20,
+         panels: Annotated[int, typer.Option(help="simulated alarm panels (every fourth household)")] = 5,
+         rate: Annotated[float, typer.Option(help="live messages per second, all devices together")] = 20.0,
+         history_days: Annotated[int, typer.Option(help="days of hourly history loaded at start; 0 for none")] = 90,
+         duration_s: Annotated[float, typer.Option(help="stop after this many seconds; 0 runs until Ctrl-C")] = 0,
          ) -> None:
-    """Serve plus a simulated fleet of smart meters and alarm panels; prints GraphiQL, a key and a summary."""
+    """Serve with a simulated fleet: history, price plans, prepaid accounts; prints GraphiQL, a key and queries."""
     from usagehub.runtime.demo import run_demo
 
-    asyncio.run(run_demo(config, meters=meters, panels=panels, rate=rate, duration_s=duration_s))
+    asyncio.run(run_demo(config, meters=meters, panels=panels, rate=rate, duration_s=duration_s,
+                         history_days=history_days))
 
 
 @hub_app.command()
