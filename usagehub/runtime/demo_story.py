@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 HISTORY_DAYS = 90
 HOURLY_DAYS = 35  # the features read the last 30 days hour by hour; older history is read every 3 hours
 PLANS_FILE = "demo_plans.yaml"
-LOW_TOPUP, LOW_THRESHOLD, TOPUP, RESTORE_TOPUP = Decimal("0.80"), Decimal("0.40"), Decimal(200), Decimal(20)
+LOW_TOPUP, LOW_THRESHOLD, TOPUP, RESTORE_TOPUP = Decimal("0.15"), Decimal("0.08"), Decimal(200), Decimal(20)
 SEGMENT_RULE = "evening_share >= 0.4"
 # Bytes a broken or unknown device might send: each is quarantined with its reason, never dropped.
 MALFORMED = (

@@ -71,7 +71,7 @@ class Simulator:
     def meter_message(self, device: str, now: datetime) -> tuple[str, bytes]:
         """One reading of a smart meter."""
         self.seq[device] += 1
-        self.registers[device] += self.rng.randrange(1, 400)
+        self.registers[device] += self.rng.randrange(1, 40)  # a few seconds of a busy home, not hours
         body = {"seq": self.seq[device], "ts": now.isoformat(), "energy_wh": self.registers[device],
                 "power_w": self.rng.randrange(50, 4000), "boot": 1}
         return f"meters/{device}/reading", orjson.dumps(body)

@@ -68,7 +68,8 @@ PAGE = """<!doctype html>
     state.className = key ? "set" : "missing";
     // A new key re-creates the editor so the schema is fetched again with it.
     root.render(React.createElement(GraphiQL, {{fetcher: fetcher, key: key || "nokey",
-      defaultQuery: "# Paste an API key above, then run a query, e.g.\\n{{ ingestStats {{ messages accepted duplicates quarantined }} }}\\n"}}));
+      defaultQuery: "# Paste an API key above (or open /graphql#key=<key>), then run a query, e.g.\\n" +
+                    "{{ ingestStats {{ messages accepted duplicates quarantined }} }}\\n"}}));
   }}
   function useKey() {{ key = input.value.trim(); render(); }}
   document.getElementById("usekey").addEventListener("click", useKey);
