@@ -118,7 +118,7 @@ class Browser:
     async def screenshot(self, path: Path) -> bytes:
         """A PNG of the viewport, saved to ``path`` and returned."""
         data = base64.b64decode((await self.send("Page.captureScreenshot", format="png"))["data"])
-        path.write_bytes(data)
+        await asyncio.to_thread(path.write_bytes, data)
         return data
 
 
