@@ -194,12 +194,15 @@ def _references(seed: SeedFile, known: Known, tree: Any, source: str) -> list[Co
         problems.append(ConfigError(message, file=source, field=".".join(str(p) for p in loc),
                                     line=line_of(tree, loc)))
 
-    for name, items in (("accounts", seed.accounts), ("devices", seed.devices), ("plans", seed.plans)):
+    ids: list[tuple[str, list[str]]] = [
+        ("accounts", [a.id for a in seed.accounts]), ("devices", [d.id for d in seed.devices]),
+        ("plans", [p.id for p in seed.plans])]
+    for name, names in ids:
         seen: set[str] = set()
-        for i, item in enumerate(items):
-            if item.id in seen:
-                problem(f"{item.id!r} appears twice", name, i, "id")
-            seen.add(item.id)
+        for i, ident in enumerate(names):
+            if ident in seen:
+                problem(f"{ident!r} appears twice", name, i, "id")
+            seen.add(ident)
     plans = {p.id: p.currency for p in seed.plans} | dict(known.currencies)
     plan_ids = set(plans) | set(known.plans)
     for i, a in enumerate(seed.accounts):

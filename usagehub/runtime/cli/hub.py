@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from usagehub.runtime.cli.common import console, out, with_settings
+from usagehub.runtime.cli.common import DATABASE, console, out, with_settings
 from usagehub.runtime.config import HubConfig
 
 hub_app = typer.Typer()
@@ -26,11 +26,11 @@ def serve(config: HubConfig) -> None:
 @hub_app.command()
 @with_settings
 def demo(config: HubConfig,
-         meters: Annotated[int, typer.Option(help="simulated smart meters (one household account each)")] = 20,
-         panels: Annotated[int, typer.Option(help="simulated alarm panels (every fourth household)")] = 5,
-         rate: Annotated[float, typer.Option(help="live messages per second, all devices together")] = 20.0,
-         history_days: Annotated[int, typer.Option(help="days of hourly history loaded at start; 0 for none")] = 90,
-         duration_s: Annotated[float, typer.Option(help="stop after this many seconds; 0 runs until Ctrl-C")] = 0,
+         meters: Annotated[int, typer.Option(metavar="N", help="simulated smart meters (a household each)")] = 20,
+         panels: Annotated[int, typer.Option(metavar="N", help="simulated alarm panels (every fourth home)")] = 5,
+         rate: Annotated[float, typer.Option(metavar="PER_S", help="live messages per second, all devices")] = 20.0,
+         history_days: Annotated[int, typer.Option(metavar="DAYS", help="history loaded at start; 0: none")] = 90,
+         duration_s: Annotated[float, typer.Option(metavar="SECONDS", help="stop after this long; 0: at Ctrl-C")] = 0,
          ) -> None:
     """Serve with a simulated fleet: history, price plans, prepaid accounts; prints GraphiQL, a key and queries."""
     from usagehub.runtime.demo import run_demo
@@ -40,12 +40,13 @@ def demo(config: HubConfig,
 
 
 @hub_app.command()
-@with_settings
+@with_settings(only=(*DATABASE, "mqtt_url", "embedded_broker_port"))
 def simulate(config: HubConfig,
-             meters: Annotated[int, typer.Option(help="simulated smart meters")] = 20,
-             panels: Annotated[int, typer.Option(help="simulated alarm panels")] = 5,
-             rate: Annotated[float, typer.Option(help="messages per second, all devices together")] = 50.0,
-             duration_s: Annotated[float, typer.Option(help="stop after this many seconds; 0 runs until Ctrl-C")] = 0,
+             meters: Annotated[int, typer.Option(metavar="N", help="simulated smart meters")] = 20,
+             panels: Annotated[int, typer.Option(metavar="N", help="simulated alarm panels")] = 5,
+             rate: Annotated[float, typer.Option(metavar="PER_S", help="messages per second, all devices")] = 50.0,
+             duration_s: Annotated[float, typer.Option(metavar="SECONDS", help="stop after this long; 0: at Ctrl-C")]
+             = 0,
              register: Annotated[bool, typer.Option(
                  help="first register the fleet (accounts, devices, bindings) in the hub's database, "
                       "so its data is billed rather than quarantined as unknown devices")] = False,
@@ -87,9 +88,9 @@ def simulate(config: HubConfig,
 
 
 @hub_app.command()
-@with_settings
+@with_settings(only=(*DATABASE, "profiles"))
 def seed(config: HubConfig,
-         file: Annotated[Path, typer.Argument(help="seed YAML file (format: docs/seed.md)")]) -> None:
+         file: Annotated[Path, typer.Argument(metavar="FILE", help="seed YAML file (format: docs/seed.md)")]) -> None:
     """Create price plans, accounts (prepaid settings, plans), devices and bindings from a YAML file.
 
     The whole file is checked first, against the file and the hub; nothing is written if anything is wrong.
@@ -117,12 +118,14 @@ def seed(config: HubConfig,
 
 
 @hub_app.command("import")
-@with_settings
+@with_settings(only=(*DATABASE, "profiles"))
 def import_files(config: HubConfig,
-                 paths: Annotated[list[str], typer.Argument(help="files, folders or s3://bucket/prefix")],
-                 profile: Annotated[str | None, typer.Option(help="force this profile id")] = None,
+                 paths: Annotated[list[str], typer.Argument(metavar="PATH",
+                                                            help="files, folders or s3://bucket/prefix")],
+                 profile: Annotated[str | None, typer.Option(metavar="PROFILE", help="force this profile id")] = None,
                  watch: Annotated[bool, typer.Option(help="keep watching the folders (or bucket)")] = False,
-                 s3_endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint")] = None,
+                 s3_endpoint_url: Annotated[str | None, typer.Option(metavar="URL", help="S3-compatible endpoint")]
+                 = None,
                  ) -> None:
     """Import batch files (CSV, NDJSON, binary records) exactly once, with a progress bar."""
     from usagehub.adapters.files import import_paths, watch_paths, watch_s3

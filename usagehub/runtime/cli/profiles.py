@@ -13,7 +13,8 @@ profiles_app = typer.Typer(help="Device profiles.", no_args_is_help=True)
 
 
 @profiles_app.command("check")
-def profiles_check(folder: Annotated[Path, typer.Argument(help="profiles folder")] = Path("device_profiles")
+def profiles_check(folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="profiles folder")]
+                   = Path("device_profiles")
                    ) -> None:
     """Validate every profile in a folder; prints every problem as file:line: field: message (exit 2)."""
     from usagehub.runtime.profile_files import check_profiles
