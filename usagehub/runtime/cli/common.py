@@ -40,8 +40,14 @@ def report(err: UsagehubError) -> int:
     console.print(f"{kind}: {err}", markup=False)
     return EXIT_FAILED
 
-def _opt(name: str, kind: Any, metavar: str, text: str, flag: str | None = None) -> inspect.Parameter:
-    option = typer.Option(flag, help=text, metavar=metavar) if flag else typer.Option(help=text, metavar=metavar)
+def _opt(name: str, kind: Any, metavar: str, text: str, flag: str | None = None) -> tuple[str, Any, dict[str, Any]]:
+    return name, kind, {"param_decls": (flag,) if flag else (), "help": text, "metavar": metavar}
+
+
+def _param(spec: tuple[str, Any, dict[str, Any]], hidden: bool) -> inspect.Parameter:
+    name, kind, options = spec
+    option = typer.Option(*options["param_decls"], help=options["help"], metavar=options["metavar"],
+                          hidden=hidden)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
                              annotation=Annotated[kind | None, option])
 
@@ -66,7 +72,9 @@ def with_settings(fn: Callable[..., Any] | None = None, *, only: Sequence[str] |
     """Give a command the shared settings options (all, or ``only`` those); it receives ``config: HubConfig``."""
     if fn is None:
         return functools.partial(with_settings, only=only)
-    common = [p for p in _COMMON if only is None or p.name in only]
+    # Settings a command does not use are accepted (scripts pass the same settings to every command)
+    # but hidden from its help.
+    common = [_param(spec, hidden=only is not None and spec[0] not in only) for spec in _COMMON]
     names = [p.name for p in common]
     sig = inspect.signature(fn)
     own = [p for p in sig.parameters.values() if p.name != "config"]
