@@ -72,3 +72,20 @@ def test_a_busy_port_is_one_line_naming_the_port_and_the_flag(tmp_path: Path) ->
         in result.stdout
     assert "--embedded-broker-port" in result.stdout and "Traceback" not in result.stderr
     assert len(result.stdout.strip().splitlines()) == 3  # two problems and the count
+
+
+def test_seed_reports_every_problem_before_touching_the_database(tmp_path: Path) -> None:
+    seed = tmp_path / "fleet.yaml"
+    seed.write_text("accounts:\n  - {id: a1, timezone: Mars/Olympus, currency: EURO}\n"
+                    "devices:\n  - {id: d1, profile: acme-em999}\n"
+                    "bindings:\n  - {device: d1, account: nobody, valid_from: '2026-01-01T00:00:00Z'}\n")
+    unreachable = f"postgresql://u@127.0.0.1:{free_port()}/db"  # never contacted: the file alone is wrong
+    result = usagehub("seed", str(seed), "--database-url", unreachable)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        f"{seed}:2: accounts.0.currency: currency 'EURO' is not an ISO 4217 code usagehub knows "
+        "(e.g. EUR, GBP, USD, CHF, SEK, NOK)",
+        f"{seed}:2: accounts.0.timezone: time zone 'Mars/Olympus' is not an IANA zone such as Europe/Berlin",
+        f"{seed}:4: devices.0.profile: no device profile 'acme-em999' (profiles: " + ", ".join(sorted(
+            p.stem for p in Path("device_profiles").glob("*.yaml"))) + ")",
+        "3 problems; nothing was changed"]  # 'nobody' might be in the hub: that is asked once the file is right

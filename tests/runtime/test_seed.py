@@ -14,7 +14,7 @@ from usagehub.prepaid.service import PrepaidService
 from usagehub.rating.service import RatingService
 from usagehub.runtime.config import SHIPPED_PROFILES
 from usagehub.runtime.profile_files import load_profiles
-from usagehub.runtime.seed import apply_seed, check_references, known_in, parse_seed, read_seed
+from usagehub.runtime.seed import Known, apply_seed, known_in, load_seed_tree, validate_seed
 from usagehub.storage.registry import Registry
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "seed.yaml"
@@ -30,12 +30,14 @@ accounts:
     prepaid: {overdraft: "-3", debit_mode: sometimes}
 devices:
   - {id: d1, profile: acme-em340, port: 70000}
+bindings:
+  - {device: ghost, account: a1, valid_from: "2026-01-01T00:00:00Z"}
 """
 
 
-def _problems(path: Path, known: object = None) -> list[tuple[int | None, str | None, str]]:
+def _problems(path: Path, known: Known | None = None) -> list[tuple[int | None, str | None, str]]:
     with pytest.raises(ConfigError) as info:
-        parse_seed(path) if known is None else check_references(path, read_seed(path)[0], known)  # type: ignore[arg-type]
+        validate_seed(path, known)
     return [(p.line, p.field, p.message) for p in problems_of(info.value)]
 
 
@@ -45,7 +47,8 @@ def test_every_value_problem_at_once_with_line_and_field(tmp_path: Path) -> None
     found = _problems(path)
     assert [(line, field) for line, field, _ in found] == [
         (4, "accounts.0.market"), (5, "accounts.0.currency"), (6, "accounts.0.timezone"),
-        (8, "accounts.1.prepaid.overdraft"), (8, "accounts.1.prepaid.debit_mode"), (10, "devices.0.port")]
+        (8, "accounts.1.prepaid.debit_mode"), (8, "accounts.1.prepaid.overdraft"), (10, "devices.0.port"),
+        (12, "bindings.0.device")]  # a reference problem is reported with the value problems
     text = "\n".join(m for _, _, m in found)
     assert "'Germany'" in text and "'EURO'" in text and "'Mars/Olympus'" in text
     assert "SeedPrepaid" not in text and "SeedAccount" not in text  # no Python class names
@@ -54,7 +57,7 @@ def test_every_value_problem_at_once_with_line_and_field(tmp_path: Path) -> None
 
 def _error_of(path: Path) -> ConfigError:
     try:
-        parse_seed(path)
+        validate_seed(path)
     except ConfigError as err:
         return err
     raise AssertionError("no error")
@@ -82,8 +85,7 @@ bindings:
   - {device: other-tenant-meter, account: a1, valid_from: "2026-01-01T00:00:00Z"}
   - {device: d1, account: ghost, valid_from: "2026-02-01T00:00:00Z", valid_to: "2026-01-01T00:00:00Z"}
 """)
-    seed, _ = read_seed(path)
-    known = await known_in(registry, seed, PROFILES, RatingService(pool))
+    known = await known_in(registry, "default", load_seed_tree(path), PROFILES, RatingService(pool))
     found = _problems(path, known)
     assert [(line, field) for line, field, _ in found] == [
         (2, "accounts.0.plans.0"), (4, "devices.0.profile"), (7, "bindings.1.device"), (8, "bindings.2.account"),
@@ -95,8 +97,7 @@ bindings:
 async def test_the_documented_example_seeds_plans_prepaid_and_bindings_once(pool: AsyncConnectionPool) -> None:
     registry, rating = Registry(pool), RatingService(pool)
     await rating.start()
-    seed, _ = read_seed(EXAMPLE)
-    check_references(EXAMPLE, seed, await known_in(registry, seed, PROFILES, rating))
+    seed = validate_seed(EXAMPLE, await known_in(registry, "default", load_seed_tree(EXAMPLE), PROFILES, rating))
     prepaid = PrepaidService(pool, pricer_for(pool))
     first = await apply_seed(registry, seed, rating=rating, prepaid=prepaid)
     again = await apply_seed(registry, seed, rating=rating, prepaid=prepaid)

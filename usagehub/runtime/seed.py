@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
@@ -118,6 +118,14 @@ class SeedBinding(_M):
             raise ValueError("give a time zone offset, e.g. 2026-01-01T00:00:00+01:00")
         return value
 
+    @field_validator("valid_to")
+    @classmethod
+    def _after(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        start = info.data.get("valid_from")
+        if value is not None and start is not None and value.tzinfo is not None and value <= start:
+            raise ValueError("valid_to must be after valid_from")
+        return value
+
 
 class SeedFile(_M):
     """The seed file: tenant, price plans, accounts, devices, bindings."""
@@ -156,88 +164,112 @@ def _load_tree(path: Path) -> Any:
                           line=mark.line + 1 if mark else None) from err
 
 
-def parse_seed(path: Path, known: Known | None = None) -> SeedFile:
-    """Read and validate a seed file; every problem is raised at once (``ConfigErrors``).
+def _items(tree: Any, section: str) -> list[tuple[int, dict[str, Any]]]:
+    """The mappings of a section of the raw tree, with their positions (malformed entries are skipped)."""
+    items = tree.get(section) if isinstance(tree, dict) else None
+    return [(i, item) for i, item in enumerate(items) if isinstance(item, dict)] if isinstance(items, list) else []
 
-    Without ``known`` the references are checked within the file only (profiles are not checked).
+
+def _ids(tree: Any, section: str) -> set[str]:
+    return {str(item["id"]) for _, item in _items(tree, section) if "id" in item}
+
+
+def wanted(tree: Any) -> tuple[list[str], list[str]]:
+    """Devices and accounts the bindings name that the file does not define (to look up in the hub)."""
+    bindings = _items(tree, "bindings")
+    devices = {str(b["device"]) for _, b in bindings if "device" in b} - _ids(tree, "devices")
+    accounts = {str(b["account"]) for _, b in bindings if "account" in b} - _ids(tree, "accounts")
+    return sorted(devices), sorted(accounts)
+
+
+def validate_seed(path: Path, known: Known | None = None) -> SeedFile:
+    """Read and validate a seed file: shape, values and references, every problem raised at once.
+
+    Without ``known`` references are resolved within the file only and profiles are not checked.
     """
-    seed, _ = read_seed(path)
-    check_references(path, seed, known or Known())
-    return seed
-
-
-def read_seed(path: Path) -> tuple[SeedFile, Any]:
-    """The seed file's shape and values, validated (every problem at once); the parsed tree, for lines."""
-    tree = _load_tree(path)
-    if tree is None:
-        tree = {}
-    if not isinstance(tree, dict):
-        raise ConfigError("a seed file is a mapping with accounts, devices, bindings…", file=str(path), line=1)
+    tree = load_seed_tree(path)
+    problems: list[ConfigError] = []
+    seed: SeedFile | None = None
     try:
         seed = SeedFile.model_validate(tree)
     except ValidationError as err:
-        raise ConfigErrors(validation_problems(err, tree, str(path))) from err
-    return seed, tree
-
-
-def check_references(path: Path, seed: SeedFile, known: Known) -> None:
-    """Every reference of the file resolved against the file and ``known``; all problems at once."""
-    problems = _references(seed, known, _load_tree(path), str(path))
+        problems += validation_problems(err, tree, str(path))
+    problems += _references(tree, known or Known(), str(path))
     if problems:
-        raise ConfigErrors(problems)
+        unique = {(p.line, p.field, p.message): p for p in problems}
+        raise ConfigErrors(sorted(unique.values(), key=lambda p: (p.line or 0, p.field or "")))
+    assert seed is not None
+    return seed
 
 
-def _references(seed: SeedFile, known: Known, tree: Any, source: str) -> list[ConfigError]:
+parse_seed = validate_seed
+
+
+def load_seed_tree(path: Path) -> Any:
+    """The parsed YAML of a seed file (line numbers kept); a file that is not a mapping is refused."""
+    tree = _load_tree(path)
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError("a seed file is a mapping with accounts, devices, bindings…", file=str(path), line=1)
+    return tree
+
+
+def _references(tree: Any, known: Known, source: str) -> list[ConfigError]:
     problems: list[ConfigError] = []
 
     def problem(message: str, *loc: str | int) -> None:
         problems.append(ConfigError(message, file=source, field=".".join(str(p) for p in loc),
                                     line=line_of(tree, loc)))
 
-    ids: list[tuple[str, list[str]]] = [
-        ("accounts", [a.id for a in seed.accounts]), ("devices", [d.id for d in seed.devices]),
-        ("plans", [p.id for p in seed.plans])]
-    for name, names in ids:
+    for section in ("accounts", "devices", "plans"):
         seen: set[str] = set()
-        for i, ident in enumerate(names):
+        for i, item in _items(tree, section):
+            ident = str(item.get("id"))
             if ident in seen:
-                problem(f"{ident!r} appears twice", name, i, "id")
+                problem(f"{ident!r} appears twice", section, i, "id")
             seen.add(ident)
-    plans = {p.id: p.currency for p in seed.plans} | dict(known.currencies)
+    plans = {str(p["id"]): str(p.get("currency")) for _, p in _items(tree, "plans") if "id" in p}
+    plans |= dict(known.currencies)
     plan_ids = set(plans) | set(known.plans)
-    for i, a in enumerate(seed.accounts):
-        for j, plan in enumerate(a.plans):
-            if plan not in plan_ids:
+    for i, a in _items(tree, "accounts"):
+        chosen = a.get("plans")
+        for j, plan in enumerate(chosen if isinstance(chosen, list) else []):
+            if str(plan) not in plan_ids:
                 problem(f"no price plan {plan!r} in this file or the hub", "accounts", i, "plans", j)
-            elif plans.get(plan, a.currency) != a.currency:
-                problem(f"plan {plan!r} prices in {plans[plan]}, the account pays in {a.currency}",
-                        "accounts", i, "plans", j)
+            elif plans.get(str(plan), a.get("currency", "EUR")) != a.get("currency", "EUR"):
+                problem(f"plan {plan!r} prices in {plans[str(plan)]}, the account pays in "
+                        f"{a.get('currency', 'EUR')}", "accounts", i, "plans", j)
     if known.profiles is not None:
-        for i, d in enumerate(seed.devices):
-            if d.profile is not None and d.profile not in known.profiles:
-                problem(f"no device profile {d.profile!r} (profiles: {', '.join(sorted(known.profiles))})",
+        for i, d in _items(tree, "devices"):
+            if d.get("profile") is not None and d["profile"] not in known.profiles:
+                problem(f"no device profile {d['profile']!r} (profiles: {', '.join(sorted(known.profiles))})",
                         "devices", i, "profile")
-    devices = {d.id for d in seed.devices} | set(known.devices)
-    accounts = {a.id for a in seed.accounts} | set(known.accounts)
-    for i, b in enumerate(seed.bindings):
-        if b.device not in devices:
-            problem(f"device {b.device!r} is neither in this file nor registered", "bindings", i, "device")
-        if b.account not in accounts:
-            problem(f"account {b.account!r} is neither in this file nor in the hub", "bindings", i, "account")
-        if b.valid_to is not None and b.valid_to <= b.valid_from:
-            problem("valid_to must be after valid_from", "bindings", i, "valid_to")
-    return sorted(problems, key=lambda p: p.line or 0)
+    devices = _ids(tree, "devices") | set(known.devices)
+    accounts = _ids(tree, "accounts") | set(known.accounts)
+    for i, b in _items(tree, "bindings"):
+        if "device" in b and str(b["device"]) not in devices:
+            problem(f"device {b['device']!r} is neither in this file nor registered", "bindings", i, "device")
+        if "account" in b and str(b["account"]) not in accounts:
+            problem(f"account {b['account']!r} is neither in this file nor in the hub", "bindings", i, "account")
+    return problems
 
 
-async def known_in(registry: Registry, seed: SeedFile, profiles: Collection[str] | None,
+def optimistic(tree: Any, profiles: Collection[str] | None) -> Known:
+    """A ``Known`` that takes every outside reference of the file as existing: a check without the database."""
+    devices, accounts = wanted(tree)
+    plans = {str(p) for _, a in _items(tree, "accounts") for p in (a.get("plans") or []) if isinstance(p, str)}
+    return Known(profiles=profiles, devices=devices, accounts=accounts, plans=plans)
+
+
+async def known_in(registry: Registry, tenant: str, tree: Any, profiles: Collection[str] | None,
                    rating: RatingService | None = None) -> Known:
-    """What the hub already holds that ``seed`` refers to: devices and accounts of its tenant, plans."""
-    wanted_devices = sorted({b.device for b in seed.bindings} - {d.id for d in seed.devices})
-    wanted_accounts = sorted({b.account for b in seed.bindings} - {a.id for a in seed.accounts})
-    devices = {d.device_id for d in await registry.devices(tenant=seed.tenant, after=None, limit=len(wanted_devices),
+    """What the hub already holds that the file refers to: devices and accounts of ``tenant``, plans."""
+    wanted_devices, wanted_accounts = wanted(tree)
+    devices = {d.device_id for d in await registry.devices(tenant=tenant, after=None, limit=len(wanted_devices),
                                                            device_ids=wanted_devices)} if wanted_devices else set()
-    accounts = {a for a in wanted_accounts if await registry.account(a, tenant=seed.tenant) is not None}
-    stored = await rating.plans(tenant=seed.tenant) if rating is not None else []
+    accounts = {a for a in wanted_accounts if await registry.account(a, tenant=tenant) is not None}
+    stored = await rating.plans(tenant=tenant) if rating is not None else []
     return Known(profiles=profiles, devices=devices, accounts=accounts, plans={p.plan.id for p in stored},
                  currencies={p.plan.id: p.plan.currency for p in stored})
 

@@ -100,16 +100,18 @@ def seed(config: HubConfig,
     from usagehub.rating.service import RatingService
     from usagehub.runtime.hub import open_storage
     from usagehub.runtime.profile_files import check_profiles
-    from usagehub.runtime.seed import apply_seed, check_references, known_in, read_seed
+    from usagehub.runtime.seed import apply_seed, known_in, load_seed_tree, optimistic, validate_seed
     from usagehub.storage.registry import Registry
 
-    document, _ = read_seed(file)  # shape and values, before touching the database
+    tree = load_seed_tree(file)
     profiles = {p.id for p in check_profiles(config.profiles)[0]}
+    validate_seed(file, optimistic(tree, profiles))  # everything the file alone can tell, before the database
+    tenant = str(tree.get("tenant", "default"))
 
     async def go() -> dict[str, int]:
         async with open_storage(config, max_size=2) as pool:
             registry, rating = Registry(pool), RatingService(pool)
-            check_references(file, document, await known_in(registry, document, profiles, rating))
+            document = validate_seed(file, await known_in(registry, tenant, tree, profiles, rating))
             return await apply_seed(registry, document, rating=rating, prepaid=PrepaidService(pool, pricer_for(pool)))
 
     counts = asyncio.run(go())
