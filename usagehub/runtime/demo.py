@@ -20,13 +20,22 @@ async def run_demo(config: HubConfig, *, meters: int, panels: int, rate: float, 
     """Serve, set up history, plans and prepaid accounts, print where to look, then run the live fleet."""
     fleet = Fleet.of_size(meters, panels)
     broker = config.mqtt_url or f"mqtt://127.0.0.1:{config.embedded_broker_port}"
-    sim = Simulator(fleet, MqttConfig(url=broker), rate_per_s=rate)
+    now = datetime.now(UTC)
+    # A run on a data folder that already has the fleet continues it: new message ids, a new register baseline.
+    later = {"first_seq": int(now.timestamp() * 1000), "boot": int(now.timestamp())}
+    sim: Simulator | None = None
 
     async def on_ready(hub: Hub) -> None:
-        now = datetime.now(UTC)
-        print(f"usagehub demo: loading {history_days} days of history for {meters} meters and {panels} alarm "
-              "panels through the pipeline…", flush=True)
-        story = await set_up(hub, sim, now=now, days=history_days)
+        nonlocal sim
+        again = bool(meters) and await hub.registry.account("sim-acct-0000", tenant="default") is not None
+        sim = Simulator(fleet, MqttConfig(url=broker), rate_per_s=rate, **(later if again else {}))
+        if again:
+            print(f"usagehub demo: {config.data_dir} already holds the demo fleet and its history; continuing it "
+                  "(a fresh folder: --data-dir)", flush=True)
+        else:
+            print(f"usagehub demo: loading {history_days} days of history for {meters} meters and {panels} alarm "
+                  "panels through the pipeline…", flush=True)
+        story = await set_up(hub, sim, now=now, days=history_days, fresh=not again)
         key, _ = await hub.keys.create(role="admin", name="demo")
         base = f"http://{config.http_host}:{hub.http_port}"
         print(banner(base, key, story, fleet, now.date()), flush=True)
@@ -47,9 +56,11 @@ def banner(base: str, key: str, story: Story, fleet: Fleet, today: date) -> str:
     last_month = (today.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
     since, until = (today - timedelta(days=84)).isoformat(), (today + timedelta(days=1)).isoformat()
     account = fleet.meters and "sim-acct-0001"
+    history = (f"{story.history_messages} messages in {story.history_seconds:.1f} s "
+               f"({story.history_messages / max(story.history_seconds, 0.001):.0f} msg/s)"
+               if story.history_messages else "none loaded now (--history-days 0, or kept from an earlier run)")
     lines = [
-        f"  history:   {story.history_messages} messages in {story.history_seconds:.1f} s "
-        f"({story.history_messages / max(story.history_seconds, 0.001):.0f} msg/s)",
+        f"  history:   {history}",
         f"  plans:     {story.plans} price plans (energy, power, armed, alarms, door_openings in DE, FR, NL; "
         "VAT by market)",
     ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -52,19 +53,23 @@ class Story:
     segment_members: int = 0
 
 
-async def set_up(hub: Hub, sim: Simulator, *, now: datetime, days: int = HISTORY_DAYS) -> Story:
-    """Seed, price, make accounts prepaid, backfill ``days`` of history, quarantine junk, save a segment."""
+async def set_up(hub: Hub, sim: Simulator, *, now: datetime, days: int = HISTORY_DAYS, fresh: bool = True) -> Story:
+    """Seed, price, make accounts prepaid, backfill ``days`` of history, quarantine junk, save a segment.
+
+    ``fresh=False``: the data folder has the fleet and its history from an earlier run; only the rest is done.
+    """
     story = Story()
     fleet = sim.fleet
     since = (now - timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
-    await apply_seed(hub.registry, SeedFile.model_validate(fleet.seed(since - timedelta(hours=1))))
+    if fresh:
+        await apply_seed(hub.registry, SeedFile.model_validate(fleet.seed(since - timedelta(hours=1))))
     rating = RatingService(hub.pool)
     text = (resources.files("usagehub") / "data" / PLANS_FILE).read_text(encoding="utf-8")
     story.plans = len(await rating.load_plans(text, PLANS_FILE, author="demo"))
     if hub.prepaid is not None and fleet.prepaid_accounts:
-        await _prepaid(hub.prepaid.service, fleet.prepaid_accounts, story)
+        await _prepaid(hub.prepaid.service, fleet.prepaid_accounts, story, run=int(now.timestamp()))
     started = asyncio.get_running_loop().time()
-    if days > 0:
+    if days > 0 and fresh:
         story.history_messages = await backfill(hub, sim, since, now - timedelta(minutes=5))
     story.history_seconds = asyncio.get_running_loop().time() - started
     if hub.prepaid is not None:  # from now on live usage is debited as it is stored
@@ -95,7 +100,7 @@ async def backfill(hub: Hub, sim: Simulator, since: datetime, until: datetime) -
     return count
 
 
-async def _prepaid(service: PrepaidService, accounts: list[str], story: Story) -> None:
+async def _prepaid(service: PrepaidService, accounts: list[str], story: Story, *, run: int) -> None:
     """Top the prepaid accounts up; the first gets just enough for a few seconds of live usage.
 
     Topped up first (an empty account would be blocked at once); then the history is not debited
@@ -105,7 +110,7 @@ async def _prepaid(service: PrepaidService, accounts: list[str], story: Story) -
     story.low_account = accounts[0]
     for i, account in enumerate(accounts):
         await service.top_up(account_id=account, amount=LOW_TOPUP if i == 0 else TOPUP,
-                             payment_ref=f"demo-first-topup-{account}")
+                             payment_ref=f"demo-{run}-first-topup-{account}")
         await service.configure(account_id=account, low_threshold=LOW_THRESHOLD if i == 0 else Decimal(10),
                                 debit_mode="reservation")
 
@@ -121,7 +126,7 @@ async def watch_low_account(service: PrepaidService, account: str, say: Callable
     say(f"{account} ran out of credit: blocked, a block command went to its meter; topping up in {wait_s:.0f} s")
     await asyncio.sleep(wait_s)
     amount = (state.arrears + max(Decimal(0), -state.funds) + RESTORE_TOPUP).quantize(Decimal("0.01"), ROUND_UP)
-    await service.top_up(account_id=account, amount=amount, payment_ref=f"demo-topup-{account}")
+    await service.top_up(account_id=account, amount=amount, payment_ref=f"demo-{int(time.time())}-topup-{account}")
     state = await service.account(account)
     say(f"{account} topped up {amount} {state.currency if state else ''}: "
         + ("restored" if state is not None and not state.blocked else "still blocked"))

@@ -61,11 +61,15 @@ _HOURLY = [0.5, 0.4, 0.4, 0.4, 0.4, 0.5, 0.9, 1.6, 1.4, 0.9, 0.8, 0.9,
 class Simulator:
     """Publishes readings at ``rate_per_s`` until cancelled; each device keeps a monotonic register."""
 
-    def __init__(self, fleet: Fleet, mqtt: MqttConfig, *, rate_per_s: float = 20.0, seed: int = 7) -> None:
+    def __init__(self, fleet: Fleet, mqtt: MqttConfig, *, rate_per_s: float = 20.0, seed: int = 7,
+                 first_seq: int = 0, boot: int = 1) -> None:
+        """``first_seq`` and ``boot`` let a later run of the same fleet continue without reusing message ids
+        (``boot`` is the meters' reset marker: a new value starts a new register baseline)."""
         self.fleet, self.mqtt, self.rate = fleet, mqtt, rate_per_s
         self.rng = random.Random(seed)
         self.registers = {m: self.rng.randrange(10_000, 5_000_000) for m in fleet.meters}
-        self.seq = dict.fromkeys(fleet.meters + fleet.panels, 0)
+        self.seq = dict.fromkeys(fleet.meters + fleet.panels, first_seq)
+        self.boot = boot
         self.sent = 0
 
     def meter_message(self, device: str, now: datetime) -> tuple[str, bytes]:
@@ -73,7 +77,7 @@ class Simulator:
         self.seq[device] += 1
         self.registers[device] += self.rng.randrange(1, 40)  # a few seconds of a busy home, not hours
         body = {"seq": self.seq[device], "ts": now.isoformat(), "energy_wh": self.registers[device],
-                "power_w": self.rng.randrange(50, 4000), "boot": 1}
+                "power_w": self.rng.randrange(50, 4000), "boot": self.boot}
         return f"meters/{device}/reading", orjson.dumps(body)
 
     def panel_message(self, device: str, now: datetime) -> tuple[str, bytes]:
@@ -104,7 +108,7 @@ class Simulator:
                 if report:
                     self.seq[m] += 1
                     body = {"seq": self.seq[m], "ts": t.isoformat(), "energy_wh": self.registers[m],
-                            "power_w": math.ceil(wh), "boot": 1}
+                            "power_w": math.ceil(wh), "boot": self.boot}
                     yield f"meters/{m}/reading", orjson.dumps(body), t
             for p in self.fleet.panels:
                 for kind, state in self._panel_hour(t):
