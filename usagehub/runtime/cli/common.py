@@ -7,7 +7,7 @@ import inspect
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, overload
 
 import typer
 from rich.console import Console
@@ -68,7 +68,19 @@ _COMMON = [
 DATABASE = ("config_file", "data_dir", "database_url", "log_level")
 
 
-def with_settings(fn: Callable[..., Any] | None = None, *, only: Sequence[str] | None = None) -> Any:
+Command = Callable[..., Any]
+
+
+@overload
+def with_settings(fn: Command, *, only: Sequence[str] | None = None) -> Command: ...
+
+
+@overload
+def with_settings(fn: None = None, *, only: Sequence[str] | None = None) -> Callable[[Command], Command]: ...
+
+
+def with_settings(fn: Command | None = None, *, only: Sequence[str] | None = None
+                  ) -> Command | Callable[[Command], Command]:
     """Give a command the shared settings options (all, or ``only`` those); it receives ``config: HubConfig``."""
     if fn is None:
         return functools.partial(with_settings, only=only)
