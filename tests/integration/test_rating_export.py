@@ -45,7 +45,7 @@ def test_invoice_export_over_http_from_a_running_hub(database_url: str, mosquitt
     (tmp_path / "plans.yaml").write_text(PLANS)
     assert usagehub("seed", str(tmp_path / "seed.yaml"), *hub.settings).returncode == 0
     loaded = usagehub("plans", "load", str(tmp_path / "plans.yaml"), *hub.settings)
-    assert loaded.returncode == 0 and "energy-de-flat: revision 1" in loaded.stderr, loaded.stderr
+    assert loaded.returncode == 0 and "energy-de-flat: revision 1" in loaded.stdout, loaded.stdout + loaded.stderr
     hub.start()
     try:
         # 12.5 kWh on 3 October 2026 (delta meter, Wh).
