@@ -2,6 +2,7 @@
 
     UsagehubError
     ├── ConfigError            bad settings or profile; carries file, field and line
+    │   └── ConfigErrors       every problem of one validation pass (``problems``), reported at once
     ├── DecodeError            device bytes that cannot be turned into events (quarantined)
     │   └── ValidationFailed   decoded, but a value is missing or out of range
     ├── AdapterError           a transport failed
@@ -31,10 +32,29 @@ class ConfigError(UsagehubError):
                  line: int | None = None) -> None:
         self.file, self.field, self.line = file, field, line
         where = ":".join(str(p) for p in (file, line) if p is not None)
-        prefix = f"{where}: " if where else ""
-        suffix = f" (field {field})" if field else ""
-        super().__init__(f"{prefix}{message}{suffix}")
+        # file:line: field: message — one line, the shape editors and CI annotate.
+        super().__init__("".join(f"{part}: " for part in (where, field) if part) + message)
         self.message = message
+
+
+class ConfigErrors(ConfigError):
+    """Every problem one validation found, so a user fixes them all in one round; ``str`` has a line each."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        if not problems:
+            raise ValueError("ConfigErrors needs at least one problem")
+        first = problems[0]
+        super().__init__(first.message, file=first.file, field=first.field, line=first.line)
+        self.problems = problems
+        self.args = ("\n".join(str(p) for p in problems),)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def problems_of(err: ConfigError) -> list[ConfigError]:
+    """The single problems inside ``err`` (itself when it is one)."""
+    return list(err.problems) if isinstance(err, ConfigErrors) else [err]
 
 
 class DecodeError(UsagehubError):

@@ -149,7 +149,7 @@ def test_exports_are_complete_and_byte_stable() -> None:
     assert invoice_to_json(preview) == invoice_to_json(again)
     assert invoice_to_csv(preview) == invoice_to_csv(again)
     doc = json.loads(invoice_to_json(preview))
-    assert doc["format"] == "usagehub.invoice-preview/1"
+    assert doc["format"] == "usagehub.invoice-preview/2"
     assert (doc["net_total"], doc["vat_total"], doc["gross"]) == (
         preview.net_total.text(),
         preview.vat_total.text(),
@@ -220,3 +220,18 @@ def test_invoice_export_is_invariant_to_input_order(items: list[UsageItem], rnd:
         preview_invoice(shuffled, BOOK, VAT, account("XE"), PERIOD)
     )
     assert all(ln.rated.supply_from.tzinfo is not None for ln in first.lines)
+
+
+def test_exports_round_money_to_the_minor_unit_and_unit_prices_to_six_decimals() -> None:
+    from usagehub.core.invoice import unit_price_text
+
+    assert unit_price_text(D("12.00") / D(31)) == "0.387097"  # a day's share of a standing charge
+    assert unit_price_text(D("0.125")) == "0.125" and unit_price_text(D("0.30")) == "0.30"
+    preview = preview_invoice(ITEMS, BOOK, VAT, account("XU"), PERIOD)
+    doc = json.loads(invoice_to_json(preview))
+    minor = D("0.01")
+    for line, exact_line in zip(doc["lines"], preview.lines, strict=True):
+        assert D(line["net"]) == D(line["net"]).quantize(minor)
+        assert D(line["net_exact"]) == exact_line.rated.net.amount
+        assert abs(D(line["net"]) - D(line["net_exact"])) <= D("0.005")
+        assert -D(line["unit_price"]).as_tuple().exponent <= 6  # type: ignore[operator]

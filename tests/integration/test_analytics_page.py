@@ -79,7 +79,7 @@ async def test_page_draws_fleet_and_load_profile_in_chromium(server: tuple[str, 
     # A blank or error page has a handful of colours; the polyline and red/green bars add many (anti-aliasing).
     assert colours > 20, colours
     async with httpx.AsyncClient() as client:  # the page's own feeds, with the same key
-        fleet = (await client.get(f"{url}/analytics/api/fleet?days=61",
+        fleet = (await client.get(f"{url}/analytics/api/fleet?days=61&product=energy",
                                   headers={"authorization": f"Bearer {token}"})).json()
         profile = (await client.get(f"{url}/analytics/api/profile",
                                     headers={"authorization": f"Bearer {token}"})).json()
@@ -106,8 +106,10 @@ async def test_exports_csv_parquet_and_privacy(server: tuple[str, ApiKeys, Analy
                                      headers={"authorization": f"Bearer {granted}"})).text
         parquet = await client.get(f"{url}/analytics/export/features.parquet?product=energy",
                                    headers={"authorization": f"Bearer {plain}"})
-        series = await client.get(f"{url}/analytics/export/series.parquet?days=61",
+        series = await client.get(f"{url}/analytics/export/series.parquet?days=61&product=energy",
                                   headers={"authorization": f"Bearer {plain}"})
+        mixed = await client.get(f"{url}/analytics/export/series.csv?days=61",
+                                 headers={"authorization": f"Bearer {plain}"})
         query = """{ consumptionSeries(scope: FLEET, since: "2026-10-01", until: "2026-11-01", bucket: WEEK,
                      product: "energy") { start quantity accounts }
                      topConsumers(product: "energy", since: "2026-10-01", until: "2026-11-01", first: 2)
@@ -119,6 +121,7 @@ async def test_exports_csv_parquet_and_privacy(server: tuple[str, ApiKeys, Analy
     assert table.num_rows == 6 and str(table.schema.field("avg_daily").type) == "decimal128(38, 9)"
     days = pq.read_table(io.BytesIO(series.content))
     assert days.num_rows == 61
+    assert mixed.status_code == 400 and mixed.json()["code"] == "PRODUCT_REQUIRED"  # kWh + counts: refused
     assert "errors" not in gql, gql
     weeks = gql["data"]["consumptionSeries"]
     assert weeks[0]["start"] == "2026-09-28T00:00:00" and all(w["accounts"] == 6 for w in weeks)

@@ -45,7 +45,7 @@ def test_invoice_export_over_http_from_a_running_hub(database_url: str, mosquitt
     (tmp_path / "plans.yaml").write_text(PLANS)
     assert usagehub("seed", str(tmp_path / "seed.yaml"), *hub.settings).returncode == 0
     loaded = usagehub("plans", "load", str(tmp_path / "plans.yaml"), *hub.settings)
-    assert loaded.returncode == 0 and "energy-de-flat: revision 1" in loaded.stderr, loaded.stderr
+    assert loaded.returncode == 0 and "energy-de-flat: revision 1" in loaded.stdout, loaded.stdout + loaded.stderr
     hub.start()
     try:
         # 12.5 kWh on 3 October 2026 (delta meter, Wh).
@@ -58,9 +58,9 @@ def test_invoice_export_over_http_from_a_running_hub(database_url: str, mosquitt
         response = httpx.get(url + ".json", headers={"Authorization": f"Bearer {billing}"}, timeout=30)
         assert response.status_code == 200, response.text
         document = json.loads(response.text)
-        assert document["format"] == "usagehub.invoice-preview/1"
+        assert document["format"] == "usagehub.invoice-preview/2"
         assert [(ln["component"], ln["quantity"], ln["net"]) for ln in document["lines"]] == \
-            [("flat", "12.500", "5.00000"), ("standing_charge", "31", "9.30")]
+            [("flat", "12.500", "5.00"), ("standing_charge", "31", "9.30")]
         # 14.30 net, 19 % VAT = 2.717 -> 2.72: the shipped German rate, loaded at the hub's first start.
         assert (document["net_total"], document["vat_total"], document["gross"]) == ("14.30", "2.72", "17.02")
         assert httpx.get(url + ".json", headers={"Authorization": f"Bearer {analytics}"}).status_code == 403

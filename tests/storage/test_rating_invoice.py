@@ -186,7 +186,7 @@ async def test_exports_parse_back_to_the_preview(pool: AsyncConnectionPool) -> N
     assert text == invoice_to_csv(preview)
     rows = list(csv.DictReader(io.StringIO(text)))
     lines = [r for r in rows if r["row"] == "line"]
-    assert [(r["component"], Decimal(r["net"])) for r in lines] == \
+    assert [(r["component"], Decimal(r["net_exact"])) for r in lines] == \
         [(ln.rated.component, ln.rated.net.amount) for ln in preview.lines]
     assert next(r["record_ids"] for r in lines) == "a1/2026-10/energy"
     (total,) = [r for r in rows if r["row"] == "total"]

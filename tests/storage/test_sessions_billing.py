@@ -218,3 +218,31 @@ async def test_graphql_billing_fields(pool: AsyncConnectionPool, registry: Regis
                       '{ events(first: 2) { edges { node { eventId } } pageInfo { hasNextPage } } } } } } }')
     node = drill["billingRecord"]["sessions"]["edges"][0]["node"]  # type: ignore[index]
     assert len(node["events"]["edges"]) >= 1
+
+
+async def test_inspection_reports_each_meter_kind_as_its_record_does(pool: AsyncConnectionPool,
+                                                                    registry: Registry) -> None:
+    pipeline, billing = wired(pool)
+    nov = datetime(2026, 11, 10, tzinfo=UTC)
+
+    def power(seq: int, ts: datetime, wh: int, w: int) -> RawMessage:
+        body = {"seq": seq, "ts": ts.isoformat(), "energy_wh": wh, "power_w": w, "boot": 1}
+        return RawMessage(transport="mqtt", topic="meters/m1/reading", payload=orjson.dumps(body), received_at=NOW)
+
+    def state(ident: str, ts: datetime, value: str) -> RawMessage:
+        body = {"id": ident, "t": int(ts.timestamp() * 1000), "type": "state", "state": value}
+        return RawMessage(transport="mqtt", topic="security/ax/event", payload=orjson.dumps(body), received_at=NOW)
+
+    await feed(pipeline, [power(1, nov, 1000, 1200), power(2, nov + timedelta(hours=1), 2500, 3711),
+                          power(3, nov + timedelta(hours=2), 2600, 800),
+                          state("s1", nov, "armed_away"), state("s2", nov + timedelta(seconds=25.5), "disarmed"),
+                          alarm("ax", "a1", nov + timedelta(minutes=5), "door_open")])
+    recs = await records(pool, "a1")
+    views = {(v.device_id, v.meter): v.period_total
+             for v in await billing.inspect(tenant="default", device_id=None, account_id="a1", search=None)}
+    assert views[("m1", "energy")] == Decimal("1.6")                 # cumulative: summed usage
+    assert views[("m1", "power")] == Decimal("3.711") == recs["a1/2026-11/power"][0]     # gauge: max kW
+    assert views[("ax", "armed")] == Decimal("25.5") == recs["a1/2026-11/armed"][0]      # state: seconds
+    assert views[("ax", "door_openings")] == 1                       # event: a count
+    # Another tenant sees none of it.
+    assert await billing.inspect(tenant="t2", device_id=None, account_id="a1", search=None) == []

@@ -132,7 +132,10 @@ class AnalyticsService:
 
     async def series(self, *, tenant: str, scope: Scope, key: str | None, product: str | None, bucket: Bucket,
                      since: date, until: date) -> list[SeriesPoint]:
-        """Usage per zone-aligned bucket over [since, until) local dates."""
+        """Usage of one product per zone-aligned bucket over [since, until) local dates."""
+        if not product:
+            raise DomainError("PRODUCT_REQUIRED", "name a product: a series adds up one product's quantities "
+                                                  "(products have different units: kWh, kW, s, counts)")
         if until <= since:
             raise DomainError("BAD_REQUEST", "until must be after since")
         if (until - since).days > 3700:

@@ -156,6 +156,14 @@ class BillingService:
             await self.engine.absorb(conn, [(entry, info)], [])
         return int(got[0]), unit
 
+    def _record_product(self, profile_id: str, meter: str) -> str | None:
+        """The product of a gauge or state meter (None for meters whose usage is summed from entries)."""
+        compiled = self.engine.profiles.by_id.get(profile_id)
+        spec = compiled.profile.meters.get(meter) if compiled else None
+        if spec is None or str(spec.kind) not in ("gauge", "state"):
+            return None
+        return spec.product or meter
+
     async def inspect(self, *, tenant: str, device_id: str | None, account_id: str | None,
                       search: str | None, limit: int = 50) -> list[MeterView]:
         """Last reading, current-period total and last event time of each meter of the chosen devices."""
@@ -174,18 +182,28 @@ class BillingService:
             for dev, account, zone in devices:
                 period = period_of(now, zone)
                 cur = await conn.execute(
-                    "SELECT DISTINCT ON (meter) meter, value, unit, ts, "
-                    "max(received_at) OVER (PARTITION BY meter) FROM events WHERE device_id = %s "
-                    "ORDER BY meter, ts DESC, event_id DESC", (dev,))
+                    "SELECT DISTINCT ON (e.meter) e.meter, e.value, e.unit, e.ts, "
+                    "max(e.received_at) OVER (PARTITION BY e.meter), e.profile_id FROM events e "
+                    "WHERE e.device_id = %s ORDER BY e.meter, e.ts DESC, e.event_id DESC", (dev,))
                 last = await cur.fetchall()
                 cur = await conn.execute(
                     "SELECT meter, sum(quantity) FROM usage_entries WHERE device_id = %s AND ts > %s AND ts <= %s "
                     "GROUP BY meter", (dev, period.start, period.end))
                 totals = {str(r[0]): r[1] for r in await cur.fetchall()}
+                # Gauges and states leave no usage entries: their period value is the billing record's
+                # (max kW, seconds armed…), which merges the account's devices of that product.
+                for m, _v, _u, _ts, _rec, profile in last:
+                    product = self._record_product(str(profile), str(m))
+                    if product is not None and account is not None:
+                        cur = await conn.execute(
+                            "SELECT sum(quantity) FROM billing_records WHERE account_id = %s AND product = %s "
+                            "AND period_label = %s", (account, product, period.label))
+                        row = await cur.fetchone()
+                        totals[str(m)] = row[0] if row and row[0] is not None else Decimal(0)
                 out += [MeterView(device_id=dev, meter=str(m), unit=str(u), account_id=account, last_value=v,
                                   last_reading_at=ts, last_received_at=rec, period_label=period.label,
                                   period_total=totals.get(str(m), Decimal(0)))
-                        for m, v, u, ts, rec in last]
+                        for m, v, u, ts, rec, _profile in last]
             return out
 
 

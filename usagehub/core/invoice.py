@@ -24,7 +24,17 @@ from usagehub.core.tariffs import PlanBook
 from usagehub.core.vat import Taxed, VatGroup, VatTable, summarize
 from usagehub.errors import DomainError
 
-EXPORT_FORMAT = "usagehub.invoice-preview/1"
+EXPORT_FORMAT = "usagehub.invoice-preview/2"
+# Exports show unit prices to at most this many decimals (a per-day share of a standing charge is a
+# repeating fraction); ``net`` is rounded to the currency's minor unit, ``net_exact`` is what was summed.
+UNIT_PRICE_DECIMALS = 6
+
+
+def unit_price_text(price: Decimal) -> str:
+    """A unit price to at most ``UNIT_PRICE_DECIMALS`` decimals (half even), as plain text."""
+    if price.as_tuple().exponent < -UNIT_PRICE_DECIMALS:  # type: ignore[operator]
+        price = price.quantize(Decimal(1).scaleb(-UNIT_PRICE_DECIMALS))
+    return decimal_text(price)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,12 +109,13 @@ def preview_invoice(items: Iterable[UsageItem], book: PlanBook, vat_table: VatTa
     return build_invoice(account, period, lines, vat_table, adjustments=adjustments)
 
 
-def _line_doc(line: InvoiceLine) -> dict[str, Any]:
+def _line_doc(line: InvoiceLine, rule: RoundingRule) -> dict[str, Any]:
     r = line.rated
     return {
         "line": line.number, "product": r.product, "plan_id": r.plan_id, "plan_version": r.plan_version,
         "component": r.component, "detail": r.detail, "quantity": decimal_text(r.quantity), "unit": r.unit,
-        "unit_price": r.unit_price.text(), "net": r.net.text(), "vat_category": r.vat_category,
+        "unit_price": unit_price_text(r.unit_price.amount), "net": r.net.rounded(rule).text(),
+        "net_exact": r.net.text(), "vat_category": r.vat_category,
         "vat_rate": decimal_text(line.vat_rate), "supply_from": r.supply_from.isoformat(),
         "supply_to": r.supply_to.isoformat(),
         "adjusts": None if r.adjusts is None else {"start": r.adjusts.start.isoformat(),
@@ -119,9 +130,9 @@ def invoice_document(preview: InvoicePreview) -> dict[str, Any]:
         "format": EXPORT_FORMAT,
         "account_id": preview.account_id, "market": preview.market, "currency": preview.currency,
         "period": {"start": preview.period.start.isoformat(), "end": preview.period.end.isoformat()},
-        "rounding": preview.rounding.value,
-        "lines": [_line_doc(ln) for ln in preview.lines],
-        "adjustments": [_line_doc(ln) for ln in preview.adjustments],
+        "rounding": preview.rounding.value, "unit_price_decimals": UNIT_PRICE_DECIMALS,
+        "lines": [_line_doc(ln, preview.rounding) for ln in preview.lines],
+        "adjustments": [_line_doc(ln, preview.rounding) for ln in preview.adjustments],
         "vat": [{"rate": decimal_text(g.rate), "categories": list(g.categories), "taxable": g.taxable.text(),
                  "taxable_exact": g.taxable_exact.text(), "vat": g.vat.text(), "lines": g.lines}
                 for g in preview.vat],
@@ -136,7 +147,7 @@ def invoice_to_json(preview: InvoicePreview) -> str:
 
 
 CSV_COLUMNS = ("row", "line", "product", "plan_id", "plan_version", "component", "detail", "quantity", "unit",
-               "unit_price", "net", "currency", "vat_category", "vat_rate", "vat", "gross", "supply_from",
+               "unit_price", "net", "net_exact", "currency", "vat_category", "vat_rate", "vat", "gross", "supply_from",
                "supply_to", "adjusts_start", "adjusts_end", "record_ids", "event_ids")
 
 
@@ -149,7 +160,7 @@ def invoice_to_csv(preview: InvoicePreview) -> str:
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
     for line in (*preview.lines, *preview.adjustments):
-        doc = _line_doc(line)
+        doc = _line_doc(line, preview.rounding)
         adjusts = doc.pop("adjusts") or {}
         writer.writerow({**doc, "row": "adjustment" if line.is_adjustment else "line",
                          "currency": preview.currency, "adjusts_start": adjusts.get("start", ""),

@@ -18,7 +18,7 @@ from ruamel.yaml.error import YAMLError
 from usagehub.core.codecs import get_codec
 from usagehub.core.events import Aggregation, MeterKind
 from usagehub.core.paths import PathSyntaxError, compile_path
-from usagehub.errors import ConfigError
+from usagehub.errors import ConfigError, ConfigErrors
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 
@@ -204,6 +204,24 @@ def line_of(node: Any, loc: tuple[int | str, ...]) -> int | None:
     return line
 
 
+_UNION_MEMBER = re.compile(r"^([A-Z][a-z0-9]+[A-Z]\w*|bool|int|str|float|decimal|list\[.*|dict\[.*|.*\[.*\].*)$")
+
+
+def validation_problems(err: ValidationError, tree: Any, source: str, *, root: str = "") -> list[ConfigError]:
+    """Every error of a pydantic validation as a ConfigError with file, line and field (in file order).
+
+    Union member names (``SeedPrepaid``, ``bool``, ``function-after[…]``) are left out of the field: a
+    user wrote ``prepaid.overdraft``, not a Python type.
+    """
+    problems = []
+    for item in err.errors():
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and _UNION_MEMBER.match(p)))
+        message = str(item["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        problems.append(ConfigError(message, file=source, field=".".join(str(p) for p in loc) or root or None,
+                                    line=line_of(tree, loc)))
+    return sorted(problems, key=lambda p: p.line or 0)
+
+
 def parse_profile(text: str, source: str, *, expected_id: str | None = None) -> Profile:
     """Parse one profile's YAML ``text``; ``source`` names it in errors.
 
@@ -217,14 +235,15 @@ def parse_profile(text: str, source: str, *, expected_id: str | None = None) -> 
                           line=mark.line + 1 if mark else None) from err
     if not isinstance(tree, CommentedMap):
         raise ConfigError("a profile must be a mapping", file=source, line=1)
+    problems: list[ConfigError] = []
+    if expected_id is not None and tree.get("id") != expected_id:
+        problems.append(ConfigError(f"id {tree.get('id')!r} does not match the file name {expected_id!r}",
+                                    file=source, field="id", line=line_of(tree, ("id",))))
     try:
         profile = Profile.model_validate(tree)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        field = ".".join(str(p) for p in loc) or "(profile)"
-        raise ConfigError(first["msg"], file=source, field=field, line=line_of(tree, loc)) from err
-    if expected_id is not None and profile.id != expected_id:
-        raise ConfigError(f"id {profile.id!r} does not match the file name {expected_id!r}",
-                          file=source, field="id", line=line_of(tree, ("id",)))
+        problems = sorted([*problems, *validation_problems(err, tree, source, root="(profile)")],
+                          key=lambda p: p.line or 0)
+    if problems:
+        raise ConfigErrors(problems)
     return profile

@@ -174,11 +174,11 @@ async def _member(service: AnalyticsService, m: Member, personal: bool) -> Segme
 class AnalyticsQuery:
     """Analytics reads: admin and analytics keys; analytics keys see pseudonyms unless granted personal data."""
 
-    @strawberry.field(description="Usage per bucket over [since, until) local dates; key: account/device id, "
-                                  "market code or segment id.")
+    @strawberry.field(description="Usage of one product per bucket over [since, until) local dates; key: "
+                                  "account/device id, market code or segment id.")
     async def consumption_series(self, info: Info, scope: SeriesScope, since: date, until: date,
-                                 bucket: SeriesBucket = SeriesBucket.DAY, key: str | None = None,
-                                 product: str | None = None) -> list[SeriesValue]:
+                                 product: str, bucket: SeriesBucket = SeriesBucket.DAY,
+                                 key: str | None = None) -> list[SeriesValue]:
         tenant, personal, service = await _caller(info, *ANALYTICS_READ)
         with domain_errors():
             if scope is SeriesScope.ACCOUNT and key is not None:

@@ -15,6 +15,7 @@ from strawberry.types import Info
 
 from usagehub.core import money as core_money
 from usagehub.core.invoice import InvoiceLine as CoreLine
+from usagehub.core.invoice import unit_price_text
 from usagehub.core.money import decimal_text
 from usagehub.core.settlement import Statement, Vendor
 from usagehub.core.vat import VatTable
@@ -161,7 +162,8 @@ class InvoiceLine:
         adjusts = None if r.adjusts is None else Period(label="", start=r.adjusts.start, end=r.adjusts.end)
         return cls(number=line.number, product=r.product, plan_id=r.plan_id, plan_version=r.plan_version,
                    component=r.component, detail=r.detail, quantity=decimal_text(r.quantity), unit=r.unit,
-                   unit_price=Money.of(r.unit_price), net=Money.of(r.net), vat_category=r.vat_category,
+                   unit_price=Money(amount=unit_price_text(r.unit_price.amount), currency=r.unit_price.currency),
+                   net=Money.of(r.net), vat_category=r.vat_category,
                    vat_rate=decimal_text(line.vat_rate), supply_from=r.supply_from, supply_to=r.supply_to,
                    adjusts=adjusts, _record_ids=r.record_ids, _event_ids=r.event_ids)
 

@@ -185,7 +185,7 @@ class RatingService:
 
     async def invoice_export(self, account_id: str, period: str, fmt: str = "json", *,
                              tenant: str | None = None) -> str:
-        """The invoice preview as the core's JSON or CSV export (``usagehub.invoice-preview/1``)."""
+        """The invoice preview as the core's JSON or CSV export (``usagehub.invoice-preview/2``)."""
         if fmt not in FORMATS:
             raise DomainError("BAD_FORMAT", f"format must be one of {', '.join(FORMATS)}")
         invoice = await self.invoice_preview(account_id, period, tenant=tenant)

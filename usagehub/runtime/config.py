@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from usagehub.errors import ConfigError
+from usagehub.errors import ConfigError, ConfigErrors
 
 SHIPPED_PROFILES = Path(__file__).resolve().parent.parent / "device_profiles"
 
@@ -64,29 +64,47 @@ def _env_values(environ: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _toml_line(text: str, field: str) -> int | None:
-    m = re.search(rf"^[ \t]*{re.escape(field)}[ \t]*=", text, re.MULTILINE)
+def _toml_line(text: str, field: str, section: str | None = None) -> int | None:
+    """The line of ``field =`` (inside table ``[… section]`` when given), or of the table's header."""
+    start = 0
+    if section is not None:
+        header = re.search(rf"^[ \t]*\[(?:usagehub\.)?{re.escape(section)}\][ \t]*(#.*)?$", text, re.MULTILINE)
+        if header is None:
+            return None
+        start = header.end()
+        if not field:
+            return text.count("\n", 0, header.start()) + 1
+    m = re.compile(rf"^[ \t]*{re.escape(field)}[ \t]*=", re.MULTILINE).search(text, start)
+    if m is None and section is not None:
+        return text.count("\n", 0, start) + 1
     return text.count("\n", 0, m.start()) + 1 if m else None
+
+
+def _read_toml(config_file: Path) -> tuple[str, dict[str, Any]]:
+    try:
+        text = config_file.read_text(encoding="utf-8")
+        return text, tomllib.loads(text)
+    except OSError as err:
+        raise ConfigError(f"cannot read config file: {err.strerror}", file=str(config_file)) from err
+    except tomllib.TOMLDecodeError as err:
+        m = re.search(r"line (\d+)", str(err))
+        raise ConfigError(f"not valid TOML: {str(err).split(' (at line')[0]}", file=str(config_file),
+                          line=int(m.group(1)) if m else None) from err
 
 
 def load_config(config_file: Path | None = None, overrides: dict[str, Any] | None = None,
                 environ: dict[str, str] | None = None) -> HubConfig:
-    """Merge defaults, TOML, environment and flag ``overrides`` (None values ignored) into a HubConfig."""
+    """Merge defaults, TOML, environment and flag ``overrides`` (None values ignored) into a HubConfig.
+
+    Every problem is reported at once (``ConfigErrors``), adapter tables included.
+    """
     environ = dict(os.environ) if environ is None else environ
     config_file = config_file or (Path(environ["USAGEHUB_CONFIG"]) if environ.get("USAGEHUB_CONFIG") else None)
     values: dict[str, Any] = {}
     text = ""
     source: dict[str, str] = {}
     if config_file is not None:
-        try:
-            text = config_file.read_text(encoding="utf-8")
-            from_file = tomllib.loads(text)
-        except OSError as err:
-            raise ConfigError(f"cannot read config file: {err.strerror}", file=str(config_file)) from err
-        except tomllib.TOMLDecodeError as err:
-            m = re.search(r"line (\d+)", str(err))
-            raise ConfigError(f"not valid TOML: {err}", file=str(config_file),
-                              line=int(m.group(1)) if m else None) from err
+        text, from_file = _read_toml(config_file)
         section = from_file.get("usagehub", from_file)
         values.update(section)
         source.update({k: "file" for k in section})
@@ -96,14 +114,52 @@ def load_config(config_file: Path | None = None, overrides: dict[str, Any] | Non
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     values.update(flags)
     source.update({k: "flag" for k in flags})
+    problems: list[ConfigError] = []
+    config: HubConfig | None = None
     try:
-        return HubConfig.model_validate(values)
+        config = HubConfig.model_validate(values)
     except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        top = str(first["loc"][0]) if first["loc"] else ""
-        origin = source.get(top)
-        if origin == "file":
-            raise ConfigError(first["msg"], file=str(config_file), field=field, line=_toml_line(text, top)) from err
-        where = f"{ENV_PREFIX}{top.upper()}" if origin == "env" else f"--{top.replace('_', '-')}"
-        raise ConfigError(first["msg"], file=where, field=field) from err
+        for item in err.errors():
+            field = ".".join(str(p) for p in item["loc"])
+            top = str(item["loc"][0]) if item["loc"] else ""
+            origin = source.get(top)
+            if origin == "file":
+                problems.append(ConfigError(item["msg"], file=str(config_file), field=field,
+                                            line=_toml_line(text, top)))
+            else:
+                where = f"{ENV_PREFIX}{top.upper()}" if origin == "env" else f"--{top.replace('_', '-')}"
+                problems.append(ConfigError(item["msg"], file=where, field=field))
+    problems += _adapter_problems(values.get("adapters"), text, str(config_file) if config_file else "adapters")
+    if problems:
+        raise ConfigErrors(sorted(problems, key=lambda p: (p.file or "", p.line or 0)))
+    assert config is not None
+    return config
+
+
+def _adapter_problems(adapters_value: Any, text: str, file: str) -> list[ConfigError]:
+    """Unknown adapter tables and bad adapter settings, with the table's file and line."""
+    from usagehub import adapters  # the registry; adapter modules load only when a table names them
+
+    if not isinstance(adapters_value, dict):
+        return []
+    problems: list[ConfigError] = []
+    known = adapters.available()
+    for name, raw in adapters_value.items():
+        section = f"adapters.{name}"
+        if name not in known:
+            problems.append(ConfigError(f"unknown adapter {name!r}; known: {', '.join(sorted(known))}",
+                                        file=file, field=section, line=_toml_line(text, "", section)))
+            continue
+        if not isinstance(raw, dict):
+            continue
+        factory = adapters.load(name)
+        settings = {"url": "mqtt://127.0.0.1:1883", **raw} if name == "mqtt" else raw  # the hub fills in the url
+        try:
+            factory.config_model.model_validate(settings)
+        except ValidationError as err:
+            for item in err.errors():
+                key = str(item["loc"][0]) if item["loc"] else ""
+                problems.append(ConfigError(str(item["msg"]).removeprefix("Value error, "), file=file,
+                                            field=".".join([section, *(str(p) for p in item["loc"])]),
+                                            line=_toml_line(text, key, section)))
+    return problems

@@ -32,6 +32,7 @@ from usagehub.runtime.broker import EmbeddedBroker
 from usagehub.runtime.config import HubConfig
 from usagehub.runtime.device_keys import open_keyring, refresh_keyring
 from usagehub.runtime.operations import wire_operations
+from usagehub.runtime.preflight import check_database, check_ports
 from usagehub.runtime.profile_files import load_profiles
 from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.keys import ApiKeys
@@ -54,6 +55,8 @@ async def database_url(config: HubConfig) -> str:
 @contextlib.asynccontextmanager
 async def open_storage(config: HubConfig, *, max_size: int = 10) -> AsyncIterator[AsyncConnectionPool]:
     """A migrated pool on the configured (or embedded) database."""
+    if config.database_url:  # a wrong URL fails in seconds with its cause, not after 15 s of retries
+        await check_database(config.database_url)
     pool = await open_pool(await database_url(config), max_size=max_size)
     try:
         await migrate(pool)
@@ -210,6 +213,9 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
                   install_signals: bool = True) -> None:
     """Run a hub until SIGINT/SIGTERM or ``Hub.stop()``; commits and acknowledges the batch in flight."""
     profiles = load_profiles(config.profiles)
+    check_ports([(config.http_host, config.http_port, "--http-port", "GraphQL/HTTP"),
+                 *([] if config.mqtt_url else [("127.0.0.1", config.embedded_broker_port, "--embedded-broker-port",
+                                                "embedded MQTT broker")])])
     async with contextlib.AsyncExitStack() as stack:
         broker_url, broker = config.mqtt_url, None
         if not broker_url:  # clients of the embedded broker log in too (runtime/broker.py)

@@ -18,13 +18,14 @@ from usagehub import metrics
 from usagehub.graphql.context import Context, Services
 from usagehub.graphql.schema import build_schema
 from usagehub.storage.keys import ApiKeys
+from usagehub.web.graphiql import WithGraphiQL, graphiql_routes
 
 
 class AuthenticatedGraphQL(GraphQL[Context, None]):
-    """GraphQL that requires ``Authorization: Bearer <api key>`` (GraphiQL's page itself is public)."""
+    """GraphQL that requires ``Authorization: Bearer <api key>`` (the GraphiQL page in web.graphiql is public)."""
 
     def __init__(self, services: Services, keys: ApiKeys, max_depth: int) -> None:
-        super().__init__(build_schema(max_depth), graphql_ide="graphiql")
+        super().__init__(build_schema(max_depth), graphql_ide=None)  # web.graphiql serves the IDE
         self.services, self.keys = services, keys
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
@@ -51,7 +52,7 @@ def create_app(services: Services, keys: ApiKeys, *, ready: Callable[[], bool], 
     graphql = AuthenticatedGraphQL(services, keys, max_depth)
     routes: list[BaseRoute] = [
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_endpoint),
-        *(extra_routes or []),
-        Route("/graphql", graphql, methods=["GET", "POST"]), WebSocketRoute("/graphql", graphql),
+        *(extra_routes or []), *graphiql_routes(),
+        Route("/graphql", WithGraphiQL(graphql), methods=["GET", "POST"]), WebSocketRoute("/graphql", graphql),
     ]
     return Starlette(routes=routes)

@@ -2,7 +2,7 @@
 
 ``GET /exports/invoices/{account_id}/{period}.json|.csv`` and
 ``GET /exports/settlements/{vendor_id}/{period}.json|.csv`` (period ``YYYY-MM``)
-answer the core's export documents byte for byte (``usagehub.invoice-preview/1``,
+answer the core's export documents byte for byte (``usagehub.invoice-preview/2``,
 ``usagehub.settlement/1``). Admin and billing keys only: 401 without a valid key,
 403 for other roles, 404 for an unknown account or vendor, a period never
 settled, or another tenant's data, 400 for a malformed period.

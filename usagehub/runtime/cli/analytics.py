@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from usagehub.runtime.cli.common import console, with_settings
+from usagehub.runtime.cli.common import DATABASE, EXIT_BAD_INPUT, console, with_settings
 from usagehub.runtime.config import HubConfig
 
 analytics_app: typer.Typer = typer.Typer(help="Consumption analytics: features, segments, exports.",
@@ -17,9 +17,9 @@ analytics_app: typer.Typer = typer.Typer(help="Consumption analytics: features, 
 
 
 @analytics_app.command("refresh")
-@with_settings
+@with_settings(only=DATABASE)
 def refresh(config: HubConfig, as_of: Annotated[str | None, typer.Option(
-        help="local day YYYY-MM-DD the features end on; default yesterday (UTC)")] = None,
+        metavar="YYYY-MM-DD", help="local day the features end on [default: yesterday (UTC)]")] = None,
             evaluate: Annotated[bool, typer.Option(help="evaluate every segment afterwards")] = True) -> None:
     """Recompute behaviour features (the daily job) and re-evaluate segments."""
     from usagehub.analytics.service import AnalyticsService
@@ -44,9 +44,11 @@ def refresh(config: HubConfig, as_of: Annotated[str | None, typer.Option(
 
 
 @analytics_app.command("export")
-@with_settings
-def export(config: HubConfig, out: Annotated[Path, typer.Argument(help="file to write: .csv or .parquet")],
-           product: str | None = None,
+@with_settings(only=DATABASE)
+def export(config: HubConfig,
+           out: Annotated[Path, typer.Argument(metavar="FILE", help="file to write: .csv or .parquet")],
+           product: Annotated[str | None, typer.Option(metavar="PRODUCT", help="only this product, e.g. energy "
+                                                       "[default: every product]")] = None,
            personal: Annotated[bool, typer.Option(help="real account ids instead of pseudonyms")] = False) -> None:
     """Write every account's features to a CSV or Parquet file for notebooks."""
     from usagehub.analytics.service import AnalyticsService
@@ -54,8 +56,8 @@ def export(config: HubConfig, out: Annotated[Path, typer.Argument(help="file to 
     from usagehub.web.analytics import _csv, _feature_table, _parquet
 
     if out.suffix not in (".csv", ".parquet"):
-        console.print("[red]the output file must end in .csv or .parquet[/red]")
-        raise typer.Exit(2)
+        console.print(f"{out}: the output file must end in .csv or .parquet", markup=False)
+        raise typer.Exit(EXIT_BAD_INPUT)
 
     async def go() -> None:
         async with open_storage(config, max_size=2) as pool:
@@ -68,8 +70,10 @@ def export(config: HubConfig, out: Annotated[Path, typer.Argument(help="file to 
 
 
 @analytics_app.command("grant-personal")
-@with_settings
-def grant_personal(config: HubConfig, key_id: str,
+@with_settings(only=DATABASE)
+def grant_personal(config: HubConfig,
+                   key_id: Annotated[str, typer.Argument(metavar="KEY_ID", help="the key's id: the part after uh_, "
+                                                         "before the second _")],
                    revoke: Annotated[bool, typer.Option(help="withdraw the grant")] = False) -> None:
     """Let an analytics key see real account ids (personal data), or withdraw that."""
     from usagehub.analytics.service import AnalyticsService

@@ -7,16 +7,18 @@ from typing import Annotated
 
 import typer
 
-from usagehub.runtime.cli.common import console, with_settings
+from usagehub.runtime.cli.common import DATABASE, console, with_settings
 from usagehub.runtime.config import HubConfig
 
 keys_app = typer.Typer(help="API keys for /graphql; device keys (wM-Bus AES) sealed at rest.", no_args_is_help=True)
 
 
 @keys_app.command("create")
-@with_settings
-def keys_create(config: HubConfig, role: Annotated[str, typer.Option(help="admin|billing|analytics|operator")],
-                tenant: str = "default", name: str = "") -> None:
+@with_settings(only=DATABASE)
+def keys_create(config: HubConfig,
+                role: Annotated[str, typer.Option(metavar="ROLE", help="admin, billing, analytics or operator")],
+                tenant: Annotated[str, typer.Option(metavar="TENANT", help="the tenant the key reads")] = "default",
+                name: Annotated[str, typer.Option(metavar="NAME", help="a note on who holds the key")] = "") -> None:
     """Create an API key and print it (shown once)."""
     from usagehub.runtime.hub import open_storage
     from usagehub.storage.keys import ROLES, ApiKeys
@@ -34,8 +36,9 @@ def keys_create(config: HubConfig, role: Annotated[str, typer.Option(help="admin
 
 
 @keys_app.command("revoke")
-@with_settings
-def keys_revoke(config: HubConfig, key_id: str) -> None:
+@with_settings(only=DATABASE)
+def keys_revoke(config: HubConfig, key_id: Annotated[str, typer.Argument(
+        metavar="KEY_ID", help="the key's id: the part after uh_, before the second _")]) -> None:
     """Revoke an API key by its id (the part after ``uh_``)."""
     from usagehub.runtime.hub import open_storage
     from usagehub.storage.keys import ApiKeys

@@ -9,7 +9,7 @@ from usagehub.runtime.cli.profiles import profiles_app
 from usagehub.runtime.cli.rating import rating_app
 
 app = typer.Typer(help="usagehub: exact usage and billing records from heterogeneous device fleets.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 app.add_typer(hub_app)  # serve, demo, simulate, seed, import
 app.add_typer(keys_app, name="keys")
 app.add_typer(profiles_app, name="profiles")

@@ -7,21 +7,24 @@ from typing import Annotated
 
 import typer
 
-from usagehub.runtime.cli.common import console
+from usagehub.runtime.cli.common import EXIT_BAD_INPUT, out
 
 profiles_app = typer.Typer(help="Device profiles.", no_args_is_help=True)
 
 
 @profiles_app.command("check")
-def profiles_check(folder: Annotated[Path, typer.Argument(help="profiles folder")] = Path("device_profiles")
+def profiles_check(folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="profiles folder")]
+                   = Path("device_profiles")
                    ) -> None:
-    """Validate every profile in a folder; errors name file, line and field."""
+    """Validate every profile in a folder; prints every problem as file:line: field: message (exit 2)."""
     from usagehub.runtime.profile_files import check_profiles
 
     profiles, errors = check_profiles(folder)
     for err in errors:
-        console.print(f"[red]error[/red] {err}")
+        out.print(str(err), markup=False)
     for p in profiles:
-        console.print(f"[green]ok[/green] {p.id}: {len(p.meters)} meters ({p.match.transport})")
+        out.print(f"ok {p.id}: {len(p.meters)} meters ({p.match.transport})", markup=False)
     if errors:
-        raise typer.Exit(1)
+        files = len({e.file for e in errors})
+        out.print(f"{len(errors)} problems in {files} file{'s' if files > 1 else ''}", markup=False)
+        raise typer.Exit(EXIT_BAD_INPUT)
