@@ -46,8 +46,8 @@ async def test_installed_but_not_preloaded_stays_plain(pool: AsyncConnectionPool
 
 
 async def test_layout_hypertables_compression_and_paused_jobs(ts_pool: AsyncConnectionPool) -> None:
-    hypers = await _rows(ts_pool, "SELECT hypertable_name, compression_enabled FROM timescaledb_information.hypertables "
-                                  "ORDER BY 1")
+    hypers = await _rows(ts_pool, "SELECT hypertable_name, compression_enabled "
+                                  "FROM timescaledb_information.hypertables ORDER BY 1")
     assert hypers == [("events", True), ("session_points", True), ("usage_entries", True)]
     settings = await _rows(ts_pool, "SELECT hypertable_name, attname, segmentby_column_index, orderby_column_index "
                                     "FROM timescaledb_information.compression_settings ORDER BY 1, 3 NULLS LAST, 4")

