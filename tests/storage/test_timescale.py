@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from tests.conftest import require_timescale
 from tests.storage.analytics_data import add_accounts, copy_points
 from tests.storage.test_analytics_rollups import _assert_exact
 from tests.storage.test_sessions_billing import NOW, feed, reading, wired
@@ -148,3 +154,30 @@ async def test_both_storages_give_identical_graphql_answers(pool: AsyncConnectio
     assert sum(len(str(v)) for v in plain.values()) > 20_000  # the questions have real answers
     for query, answer in plain.items():
         assert timescale[query] == answer, query
+
+
+PRELOAD_SHOW = """import sys
+from pathlib import Path
+import psycopg
+from usagehub.storage.embedded import embedded_database_url
+url = embedded_database_url(Path(sys.argv[1]), timescale=True)
+with psycopg.connect(url) as conn:
+    print(conn.execute("SHOW shared_preload_libraries").fetchone()[0])
+"""
+
+
+def test_preloaded_embedded_server_stops_with_its_last_process() -> None:
+    """serve --timescale: preloading restarts the server once; it still stops when its process exits."""
+    require_timescale()
+    folder = Path(tempfile.mkdtemp(prefix="usagehub-test-preload-"))
+    folder.chmod(0o755)
+    try:
+        for _ in range(2):  # the first run adds the preload and restarts, the second finds it set
+            done = subprocess.run([sys.executable, "-c", PRELOAD_SHOW, str(folder)], capture_output=True, text=True,
+                                  timeout=120, check=False)
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert done.stdout.strip() == "timescaledb"
+            assert not (folder / "pg" / "postmaster.pid").exists()  # stopped: no server left behind
+        assert "shared_preload_libraries = 'timescaledb'" in (folder / "pg" / "postgresql.auto.conf").read_text()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

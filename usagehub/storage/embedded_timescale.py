@@ -51,7 +51,10 @@ def ensure_preloaded(server: Any) -> None:
 
     log.info("restarting the embedded PostgreSQL in %s with timescaledb preloaded", server.pgdata)
     try:
-        # restart reuses the options of the running server (socket folder, no TCP), kept in postmaster.opts
-        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+        # Started again by the package itself, under its inter-process lock, so that it records the new
+        # postmaster and stops it when the last attached process exits (a bare `pg_ctl restart` would not).
+        with server._lock:
+            server.ensure_postgres_running()
     except Exception as err:  # the package raises bare subprocess errors
         raise StorageUnavailable(f"cannot restart the embedded PostgreSQL with TimescaleDB: {err}") from err
