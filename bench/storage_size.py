@@ -7,7 +7,8 @@ against the trigger-maintained rollups (refresh time, query time, insert cost of
 
 Run: .venv/bin/python bench/storage_size.py --devices 700 --days 30      # ~2M events per storage
      .venv/bin/python bench/storage_size.py --devices 5200 --days 100    # the issue's 50M (hours here)
-     add --only timescale or --only plain to measure one storage (TimescaleDB needs scripts/timescale)
+     add --only timescale or --only plain to measure one storage (TimescaleDB needs scripts/timescale),
+     --no-compare to skip re-compressing with other segmentby/orderby choices
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ FROM generate_series(1, %(devices)s) d,
      generate_series(%(day)s::timestamptz, %(day)s::timestamptz + interval '23 hours 45 minutes',
                      interval '15 minutes') WITH ORDINALITY AS g(t, n),
      LATERAL (SELECT round(0.15 + random()::numeric * 0.1, 3) AS v) r"""
-BILLING_SQL = ("SELECT point_id, product, device_id, start_ts, end_ts, value, label, aggregation FROM session_points "
-               "WHERE account_id = %s AND kind = 'usage' AND start_ts >= %s AND start_ts < %s ORDER BY point_id")
+BILLING_SQL = ("SELECT count(*), sum(value) FROM (SELECT point_id, product, device_id, start_ts, end_ts, value, label, "
+               "aggregation FROM session_points WHERE account_id = %s AND kind = 'usage' AND start_ts >= %s "
+               "AND start_ts < %s ORDER BY point_id) p")
 CAGG = """CREATE MATERIALIZED VIEW bench_points_daily WITH (timescaledb.continuous) AS
 SELECT time_bucket('1 day', start_ts) AS day, product, sum(value) AS quantity, count(*) AS n
 FROM session_points WHERE kind = 'usage' GROUP BY 1, 2 WITH NO DATA"""
@@ -115,7 +117,7 @@ async def table_bytes(pool: AsyncConnectionPool, table: str, timescale: bool) ->
                             table, table))
 
 
-async def measure(name: str, devices: int, days: int, timescale: bool) -> dict[str, float]:
+async def measure(name: str, devices: int, days: int, timescale: bool, compare: bool) -> dict[str, float]:
     """Load a fleet into a fresh embedded server and measure it."""
     folder = Path(tempfile.mkdtemp(prefix=f"usagehub-bench-{name}-"))
     folder.chmod(0o755)  # noqa: ASYNC240 — once, before anything runs
@@ -123,14 +125,15 @@ async def measure(name: str, devices: int, days: int, timescale: bool) -> dict[s
         url = await asyncio.to_thread(lambda: embedded_database_url(folder, timescale=timescale))
         pool = await open_pool(url, max_size=4)
         try:
-            return await _measure(pool, devices, days, timescale)
+            return await _measure(pool, devices, days, timescale, compare)
         finally:
             await pool.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def _measure(pool: AsyncConnectionPool, devices: int, days: int, timescale: bool) -> dict[str, float]:
+async def _measure(pool: AsyncConnectionPool, devices: int, days: int, timescale: bool,
+                   compare: bool) -> dict[str, float]:
     await migrate(pool)
     if timescale:  # the bench compresses explicitly, at a known moment
         async with pool.connection() as conn:
@@ -158,6 +161,34 @@ async def _measure(pool: AsyncConnectionPool, devices: int, days: int, timescale
     out |= await queries(pool, devices, days)
     if timescale:
         out |= await cagg_vs_triggers(pool, devices, days)
+        if compare:
+            out |= await other_settings(pool, n_events, n_points)
+    return out
+
+
+# Alternatives to the settings of migration 0014 (listed first), bytes per row after compressing again.
+ALTERNATIVES = {
+    "events": [("device_id, meter", "ts, event_id"), ("device_id", "meter, ts, event_id"),
+               ("", "device_id, meter, ts, event_id")],
+    "session_points": [("account_id, device_id", "start_ts, point_id"), ("account_id", "start_ts, point_id"),
+                       ("device_id", "start_ts, point_id")],
+}
+
+
+async def other_settings(pool: AsyncConnectionPool, n_events: int, n_points: int) -> dict[str, float]:
+    """Decompress, set other segmentby/orderby, compress again: bytes per row of each choice."""
+    out: dict[str, float] = {}
+    rows = {"events": n_events, "session_points": n_points}
+    async with pool.connection() as conn:
+        await conn.execute("DROP MATERIALIZED VIEW IF EXISTS bench_points_daily")
+        for table, choices in ALTERNATIVES.items():
+            for segmentby, orderby in choices:
+                await conn.execute(f"SELECT count(decompress_chunk(c, true)) FROM show_chunks('{table}') c")
+                await conn.execute(f"ALTER TABLE {table} SET (timescaledb.compress_segmentby = '{segmentby}', "
+                                   f"timescaledb.compress_orderby = '{orderby}')")
+                await conn.execute(f"SELECT count(compress_chunk(c)) FROM show_chunks('{table}') c")
+                size = int(str((await (await conn.execute(f"SELECT hypertable_size('{table}')")).fetchone() or [0])[0]))
+                out[f"{table}[{segmentby or '-'}|{orderby}]"] = size / rows[table]
     return out
 
 
@@ -174,8 +205,8 @@ async def queries(pool: AsyncConnectionPool, devices: int, days: int) -> dict[st
             points = await usage_points(conn, account, month)
             times.append((time.perf_counter() - start) * 1000)
             assert points, account
-            start = time.perf_counter()  # the same rows without building Python objects: the database's share
-            await (await conn.execute(BILLING_SQL, (account, month.start, month.end))).fetchall()
+            start = time.perf_counter()  # the same read summed in the database: its share without the transfer
+            await (await conn.execute(BILLING_SQL, (account, month.start, month.end))).fetchone()
             sql_times.append((time.perf_counter() - start) * 1000)
         since = START.date() + timedelta(days=max(0, days - 30))
         until = since + timedelta(days=30)
@@ -183,7 +214,7 @@ async def queries(pool: AsyncConnectionPool, devices: int, days: int) -> dict[st
                                            bucket=Bucket.DAY, since=since, until=until), 20)
         raw = await timed(lambda: conn.execute(RAW_DAILY, (since, until, since, until)), 3)
     return {"billing_p50_ms": percentile(times, 50), "billing_p99_ms": percentile(times, 99),
-            "billing_sql_p50_ms": percentile(sql_times, 50), "billing_sql_p99_ms": percentile(sql_times, 99),
+            "billing_db_p50_ms": percentile(sql_times, 50), "billing_db_p99_ms": percentile(sql_times, 99),
             "fleet30_p50_ms": statistics.median(fleet), "fleet30_p99_ms": percentile(fleet, 99),
             "fleet30_raw_ms": statistics.median(raw)}
 
@@ -225,15 +256,15 @@ def report(name: str, figures: dict[str, float]) -> None:
     """Print one storage's figures."""
     print(f"\n== {name}")
     for key, value in figures.items():
-        print(f"  {key:26s} {value:14.2f}" if isinstance(value, float) else f"  {key:26s} {value:14d}")
+        print(f"  {key:50s} {value:14.2f}" if isinstance(value, float) else f"  {key:50s} {value:14d}")
 
 
-async def main(devices: int, days: int, only: str | None) -> None:
+async def main(devices: int, days: int, only: str | None, compare: bool) -> None:
     print(f"fleet: {devices} meters x {days} days x 96 readings = {devices * days * 96:,} events "
           f"(and as many session points), from {START.date()}")
     for name, timescale in (("plain", False), ("timescale", True)):
         if only in (None, name):
-            report(name, await measure(name, devices, days, timescale))
+            report(name, await measure(name, devices, days, timescale, compare))
 
 
 if __name__ == "__main__":
@@ -241,5 +272,6 @@ if __name__ == "__main__":
     parser.add_argument("--devices", type=int, default=700)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--only", choices=["plain", "timescale"])
+    parser.add_argument("--no-compare", action="store_true", help="skip the other compression settings")
     ns = parser.parse_args()
-    asyncio.run(main(ns.devices, ns.days, ns.only))
+    asyncio.run(main(ns.devices, ns.days, ns.only, not ns.no_compare))
