@@ -46,6 +46,11 @@ def _embedded_server(timescale: bool) -> str:
     return embedded_database_url(folder, timescale=timescale)
 
 
+def timescale_mode() -> bool:
+    """Whether this run's main server preloads TimescaleDB (USAGEHUB_TEST_TIMESCALE=1)."""
+    return os.environ.get("USAGEHUB_TEST_TIMESCALE", "") not in ("", "0")
+
+
 @pytest.fixture(scope="session")
 def pg_server_url() -> str:
     """URL of a session-wide embedded PostgreSQL (or USAGEHUB_TEST_DATABASE_URL).
@@ -55,10 +60,9 @@ def pg_server_url() -> str:
     """
     if os.environ.get("USAGEHUB_TEST_DATABASE_URL"):
         return os.environ["USAGEHUB_TEST_DATABASE_URL"]
-    timescale = os.environ.get("USAGEHUB_TEST_TIMESCALE", "") not in ("", "0")
-    if timescale:
+    if timescale_mode():
         require_timescale()
-    return _embedded_server(timescale)
+    return _embedded_server(timescale_mode())
 
 
 def make_template(server_url: str) -> str:
@@ -117,16 +121,30 @@ def template_db(pg_server_url: str) -> Iterator[str]:
 @pytest.fixture
 def database_url(pg_server_url: str, template_db: str) -> Iterator[str]:
     """A fresh, migrated database for one test, dropped afterwards."""
-    name = clone_database(pg_server_url, template_db)
-    yield _with_db(pg_server_url, name)
-    drop_database(pg_server_url, name)
+    yield from _fresh_database(pg_server_url, template_db)
 
 
 @pytest.fixture(scope="session")
-def timescale_server_url() -> str:
-    """A second session-wide embedded PostgreSQL that preloads TimescaleDB (for cross-storage tests)."""
+def timescale_server_url(pg_server_url: str) -> str:
+    """An embedded PostgreSQL preloading TimescaleDB: this run's main server in timescale mode, else a second one."""
     require_timescale()
+    if timescale_mode() and not os.environ.get("USAGEHUB_TEST_DATABASE_URL"):
+        return pg_server_url
     return _embedded_server(True)
+
+
+@pytest.fixture(scope="session")
+def plain_server_url(pg_server_url: str) -> str:
+    """An embedded PostgreSQL without TimescaleDB: this run's main server, else (timescale mode) a second one."""
+    if not timescale_mode() and not os.environ.get("USAGEHUB_TEST_DATABASE_URL"):
+        return pg_server_url
+    return _embedded_server(False)
+
+
+def _fresh_database(server_url: str, template: str) -> Iterator[str]:
+    name = clone_database(server_url, template)
+    yield _with_db(server_url, name)
+    drop_database(server_url, name)
 
 
 @pytest.fixture(scope="session")
@@ -140,9 +158,21 @@ def timescale_template_db(timescale_server_url: str) -> Iterator[str]:
 @pytest.fixture
 def timescale_database_url(timescale_server_url: str, timescale_template_db: str) -> Iterator[str]:
     """A fresh, migrated database on TimescaleDB for one test, dropped afterwards."""
-    name = clone_database(timescale_server_url, timescale_template_db)
-    yield _with_db(timescale_server_url, name)
-    drop_database(timescale_server_url, name)
+    yield from _fresh_database(timescale_server_url, timescale_template_db)
+
+
+@pytest.fixture(scope="session")
+def plain_template_db(plain_server_url: str) -> Iterator[str]:
+    """The migrated template on the plain PostgreSQL server."""
+    name = make_template(plain_server_url)
+    yield name
+    drop_database(plain_server_url, name)
+
+
+@pytest.fixture
+def plain_database_url(plain_server_url: str, plain_template_db: str) -> Iterator[str]:
+    """A fresh, migrated database on plain PostgreSQL for one test, dropped afterwards."""
+    yield from _fresh_database(plain_server_url, plain_template_db)
 
 
 @pytest.fixture

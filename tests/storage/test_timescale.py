@@ -35,16 +35,24 @@ async def ts_pool(timescale_database_url: str) -> AsyncIterator[AsyncConnectionP
     await p.close()
 
 
+@pytest.fixture
+async def plain_pool(plain_database_url: str) -> AsyncIterator[AsyncConnectionPool]:
+    """An open pool on a fresh, migrated plain PostgreSQL database (TimescaleDB installed, not preloaded)."""
+    p = await open_pool(plain_database_url, min_size=1, max_size=4)
+    yield p
+    await p.close()
+
+
 async def _rows(pool: AsyncConnectionPool, query: str, *params: object) -> list[tuple[object, ...]]:
     async with pool.connection() as conn:
         return await (await conn.execute(query, params)).fetchall()
 
 
-async def test_installed_but_not_preloaded_stays_plain(pool: AsyncConnectionPool) -> None:
+async def test_installed_but_not_preloaded_stays_plain(plain_pool: AsyncConnectionPool) -> None:
     """Defect 1: an installed extension that is not preloaded must not break migration 0001."""
-    preloaded = await _rows(pool, "SELECT current_setting('shared_preload_libraries') ~ 'timescaledb'")
-    if preloaded == [(True,)]:
-        pytest.skip("this run's main server preloads TimescaleDB")
+    require_timescale()
+    pool = plain_pool
+    assert await _rows(pool, "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'") == [(1,)]
     assert await _rows(pool, "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'") == [(0,)]
     assert await _rows(pool, "SELECT count(*) FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid "
                              "WHERE c.relname = 'events'") == [(1,)]
@@ -145,11 +153,11 @@ async def test_retention_never_drops_what_unbilled_periods_or_unbound_usage_need
                                 "WHERE proc_name = 'events_retention_job'") == [(0,)]
 
 
-async def test_both_storages_give_identical_graphql_answers(pool: AsyncConnectionPool,
+async def test_both_storages_give_identical_graphql_answers(plain_pool: AsyncConnectionPool,
                                                             ts_pool: AsyncConnectionPool) -> None:
-    await play(pool, timescale=False)
+    await play(plain_pool, timescale=False)
     await play(ts_pool, timescale=True)
-    plain, timescale = await answers(pool), await answers(ts_pool)
+    plain, timescale = await answers(plain_pool), await answers(ts_pool)
     assert all(not isinstance(v, list) for v in plain.values()), [v for v in plain.values() if isinstance(v, list)]
     assert sum(len(str(v)) for v in plain.values()) > 20_000  # the questions have real answers
     for query, answer in plain.items():
