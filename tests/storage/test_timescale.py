@@ -148,6 +148,14 @@ async def test_retention_never_drops_what_unbilled_periods_or_unbound_usage_need
     jobs = await _rows(ts_pool, "SELECT config ->> 'keep' FROM timescaledb_information.jobs "
                                 "WHERE proc_name = 'events_retention_job'")
     assert jobs == [("400 days",)]
+    before = await _rows(ts_pool, "SELECT job_id FROM timescaledb_information.jobs "
+                                  "WHERE proc_name = 'events_retention_job'")
+    assert await set_event_retention(ts_pool, 400) is True  # the next command with the same setting
+    assert await _rows(ts_pool, "SELECT job_id FROM timescaledb_information.jobs "
+                                "WHERE proc_name = 'events_retention_job'") == before
+    assert await set_event_retention(ts_pool, None) is False  # unset: left as it is
+    assert len(await _rows(ts_pool, "SELECT 1 FROM timescaledb_information.jobs "
+                                    "WHERE proc_name = 'events_retention_job'")) == 1
     assert await set_event_retention(ts_pool, 0) is False
     assert await _rows(ts_pool, "SELECT count(*) FROM timescaledb_information.jobs "
                                 "WHERE proc_name = 'events_retention_job'") == [(0,)]
