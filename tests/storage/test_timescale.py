@@ -67,7 +67,8 @@ async def test_layout_hypertables_compression_and_paused_jobs(ts_pool: AsyncConn
                                     "FROM timescaledb_information.compression_settings ORDER BY 1, 3 NULLS LAST, 4")
     assert settings == [("events", "device_id", 1, None), ("events", "meter", 2, None), ("events", "ts", None, 1),
                         ("events", "event_id", None, 2), ("session_points", "account_id", 1, None),
-                        ("session_points", "device_id", 2, None), ("session_points", "start_ts", None, 1), ("session_points", "point_id", None, 2),
+                        ("session_points", "device_id", 2, None), ("session_points", "start_ts", None, 1),
+                        ("session_points", "point_id", None, 2),
                         ("usage_entries", "device_id", 1, None), ("usage_entries", "meter", 2, None),
                         ("usage_entries", "ts", None, 1), ("usage_entries", "entry_id", None, 2)]
     # Defect 3: no default (ts DESC) index next to a primary key that starts with the time series.
