@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from tests.peers import free_port, require_binary
 from usagehub.storage.embedded import embedded_database_url
+from usagehub.storage.embedded_timescale import timescale_installed
 from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
 
@@ -30,41 +31,148 @@ def _with_db(url: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(**conninfo)  # type: ignore[arg-type]
 
 
+def require_timescale() -> None:
+    """Skip (or fail, when peers are required) unless scripts/timescale installed TimescaleDB."""
+    if not timescale_installed():
+        message = "TimescaleDB is not installed in the embedded PostgreSQL (run scripts/timescale)"
+        if os.environ.get("USAGEHUB_REQUIRE_PEERS"):
+            pytest.fail(message + " and USAGEHUB_REQUIRE_PEERS is set")
+        pytest.skip(message)
+
+
+def _embedded_server(timescale: bool) -> str:
+    folder = Path(tempfile.mkdtemp(prefix="usagehub-test-ts-" if timescale else "usagehub-test-pg-"))
+    os.chmod(folder, 0o755)
+    return embedded_database_url(folder, timescale=timescale)
+
+
+def timescale_mode() -> bool:
+    """Whether this run's main server preloads TimescaleDB (USAGEHUB_TEST_TIMESCALE=1)."""
+    return os.environ.get("USAGEHUB_TEST_TIMESCALE", "") not in ("", "0")
+
+
 @pytest.fixture(scope="session")
 def pg_server_url() -> str:
-    """URL of a session-wide embedded PostgreSQL (or USAGEHUB_TEST_DATABASE_URL)."""
+    """URL of a session-wide embedded PostgreSQL (or USAGEHUB_TEST_DATABASE_URL).
+
+    With USAGEHUB_TEST_TIMESCALE=1 the embedded server preloads TimescaleDB, so every migration
+    takes its TimescaleDB path (hypertables, compression) and the same tests run against it.
+    """
     if os.environ.get("USAGEHUB_TEST_DATABASE_URL"):
         return os.environ["USAGEHUB_TEST_DATABASE_URL"]
-    folder = Path(tempfile.mkdtemp(prefix="usagehub-test-pg-"))
-    os.chmod(folder, 0o755)
-    return embedded_database_url(folder)
+    if timescale_mode():
+        require_timescale()
+    return _embedded_server(timescale_mode())
 
 
-@pytest.fixture(scope="session")
-def template_db(pg_server_url: str) -> str:
-    """A database with every migration applied, cloned by each test."""
+def make_template(server_url: str) -> str:
+    """A database with every migration applied, ready to be cloned by CREATE DATABASE … TEMPLATE.
+
+    On TimescaleDB a background scheduler connects to every database that has the extension, and
+    a connected template cannot be cloned: the template refuses connections and the scheduler's
+    session is ended. Its jobs (compression, retention) are paused in the template, so no clone
+    compresses chunks behind a test's back; tests of those policies run them explicitly.
+    """
     name = f"uh_template_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+    with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
 
     async def go() -> None:
-        pool = await open_pool(_with_db(pg_server_url, name), min_size=1, max_size=2)
-        await migrate(pool)
-        await pool.close()
+        pool = await open_pool(_with_db(server_url, name), min_size=1, max_size=2)
+        try:
+            await migrate(pool)
+            async with pool.connection() as conn:
+                await conn.execute(
+                    "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN "
+                    "PERFORM alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs "
+                    "WHERE job_id >= 1000; END IF; END $$")
+        finally:
+            await pool.close()
 
     asyncio.run(go())
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
     return name
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop ``name`` even if a scheduler or a leaked connection still uses it."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def clone_database(server_url: str, template: str) -> str:
+    """A fresh copy of ``template``; returns its name."""
+    name = f"uh_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return name
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server_url: str) -> Iterator[str]:
+    """A database with every migration applied, cloned by each test; dropped at the end of the session."""
+    name = make_template(pg_server_url)
+    yield name
+    drop_database(pg_server_url, name)
 
 
 @pytest.fixture
 def database_url(pg_server_url: str, template_db: str) -> Iterator[str]:
     """A fresh, migrated database for one test, dropped afterwards."""
-    name = f"uh_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    yield _with_db(pg_server_url, name)
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield from _fresh_database(pg_server_url, template_db)
+
+
+@pytest.fixture(scope="session")
+def timescale_server_url(pg_server_url: str) -> str:
+    """An embedded PostgreSQL preloading TimescaleDB: this run's main server in timescale mode, else a second one."""
+    require_timescale()
+    if timescale_mode() and not os.environ.get("USAGEHUB_TEST_DATABASE_URL"):
+        return pg_server_url
+    return _embedded_server(True)
+
+
+@pytest.fixture(scope="session")
+def plain_server_url(pg_server_url: str) -> str:
+    """An embedded PostgreSQL without TimescaleDB: this run's main server, else (timescale mode) a second one."""
+    if not timescale_mode() and not os.environ.get("USAGEHUB_TEST_DATABASE_URL"):
+        return pg_server_url
+    return _embedded_server(False)
+
+
+def _fresh_database(server_url: str, template: str) -> Iterator[str]:
+    name = clone_database(server_url, template)
+    yield _with_db(server_url, name)
+    drop_database(server_url, name)
+
+
+@pytest.fixture(scope="session")
+def timescale_template_db(timescale_server_url: str) -> Iterator[str]:
+    """The migrated template on the TimescaleDB server."""
+    name = make_template(timescale_server_url)
+    yield name
+    drop_database(timescale_server_url, name)
+
+
+@pytest.fixture
+def timescale_database_url(timescale_server_url: str, timescale_template_db: str) -> Iterator[str]:
+    """A fresh, migrated database on TimescaleDB for one test, dropped afterwards."""
+    yield from _fresh_database(timescale_server_url, timescale_template_db)
+
+
+@pytest.fixture(scope="session")
+def plain_template_db(plain_server_url: str) -> Iterator[str]:
+    """The migrated template on the plain PostgreSQL server."""
+    name = make_template(plain_server_url)
+    yield name
+    drop_database(plain_server_url, name)
+
+
+@pytest.fixture
+def plain_database_url(plain_server_url: str, plain_template_db: str) -> Iterator[str]:
+    """A fresh, migrated database on plain PostgreSQL for one test, dropped afterwards."""
+    yield from _fresh_database(plain_server_url, plain_template_db)
 
 
 @pytest.fixture

@@ -49,3 +49,15 @@ def test_bad_environment_value_names_the_variable() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, environ={"USAGEHUB_HTTP_PORT": "-5"})
     assert info.value.file == "USAGEHUB_HTTP_PORT" and info.value.field == "http_port"
+
+
+def test_timescale_and_retention_settings(tmp_path: Path) -> None:
+    toml = tmp_path / "hub.toml"
+    toml.write_text("timescale = true\nevent_retention_days = 400\n")
+    config = load_config(toml, environ={})
+    assert (config.timescale, config.event_retention_days) == (True, 400)
+    assert load_config(None, environ={"USAGEHUB_TIMESCALE": "1"}).timescale is True
+    assert load_config(None, {"timescale": False}, environ={"USAGEHUB_TIMESCALE": "1"}).timescale is False
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ={"USAGEHUB_EVENT_RETENTION_DAYS": "-3"})
+    assert (info.value.file, info.value.field) == ("USAGEHUB_EVENT_RETENTION_DAYS", "event_retention_days")

@@ -83,11 +83,13 @@ async def test_rollups_equal_recompute_under_late_data_and_deletes(pool: AsyncCo
         await _assert_exact(pool)
     async with pool.connection() as conn:
         # A recompute (rebinding) deletes some points and re-inserts them under another account.
-        await conn.execute(f"WITH gone AS (DELETE FROM session_points WHERE point_id % {delete_mod} = 0 "
-                           "RETURNING account_id, service, device_id, product, kind, aggregation, start_ts, end_ts, "
-                           "value) INSERT INTO session_points (account_id, service, device_id, product, kind, "
+        # session_points_delete: the one way to delete points on both storages (migration 0014).
+        await conn.execute(f"CREATE TEMP TABLE moved AS SELECT * FROM session_points WHERE point_id % {delete_mod} = 0")
+        await conn.execute("SELECT session_points_delete(array(SELECT point_id FROM moved))")
+        await conn.execute("INSERT INTO session_points (account_id, service, device_id, product, kind, "
                            "aggregation, start_ts, end_ts, value) SELECT 'acc-nepal', service, device_id, product, "
-                           "kind, aggregation, start_ts, end_ts, value FROM gone")
+                           "kind, aggregation, start_ts, end_ts, value FROM moved")
+        await conn.execute("DROP TABLE moved")
         await _assert_exact(pool)
         await conn.execute("UPDATE session_points SET value = value * 2 WHERE point_id % 3 = 1")
         await _assert_exact(pool)
@@ -96,7 +98,7 @@ async def test_rollups_equal_recompute_under_late_data_and_deletes(pool: AsyncCo
         await _assert_exact(pool)
         await conn.execute("UPDATE session_points SET account_id = 'acc-berlin' WHERE account_id IS NULL")
         await _assert_exact(pool)
-        await conn.execute("DELETE FROM session_points")
+        await conn.execute("SELECT session_points_delete(array(SELECT point_id FROM session_points))")
         left = await (await conn.execute("SELECT (SELECT count(*) FROM rollup_15m) + "
                                          "(SELECT count(*) FROM rollup_daily)")).fetchone()
     assert left == (0,)  # everything subtracted away: no zero rows linger

@@ -95,7 +95,8 @@ async def rebind(engine: SessionEngine, conn: Connection, device_id: str, at: da
     accounts = {p.account_id for p in old} | {p.account_id for p, _ in fresh}
     await lock_accounts(conn, {a for a in accounts if a})
     zones |= await zones_of(conn, {a for a in accounts if a})
-    await conn.execute("DELETE FROM session_points WHERE point_id = ANY(%s)", ([r[0] for r in found],))
+    # session_points_delete keeps the rollups exact on both storages (migration 0014)
+    await conn.execute("SELECT session_points_delete(%s::bigint[])", ([r[0] for r in found],))
     await copy_points(conn, fresh)
     # Old owners recompute from where they lost points, new owners from where they gained them.
     await engine.recompute(conn, [*old, *(p for p, _ in fresh)], zones)

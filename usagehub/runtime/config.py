@@ -27,6 +27,10 @@ class HubConfig(BaseModel):
 
     data_dir: Path = Field(Path(".usagehub"), description="embedded database and state live here")
     database_url: str | None = Field(None, description="PostgreSQL URL; empty: embedded PostgreSQL")
+    timescale: bool = Field(False, description="preload TimescaleDB in the embedded PostgreSQL (scripts/timescale)")
+    event_retention_days: int | None = Field(
+        None, ge=0, description="drop raw events older than this (TimescaleDB), never those of unbilled periods; "
+        "0 removes the policy, unset leaves it as it is")
     mqtt_url: str | None = Field(None, description="broker URL; empty: embedded broker on 127.0.0.1:1883")
     mqtt_client_id: str = "usagehub"
     embedded_broker_port: int = Field(1883, ge=1, le=65535)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +41,7 @@ from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
 from usagehub.storage.queries import Reads
 from usagehub.storage.registry import DeviceDirectorySql, KnownDevices, Registry
+from usagehub.storage.retention import set_event_retention
 from usagehub.web.app import create_app
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,8 @@ async def database_url(config: HubConfig) -> str:
     """The configured URL, or the embedded server's (started in a thread: it blocks ~1 s)."""
     if config.database_url:
         return config.database_url
-    return await asyncio.to_thread(embedded_database_url, config.data_dir.resolve())
+    return await asyncio.to_thread(functools.partial(embedded_database_url, config.data_dir.resolve(),
+                                                     timescale=config.timescale))
 
 
 @contextlib.asynccontextmanager
@@ -60,6 +63,7 @@ async def open_storage(config: HubConfig, *, max_size: int = 10) -> AsyncIterato
     pool = await open_pool(await database_url(config), max_size=max_size)
     try:
         await migrate(pool)
+        await set_event_retention(pool, config.event_retention_days)
         yield pool
     finally:
         await pool.close()

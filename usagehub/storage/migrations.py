@@ -41,7 +41,7 @@ async def migrate(pool: AsyncConnectionPool) -> list[str]:
 
 
 async def timescale_available(pool: AsyncConnectionPool) -> bool:
-    """Whether the timescaledb extension can be used on this server."""
+    """Whether the migrations put this database on TimescaleDB (the extension is created in it)."""
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+        cur = await conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
         return await cur.fetchone() is not None

@@ -57,6 +57,8 @@ _COMMON = [
     _opt("data_dir", Path, "FOLDER", "where the embedded database lives [default: .usagehub]"),
     _opt("database_url", str, "URL", "PostgreSQL URL, postgresql://user:password@host:5432/db "
          "[default: embedded PostgreSQL in the data folder]"),
+    _opt("timescale", bool, "", "preload TimescaleDB in the embedded PostgreSQL (once: scripts/timescale)",
+         "--timescale/--no-timescale"),
     _opt("mqtt_url", str, "URL", "MQTT broker, mqtt://user:password@host:1883 [default: an embedded broker]"),
     _opt("embedded_broker_port", int, "PORT", "port of the embedded MQTT broker [default: 1883]"),
     _opt("http_host", str, "HOST", "address GraphQL and HTTP ingest listen on [default: 127.0.0.1]"),
@@ -65,7 +67,7 @@ _COMMON = [
     _opt("log_level", str, "LEVEL", "DEBUG, INFO, WARNING or ERROR [default: INFO]"),
 ]
 # The settings a command that only talks to the database needs (keys, plans, seed, invoice…).
-DATABASE = ("config_file", "data_dir", "database_url", "log_level")
+DATABASE = ("config_file", "data_dir", "database_url", "timescale", "log_level")
 
 
 Command = Callable[..., Any]

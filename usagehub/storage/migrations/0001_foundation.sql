@@ -37,9 +37,14 @@ CREATE INDEX bindings_account ON bindings (account_id);
 -- Events: one row per meter reading. The primary key is the durable identity
 -- (DESIGN "Event identity"); it starts with (device_id, meter, ts) so that it
 -- also serves per-meter time-range reads without a second index.
+-- TimescaleDB is used only where the server preloads it: an installed but not preloaded extension
+-- cannot be created ("must be preloaded"), so availability alone is not enough.
 DO $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') THEN
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')
+       OR (EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
+           AND 'timescaledb' = ANY (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''),
+                                                    ','))) THEN
         CREATE EXTENSION IF NOT EXISTS timescaledb;
         CREATE TABLE events (
             device_id text NOT NULL, meter text NOT NULL, ts timestamptz NOT NULL, event_id text NOT NULL,
@@ -47,9 +52,10 @@ BEGIN
             service text NOT NULL, received_at timestamptz NOT NULL, reset_marker text, text_value text,
             ingested_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (device_id, meter, ts, event_id));
-        PERFORM create_hypertable('events', 'ts', chunk_time_interval => interval '7 days');
-        ALTER TABLE events SET (timescaledb.compress, timescaledb.compress_segmentby = 'device_id, meter');
-        PERFORM add_compression_policy('events', interval '60 days');
+        -- No default (ts DESC) index: the primary key already serves time-range reads per meter.
+        -- Compression and retention settings: migration 0014.
+        PERFORM create_hypertable('events', 'ts', chunk_time_interval => interval '7 days',
+                                  create_default_indexes => false);
     ELSE
         CREATE TABLE events (
             device_id text NOT NULL, meter text NOT NULL, ts timestamptz NOT NULL, event_id text NOT NULL,

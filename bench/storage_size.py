@@ -1,0 +1,277 @@
+"""Storage benchmark, plain PostgreSQL vs TimescaleDB, on a generated fleet of 15-minute meter readings.
+
+Per storage: bytes per stored event (table + indexes; on TimescaleDB before and after compression), the
+account-month billing read (rating's usage_points) p50/p99, the fleet 30-day daily series (rollups.series)
+with a raw aggregate over session_points as the baseline, and on TimescaleDB a continuous aggregate
+against the trigger-maintained rollups (refresh time, query time, insert cost of the triggers).
+
+Run: .venv/bin/python bench/storage_size.py --devices 700 --days 30      # ~2M events per storage
+     .venv/bin/python bench/storage_size.py --devices 5200 --days 100    # the issue's 50M (hours here)
+     add --only timescale or --only plain to measure one storage (TimescaleDB needs scripts/timescale),
+     --no-compare to skip re-compressing with other segmentby/orderby choices
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from usagehub.core.analytics.buckets import Bucket
+from usagehub.core.periods import Period
+from usagehub.storage.embedded import embedded_database_url
+from usagehub.storage.migrations import migrate
+from usagehub.storage.pool import open_pool
+from usagehub.storage.rating_usage import usage_points
+from usagehub.storage.rollups import Scope, series
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+RAW_DAILY = ("SELECT (p.start_ts AT TIME ZONE a.timezone)::date AS d, sum(p.value) FROM session_points p "
+             "JOIN accounts a ON a.account_id = p.account_id WHERE p.kind = 'usage' "
+             "AND p.start_ts >= %s::timestamptz - interval '15 hours' AND p.start_ts < %s::timestamptz + interval "
+             "'15 hours' AND (p.start_ts AT TIME ZONE a.timezone)::date >= %s "
+             "AND (p.start_ts AT TIME ZONE a.timezone)::date < %s GROUP BY 1 ORDER BY 1")
+# One day of readings per device: a register growing 0.15..0.25 kWh per 15 minutes, realistic jitter.
+EVENTS_DAY = """
+INSERT INTO events (device_id, meter, ts, event_id, value, unit, kind, profile_id, service, received_at, ingested_at)
+SELECT 'dev-' || lpad(d::text, 6, '0'), 'energy', t, (%(base)s + n)::text,
+       round((d %% 97) * 100 + (%(base)s + n) * 0.2 + random()::numeric * 0.05, 3), 'kWh', 'cumulative',
+       'acme-em340', 'electricity', t + random() * interval '3 s', t + interval '3 s' + random() * interval '1 s'
+FROM generate_series(1, %(devices)s) d,
+     generate_series(%(day)s::timestamptz, %(day)s::timestamptz + interval '23 hours 45 minutes',
+                     interval '15 minutes') WITH ORDINALITY AS g(t, n)"""
+POINTS_DAY = """
+INSERT INTO session_points (account_id, service, device_id, product, kind, aggregation, start_ts, end_ts, value,
+                            entry_ref, entry_since, entry_ts, entry_quantity)
+SELECT 'acc-' || lpad((d / 2)::text, 6, '0'), 'electricity', 'dev-' || lpad(d::text, 6, '0'), 'energy', 'usage',
+       'sum', t - interval '15 minutes', t, v, 'usage:' || (%(base)s + n), t - interval '15 minutes', t, v
+FROM generate_series(1, %(devices)s) d,
+     generate_series(%(day)s::timestamptz, %(day)s::timestamptz + interval '23 hours 45 minutes',
+                     interval '15 minutes') WITH ORDINALITY AS g(t, n),
+     LATERAL (SELECT round(0.15 + random()::numeric * 0.1, 3) AS v) r"""
+BILLING_SQL = ("SELECT count(*), sum(value) FROM (SELECT point_id, product, device_id, start_ts, end_ts, value, label, "
+               "aggregation FROM session_points WHERE account_id = %s AND kind = 'usage' AND start_ts >= %s "
+               "AND start_ts < %s ORDER BY point_id) p")
+CAGG = """CREATE MATERIALIZED VIEW bench_points_daily WITH (timescaledb.continuous) AS
+SELECT time_bucket('1 day', start_ts) AS day, product, sum(value) AS quantity, count(*) AS n
+FROM session_points WHERE kind = 'usage' GROUP BY 1, 2 WITH NO DATA"""
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+async def timed(fn: Callable[[], Awaitable[Any]], runs: int) -> list[float]:
+    """Wall times of ``runs`` calls, in milliseconds."""
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        await fn()
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+async def scalar(pool: AsyncConnectionPool, query: str, *params: Any) -> Any:
+    """The first column of the first row."""
+    async with pool.connection() as conn:
+        row = await (await conn.execute(query, params)).fetchone()
+    return row[0] if row else None
+
+
+async def load(pool: AsyncConnectionPool, devices: int, days: int, timescale: bool) -> float:
+    """Accounts (two devices each, six zones), a day at a time; the load time in seconds."""
+    zones = ["Europe/Berlin", "Europe/Lisbon", "Asia/Kathmandu", "America/New_York", "UTC", "Asia/Kolkata"]
+    t0 = time.perf_counter()
+    async with pool.connection() as conn:
+        await conn.execute("INSERT INTO accounts (account_id, market, timezone) SELECT 'acc-' || lpad(a::text, 6, "
+                           "'0'), (ARRAY['DE','FR','NP'])[1 + a %% 3], (%s::text[])[1 + a %% 6] "
+                           "FROM generate_series(0, %s) a", (zones, devices // 2))
+        for day in range(days):
+            when = START + timedelta(days=day)
+            if when.day == 1 or day == 0:
+                await conn.execute("SELECT ensure_event_partition(%s)", (when.date().replace(day=1),))
+            args = {"devices": devices, "day": when, "base": day * 96}
+            await conn.execute(EVENTS_DAY, args)
+            await conn.execute(POINTS_DAY, args)  # one statement a day: the rollup triggers fire once
+    return time.perf_counter() - t0
+
+
+async def table_bytes(pool: AsyncConnectionPool, table: str, timescale: bool) -> int:
+    """Heap, TOAST and indexes of a table with all its partitions or chunks."""
+    if timescale:
+        return int(await scalar(pool, "SELECT hypertable_size(%s::regclass)", table))
+    return int(await scalar(pool, "SELECT coalesce((SELECT sum(pg_total_relation_size(relid)) FROM "
+                                  "pg_partition_tree(%s::regclass)), pg_total_relation_size(%s::regclass))",
+                            table, table))
+
+
+async def measure(name: str, devices: int, days: int, timescale: bool, compare: bool) -> dict[str, float]:
+    """Load a fleet into a fresh embedded server and measure it."""
+    folder = Path(tempfile.mkdtemp(prefix=f"usagehub-bench-{name}-"))
+    folder.chmod(0o755)  # noqa: ASYNC240 — once, before anything runs
+    try:
+        url = await asyncio.to_thread(lambda: embedded_database_url(folder, timescale=timescale))
+        pool = await open_pool(url, max_size=4)
+        try:
+            return await _measure(pool, devices, days, timescale, compare)
+        finally:
+            await pool.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _measure(pool: AsyncConnectionPool, devices: int, days: int, timescale: bool,
+                   compare: bool) -> dict[str, float]:
+    await migrate(pool)
+    if timescale:  # the bench compresses explicitly, at a known moment
+        async with pool.connection() as conn:
+            await conn.execute("SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs "
+                               "WHERE job_id >= 1000")
+    out: dict[str, float] = {"load_s": await load(pool, devices, days, timescale)}
+    n_events = int(await scalar(pool, "SELECT count(*) FROM events"))
+    n_points = int(await scalar(pool, "SELECT count(*) FROM session_points"))
+    out |= {"events": n_events, "points": n_points}
+    async with pool.connection() as conn:
+        await conn.execute("VACUUM ANALYZE events")
+        await conn.execute("VACUUM ANALYZE session_points")
+    out["event_bytes"] = await table_bytes(pool, "events", timescale) / n_events
+    out["point_bytes"] = await table_bytes(pool, "session_points", timescale) / n_points
+    if timescale:
+        t0 = time.perf_counter()
+        for table in ("events", "session_points"):
+            await scalar(pool, f"SELECT count(compress_chunk(c)) FROM show_chunks('{table}') c")
+        out["compress_s"] = time.perf_counter() - t0
+        out["event_bytes_compressed"] = await table_bytes(pool, "events", True) / n_events
+        out["point_bytes_compressed"] = await table_bytes(pool, "session_points", True) / n_points
+        async with pool.connection() as conn:
+            await conn.execute("ANALYZE events")
+            await conn.execute("ANALYZE session_points")
+    out |= await queries(pool, devices, days)
+    if timescale:
+        out |= await cagg_vs_triggers(pool, devices, days)
+        if compare:
+            out |= await other_settings(pool, n_events, n_points)
+    return out
+
+
+# Alternatives to the settings of migration 0014 (listed first), bytes per row after compressing again.
+ALTERNATIVES = {
+    "events": [("device_id, meter", "ts, event_id"), ("device_id", "meter, ts, event_id"),
+               ("", "device_id, meter, ts, event_id")],
+    "session_points": [("account_id, device_id", "start_ts, point_id"), ("account_id", "start_ts, point_id"),
+                       ("device_id", "start_ts, point_id")],
+}
+
+
+async def other_settings(pool: AsyncConnectionPool, n_events: int, n_points: int) -> dict[str, float]:
+    """Decompress, set other segmentby/orderby, compress again: bytes per row of each choice."""
+    out: dict[str, float] = {}
+    rows = {"events": n_events, "session_points": n_points}
+    async with pool.connection() as conn:
+        await conn.execute("DROP MATERIALIZED VIEW IF EXISTS bench_points_daily")
+        for table, choices in ALTERNATIVES.items():
+            for segmentby, orderby in choices:
+                await conn.execute(f"SELECT count(decompress_chunk(c, true)) FROM show_chunks('{table}') c")
+                await conn.execute(f"ALTER TABLE {table} SET (timescaledb.compress_segmentby = '{segmentby}', "
+                                   f"timescaledb.compress_orderby = '{orderby}')")
+                await conn.execute(f"SELECT count(compress_chunk(c)) FROM show_chunks('{table}') c")
+                size = int(str((await (await conn.execute(f"SELECT hypertable_size('{table}')")).fetchone() or [0])[0]))
+                out[f"{table}[{segmentby or '-'}|{orderby}]"] = size / rows[table]
+    return out
+
+
+async def queries(pool: AsyncConnectionPool, devices: int, days: int) -> dict[str, float]:
+    """Account-month billing read p50/p99, fleet 30-day daily series vs a raw aggregate."""
+    rng = random.Random(7)
+    month = Period(start=START, end=START + timedelta(days=min(days, 31)), label="2026-01")
+    accounts = [f"acc-{rng.randrange(devices // 2):06d}" for _ in range(200)]
+    times: list[float] = []
+    sql_times: list[float] = []
+    async with pool.connection() as conn:
+        for account in accounts:
+            start = time.perf_counter()
+            points = await usage_points(conn, account, month)
+            times.append((time.perf_counter() - start) * 1000)
+            assert points, account
+            start = time.perf_counter()  # the same read summed in the database: its share without the transfer
+            await (await conn.execute(BILLING_SQL, (account, month.start, month.end))).fetchone()
+            sql_times.append((time.perf_counter() - start) * 1000)
+        since = START.date() + timedelta(days=max(0, days - 30))
+        until = since + timedelta(days=30)
+        fleet = await timed(lambda: series(conn, tenant="default", scope=Scope.FLEET, key=None, product="energy",
+                                           bucket=Bucket.DAY, since=since, until=until), 20)
+        raw = await timed(lambda: conn.execute(RAW_DAILY, (since, until, since, until)), 3)
+    return {"billing_p50_ms": percentile(times, 50), "billing_p99_ms": percentile(times, 99),
+            "billing_db_p50_ms": percentile(sql_times, 50), "billing_db_p99_ms": percentile(sql_times, 99),
+            "fleet30_p50_ms": statistics.median(fleet), "fleet30_p99_ms": percentile(fleet, 99),
+            "fleet30_raw_ms": statistics.median(raw)}
+
+
+async def cagg_vs_triggers(pool: AsyncConnectionPool, devices: int, days: int) -> dict[str, float]:
+    """A continuous aggregate of daily UTC sums against the trigger rollups: refresh, read, insert cost."""
+    out: dict[str, float] = {}
+    since = START.date() + timedelta(days=max(0, days - 30))
+    until = since + timedelta(days=30)
+    async with pool.connection() as conn:
+        await conn.execute(CAGG)
+        t0 = time.perf_counter()
+        await conn.execute("CALL refresh_continuous_aggregate('bench_points_daily', NULL, NULL)")
+        out["cagg_refresh_s"] = time.perf_counter() - t0
+        read = await timed(lambda: conn.execute(
+            "SELECT day, quantity FROM bench_points_daily WHERE day >= %s AND day < %s ORDER BY day",
+            (since, until)), 20)
+        out["cagg_read_ms"] = statistics.median(read)
+        # One more day of points (the decompressed tail), with and without the rollup triggers.
+        extra = START + timedelta(days=days)
+        args = {"devices": devices, "day": extra, "base": days * 96}
+        t0 = time.perf_counter()
+        await conn.execute(POINTS_DAY, args)
+        out["day_insert_triggers_s"] = time.perf_counter() - t0
+        await conn.execute("ALTER TABLE session_points DISABLE TRIGGER USER")
+        args = {"devices": devices, "day": extra + timedelta(days=1), "base": days * 96 + 96}
+        t0 = time.perf_counter()
+        await conn.execute(POINTS_DAY, args)
+        out["day_insert_plain_s"] = time.perf_counter() - t0
+        await conn.execute("ALTER TABLE session_points ENABLE TRIGGER USER")
+        t0 = time.perf_counter()
+        await conn.execute("CALL refresh_continuous_aggregate('bench_points_daily', %s, %s)",
+                           (extra, extra + timedelta(days=2)))
+        out["cagg_refresh_2days_s"] = time.perf_counter() - t0
+    return out
+
+
+def report(name: str, figures: dict[str, float]) -> None:
+    """Print one storage's figures."""
+    print(f"\n== {name}")
+    for key, value in figures.items():
+        print(f"  {key:50s} {value:14.2f}" if isinstance(value, float) else f"  {key:50s} {value:14d}")
+
+
+async def main(devices: int, days: int, only: str | None, compare: bool) -> None:
+    print(f"fleet: {devices} meters x {days} days x 96 readings = {devices * days * 96:,} events "
+          f"(and as many session points), from {START.date()}")
+    for name, timescale in (("plain", False), ("timescale", True)):
+        if only in (None, name):
+            report(name, await measure(name, devices, days, timescale, compare))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=700)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--only", choices=["plain", "timescale"])
+    parser.add_argument("--no-compare", action="store_true", help="skip the other compression settings")
+    ns = parser.parse_args()
+    asyncio.run(main(ns.devices, ns.days, ns.only, not ns.no_compare))
