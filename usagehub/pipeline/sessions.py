@@ -2,17 +2,18 @@
 
 Runs inside the batch transaction, after the usage stage: its entries and the
 batch's gauge/state events become account-bound points (binding as of event
-time, periods in the account's zone), and each touched (account, service) is
-re-sessionized from the last stored session that starts before the new points
-(``core.sessions.resume_for``). The (account, period) pairs whose sessions
+time, periods in the account's zone), and each touched (account, service)
+replays only the segments of event time its new points fall in, as far as the
+walk differs from the stored marks (``core.segments.rewalk``). The (account, period) pairs whose sessions
 changed are then reconciled into billing records (``pipeline.records``).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from usagehub.core.allocation import MeterInfo, Point, allocate_entry, event_point
@@ -20,7 +21,8 @@ from usagehub.core.binding import BindingIndex
 from usagehub.core.counters import UsageEntry
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import MeterKind, UsageEvent
-from usagehub.core.sessions import SessionRules, SortKey, continue_open, resume_for, sessionize, sort_key
+from usagehub.core.segments import MarkBefore, MarksAfter, Outcome, Request, rewalk, settle_outcome
+from usagehub.core.sessions import SessionRules, SortKey, sort_key
 from usagehub.storage.billing import RecordBook
 from usagehub.storage.pool import Connection
 from usagehub.storage.sessions import (
@@ -32,10 +34,8 @@ from usagehub.storage.sessions import (
     lock_accounts,
     lock_devices,
     origin_of,
-    points_since,
-    replace_sessions,
-    sessions_from,
 )
+from usagehub.storage.marks import mark_before, marks_after, points_in, save_walk
 
 _UTC = ZoneInfo("UTC")
 
@@ -60,6 +60,7 @@ class SessionEngine:
         self.book = RecordBook(units, self.clock)
         # Account-bound points stored by the last absorb (later hooks: prepaid debit); reset every batch.
         self.last_points: list[Point] = []
+        self.points_read = 0  # session points replayed since start (a cost signal for benchmarks and tests)
 
     def info(self, profile_id: str, meter: str) -> MeterInfo | None:
         """What allocation needs to know about a profile's meter (None if the profile has no such meter)."""
@@ -105,7 +106,7 @@ class SessionEngine:
         await self.recompute(conn, bound, zones)
 
     async def recompute(self, conn: Connection, points: Sequence[Point], zones: dict[str, ZoneInfo]) -> None:
-        """Re-sessionize every (account, service) of ``points`` from its earliest point; reconcile records."""
+        """Bring every (account, service) of ``points`` up to date where they changed; reconcile records."""
         groups: defaultdict[tuple[str, str], list[Point]] = defaultdict(list)
         for p in points:
             if p.account_id is not None:
@@ -114,27 +115,38 @@ class SessionEngine:
         now = self.clock()
         for (account, service), group in sorted(groups.items()):
             earliest = min(sort_key(p) for p in group)
-            touched |= await self.resessionize(conn, account, service, earliest, zones[account], now)
+            touched |= await self.resessionize(conn, account, service, earliest, zones[account], now,
+                                               changed=[p.start for p in group])
         await self.book.reconcile(conn, touched, zones)
 
     async def bindings_for(self, conn: Connection, devices: set[str]) -> tuple[BindingIndex, dict[str, ZoneInfo]]:
         return await bindings_for(conn, devices)
 
     async def resessionize(self, conn: Connection, account: str, service: str, earliest: SortKey,
-                            zone: ZoneInfo, now: datetime) -> set[Pair]:
-        """Replace the stored sessions from the resume point on; return the (account, period) pairs touched."""
-        stored = await sessions_from(conn, account, service, earliest[0])
+                           zone: ZoneInfo, now: datetime, *, changed: Sequence[datetime] | None = None) -> set[Pair]:
+        """Replay the segments holding ``changed`` instants (default: ``earliest``) as far as the walk differs.
+
+        Returns the (account, period) pairs whose sessions were rewritten.
+        """
         rules = SessionRules(idle_timeout=self.idle.get(service, timedelta(hours=1)), zone=zone)
-        latest = stored[-1] if stored else None
-        if latest is not None and latest.carry is not None and earliest > latest.carry.last_key:
-            # In-order data: continue the open session from its carry, reading only the new points.
-            stale = [latest]
-            fresh = continue_open(latest, await points_since(conn, account, service, latest.carry.last_key[0]),
-                                  rules=rules, as_of=now)
+        walk = rewalk(account_id=account, service=service, rules=rules, as_of=now,
+                      changed=changed if changed is not None else [earliest[0]])
+        outcome = await _drive(conn, account, service, walk)
+        self.points_read += outcome.points_read
+        return await save_walk(conn, account, service, outcome)
+
+
+async def _drive(conn: Connection, account: str, service: str, walk: Generator[Request, Any, Outcome]) -> Outcome:
+    """Answer the walk's requests from storage until it returns its outcome."""
+    answer: Any = None
+    while True:
+        try:
+            request = walk.send(answer)
+        except StopIteration as stop:
+            return settle_outcome(stop.value)
+        if isinstance(request, MarkBefore):
+            answer = await mark_before(conn, account, service, request.at)
+        elif isinstance(request, MarksAfter):
+            answer = await marks_after(conn, account, service, request.after, request.limit)
         else:
-            resume = resume_for(stored, earliest)
-            stale = [s for s in stored if s.resume.key >= resume.key]
-            points = await points_since(conn, account, service, resume.key[0])
-            fresh = sessionize(points, account_id=account, service=service, rules=rules, as_of=now, resume=resume)
-        await replace_sessions(conn, stale, fresh)
-        return {(s.account_id, s.period) for s in [*stale, *fresh]}
+            answer = await points_in(conn, account, service, request.start, request.end)
