@@ -10,6 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.core.test_sessions import AS_OF, BERLIN, BERLIN_RULES, HOUR, _arrivals, point_sets, usage
 from usagehub.core.allocation import Point
 from usagehub.core.segments import (
     Mark,
@@ -21,7 +22,6 @@ from usagehub.core.segments import (
     settle_outcome,
 )
 from usagehub.core.sessions import Resume, Session, SessionRules, sessionize
-from tests.core.test_sessions import AS_OF, BERLIN, BERLIN_RULES, HOUR, _arrivals, point_sets, usage
 
 SMALL = timedelta(minutes=30)  # small segments: many marks, chains and jumps in few points
 

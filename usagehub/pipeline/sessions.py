@@ -24,6 +24,7 @@ from usagehub.core.events import MeterKind, UsageEvent
 from usagehub.core.segments import MarkBefore, MarksAfter, Outcome, Request, rewalk, settle_outcome
 from usagehub.core.sessions import SessionRules, SortKey, sort_key
 from usagehub.storage.billing import RecordBook
+from usagehub.storage.marks import mark_before, marks_after, points_in, save_walk
 from usagehub.storage.pool import Connection
 from usagehub.storage.sessions import (
     Clock,
@@ -35,7 +36,6 @@ from usagehub.storage.sessions import (
     lock_devices,
     origin_of,
 )
-from usagehub.storage.marks import mark_before, marks_after, points_in, save_walk
 
 _UTC = ZoneInfo("UTC")
 

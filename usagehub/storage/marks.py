@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 
 from usagehub.core.aggregation import Partial
+from usagehub.core.allocation import Point
 from usagehub.core.events import Aggregation
 from usagehub.core.periods import Period
-from usagehub.core.allocation import Point
 from usagehub.core.segments import Acc, Entry, Mark, OpenShape, Outcome
 from usagehub.storage.pool import Connection
 from usagehub.storage.sessions import (
@@ -118,7 +118,7 @@ async def save_walk(conn: Connection, account: str, service: str, out: Outcome) 
         cur = await conn.execute(
             "DELETE FROM sessions WHERE session_id = ANY(%s) RETURNING period_start, period_end, period_label",
             (ids,))
-        touched |= {(account, Period(start=utc(r[0]), end=utc(r[1]), label=r[2])) for r in await cur.fetchall()}
+        touched |= {(account, Period(start=utc(r[0]), end=utc(r[1]), label=str(r[2]))) for r in await cur.fetchall()}
     await insert_sessions(conn, out.sessions)
     return touched
 
