@@ -38,8 +38,7 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.ingest import BASELINES, Broker, count, forget_session, latencies, new_db, wait_rows  # noqa: E402
-from bench.ingest import GLUE_PROBE, HUB_PROBE  # noqa: E402
+from bench.ingest import BASELINES, GLUE_PROBE, HUB_PROBE, Broker, count, forget_session, latencies, new_db, wait_rows  # noqa: E402  # noqa: E402
 from bench.rawpub import publish  # noqa: E402
 from usagehub.storage.embedded import embedded_database_url  # noqa: E402
 
