@@ -21,10 +21,10 @@ from usagehub.core.binding import BindingIndex
 from usagehub.core.counters import UsageEntry
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import MeterKind, UsageEvent
-from usagehub.core.segments import MarkBefore, MarksAfter, Outcome, Request, rewalk, settle_outcome
-from usagehub.core.sessions import SessionRules, SortKey, sort_key
+from usagehub.core.segments import Outcome, Request, rewalk, settle_outcome
+from usagehub.core.sessions import SessionRules, SortKey
 from usagehub.storage.billing import RecordBook
-from usagehub.storage.marks import mark_before, marks_after, points_in, save_walk
+from usagehub.storage.marks import Group, answer, save_walks
 from usagehub.storage.pool import Connection
 from usagehub.storage.sessions import (
     Clock,
@@ -111,42 +111,46 @@ class SessionEngine:
         for p in points:
             if p.account_id is not None:
                 groups[(p.account_id, p.service)].append(p)
-        touched: set[Pair] = set()
-        now = self.clock()
-        for (account, service), group in sorted(groups.items()):
-            earliest = min(sort_key(p) for p in group)
-            touched |= await self.resessionize(conn, account, service, earliest, zones[account], now,
-                                               changed=[p.start for p in group])
+        touched = await self.rewalk(conn, {g: [p.start for p in group] for g, group in groups.items()}, zones,
+                                    self.clock())
         await self.book.reconcile(conn, touched, zones)
 
     async def bindings_for(self, conn: Connection, devices: set[str]) -> tuple[BindingIndex, dict[str, ZoneInfo]]:
         return await bindings_for(conn, devices)
 
     async def resessionize(self, conn: Connection, account: str, service: str, earliest: SortKey,
-                           zone: ZoneInfo, now: datetime, *, changed: Sequence[datetime] | None = None) -> set[Pair]:
-        """Replay the segments holding ``changed`` instants (default: ``earliest``) as far as the walk differs.
+                           zone: ZoneInfo, now: datetime) -> set[Pair]:
+        """Replay the segment of ``earliest`` and the last one (finishing at ``now``); the pairs rewritten."""
+        return await self.rewalk(conn, {(account, service): [earliest[0]]}, {account: zone}, now)
 
+    async def rewalk(self, conn: Connection, changed: dict[tuple[str, str], list[datetime]],
+                     zones: dict[str, ZoneInfo], now: datetime) -> set[Pair]:
+        """Replay, for each (account, service), the segments of its changed instants, as far as the walk differs.
+
+        The walks run side by side: each round answers one request of every walk with one query per kind.
         Returns the (account, period) pairs whose sessions were rewritten.
         """
-        rules = SessionRules(idle_timeout=self.idle.get(service, timedelta(hours=1)), zone=zone)
-        walk = rewalk(account_id=account, service=service, rules=rules, as_of=now,
-                      changed=changed if changed is not None else [earliest[0]])
-        outcome = await _drive(conn, account, service, walk)
-        self.points_read += outcome.points_read
-        return await save_walk(conn, account, service, outcome)
+        walks: dict[Group, Generator[Request, Any, Outcome]] = {}
+        for (account, service), instants in sorted(changed.items()):
+            rules = SessionRules(idle_timeout=self.idle.get(service, timedelta(hours=1)), zone=zones[account])
+            walks[(account, service)] = rewalk(account_id=account, service=service, rules=rules, as_of=now,
+                                               changed=instants)
+        outcomes: list[tuple[Group, Outcome]] = []
+        asks: list[tuple[Group, Request]] = []
+        for group, walk in walks.items():
+            _advance(group, walk, None, asks, outcomes)
+        while asks:
+            answers = await answer(conn, asks)
+            current, asks = asks, []
+            for (group, _), ans in zip(current, answers, strict=True):
+                _advance(group, walks[group], ans, asks, outcomes)
+        self.points_read += sum(out.points_read for _, out in outcomes)
+        return await save_walks(conn, outcomes)
 
 
-async def _drive(conn: Connection, account: str, service: str, walk: Generator[Request, Any, Outcome]) -> Outcome:
-    """Answer the walk's requests from storage until it returns its outcome."""
-    answer: Any = None
-    while True:
-        try:
-            request = walk.send(answer)
-        except StopIteration as stop:
-            return settle_outcome(stop.value)
-        if isinstance(request, MarkBefore):
-            answer = await mark_before(conn, account, service, request.at)
-        elif isinstance(request, MarksAfter):
-            answer = await marks_after(conn, account, service, request.after, request.limit)
-        else:
-            answer = await points_in(conn, account, service, request.start, request.end)
+def _advance(group: Group, walk: Generator[Request, Any, Outcome], ans: Any, asks: list[tuple[Group, Request]],
+             outcomes: list[tuple[Group, Outcome]]) -> None:
+    try:
+        asks.append((group, walk.send(ans)))
+    except StopIteration as stop:
+        outcomes.append((group, settle_outcome(stop.value)))
