@@ -60,10 +60,17 @@ class SessionEngine:
         self.book = RecordBook(units, self.clock)
         # Account-bound points stored by the last absorb (later hooks: prepaid debit); reset every batch.
         self.last_points: list[Point] = []
+        self._infos: dict[tuple[str, str], MeterInfo | None] = {}
         self.points_read = 0  # session points replayed since start (a cost signal for benchmarks and tests)
 
     def info(self, profile_id: str, meter: str) -> MeterInfo | None:
         """What allocation needs to know about a profile's meter (None if the profile has no such meter)."""
+        key = (profile_id, meter)
+        if key not in self._infos:
+            self._infos[key] = self._info(profile_id, meter)
+        return self._infos[key]
+
+    def _info(self, profile_id: str, meter: str) -> MeterInfo | None:
         compiled = self.profiles.by_id.get(profile_id)
         spec = compiled.profile.meters.get(meter) if compiled else None
         if compiled is None or spec is None:

@@ -29,7 +29,7 @@ from usagehub.storage.sessions import (
     utc,
 )
 
-_MARK_COLUMNS = "seg_start, entry, piece, created"
+_MARK_COLUMNS = "seg_start, entry::text, piece::text, created::text"  # parsed by orjson
 
 
 def acc_json(acc: Acc) -> dict[str, Any]:
@@ -68,8 +68,9 @@ def entry_of(d: dict[str, Any]) -> Entry:
 def mark_of(row: Any) -> Mark:
     """A mark from a row selected with ``_MARK_COLUMNS``."""
     start, entry, piece, created = row
-    return Mark(start=utc(start), entry=entry_of(entry), piece=None if piece is None else acc_of(piece),
-                created=tuple(resume_of(r) for r in created))
+    return Mark(start=utc(start), entry=entry_of(orjson.loads(entry)),
+                piece=None if piece is None else acc_of(orjson.loads(piece)),
+                created=tuple(resume_of(r) for r in orjson.loads(created)))
 
 
 Group = tuple[str, str]  # (account, service)

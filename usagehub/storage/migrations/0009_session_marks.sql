@@ -2,7 +2,8 @@
 -- of an account and service, the walk state there and what the open session adds within the segment.
 -- A batch replays only the segments it touched and stops where the walk state matches a stored mark,
 -- so the cost of late data no longer grows with the length of the open session or period.
--- Data stored before this migration has no marks: rebuild with analytics-style maintenance (see docs).
+-- Sessions stored before this migration have no marks: a database with history must be re-ingested
+-- (or its sessions rebuilt) once; there is no automatic rebuild yet.
 CREATE TABLE session_marks (
     account_id  text        NOT NULL,
     service     text        NOT NULL,
