@@ -60,15 +60,16 @@ class SessionEngine:
         self.book = RecordBook(units, self.clock)
         # Account-bound points stored by the last absorb (later hooks: prepaid debit); reset every batch.
         self.last_points: list[Point] = []
-        self._infos: dict[tuple[str, str], MeterInfo | None] = {}
+        self._infos: dict[tuple[str, str], tuple[object, MeterInfo | None]] = {}
         self.points_read = 0  # session points replayed since start (a cost signal for benchmarks and tests)
 
     def info(self, profile_id: str, meter: str) -> MeterInfo | None:
         """What allocation needs to know about a profile's meter (None if the profile has no such meter)."""
-        key = (profile_id, meter)
-        if key not in self._infos:
-            self._infos[key] = self._info(profile_id, meter)
-        return self._infos[key]
+        compiled = self.profiles.by_id.get(profile_id)
+        cached = self._infos.get((profile_id, meter))
+        if cached is None or cached[0] is not compiled:  # profiles can be replaced while the hub runs
+            cached = self._infos[(profile_id, meter)] = (compiled, self._info(profile_id, meter))
+        return cached[1]
 
     def _info(self, profile_id: str, meter: str) -> MeterInfo | None:
         compiled = self.profiles.by_id.get(profile_id)
