@@ -68,6 +68,24 @@ def count(url: str, sql: str) -> int:
     return int(row[0]) if row else 0
 
 
+GLUE_PROBE = (b"meters/probe/reading", b'{"seq": 0, "ts": "2026-01-01T00:00:00Z", "energy_wh": 0}')
+HUB_PROBE = (b"meters/probe/reading", b'{"seq": 0}')  # an unknown device: quarantined
+
+
+def wait_rows(url: str, sql: str, probe: tuple[bytes, bytes], port: int, timeout: float = 120) -> None:
+    """Readiness: publish a probe until the subscriber has stored it (a reading, or a quarantine row)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        asyncio.run(publish([probe], port))
+        time.sleep(0.3)
+        try:
+            if count(url, sql) > 0:
+                return
+        except psycopg.errors.UndefinedTable:
+            pass  # the subscriber has not created its table yet
+    raise RuntimeError("the subscriber did not subscribe")
+
+
 def wait_count(url: str, sql: str, n: int, timeout: float = 300) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -125,10 +143,10 @@ def glue_batch(url: str, port: int, msgs: list[tuple[bytes, bytes]]) -> float:
     env = {**os.environ, "BASELINE_DSN": url, "BASELINE_MQTT_PORT": str(port), "BASELINE_N": str(len(msgs))}
     proc = subprocess.Popen([sys.executable, str(BASELINES / "glue_batch.py")], cwd=BASELINES, env=env)
     try:
-        time.sleep(1.5)  # connected and subscribed
+        wait_rows(url, "SELECT count(*) FROM readings", GLUE_PROBE, port)  # connected and subscribed
         t0 = time.monotonic()
         asyncio.run(publish(msgs, port))
-        t1 = wait_count(url, "SELECT count(*) FROM readings", len(msgs))
+        t1 = wait_count(url, "SELECT count(*) FROM readings", len(msgs) + 1)
         return len(msgs) / (t1 - t0)
     finally:
         proc.terminate()
@@ -160,7 +178,7 @@ def usagehub_run(url: str, port: int, msgs: list[tuple[bytes, bytes]], events: i
     proc = subprocess.Popen([sys.executable, "-m", "usagehub", "serve", *settings, "--http-port", "0",
                              "--config", "/dev/null"], cwd=ROOT, env=env)
     try:
-        time.sleep(2.5)
+        wait_rows(url, "SELECT count(*) FROM quarantine", HUB_PROBE, port)  # subscribed: ready for devices
         t0 = time.monotonic()
         asyncio.run(publish(msgs, port))
         t1 = wait_count(url, "SELECT count(*) FROM events", events)

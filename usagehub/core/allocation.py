@@ -138,7 +138,8 @@ def net_points(points: Iterable[Point]) -> list[Point]:
                point.end, point.label, point.aggregation)
         sums[key] += point.value
         first.setdefault(key, point)
-    return [*others, *(replace(first[k], value=total) for k, total in sums.items())]
+    return [*others, *(first[k] if first[k].value == total else replace(first[k], value=total)
+                       for k, total in sums.items())]
 
 
 def by_account(points: Iterable[Point]) -> dict[tuple[str | None, str], list[Point]]:

@@ -320,3 +320,7 @@ def resume_for(stored: Sequence[Session], earliest: SortKey) -> Resume:
         else:
             break
     return anchor if anchor is not None else Resume(key=earliest)
+
+
+Machine = _Machine  # the walk, for core.segments (which walks it one segment at a time)
+Open = _Open

@@ -2,17 +2,18 @@
 
 Runs inside the batch transaction, after the usage stage: its entries and the
 batch's gauge/state events become account-bound points (binding as of event
-time, periods in the account's zone), and each touched (account, service) is
-re-sessionized from the last stored session that starts before the new points
-(``core.sessions.resume_for``). The (account, period) pairs whose sessions
+time, periods in the account's zone), and each touched (account, service)
+replays only the segments of event time its new points fall in, as far as the
+walk differs from the stored marks (``core.segments.rewalk``). The (account, period) pairs whose sessions
 changed are then reconciled into billing records (``pipeline.records``).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from usagehub.core.allocation import MeterInfo, Point, allocate_entry, event_point
@@ -20,8 +21,10 @@ from usagehub.core.binding import BindingIndex
 from usagehub.core.counters import UsageEntry
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import MeterKind, UsageEvent
-from usagehub.core.sessions import SessionRules, SortKey, continue_open, resume_for, sessionize, sort_key
+from usagehub.core.segments import Outcome, Request, rewalk, settle_outcome
+from usagehub.core.sessions import SessionRules, SortKey
 from usagehub.storage.billing import RecordBook
+from usagehub.storage.marks import Group, answer, save_walks
 from usagehub.storage.pool import Connection
 from usagehub.storage.sessions import (
     Clock,
@@ -32,9 +35,6 @@ from usagehub.storage.sessions import (
     lock_accounts,
     lock_devices,
     origin_of,
-    points_since,
-    replace_sessions,
-    sessions_from,
 )
 
 _UTC = ZoneInfo("UTC")
@@ -55,6 +55,8 @@ class SessionEngine:
         self.refresh()
         # Account-bound points stored by the last absorb (later hooks: prepaid debit); reset every batch.
         self.last_points: list[Point] = []
+        self._infos: dict[tuple[str, str], tuple[object, MeterInfo | None]] = {}
+        self.points_read = 0  # session points replayed since start (a cost signal for benchmarks and tests)
 
     def refresh(self) -> None:
         """Idle timeouts and product units from the profiles in force (they can change while the hub runs)."""
@@ -72,6 +74,13 @@ class SessionEngine:
 
     def info(self, profile_id: str, meter: str) -> MeterInfo | None:
         """What allocation needs to know about a profile's meter (None if the profile has no such meter)."""
+        compiled = self.profiles.by_id.get(profile_id)
+        cached = self._infos.get((profile_id, meter))
+        if cached is None or cached[0] is not compiled:  # profiles can be replaced while the hub runs
+            cached = self._infos[(profile_id, meter)] = (compiled, self._info(profile_id, meter))
+        return cached[1]
+
+    def _info(self, profile_id: str, meter: str) -> MeterInfo | None:
         compiled = self.profiles.by_id.get(profile_id)
         spec = compiled.profile.meters.get(meter) if compiled else None
         if compiled is None or spec is None:
@@ -115,36 +124,51 @@ class SessionEngine:
         await self.recompute(conn, bound, zones)
 
     async def recompute(self, conn: Connection, points: Sequence[Point], zones: dict[str, ZoneInfo]) -> None:
-        """Re-sessionize every (account, service) of ``points`` from its earliest point; reconcile records."""
+        """Bring every (account, service) of ``points`` up to date where they changed; reconcile records."""
         groups: defaultdict[tuple[str, str], list[Point]] = defaultdict(list)
         for p in points:
             if p.account_id is not None:
                 groups[(p.account_id, p.service)].append(p)
-        touched: set[Pair] = set()
-        now = self.clock()
-        for (account, service), group in sorted(groups.items()):
-            earliest = min(sort_key(p) for p in group)
-            touched |= await self.resessionize(conn, account, service, earliest, zones[account], now)
+        touched = await self.rewalk(conn, {g: [p.start for p in group] for g, group in groups.items()}, zones,
+                                    self.clock())
         await self.book.reconcile(conn, touched, zones)
 
     async def bindings_for(self, conn: Connection, devices: set[str]) -> tuple[BindingIndex, dict[str, ZoneInfo]]:
         return await bindings_for(conn, devices)
 
     async def resessionize(self, conn: Connection, account: str, service: str, earliest: SortKey,
-                            zone: ZoneInfo, now: datetime) -> set[Pair]:
-        """Replace the stored sessions from the resume point on; return the (account, period) pairs touched."""
-        stored = await sessions_from(conn, account, service, earliest[0])
-        rules = SessionRules(idle_timeout=self.idle.get(service, timedelta(hours=1)), zone=zone)
-        latest = stored[-1] if stored else None
-        if latest is not None and latest.carry is not None and earliest > latest.carry.last_key:
-            # In-order data: continue the open session from its carry, reading only the new points.
-            stale = [latest]
-            fresh = continue_open(latest, await points_since(conn, account, service, latest.carry.last_key[0]),
-                                  rules=rules, as_of=now)
-        else:
-            resume = resume_for(stored, earliest)
-            stale = [s for s in stored if s.resume.key >= resume.key]
-            points = await points_since(conn, account, service, resume.key[0])
-            fresh = sessionize(points, account_id=account, service=service, rules=rules, as_of=now, resume=resume)
-        await replace_sessions(conn, stale, fresh)
-        return {(s.account_id, s.period) for s in [*stale, *fresh]}
+                           zone: ZoneInfo, now: datetime) -> set[Pair]:
+        """Replay the segment of ``earliest`` and the last one (finishing at ``now``); the pairs rewritten."""
+        return await self.rewalk(conn, {(account, service): [earliest[0]]}, {account: zone}, now)
+
+    async def rewalk(self, conn: Connection, changed: dict[tuple[str, str], list[datetime]],
+                     zones: dict[str, ZoneInfo], now: datetime) -> set[Pair]:
+        """Replay, for each (account, service), the segments of its changed instants, as far as the walk differs.
+
+        The walks run side by side: each round answers one request of every walk with one query per kind.
+        Returns the (account, period) pairs whose sessions were rewritten.
+        """
+        walks: dict[Group, Generator[Request, Any, Outcome]] = {}
+        for (account, service), instants in sorted(changed.items()):
+            rules = SessionRules(idle_timeout=self.idle.get(service, timedelta(hours=1)), zone=zones[account])
+            walks[(account, service)] = rewalk(account_id=account, service=service, rules=rules, as_of=now,
+                                               changed=instants)
+        outcomes: list[tuple[Group, Outcome]] = []
+        asks: list[tuple[Group, Request]] = []
+        for group, walk in walks.items():
+            _advance(group, walk, None, asks, outcomes)
+        while asks:
+            answers = await answer(conn, asks)
+            current, asks = asks, []
+            for (group, _), ans in zip(current, answers, strict=True):
+                _advance(group, walks[group], ans, asks, outcomes)
+        self.points_read += sum(out.points_read for _, out in outcomes)
+        return await save_walks(conn, outcomes)
+
+
+def _advance(group: Group, walk: Generator[Request, Any, Outcome], ans: Any, asks: list[tuple[Group, Request]],
+             outcomes: list[tuple[Group, Outcome]]) -> None:
+    try:
+        asks.append((group, walk.send(ans)))
+    except StopIteration as stop:
+        outcomes.append((group, settle_outcome(stop.value)))

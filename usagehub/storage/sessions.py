@@ -136,7 +136,12 @@ def carry_of(d: dict[str, Any]) -> Carry:
 
 def session_id(s: Session) -> str:
     """A stable id: the same resume key of the same account and service gives the same id."""
-    raw = orjson.dumps([s.account_id, s.service, resume_json(s.resume)])
+    return session_id_of(s.account_id, s.service, s.resume)
+
+
+def session_id_of(account: str, service: str, resume: Resume) -> str:
+    """The id of the session of ``account`` and ``service`` that resumes at ``resume``."""
+    raw = orjson.dumps([account, service, resume_json(resume)])
     return hashlib.blake2b(raw, digest_size=10).hexdigest()
 
 
@@ -240,3 +245,4 @@ async def replace_sessions(conn: Connection, stale: Sequence[Session], fresh: Se
 
 
 SESSION_COLUMNS = _SESSION_COLUMNS
+POINT_COLUMNS = _POINT_COLUMNS

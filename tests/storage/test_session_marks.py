@@ -1,0 +1,54 @@
+"""Session marks in PostgreSQL: a late reading replays a few segments, and records stay exact."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from psycopg_pool import AsyncConnectionPool
+
+from tests.storage.test_sessions_billing import OCT, feed, reading, records, registry, wired
+from usagehub.pipeline.sessions import SessionEngine
+from usagehub.storage.registry import Registry
+
+__all__ = ["registry"]  # the fixture, shared
+
+
+def _engine(pipeline: object) -> SessionEngine:
+    hook = pipeline.hooks[1]  # type: ignore[attr-defined]
+    engine = hook.__self__
+    assert isinstance(engine, SessionEngine)
+    return engine
+
+
+async def test_late_reading_replays_a_few_segments_whatever_the_history(pool: AsyncConnectionPool,
+                                                                       registry: Registry) -> None:
+    pipeline, _ = wired(pool)
+    engine = _engine(pipeline)
+    step = timedelta(minutes=15)
+    # Ten days of one meter (even seqs), in order, one day per feed: one open session all along.
+    days = 10
+    for day in range(days):
+        await feed(pipeline, [reading("m1", 2 * k, OCT + 2 * step * k, 1000 * k)
+                              for k in range(day * 48, (day + 1) * 48)])
+    before = engine.points_read
+    # One reading three days late, between two stored ones: it splits a stored delta.
+    k = (days - 3) * 48 + 5
+    await feed(pipeline, [reading("m1", 2 * k + 1, OCT + 2 * step * k + step, 1000 * k + 300)])
+    late_cost = engine.points_read - before
+    # the late segment, the next (where the walk converges) and the last (finish), 3 h of points each
+    assert late_cost <= 3 * 3 * 6 + 6, late_cost
+    got = await records(pool, "a1")
+    total = sum(q for q, _, kind, _ in got.values() if kind == "regular")
+    assert total == Decimal(1000 * (days * 48 - 1)) / 1000  # kWh: every delta once, the split one too
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT count(*) FROM sessions WHERE account_id = 'a1'")
+        row = await cur.fetchone()
+        assert row is not None and row[0] == 1  # still one session
+    # A reading of another tenant's account does not touch a1's marks or records.
+    await registry.bind(device_id="m2", account_id="a2", valid_from=OCT - timedelta(days=1))
+    await feed(pipeline, [reading("m2", 1, OCT + step, 5), reading("m2", 2, OCT + 2 * step, 9000)])
+    assert await records(pool, "a1") == got
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT account_id, count(*) FROM session_marks GROUP BY 1 ORDER BY 1")
+        assert [(r[0], r[1]) for r in await cur.fetchall()] == [("a1", days * 8), ("a2", 1)]
