@@ -8,6 +8,7 @@ from decimal import Decimal
 from psycopg_pool import AsyncConnectionPool
 
 from tests.storage.test_sessions_billing import OCT, feed, reading, records, registry, wired
+from usagehub.pipeline.rebuild import rebuild_unmarked
 from usagehub.pipeline.sessions import SessionEngine
 from usagehub.storage.registry import Registry
 
@@ -52,3 +53,32 @@ async def test_late_reading_replays_a_few_segments_whatever_the_history(pool: As
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT account_id, count(*) FROM session_marks GROUP BY 1 ORDER BY 1")
         assert [(r[0], r[1]) for r in await cur.fetchall()] == [("a1", days * 8), ("a2", 1)]
+
+
+async def test_sessions_stored_before_marks_are_rebuilt_exactly_once(pool: AsyncConnectionPool,
+                                                                     registry: Registry) -> None:
+    pipeline, _ = wired(pool)
+    engine = _engine(pipeline)
+    step = timedelta(minutes=15)
+    await feed(pipeline, [reading("m1", k, OCT + step * k, 1000 * k) for k in range(0, 200)])
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT session_id, start_ts, end_ts, partials FROM sessions ORDER BY 1")
+        sessions = await cur.fetchall()
+    expected = await records(pool, "a1")
+    # A database from before marks: sessions and records, no marks (and a stale extra session row).
+    async with pool.connection() as conn:
+        await conn.execute("DELETE FROM session_marks")
+        await conn.execute("INSERT INTO sessions SELECT 'stale-' || session_id, account_id, service, period_start, "
+                           "period_end, period_label, start_ts, end_ts, closed_reason, activity_count, devices, "
+                           "partials, resume, resume_ts, expires_at, computed_at, carry FROM sessions")
+    assert await rebuild_unmarked(engine, pool) == 1
+    assert await rebuild_unmarked(engine, pool) == 0  # once
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT session_id, start_ts, end_ts, partials FROM sessions ORDER BY 1")
+        assert await cur.fetchall() == sessions
+    assert await records(pool, "a1") == expected
+    # A late reading after the rebuild replays a few segments, not the history.
+    before = engine.points_read
+    await feed(pipeline, [reading("m1", 1000, OCT + step * 100 + step / 2, 1000 * 100 + 300)])
+    assert engine.points_read - before <= 3 * 3 * 12
+    assert await records(pool, "a1") == expected  # a split delta: same total

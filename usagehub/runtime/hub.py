@@ -26,6 +26,7 @@ from usagehub.graphql.context import Services
 from usagehub.pipeline.alerts import AlertStage
 from usagehub.pipeline.pipeline import Pipeline, PipelineSettings
 from usagehub.pipeline.rebind import rebind, sweep_expired
+from usagehub.pipeline.rebuild import rebuild_unmarked
 from usagehub.pipeline.sessions import SessionEngine
 from usagehub.pipeline.usage import UsageWriter
 from usagehub.prepaid.runtime import PrepaidRuntime, debit_hook
@@ -230,6 +231,7 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
             broker.guard.directory = DeviceDirectorySql(pool)
         keyring = await open_keyring(config, pool)
         pipeline, billing = build_pipeline(config, pool, profiles, keyring)
+        await rebuild_unmarked(billing.engine, pool)  # sessions stored before walk marks (once; before ingest)
         hub = Hub(config=config, pool=pool, pipeline=pipeline, keys=ApiKeys(pool),
                   registry=registry_for(pool, billing), billing=billing, broker=broker)
         hub.prepaid = PrepaidRuntime.create(pool, profiles, mqtt_url=broker_url, client_id=config.mqtt_client_id,

@@ -157,3 +157,30 @@ async def save_walks(conn: Connection, outcomes: Sequence[tuple[Group, Outcome]]
                     for r in await cur.fetchall()}
     await insert_sessions(conn, sessions)
     return touched
+
+
+async def unmarked_groups(conn: Connection) -> list[tuple[str, str]]:
+    """(account, service) of every account and service with points but no walk marks
+    (sessions stored before marks existed)."""
+    cur = await conn.execute(
+        "SELECT DISTINCT p.account_id, p.service FROM session_points p WHERE p.account_id IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM session_marks m WHERE m.account_id = p.account_id "
+        "AND m.service = p.service) ORDER BY 1, 2")
+    rows: list[Any] = await cur.fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
+async def point_instants(conn: Connection, account: str, service: str) -> list[datetime]:
+    """Every distinct start of one account and service's points (a rebuild walks them all)."""
+    cur = await conn.execute("SELECT DISTINCT start_ts FROM session_points WHERE account_id = %s AND service = %s "
+                             "ORDER BY 1", (account, service))
+    rows: list[Any] = await cur.fetchall()
+    return [utc(r[0]) for r in rows]
+
+
+async def drop_sessions(conn: Connection, account: str, service: str) -> set[Pair]:
+    """Delete every stored session of one account and service; the (account, period) pairs they were in."""
+    cur = await conn.execute(
+        "DELETE FROM sessions WHERE account_id = %s AND service = %s RETURNING account_id, period_start, "
+        "period_end, period_label", (account, service))
+    return {(str(r[0]), Period(start=utc(r[1]), end=utc(r[2]), label=str(r[3]))) for r in await cur.fetchall()}
