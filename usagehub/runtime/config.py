@@ -39,6 +39,12 @@ class HubConfig(BaseModel):
     adapters: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                 description="extra adapters by name, with their config")
     graphql_max_depth: int = Field(12, ge=2, le=50)
+    # Scale-out (docs/scale-out.md): a JetStream stream between adapters and pipeline workers.
+    bus: str | None = Field(None, description="NATS URL(s), comma-separated; empty: no bus (or embedded with workers)")
+    workers: int = Field(0, ge=0, le=256, description="pipeline worker processes; 0: the pipeline runs in-process")
+    bus_partitions: int = Field(16, ge=1, le=4096, description="stream partitions (fixed for a stream's life)")
+    bus_replicas: int = Field(1, ge=1, le=5, description="stream replicas: 3 on a 3-node cluster")
+    bus_ack_wait_s: float = Field(30.0, gt=0, le=3600, description="redelivery delay of an unacked message")
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -103,3 +109,16 @@ def load_config(config_file: Path | None = None, overrides: dict[str, Any] | Non
             raise ConfigError(first["msg"], file=str(config_file), field=field, line=_toml_line(text, top)) from err
         where = f"{ENV_PREFIX}{top.upper()}" if origin == "env" else f"--{top.replace('_', '-')}"
         raise ConfigError(first["msg"], file=where, field=field) from err
+
+
+def with_flags(config: HubConfig, **flags: Any) -> HubConfig:
+    """``config`` with a command's own flags on top (None values ignored), validated again."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    if not given:
+        return config
+    try:
+        return HubConfig.model_validate({**config.model_dump(), **given})
+    except ValidationError as err:
+        first = err.errors()[0]
+        top = str(first["loc"][0]) if first["loc"] else ""
+        raise ConfigError(first["msg"], file=f"--{top.replace('_', '-')}", field=top) from err

@@ -15,7 +15,7 @@ import uvicorn
 from psycopg_pool import AsyncConnectionPool
 
 from usagehub import adapters
-from usagehub.adapters.base import Adapter, AdapterSettings
+from usagehub.adapters.base import Adapter, AdapterSettings, Sink
 from usagehub.billing.service import BillingService
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
@@ -74,6 +74,7 @@ class Hub:
     http_port: int = 0
     background: list[asyncio.Task[None]] = field(default_factory=list)
     prepaid: PrepaidRuntime | None = None
+    sink: Sink | None = None  # where adapters submit: the bus publisher with --bus/--workers, else the pipeline
 
     def stop(self) -> None:
         """Begin a clean shutdown."""
@@ -194,6 +195,10 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
                                             shared=bool(config.mqtt_url))  # amqtt (embedded) has no $share
         settings = AdapterSettings(profiles=profiles, devices=DeviceDirectorySql(pool), data_dir=config.data_dir,
                                    prepaid=hub.prepaid.service)
+        from usagehub.runtime import scaleout
+
+        if scaleout.uses_bus(config):  # entered before the adapters, so it outlives them at shutdown
+            hub.sink = await stack.enter_async_context(scaleout.ingest_bus(config, profiles))
         for name, raw in _adapter_configs(config, broker_url).items():
             factory = adapters.load(name)
             hub.adapters[name] = await stack.enter_async_context(
@@ -219,7 +224,8 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
 
     services.analytics = AnalyticsService(hub.pool)
     # HTTP ingest shares the API port; devices authenticate with their own tokens.
-    routes = [*ingest_routes(hub.pipeline, DeviceDirectorySql(hub.pool), HttpConfig(), profiles),
+    sink = hub.sink or hub.pipeline
+    routes = [*ingest_routes(sink, DeviceDirectorySql(hub.pool), HttpConfig(), profiles),
               *export_routes(rating, hub.keys), *analytics_routes(services.analytics, hub.keys)]
     app = create_app(services, hub.keys, ready=hub.ready.is_set, max_depth=hub.config.graphql_max_depth,
                      extra_routes=list(routes))
@@ -234,7 +240,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     hub.background.append(asyncio.create_task(sweep_sessions(hub), name="session-sweep"))
     hub.background.append(asyncio.create_task(daily_analytics(hub, services.analytics), name="analytics-daily"))
     hub.background += hub.prepaid.start() if hub.prepaid is not None else []
-    adapter_tasks = [asyncio.create_task(a.run(hub.pipeline), name=f"adapter:{n}") for n, a in hub.adapters.items()]
+    adapter_tasks = [asyncio.create_task(a.run(sink), name=f"adapter:{n}") for n, a in hub.adapters.items()]
     web_task = asyncio.create_task(server.serve(), name="web")
     while not server.started and not web_task.done():  # noqa: ASYNC110 — uvicorn offers only a flag
         await asyncio.sleep(0.02)
