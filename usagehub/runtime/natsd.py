@@ -42,6 +42,7 @@ class NatsServer:
     routes: list[int] = field(default_factory=list)
     cluster_name: str = "usagehub"
     sync_always: bool = False  # fsync every write: for a single node that must survive power loss, not just SIGKILL
+    token: str | None = None   # clients must present it (nats://TOKEN@host:port); None: no client auth
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -49,8 +50,9 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        """The client URL."""
-        return f"nats://127.0.0.1:{self.port}"
+        """The client URL (with the token when the server requires one)."""
+        auth = f"{self.token}@" if self.token else ""
+        return f"nats://{auth}127.0.0.1:{self.port}"
 
     def config_text(self) -> str:
         """The server's configuration file."""
@@ -59,6 +61,8 @@ class NatsServer:
         if self.sync_always:
             lines.append("  sync_interval: always")
         lines.append("}")
+        if self.token:
+            lines += ["authorization {", f'  token: "{self.token}"', "}"]
         if self.cluster_port is not None:
             routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.routes)
             lines += ["cluster {", f'  name: "{self.cluster_name}"', f"  listen: 127.0.0.1:{self.cluster_port}",

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -94,7 +95,9 @@ async def ingest_bus(config: HubConfig, profiles: list[Profile]) -> AsyncIterato
     async with contextlib.AsyncExitStack() as stack:
         url = config.bus
         if not url:
-            server = NatsServer(store_dir=(config.data_dir / "nats" / "jetstream").resolve(), name="usagehub")
+            # Loopback only, and a fresh token per start: only this hub and its workers get in.
+            server = NatsServer(store_dir=(config.data_dir / "nats" / "jetstream").resolve(), name="usagehub",
+                                token=secrets.token_urlsafe(24))
             await asyncio.to_thread(server.start, log_file=config.data_dir / "nats" / "nats-server.log")
             stack.callback(server.stop)
             url = server.url
@@ -112,7 +115,8 @@ async def ingest_bus(config: HubConfig, profiles: list[Profile]) -> AsyncIterato
 
             stack.push_async_callback(stop_workers)
         publisher = BusPublisher(js, ProfileSet(profiles), settings)
-        log.info("ingest over the bus %s: %d partitions, %d local workers", url, settings.partitions, config.workers)
+        log.info("ingest over the bus (%d servers): %d partitions, %d local workers", len(settings.servers),
+                 settings.partitions, config.workers)
         try:
             yield publisher
         finally:

@@ -65,14 +65,14 @@ async def declare(settings: BusSettings, *, name: str, timeout_s: float = 60.0) 
             await asyncio.sleep(0.5)
 
 
-async def run_worker(config: HubConfig, *, index: int, workers: int, install_signals: bool = True,
+async def run_worker(config: HubConfig, *, index: int, workers: int, stopping: asyncio.Event | None = None,
                      on_ready: Callable[[Pipeline], Any] | None = None) -> None:
-    """Run one worker until SIGTERM/SIGINT: owned partitions → pipeline → COMMIT → ack."""
+    """Run one worker until ``stopping`` is set (default: SIGTERM/SIGINT): partitions → pipeline → COMMIT → ack."""
     settings = bus_settings(config)
     partitions = owned_partitions(settings.partitions, index, workers)
     profiles = load_profiles(config.profiles)
-    stopping = asyncio.Event()
-    if install_signals:
+    if stopping is None:
+        stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
