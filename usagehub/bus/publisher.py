@@ -43,6 +43,7 @@ class BusPublisher:
         self._slots = asyncio.Semaphore(max_inflight)
         self._tasks: set[asyncio.Task[None]] = set()
         self.totals = {"published": 0, "duplicates": 0, "retries": 0}
+        self._failing = False  # log a failure once and its recovery once, not once per message
 
     async def submit(self, message: RawMessage) -> asyncio.Future[Receipt]:
         """Publish ``message`` (waits while ``max_inflight`` publishes are unanswered); resolves on PubAck."""
@@ -68,7 +69,7 @@ class BusPublisher:
     async def _publish(self, where: Route, data: bytes, future: asyncio.Future[Receipt]) -> None:
         subject = self.settings.partition_subject(where.partition)
         headers = {"Nats-Msg-Id": where.msg_id}
-        delay, failing = 0.1, False
+        delay = 0.1
         try:
             while True:
                 try:
@@ -80,13 +81,14 @@ class BusPublisher:
                 except (NatsError, TimeoutError, OSError) as err:
                     # No PubAck: the stream may or may not hold it. The same Nats-Msg-Id makes the retry safe.
                     self.totals["retries"] += 1
-                    if not failing:
-                        log.warning("bus publish to %s failed (%r); retrying with the same message id", subject, err)
-                        failing = True
+                    if not self._failing:
+                        log.warning("bus publish failed (%r); retrying with the same message ids", err)
+                        self._failing = True
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
-            if failing:
-                log.info("bus publish to %s recovered", subject)
+            if self._failing:
+                self._failing = False
+                log.info("bus publish recovered")
             self.totals["published"] += 1
             self.totals["duplicates"] += bool(ack.duplicate)
             if not future.done():
