@@ -92,6 +92,7 @@ async def test_cluster_node_and_worker_sigkilled_bills_exactly(database_url: str
     try:
         publisher = BusPublisher(js, ProfileSet(load_profiles(config.profiles)), settings, max_inflight=512)
         n = len(fleet.messages)
+        t0, marks = time.monotonic(), []
         await _publish(publisher, fleet, slice(0, n // 3))
         leader = (await js.stream_info(settings.stream)).cluster.leader  # type: ignore[union-attr]
         victim = next(node for node in nodes if node.name == leader)
@@ -99,17 +100,22 @@ async def test_cluster_node_and_worker_sigkilled_bills_exactly(database_url: str
         await asyncio.sleep(0.2)
         victim.kill()  # the stream leader dies with publishes and fetches in flight
         await second
+        marks.append(time.monotonic())
         # The second worker dies holding fetched, unacked messages; a new worker owning every partition
         # takes over its partitions and overlaps the survivor's (a move in progress).
         assert _wait(lambda: scalar(database_url, "SELECT count(*) FROM events") > 0, 30), workers[1].tail()
+        third = asyncio.create_task(_publish(publisher, fleet, slice(2 * n // 3, n)))
+        await asyncio.sleep(0.3)
         workers[1].proc.send_signal(signal.SIGKILL)
         workers[1].proc.wait(10)
         workers.append(Worker(database_url, bus, tmp_path, 0, 1, "worker-takeover"))
-        await _publish(publisher, fleet, slice(2 * n // 3, n))
+        await third
+        marks.append(time.monotonic())
         await _publish(publisher, fleet, slice(0, n // 3))  # an ingest node retrying: same ids, dropped
         assert publisher.totals["duplicates"] >= n // 3
         done = _wait(lambda: scalar(database_url, "SELECT count(*) FROM events") >= fleet.distinct_events, 60)
         assert done, "\n".join(w.tail() for w in workers)
+        marks.append(time.monotonic())
         assert _wait(lambda: billed(database_url) == fleet.billed, 20), (billed(database_url), fleet.billed)
         assert scalar(database_url, "SELECT count(*) FROM events") == fleet.distinct_events
         # Garbage is kept, each message at least once (a quarantine row is not money: no identity to check).
@@ -126,6 +132,14 @@ async def test_cluster_node_and_worker_sigkilled_bills_exactly(database_url: str
         while await unacked() and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
         assert await unacked() == 0
+        # Deliveries beyond one per stored message: the killed worker's unacked messages went out again.
+        deliveries = 0
+        for p in range(PARTITIONS):
+            deliveries += (await js.consumer_info(settings.stream, settings.durable(p))).delivered.consumer_seq
+        stored = (await js.stream_info(settings.stream)).state.messages
+        print(f"phases {[round(t - t0, 1) for t in marks]}; deliveries {deliveries} of {stored} stored; "
+              f"publish retries {publisher.totals['retries']}")
+        assert deliveries > stored
         assert billed(database_url) == fleet.billed  # redeliveries after the kill added nothing
     finally:
         for w in workers:

@@ -47,11 +47,14 @@ class PartitionConsumer:
     """Feeds one partition into ``sink``: ``run`` fetches and submits, ``ack_loop`` acks after each commit."""
 
     def __init__(self, js: JetStreamContext, settings: BusSettings, partition: int, sink: Sink, *,
-                 fetch_max: int = 500, inflight_batches: int = 4) -> None:
+                 budget: asyncio.Semaphore | None = None, fetch_max: int = 250, inflight_batches: int = 2) -> None:
+        """``budget``: messages a worker holds unacked over all its partitions (shared; bounds queueing)."""
         self.js, self.settings, self.partition, self.sink = js, settings, partition, sink
         self.fetch_max = fetch_max
+        self.budget = budget or asyncio.Semaphore(fetch_max * inflight_batches)
         self._acks: asyncio.Queue[tuple[Sequence[asyncio.Future[Receipt]], Sequence[Msg]]] = asyncio.Queue(
             inflight_batches)
+        self._held: dict[int, Msg] = {}  # fetched, not yet acked: kept alive with +WPI while they wait
         self.totals = {"fetched": 0, "acked": 0, "redelivered": 0}
 
     async def run(self) -> None:
@@ -79,6 +82,9 @@ class PartitionConsumer:
     async def _submit(self, msgs: list[Msg]) -> None:
         futures = []
         for msg in msgs:
+            self._held[id(msg)] = msg
+        for msg in msgs:
+            await self.budget.acquire()
             if msg.metadata.num_delivered and msg.metadata.num_delivered > 1:
                 self.totals["redelivered"] += 1
             futures.append(await self.sink.submit(_message_of(msg)))
@@ -97,6 +103,8 @@ class PartitionConsumer:
     async def _settle(self, futures: Sequence[asyncio.Future[Receipt]], msgs: Sequence[Msg]) -> None:
         results = await asyncio.gather(*futures, return_exceptions=True)
         for msg, result in zip(msgs, results, strict=True):
+            self._held.pop(id(msg), None)
+            self.budget.release()
             if isinstance(result, BaseException):
                 continue  # not committed: no ack, the stream redelivers it after ack_wait
             try:
@@ -104,6 +112,22 @@ class PartitionConsumer:
                 self.totals["acked"] += 1
             except NatsError as err:  # the connection is down: redelivered later, identity drops the copy
                 log.debug("partition %d: ack failed: %r", self.partition, err)
+
+    async def keep_alive(self) -> None:
+        """Until cancelled: tell the stream that held messages are still being worked on (+WPI).
+
+        A message waiting behind a slow commit is then not redelivered while this
+        worker lives; when the worker dies the keep-alives stop and ``ack_wait_s``
+        later the stream redelivers.
+        """
+        every = self.settings.ack_wait_s / 3
+        while True:
+            await asyncio.sleep(every)
+            for msg in list(self._held.values()):
+                try:
+                    await msg.in_progress()
+                except NatsError:  # disconnected: the message may be redelivered; identity drops the copy
+                    break
 
     async def settled(self) -> None:
         """Wait until every submitted batch has been acked (at shutdown, after the pipeline drained)."""

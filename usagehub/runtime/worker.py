@@ -80,10 +80,15 @@ async def run_worker(config: HubConfig, *, index: int, workers: int, stopping: a
         pipeline, _ = build_pipeline(config, pool, profiles)
         pipeline.hooks.insert(0, lock_devices_first)
         nc, js = await declare(settings, name=f"usagehub-worker-{index}")
-        consumers = [PartitionConsumer(js, settings, p, pipeline) for p in partitions]
+        # What one worker holds unacked over all its partitions: about two batches, so a message never
+        # waits long in the pipeline's queue (and a dead worker's share comes back after ack_wait).
+        budget = asyncio.Semaphore(2 * config.batch_max_messages)
+        consumers = [PartitionConsumer(js, settings, p, pipeline, budget=budget,
+                                       fetch_max=min(250, config.batch_max_messages)) for p in partitions]
         pipeline_task = asyncio.create_task(pipeline.run(), name="pipeline")
         fetchers = [asyncio.create_task(c.run(), name=f"fetch-{c.partition}") for c in consumers]
         ackers = [asyncio.create_task(c.ack_loop(), name=f"ack-{c.partition}") for c in consumers]
+        ackers += [asyncio.create_task(c.keep_alive(), name=f"wpi-{c.partition}") for c in consumers]
         log.info("worker %d/%d ready: partitions %s", index, workers, partitions)
         if on_ready is not None:
             on_ready(pipeline)
