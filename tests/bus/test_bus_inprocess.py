@@ -25,8 +25,8 @@ from usagehub.storage.registry import Registry
 pytestmark = [pytest.mark.integration]
 
 
-async def _wait(url: str, sql: str, n: int, timeout: float = 30) -> int:
-    deadline = time.monotonic() + timeout
+async def _wait(url: str, sql: str, n: int, within_s: float = 30) -> int:
+    deadline = time.monotonic() + within_s
     seen = 0
     while time.monotonic() < deadline:
         seen = await asyncio.to_thread(scalar, url, sql)
@@ -65,7 +65,7 @@ async def test_fleet_through_two_workers_bills_exactly(database_url: str, nats_s
         assert await _wait(database_url, "SELECT count(*) FROM quarantine", fleet.garbage + 1) == fleet.garbage + 1
         assert scalar(database_url, "SELECT count(*) FROM quarantine WHERE transport = 'bus'") == 1
         deadline = time.monotonic() + 20
-        while billed(database_url) != fleet.billed and time.monotonic() < deadline:
+        while billed(database_url) != fleet.billed and time.monotonic() < deadline:  # noqa: ASYNC110 — polls PG
             await asyncio.sleep(0.2)
         assert billed(database_url) == fleet.billed
         # Nothing left unacked once the workers are idle.

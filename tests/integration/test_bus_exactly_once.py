@@ -129,7 +129,7 @@ async def test_cluster_node_and_worker_sigkilled_bills_exactly(database_url: str
             return total
 
         deadline = time.monotonic() + 20
-        while await unacked() and time.monotonic() < deadline:
+        while await unacked() and time.monotonic() < deadline:  # noqa: ASYNC110 — polls the server
             await asyncio.sleep(0.5)
         assert await unacked() == 0
         # Deliveries beyond one per stored message: the killed worker's unacked messages went out again.

@@ -70,7 +70,7 @@ class PartitionConsumer:
                     delay = 0.2
                 try:
                     msgs = await sub.fetch(self.fetch_max, timeout=1.0)
-                except (TimeoutError, asyncio.TimeoutError):
+                except TimeoutError:
                     continue
             except (NatsError, OSError) as err:
                 log.warning("partition %d: %r; retrying in %.1fs", self.partition, err, delay)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from nats.errors import BadHeaderError, BadSubjectError, MaxPayloadError
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from usagehub import metrics
 from usagehub.adapters.base import Outcome, Receipt
@@ -41,66 +43,77 @@ class BusPublisher:
                  max_inflight: int = 4096) -> None:
         self.js, self.profiles, self.settings = js, profiles, settings
         self._slots = asyncio.Semaphore(max_inflight)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._unanswered: set[asyncio.Future[Receipt]] = set()
+        self._retrying: set[asyncio.Task[None]] = set()
         self.totals = {"published": 0, "duplicates": 0, "retries": 0}
         self._failing = False  # log a failure once and its recovery once, not once per message
+        self._logged_at = -1e9
 
     async def submit(self, message: RawMessage) -> asyncio.Future[Receipt]:
         """Publish ``message`` (waits while ``max_inflight`` publishes are unanswered); resolves on PubAck."""
-        await self._slots.acquire()
+        where = route(message, self.profiles, self.settings.partitions)
+        data = encode(message)
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        try:
-            where = route(message, self.profiles, self.settings.partitions)
-            data = encode(message)
-        except BaseException:
-            self._slots.release()
-            raise
+        self._unanswered.add(future)
+        future.add_done_callback(self._unanswered.discard)
         metrics.MESSAGES_IN.labels(message.transport).inc()
-        task = asyncio.create_task(self._publish(where, data, future))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self._send(where, data, future)
         return future
 
     async def flush(self) -> None:
         """Wait until every publish so far has its PubAck (at shutdown, before the adapters close)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while self._unanswered:
+            await asyncio.gather(*list(self._unanswered), return_exceptions=True)
 
-    async def _publish(self, where: Route, data: bytes, future: asyncio.Future[Receipt]) -> None:
-        subject = self.settings.partition_subject(where.partition)
-        headers = {"Nats-Msg-Id": where.msg_id}
-        delay = 0.1
+    async def _send(self, where: Route, data: bytes, future: asyncio.Future[Receipt]) -> None:
+        # No task per message: publish_async pipelines PubAcks on one reply subscription, a timer bounds the wait.
+        await self._slots.acquire()
         try:
-            while True:
-                try:
-                    ack = await self.js.publish(subject, data, timeout=self.settings.publish_timeout_s,
-                                                stream=self.settings.stream, headers=dict(headers))
-                    break
-                except _PERMANENT:
-                    raise
-                except (NatsError, TimeoutError, OSError) as err:
-                    # No PubAck: the stream may or may not hold it. The same Nats-Msg-Id makes the retry safe.
-                    self.totals["retries"] += 1
-                    if not self._failing:
-                        log.warning("bus publish failed (%r); retrying with the same message ids", err)
-                        self._failing = True
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-            if self._failing:
-                self._failing = False
-                log.info("bus publish recovered")
-            self.totals["published"] += 1
-            self.totals["duplicates"] += bool(ack.duplicate)
-            if not future.done():
-                future.set_result(_receipt(where, bool(ack.duplicate)))
-        except asyncio.CancelledError:  # shutting down: the device gets no ack and resends
-            future.cancel()
-            raise
-        except Exception as err:  # a permanent refusal: the device gets no ack
-            if not future.done():
-                future.set_exception(err)
-        finally:
+            pending = await self.js.publish_async(self.settings.partition_subject(where.partition), data,
+                                                  stream=self.settings.stream, headers={"Nats-Msg-Id": where.msg_id})
+        except _PERMANENT as err:  # refused for good: the device gets no ack
             self._slots.release()
+            future.set_exception(err)
+            return
+        except (NatsError, OSError) as err:
+            self._slots.release()
+            self._retry(where, data, future, err)
+            return
+        timer = asyncio.get_running_loop().call_later(self.settings.publish_timeout_s, pending.cancel)
+        pending.add_done_callback(lambda done: self._answered(done, timer, where, data, future))
+
+    def _answered(self, done: asyncio.Future[PubAck], timer: asyncio.TimerHandle, where: Route, data: bytes,
+                  future: asyncio.Future[Receipt]) -> None:
+        timer.cancel()
+        self._slots.release()
+        if future.done():
+            return
+        if done.cancelled() or done.exception() is not None:
+            # No PubAck: the stream may or may not hold it. The same Nats-Msg-Id makes the retry safe.
+            self._retry(where, data, future, done.exception() if not done.cancelled() else TimeoutError())
+            return
+        ack = done.result()
+        if self._failing:
+            self._failing = False
+            log.info("bus publish recovered")
+        self.totals["published"] += 1
+        self.totals["duplicates"] += bool(ack.duplicate)
+        future.set_result(_receipt(where, bool(ack.duplicate)))
+
+    def _retry(self, where: Route, data: bytes, future: asyncio.Future[Receipt], err: BaseException | None) -> None:
+        self.totals["retries"] += 1
+        now = time.monotonic()
+        if not self._failing and now - self._logged_at > 30:
+            log.warning("bus publish failed (%r); retrying with the same message ids", err)
+            self._failing, self._logged_at = True, now
+
+        async def again() -> None:
+            await asyncio.sleep(0.2)
+            await self._send(where, data, future)
+
+        task = asyncio.create_task(again())
+        self._retrying.add(task)
+        task.add_done_callback(self._retrying.discard)
 
 
 def _receipt(where: Route, duplicate: bool) -> Receipt:

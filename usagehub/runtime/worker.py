@@ -98,19 +98,26 @@ async def run_worker(config: HubConfig, *, index: int, workers: int, stopping: a
             if task.done() and not task.cancelled() and task.exception() is not None:
                 log.error("%s failed: %r", task.get_name(), task.exception())
         log.info("worker %d stopping: committing and acking what it holds", index)
-        for task in fetchers:
-            task.cancel()
-        await asyncio.gather(*fetchers, return_exceptions=True)
-        pipeline_task.cancel()  # the batch being committed is shielded and completes
-        await asyncio.gather(pipeline_task, return_exceptions=True)
-        await pipeline.drain()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                await asyncio.gather(*(c.settled() for c in consumers))
-        for task in (*ackers, stop_wait):
-            task.cancel()
-        await asyncio.gather(*ackers, return_exceptions=True)
+        stop_wait.cancel()
+        await _shutdown(pipeline, pipeline_task, fetchers, ackers, consumers)
         with contextlib.suppress(Exception):
             await nc.flush(timeout=2)
         await nc.close()
         log.info("worker %d stopped: %s", index, pipeline.totals)
+
+
+async def _shutdown(pipeline: Pipeline, pipeline_task: asyncio.Task[None], fetchers: list[asyncio.Task[None]],
+                    ackers: list[asyncio.Task[None]], consumers: list[PartitionConsumer]) -> None:
+    """Stop fetching, commit what was fetched, ack it; what is left unacked is redelivered later."""
+    for task in fetchers:
+        task.cancel()
+    await asyncio.gather(*fetchers, return_exceptions=True)
+    pipeline_task.cancel()  # the batch being committed is shielded and completes
+    await asyncio.gather(pipeline_task, return_exceptions=True)
+    await pipeline.drain()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(c.settled() for c in consumers))
+    for task in ackers:
+        task.cancel()
+    await asyncio.gather(*ackers, return_exceptions=True)
