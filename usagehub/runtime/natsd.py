@@ -24,6 +24,14 @@ def nats_server_binary() -> str:
     return found
 
 
+def die_with_parent() -> None:
+    """``preexec_fn``: the child gets SIGTERM when the process (thread) that started it dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     """A loopback TCP port that was free a moment ago."""
     with socket.socket() as s:
@@ -69,15 +77,16 @@ class NatsServer:
                       f"  routes: [{routes}]", "}"]
         return "\n".join(lines) + "\n"
 
-    def start(self, *, log_file: Path | None = None, timeout_s: float = 10.0) -> None:
-        """Start the process and wait until it accepts clients."""
+    def start(self, *, log_file: Path | None = None, timeout_s: float = 10.0, tied: bool = False) -> None:
+        """Start the process and wait until it accepts clients; ``tied``: it dies with this thread."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir.parent / f"{self.name}.conf"
         conf.write_text(self.config_text())
         out = log_file.open("ab") if log_file is not None else subprocess.DEVNULL
         try:
             self.proc = subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=die_with_parent if tied else None)
         finally:
             if log_file is not None and not isinstance(out, int):
                 out.close()

@@ -22,7 +22,7 @@ from usagehub.bus.publisher import BusPublisher
 from usagehub.core.decode import ProfileSet
 from usagehub.core.profiles import Profile
 from usagehub.runtime.config import HubConfig
-from usagehub.runtime.natsd import NatsServer
+from usagehub.runtime.natsd import NatsServer, die_with_parent
 from usagehub.runtime.worker import bus_settings, declare
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class WorkerPool:
         with (self.log_dir / f"worker-{index}.log").open("ab") as out:
             self.procs[index] = subprocess.Popen(
                 [sys.executable, "-m", "usagehub", "worker", "--index", str(index), "--workers", str(self.count)],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT)
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
 
     async def supervise(self, every_s: float = 1.0) -> None:
         """Start every worker and restart any that exits, until cancelled."""
@@ -98,7 +98,8 @@ async def ingest_bus(config: HubConfig, profiles: list[Profile]) -> AsyncIterato
             # Loopback only, and a fresh token per start: only this hub and its workers get in.
             server = NatsServer(store_dir=(config.data_dir / "nats" / "jetstream").resolve(), name="usagehub",
                                 token=secrets.token_urlsafe(24))
-            await asyncio.to_thread(server.start, log_file=config.data_dir / "nats" / "nats-server.log")
+            # Started from the loop's thread (a short blocking wait) so it dies with this process, even on SIGKILL.
+            server.start(log_file=config.data_dir / "nats" / "nats-server.log", tied=True)
             stack.callback(server.stop)
             url = server.url
         settings = bus_settings(config, url)
