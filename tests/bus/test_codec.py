@@ -49,7 +49,7 @@ def test_partition_is_stable_and_spread() -> None:
 def test_route_by_device_and_identity_from_events(profiles: ProfileSet) -> None:
     first, resent = reading("m7", 5), reading("m7", 5, received=datetime(2026, 11, 28, tzinfo=UTC))
     a, b = route(first, profiles, 16), route(resent, profiles, 16)
-    assert a.partition == partition_of("m7", 16) and a.device_id == "m7" and a.events == 1
+    assert a.partition == partition_of("device:m7", 16) and a.device_id == "m7" and a.events == 1
     assert a.msg_id == b.msg_id  # a redelivery received later is the same message
     assert route(reading("m7", 6), profiles, 16).msg_id != a.msg_id
     assert route(reading("m8", 5), profiles, 16).msg_id != a.msg_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -73,8 +74,16 @@ class Route:
     reason: str | None = None   # why it did not decode (the worker quarantines it)
 
 
-def route(message: RawMessage, profiles: ProfileSet, partitions: int) -> Route:
-    """Decode just enough to route: the device (partition key) and the events' identities (message id).
+KeyOf = Callable[[UsageEvent], str]
+
+
+def device_key(event: UsageEvent) -> str:
+    """Partition by device (when the ingest node knows no bindings)."""
+    return "device:" + event.device_id
+
+
+def route(message: RawMessage, profiles: ProfileSet, partitions: int, key_of: KeyOf = device_key) -> Route:
+    """Decode just enough to route: the partition key (``key_of`` the first event) and the message identity.
 
     An undecodable message is still published (partitioned by topic) so the worker
     quarantines it with its bytes: nothing is dropped at the ingest node.
@@ -87,6 +96,5 @@ def route(message: RawMessage, profiles: ProfileSet, partitions: int) -> Route:
     if not events:
         return Route(partition=partition_of(message.topic, partitions), msg_id=bytes_identity(message), events=0,
                      device_id=None)
-    device = events[0].device_id
-    return Route(partition=partition_of(device, partitions), msg_id=event_identity(events), events=len(events),
-                 device_id=device)
+    return Route(partition=partition_of(key_of(events[0]), partitions), msg_id=event_identity(events),
+                 events=len(events), device_id=events[0].device_id)

@@ -25,7 +25,7 @@ from nats.js.api import PubAck
 
 from usagehub import metrics
 from usagehub.adapters.base import Outcome, Receipt
-from usagehub.bus.codec import Route, encode, route
+from usagehub.bus.codec import KeyOf, Route, device_key, encode, route
 from usagehub.bus.stream import BusSettings
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
@@ -40,8 +40,9 @@ class BusPublisher:
     """Implements the adapters' Sink on an ingest node: ``submit`` publishes, the future resolves on PubAck."""
 
     def __init__(self, js: JetStreamContext, profiles: ProfileSet, settings: BusSettings, *,
-                 max_inflight: int = 4096) -> None:
-        self.js, self.profiles, self.settings = js, profiles, settings
+                 max_inflight: int = 1024, key_of: KeyOf = device_key) -> None:
+        """``key_of``: the partition key of a message's first event (the runtime routes by account)."""
+        self.js, self.profiles, self.settings, self.key_of = js, profiles, settings, key_of
         self._slots = asyncio.Semaphore(max_inflight)
         self._unanswered: set[asyncio.Future[Receipt]] = set()
         self._retrying: set[asyncio.Task[None]] = set()
@@ -51,7 +52,7 @@ class BusPublisher:
 
     async def submit(self, message: RawMessage) -> asyncio.Future[Receipt]:
         """Publish ``message`` (waits while ``max_inflight`` publishes are unanswered); resolves on PubAck."""
-        where = route(message, self.profiles, self.settings.partitions)
+        where = route(message, self.profiles, self.settings.partitions, self.key_of)
         data = encode(message)
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         self._unanswered.add(future)

@@ -198,7 +198,7 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
         from usagehub.runtime import scaleout
 
         if scaleout.uses_bus(config):  # entered before the adapters, so it outlives them at shutdown
-            hub.sink = await stack.enter_async_context(scaleout.ingest_bus(config, profiles))
+            hub.sink = await stack.enter_async_context(scaleout.ingest_bus(config, profiles, pool))
         for name, raw in _adapter_configs(config, broker_url).items():
             factory = adapters.load(name)
             hub.adapters[name] = await stack.enter_async_context(

@@ -18,12 +18,18 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from psycopg_pool import AsyncConnectionPool
+
+from usagehub.bus.codec import device_key
 from usagehub.bus.publisher import BusPublisher
+from usagehub.core.binding import BindingIndex
 from usagehub.core.decode import ProfileSet
+from usagehub.core.events import UsageEvent
 from usagehub.core.profiles import Profile
 from usagehub.runtime.config import HubConfig
 from usagehub.runtime.natsd import NatsServer, die_with_parent
 from usagehub.runtime.worker import bus_settings, declare
+from usagehub.storage.routing import binding_index
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,39 @@ def worker_environment(config: HubConfig, bus_url: str) -> dict[str, str]:
             env[f"USAGEHUB_{name.upper()}"] = str(value.resolve() if isinstance(value, Path) else value)
     env["USAGEHUB_BUS"] = bus_url
     return env
+
+
+class AccountRouter:
+    """Partition key of an event: the account holding its device at event time, else the device.
+
+    All devices of one account then land in one partition, so one worker holds an
+    account's session state and workers never queue on each other's account locks.
+    The bindings are re-read every ``refresh_s``: during a stale moment a message may
+    go to the device's or the old account's partition, which costs contention, not
+    correctness (see runtime/worker.py for what makes concurrent writers safe).
+    """
+
+    def __init__(self, pool: AsyncConnectionPool, refresh_s: float = 10.0) -> None:
+        self.pool, self.refresh_s = pool, refresh_s
+        self.index = BindingIndex()
+
+    def key_of(self, event: UsageEvent) -> str:
+        """The partition key of ``event``."""
+        account = self.index.account_at(event.device_id, event.ts)
+        return f"account:{account}" if account is not None else device_key(event)
+
+    async def refresh(self) -> None:
+        """Re-read every binding."""
+        self.index = await binding_index(self.pool)
+
+    async def run(self) -> None:
+        """Refresh until cancelled; a failed refresh keeps the previous index."""
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("binding refresh for bus routing failed; keeping the previous bindings")
 
 
 class WorkerPool:
@@ -90,9 +129,14 @@ class WorkerPool:
 
 
 @contextlib.asynccontextmanager
-async def ingest_bus(config: HubConfig, profiles: list[Profile]) -> AsyncIterator[BusPublisher]:
+async def ingest_bus(config: HubConfig, profiles: list[Profile], pool: AsyncConnectionPool
+                     ) -> AsyncIterator[BusPublisher]:
     """The publisher adapters submit to; with ``workers`` and no URL, the embedded nats-server and workers too."""
     async with contextlib.AsyncExitStack() as stack:
+        router = AccountRouter(pool)
+        await router.refresh()
+        refresher = asyncio.create_task(router.run(), name="bus-routing")
+        stack.callback(refresher.cancel)
         url = config.bus
         if not url:
             # Loopback only, and a fresh token per start: only this hub and its workers get in.
@@ -106,16 +150,16 @@ async def ingest_bus(config: HubConfig, profiles: list[Profile]) -> AsyncIterato
         nc, js = await declare(settings, name="usagehub-ingest")
         stack.push_async_callback(nc.close)
         if config.workers:
-            pool = WorkerPool(config, url, config.workers, config.data_dir / "workers")
-            task = asyncio.create_task(pool.supervise(), name="worker-pool")
+            workers = WorkerPool(config, url, config.workers, config.data_dir / "workers")
+            task = asyncio.create_task(workers.supervise(), name="worker-pool")
 
             async def stop_workers() -> None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-                await pool.stop()
+                await workers.stop()
 
             stack.push_async_callback(stop_workers)
-        publisher = BusPublisher(js, ProfileSet(profiles), settings)
+        publisher = BusPublisher(js, ProfileSet(profiles), settings, key_of=router.key_of)
         log.info("ingest over the bus (%d servers): %d partitions, %d local workers", len(settings.servers),
                  settings.partitions, config.workers)
         try:
