@@ -102,7 +102,7 @@ def measure(url: str) -> tuple[int, Decimal, float, float, float]:
     return n, Decimal(usage[0]), n / span if span else 0.0, float(row[2] or 0) * 1000, float(row[3] or 0) * 1000
 
 
-def wait_events(url: str, n: int, timeout_s: float = 600) -> None:
+def wait_events(url: str, n: int, timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with psycopg.connect(url) as conn:
@@ -157,10 +157,11 @@ def bus_case(server: str, template: str, messages: list[tuple[str, bytes]], work
     url = clone(server, template)
     nats = NatsServer(store_dir=tmp / f"nats-{workers}-{uuid.uuid4().hex[:4]}" / "js")
     nats.start()
-    env = {**os.environ, "USAGEHUB_BUS_PARTITIONS": str(PARTITIONS), "USAGEHUB_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "USAGEHUB_BUS_PARTITIONS": str(PARTITIONS), "USAGEHUB_LOG_LEVEL": "INFO"}
+    logs = [(tmp / f"worker-{workers}-{i}.log").open("ab") for i in range(workers)]
     procs = [subprocess.Popen([sys.executable, "-m", "usagehub", "worker", "--bus", nats.url, "--index", str(i),
                                "--workers", str(workers), "--database-url", url, "--data-dir", str(tmp)],
-                              cwd=ROOT, env=env) for i in range(workers)]
+                              cwd=ROOT, env=env, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(workers)]
     try:
         time.sleep(3 + workers)  # workers connected and subscribed (they would catch up anyway)
         asyncio.run(publish(nats.url, url, messages))
@@ -172,7 +173,10 @@ def bus_case(server: str, template: str, messages: list[tuple[str, bytes]], work
             p.terminate()
         for p in procs:
             p.wait(30)
+        for f in logs:
+            f.close()
         nats.stop()
+        print(f"worker logs: {tmp}/worker-{workers}-*.log", flush=True)
 
 
 def main() -> None:
