@@ -23,7 +23,7 @@ class BusSettings:
     partitions: int = 16
     replicas: int = 1                       # 3 in a cluster: a PubAck then means a quorum stored it
     duplicate_window_s: float = 120.0       # Nats-Msg-Id de-duplication; PostgreSQL identity is the final word
-    max_age_s: float = 7 * 86_400.0         # kept for replay by sequence or time
+    max_age_s: float = 86_400.0             # kept a day for replay by sequence or time (PostgreSQL keeps the rest)
     ack_wait_s: float = 30.0                # an unacked message is redelivered after this
     max_ack_pending: int = 20_000
     publish_timeout_s: float = 5.0
