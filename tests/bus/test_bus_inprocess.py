@@ -13,7 +13,9 @@ from tests.bus.conftest import billed, scalar
 from tests.bus.fleet import build
 from usagehub.adapters.base import Outcome
 from usagehub.bus.publisher import BusPublisher
+from usagehub.bus.stream import BusSettings
 from usagehub.core.decode import ProfileSet
+from usagehub.errors import ConfigError
 from usagehub.runtime.config import HubConfig
 from usagehub.runtime.natsd import NatsServer
 from usagehub.runtime.profile_files import load_profiles
@@ -93,3 +95,12 @@ async def test_bus_refuses_a_client_without_the_token(nats_server: NatsServer, t
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+async def test_a_node_with_another_partition_count_refuses_to_start(nats_server: NatsServer) -> None:
+    nc, _ = await declare(BusSettings(servers=(nats_server.url,), partitions=4), name="first")
+    await nc.close()
+    with pytest.raises(ConfigError, match="partitions=4"):
+        await declare(BusSettings(servers=(nats_server.url,), partitions=8), name="second")
+    nc, _ = await declare(BusSettings(servers=(nats_server.url,), partitions=4), name="third")  # same shape: fine
+    await nc.close()

@@ -10,6 +10,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
+from usagehub.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -65,7 +67,10 @@ async def connect(settings: BusSettings, *, name: str) -> Client:
 
 async def ensure_stream(js: JetStreamContext, settings: BusSettings) -> None:
     """Create the stream, or check the existing one has our subjects (partitions cannot change in place)."""
-    config = api.StreamConfig(name=settings.stream, subjects=[f"{settings.subject}.*"],
+    # The partition count is part of the contract between ingest nodes and workers: it rides in the
+    # description, and a node configured otherwise refuses to start instead of leaving partitions unread.
+    description = f"usagehub ingest; partitions={settings.partitions}"
+    config = api.StreamConfig(name=settings.stream, subjects=[f"{settings.subject}.*"], description=description,
                               retention=api.RetentionPolicy.LIMITS, storage=api.StorageType.FILE,
                               num_replicas=settings.replicas, duplicate_window=settings.duplicate_window_s,
                               max_age=settings.max_age_s, discard=api.DiscardPolicy.OLD)
@@ -79,8 +84,9 @@ async def ensure_stream(js: JetStreamContext, settings: BusSettings) -> None:
             return
         except BadRequestError:  # another node created it between our two calls
             info = await js.stream_info(settings.stream)
-    if info.config.subjects != config.subjects:
-        raise RuntimeError(f"stream {settings.stream} has subjects {info.config.subjects}, expected {config.subjects}")
+    if info.config.subjects != config.subjects or info.config.description != description:
+        raise ConfigError(f"stream {settings.stream} exists as '{info.config.description}' on {info.config.subjects};"
+                          f" this node is configured for '{description}'", field="bus_partitions")
 
 
 def consumer_config(settings: BusSettings, partition: int) -> api.ConsumerConfig:

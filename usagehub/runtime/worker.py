@@ -53,16 +53,19 @@ async def declare(settings: BusSettings, *, name: str, timeout_s: float = 60.0) 
     nc = await connect(settings, name=name)
     js = nc.jetstream(timeout=settings.publish_timeout_s)
     deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        try:
-            await ensure_stream(js, settings)
-            return nc, js
-        except (NatsError, TimeoutError) as err:
-            if asyncio.get_running_loop().time() > deadline:
-                await nc.close()
-                raise
-            log.info("bus not ready (%r); retrying", err)
-            await asyncio.sleep(0.5)
+    try:
+        while True:
+            try:
+                await ensure_stream(js, settings)
+                return nc, js
+            except (NatsError, TimeoutError) as err:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                log.info("bus not ready (%r); retrying", err)
+                await asyncio.sleep(0.5)
+    except BaseException:
+        await nc.close()
+        raise
 
 
 async def run_worker(config: HubConfig, *, index: int, workers: int, stopping: asyncio.Event | None = None,
