@@ -24,12 +24,17 @@ def nats_server_binary() -> str:
     return found
 
 
-def die_with_parent() -> None:
-    """``preexec_fn``: the child gets SIGTERM when the process (thread) that started it dies, even by SIGKILL."""
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """``preexec_fn``: the child gets ``sig`` when the process (thread) that started it dies, even by SIGKILL."""
     if sys.platform.startswith("linux"):
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+
+
+def killed_with_parent() -> None:
+    """``preexec_fn`` for workers: SIGKILL with the hub (what they hold unacked is redelivered anyway)."""
+    die_with_parent(signal.SIGKILL)
 
 
 def free_port() -> int:

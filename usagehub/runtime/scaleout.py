@@ -27,7 +27,7 @@ from usagehub.core.decode import ProfileSet
 from usagehub.core.events import UsageEvent
 from usagehub.core.profiles import Profile
 from usagehub.runtime.config import HubConfig
-from usagehub.runtime.natsd import NatsServer, die_with_parent
+from usagehub.runtime.natsd import NatsServer, killed_with_parent
 from usagehub.runtime.worker import bus_settings, declare
 from usagehub.storage.routing import binding_index
 
@@ -102,7 +102,7 @@ class WorkerPool:
         with (self.log_dir / f"worker-{index}.log").open("ab") as out:
             self.procs[index] = subprocess.Popen(
                 [sys.executable, "-m", "usagehub", "worker", "--index", str(index), "--workers", str(self.count)],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=killed_with_parent)
 
     async def supervise(self, every_s: float = 1.0) -> None:
         """Start every worker and restart any that exits, until cancelled."""

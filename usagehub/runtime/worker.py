@@ -105,7 +105,9 @@ async def run_worker(config: HubConfig, *, index: int, workers: int, stopping: a
         await _shutdown(pipeline, pipeline_task, fetchers, ackers, consumers)
         with contextlib.suppress(Exception):
             await nc.flush(timeout=2)
-        await nc.close()
+        with contextlib.suppress(TimeoutError):  # the server may be gone too: do not hang on the goodbye
+            async with asyncio.timeout(3):
+                await nc.close()
         log.info("worker %d stopped: %s", index, pipeline.totals)
 
 
