@@ -69,12 +69,12 @@ class Hub:
     registry: Registry
     billing: BillingService
     adapters: dict[str, Adapter] = field(default_factory=dict)
+    sink: Sink | None = None  # where adapters submit: the bus publisher with --bus/--workers, else the pipeline
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     http_port: int = 0
     background: list[asyncio.Task[None]] = field(default_factory=list)
     prepaid: PrepaidRuntime | None = None
-    sink: Sink | None = None  # where adapters submit: the bus publisher with --bus/--workers, else the pipeline
 
     def stop(self) -> None:
         """Begin a clean shutdown."""
