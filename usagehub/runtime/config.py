@@ -40,6 +40,12 @@ class HubConfig(BaseModel):
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     batch_max_messages: int = Field(2000, ge=1, le=100_000)
     batch_max_wait_ms: float = Field(20.0, ge=0, le=10_000)
+    # Scale-out (docs/scale-out.md): a JetStream stream between adapters and pipeline workers.
+    bus: str | None = Field(None, description="NATS URL(s), comma-separated; empty: no bus (or embedded with workers)")
+    workers: int = Field(0, ge=0, le=256, description="pipeline worker processes; 0: the pipeline runs in-process")
+    bus_partitions: int = Field(16, ge=1, le=4096, description="stream partitions (fixed for a stream's life)")
+    bus_replicas: int = Field(1, ge=1, le=5, description="stream replicas: 3 on a 3-node cluster")
+    bus_ack_wait_s: float = Field(30.0, gt=0, le=3600, description="redelivery delay of an unacked message")
     adapters: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                 description="extra adapters by name, with their config")
     graphql_max_depth: int = Field(12, ge=2, le=50)
@@ -167,3 +173,16 @@ def _adapter_problems(adapters_value: Any, text: str, file: str) -> list[ConfigE
                                             field=".".join([section, *(str(p) for p in item["loc"])]),
                                             line=_toml_line(text, key, section)))
     return problems
+
+
+def with_flags(config: HubConfig, **flags: Any) -> HubConfig:
+    """``config`` with a command's own flags on top (None values ignored), validated again."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    if not given:
+        return config
+    try:
+        return HubConfig.model_validate({**config.model_dump(), **given})
+    except ValidationError as err:
+        first = err.errors()[0]
+        top = str(first["loc"][0]) if first["loc"] else ""
+        raise ConfigError(first["msg"], file=f"--{top.replace('_', '-')}", field=top) from err

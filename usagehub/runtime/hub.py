@@ -16,7 +16,7 @@ import uvicorn
 from psycopg_pool import AsyncConnectionPool
 
 from usagehub import adapters
-from usagehub.adapters.base import Adapter, AdapterSettings
+from usagehub.adapters.base import Adapter, AdapterSettings, Sink
 from usagehub.billing.service import BillingService
 from usagehub.core.codecs.keyring import KeyRing
 from usagehub.core.decode import ProfileSet
@@ -81,6 +81,7 @@ class Hub:
     registry: Registry
     billing: BillingService
     adapters: dict[str, Adapter] = field(default_factory=dict)
+    sink: Sink | None = None  # where adapters submit: the bus publisher with --bus/--workers, else the pipeline
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     http_port: int = 0
@@ -238,6 +239,10 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
                                             shared=bool(config.mqtt_url))  # amqtt (embedded) has no $share
         settings = AdapterSettings(profiles=profiles, devices=DeviceDirectorySql(pool), data_dir=config.data_dir,
                                    prepaid=hub.prepaid.service)
+        from usagehub.runtime import scaleout
+
+        if scaleout.uses_bus(config):  # entered before the adapters, so it outlives them at shutdown
+            hub.sink = await stack.enter_async_context(scaleout.ingest_bus(config, profiles, pool))
         for name, raw in _adapter_configs(config, broker_url).items():
             factory = adapters.load(name)
             hub.adapters[name] = await stack.enter_async_context(
@@ -265,7 +270,8 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
 
     services.analytics = AnalyticsService(hub.pool)
     # HTTP ingest shares the API port; devices authenticate with their own tokens.
-    routes = [*ingest_routes(hub.pipeline, DeviceDirectorySql(hub.pool), HttpConfig(), profiles),
+    sink = hub.sink or hub.pipeline
+    routes = [*ingest_routes(sink, DeviceDirectorySql(hub.pool), HttpConfig(), profiles),
               *export_routes(rating, hub.keys), *analytics_routes(services.analytics, hub.keys)]
     console, operation_tasks = await wire_operations(hub.pool, hub.pipeline.profiles, services, hub.keys,
                                                      hub.config.profiles, profiles)
@@ -288,7 +294,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     hub.background.append(asyncio.create_task(prune_quarantine_hourly(hub), name="quarantine-retention"))
     hub.background.append(asyncio.create_task(daily_analytics(hub, services.analytics), name="analytics-daily"))
     hub.background += hub.prepaid.start() if hub.prepaid is not None else []
-    adapter_tasks = [asyncio.create_task(a.run(hub.pipeline), name=f"adapter:{n}") for n, a in hub.adapters.items()]
+    adapter_tasks = [asyncio.create_task(a.run(sink), name=f"adapter:{n}") for n, a in hub.adapters.items()]
     web_task = asyncio.create_task(server.serve(), name="web")
     while not server.started and not web_task.done():  # noqa: ASYNC110 — uvicorn offers only a flag
         await asyncio.sleep(0.02)

@@ -9,18 +9,36 @@ from typing import Annotated
 import typer
 
 from usagehub.runtime.cli.common import DATABASE, console, out, with_settings
-from usagehub.runtime.config import HubConfig
+from usagehub.runtime.config import HubConfig, with_flags
 
 hub_app = typer.Typer()
+
+BusOption = Annotated[str | None, typer.Option(help="NATS JetStream URL(s), comma-separated (USAGEHUB_BUS)")]
 
 
 @hub_app.command()
 @with_settings
-def serve(config: HubConfig) -> None:
+def serve(config: HubConfig, bus: BusOption = None,
+          workers: Annotated[int | None, typer.Option(help="pipeline worker processes over the bus; "
+                                                           "without --bus an embedded nats-server")] = None) -> None:
     """Run the hub: adapters, pipeline, GraphQL on embedded defaults unless told otherwise."""
     from usagehub.runtime.hub import run_hub
 
-    asyncio.run(run_hub(config))
+    asyncio.run(run_hub(with_flags(config, bus=bus, workers=workers)))
+
+
+@hub_app.command()
+@with_settings
+def worker(config: HubConfig, bus: BusOption = None,
+           index: Annotated[int, typer.Option(help="this worker's number, 0-based")] = 0,
+           workers: Annotated[int | None, typer.Option(help="how many workers share the partitions")] = None) -> None:
+    """Run a pipeline worker: consume owned bus partitions, commit to PostgreSQL, then ack."""
+    from usagehub.runtime.worker import run_worker
+
+    config = with_flags(config, bus=bus, workers=workers)
+    if not config.bus:
+        raise typer.BadParameter("a worker needs --bus (or USAGEHUB_BUS)")
+    asyncio.run(run_worker(config, index=index, workers=max(config.workers, 1)))
 
 
 @hub_app.command()

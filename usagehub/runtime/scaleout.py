@@ -1,0 +1,168 @@
+"""``serve --bus`` / ``serve --workers N``: the hub as an ingest node, with workers as child processes.
+
+With ``--bus URL`` the adapters publish to that JetStream and workers run
+elsewhere (``usagehub worker``). With ``--workers N`` and no URL, an embedded
+nats-server child process holds the stream under the data folder and N worker
+processes are started and restarted here: both cores of a small box are used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from psycopg_pool import AsyncConnectionPool
+
+from usagehub.bus.codec import device_key
+from usagehub.bus.publisher import BusPublisher
+from usagehub.core.binding import BindingIndex
+from usagehub.core.decode import ProfileSet
+from usagehub.core.events import UsageEvent
+from usagehub.core.profiles import Profile
+from usagehub.runtime.config import HubConfig
+from usagehub.runtime.natsd import NatsServer, killed_with_parent
+from usagehub.runtime.worker import bus_settings, declare
+from usagehub.storage.routing import binding_index
+
+log = logging.getLogger(__name__)
+
+# The settings a worker child needs, passed as USAGEHUB_* environment (flags are the parent's own).
+_FOR_WORKERS = ("data_dir", "database_url", "profiles", "log_level", "batch_max_messages", "batch_max_wait_ms",
+                "bus_partitions", "bus_replicas", "bus_ack_wait_s")
+
+
+def uses_bus(config: HubConfig) -> bool:
+    """Whether ``serve`` runs as an ingest node over a bus."""
+    return bool(config.bus) or config.workers > 0
+
+
+def worker_environment(config: HubConfig, bus_url: str) -> dict[str, str]:
+    """The environment of a worker child: the parent's settings and the bus URL."""
+    env = dict(os.environ)
+    for name in _FOR_WORKERS:
+        value = getattr(config, name)
+        if value is not None:
+            env[f"USAGEHUB_{name.upper()}"] = str(value.resolve() if isinstance(value, Path) else value)
+    env["USAGEHUB_BUS"] = bus_url
+    return env
+
+
+class AccountRouter:
+    """Partition key of an event: the account holding its device at event time, else the device.
+
+    All devices of one account then land in one partition, so one worker holds an
+    account's session state and workers never queue on each other's account locks.
+    The bindings are re-read every ``refresh_s``: during a stale moment a message may
+    go to the device's or the old account's partition, which costs contention, not
+    correctness (see runtime/worker.py for what makes concurrent writers safe).
+    """
+
+    def __init__(self, pool: AsyncConnectionPool, refresh_s: float = 10.0) -> None:
+        self.pool, self.refresh_s = pool, refresh_s
+        self.index = BindingIndex()
+
+    def key_of(self, event: UsageEvent) -> str:
+        """The partition key of ``event``."""
+        account = self.index.account_at(event.device_id, event.ts)
+        return f"account:{account}" if account is not None else device_key(event)
+
+    async def refresh(self) -> None:
+        """Re-read every binding."""
+        self.index = await binding_index(self.pool)
+
+    async def run(self) -> None:
+        """Refresh until cancelled; a failed refresh keeps the previous index."""
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("binding refresh for bus routing failed; keeping the previous bindings")
+
+
+class WorkerPool:
+    """N ``usagehub worker`` child processes, restarted when one dies, stopped with SIGTERM (they drain)."""
+
+    def __init__(self, config: HubConfig, bus_url: str, count: int, log_dir: Path) -> None:
+        self.env = worker_environment(config, bus_url)
+        self.count, self.log_dir = count, log_dir
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
+        self.restarts = 0
+
+    def start(self, index: int) -> None:
+        """Start worker ``index`` (its log: ``<data>/workers/worker-<index>.log``)."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with (self.log_dir / f"worker-{index}.log").open("ab") as out:
+            self.procs[index] = subprocess.Popen(
+                [sys.executable, "-m", "usagehub", "worker", "--index", str(index), "--workers", str(self.count)],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=killed_with_parent)
+
+    async def supervise(self, every_s: float = 1.0) -> None:
+        """Start every worker and restart any that exits, until cancelled."""
+        for i in range(self.count):
+            self.start(i)
+        while True:
+            await asyncio.sleep(every_s)
+            for i, proc in enumerate(self.procs):
+                if proc is not None and proc.poll() is not None:
+                    log.warning("worker %d exited with %s; restarting", i, proc.returncode)
+                    self.restarts += 1
+                    self.start(i)
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM every worker and wait: each commits and acks what it holds."""
+        live = [p for p in self.procs if p is not None and p.poll() is None]
+        for proc in live:
+            proc.terminate()
+        for proc in live:
+            try:
+                await asyncio.to_thread(proc.wait, timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@contextlib.asynccontextmanager
+async def ingest_bus(config: HubConfig, profiles: list[Profile], pool: AsyncConnectionPool
+                     ) -> AsyncIterator[BusPublisher]:
+    """The publisher adapters submit to; with ``workers`` and no URL, the embedded nats-server and workers too."""
+    async with contextlib.AsyncExitStack() as stack:
+        router = AccountRouter(pool)
+        await router.refresh()
+        refresher = asyncio.create_task(router.run(), name="bus-routing")
+        stack.callback(refresher.cancel)
+        url = config.bus
+        if not url:
+            # Loopback only, and a fresh token per start: only this hub and its workers get in.
+            server = NatsServer(store_dir=(config.data_dir / "nats" / "jetstream").resolve(), name="usagehub",
+                                token=secrets.token_urlsafe(24))
+            # Started from the loop's thread (a short blocking wait) so it dies with this process, even on SIGKILL.
+            server.start(log_file=config.data_dir / "nats" / "nats-server.log", tied=True)
+            stack.callback(server.stop)
+            url = server.url
+        settings = bus_settings(config, url)
+        nc, js = await declare(settings, name="usagehub-ingest")
+        stack.push_async_callback(nc.close)
+        if config.workers:
+            workers = WorkerPool(config, url, config.workers, config.data_dir / "workers")
+            task = asyncio.create_task(workers.supervise(), name="worker-pool")
+
+            async def stop_workers() -> None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await workers.stop()
+
+            stack.push_async_callback(stop_workers)
+        publisher = BusPublisher(js, ProfileSet(profiles), settings, key_of=router.key_of)
+        log.info("ingest over the bus (%d servers): %d partitions, %d local workers", len(settings.servers),
+                 settings.partitions, config.workers)
+        try:
+            yield publisher
+        finally:
+            await publisher.flush()
