@@ -232,6 +232,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
             loop.add_signal_handler(sig, hub.stop)
     pipeline_task = asyncio.create_task(hub.pipeline.run(), name="pipeline")
     hub.background.append(asyncio.create_task(sweep_sessions(hub), name="session-sweep"))
+    hub.background.append(asyncio.create_task(hub.keys.listen(), name="api-key-revocations"))
     hub.background.append(asyncio.create_task(daily_analytics(hub, services.analytics), name="analytics-daily"))
     hub.background += hub.prepaid.start() if hub.prepaid is not None else []
     adapter_tasks = [asyncio.create_task(a.run(hub.pipeline), name=f"adapter:{n}") for n, a in hub.adapters.items()]
