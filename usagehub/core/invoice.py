@@ -17,6 +17,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from usagehub.core.csvsafe import SafeDictWriter
 from usagehub.core.calendars import BillingPeriod, zone
 from usagehub.core.money import Money, RoundingRule, decimal_text, total
 from usagehub.core.rating import Account, RatedLine, UsageItem, rate
@@ -146,7 +147,7 @@ def invoice_to_csv(preview: InvoicePreview) -> str:
     Reference lists are joined with ``;``.
     """
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
+    writer = SafeDictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
     for line in (*preview.lines, *preview.adjustments):
         doc = _line_doc(line)
