@@ -22,10 +22,12 @@ from usagehub.graphql.auth import (
     READ_ALL,
     api_error,
     domain_errors,
+    own,
     require,
     require_personal,
 )
 from usagehub.graphql.pagination import Connection, connection, decode_cursor, page_size
+from usagehub.storage.queries import HUB_TENANT
 
 
 def _services(info: Info) -> Any:
@@ -87,13 +89,13 @@ class CoreQuery:
         rows = await _services(info).registry.devices(tenant=tenant, after=decode_cursor(after), limit=n + 1)
         return connection([t.Device.of(r) for r in rows], n, lambda d: d.id)
 
-    @strawberry.field(description="Bindings of a device or an account (validity ranges).")
+    @strawberry.field(description="Bindings of a device or an account (validity ranges) of the caller's tenant.")
     async def bindings(self, info: Info, device_id: str | None = None,
                        account_id: str | None = None) -> list[t.Binding]:
-        await require_personal(info)
-        rows = await _services(info).registry.bindings(device_ids=[device_id] if device_id else [],
-                                                       account_ids=[account_id] if account_id else [])
-        return [t.Binding.of(r) for r in rows]
+        tenant = await require_personal(info)
+        rows = await _services(info).reads.bindings(tenant=tenant, device_id=device_id, account_id=account_id)
+        return [t.Binding(id=str(r["binding_id"]), device_id=r["device_id"], account_id=r["account_id"],
+                          valid_from=r["valid_from"], valid_to=r["valid_to"]) for r in rows]
 
     @strawberry.field(description="Raw events of one device in device-time order.")
     async def events(self, info: Info, device_id: str, meter: str | None = None,
@@ -118,22 +120,26 @@ class CoreQuery:
             until=_aware(until, "until"), meter=meter)
         return [t.UsageBucket(start=r.start, meter=r.meter, quantity=r.quantity, unit=r.unit) for r in rows]
 
-    @strawberry.field(description="Messages kept in quarantine with raw bytes and reason.")
+    @strawberry.field(description="Messages kept in quarantine with raw bytes and reason: those of the tenant's "
+                                  "devices (the hub's own tenant also sees those of no registered device).")
     async def quarantine(self, info: Info, reason: str | None = None, first: int = 50, after: str | None = None,
                          include_replayed: bool = False) -> Connection[t.QuarantineItem]:
-        require(info, "admin", "operator")
+        tenant = require(info, "admin", "operator")
         n = page_size(first)
         pos = decode_cursor(after)
-        rows = await _services(info).reads.quarantine(reason=reason, after=int(str(pos)) if pos else None,
-                                                      limit=n + 1, include_replayed=include_replayed)
+        rows = await _services(info).reads.quarantine(tenant=tenant, reason=reason,
+                                                      after=int(str(pos)) if pos else None, limit=n + 1,
+                                                      include_replayed=include_replayed)
         return connection([t.QuarantineItem.of(r) for r in rows], n, lambda q: int(q.id))
 
-    @strawberry.field
+    @strawberry.field(description="Open quarantine items of the tenant per reason; the process-wide counters "
+                                  "only for keys of the hub's own tenant (null otherwise).")
     async def ingest_stats(self, info: Info) -> t.IngestStats:
-        require(info, *READ_ALL)
+        tenant = require(info, *READ_ALL)
         services = _services(info)
-        counts = await services.reads.quarantine_counts()
-        return t.IngestStats(**services.ingest_totals,
+        counts = await services.reads.quarantine_counts(tenant=tenant)
+        totals = services.ingest_totals if tenant == HUB_TENANT else {}
+        return t.IngestStats(**{k: totals.get(k) for k in t.INGEST_COUNTERS},
                              quarantine_open=[t.ReasonCount(reason=k, count=v) for k, v in counts.items()])
 
     sessions: Connection[b.BillingSession] = strawberry.field(
@@ -172,6 +178,8 @@ class CoreMutation:
     async def bind_device(self, info: Info, device_id: str, account_id: str, valid_from: datetime,
                           valid_to: datetime | None = None) -> t.Binding:
         tenant = require(info, *MANAGE_REGISTRY)
+        await own(info, tenant, "device", device_id)
+        await own(info, tenant, "account", account_id)
         with domain_errors():
             row = await _services(info).registry.bind(
                 device_id=device_id, account_id=account_id, valid_from=_aware(valid_from, "validFrom"),
@@ -180,9 +188,11 @@ class CoreMutation:
 
     @strawberry.mutation(description="Feed quarantined messages through the pipeline again (after a fix).")
     async def replay_quarantine(self, info: Info, ids: list[strawberry.ID]) -> list[t.ReplayResult]:
-        require(info, *QUARANTINE_WRITE)
+        tenant = require(info, *QUARANTINE_WRITE)
         if len(ids) > 1000:
             raise api_error("BAD_REQUEST", "replay at most 1000 items at once")
+        for ident in ids:
+            await own(info, tenant, "quarantine", str(ident))
         with domain_errors():
             results = await _services(info).replay([int(i) for i in ids])
         return [t.ReplayResult(id=str(r[0]), outcome=r[1], reason=r[2]) for r in results]
