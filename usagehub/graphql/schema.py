@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import AddValidationRules, ParserCache, ValidationCache
-from strawberry.extensions.query_depth_limiter import create_validator
+from strawberry.extensions import AddValidationRules, MaxTokensLimiter, ParserCache, ValidationCache
 from strawberry.tools import merge_types
 from strawberry.types import Info
 
@@ -26,6 +24,7 @@ from usagehub.graphql.auth import (
     require,
     require_personal,
 )
+from usagehub.graphql.cost import Limits, cost_rule
 from usagehub.graphql.pagination import Connection, connection, decode_cursor, page_size
 from usagehub.storage.queries import HUB_TENANT
 
@@ -224,23 +223,14 @@ _SUBSCRIPTIONS = tuple(s for room in ROOMS for s in room.SUBSCRIPTIONS)
 Subscription = merge_types("Subscription", _SUBSCRIPTIONS) if _SUBSCRIPTIONS else None
 
 
-@functools.cache
-def _depth_rule(max_depth: int) -> Any:
-    return create_validator(max_depth, None, None)
-
-
-class _DepthLimit(AddValidationRules):
-    """strawberry's QueryDepthLimiter with one rule class per depth: a new class per request (what the stock
-    extension makes) is part of ValidationCache's key, so the cache never hit and validation cost ~50 % CPU."""
-
-    def __init__(self, max_depth: int) -> None:
-        super().__init__([_depth_rule(max_depth)])
-
-
-def build_schema(max_depth: int = 12) -> strawberry.Schema:
-    """The schema with parser/validation caches and a query depth limit."""
+def build_schema(max_depth: int = 12, limits: Limits | None = None) -> strawberry.Schema:
+    """The schema with parser/validation caches, a token limit before parsing, and depth/alias/field/cost limits."""
+    bounds = limits or Limits(max_depth=max_depth)
+    rule = cost_rule(bounds)
     return _Schema(
         query=Query, mutation=Mutation, subscription=Subscription,
-        extensions=[lambda: ParserCache(maxsize=256), lambda: ValidationCache(maxsize=256),
-                    lambda: _DepthLimit(max_depth)],
+        # Tokens are counted while parsing, so a huge document stops early; the rule class is one per limits,
+        # so ValidationCache (keyed by the rules) keeps hitting.
+        extensions=[lambda: MaxTokensLimiter(bounds.max_tokens), lambda: ParserCache(maxsize=256),
+                    lambda: ValidationCache(maxsize=256), lambda: AddValidationRules([rule])],
     )

@@ -21,6 +21,7 @@ from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
 from usagehub.core.profiles import Profile
 from usagehub.graphql.context import Services
+from usagehub.graphql.cost import Limits
 from usagehub.pipeline.pipeline import Pipeline, PipelineSettings
 from usagehub.pipeline.rebind import rebind, sweep_expired
 from usagehub.pipeline.sessions import SessionEngine
@@ -221,7 +222,11 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     # HTTP ingest shares the API port; devices authenticate with their own tokens.
     routes = [*ingest_routes(hub.pipeline, DeviceDirectorySql(hub.pool), HttpConfig(), profiles),
               *export_routes(rating, hub.keys), *analytics_routes(services.analytics, hub.keys)]
-    app = create_app(services, hub.keys, ready=hub.ready.is_set, max_depth=hub.config.graphql_max_depth,
+    c = hub.config
+    limits = Limits(max_body_bytes=c.graphql_max_body_bytes, max_tokens=c.graphql_max_tokens,
+                    max_depth=c.graphql_max_depth, max_aliases=c.graphql_max_aliases,
+                    max_fields=c.graphql_max_fields, max_cost=c.graphql_max_cost)
+    app = create_app(services, hub.keys, ready=hub.ready.is_set, limits=limits,
                      extra_routes=list(routes))
     server = uvicorn.Server(uvicorn.Config(app, host=hub.config.http_host, port=hub.config.http_port,
                                            log_level="warning", lifespan="off"))
