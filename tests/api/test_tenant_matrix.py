@@ -1,4 +1,4 @@
-"""Every root field of the schema × two tenants and a hostile caller.
+"""Every root field of the schema x two tenants and a hostile caller.
 
 The table below says how to exercise each query, mutation and subscription; a
 field missing from it fails ``test_every_root_field_is_in_the_table``, so a
@@ -40,6 +40,7 @@ class Case:
     variables: dict[str, Any]
     mode: str = "id"  # id | list | create
     marker: bool = True  # list mode: the owner's answer shows its own data
+    code: str | None = None  # create mode: the code refusing another tenant's id, if ids are hub-wide
 
 
 SINCE, UNTIL = "2026-10-01T00:00:00+02:00", "2026-11-01T00:00:00+01:00"
@@ -94,9 +95,9 @@ QUERIES: dict[str, Case] = {
 MUTATIONS: dict[str, Case] = {
     "registerAccount": Case("mutation($a: String!) { registerAccount(account: {id: $a, name: \"renamed\", "
                             'prepaid: true, timezone: "Europe/Berlin"}) '
-                            "{ id name } }", {"a": "{acc}"}, "create"),
+                            "{ id name } }", {"a": "{acc}"}, "create", code="ID_TAKEN"),
     "registerDevice": Case('mutation($d: String!) { registerDevice(device: {id: $d, profileId: "acme-em340"}) '
-                           "{ id } }", {"d": "{dev}"}, "create"),
+                           "{ id } }", {"d": "{dev}"}, "create", code="ID_TAKEN"),
     "bindDevice": Case("mutation($d: String!, $a: String!) { bindDevice(deviceId: $d, accountId: $a, "
                        'validFrom: "2027-01-01T00:00:00Z") { deviceId accountId } }', {"d": "{dev}", "a": "{acc}"}),
     "replayQuarantine": Case("mutation($q: [ID!]!) { replayQuarantine(ids: $q) { id outcome } }", {"q": ["{q}"]}),
@@ -173,6 +174,8 @@ async def _check(w: World, name: str, case: Case) -> list[str]:
     if case.mode == "id" and as_ghost(json.dumps(cross), beta) != json.dumps(ghost):
         problems.append(f"{name}: another tenant's id answers differently from an unknown id:\n"
                         f"  beta's id: {cross}\n  unknown:   {ghost}")
+    if case.code and [e[0] for e in cross["errors"]] != [case.code]:
+        problems.append(f"{name}: another tenant's id should be refused with {case.code}: {cross}")
     if "beta" in _beta_free(cross, beta):
         problems.append(f"{name}: alpha's answer shows beta's data: {cross}")
     if case.mode == "list" and case.marker and "beta" not in json.dumps(own):

@@ -12,7 +12,7 @@ _REFUSED = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
 
 
 def check_id(kind: str, value: str) -> str:
-    """``value`` if it is a usable identifier (1–200 characters, no control or format characters, no
+    """``value`` if it is a usable identifier (1 to 200 characters, no control or format characters, no
     surrounding spaces); a BAD_ID DomainError naming ``kind`` otherwise."""
     if not value or len(value) > ID_MAX:
         raise DomainError("BAD_ID", f"{kind} id must have 1 to {ID_MAX} characters")

@@ -8,7 +8,6 @@ totals add up exactly on the document a billing system picks up.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from collections.abc import Iterable
@@ -17,8 +16,8 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from usagehub.core.csvsafe import SafeDictWriter
 from usagehub.core.calendars import BillingPeriod, zone
+from usagehub.core.csvsafe import SafeDictWriter
 from usagehub.core.money import Money, RoundingRule, decimal_text, total
 from usagehub.core.rating import Account, RatedLine, UsageItem, rate
 from usagehub.core.tariffs import PlanBook

@@ -8,7 +8,6 @@ duplicates) give the identical statement, down to the bytes of its export.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -21,8 +20,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from usagehub.core.csvsafe import SafeDictWriter
 from usagehub.core.calendars import BillingPeriod, require_aware, zone
+from usagehub.core.csvsafe import SafeDictWriter
 from usagehub.core.invoice import InvoicePreview
 from usagehub.core.money import MINOR_UNITS, Money, RoundingRule, decimal_text, exact, quantize
 from usagehub.core.tariffs import parse_document

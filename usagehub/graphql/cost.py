@@ -48,7 +48,7 @@ class Limits:
     """Bounds on one request; ``max_body_bytes`` and ``max_tokens`` apply before parsing."""
 
     max_body_bytes: int = 64 * 1024
-    max_tokens: int = 5_000
+    max_tokens: int = 2_000
     max_depth: int = 12
     max_aliases: int = 50
     max_fields: int = 1_000

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import AddValidationRules, MaxTokensLimiter, ParserCache, ValidationCache
 from strawberry.tools import merge_types
 from strawberry.types import Info
 
+from usagehub.errors import DomainError
 from usagehub.graphql import analytics, prepaid, rating
 from usagehub.graphql import billing as b
 from usagehub.graphql import types as t
@@ -24,13 +26,25 @@ from usagehub.graphql.auth import (
     require,
     require_personal,
 )
-from usagehub.graphql.cost import Limits, cost_rule
+from usagehub.graphql.bounded import BoundedDocument
+from usagehub.graphql.cost import Limits
 from usagehub.graphql.pagination import Connection, connection, decode_cursor, page_size
 from usagehub.storage.queries import HUB_TENANT
 
 
 def _services(info: Info) -> Any:
     return info.context.services
+
+
+@contextlib.contextmanager
+def _taken(kind: str, ident: str) -> Iterator[None]:
+    """Ids are unique across tenants: one held by another tenant is "taken", without naming that tenant."""
+    try:
+        yield
+    except DomainError as err:
+        if err.code != "FORBIDDEN":
+            raise
+        raise api_error("ID_TAKEN", f"{kind} id {ident[:200]!r} is not available; choose another") from err
 
 
 def _aware(value: datetime, name: str) -> datetime:
@@ -158,7 +172,7 @@ class CoreMutation:
     @strawberry.mutation
     async def register_account(self, info: Info, account: AccountInput) -> t.Account:
         tenant = require(info, *MANAGE_REGISTRY)
-        with domain_errors():
+        with domain_errors(), _taken("account", account.id):
             row = await _services(info).registry.upsert_account(
                 account_id=account.id, tenant=tenant, name=account.name, market=account.market,
                 currency=account.currency, timezone=account.timezone, prepaid=account.prepaid)
@@ -167,7 +181,7 @@ class CoreMutation:
     @strawberry.mutation
     async def register_device(self, info: Info, device: DeviceInput) -> t.Device:
         tenant = require(info, *MANAGE_REGISTRY)
-        with domain_errors():
+        with domain_errors(), _taken("device", device.id):
             row = await _services(info).registry.upsert_device(
                 device_id=device.id, tenant=tenant, profile_id=device.profile_id, name=device.name,
                 address=device.address, port=device.port)
@@ -224,13 +238,7 @@ Subscription = merge_types("Subscription", _SUBSCRIPTIONS) if _SUBSCRIPTIONS els
 
 
 def build_schema(max_depth: int = 12, limits: Limits | None = None) -> strawberry.Schema:
-    """The schema with parser/validation caches, a token limit before parsing, and depth/alias/field/cost limits."""
+    """The schema with cached, bounded parsing (tokens) and validation (depth, aliases, fields, cost)."""
     bounds = limits or Limits(max_depth=max_depth)
-    rule = cost_rule(bounds)
-    return _Schema(
-        query=Query, mutation=Mutation, subscription=Subscription,
-        # Tokens are counted while parsing, so a huge document stops early; the rule class is one per limits,
-        # so ValidationCache (keyed by the rules) keeps hitting.
-        extensions=[lambda: MaxTokensLimiter(bounds.max_tokens), lambda: ParserCache(maxsize=256),
-                    lambda: ValidationCache(maxsize=256), lambda: AddValidationRules([rule])],
-    )
+    return _Schema(query=Query, mutation=Mutation, subscription=Subscription,
+                   extensions=[lambda: BoundedDocument(bounds)])

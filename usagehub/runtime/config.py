@@ -41,7 +41,7 @@ class HubConfig(BaseModel):
     graphql_max_depth: int = Field(12, ge=2, le=50)
     # Bounds on one GraphQL request (usagehub.graphql.cost.Limits; docs/security-api.md).
     graphql_max_body_bytes: int = Field(64 * 1024, ge=1024)
-    graphql_max_tokens: int = Field(5_000, ge=100)
+    graphql_max_tokens: int = Field(2_000, ge=100)
     graphql_max_aliases: int = Field(50, ge=0)
     graphql_max_fields: int = Field(1_000, ge=10)
     graphql_max_cost: int = Field(50_000, ge=100)

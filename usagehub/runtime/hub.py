@@ -229,7 +229,8 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     app = create_app(services, hub.keys, ready=hub.ready.is_set, limits=limits,
                      extra_routes=list(routes))
     server = uvicorn.Server(uvicorn.Config(app, host=hub.config.http_host, port=hub.config.http_port,
-                                           log_level="warning", lifespan="off"))
+                                           log_level="warning", lifespan="off",
+                                           ws_max_size=limits.max_body_bytes))  # subscription messages too
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # hub owns signals
     if install_signals:
         loop = asyncio.get_running_loop()
