@@ -4,6 +4,8 @@ uvicorn serves the hub's real ASGI app (GraphQL over an embedded PostgreSQL with
 ``POST /ingest`` into an in-memory sink) in this process. A prober process posts one reading at a time
 and records each answer's latency; attacker processes post abusive documents meanwhile: a 4.5 MB body of
 ``__typename``, 1,000 aliases of ``accounts(first: 500)``, a fragment bomb. Baseline: no attackers.
+"Before" answers GraphQL as main did before issue 15 (caches and a depth limit only); "after" with the
+limits of ``usagehub.graphql.cost`` and parsing off the event loop.
 
     .venv/bin/python bench/api_abuse.py [--seconds 10] [--attackers 2]
 """
@@ -43,8 +45,23 @@ from usagehub.storage.pool import open_pool
 from usagehub.storage.queries import Reads
 from usagehub.storage.registry import Registry
 
-OFF = Limits(max_body_bytes=100_000_000, max_tokens=100_000_000, max_depth=50, max_aliases=10**9,
-             max_fields=10**9, max_cost=10**15)
+
+def _before(app: Any) -> None:
+    """Make ``app`` answer GraphQL as main did before issue 15: no body limit, parser and validation caches
+    and a depth limit on the event loop, nothing else."""
+    from strawberry.extensions import AddValidationRules, ParserCache, ValidationCache
+    from strawberry.extensions.query_depth_limiter import create_validator
+
+    from usagehub.graphql.schema import Mutation, Query, Subscription, _Schema
+
+    depth = create_validator(12, None, None)
+    schema = _Schema(query=Query, mutation=Mutation, subscription=Subscription,
+                     extensions=[lambda: ParserCache(maxsize=256), lambda: ValidationCache(maxsize=256),
+                                 lambda: AddValidationRules([depth])])
+    for route in app.routes:
+        if getattr(route, "path", "") == "/graphql" and hasattr(route.app, "max_bytes"):
+            route.app.max_bytes = 10**12
+            route.app.app.schema = schema
 ATTACKS = [
     "{ " + "__typename " * 450_000 + "}",
     "{ " + " ".join(f"a{i}: accounts(first: 500) {{ edges {{ node {{ id name }} }} }}" for i in range(1000)) + " }",
@@ -92,12 +109,14 @@ def _attacker(port: int, key: str, seconds: float, out: mp.Queue) -> None:  # ty
     out.put(asyncio.run(_attack(port, key, seconds)))
 
 
-async def _run(services: Services, keys: ApiKeys, key: str, limits: Limits, attackers: int,
+async def _run(services: Services, keys: ApiKeys, key: str, before: bool, attackers: int,
                seconds: float) -> dict[str, Any]:
     from usagehub.web.app import create_app
 
     routes = ingest_routes(FastSink(), Directory(), HttpConfig(), [])  # type: ignore[arg-type]
-    app = create_app(services, keys, ready=lambda: True, limits=limits, extra_routes=list(routes))
+    app = create_app(services, keys, ready=lambda: True, limits=Limits(), extra_routes=list(routes))
+    if before:
+        _before(app)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
     task = asyncio.create_task(server.serve())
@@ -140,9 +159,10 @@ async def main() -> None:
     keys = ApiKeys(pool)
     key, _ = await keys.create(role="admin")
     print(f"device ingest latency, {args.seconds:.0f} s per run, {args.attackers} attacker processes")
-    for name, limits, attackers in (("baseline (no attack)", Limits(), 0), ("abused, limits off", OFF,
-                                    args.attackers), ("abused, limits on", Limits(), args.attackers)):
-        r = await _run(services, keys, key, limits, attackers, args.seconds)
+    runs = (("baseline (no attack)", False, 0), ("abused, before (main)", True, args.attackers),
+            ("abused, after (limits)", False, args.attackers))
+    for name, before, attackers in runs:
+        r = await _run(services, keys, key, before, attackers, args.seconds)
         print(f"{name:24} probes {r['probes']:5}  p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
               f"max {r['max_ms']:8.1f} ms  abusive requests {r['attacks']}")
     await pool.close()

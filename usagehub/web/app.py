@@ -48,7 +48,8 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = Headers(scope=scope).get("content-length", "0")
-        if not declared.isdigit() or int(declared) > self.max_bytes:
+        too_long = len(scope.get("query_string", b"")) > self.max_bytes  # GET /graphql?query=…
+        if too_long or not declared.isdigit() or int(declared) > self.max_bytes:
             await self._refuse(scope, receive, send)
             return
         chunks, size, more = [], 0, True
