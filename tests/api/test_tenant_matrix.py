@@ -137,15 +137,48 @@ MUTATIONS: dict[str, Case] = {
     "evaluateSegment": Case("mutation($s: ID!) { evaluateSegment(id: $s) { members entered } }", {"s": "{seg}"}),
 }
 
-SUBSCRIPTIONS = {"prepaidEvents": "see test_prepaid_events_subscription_is_scoped"}
+# The operations room of main (issue 20): exercised once it is merged into this tree, skipped before.
+MAIN_ROOMS: dict[str, Case] = {
+    "alerts": Case("{ alerts { edges { node { id accountId message } } } }", {}, "list"),
+    "meterTypes": Case("{ meterTypes { id } }", {}, "list", marker=False),  # one catalog for the hub
+    "revenueAssurance": Case("query($a: String, $s: DateTime!, $u: DateTime!) { revenueAssurance(accountId: $a, "
+                             "since: $s, until: $u) { accountId day events } }",
+                             {"a": "{acc}", "s": SINCE, "u": UNTIL}),
+    "acknowledgeAlerts": Case("mutation($i: [ID!]!) { acknowledgeAlerts(ids: $i) { id ackedBy } }",
+                              {"i": ["{alert}"]}),
+    "createConsumerToken": Case("mutation($a: String!) { createConsumerToken(accountId: $a) { accountId } }",
+                                {"a": "{acc}"}),
+    "revokeConsumerToken": Case("mutation($i: ID!) { revokeConsumerToken(id: $i) }", {"i": "{ctoken}"}),
+}
+MAIN_MUTATIONS = {"acknowledgeAlerts", "createConsumerToken", "revokeConsumerToken", "saveMeterType"}
+# saveMeterType edits the hub-wide catalog (no tenant data to leak, but any tenant's admin may write it):
+# it is left out of the matrix on purpose and named here so the table stays complete.
+NOT_EXERCISED = {"saveMeterType": "hub-wide catalog, see docs/security-api.md"}
+
+SUBSCRIPTIONS = {"prepaidEvents": "see test_prepaid_events_subscription_is_scoped",
+                 "alerts": "operations room (main): AlertFeed.stream(tenant)"}
+
+
+def _roots() -> dict[str, set[str]]:
+    schema = build_schema()._schema
+    return {root: set(schema.type_map[root].fields) for root in ("Query", "Mutation", "Subscription")}  # type: ignore[attr-defined]
+
+
+def _cases() -> dict[str, Case]:
+    """Every case whose field this schema has (main's rooms only once merged)."""
+    present = _roots()["Query"] | _roots()["Mutation"]
+    return {name: case for name, case in {**QUERIES, **MUTATIONS, **MAIN_ROOMS}.items() if name in present}
 
 
 def test_every_root_field_is_in_the_table() -> None:
-    schema = build_schema()._schema
-    for root, table in (("Query", QUERIES), ("Mutation", MUTATIONS), ("Subscription", SUBSCRIPTIONS)):
-        fields = set(schema.type_map[root].fields)  # type: ignore[attr-defined]
-        assert fields == set(table), f"{root}: add {sorted(fields - set(table))} to the table in {__file__}; " \
-                                     f"drop {sorted(set(table) - fields)}"
+    main_queries = set(MAIN_ROOMS) - MAIN_MUTATIONS
+    tables = {"Query": set(QUERIES) | main_queries, "Mutation": set(MUTATIONS) | MAIN_MUTATIONS,
+              "Subscription": set(SUBSCRIPTIONS)}
+    known_later = set(MAIN_ROOMS) | MAIN_MUTATIONS | {"alerts"}
+    for root, fields in _roots().items():
+        assert not fields - tables[root], f"{root}: add {sorted(fields - tables[root])} to the table in {__file__}"
+        stale = tables[root] - fields - known_later
+        assert not stale, f"{root}: drop {sorted(stale)} from the table"
 
 
 @pytest.fixture
@@ -184,7 +217,7 @@ async def _check(w: World, name: str, case: Case) -> list[str]:
 
 
 async def test_every_query_and_mutation_is_tenant_scoped(w: World) -> None:
-    problems = [p for name, case in {**QUERIES, **MUTATIONS}.items() for p in await _check(w, name, case)]
+    problems = [p for name, case in _cases().items() for p in await _check(w, name, case)]
     assert not problems, "\n".join(problems)
 
 
@@ -221,7 +254,7 @@ async def test_hostile_callers_get_401_on_every_field(w: World) -> None:
     revoked, principal = await w.keys.create(role="admin", tenant="beta")
     await w.keys.revoke(principal.key_id)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as client:
-        for name, case in {**QUERIES, **MUTATIONS}.items():
+        for name, case in _cases().items():
             body = {"query": case.doc, "variables": fill(case.variables, w.ids["beta"])}
             for headers in ({}, {"Authorization": f"Bearer {revoked}"}, {"Authorization": "Bearer uh_x_y"}):
                 response = await client.post("/graphql", json=body, headers=headers)

@@ -23,16 +23,22 @@ from usagehub.graphql.context import Context, Services
 from usagehub.graphql.schema import build_schema
 from usagehub.prepaid.events import PrepaidEventHub
 from usagehub.prepaid.service import FlatPricer, PrepaidService
-from usagehub.runtime.config import HubConfig
+from usagehub.runtime.config import SHIPPED_PROFILES, HubConfig
 from usagehub.runtime.hub import Hub
+from usagehub.runtime.profile_files import load_profiles
 from usagehub.storage.keys import ApiKeys, Principal
 from usagehub.storage.queries import Reads
 from usagehub.storage.registry import Registry
 
+try:  # the operations room (alerts, meter types, consumer tokens) of main, once merged
+    from usagehub.runtime.operations import wire_operations
+except ImportError:  # pragma: no cover — this tree has no operations room yet
+    wire_operations = None
+
 TENANTS = ("alpha", "beta")
 GHOST = {"acc": "ghost-acc", "dev": "ghost-dev", "card": "ghost-card", "res": "0" * 32, "res2": "1" * 32,
          "q": "987654", "rec": "ghost-rec", "vendor": "ghost-vendor", "seg": "987655", "seg2": "987656",
-         "plan": "ghost-plan"}
+         "plan": "ghost-plan", "alert": "987657", "ctoken": "ghost-ctoken"}
 
 
 def _plan_yaml(plan_id: str) -> str:
@@ -116,10 +122,19 @@ async def _tenant(w: World, t: str, pipeline: Any, prepaid: PrepaidService, anal
         cur = await conn.execute("SELECT record_id FROM billing_records WHERE account_id = %s LIMIT 1", (acc,))
         record = await cur.fetchone()
         assert record is not None, "the readings made no billing record"
+        alert, ctoken = "", ""
+        if "operations" in w.services.extra:
+            cur = await conn.execute(
+                "INSERT INTO alerts (tenant, kind, severity, account_id, device_id, message, dedupe_key) "
+                "VALUES (%s, 'tamper', 'critical', %s, %s, %s, %s) RETURNING alert_id",
+                (t, acc, dev, f"{t} cover opened", f"{t}-tamper"))
+            alert = str((await cur.fetchone() or [0])[0])
+            _, ctoken = await w.services.extra["consumers"].create(tenant=t, account_id=acc, created_by="test")
     assert isinstance(grants[0], Grant) and isinstance(grants[1], Grant)
     w.ids[t] = {"acc": acc, "dev": dev, "card": card, "res": grants[0].reservation_id,
                 "res2": grants[1].reservation_id, "q": str(row[0]), "rec": str(record[0]), "vendor": f"{t}-vendor",
-                "seg": str(segs[0].segment_id), "seg2": str(segs[1].segment_id), "plan": f"{t}-plan"}
+                "seg": str(segs[0].segment_id), "seg2": str(segs[1].segment_id), "plan": f"{t}-plan",
+                "alert": alert, "ctoken": ctoken}
     token, principal = await w.keys.create(role="admin", tenant=t)
     w.tokens[t], w.principals[t] = token, principal
 
@@ -137,6 +152,10 @@ async def world(pool: AsyncConnectionPool) -> AsyncIterator[World]:
                         extra={"prepaid_events": PrepaidEventHub(str(pool.conninfo))}, billing=billing,
                         rating=rating, prepaid=prepaid, analytics=analytics)
     w = World(services=services, schema=build_schema(), keys=keys, pool=pool)
+    tasks: list[asyncio.Task[None]] = []
+    if wire_operations is not None:
+        _, tasks = await wire_operations(pool, pipeline.profiles, services, keys, SHIPPED_PROFILES,
+                                         load_profiles(SHIPPED_PROFILES))
     for t in TENANTS:
         await _tenant(w, t, pipeline, prepaid, analytics)
     await analytics.refresh_features(date(2026, 11, 1))
@@ -146,7 +165,8 @@ async def world(pool: AsyncConnectionPool) -> AsyncIterator[World]:
     try:
         yield w
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for t in (task, *tasks):
+            t.cancel()
+        await asyncio.gather(task, *tasks, return_exceptions=True)
         await pipeline.drain()
         await prepaid.close()
