@@ -204,7 +204,8 @@ async def _check(w: World, name: str, case: Case) -> list[str]:
     own = await w.run("beta", case.doc, fill(case.variables, beta))
     if own["errors"] or own["data"] is None:
         problems.append(f"{name}: the owner's call failed: {own['errors']}")
-    if case.mode == "id" and as_ghost(json.dumps(cross), beta) != json.dumps(ghost):
+    used = {k: v for k, v in beta.items() if "{" + k + "}" in json.dumps(case.variables)}  # numeric ids collide
+    if case.mode == "id" and as_ghost(json.dumps(cross), used) != json.dumps(ghost):
         problems.append(f"{name}: another tenant's id answers differently from an unknown id:\n"
                         f"  beta's id: {cross}\n  unknown:   {ghost}")
     if case.code and [e[0] for e in cross["errors"]] != [case.code]:
@@ -233,7 +234,7 @@ async def test_prepaid_events_subscription_is_scoped(w: World) -> None:
         return [e.message for e in result.errors or []]
 
     cross = await first_error("alpha", w.ids["beta"]["acc"])
-    assert [as_ghost(m, w.ids["beta"]) for m in cross] == await first_error("alpha", GHOST["acc"]) != []
+    assert [as_ghost(m, {"acc": w.ids["beta"]["acc"]}) for m in cross] == await first_error("alpha", GHOST["acc"]) != []
 
     hub = w.services.extra["prepaid_events"]
     stream = await w.schema.subscribe(doc, variable_values={"a": None},

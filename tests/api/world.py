@@ -88,7 +88,7 @@ def fill(template: Any, ids: dict[str, str]) -> Any:
 
 def as_ghost(text: str, ids: dict[str, str]) -> str:
     """``text`` with each of ``ids`` written as its ghost id."""
-    for name, value in sorted(ids.items(), key=lambda kv: -len(kv[1])):
+    for name, value in sorted(((k, v) for k, v in ids.items() if v), key=lambda kv: -len(kv[1])):
         text = re.sub(rf"(?<![\w-]){re.escape(value)}(?![\w-])", GHOST[name], text)
     return text
 

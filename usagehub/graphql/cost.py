@@ -127,6 +127,8 @@ def _items(node: FieldNode, definition: Any) -> int:
         return max(1, min(int(first), MAX_PAGE)) if isinstance(first, str) and first.isdigit() else MAX_PAGE
     if "since" in definition.args and "until" in definition.args and _is_list(definition.type):
         return _series_points(node)
+    if node.name.value == "edges":  # a connection's page: its field's `first` counted it already
+        return 1
     return LIST_GUESS if _is_list(definition.type) else 1
 
 
