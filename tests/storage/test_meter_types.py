@@ -77,6 +77,7 @@ async def hubs(pool: AsyncConnectionPool) -> AsyncIterator[tuple[Hub, Hub, Any, 
     app = create_app(services, keys, ready=lambda: True)
     tokens = {role: (await keys.create(role=role))[0] for role in ("admin", "operator", "billing")}
     tokens["b-operator"] = (await keys.create(role="operator", tenant="elsewhere"))[0]
+    tokens["b-admin"] = (await keys.create(role="admin", tenant="elsewhere"))[0]
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as client:
         async def gql(who: str, query: str, **variables: Any) -> dict[str, Any]:
             r = await client.post("/graphql", json={"query": query, "variables": variables},
@@ -101,6 +102,8 @@ async def test_a_saved_meter_type_decodes_at_once_here_and_in_another_hub(hubs: 
     before = await feed(one.pipeline, [reading("w1", 1, 1000)])
     assert before == [Outcome.QUARANTINED]  # no profile claims water/... yet
     assert (await gql("operator", SAVE, y=WATER))["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    # another tenant's admin may not change what every tenant's devices decode with
+    assert (await gql("b-admin", SAVE, y=WATER))["errors"][0]["extensions"]["code"] == "FORBIDDEN"
     saved = (await gql("admin", SAVE, y=WATER))["data"]["saveMeterType"]
     assert saved["errors"] == [] and saved["meterType"] == {"id": "acme-water", "version": 1, "source": "database",
                                                             "meters": ["volume"]}

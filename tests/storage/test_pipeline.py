@@ -110,7 +110,7 @@ async def test_bad_messages_are_quarantined_with_raw_bytes(pipeline: Pipeline, p
                                                            topic: str, payload: bytes, reason: str) -> None:
     message = RawMessage(transport="mqtt", topic=topic, payload=payload, received_at=NOW)
     assert await feed(pipeline, [message]) == [Outcome.QUARANTINED]
-    rows = await Reads(pool).quarantine(reason=None, after=None, limit=10)
+    rows = await Reads(pool).quarantine(tenant="default", reason=None, after=None, limit=10)
     assert [(r["reason"], bytes(r["payload"]), r["topic"]) for r in rows] == [(reason, payload, topic)]
     assert pipeline.totals["quarantined"] == 1
 

@@ -8,7 +8,6 @@ totals add up exactly on the document a billing system picks up.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from collections.abc import Iterable
@@ -18,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from usagehub.core.calendars import BillingPeriod, zone
+from usagehub.core.csvsafe import SafeDictWriter
 from usagehub.core.money import Money, RoundingRule, decimal_text, total
 from usagehub.core.rating import Account, RatedLine, UsageItem, rate
 from usagehub.core.tariffs import PlanBook
@@ -157,7 +157,7 @@ def invoice_to_csv(preview: InvoicePreview) -> str:
     Reference lists are joined with ``;``.
     """
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
+    writer = SafeDictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
     for line in (*preview.lines, *preview.adjustments):
         doc = _line_doc(line, preview.rounding)

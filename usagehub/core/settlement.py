@@ -8,7 +8,6 @@ duplicates) give the identical statement, down to the bytes of its export.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -22,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from usagehub.core.calendars import BillingPeriod, require_aware, zone
+from usagehub.core.csvsafe import SafeDictWriter
 from usagehub.core.invoice import InvoicePreview
 from usagehub.core.money import MINOR_UNITS, Money, RoundingRule, decimal_text, exact, quantize
 from usagehub.core.tariffs import parse_document
@@ -285,7 +285,7 @@ STATEMENT_CSV_COLUMNS = ("row", "transaction_id", "ts", "account_id", "rule_id",
 def statement_to_csv(statement: Statement) -> str:
     """The statement as CSV: a ``line`` row per share, a ``rule`` row per rule, a ``total`` row."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=STATEMENT_CSV_COLUMNS, lineterminator="\r\n")
+    writer = SafeDictWriter(out, fieldnames=STATEMENT_CSV_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
     cur = statement.currency
     for ln in statement.lines:

@@ -37,6 +37,17 @@ async def require_personal(info: Info, *roles: str) -> str:
     return require(info, *(roles or PERSONAL_READ))
 
 
+def not_found(kind: str, ident: object) -> GraphQLError:
+    """The one answer for an id the caller may not see: the same whether it exists in another tenant or not."""
+    return api_error("NOT_FOUND", f"no {kind} {str(ident)[:200]!r}")
+
+
+async def own(info: Info, tenant: str, kind: str, ident: str | None) -> None:
+    """NOT_FOUND unless ``ident`` (an account, device, card, reservation or quarantine item) is the tenant's."""
+    if ident is not None and await info.context.services.reads.owner(kind, ident) != tenant:
+        raise not_found(kind, ident)
+
+
 def require(info: Info, *roles: str) -> str:
     """The caller's tenant, if its role is among ``roles``; a FORBIDDEN error otherwise."""
     principal = info.context.principal

@@ -16,13 +16,14 @@ from usagehub.graphql.pagination import Connection, connection, decode_cursor, p
 from usagehub.operations.profiles import CatalogEntry
 from usagehub.storage.alerts import AlertRow
 from usagehub.storage.assurance import AssuranceRow
+from usagehub.storage.queries import HUB_TENANT
 
 ALERT_READ = ("admin", "operator")
 ALERT_WRITE = ("admin", "operator")
 ASSURANCE_READ = ("admin", "operator", "billing")
 CONSUMER_TOKENS = ("admin", "operator", "billing")
 METER_TYPES_READ = ("admin", "operator")
-# Meter types are shared by every tenant of a hub, so only admins change them.
+# Meter types are shared by every tenant of a hub, so only admins of the hub's own tenant change them.
 METER_TYPES_WRITE = ("admin",)
 
 
@@ -198,7 +199,8 @@ class OperationsMutation:
 
     @strawberry.mutation(description="Validate and store a new version of a meter type; running hubs apply it.")
     async def save_meter_type(self, info: Info, yaml: str) -> SaveMeterTypeResult:
-        require(info, *METER_TYPES_WRITE)
+        if require(info, *METER_TYPES_WRITE) != HUB_TENANT:  # the catalogue is shared by every tenant's devices
+            raise api_error("FORBIDDEN", f"meter types are changed by admins of the hub's own tenant {HUB_TENANT!r}")
         with domain_errors():
             entry, errors = await _catalog(info).save(yaml, author=info.context.principal.key_id)
         return SaveMeterTypeResult(meter_type=MeterType.of(entry) if entry else None,

@@ -12,7 +12,7 @@ from strawberry.types import Info
 
 from usagehub.core.prepaid import AccountState, AuthRequest, Decision, Grant, Settlement
 from usagehub.errors import DomainError
-from usagehub.graphql.auth import api_error, domain_errors, require, require_personal
+from usagehub.graphql.auth import api_error, domain_errors, own, require, require_personal
 from usagehub.graphql.pagination import Connection, connection, decode_cursor, page_size
 
 PAY = ("admin", "billing")                    # top-ups, cards, configuration
@@ -24,15 +24,6 @@ def _svc(info: Info) -> Any:
     if service is None:
         raise api_error("UNAVAILABLE", "prepaid is not enabled on this hub")
     return service
-
-
-async def _own(info: Info, tenant: str, table: str, key: str, value: str | None) -> None:
-    """Refuse ids of another tenant (as if unknown)."""
-    if value is None:
-        return
-    rows = await _svc(info).rows(f"SELECT tenant FROM {table} WHERE {key} = %s", (value,))
-    if rows and rows[0]["tenant"] != tenant:
-        raise api_error("FORBIDDEN", f"{value!r} belongs to another tenant")
 
 
 @strawberry.type
@@ -191,22 +182,21 @@ class PrepaidQuery:
     @strawberry.field(description="An account's prepaid balance (null when the account is not prepaid).")
     async def prepaid_account(self, info: Info, account_id: str) -> PrepaidAccount | None:
         tenant = await require_personal(info)
-        await _own(info, tenant, "accounts", "account_id", account_id)
+        await own(info, tenant, "account", account_id)
         state = await _svc(info).account(account_id)
         return PrepaidAccount.of(state) if state else None
 
     @strawberry.field(description="Refused card presentations (blacklisted, unknown), newest first.")
     async def card_attempts(self, info: Info, card_id: str, first: int = 50) -> list[CardAttempt]:
-        require(info, "admin", "billing", "operator")
-        rows = await _svc(info).rows(
-            "SELECT card_id, account_id, operation, reason, device_id, at FROM prepaid_card_attempts "
-            "WHERE card_id = %s ORDER BY attempt_id DESC LIMIT %s", (card_id, page_size(first)))
+        tenant = require(info, "admin", "billing", "operator")
+        rows = await info.context.services.reads.card_attempts(tenant=tenant, card_id=card_id,
+                                                               limit=page_size(first))
         return [CardAttempt(**r) for r in rows]
 
     @strawberry.field(description="Alerts and block/restore events of an account, newest first.")
     async def prepaid_events(self, info: Info, account_id: str, first: int = 50) -> list[PrepaidEvent]:
         tenant = await require_personal(info)
-        await _own(info, tenant, "accounts", "account_id", account_id)
+        await own(info, tenant, "account", account_id)
         rows = await _svc(info).rows(
             "SELECT event_id, account_id, kind, balance, funds, currency, at FROM prepaid_events "
             "WHERE account_id = %s ORDER BY event_id DESC LIMIT %s", (account_id, page_size(first)))
@@ -221,7 +211,8 @@ class PrepaidMutation:
     async def top_up(self, info: Info, account_id: str, amount: Decimal, payment_ref: str,
                      card_id: str | None = None, vendor_id: str | None = None) -> TopUpResult:
         tenant = require(info, *PAY)
-        await _own(info, tenant, "accounts", "account_id", account_id)
+        await own(info, tenant, "account", account_id)
+        await own(info, tenant, "card", card_id)
         with domain_errors():
             t = await _svc(info).top_up(account_id=account_id, amount=amount, payment_ref=payment_ref,
                                         card_id=card_id, vendor_id=vendor_id)
@@ -233,7 +224,7 @@ class PrepaidMutation:
                                 low_balance_threshold: Decimal | None = None,
                                 debit_mode: str | None = None) -> PrepaidAccount:
         tenant = require(info, *PAY)
-        await _own(info, tenant, "accounts", "account_id", account_id)
+        await own(info, tenant, "account", account_id)
         with domain_errors():
             state = await _svc(info).configure(account_id=account_id, overdraft=overdraft,
                                                low_threshold=low_balance_threshold, debit_mode=debit_mode)
@@ -242,19 +233,21 @@ class PrepaidMutation:
     @strawberry.mutation
     async def register_card(self, info: Info, card_id: str, account_id: str) -> PaymentCard:
         tenant = require(info, *PAY)
-        await _own(info, tenant, "accounts", "account_id", account_id)
+        await own(info, tenant, "account", account_id)
         with domain_errors():
             return PaymentCard.of(await _svc(info).register_card(card_id=card_id, account_id=account_id))
 
     @strawberry.mutation(description="Refuse a card from now on, with a reason.")
     async def blacklist_card(self, info: Info, card_id: str, reason: str) -> PaymentCard:
-        require(info, *AUTHORIZE)
+        tenant = require(info, *AUTHORIZE)
+        await own(info, tenant, "card", card_id)
         with domain_errors():
             return PaymentCard.of(await _svc(info).set_blacklisted(card_id, True, reason))
 
     @strawberry.mutation
     async def unblacklist_card(self, info: Info, card_id: str) -> PaymentCard:
-        require(info, *PAY)
+        tenant = require(info, *PAY)
+        await own(info, tenant, "card", card_id)
         with domain_errors():
             return PaymentCard.of(await _svc(info).set_blacklisted(card_id, False))
 
@@ -263,7 +256,9 @@ class PrepaidMutation:
                         units: Decimal | None = None, amount: Decimal | None = None, product: str = "energy",
                         request_id: str | None = None) -> Authorization:
         tenant = require(info, *AUTHORIZE)
-        await _own(info, tenant, "devices", "device_id", device_id)
+        await own(info, tenant, "device", device_id)
+        await own(info, tenant, "account", account_id)
+        await own(info, tenant, "card", card_id)
         request = AuthRequest(device_id=device_id, account_id=account_id, card_id=card_id, units=units,
                               amount=amount, product=product, request_id=request_id)
         with domain_errors():
@@ -271,7 +266,8 @@ class PrepaidMutation:
 
     @strawberry.mutation(description="Debit the used units and release the rest (a repeat returns the same).")
     async def commit_reservation(self, info: Info, reservation_id: str, used_units: Decimal) -> ReservationResult:
-        require(info, *AUTHORIZE)
+        tenant = require(info, *AUTHORIZE)
+        await own(info, tenant, "reservation", reservation_id)
         if used_units < 0:
             raise api_error("BAD_REQUEST", "usedUnits cannot be negative")
         with domain_errors():
@@ -279,7 +275,8 @@ class PrepaidMutation:
 
     @strawberry.mutation(description="Release a reservation unused (idempotent).")
     async def release_reservation(self, info: Info, reservation_id: str) -> ReservationResult:
-        require(info, *AUTHORIZE)
+        tenant = require(info, *AUTHORIZE)
+        await own(info, tenant, "reservation", reservation_id)
         with domain_errors():
             return ReservationResult.of(await _svc(info).release(reservation_id))
 
@@ -291,13 +288,17 @@ class PrepaidSubscription:
     @strawberry.subscription(description="Low-balance alerts, blocks and restores (of one account, or all).")
     async def prepaid_events(self, info: Info, account_id: str | None = None) -> AsyncGenerator[PrepaidEvent, None]:
         tenant = await require_personal(info) if account_id else require(info, "admin")  # all accounts: admins only
-        await _own(info, tenant, "accounts", "account_id", account_id)
+        await own(info, tenant, "account", account_id)
         hub = info.context.services.extra.get("prepaid_events")
         if hub is None:
             raise DomainError("UNAVAILABLE", "prepaid events are not enabled on this hub")
+        owners: dict[str, bool] = {}  # account -> the caller's tenant's? (an account never changes tenant)
         async for e in hub.stream(account_id):
-            yield PrepaidEvent(id=strawberry.ID(str(e.event_id)), account_id=e.account_id, kind=e.kind,
-                               balance=e.balance, funds=e.funds, currency=e.currency, at=e.at)
+            if e.account_id not in owners:
+                owners[e.account_id] = await info.context.services.reads.owner("account", e.account_id) == tenant
+            if owners[e.account_id]:
+                yield PrepaidEvent(id=strawberry.ID(str(e.event_id)), account_id=e.account_id, kind=e.kind,
+                                   balance=e.balance, funds=e.funds, currency=e.currency, at=e.at)
 
 
 # Strawberry types merged into the root Query, Mutation and Subscription by schema.py.

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import functools
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import AddValidationRules, ParserCache, ValidationCache
-from strawberry.extensions.query_depth_limiter import create_validator
 from strawberry.tools import merge_types
 from strawberry.types import Info
 
+from usagehub.errors import DomainError
 from usagehub.graphql import analytics, gateways, operations, prepaid, rating
 from usagehub.graphql import billing as b
 from usagehub.graphql import types as t
@@ -22,14 +22,29 @@ from usagehub.graphql.auth import (
     READ_ALL,
     api_error,
     domain_errors,
+    own,
     require,
     require_personal,
 )
+from usagehub.graphql.bounded import BoundedDocument
+from usagehub.graphql.cost import Limits
 from usagehub.graphql.pagination import Connection, connection, decode_cursor, page_size
+from usagehub.storage.queries import HUB_TENANT
 
 
 def _services(info: Info) -> Any:
     return info.context.services
+
+
+@contextlib.contextmanager
+def _taken(kind: str, ident: str) -> Iterator[None]:
+    """Ids are unique across tenants: one held by another tenant is "taken", without naming that tenant."""
+    try:
+        yield
+    except DomainError as err:
+        if err.code != "FORBIDDEN":
+            raise
+        raise api_error("ID_TAKEN", f"{kind} id {ident[:200]!r} is not available; choose another") from err
 
 
 def _aware(value: datetime, name: str) -> datetime:
@@ -87,13 +102,13 @@ class CoreQuery:
         rows = await _services(info).registry.devices(tenant=tenant, after=decode_cursor(after), limit=n + 1)
         return connection([t.Device.of(r) for r in rows], n, lambda d: d.id)
 
-    @strawberry.field(description="Bindings of a device or an account (validity ranges).")
+    @strawberry.field(description="Bindings of a device or an account (validity ranges) of the caller's tenant.")
     async def bindings(self, info: Info, device_id: str | None = None,
                        account_id: str | None = None) -> list[t.Binding]:
-        await require_personal(info)
-        rows = await _services(info).registry.bindings(device_ids=[device_id] if device_id else [],
-                                                       account_ids=[account_id] if account_id else [])
-        return [t.Binding.of(r) for r in rows]
+        tenant = await require_personal(info)
+        rows = await _services(info).reads.bindings(tenant=tenant, device_id=device_id, account_id=account_id)
+        return [t.Binding(id=str(r["binding_id"]), device_id=r["device_id"], account_id=r["account_id"],
+                          valid_from=r["valid_from"], valid_to=r["valid_to"]) for r in rows]
 
     @strawberry.field(description="Raw events of one device in device-time order.")
     async def events(self, info: Info, device_id: str, meter: str | None = None,
@@ -118,22 +133,26 @@ class CoreQuery:
             until=_aware(until, "until"), meter=meter)
         return [t.UsageBucket(start=r.start, meter=r.meter, quantity=r.quantity, unit=r.unit) for r in rows]
 
-    @strawberry.field(description="Messages kept in quarantine with raw bytes and reason.")
+    @strawberry.field(description="Messages kept in quarantine with raw bytes and reason: those of the tenant's "
+                                  "devices (the hub's own tenant also sees those of no registered device).")
     async def quarantine(self, info: Info, reason: str | None = None, first: int = 50, after: str | None = None,
                          include_replayed: bool = False) -> Connection[t.QuarantineItem]:
-        require(info, "admin", "operator")
+        tenant = require(info, "admin", "operator")
         n = page_size(first)
         pos = decode_cursor(after)
-        rows = await _services(info).reads.quarantine(reason=reason, after=int(str(pos)) if pos else None,
-                                                      limit=n + 1, include_replayed=include_replayed)
+        rows = await _services(info).reads.quarantine(tenant=tenant, reason=reason,
+                                                      after=int(str(pos)) if pos else None, limit=n + 1,
+                                                      include_replayed=include_replayed)
         return connection([t.QuarantineItem.of(r) for r in rows], n, lambda q: int(q.id))
 
-    @strawberry.field
+    @strawberry.field(description="Open quarantine items of the tenant per reason; the process-wide counters "
+                                  "only for keys of the hub's own tenant (null otherwise).")
     async def ingest_stats(self, info: Info) -> t.IngestStats:
-        require(info, *READ_ALL)
+        tenant = require(info, *READ_ALL)
         services = _services(info)
-        counts = await services.reads.quarantine_counts()
-        return t.IngestStats(**services.ingest_totals,
+        counts = await services.reads.quarantine_counts(tenant=tenant)
+        totals = services.ingest_totals if tenant == HUB_TENANT else {}
+        return t.IngestStats(**{k: totals.get(k) for k in t.INGEST_COUNTERS},
                              quarantine_open=[t.ReasonCount(reason=k, count=v) for k, v in counts.items()])
 
     sessions: Connection[b.BillingSession] = strawberry.field(
@@ -153,7 +172,7 @@ class CoreMutation:
     @strawberry.mutation
     async def register_account(self, info: Info, account: AccountInput) -> t.Account:
         tenant = require(info, *MANAGE_REGISTRY)
-        with domain_errors():
+        with domain_errors(), _taken("account", account.id):
             row = await _services(info).registry.upsert_account(
                 account_id=account.id, tenant=tenant, name=account.name, market=account.market,
                 currency=account.currency, timezone=account.timezone, prepaid=account.prepaid)
@@ -162,7 +181,7 @@ class CoreMutation:
     @strawberry.mutation
     async def register_device(self, info: Info, device: DeviceInput) -> t.Device:
         tenant = require(info, *MANAGE_REGISTRY)
-        with domain_errors():
+        with domain_errors(), _taken("device", device.id):
             row = await _services(info).registry.upsert_device(
                 device_id=device.id, tenant=tenant, profile_id=device.profile_id, name=device.name,
                 address=device.address, port=device.port)
@@ -172,6 +191,8 @@ class CoreMutation:
     async def bind_device(self, info: Info, device_id: str, account_id: str, valid_from: datetime,
                           valid_to: datetime | None = None) -> t.Binding:
         tenant = require(info, *MANAGE_REGISTRY)
+        await own(info, tenant, "device", device_id)
+        await own(info, tenant, "account", account_id)
         with domain_errors():
             row = await _services(info).registry.bind(
                 device_id=device_id, account_id=account_id, valid_from=_aware(valid_from, "validFrom"),
@@ -180,9 +201,11 @@ class CoreMutation:
 
     @strawberry.mutation(description="Feed quarantined messages through the pipeline again (after a fix).")
     async def replay_quarantine(self, info: Info, ids: list[strawberry.ID]) -> list[t.ReplayResult]:
-        require(info, *QUARANTINE_WRITE)
+        tenant = require(info, *QUARANTINE_WRITE)
         if len(ids) > 1000:
             raise api_error("BAD_REQUEST", "replay at most 1000 items at once")
+        for ident in ids:
+            await own(info, tenant, "quarantine", str(ident))
         with domain_errors():
             results = await _services(info).replay([int(i) for i in ids])
         return [t.ReplayResult(id=str(r[0]), outcome=r[1], reason=r[2]) for r in results]
@@ -214,23 +237,8 @@ _SUBSCRIPTIONS = tuple(s for room in ROOMS for s in room.SUBSCRIPTIONS)
 Subscription = merge_types("Subscription", _SUBSCRIPTIONS) if _SUBSCRIPTIONS else None
 
 
-@functools.cache
-def _depth_rule(max_depth: int) -> Any:
-    return create_validator(max_depth, None, None)
-
-
-class _DepthLimit(AddValidationRules):
-    """strawberry's QueryDepthLimiter with one rule class per depth: a new class per request (what the stock
-    extension makes) is part of ValidationCache's key, so the cache never hit and validation cost ~50 % CPU."""
-
-    def __init__(self, max_depth: int) -> None:
-        super().__init__([_depth_rule(max_depth)])
-
-
-def build_schema(max_depth: int = 12) -> strawberry.Schema:
-    """The schema with parser/validation caches and a query depth limit."""
-    return _Schema(
-        query=Query, mutation=Mutation, subscription=Subscription,
-        extensions=[lambda: ParserCache(maxsize=256), lambda: ValidationCache(maxsize=256),
-                    lambda: _DepthLimit(max_depth)],
-    )
+def build_schema(max_depth: int = 12, limits: Limits | None = None) -> strawberry.Schema:
+    """The schema with cached, bounded parsing (tokens) and validation (depth, aliases, fields, cost)."""
+    bounds = limits or Limits(max_depth=max_depth)
+    return _Schema(query=Query, mutation=Mutation, subscription=Subscription,
+                   extensions=[lambda: BoundedDocument(bounds)])

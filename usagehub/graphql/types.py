@@ -159,15 +159,18 @@ class ReasonCount:
     count: int
 
 
+INGEST_COUNTERS = ("messages", "accepted", "duplicates", "quarantined", "batches")
+
+
 @strawberry.type
 class IngestStats:
-    """What this hub process has ingested since it started."""
+    """What this hub process has ingested since it started (counters: the hub's own tenant only)."""
 
-    messages: int
-    accepted: int
-    duplicates: int
-    quarantined: int
-    batches: int
+    messages: int | None
+    accepted: int | None
+    duplicates: int | None
+    quarantined: int | None
+    batches: int | None
     quarantine_open: list[ReasonCount]
 
 

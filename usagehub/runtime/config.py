@@ -53,6 +53,12 @@ class HubConfig(BaseModel):
     quarantine_max_rows: int = Field(1_000_000, ge=100, description="beyond, the oldest entries go")
     device_key_secret: str | None = Field(None, description="seals per-device AES keys (wM-Bus) at rest")
     device_key_refresh_s: float = Field(30.0, gt=0, description="how often a running hub reloads device keys")
+    # Bounds on one GraphQL request (usagehub.graphql.cost.Limits; docs/security-api.md).
+    graphql_max_body_bytes: int = Field(64 * 1024, ge=1024)
+    graphql_max_tokens: int = Field(2_000, ge=100)
+    graphql_max_aliases: int = Field(50, ge=0)
+    graphql_max_fields: int = Field(1_000, ge=10)
+    graphql_max_cost: int = Field(50_000, ge=100)
 
     @property
     def uses_embedded_database(self) -> bool:

@@ -23,6 +23,7 @@ from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
 from usagehub.core.profiles import Profile
 from usagehub.graphql.context import Services
+from usagehub.graphql.cost import Limits
 from usagehub.pipeline.alerts import AlertStage
 from usagehub.pipeline.pipeline import Pipeline, PipelineSettings
 from usagehub.pipeline.rebind import rebind, sweep_expired
@@ -277,13 +278,18 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
                                                      hub.config.profiles, profiles)
     routes += console
     hub.background += operation_tasks
-    app = create_app(services, hub.keys, ready=hub.ready.is_set, max_depth=hub.config.graphql_max_depth,
+    c = hub.config
+    limits = Limits(max_body_bytes=c.graphql_max_body_bytes, max_tokens=c.graphql_max_tokens,
+                    max_depth=c.graphql_max_depth, max_aliases=c.graphql_max_aliases,
+                    max_fields=c.graphql_max_fields, max_cost=c.graphql_max_cost)
+    app = create_app(services, hub.keys, ready=hub.ready.is_set, limits=limits,
                      extra_routes=list(routes))
     ingest = HttpConfig()  # slow clients: header and body deadlines on the API port too
     server = uvicorn.Server(uvicorn.Config(app, host=hub.config.http_host, port=hub.config.http_port,
                                            log_level="warning", lifespan="off",
                                            http=deadline_protocol(header_timeout_s=ingest.header_timeout_s,
-                                                                  body_timeout_s=ingest.body_timeout_s)))
+                                                                  body_timeout_s=ingest.body_timeout_s),
+                                           ws_max_size=limits.max_body_bytes))  # subscription messages too
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # hub owns signals
     if install_signals:
         loop = asyncio.get_running_loop()
@@ -292,6 +298,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     pipeline_task = asyncio.create_task(hub.pipeline.run(), name="pipeline")
     hub.background.append(asyncio.create_task(sweep_sessions(hub), name="session-sweep"))
     hub.background.append(asyncio.create_task(prune_quarantine_hourly(hub), name="quarantine-retention"))
+    hub.background.append(asyncio.create_task(hub.keys.listen(), name="api-key-revocations"))
     hub.background.append(asyncio.create_task(daily_analytics(hub, services.analytics), name="analytics-daily"))
     hub.background += hub.prepaid.start() if hub.prepaid is not None else []
     adapter_tasks = [asyncio.create_task(a.run(sink), name=f"adapter:{n}") for n, a in hub.adapters.items()]

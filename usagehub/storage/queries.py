@@ -1,4 +1,4 @@
-"""Read queries for the API: events, quarantine, usage buckets. Keyset pagination throughout."""
+"""Read queries for the API, each scoped to one tenant: events, quarantine, usage, ownership. Keyset paging."""
 
 from __future__ import annotations
 
@@ -48,18 +48,19 @@ class Reads:
             "ORDER BY e.ts, e.meter, e.event_id LIMIT %s",
             (device_id, tenant, meter, meter, since, since, until, until, a_ts, a_ts, a_meter, a_id, limit))
 
-    async def quarantine(self, *, reason: str | None, after: int | None, limit: int,
+    async def quarantine(self, *, tenant: str, reason: str | None, after: int | None, limit: int,
                          include_replayed: bool = False) -> list[dict[str, Any]]:
-        """Quarantined messages, newest id last, keyset-paged."""
+        """The tenant's quarantined messages, newest id last, keyset-paged."""
         return await self._rows(
-            "SELECT * FROM quarantine WHERE (%s::text IS NULL OR reason = %s) AND (%s::bigint IS NULL OR "
-            "quarantine_id > %s) AND (%s OR replayed_at IS NULL) ORDER BY quarantine_id LIMIT %s",
-            (reason, reason, after, after, include_replayed, limit))
+            f"SELECT * FROM quarantine q WHERE {_QUARANTINE_TENANT} = %s AND (%s::text IS NULL OR reason = %s) "
+            "AND (%s::bigint IS NULL OR quarantine_id > %s) AND (%s OR replayed_at IS NULL) "
+            "ORDER BY quarantine_id LIMIT %s",
+            (tenant, reason, reason, after, after, include_replayed, limit))
 
-    async def quarantine_counts(self) -> dict[str, int]:
-        """Open quarantine items per reason."""
-        rows = await self._rows("SELECT reason, count(*) AS n FROM quarantine WHERE replayed_at IS NULL "
-                                "GROUP BY reason ORDER BY reason", ())
+    async def quarantine_counts(self, *, tenant: str) -> dict[str, int]:
+        """The tenant's open quarantine items per reason."""
+        rows = await self._rows(f"SELECT reason, count(*) AS n FROM quarantine q WHERE replayed_at IS NULL "
+                                f"AND {_QUARANTINE_TENANT} = %s GROUP BY reason ORDER BY reason", (tenant,))
         return {r["reason"]: int(r["n"]) for r in rows}
 
     async def usage(self, *, tenant: str, account_id: str, bucket: str, since: datetime, until: datetime,
@@ -79,3 +80,44 @@ class Reads:
             (BUCKETS[bucket], account_id, tenant, since, until, meter, meter))
         return [UsageBucket(start=r["start"].astimezone(ZoneInfo(r["tz"])), meter=r["meter"],
                             quantity=r["quantity"], unit=r["unit"]) for r in rows]
+
+    # --- tenant scoping --------------------------------------------------------------------------
+
+    async def owner(self, kind: str, ident: str) -> str | None:
+        """The tenant owning an account, device, card, reservation or quarantine item; None if unknown."""
+        if kind == "quarantine" and not ident.isdigit():
+            return None
+        rows = await self._rows(_OWNER[kind], (ident,))
+        return str(rows[0]["tenant"]) if rows and rows[0]["tenant"] is not None else None
+
+    async def bindings(self, *, tenant: str, device_id: str | None, account_id: str | None) -> list[dict[str, Any]]:
+        """Bindings of the tenant's device or account (every binding of the tenant when neither is given)."""
+        return await self._rows(
+            "SELECT b.binding_id, b.device_id, b.account_id, lower(b.valid) AS valid_from, "
+            "upper(b.valid) AS valid_to FROM bindings b JOIN accounts a USING (account_id) "
+            "JOIN devices d ON d.device_id = b.device_id WHERE a.tenant = %s AND d.tenant = %s "
+            "AND (%s::text IS NULL OR b.device_id = %s) AND (%s::text IS NULL OR b.account_id = %s) "
+            "ORDER BY b.device_id, lower(b.valid) LIMIT 10000",
+            (tenant, tenant, device_id, device_id, account_id, account_id))
+
+    async def card_attempts(self, *, tenant: str, card_id: str, limit: int) -> list[dict[str, Any]]:
+        """Refused presentations of a card made against the tenant's accounts or by its devices."""
+        return await self._rows(
+            "SELECT t.card_id, t.account_id, t.operation, t.reason, t.device_id, t.at FROM prepaid_card_attempts t "
+            "LEFT JOIN accounts a ON a.account_id = t.account_id LEFT JOIN devices d ON d.device_id = t.device_id "
+            "WHERE t.card_id = %s AND (a.tenant = %s OR (a.tenant IS NULL AND d.tenant = %s)) "
+            "ORDER BY t.attempt_id DESC LIMIT %s", (card_id, tenant, tenant, limit))
+
+
+# Quarantine items belong to the tenant of their device; items without a registered device belong to
+# the hub's own tenant (HUB_TENANT): they may hold any tenant's bytes, so only the operator sees them.
+HUB_TENANT = "default"
+_QUARANTINE_TENANT = f"coalesce((SELECT d.tenant FROM devices d WHERE d.device_id = q.device_id), '{HUB_TENANT}')"
+_OWNER = {
+    "account": "SELECT tenant FROM accounts WHERE account_id = %s",
+    "device": "SELECT tenant FROM devices WHERE device_id = %s",
+    "card": "SELECT a.tenant FROM prepaid_cards c JOIN accounts a USING (account_id) WHERE c.card_id = %s",
+    "reservation": "SELECT a.tenant FROM prepaid_reservations r JOIN accounts a USING (account_id) "
+                   "WHERE r.reservation_id = %s",
+    "quarantine": f"SELECT {_QUARANTINE_TENANT} AS tenant FROM quarantine q WHERE q.quarantine_id = %s::bigint",
+}

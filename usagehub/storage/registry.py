@@ -14,6 +14,7 @@ from psycopg.types.range import Range
 from psycopg_pool import AsyncConnectionPool
 
 from usagehub.adapters.base import DeviceEndpoint
+from usagehub.core.ids import check_id
 from usagehub.errors import DomainError, IntegrityViolation
 from usagehub.storage.pool import mapped_errors
 
@@ -71,6 +72,7 @@ class Registry:
                              market: str = "DE", currency: str = "EUR", timezone: str = "UTC",
                              prepaid: bool = False) -> AccountRow:
         """Create or update an account."""
+        check_id("account", account_id)
         async with mapped_errors(), self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 "INSERT INTO accounts (account_id, tenant, name, market, currency, timezone, prepaid) "
@@ -88,6 +90,7 @@ class Registry:
                             name: str = "", address: str | None = None, port: int | None = None,
                             secrets: dict[str, str] | None = None) -> DeviceRow:
         """Create or update a device; ``secrets`` (credentials) are merged, never returned."""
+        check_id("device", device_id)
         async with mapped_errors(), self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 "INSERT INTO devices (device_id, tenant, profile_id, name, address, port, secrets) "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -16,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from usagehub.analytics.service import AnalyticsService
 from usagehub.core.analytics.buckets import Bucket
+from usagehub.core.csvsafe import SafeWriter
 from usagehub.errors import DomainError
 from usagehub.storage.keys import ApiKeys, Principal
 from usagehub.storage.rollups import Scope
@@ -141,7 +141,7 @@ async def _feature_table(service: AnalyticsService, tenant: str, personal: bool,
 
 def _csv(columns: list[str], rows: list[list[Any]], name: str) -> Response:
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = SafeWriter(buffer)  # ids and markets never run as spreadsheet formulas
     writer.writerow(columns)
     writer.writerows(rows)
     return Response(buffer.getvalue(), media_type="text/csv",

@@ -8,14 +8,17 @@ from typing import Any
 from cross_web import HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 
 from usagehub import metrics
 from usagehub.graphql.context import Context, Services
+from usagehub.graphql.cost import Limits
 from usagehub.graphql.schema import build_schema
 from usagehub.storage.keys import ApiKeys
 from usagehub.web.graphiql import WithGraphiQL, graphiql_routes
@@ -24,8 +27,8 @@ from usagehub.web.graphiql import WithGraphiQL, graphiql_routes
 class AuthenticatedGraphQL(GraphQL[Context, None]):
     """GraphQL that requires ``Authorization: Bearer <api key>`` (the GraphiQL page in web.graphiql is public)."""
 
-    def __init__(self, services: Services, keys: ApiKeys, max_depth: int) -> None:
-        super().__init__(build_schema(max_depth), graphql_ide=None)  # web.graphiql serves the IDE
+    def __init__(self, services: Services, keys: ApiKeys, limits: Limits) -> None:
+        super().__init__(build_schema(limits=limits), graphql_ide=None)  # web.graphiql serves the IDE
         self.services, self.keys = services, keys
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
@@ -35,8 +38,51 @@ class AuthenticatedGraphQL(GraphQL[Context, None]):
         return Context(services=self.services, principal=principal, request=request, response=response)
 
 
+class BodyLimit:
+    """Answers 413 to an HTTP request whose body exceeds ``max_bytes``, before anything parses it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "0")
+        too_long = len(scope.get("query_string", b"")) > self.max_bytes  # GET /graphql?query=…
+        if too_long or not declared.isdigit() or int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:  # a chunked body without (or lying about) its length
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+
+        async def replay() -> Message:
+            nonlocal body
+            sent, body = body, b""
+            return {"type": "http.request", "body": sent, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse({"errors": [{"message": f"request body over {self.max_bytes} bytes",
+                                             "extensions": {"code": "BODY_TOO_LARGE"}}]}, status_code=413,
+                                headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
 def create_app(services: Services, keys: ApiKeys, *, ready: Callable[[], bool], max_depth: int = 12,
-               extra_routes: list[BaseRoute] | None = None) -> Starlette:
+               extra_routes: list[BaseRoute] | None = None, limits: Limits | None = None) -> Starlette:
     """The ASGI app of one hub."""
 
     async def healthz(_: Request) -> Response:
@@ -49,10 +95,12 @@ def create_app(services: Services, keys: ApiKeys, *, ready: Callable[[], bool], 
     async def metrics_endpoint(_: Request) -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    graphql = AuthenticatedGraphQL(services, keys, max_depth)
+    bounds = limits or Limits(max_depth=max_depth)
+    graphql = AuthenticatedGraphQL(services, keys, bounds)
     routes: list[BaseRoute] = [
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_endpoint),
         *(extra_routes or []), *graphiql_routes(),
-        Route("/graphql", WithGraphiQL(graphql), methods=["GET", "POST"]), WebSocketRoute("/graphql", graphql),
+        Route("/graphql", WithGraphiQL(BodyLimit(graphql, bounds.max_body_bytes)), methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql),
     ]
     return Starlette(routes=routes)

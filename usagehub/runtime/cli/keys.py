@@ -1,4 +1,4 @@
-"""API key commands: ``usagehub keys create`` and ``revoke``."""
+"""API key commands: ``usagehub keys create``, ``list`` and ``revoke``."""
 
 # No `from __future__ import annotations`: typer reads the real annotation objects.
 
@@ -90,3 +90,21 @@ def keys_device_remove(config: HubConfig, device_id: str, protocol: str = "wmbus
     if not asyncio.run(go()):
         console.print(f"[red]no key for {device_id!r} ({protocol}) in tenant {tenant!r}[/red]")
         raise typer.Exit(1)
+
+
+@keys_app.command("list")
+@with_settings
+def keys_list(config: HubConfig, tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None,
+              revoked: Annotated[bool, typer.Option("--revoked", help="include revoked keys")] = False) -> None:
+    """List API keys (id, tenant, role, name, created, revoked); secrets are never shown."""
+    from usagehub.runtime.hub import open_storage
+    from usagehub.storage.keys import ApiKeys, KeyInfo
+
+    async def go() -> list[KeyInfo]:
+        async with open_storage(config, max_size=2) as pool:
+            return await ApiKeys(pool).list_keys(tenant=tenant, revoked=revoked)
+
+    print("key_id\ttenant\trole\tname\tcreated_at\trevoked_at")
+    for k in asyncio.run(go()):
+        print("\t".join([k.key_id, k.tenant, k.role, k.name, k.created_at.isoformat(timespec="seconds"),
+                         k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-"]))
