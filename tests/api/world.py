@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover — this tree has no operations room yet
 TENANTS = ("alpha", "beta")
 GHOST = {"acc": "ghost-acc", "dev": "ghost-dev", "card": "ghost-card", "res": "0" * 32, "res2": "1" * 32,
          "q": "987654", "rec": "ghost-rec", "vendor": "ghost-vendor", "seg": "987655", "seg2": "987656",
-         "plan": "ghost-plan", "alert": "987657", "ctoken": "ghost-ctoken"}
+         "plan": "ghost-plan", "alert": "987657", "ctoken": "ghost-ctoken", "gw": "ghost-gw"}
 
 
 def _plan_yaml(plan_id: str) -> str:
@@ -99,6 +99,7 @@ async def _tenant(w: World, t: str, pipeline: Any, prepaid: PrepaidService, anal
     await Registry(w.pool).upsert_account(account_id=acc, tenant=t, name=f"{t} household", prepaid=True,
                                           timezone="Europe/Berlin")
     await feed_readings(pipeline, dev, READINGS)
+    await Registry(w.pool).upsert_device(device_id=f"{t}-gw", profile_id="acme-dc100-gateway", tenant=t)
     await prepaid.register_card(card_id=card, account_id=acc)
     await prepaid.top_up(account_id=acc, amount=Decimal(50), payment_ref=f"{t}-pay-1", card_id=card)
     grants = [await prepaid.authorize(AuthRequest(device_id=dev, account_id=acc, units=Decimal(1),
@@ -134,7 +135,7 @@ async def _tenant(w: World, t: str, pipeline: Any, prepaid: PrepaidService, anal
     w.ids[t] = {"acc": acc, "dev": dev, "card": card, "res": grants[0].reservation_id,
                 "res2": grants[1].reservation_id, "q": str(row[0]), "rec": str(record[0]), "vendor": f"{t}-vendor",
                 "seg": str(segs[0].segment_id), "seg2": str(segs[1].segment_id), "plan": f"{t}-plan",
-                "alert": alert, "ctoken": ctoken}
+                "alert": alert, "ctoken": ctoken, "gw": f"{t}-gw"}
     token, principal = await w.keys.create(role="admin", tenant=t)
     w.tokens[t], w.principals[t] = token, principal
 
