@@ -133,7 +133,7 @@ class CoreQuery:
         require(info, *READ_ALL)
         services = _services(info)
         counts = await services.reads.quarantine_counts()
-        return t.IngestStats(**services.ingest_totals,
+        return t.IngestStats(**await services.reads.ingest_totals(),
                              quarantine_open=[t.ReasonCount(reason=k, count=v) for k, v in counts.items()])
 
     sessions: Connection[b.BillingSession] = strawberry.field(

@@ -161,7 +161,7 @@ class ReasonCount:
 
 @strawberry.type
 class IngestStats:
-    """What this hub process has ingested since it started."""
+    """What the hubs on this database have ingested, as committed (survives restarts)."""
 
     messages: int
     accepted: int

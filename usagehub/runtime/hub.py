@@ -29,6 +29,7 @@ from usagehub.prepaid.runtime import PrepaidRuntime, debit_hook
 from usagehub.runtime.broker import EmbeddedBroker
 from usagehub.runtime.config import HubConfig
 from usagehub.runtime.profile_files import load_profiles
+from usagehub.runtime.readiness import Readiness
 from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.keys import ApiKeys
 from usagehub.storage.migrations import migrate
@@ -221,8 +222,10 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     # HTTP ingest shares the API port; devices authenticate with their own tokens.
     routes = [*ingest_routes(hub.pipeline, DeviceDirectorySql(hub.pool), HttpConfig(), profiles),
               *export_routes(rating, hub.keys), *analytics_routes(services.analytics, hub.keys)]
-    app = create_app(services, hub.keys, ready=hub.ready.is_set, max_depth=hub.config.graphql_max_depth,
-                     extra_routes=list(routes))
+    side_links = {"mqtt-prepaid": hub.prepaid.mqtt.link} if hub.prepaid and hub.prepaid.mqtt else {}
+    readiness = Readiness(hub.adapters, hub.pipeline, side_links)
+    app = create_app(services, hub.keys, ready=readiness.ready, live=readiness.live,
+                     max_depth=hub.config.graphql_max_depth, extra_routes=list(routes))
     server = uvicorn.Server(uvicorn.Config(app, host=hub.config.http_host, port=hub.config.http_port,
                                            log_level="warning", lifespan="off"))
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # hub owns signals
@@ -232,6 +235,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
             loop.add_signal_handler(sig, hub.stop)
     pipeline_task = asyncio.create_task(hub.pipeline.run(), name="pipeline")
     hub.background.append(asyncio.create_task(sweep_sessions(hub), name="session-sweep"))
+    hub.background.append(asyncio.create_task(hub.pipeline.partitions.run(), name="partitions-ahead"))
     hub.background.append(asyncio.create_task(daily_analytics(hub, services.analytics), name="analytics-daily"))
     hub.background += hub.prepaid.start() if hub.prepaid is not None else []
     adapter_tasks = [asyncio.create_task(a.run(hub.pipeline), name=f"adapter:{n}") for n, a in hub.adapters.items()]
@@ -241,15 +245,20 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     if web_task.done():
         web_task.result()  # raises the bind error
     hub.http_port = server.servers[0].sockets[0].getsockname()[1]
-    hub.ready.set()
-    log.info("usagehub ready: GraphQL on http://%s:%d/graphql at %s", hub.config.http_host, hub.http_port,
-             datetime.now(UTC).isoformat(timespec="seconds"))
-    if on_ready is not None:
-        result = on_ready(hub)
-        if asyncio.iscoroutine(result):
-            await result
     stop_wait = asyncio.create_task(hub.stopping.wait())
-    await asyncio.wait([stop_wait, pipeline_task, web_task, *adapter_tasks], return_when=asyncio.FIRST_COMPLETED)
+    vital = [stop_wait, pipeline_task, web_task, *adapter_tasks]
+    starting = asyncio.create_task(readiness.wait_started(), name="wait-adapters")
+    await asyncio.wait([starting, *vital], return_when=asyncio.FIRST_COMPLETED)  # ready once every adapter is up
+    if starting.done():
+        hub.ready.set()
+        log.info("usagehub ready: GraphQL on http://%s:%d/graphql at %s", hub.config.http_host, hub.http_port,
+                 datetime.now(UTC).isoformat(timespec="seconds"))
+        if on_ready is not None:
+            result = on_ready(hub)
+            if asyncio.iscoroutine(result):
+                await result
+        await asyncio.wait(vital, return_when=asyncio.FIRST_COMPLETED)
+    starting.cancel()
     for task in (pipeline_task, web_task, *adapter_tasks):
         if task.done() and not task.cancelled() and task.exception() is not None:
             log.error("%s failed: %r", task.get_name(), task.exception())
