@@ -23,9 +23,10 @@ async def add_totals(conn: Connection, node: str, counts: Mapping[str, int]) -> 
     await conn.execute(_ADD, (node, *(int(counts.get(k, 0)) for k in KINDS)))
 
 
-async def read_totals(pool: AsyncConnectionPool) -> dict[str, int]:
-    """The totals over every node, as committed."""
-    async with pool.connection() as conn:
+async def read_totals(pool: AsyncConnectionPool, *, lock_timeout_ms: int = 2000) -> dict[str, int]:
+    """The totals over every node, as committed (gives up when a lock is not granted in time)."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{lock_timeout_ms}ms",))
         cur = await conn.execute(f"SELECT {', '.join(f'coalesce(sum({k}), 0)' for k in KINDS)} FROM ingest_totals")
         row = await cur.fetchone()
     assert row is not None
