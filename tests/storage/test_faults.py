@@ -104,7 +104,7 @@ async def test_a_lock_held_elsewhere_shows_as_a_stall_and_ingest_resumes(pool: A
         receipt = await pipeline.submit(reading("m1", 2, 15, 1500))
         deadline = time.monotonic() + 5
         while not (pipeline.stalled and _sample("usagehub_batch_retries_total") > retries) \
-                and time.monotonic() < deadline:
+                and time.monotonic() < deadline:  # noqa: ASYNC110 — polling metrics, nothing to await
             await asyncio.sleep(0.05)
         assert pipeline.stalled and _sample("usagehub_pipeline_stalled") == 1.0
         assert _sample("usagehub_batch_retries_total") > retries  # gave up waiting, logged, retried
@@ -120,8 +120,8 @@ async def test_a_lock_held_elsewhere_shows_as_a_stall_and_ingest_resumes(pool: A
 
 async def test_ingest_totals_survive_a_restart(pool: AsyncConnectionPool) -> None:
     first = await _pipeline(pool)
-    await feed(first, [reading("m1", 1, 0, 1000), reading("m1", 2, 15, 1200), reading("m1", 2, 15, 1200),
-                       RawMessage(transport="mqtt", topic="meters/m1/reading", payload=b"{", received_at=datetime.now(UTC))])
+    broken = RawMessage(transport="mqtt", topic="meters/m1/reading", payload=b"{", received_at=datetime.now(UTC))
+    await feed(first, [reading("m1", 1, 0, 1000), reading("m1", 2, 15, 1200), reading("m1", 2, 15, 1200), broken])
     after_first = await read_totals(pool)
     assert {k: after_first[k] for k in ("messages", "accepted", "duplicates", "quarantined")} == \
         {"messages": 4, "accepted": 2, "duplicates": 1, "quarantined": 1}
@@ -130,3 +130,18 @@ async def test_ingest_totals_survive_a_restart(pool: AsyncConnectionPool) -> Non
     assert second.totals["accepted"] == 3 and second.totals["messages"] == 5
     assert _sample("usagehub_ingest_stored", kind="accepted") == 3
     assert (await Reads(pool).ingest_totals())["accepted"] == 3
+
+
+async def test_a_redelivered_bad_message_is_quarantined_once(pool: AsyncConnectionPool) -> None:
+    pipeline = await _pipeline(pool)
+    bad = RawMessage(transport="mqtt", topic="meters/m1/reading", payload=b'{"seq": 1, "ts": "never"}',
+                     received_at=datetime.now(UTC))
+    other = RawMessage(transport="mqtt", topic="meters/m2/reading", payload=bad.payload, received_at=bad.received_at)
+    first = await pipeline.submit(bad)
+    await feed(pipeline, [])
+    again = await feed(pipeline, [bad, other])  # the broker redelivers after a crash; another topic is another item
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT count(*) FROM quarantine WHERE replayed_at IS NULL")
+        assert (await cur.fetchone()) == (2,)
+    assert again == [Outcome.QUARANTINED, Outcome.QUARANTINED]
+    assert (await first).quarantine_id is not None

@@ -171,10 +171,10 @@ class Pipeline:
         return batch
 
     async def _commit_with_retry(self, batch: list[_Item]) -> None:
-        await self._decode(batch)
         delay = 0.2
         while True:
             try:
+                await self._decode(batch)  # asks the registry: a database outage is retried like a commit
                 await self._commit(batch)
                 return
             except StorageUnavailable as err:
