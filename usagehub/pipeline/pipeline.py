@@ -22,6 +22,7 @@ from usagehub.adapters.base import Outcome, Receipt
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage, UsageEvent
 from usagehub.errors import DecodeError, StorageError, StorageUnavailable
+from usagehub.pipeline import memory
 from usagehub.storage.events import (
     EventKey,
     QuarantineItem,
@@ -64,6 +65,7 @@ class PipelineSettings:
     lock_timeout_ms: int = 5000
     stall_after_s: float = 30.0
     totals_node: str = "hub"  # the row of ingest_totals this pipeline adds to
+    trim_after_bytes: int = 4 << 20  # after a batch this large, freed memory goes back to the OS
 
 
 class Pipeline:
@@ -232,6 +234,8 @@ class Pipeline:
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(batch))
         self._resolve(batch, new_keys, q_ids)
+        if sum(len(item.message.payload) for item in batch) >= self.settings.trim_after_bytes:
+            memory.trim()  # large messages must not leave the process large
         for listener in self.listeners:
             listener(new_events)
 
