@@ -65,7 +65,7 @@ class PipelineSettings:
     lock_timeout_ms: int = 5000
     stall_after_s: float = 30.0
     totals_node: str = "hub"  # the row of ingest_totals this pipeline adds to
-    trim_after_bytes: int = 4 << 20  # after a batch this large, freed memory goes back to the OS
+    trim_after_bytes: int = 1 << 20  # after a batch this large, freed memory goes back to the OS
 
 
 class Pipeline:
