@@ -14,12 +14,14 @@ from psycopg_pool import AsyncConnectionPool
 from tests.storage.test_pipeline import feed, reading
 from usagehub import metrics
 from usagehub.adapters.base import Outcome
+from usagehub.adapters.link import Link
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
 from usagehub.pipeline.pipeline import Pipeline, PipelineSettings
 from usagehub.pipeline.usage import UsageWriter
 from usagehub.runtime.config import SHIPPED_PROFILES
 from usagehub.runtime.profile_files import load_profiles
+from usagehub.runtime.readiness import Readiness
 from usagehub.storage.ingest_totals import read_totals
 from usagehub.storage.partitions import Partitions, add_months, existing_months, month_of
 from usagehub.storage.queries import Reads
@@ -145,3 +147,34 @@ async def test_a_redelivered_bad_message_is_quarantined_once(pool: AsyncConnecti
         assert (await cur.fetchone()) == (2,)
     assert again == [Outcome.QUARANTINED, Outcome.QUARANTINED]
     assert (await first).quarantine_id is not None
+
+
+class _Connecting:
+    """An adapter as readiness sees it: a link."""
+
+    def __init__(self) -> None:
+        self.link = Link("test-readiness")
+
+
+async def test_ready_only_after_every_adapter_is_up_and_while_commits_flow(pool: AsyncConnectionPool) -> None:
+    pipeline = await _pipeline(pool, stall_after_s=0.2)
+    mqtt = _Connecting()
+    readiness = Readiness({"mqtt": mqtt, "files": object()}, pipeline, {})
+    assert readiness.ready()[0] is False and readiness.live() is False  # before the subscription exists
+    waiting = asyncio.create_task(readiness.wait_started())
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    mqtt.link.connected("subscribed")
+    await asyncio.wait_for(waiting, 2)
+    assert readiness.ready() == (True, {"started": True, "adapters": {"mqtt": True, "files": True},
+                                        "commit_wait_s": 0.0, "stalled": False})
+    mqtt.link.lost(ConnectionResetError())
+    ok, detail = readiness.ready()
+    assert not ok and detail["adapters"]["mqtt"] is False and readiness.live()
+    mqtt.link.connected("subscribed")
+    await pipeline.submit(reading("m1", 1, 0, 1000))  # nothing commits it: the pipeline is not running
+    await asyncio.sleep(0.3)
+    ok, detail = readiness.ready()
+    assert not ok and detail["stalled"] is True and detail["commit_wait_s"] >= 0.2
+    await feed(pipeline, [])  # committed: ready again
+    assert readiness.ready()[0] is True
