@@ -83,6 +83,7 @@ class Pipeline:
         self._inflight: asyncio.Future[None] | None = None
         self._pending: list[_Item] = []  # taken off the queue when a cancel arrived
         self._in_counters: dict[str, Any] = {}
+        self._totals_loaded = False
         self._waiting_since: float | None = None  # monotonic time since messages wait with no commit
         metrics.COMMIT_WAIT.set_function(self.commit_wait_s)
         metrics.STALLED.set_function(lambda: float(self.stalled))
@@ -118,15 +119,18 @@ class Pipeline:
             await asyncio.shield(self._inflight)
 
     async def _load_totals(self) -> None:
-        """Continue the durable totals (ingestStats, /metrics) from the database."""
+        """Continue the durable totals (ingestStats, /metrics) from the database (once per pipeline)."""
+        if self._totals_loaded:
+            return
         try:
             async with mapped_errors():
                 stored = await read_totals(self.pool)
         except StorageError as err:  # counted from zero in memory until the next start; the DB stays exact
             log.warning("ingest totals not loaded (%s)", err)
             return
-        for kind, value in stored.items():
-            self.totals[kind] = value + self.totals.get(kind, 0)
+        self._totals_loaded = True
+        for kind, value in stored.items():  # the database already holds what this pipeline committed
+            self.totals[kind] = value
             metrics.STORED_TOTAL.labels(kind).set(self.totals[kind])
 
     async def drain(self) -> None:
