@@ -17,7 +17,6 @@ from decimal import Decimal
 import orjson
 import psycopg
 
-from usagehub.adapters.link import Link
 from usagehub.storage.ledger import PrepaidEvent
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,6 @@ class PrepaidEventHub:
         self.queue_max = queue_max
         self.handlers: list[Handler] = []
         self.listening = asyncio.Event()
-        self.link = Link("prepaid-events", first_delay_s=0.5, max_delay_s=10.0)
         self._queues: set[asyncio.Queue[PrepaidEvent]] = set()
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -52,12 +50,12 @@ class PrepaidEventHub:
                 async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.listening.set()
-                    self.link.connected(f"listening on {CHANNEL}")
                     async for notify in conn.notifies():
                         self.publish(event_of(notify.payload))
-            except psycopg.Error as err:  # logged once per outage, retried with jittered backoff
+            except psycopg.Error as err:
                 self.listening.clear()
-                await asyncio.sleep(self.link.lost(err))
+                log.warning("prepaid event listener lost its connection (%s); reconnecting", err)
+                await asyncio.sleep(1.0)
 
     def publish(self, event: PrepaidEvent) -> None:
         """Give ``event`` to every subscriber (a full queue drops its oldest) and every handler."""
