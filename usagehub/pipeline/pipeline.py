@@ -112,6 +112,7 @@ class Pipeline:
 
     async def run(self) -> None:
         """Commit batches until cancelled; on cancel, the batch in hand is finished first."""
+        memory.bound_heap()  # large messages get their own mappings, returned when freed
         await self._load_totals()
         while True:
             batch = await self._collect()

@@ -21,7 +21,6 @@ from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
 from usagehub.core.profiles import Profile
 from usagehub.graphql.context import Services
-from usagehub.pipeline import memory
 from usagehub.pipeline.pipeline import Pipeline, PipelineSettings
 from usagehub.pipeline.rebind import rebind, sweep_expired
 from usagehub.pipeline.sessions import SessionEngine
@@ -185,7 +184,6 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
                   install_signals: bool = True) -> None:
     """Run a hub until SIGINT/SIGTERM or ``Hub.stop()``; commits and acknowledges the batch in flight."""
     profiles = load_profiles(config.profiles)
-    memory.bound_heap()  # large messages get their own mappings, returned when freed
     async with contextlib.AsyncExitStack() as stack:
         broker_url = config.mqtt_url or f"mqtt://127.0.0.1:{config.embedded_broker_port}"
         if not config.mqtt_url:
