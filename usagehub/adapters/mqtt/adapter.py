@@ -97,8 +97,9 @@ class MqttAdapter:
                 await client.subscribe([(t, self.config.qos) for t in self.topics],
                                        timeout=self.config.subscribe_timeout_s)
                 self.connected.set()
-                self.link.connected(f"{self.config.host}:{self.config.port}, subscribed to "
-                                    f"{', '.join(self.topics)}")
+                if not self.link.is_up:
+                    self.link.connected(f"{self.config.host}:{self.config.port}, subscribed to "
+                                        f"{', '.join(self.topics)}")
                 await pump
             finally:
                 pump.cancel()
@@ -106,6 +107,9 @@ class MqttAdapter:
 
     async def _pump(self, client: aiomqtt.Client, acks: ManualAck, sink: Sink) -> None:
         async for message in client.messages:
+            if not self.link.is_up:
+                # A resumed session delivers its backlog before the SUBACK: its subscriptions exist already.
+                self.link.connected(f"{self.config.host}:{self.config.port}, session resumed")
             payload = message.payload
             raw = RawMessage(
                 transport="mqtt", topic=message.topic.value,
