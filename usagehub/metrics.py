@@ -12,15 +12,6 @@ EVENTS_DUPLICATE = Counter("usagehub_events_duplicate_total", "Events already st
                            registry=REGISTRY)
 QUARANTINED = Counter("usagehub_quarantined_total", "Messages stored in quarantine", ["reason"],
                       registry=REGISTRY)
-BATCH_SIZE = Histogram("usagehub_batch_messages", "Messages per committed batch",
-                       buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000), registry=REGISTRY)
-COMMIT_SECONDS = Histogram("usagehub_commit_seconds", "Time to write and commit one batch",
-                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-                           registry=REGISTRY)
-BATCH_RETRIES = Counter("usagehub_batch_retries_total", "Batches retried after a storage failure",
-                        registry=REGISTRY)
-QUEUE_DEPTH = Gauge("usagehub_pipeline_queue_depth", "Messages waiting for a batch", registry=REGISTRY)
-
 # Faults the hub survives: connections, stalls, partitions, durable totals.
 ADAPTER_UP = Gauge("usagehub_adapter_up", "1 while the adapter is connected/listening, else 0", ["adapter"],
                    registry=REGISTRY)
@@ -38,3 +29,13 @@ PARTITIONS_CREATED = Counter("usagehub_partitions_created_total", "Event partiti
                              registry=REGISTRY)
 STORED_TOTAL = Gauge("usagehub_ingest_stored", "Durable ingest totals from the database (survive restarts)",
                      ["kind"], registry=REGISTRY)
+# Pipeline signals.
+BATCH_SIZE = Histogram("usagehub_batch_messages", "Messages per committed batch",
+                       buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000), registry=REGISTRY)
+COMMIT_SECONDS = Histogram("usagehub_commit_seconds", "Time to write and commit one batch",
+                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+                           registry=REGISTRY)
+BATCH_RETRIES = Counter("usagehub_batch_retries_total", "Batches retried after a storage failure",
+                        registry=REGISTRY)
+QUEUE_DEPTH = Gauge("usagehub_pipeline_queue_depth", "Messages waiting for a batch", registry=REGISTRY)
+
