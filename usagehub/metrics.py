@@ -38,4 +38,3 @@ COMMIT_SECONDS = Histogram("usagehub_commit_seconds", "Time to write and commit 
 BATCH_RETRIES = Counter("usagehub_batch_retries_total", "Batches retried after a storage failure",
                         registry=REGISTRY)
 QUEUE_DEPTH = Gauge("usagehub_pipeline_queue_depth", "Messages waiting for a batch", registry=REGISTRY)
-
