@@ -136,6 +136,7 @@ async def test_ingest_totals_survive_a_restart(pool: AsyncConnectionPool) -> Non
 
 
 async def test_a_redelivered_bad_message_is_quarantined_once(pool: AsyncConnectionPool) -> None:
+    """Holds with the quarantine fingerprint of issue 15 (doors, on main): this branch alone does not dedupe."""
     pipeline = await _pipeline(pool)
     bad = RawMessage(transport="mqtt", topic="meters/m1/reading", payload=b'{"seq": 1, "ts": "never"}',
                      received_at=datetime.now(UTC))

@@ -91,8 +91,7 @@ class Hub:
         for qid, received_at, transport, topic, source, payload, meta in rows:
             message = RawMessage(transport=str(transport), topic=str(topic), source=str(source),
                                  payload=bytes(payload), received_at=received_at,
-                                 meta={**{str(k): str(v) for k, v in (meta or {}).items()},
-                                       "replay_of": str(qid)})  # a failed replay is a new item
+                                 meta={str(k): str(v) for k, v in (meta or {}).items()})
             receipt = await (await self.pipeline.submit(message))
             async with self.pool.connection() as conn:
                 await conn.execute("UPDATE quarantine SET replayed_at = now(), replay_outcome = %s "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -74,30 +73,17 @@ async def insert_quarantine(conn: Connection, items: Sequence[QuarantineItem]) -
         for item in items:
             m = item.message
             # Text columns refuse NUL; the raw bytes keep everything as received.
-            # A redelivered copy of an open item returns the existing row: quarantined once.
             await cur.execute(
                 "INSERT INTO quarantine (received_at, transport, topic, source, payload, reason, detail, meta, "
-                "device_id, profile_id, digest) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (digest) WHERE replayed_at IS NULL DO UPDATE SET digest = EXCLUDED.digest "
-                "RETURNING quarantine_id",
+                "device_id, profile_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING quarantine_id",
                 (m.received_at, _text(m.transport), _text(m.topic), _text(m.source), m.payload,
                  _text(item.reason), item.detail and _text(item.detail[:500]),
                  orjson.dumps({_text(k): _text(v) for k, v in m.meta.items()}).decode(),
-                 item.device_id and _text(item.device_id), item.profile_id, quarantine_digest(m)))
+                 item.device_id and _text(item.device_id), item.profile_id))
             row = await cur.fetchone()
             assert row is not None
             ids.append(int(row[0]))  # type: ignore[call-overload]
     return ids
-
-
-def quarantine_digest(message: RawMessage) -> bytes:
-    """What identifies a quarantined message: transport, topic, source, bytes (and the item it replays)."""
-    h = hashlib.sha256()
-    for part in (message.transport, message.topic, message.source, message.meta.get("replay_of", "")):
-        h.update(part.encode("utf-8", "surrogatepass"))
-        h.update(b"\x00")
-    h.update(message.payload)
-    return h.digest()
 
 
 def _text(value: str) -> str:

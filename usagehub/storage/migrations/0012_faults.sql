@@ -9,8 +9,3 @@ CREATE TABLE ingest_totals (
     batches     bigint NOT NULL DEFAULT 0,
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
-
--- A message redelivered after a crash (stored, but its ack was never sent) is quarantined once:
--- the digest of what was received identifies it among the open items.
-ALTER TABLE quarantine ADD COLUMN digest bytea;
-CREATE UNIQUE INDEX quarantine_open_once ON quarantine (digest) WHERE replayed_at IS NULL;
