@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -77,10 +78,20 @@ def _run(pg: ExternalPostgres, broker: PersistentMosquitto, tmp: Path) -> None:
     bad = [f"meters/d{i % DEVICES:02d}/reading\tnot json {i}" for i in range(BAD)]
     lines = lines + bad + bad  # a bad message sent twice is still one quarantine item
     rng.shuffle(lines)
-    distinct = DEVICES * READINGS
     hub = HubProcess(pg.url, broker.url, tmp / "data")
+    try:
+        _faults(hub, pg, broker, lines, seed, expected_kwh, rng, tmp)
+    finally:  # a failed assertion must not leave a hub running
+        if hub.proc is not None and hub.proc.poll() is None:
+            hub.proc.kill()
+            hub.proc.wait(10)
+
+
+def _faults(hub: HubProcess, pg: ExternalPostgres, broker: PersistentMosquitto, lines: list[str], seed: Path,
+            expected_kwh: Decimal, rng: random.Random, tmp: Path) -> None:
     assert usagehub("seed", str(seed), *hub.settings).returncode == 0
     hub.start()
+    distinct = DEVICES * READINGS
     chunks = [lines[i::3] for i in range(3)]
 
     # 1. SIGKILL mid-stream: batches in flight, acks not sent; the broker redelivers.
