@@ -25,3 +25,14 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def time_scale() -> float:
+    """How much slower than a quiet machine this one is now: timeouts in timing tests are multiplied by it.
+
+    ``USAGEHUB_TEST_TIME_SCALE`` sets it; otherwise the load average per core (at least 1, at most 10).
+    """
+    if os.environ.get("USAGEHUB_TEST_TIME_SCALE"):
+        return float(os.environ["USAGEHUB_TEST_TIME_SCALE"])
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return min(10.0, max(1.0, load))

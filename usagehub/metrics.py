@@ -12,6 +12,24 @@ EVENTS_DUPLICATE = Counter("usagehub_events_duplicate_total", "Events already st
                            registry=REGISTRY)
 QUARANTINED = Counter("usagehub_quarantined_total", "Messages stored in quarantine", ["reason"],
                       registry=REGISTRY)
+# Faults the hub survives: connections, stalls, partitions, durable totals.
+ADAPTER_UP = Gauge("usagehub_adapter_up", "1 while the adapter is connected/listening, else 0", ["adapter"],
+                   registry=REGISTRY)
+ADAPTER_OUTAGES = Counter("usagehub_adapter_outages_total", "Connection losses (or failed first connects)",
+                          ["adapter"], registry=REGISTRY)
+ADAPTER_RECOVERIES = Counter("usagehub_adapter_recoveries_total", "Connections restored after an outage",
+                             ["adapter"], registry=REGISTRY)
+COMMIT_WAIT = Gauge("usagehub_pipeline_commit_wait_seconds",
+                    "Seconds messages have waited with no commit (0 when nothing waits)", registry=REGISTRY)
+STALLED = Gauge("usagehub_pipeline_stalled", "1 while messages wait longer than the stall threshold",
+                registry=REGISTRY)
+LOCK_TIMEOUTS = Counter("usagehub_lock_timeouts_total", "Statements that gave up waiting for a lock", ["what"],
+                        registry=REGISTRY)
+PARTITIONS_CREATED = Counter("usagehub_partitions_created_total", "Event partitions created ahead of time",
+                             registry=REGISTRY)
+STORED_TOTAL = Gauge("usagehub_ingest_stored", "Durable ingest totals from the database (survive restarts)",
+                     ["kind"], registry=REGISTRY)
+# Pipeline signals.
 BATCH_SIZE = Histogram("usagehub_batch_messages", "Messages per committed batch",
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000), registry=REGISTRY)
 COMMIT_SECONDS = Histogram("usagehub_commit_seconds", "Time to write and commit one batch",

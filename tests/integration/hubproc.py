@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from tests.peers import free_port
+from tests.peers import free_port, time_scale
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,6 +38,7 @@ class HubProcess:
         return ["--database-url", self.database_url, "--mqtt-url", self.mqtt_url, "--data-dir", str(self.data_dir)]
 
     def start(self, timeout: float = 30) -> None:
+        timeout *= time_scale()  # a loaded machine starts (and drains a resumed backlog) slower
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("a") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(

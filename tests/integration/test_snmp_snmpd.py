@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import pytest
 from tests.adapters.snmp.agents import ENTERPRISE, Snmpd
 from tests.adapters.snmp.helpers import by_key, config, decode_all, profile_from, settings
 from tests.fakes import RecordingSink
-from tests.peers import free_port
+from tests.peers import free_port, time_scale
 from usagehub.adapters.base import DeviceEndpoint
 from usagehub.adapters.snmp.adapter import SnmpAdapter
 from usagehub.core.codecs.snmp import decode_snmp
@@ -25,13 +25,15 @@ pytestmark = pytest.mark.integration
 C32, C64, G = f"{ENTERPRISE}.1.0", f"{ENTERPRISE}.2.0", f"{ENTERPRISE}.3.0"
 
 
-def _profile(version: str, interval_s: float = 300) -> Profile:
+def _profile(version: str, interval_s: float = 300, *, timeout_s: float | None = None, retries: int = 2) -> Profile:
+    # Timeouts scale with the machine's load and SNMP's own retries absorb a lost datagram.
+    timeout_s = timeout_s if timeout_s is not None else 0.5 * time_scale()
     return profile_from(f"""
 id: test-counters-v{version}
 match: {{transport: snmp}}
 decode: {{type: snmp}}
 timestamp: "$.ts"
-poll: {{interval_s: {interval_s}, version: "{version}", timeout_s: 0.3, retries: 0}}
+poll: {{interval_s: {interval_s}, version: "{version}", timeout_s: {timeout_s}, retries: {retries}}}
 meters:
   c32: {{oid: "{C32}", kind: cumulative, wrap_bits: 32, unit: count, aggregation: sum,
          reset_marker: "$.markers['{C32}']"}}
@@ -138,13 +140,22 @@ async def test_v3_auth_priv_poll(tmp_path: Path, agent: Snmpd) -> None:
     assert values["c64"][0] == 2**40 and values["c32"][0] == 7
 
 
+async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait until ``condition`` holds (polled), at most ``timeout_s`` times the machine's time scale."""
+    async with asyncio.timeout(timeout_s * time_scale()):
+        while not condition():  # noqa: ASYNC110 — the adapter exposes counts, not events
+            await asyncio.sleep(0.05)
+
+
 def _missed(device: str) -> float:
     return REGISTRY.get_sample_value("usagehub_snmp_poll_missed_total", {"device": device}) or 0.0
 
 
 async def test_schedule_submits_and_counts_missed_polls(tmp_path: Path, agent: Snmpd) -> None:
     agent.set(c32=1, c64=1, g=5, uptime=3000)
-    profile = _profile("2c", interval_s=0.4)
+    # Short timeouts so the dead device misses polls quickly; retries keep the live one answering under load.
+    # A poll may not outlive its interval (a missed poll by design): the interval scales with the load too.
+    profile = _profile("2c", interval_s=1.0 * time_scale(), timeout_s=0.3 * time_scale(), retries=2)
     dead = DeviceEndpoint(
         device_id="dead",
         profile_id=profile.id,
@@ -162,7 +173,8 @@ async def test_schedule_submits_and_counts_missed_polls(tmp_path: Path, agent: S
         config(traps={"enabled": False}), settings([profile], endpoints, tmp_path)
     ) as adapter:
         task = asyncio.create_task(adapter.run(sink))
-        await asyncio.sleep(1.5)
+        await _until(lambda: len(sink.messages) >= 2 and adapter.missed_polls.get("dead", 0) >= 2
+                     and adapter.missed_polls.get("badkey", 0) >= 2)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -177,14 +189,14 @@ async def test_schedule_submits_and_counts_missed_polls(tmp_path: Path, agent: S
 
 
 async def test_v3_wrong_key_is_a_missed_poll(tmp_path: Path, agent: Snmpd) -> None:
-    profile = _profile("3", interval_s=0.3)
+    profile = _profile("3", interval_s=0.3, timeout_s=0.3 * time_scale(), retries=0)
     endpoint = _v3(agent, auth_key="not-the-right-key")
     sink = RecordingSink()
     async with SnmpAdapter(
         config(traps={"enabled": False}), settings([profile], [endpoint], tmp_path)
     ) as adapter:
         task = asyncio.create_task(adapter.run(sink))
-        await asyncio.sleep(0.9)
+        await _until(lambda: adapter.missed_polls.get("dev3", 0) >= 1)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

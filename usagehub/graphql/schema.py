@@ -151,7 +151,7 @@ class CoreQuery:
         tenant = require(info, *READ_ALL)
         services = _services(info)
         counts = await services.reads.quarantine_counts(tenant=tenant)
-        totals = services.ingest_totals if tenant == HUB_TENANT else {}
+        totals = await services.reads.ingest_totals() if tenant == HUB_TENANT else {}
         return t.IngestStats(**{k: totals.get(k) for k in t.INGEST_COUNTERS},
                              quarantine_open=[t.ReasonCount(reason=k, count=v) for k, v in counts.items()])
 

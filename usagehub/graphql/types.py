@@ -164,7 +164,7 @@ INGEST_COUNTERS = ("messages", "accepted", "duplicates", "quarantined", "batches
 
 @strawberry.type
 class IngestStats:
-    """What this hub process has ingested since it started (counters: the hub's own tenant only)."""
+    """What the hubs on this database have ingested, as committed (survives restarts; the hub's own tenant only)."""
 
     messages: int | None
     accepted: int | None

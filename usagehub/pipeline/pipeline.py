@@ -22,15 +22,17 @@ from usagehub.adapters.base import Outcome, Receipt
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage, UsageEvent
 from usagehub.errors import StorageError, StorageUnavailable
+from usagehub.pipeline import memory
 from usagehub.pipeline.identity import Entitlements
 from usagehub.storage.events import (
     EventKey,
-    PartitionCache,
     QuarantineItem,
     event_key,
     insert_events,
     insert_quarantine,
 )
+from usagehub.storage.ingest_totals import add_totals, read_totals
+from usagehub.storage.partitions import Partitions
 from usagehub.storage.pool import Connection, mapped_errors
 from usagehub.storage.registry import KnownDevices
 
@@ -59,6 +61,12 @@ class PipelineSettings:
     batch_max_bytes: int = 512 * 1024
     queue_max_messages: int = 50_000
     retry_max_s: float = 10.0
+    # Faults: a batch waiting this long for a lock gives up and retries (logged, counted), and
+    # messages waiting this long with no commit make the pipeline "stalled" (metrics, /readyz).
+    lock_timeout_ms: int = 5000
+    stall_after_s: float = 30.0
+    totals_node: str = "hub"  # the row of ingest_totals this pipeline adds to
+    trim_after_bytes: int = 1 << 20  # after a batch this large, freed memory goes back to the OS
 
 
 class Pipeline:
@@ -69,7 +77,7 @@ class Pipeline:
         self.pool, self.profiles, self.devices = pool, profiles, devices
         self.settings = settings or PipelineSettings()
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(self.settings.queue_max_messages)
-        self._partitions = PartitionCache()
+        self.partitions = Partitions(pool)
         self.hooks: list[BatchHook] = []
         self.listeners: list[Listener] = []
         self.totals = {"messages": 0, "accepted": 0, "duplicates": 0, "quarantined": 0, "batches": 0}
@@ -77,10 +85,26 @@ class Pipeline:
         self._pending: list[_Item] = []  # taken off the queue when a cancel arrived
         self._in_counters: dict[str, Any] = {}
         self.identity = Entitlements(pool, profiles)
+        self._totals_loaded = False
+        self._waiting_since: float | None = None  # monotonic time since messages wait with no commit
+        metrics.COMMIT_WAIT.set_function(self.commit_wait_s)
+        metrics.STALLED.set_function(lambda: float(self.stalled))
+
+    def commit_wait_s(self) -> float:
+        """Seconds messages have waited with no commit in between (0 when nothing waits)."""
+        since = self._waiting_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    @property
+    def stalled(self) -> bool:
+        """Whether messages have waited longer than ``stall_after_s`` with no commit."""
+        return self.commit_wait_s() > self.settings.stall_after_s
 
     async def submit(self, message: RawMessage) -> asyncio.Future[Receipt]:
         """Enqueue ``message``; the future resolves with its receipt after the batch commits."""
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        if self._waiting_since is None:
+            self._waiting_since = time.monotonic()
         await self._queue.put(_Item(message, future))
         counter = self._in_counters.get(message.transport)
         if counter is None:
@@ -90,10 +114,27 @@ class Pipeline:
 
     async def run(self) -> None:
         """Commit batches until cancelled; on cancel, the batch in hand is finished first."""
+        memory.bound_heap()  # large messages get their own mappings, returned when freed
+        await self._load_totals()
         while True:
             batch = await self._collect()
             self._inflight = asyncio.ensure_future(self._commit_with_retry(batch))
             await asyncio.shield(self._inflight)
+
+    async def _load_totals(self) -> None:
+        """Continue the durable totals (ingestStats, /metrics) from the database (once per pipeline)."""
+        if self._totals_loaded:
+            return
+        try:
+            async with mapped_errors():
+                stored = await read_totals(self.pool)
+        except StorageError as err:  # counted from zero in memory until the next start; the DB stays exact
+            log.warning("ingest totals not loaded (%s)", err)
+            return
+        self._totals_loaded = True
+        for kind, value in stored.items():  # the database already holds what this pipeline committed
+            self.totals[kind] = value
+            metrics.STORED_TOTAL.labels(kind).set(self.totals[kind])
 
     async def drain(self) -> None:
         """Commit everything received so far (at shutdown, after adapters stop and ``run`` is cancelled)."""
@@ -139,10 +180,10 @@ class Pipeline:
         return batch
 
     async def _commit_with_retry(self, batch: list[_Item]) -> None:
-        await self._decode(batch)
         delay = 0.2
         while True:
             try:
+                await self._decode(batch)  # asks the registry: a database outage is retried like a commit
                 await self._commit(batch)
                 return
             except StorageUnavailable as err:
@@ -168,16 +209,26 @@ class Pipeline:
         started = time.perf_counter()
         events = [e for item in batch for e in item.events]
         quarantine = [item.quarantine for item in batch if item.quarantine]
-        async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
-            await self._partitions.ensure(conn, events)
-            new_keys = await insert_events(conn, events)
-            new_events = _first_claims(events, new_keys)
-            for hook in self.hooks:
-                await hook(conn, new_events)
-            q_ids = await insert_quarantine(conn, quarantine)
+        async with mapped_errors():
+            await self.partitions.ensure_for(e.ts for e in events)  # outside the batch transaction
+            async with self.pool.connection() as conn, conn.transaction():
+                # No lock held by a reader or a billing system stalls ingest silently: give up and retry.
+                await conn.execute("SELECT set_config('lock_timeout', %s, true)",
+                                   (f"{self.settings.lock_timeout_ms}ms",))
+                new_keys = await insert_events(conn, events)
+                new_events = _first_claims(events, new_keys)
+                for hook in self.hooks:
+                    await hook(conn, new_events)
+                q_ids = await insert_quarantine(conn, quarantine)
+                await add_totals(conn, self.settings.totals_node, {
+                    "messages": len(batch), "accepted": len(new_keys), "duplicates": len(events) - len(new_keys),
+                    "quarantined": len(quarantine), "batches": 1})
+        self._waiting_since = time.monotonic() if not self._queue.empty() else None
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(batch))
         self._resolve(batch, new_keys, q_ids)
+        if sum(len(item.message.payload) for item in batch) >= self.settings.trim_after_bytes:
+            memory.trim()  # large messages must not leave the process large
         for listener in self.listeners:
             listener(new_events)
 
@@ -212,6 +263,8 @@ class Pipeline:
         totals["accepted"] += accepted
         totals["duplicates"] += duplicates
         totals["quarantined"] += quarantined
+        for kind, value in totals.items():
+            metrics.STORED_TOTAL.labels(kind).set(value)
 
     async def _quarantine_after_refusal(self, item: _Item, err: StorageError) -> None:
         item.quarantine = QuarantineItem(message=item.message, reason="refused by storage", detail=str(err),

@@ -37,6 +37,7 @@ from usagehub.runtime.device_keys import open_keyring, refresh_keyring
 from usagehub.runtime.operations import wire_operations
 from usagehub.runtime.preflight import check_database, check_ports
 from usagehub.runtime.profile_files import load_profiles
+from usagehub.runtime.readiness import Readiness
 from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.keys import ApiKeys
 from usagehub.storage.migrations import migrate
@@ -282,7 +283,9 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     limits = Limits(max_body_bytes=c.graphql_max_body_bytes, max_tokens=c.graphql_max_tokens,
                     max_depth=c.graphql_max_depth, max_aliases=c.graphql_max_aliases,
                     max_fields=c.graphql_max_fields, max_cost=c.graphql_max_cost)
-    app = create_app(services, hub.keys, ready=hub.ready.is_set, limits=limits,
+    side_links = {"mqtt-prepaid": hub.prepaid.mqtt.link} if hub.prepaid and hub.prepaid.mqtt else {}
+    readiness = Readiness(hub.adapters, hub.pipeline, side_links)
+    app = create_app(services, hub.keys, ready=readiness.ready, live=readiness.live, limits=limits,
                      extra_routes=list(routes))
     ingest = HttpConfig()  # slow clients: header and body deadlines on the API port too
     server = uvicorn.Server(uvicorn.Config(app, host=hub.config.http_host, port=hub.config.http_port,
@@ -299,6 +302,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     hub.background.append(asyncio.create_task(sweep_sessions(hub), name="session-sweep"))
     hub.background.append(asyncio.create_task(prune_quarantine_hourly(hub), name="quarantine-retention"))
     hub.background.append(asyncio.create_task(hub.keys.listen(), name="api-key-revocations"))
+    hub.background.append(asyncio.create_task(hub.pipeline.partitions.run(), name="partitions-ahead"))
     hub.background.append(asyncio.create_task(daily_analytics(hub, services.analytics), name="analytics-daily"))
     hub.background += hub.prepaid.start() if hub.prepaid is not None else []
     adapter_tasks = [asyncio.create_task(a.run(sink), name=f"adapter:{n}") for n, a in hub.adapters.items()]
@@ -308,15 +312,20 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     if web_task.done():
         web_task.result()  # raises the bind error
     hub.http_port = server.servers[0].sockets[0].getsockname()[1]
-    hub.ready.set()
-    log.info("usagehub ready: GraphQL on http://%s:%d/graphql at %s", hub.config.http_host, hub.http_port,
-             datetime.now(UTC).isoformat(timespec="seconds"))
-    if on_ready is not None:
-        result = on_ready(hub)
-        if asyncio.iscoroutine(result):
-            await result
     stop_wait = asyncio.create_task(hub.stopping.wait())
-    await asyncio.wait([stop_wait, pipeline_task, web_task, *adapter_tasks], return_when=asyncio.FIRST_COMPLETED)
+    vital = [stop_wait, pipeline_task, web_task, *adapter_tasks]
+    starting = asyncio.create_task(readiness.wait_started(), name="wait-adapters")
+    await asyncio.wait([starting, *vital], return_when=asyncio.FIRST_COMPLETED)  # ready once every adapter is up
+    if starting.done():
+        hub.ready.set()
+        log.info("usagehub ready: GraphQL on http://%s:%d/graphql at %s", hub.config.http_host, hub.http_port,
+                 datetime.now(UTC).isoformat(timespec="seconds"))
+        if on_ready is not None:
+            result = on_ready(hub)
+            if asyncio.iscoroutine(result):
+                await result
+        await asyncio.wait(vital, return_when=asyncio.FIRST_COMPLETED)
+    starting.cancel()
     for task in (pipeline_task, web_task, *adapter_tasks):
         if task.done() and not task.cancelled() and task.exception() is not None:
             log.error("%s failed: %r", task.get_name(), task.exception())

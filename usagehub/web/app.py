@@ -81,16 +81,20 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-def create_app(services: Services, keys: ApiKeys, *, ready: Callable[[], bool], max_depth: int = 12,
-               extra_routes: list[BaseRoute] | None = None, limits: Limits | None = None) -> Starlette:
-    """The ASGI app of one hub."""
+def create_app(services: Services, keys: ApiKeys, *, ready: Callable[[], bool | tuple[bool, dict[str, Any]]],
+               max_depth: int = 12, extra_routes: list[BaseRoute] | None = None,
+               live: Callable[[], bool] | None = None, limits: Limits | None = None) -> Starlette:
+    """The ASGI app of one hub; ``ready`` may return details with the verdict, ``live`` gates /healthz."""
 
     async def healthz(_: Request) -> Response:
+        if live is not None and not live():
+            return PlainTextResponse("starting", status_code=503)
         return PlainTextResponse("ok")
 
     async def readyz(_: Request) -> Response:
-        ok = ready()
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        verdict = ready()
+        ok, detail = verdict if isinstance(verdict, tuple) else (verdict, {})
+        return JSONResponse({"ready": ok, **detail}, status_code=200 if ok else 503)
 
     async def metrics_endpoint(_: Request) -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

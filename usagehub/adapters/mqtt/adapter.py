@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import random
 import re
 from datetime import UTC, datetime
 from types import TracebackType
@@ -17,6 +16,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from usagehub.adapters.base import AdapterSettings, Receipt, Sink
+from usagehub.adapters.link import Link
 from usagehub.adapters.mqtt.ack import ManualAck
 from usagehub.adapters.mqtt.config import MqttConfig
 from usagehub.core.events import RawMessage
@@ -39,6 +39,7 @@ class MqttAdapter:
         self.topics = config.topics or profile_topics(settings)
         self.connected = asyncio.Event()
         self.client: aiomqtt.Client | None = None
+        self.link = Link("mqtt", max_delay_s=config.reconnect_max_s)
 
     async def __aenter__(self) -> Self:
         return self
@@ -68,36 +69,47 @@ class MqttAdapter:
         return client, ManualAck(client)
 
     async def run(self, sink: Sink) -> None:
-        """Receive until cancelled; a lost connection is retried with jittered backoff."""
-        delay = 0.5
-        while True:
-            client, acks = self._client()
-            try:
-                async with client:
-                    self.client = client
-                    # A resumed session may deliver a large backlog before the SUBACK:
-                    # consume it while subscribing, or the SUBACK waits behind it forever.
-                    pump = asyncio.create_task(self._pump(client, acks, sink), name="mqtt-pump")
-                    try:
-                        await client.subscribe([(t, self.config.qos) for t in self.topics],
-                                               timeout=self.config.subscribe_timeout_s)
-                        log.info("mqtt connected to %s:%s, subscribed to %s", self.config.host,
-                                 self.config.port, ", ".join(self.topics))
-                        self.connected.set()
-                        delay = 0.5
-                        await pump
-                    finally:
-                        pump.cancel()
-                        await asyncio.gather(pump, return_exceptions=True)
-            except aiomqtt.MqttError as err:
+        """Receive until cancelled; any lost connection is retried with jittered backoff."""
+        try:
+            while True:
+                client, acks = self._client()
+                try:
+                    await self._session(client, acks, sink)
+                    err: BaseException = ConnectionError("the session ended")
+                except aiomqtt.MqttError as exc:
+                    err = exc
+                except (OSError, TimeoutError) as exc:  # DNS, refused, reset: never let the adapter die
+                    err = exc
                 self.connected.clear()
-                log.warning("mqtt connection to %s:%s lost (%s); retrying in %.1fs",
-                            self.config.host, self.config.port, err, delay)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.config.reconnect_max_s)
+                self.client = None
+                await asyncio.sleep(self.link.lost(err))
+        finally:
+            self.connected.clear()
+            self.link.down()
+
+    async def _session(self, client: aiomqtt.Client, acks: ManualAck, sink: Sink) -> None:
+        async with client:
+            self.client = client
+            # A resumed session may deliver a large backlog before the SUBACK:
+            # consume it while subscribing, or the SUBACK waits behind it forever.
+            pump = asyncio.create_task(self._pump(client, acks, sink), name="mqtt-pump")
+            try:
+                await client.subscribe([(t, self.config.qos) for t in self.topics],
+                                       timeout=self.config.subscribe_timeout_s)
+                self.connected.set()
+                if not self.link.is_up:
+                    self.link.connected(f"{self.config.host}:{self.config.port}, subscribed to "
+                                        f"{', '.join(self.topics)}")
+                await pump
+            finally:
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
 
     async def _pump(self, client: aiomqtt.Client, acks: ManualAck, sink: Sink) -> None:
         async for message in client.messages:
+            if not self.link.is_up:
+                # A resumed session delivers its backlog before the SUBACK: its subscriptions exist already.
+                self.link.connected(f"{self.config.host}:{self.config.port}, session resumed")
             payload = message.payload
             raw = RawMessage(
                 transport="mqtt", topic=message.topic.value,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ import orjson
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from usagehub.adapters.link import Link
 from usagehub.adapters.mqtt.config import MqttConfig
 from usagehub.adapters.prepaid_port import OPERATIONS, PrepaidPort, handle
 
@@ -46,6 +46,7 @@ class PrepaidMqtt:
         self.settings = settings or PrepaidMqttSettings()
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
+        self.link = Link("mqtt-prepaid", max_delay_s=config.reconnect_max_s)
         self.answered = 0
         self._slots = asyncio.Semaphore(self.settings.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -66,26 +67,32 @@ class PrepaidMqtt:
             max_inflight_messages=self.settings.max_in_flight)
 
     async def run(self) -> None:
-        """Serve until cancelled; reconnects with jittered backoff."""
-        delay = 0.5
-        while True:
-            try:
-                async with self._client() as client:
-                    await client.subscribe([(f, 1) for f in self.filters()])
-                    self.client = client
-                    self.connected.set()
-                    delay = 0.5
-                    async for message in client.messages:
-                        await self._slots.acquire()  # bounded concurrency: a flood cannot exhaust memory
-                        task = asyncio.create_task(self._answer(client, message))
-                        self._tasks.add(task)
-                        task.add_done_callback(self._tasks.discard)
-            except aiomqtt.MqttError as err:
+        """Serve until cancelled; any lost connection is retried with jittered backoff."""
+        try:
+            while True:
+                try:
+                    await self._session()
+                    err: BaseException = ConnectionError("the session ended")
+                except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+                    err = exc
                 self.connected.clear()
                 self.client = None
-                log.warning("prepaid mqtt connection lost (%s); retrying in %.1fs", err, delay)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.config.reconnect_max_s)
+                await asyncio.sleep(self.link.lost(err))
+        finally:
+            self.connected.clear()
+            self.link.down()
+
+    async def _session(self) -> None:
+        async with self._client() as client:
+            await client.subscribe([(f, 1) for f in self.filters()])
+            self.client = client
+            self.connected.set()
+            self.link.connected(f"{self.config.host}:{self.config.port}, answering {', '.join(self.filters())}")
+            async for message in client.messages:
+                await self._slots.acquire()  # bounded concurrency: a flood cannot exhaust memory
+                task = asyncio.create_task(self._answer(client, message))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         try:

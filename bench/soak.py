@@ -1,0 +1,254 @@
+"""Soak: a realistic fleet at half of the measured capacity; RSS, queue depth and receive->billable lag over time.
+
+In one run, on one Mosquitto and one embedded PostgreSQL (all started here):
+  1. baseline: the hub's idle RSS, then its capacity — a burst of single readings drained as fast as it can;
+  2. soak: for DURATION seconds the fleet publishes at half that capacity (or --rate): single-reading meters,
+     gateway batches, ~5 % duplicates, ~3 % late readings (a day old), a few undecodable messages, and every
+     --large-every-s one large gateway message (--large-readings readings, several MB);
+  3. every --sample-s: hub RSS, queue depth and commit wait (from /metrics), and receive->billable lag
+     (device time -> the storing transaction, p50/p99 of on-time readings in that window).
+At the end: the first third against the last third of the samples — flat means no growth.
+Usage: .venv/bin/python bench/soak.py [--duration-s 3600] [--rate N] [--sample-s 30]
+Short run: .venv/bin/python bench/soak.py --duration-s 120 --sample-s 10 --burst 5000 --large-every-s 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiomqtt
+import httpx
+import orjson
+import psutil
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.ingest import Broker, count, wait_count  # noqa: E402
+from bench.rawpub import publish  # noqa: E402
+from usagehub.storage.embedded import embedded_database_url  # noqa: E402
+
+METERS, GATEWAYS, PER_GATEWAY = 2000, 20, 50
+
+
+class Fleet:
+    """Readings of METERS meters; some behind gateways; duplicates, late and bad messages mixed in."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.seq = [0] * METERS
+        self.register = [rng.randrange(10**6) for _ in range(METERS)]
+        self.sent: list[tuple[str, bytes]] = []  # recent messages, some sent again as duplicates
+
+    def _reading(self, d: int, ts: datetime) -> dict[str, object]:
+        self.seq[d] += 1
+        self.register[d] += self.rng.randrange(0, 50)
+        return {"meter": f"m{d:04d}", "seq": self.seq[d], "ts": ts.isoformat(), "energy_wh": self.register[d]}
+
+    def tick(self, n: int, now: datetime) -> list[tuple[str, bytes]]:
+        """About ``n`` messages for this instant."""
+        out: list[tuple[str, bytes]] = []
+        for _ in range(n):
+            r = self.rng.random()
+            if r < 0.05 and self.sent:
+                out.append(self.rng.choice(self.sent))  # a QoS 1 redelivery / replayed message
+            elif r < 0.08:
+                body = self._reading(self.rng.randrange(METERS), now - timedelta(days=1))  # late reading
+                out.append((f"meters/{body.pop('meter')}/reading", orjson.dumps(body)))
+            elif r < 0.081:
+                out.append(("meters/m0000/reading", b"not json %d" % self.rng.randrange(10**9)))
+            elif r < 0.1:
+                g = self.rng.randrange(GATEWAYS)
+                readings = [self._reading(g * PER_GATEWAY + i, now) for i in range(PER_GATEWAY)]
+                out.append((f"gateways/g{g:02d}/batch", orjson.dumps({"readings": readings})))
+            else:
+                body = self._reading(self.rng.randrange(GATEWAYS * PER_GATEWAY, METERS), now)
+                out.append((f"meters/{body.pop('meter')}/reading", orjson.dumps(body)))
+        self.sent = (self.sent + out[-20:])[-500:]
+        return out
+
+    def large(self, readings: int, padding: int, now: datetime) -> tuple[str, bytes]:
+        """One gateway message: ``readings`` readings and ``padding`` bytes of a field no profile reads."""
+        rows = [self._reading(k % METERS, now) for k in range(readings)]
+        log = "".join(self.rng.choices("abcdefghij0123456789", k=padding))  # a gateway's diagnostics dump
+        return "gateways/big/batch", orjson.dumps({"readings": rows, "diagnostics": log})
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def seed(url: str, tmp: Path) -> list[str]:
+    path = tmp / "seed.yaml"
+    lines = ["accounts: [{id: a}]", "devices:"] + [f"  - {{id: m{d:04d}, profile: acme-em340}}" for d in range(METERS)]
+    lines += ["bindings:"] + [f'  - {{device: m{d:04d}, account: a, valid_from: "2020-01-01T00:00:00Z"}}'
+                              for d in range(METERS)]
+    path.write_text("\n".join(lines) + "\n")
+    settings = ["--database-url", url, "--data-dir", str(tmp), "--log-level", "WARNING"]
+    subprocess.run([sys.executable, "-m", "usagehub", "seed", str(path), *settings], check=True, cwd=ROOT,
+                   capture_output=True)
+    return settings
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(("usagehub_pipeline_queue_depth ", "usagehub_pipeline_commit_wait_seconds ")):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def lag_ms(url: str, since: datetime) -> tuple[float, float]:  # NaN: nothing on time was stored
+    """Device time -> storing transaction, p50/p99 ms, of on-time readings stored since ``since``."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY l), percentile_cont(0.99) WITHIN GROUP (ORDER BY l) "
+            "FROM (SELECT extract(epoch FROM ingested_at - ts) * 1000 AS l FROM events "
+            "WHERE ingested_at >= %s AND ts > ingested_at - interval '1 hour') x", (since,)).fetchone()
+    nan = float("nan")
+    return (nan if row is None or row[0] is None else float(row[0]),
+            nan if row is None or row[1] is None else float(row[1]))
+
+
+async def paced(port: int, fleet: Fleet, rate: float, duration_s: float, large_every_s: float,
+                large_readings: int, large_bytes: int, published: list[int]) -> None:
+    """Publish at ``rate`` messages/s (QoS 1) in 100 ms ticks, plus a large message every ``large_every_s``."""
+    quiet = logging.getLogger("soak-publisher")
+    quiet.setLevel(logging.ERROR)  # aiomqtt warns about every publish beyond 10 in flight
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"soak-{uuid.uuid4().hex[:6]}", logger=quiet,
+                              max_inflight_messages=1000, max_queued_outgoing_messages=0) as client:
+        start = time.monotonic()
+        next_large = start + large_every_s if large_every_s > 0 else float("inf")
+        tick = 0
+        while (now := time.monotonic()) - start < duration_s:
+            tick += 1
+            due = rate * (now - start) - published[0]
+            batch = fleet.tick(max(0, int(due)), datetime.now(UTC))
+            if now >= next_large:
+                batch.append(fleet.large(large_readings, large_bytes, datetime.now(UTC)))
+                next_large += large_every_s
+            await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in batch))
+            published[0] += len(batch)
+            await asyncio.sleep(max(0.0, start + tick * 0.1 - time.monotonic()))
+
+
+def measure_capacity(url: str, port: int, n: int, fleet: Fleet) -> float:
+    """Messages/s of the fleet's own mix the hub stores when a burst of ``n`` is waiting for it."""
+    burst = [(t.encode(), p) for t, p in fleet.tick(n, datetime.now(UTC) - timedelta(hours=2))]
+    before = count(url, "SELECT coalesce(sum(messages), 0) FROM ingest_totals")
+    t0 = time.monotonic()
+    asyncio.run(publish(burst, port))
+    t1 = wait_count(url, "SELECT coalesce(sum(messages), 0) FROM ingest_totals", before + n, timeout=600)
+    return n / (t1 - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration-s", type=float, default=3600)
+    ap.add_argument("--rate", type=float, default=0, help="messages/s; 0: half the measured capacity")
+    ap.add_argument("--sample-s", type=float, default=30)
+    ap.add_argument("--burst", type=int, default=20_000, help="messages of the capacity burst")
+    ap.add_argument("--large-every-s", type=float, default=300, help="0: no large messages")
+    ap.add_argument("--large-readings", type=int, default=1000, help="readings per large message")
+    ap.add_argument("--large-mb", type=int, default=8, help="padding per large message (MB)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="usagehub-soak-"))
+    tmp.chmod(0o755)
+    broker = Broker(tmp)
+    url = embedded_database_url(tmp / "db")
+    settings = seed(url, tmp)
+    http_port = free_port()
+    hub = subprocess.Popen([sys.executable, "-m", "usagehub", "serve", *settings, "--mqtt-url",
+                            f"mqtt://127.0.0.1:{broker.port}", "--http-port", str(http_port)], cwd=ROOT)
+    try:
+        wait_ready(http_port, hub)
+        proc = psutil.Process(hub.pid)
+        idle_rss = proc.memory_info().rss / 2**20
+        fleet = Fleet(random.Random(20261127))
+        capacity = measure_capacity(url, broker.port, args.burst, fleet)
+        rate = args.rate or capacity / 2
+        print(f"baseline: idle RSS {idle_rss:.0f} MB; capacity {capacity:.0f} msg/s (burst of {args.burst}); "
+              f"soak at {rate:.0f} msg/s for {args.duration_s:.0f} s", flush=True)
+        samples = soak(url, http_port, broker.port, proc, rate, args, fleet)
+        report(samples, idle_rss)
+    finally:
+        hub.terminate()
+        hub.wait(60)
+        broker.proc.terminate()
+
+
+def wait_ready(port: int, hub: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if hub.poll() is not None:
+            raise RuntimeError(f"hub exited with {hub.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("hub not ready")
+
+
+def soak(url: str, http_port: int, mqtt_port: int, proc: psutil.Process, rate: float,
+         args: argparse.Namespace, fleet: Fleet) -> list[tuple[float, float, float, float, float, float]]:
+    published = [0]
+    samples: list[tuple[float, float, float, float, float, float]] = []
+
+    async def run() -> None:
+        pub = asyncio.create_task(paced(mqtt_port, fleet, rate, args.duration_s, args.large_every_s,
+                                        args.large_readings, args.large_mb << 20, published))
+        start = time.monotonic()
+        print(f"{'t s':>6} {'published':>10} {'RSS MB':>7} {'queue':>6} {'wait s':>7} {'lag p50 ms':>10} "
+              f"{'lag p99 ms':>10}", flush=True)
+        since = datetime.now(UTC)
+        while not pub.done():
+            await asyncio.sleep(args.sample_s)
+            m = await asyncio.to_thread(scrape, http_port)
+            p50, p99 = await asyncio.to_thread(lag_ms, url, since)
+            since = datetime.now(UTC)
+            row = (time.monotonic() - start, proc.memory_info().rss / 2**20,
+                   m.get("usagehub_pipeline_queue_depth", 0), m.get("usagehub_pipeline_commit_wait_seconds", 0),
+                   p50, p99)
+            samples.append(row)
+            print(f"{row[0]:6.0f} {published[0]:10d} {row[1]:7.0f} {row[2]:6.0f} {row[3]:7.2f} {row[4]:10.0f} "
+                  f"{row[5]:10.0f}", flush=True)
+        await pub
+
+    asyncio.run(run())
+    return samples
+
+
+def report(samples: list[tuple[float, float, float, float, float, float]], idle_rss: float) -> None:
+    if len(samples) < 3:
+        print("too few samples for a trend; run longer or sample more often")
+        return
+    third = max(1, len(samples) // 3)
+    first, last = samples[:third], samples[-third:]
+    for i, name in ((1, "RSS MB"), (2, "queue depth"), (4, "lag p50 ms"), (5, "lag p99 ms")):
+        a = statistics.median([s[i] for s in first if s[i] == s[i]] or [float("nan")])
+        b = statistics.median([s[i] for s in last if s[i] == s[i]] or [float("nan")])
+        print(f"{name:>12}: first third median {a:8.1f}, last third median {b:8.1f}")
+    print(f"      RSS MB: idle baseline {idle_rss:.0f}, max {max(s[1] for s in samples):.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Connection state of one adapter: readiness, jittered backoff, one log line per outage and per recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+from usagehub import metrics
+
+log = logging.getLogger(__name__)
+
+
+class Link:
+    """Tracks one adapter's connection: ``up`` while connected/listening; outages logged and counted once."""
+
+    def __init__(self, name: str, *, first_delay_s: float = 0.5, max_delay_s: float = 30.0) -> None:
+        self.name = name
+        self.up = asyncio.Event()
+        self.first_delay_s, self.max_delay_s = first_delay_s, max_delay_s
+        self.outages = 0
+        self._down_since: float | None = None
+        self._attempts = 0
+        metrics.ADAPTER_UP.labels(name).set(0)
+
+    @property
+    def is_up(self) -> bool:
+        """Whether the adapter is connected (or listening) now."""
+        return self.up.is_set()
+
+    def connected(self, detail: str) -> None:
+        """The connection is (again) established; logs the recovery of an outage once."""
+        if self._down_since is not None:
+            log.info("%s recovered after %.1fs: %s", self.name, time.monotonic() - self._down_since, detail)
+            metrics.ADAPTER_RECOVERIES.labels(self.name).inc()
+        else:
+            log.info("%s connected: %s", self.name, detail)
+        self._down_since = None
+        self._attempts = 0
+        self.up.set()
+        metrics.ADAPTER_UP.labels(self.name).set(1)
+
+    def lost(self, err: BaseException) -> float:
+        """The connection failed or was lost: log it once per outage; return the jittered delay to wait."""
+        self.up.clear()
+        metrics.ADAPTER_UP.labels(self.name).set(0)
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self.outages += 1
+            metrics.ADAPTER_OUTAGES.labels(self.name).inc()
+            log.warning("%s connection lost (%s: %s); reconnecting with backoff", self.name,
+                        type(err).__name__, err)
+        else:
+            log.debug("%s still down (%s)", self.name, err)
+        ceiling = min(self.max_delay_s, self.first_delay_s * 2 ** min(self._attempts, 16))
+        self._attempts += 1
+        # Jitter spreads the reconnects of many hubs after a broker restart.
+        return float(ceiling * random.uniform(0.5, 1.0))
+
+    def down(self) -> None:
+        """Stopped on purpose (shutdown): not an outage."""
+        self.up.clear()
+        metrics.ADAPTER_UP.labels(self.name).set(0)

@@ -1,0 +1,48 @@
+"""Give memory back to the OS after large messages (glibc otherwise keeps the freed heap for good).
+
+glibc raises its mmap threshold each time a large block is freed, so later
+large payloads, decoded documents and COPY buffers come from the heap, where
+small survivors pin them. Fixing the threshold keeps large blocks in their own
+mappings (returned on free), and a trim after a large batch returns the rest.
+Elsewhere than glibc both are no-ops.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import sys
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+
+
+_LIBC = _libc()
+
+
+def bound_heap(mmap_threshold: int = 1 << 20, trim_threshold: int = 8 << 20) -> bool:
+    """Blocks above ``mmap_threshold`` get their own mapping; free heap above ``trim_threshold`` is returned."""
+    if _LIBC is None:
+        return False
+    ok = bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(_LIBC.mallopt(_M_TRIM_THRESHOLD,
+                                                                                      trim_threshold))
+    log.debug("heap bounded: mmap threshold %d, trim threshold %d (%s)", mmap_threshold, trim_threshold, ok)
+    return ok
+
+
+def trim() -> bool:
+    """Return free heap memory to the OS now (a few milliseconds; call after large batches only)."""
+    return _LIBC is not None and bool(_LIBC.malloc_trim(0))
