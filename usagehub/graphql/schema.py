@@ -151,8 +151,9 @@ class CoreQuery:
         tenant = require(info, *READ_ALL)
         services = _services(info)
         counts = await services.reads.quarantine_counts(tenant=tenant)
-        totals = await services.reads.ingest_totals() if tenant == HUB_TENANT else {}
-        return t.IngestStats(**{k: totals.get(k) for k in t.INGEST_COUNTERS},
+        own = tenant == HUB_TENANT  # the counters span every tenant's devices: the hub's own tenant only
+        totals = await services.reads.ingest_totals() if own else {}
+        return t.IngestStats(**{k: totals.get(k, 0) if own else None for k in t.INGEST_COUNTERS},
                              quarantine_open=[t.ReasonCount(reason=k, count=v) for k, v in counts.items()])
 
     sessions: Connection[b.BillingSession] = strawberry.field(
