@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from tests.conftest import timescale_mode
 from tests.storage.test_pipeline import feed, reading
 from usagehub import metrics
 from usagehub.adapters.base import Outcome
@@ -26,6 +27,9 @@ from usagehub.storage.ingest_totals import read_totals
 from usagehub.storage.partitions import Partitions, add_months, existing_months, month_of
 from usagehub.storage.queries import Reads
 from usagehub.storage.registry import KnownDevices, Registry
+
+# On TimescaleDB, events is a hypertable: TimescaleDB makes its chunks, there are no partitions to make ahead.
+NATIVE_PARTITIONS = pytest.mark.skipif(timescale_mode(), reason="events is a hypertable on TimescaleDB")
 
 
 async def _pipeline(pool: AsyncConnectionPool, *, seed: bool = True, **settings: float) -> Pipeline:
@@ -59,6 +63,7 @@ def reader(database_url: str):  # type: ignore[no-untyped-def]
     conn.close()
 
 
+@NATIVE_PARTITIONS
 async def test_idle_reader_does_not_block_ingest_of_a_new_month(pool: AsyncConnectionPool, reader: object) -> None:
     pipeline = await _pipeline(pool)
     before = _sample("usagehub_lock_timeouts_total", what="partition")
@@ -74,6 +79,7 @@ async def test_idle_reader_does_not_block_ingest_of_a_new_month(pool: AsyncConne
         assert (await cur.fetchone()) == (2,)
 
 
+@NATIVE_PARTITIONS
 async def test_partitions_are_made_ahead_and_a_reader_only_delays_them(pool: AsyncConnectionPool,
                                                                         database_url: str) -> None:
     now = datetime(2033, 6, 20, tzinfo=UTC)

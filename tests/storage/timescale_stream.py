@@ -75,20 +75,26 @@ QUESTIONS = [
     '{ start meter quantity unit } }',
     '{ usage(accountId: "%s", since: "2026-09-01T00:00:00Z", until: "2026-09-08T00:00:00Z", bucket: HOUR) '
     '{ start meter quantity unit } }',
-    '{ consumptionSeries(scope: ACCOUNT, key: "%s", since: "2026-08-01", until: "2026-12-01", bucket: DAY) '
+    '{ consumptionSeries(scope: ACCOUNT, key: "%s", since: "2026-08-01", until: "2026-12-01", bucket: DAY '
+    'product: "energy") '
     '{ start quantity activity accounts } }',
-    '{ consumptionSeries(scope: ACCOUNT, key: "%s", since: "2026-08-01", until: "2026-12-01", bucket: HOUR) '
+    '{ consumptionSeries(scope: ACCOUNT, key: "%s", since: "2026-08-01", until: "2026-12-01", bucket: HOUR '
+    'product: "energy") '
     '{ start quantity activity accounts } }',
-    '{ consumptionSeries(scope: ACCOUNT, key: "%s", since: "2026-08-01", until: "2026-12-01", bucket: MONTH) '
+    '{ consumptionSeries(scope: ACCOUNT, key: "%s", since: "2026-08-01", until: "2026-12-01", bucket: MONTH '
+    'product: "energy") '
     '{ start quantity activity accounts } }',
     '{ meterInspection(accountId: "%s") { deviceId meter lastValue periodTotal } }',
 ]
 FLEET = [
-    '{ consumptionSeries(scope: FLEET, since: "2026-08-01", until: "2026-12-01", bucket: WEEK) '
+    '{ consumptionSeries(scope: FLEET, since: "2026-08-01", until: "2026-12-01", bucket: WEEK '
+    'product: "energy") '
     '{ start quantity activity accounts } }',
-    '{ consumptionSeries(scope: MARKET, key: "DE", since: "2026-08-01", until: "2026-12-01", bucket: DAY) '
+    '{ consumptionSeries(scope: MARKET, key: "DE", since: "2026-08-01", until: "2026-12-01", bucket: DAY '
+    'product: "energy") '
     '{ start quantity activity accounts } }',
-    '{ consumptionSeries(scope: DEVICE, key: "m3", since: "2026-08-01", until: "2026-12-01", bucket: DAY) '
+    '{ consumptionSeries(scope: DEVICE, key: "m3", since: "2026-08-01", until: "2026-12-01", bucket: DAY '
+    'product: "energy") '
     '{ start quantity activity accounts } }',
     '{ topConsumers(product: "energy", since: "2026-08-01", until: "2026-12-01", first: 5) '
     '{ accountId market quantity } }',
