@@ -99,8 +99,10 @@ class Browser:
     async def click(self, selector: str) -> None:
         """A real mouse click in the middle of the element."""
         box = await self.wait_for(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); "
-                                  "if (!e) return null; const r = e.getBoundingClientRect(); "
+                                  "if (!e) return null; e.scrollIntoView({block: 'center'}); "
+                                  "const r = e.getBoundingClientRect(); "
                                   "return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        await self.send("Input.dispatchMouseEvent", type="mouseMoved", x=box[0], y=box[1])
         for kind in ("mousePressed", "mouseReleased"):
             await self.send("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
 
@@ -108,11 +110,12 @@ class Browser:
         """Type text into the focused element, as a keyboard would insert it."""
         await self.send("Input.insertText", text=text)
 
-    async def key(self, key: str, *, code: int, modifiers: int = 0) -> None:
-        """Press and release one key (modifiers: 2 = Ctrl)."""
+    async def key(self, key: str, *, code: int, modifiers: int = 0, text: str = "") -> None:
+        """Press and release one key (modifiers: 2 = Ctrl; ``text``: what it types, "\r" for Enter)."""
         params = {"key": key, "code": key if len(key) > 1 else f"Key{key.upper()}", "windowsVirtualKeyCode": code,
                   "modifiers": modifiers}
-        await self.send("Input.dispatchKeyEvent", type="rawKeyDown", **params)
+        down = {"type": "keyDown", "text": text} if text else {"type": "rawKeyDown"}
+        await self.send("Input.dispatchKeyEvent", **down, **params)
         await self.send("Input.dispatchKeyEvent", type="keyUp", **params)
 
     async def screenshot(self, path: Path) -> bytes:
@@ -162,3 +165,9 @@ def colours_in(rows: list[bytes], box: tuple[int, int, int, int]) -> set[bytes]:
     """Distinct RGB colours inside ``box`` = (x0, y0, x1, y1) of the decoded rows."""
     x0, y0, x1, y1 = box
     return {row[x * 3:x * 3 + 3] for row in rows[y0:y1] for x in range(x0, x1)}
+
+
+def png_colours(data: bytes) -> set[bytes]:
+    """Every distinct RGB colour of a PNG screenshot (enough to tell a drawn page from a blank one)."""
+    width, height, rows = png_pixels(data)
+    return colours_in(rows, (0, 0, width, height))

@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 from psycopg_pool import AsyncConnectionPool
 
-from tests.browser import png_colours
+from tests.integration.browser import png_colours
 from tests.peers import free_port, require_binary
 from tests.storage.analytics_data import Row, add_accounts, copy_points
 from usagehub.analytics.service import AnalyticsService

@@ -12,7 +12,7 @@ import pytest
 import uvicorn
 from psycopg_pool import AsyncConnectionPool
 
-from tests.browser import browser, png_colours
+from tests.integration.browser import Browser, png_colours
 from tests.peers import free_port
 from tests.storage.test_operations import build
 
@@ -37,57 +37,58 @@ async def console(pool: AsyncConnectionPool) -> AsyncIterator[tuple[str, dict[st
 async def test_admin_acknowledges_an_alert_drills_down_and_edits_a_meter_type(console: tuple[str, dict[str, str]],
                                                                              tmp_path: Path) -> None:
     url, tokens = console
-    async with browser(tmp_path) as page:
-        await page.goto(f"{url}/console")
-        await page.type("#key", tokens["admin"])
-        await page.press("Enter", "Enter", 13, "\r")  # submits the sign-in form from the keyboard
-        await page.wait("document.querySelectorAll('#alerts-rows tr').length === 1")
-        assert await page.js("document.getElementById('login').hidden")
-        row = await page.js("document.querySelector('#alerts-rows tr').innerText")
+    async with Browser(tmp_path) as page:
+        await page.open(f"{url}/console")
+        await page.eval("document.querySelector('#key').focus()")
+        await page.type(tokens["admin"])
+        await page.key("Enter", code=13, text="\r")  # submits the sign-in form from the keyboard
+        await page.wait_for("document.querySelectorAll('#alerts-rows tr').length === 1")
+        assert await page.eval("document.getElementById('login').hidden")
+        row = await page.eval("document.querySelector('#alerts-rows tr').innerText")
         assert "tamper" in row and "p1" in row and "open" in row
-        shot = await page.screenshot()
-        (tmp_path / "console.png").write_bytes(shot)  # kept for a person to look at (pytest's tmp folder)
+        shot = await page.screenshot(tmp_path / "console.png")  # kept for a person to look at
         colours = png_colours(shot)
         assert CRITICAL_RED in colours and len(colours) > 20  # the severity is drawn in red, the table is there
 
         await page.click("#alerts-rows input[type=checkbox]")
-        assert await page.js("document.querySelector('#alerts-rows input').checked")
+        assert await page.eval("document.querySelector('#alerts-rows input').checked")
         await page.click("#alerts-ack")
-        await page.wait("document.querySelectorAll('#alerts-rows tr').length === 0")  # open only: it is gone
-        assert "acknowledged 1 alerts" in await page.js("document.getElementById('status').textContent")
+        await page.wait_for("document.querySelectorAll('#alerts-rows tr').length === 0")  # open only: it is gone
+        assert "acknowledged 1 alerts" in await page.eval("document.getElementById('status').textContent")
 
         await page.click("#tab-assurance")
-        await page.press("ArrowRight", "ArrowRight", 39)  # keyboard moves to the next tab and back
-        assert await page.js("document.getElementById('inspect').hidden") is False
-        await page.press("ArrowLeft", "ArrowLeft", 37)
-        await page.js("document.getElementById('ra-since').value = '2026-11-18'")
-        await page.js("document.getElementById('ra-until').value = '2026-11-23'")
+        await page.key("ArrowRight", code=39)  # keyboard moves to the next tab and back
+        assert await page.eval("document.getElementById('inspect').hidden") is False
+        await page.key("ArrowLeft", code=37)
+        await page.eval("document.getElementById('ra-since').value = '2026-11-18'")
+        await page.eval("document.getElementById('ra-until').value = '2026-11-23'")
         await page.click("#assurance-form button[type=submit]")
-        await page.wait("document.querySelectorAll('#ra-rows tr').length > 0")
-        text = await page.js("document.getElementById('ra-rows').innerText")
+        await page.wait_for("document.querySelectorAll('#ra-rows tr').length > 0")
+        text = await page.eval("document.getElementById('ra-rows').innerText")
         assert "a1" in text and "energy" in text and "(unbound devices)" in text and "b1" not in text
         await page.click("#ra-rows td[tabindex='0']")  # drill down into account a1
-        await page.wait("document.getElementById('ra-account').value === 'a1'")
-        await page.wait("!document.getElementById('ra-rows').innerText.includes('unbound devices')")
+        await page.wait_for("document.getElementById('ra-account').value === 'a1'")
+        await page.wait_for("!document.getElementById('ra-rows').innerText.includes('unbound devices')")
 
         await page.click("#tab-inspect")
-        await page.type("#inspect-q", "m1")
+        await page.eval("document.querySelector('#inspect-q').focus()")
+        await page.type("m1")
         await page.click("#inspect-form button[type=submit]")
-        await page.wait("document.querySelectorAll('#inspect-rows tr').length > 0")
-        assert "energy" in await page.js("document.getElementById('inspect-rows').innerText")
+        await page.wait_for("document.querySelectorAll('#inspect-rows tr').length > 0")
+        assert "energy" in await page.eval("document.getElementById('inspect-rows').innerText")
         await page.click("#tab-types")
-        await page.wait("document.getElementById('types-list').options.length > 5")
-        await page.js("(() => { const s = document.getElementById('types-list'); s.value = 'acme-em340';"
+        await page.wait_for("document.getElementById('types-list').options.length > 5")
+        await page.eval("(() => { const s = document.getElementById('types-list'); s.value = 'acme-em340';"
                       " s.dispatchEvent(new Event('change')); })()")
-        yaml = await page.js("document.getElementById('types-yaml').value")
+        yaml = await page.eval("document.getElementById('types-yaml').value")
         assert "energy_wh" in yaml
-        await page.js("document.getElementById('types-yaml').value = document.getElementById('types-yaml')"
+        await page.eval("document.getElementById('types-yaml').value = document.getElementById('types-yaml')"
                       ".value.replace('kind: cumulative', 'kind: sideways')")
         await page.click("#types-save")
-        await page.wait("document.querySelectorAll('#types-errors li').length > 0")
-        error = await page.js("document.getElementById('types-errors').innerText")
+        await page.wait_for("document.querySelectorAll('#types-errors li').length > 0")
+        error = await page.eval("document.getElementById('types-errors').innerText")
         assert "meters.energy.kind" in error and "line 14" in error
-        labelled = await page.js("[...document.querySelectorAll('input')].every(i => i.labels.length > 0 "
+        labelled = await page.eval("[...document.querySelectorAll('input')].every(i => i.labels.length > 0 "
                                  "|| i.getAttribute('aria-label'))")
         assert labelled
 
@@ -95,12 +96,12 @@ async def test_admin_acknowledges_an_alert_drills_down_and_edits_a_meter_type(co
 async def test_a_key_of_another_tenant_sees_none_of_this_tenants_alerts(console: tuple[str, dict[str, str]],
                                                                        tmp_path: Path) -> None:
     url, tokens = console
-    async with browser(tmp_path) as page:
-        await page.goto(f"{url}/console#key={tokens['b-operator']}")
-        await page.wait("document.querySelectorAll('#alerts-rows tr').length === 1")
-        row = await page.js("document.querySelector('#alerts-rows tr').innerText")
+    async with Browser(tmp_path) as page:
+        await page.open(f"{url}/console#key={tokens['b-operator']}")
+        await page.wait_for("document.querySelectorAll('#alerts-rows tr').length === 1")
+        row = await page.eval("document.querySelector('#alerts-rows tr').innerText")
         assert "p2" in row and "p1" not in row
-        assert await page.js("location.hash") == ""  # the key leaves the address bar
+        assert await page.eval("location.hash") == ""  # the key leaves the address bar
 
 
 async def test_consumer_sees_their_consumption_chart_on_a_phone_screen(console: tuple[str, dict[str, str]],
@@ -110,16 +111,15 @@ async def test_consumer_sees_their_consumption_chart_on_a_phone_screen(console: 
         made = (await client.post(f"{url}/graphql", headers={"Authorization": f"Bearer {tokens['billing']}"},
                                   json={"query": 'mutation { createConsumerToken(accountId: "a1") { token } }'})).json()
     token = made["data"]["createConsumerToken"]["token"]
-    async with browser(tmp_path, width=390, height=844) as page:
-        await page.goto(f"{url}/me#token={token}")
-        await page.wait("document.querySelectorAll('#daily canvas').length === 1")
-        options = await page.js("[...document.getElementById('product').options].map(o => o.value)")
+    async with Browser(tmp_path, width=390, height=844) as page:
+        await page.open(f"{url}/me#token={token}")
+        await page.wait_for("document.querySelectorAll('#daily canvas').length === 1")
+        options = await page.eval("[...document.getElementById('product').options].map(o => o.value)")
         assert "energy" in options and "door_openings" in options
-        await page.js("(() => { const s = document.getElementById('product'); s.value = 'energy';"
+        await page.eval("(() => { const s = document.getElementById('product'); s.value = 'energy';"
                       " s.dispatchEvent(new Event('change')); })()")
-        await page.wait("document.querySelectorAll('#daily canvas').length === 1")
-        await page.wait("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
-        shot = await page.screenshot()
-        (tmp_path / "me.png").write_bytes(shot)
+        await page.wait_for("document.querySelectorAll('#daily canvas').length === 1")
+        await page.wait_for("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
+        shot = await page.screenshot(tmp_path / "me.png")
         colours = png_colours(shot)
         assert any(abs(c[0] - 0x09) < 40 and abs(c[1] - 0x69) < 40 and c[2] > 0xb0 for c in colours)  # bars drawn
