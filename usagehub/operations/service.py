@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from psycopg_pool import AsyncConnectionPool
 
 from usagehub.core.alerts import burst_alerts, silent_alerts
+from usagehub.core.csvsafe import safe_cell
 from usagehub.core.decode import ProfileSet
 from usagehub.errors import DomainError
 from usagehub.storage.alerts import (
@@ -24,12 +25,6 @@ from usagehub.storage.assurance import AssuranceRow, revenue_assurance
 from usagehub.storage.pool import mapped_errors
 
 MAX_RANGE = timedelta(days=92)
-
-
-def _cell(value: object) -> str:
-    """A CSV cell that a spreadsheet shows as text, never runs as a formula."""
-    s = "" if value is None else str(value)
-    return "'" + s if s[:1] in ("=", "+", "-", "@", "\t", "\r") else s
 
 
 class OperationsService:
@@ -100,7 +95,7 @@ class OperationsService:
         writer.writerow(["id", "kind", "severity", "account", "device", "message", "raised_at", "acked_at",
                          "acked_by"])
         for a in rows:
-            writer.writerow([a.alert_id, a.kind, a.severity, _cell(a.account_id), _cell(a.device_id),
-                             _cell(a.message), a.raised_at.isoformat(),
-                             a.acked_at.isoformat() if a.acked_at else "", _cell(a.acked_by)])
+            writer.writerow([a.alert_id, a.kind, a.severity, safe_cell(a.account_id), safe_cell(a.device_id),
+                             safe_cell(a.message), a.raised_at.isoformat(),
+                             a.acked_at.isoformat() if a.acked_at else "", safe_cell(a.acked_by)])
         return out.getvalue()
