@@ -14,6 +14,7 @@ The hub is started, and its MQTT subscription confirmed with a probe message (qu
 publishing. Billed totals (billing records per account and product) are checked against the truth.
 
     .venv/bin/python bench/fleet.py [WEEKS] [ACCOUNTS]        # defaults: 5 weeks, 40 accounts
+    BENCH_PYSPY=/tmp/hub.txt ...                               # also sample the hub with py-spy
 Cameras (recorded MB) and 16-bit registers are not in the fleet: no shipped MQTT profile has them.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -154,6 +156,15 @@ def glue(url: str, port: int, msgs: list[Msg]) -> float:
         asyncio.run(forget_session(port, "baseline-batch"))
 
 
+def profiler(pid: int) -> subprocess.Popen[bytes] | None:
+    """``BENCH_PYSPY=FILE``: sample the hub with py-spy (collapsed stacks) while it drains the fleet."""
+    out = os.environ.get("BENCH_PYSPY")
+    if not out:
+        return None
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+                             "--nonblocking", "--output", out], stdout=subprocess.DEVNULL)
+
+
 def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path) -> tuple[float, int, float, float, Truth]:
     """events/s, events, p50/p99 receive->billable (ms) and billed totals of ``usagehub serve``."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -168,6 +179,7 @@ def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path) -> tuple[flo
                              "--config", "/dev/null"], cwd=ROOT, env=env)
     try:
         wait_rows(url, "SELECT count(*) FROM quarantine", HUB_PROBE, port)  # subscribed
+        spy = profiler(proc.pid)
         t0 = time.time()
         asyncio.run(publish(msgs, port))
         distinct = len(set(msgs))  # one identity (device, seq or id) per distinct message
@@ -181,6 +193,9 @@ def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path) -> tuple[flo
             assert row is not None
             billed = {(str(r[0]), str(r[1])): Decimal(r[2]) for r in conn.execute(
                 "SELECT account_id, product, sum(quantity) FROM billing_records GROUP BY 1, 2").fetchall()}
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
         p50, p99 = latencies(url)
         return last / (float(row[0]) - t0), last, p50, p99, billed
     finally:
