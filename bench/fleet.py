@@ -15,12 +15,14 @@ publishing. Billed totals (billing records per account and product) are checked 
 
     .venv/bin/python bench/fleet.py [WEEKS] [ACCOUNTS]        # defaults: 5 weeks, 40 accounts
     BENCH_PYSPY=/tmp/hub.txt ...                               # also sample the hub with py-spy
+    BENCH_SESSION_WORKERS=0 ...                                # sessions inline in each batch (default 1)
 Cameras (recorded MB) and 16-bit registers are not in the fleet: no shipped MQTT profile has them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import aiomqtt
 import orjson
+import psutil
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,6 +159,30 @@ def glue(url: str, port: int, msgs: list[Msg]) -> float:
         asyncio.run(forget_session(port, "baseline-batch"))
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its live descendants."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = proc.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def postgres_cpu_s(url: str) -> float:
+    """CPU seconds of the PostgreSQL server behind ``url`` (the postmaster and its backends)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT setting FROM pg_settings WHERE name = 'data_directory'").fetchone()
+    assert row is not None
+    pid = int((Path(str(row[0])) / "postmaster.pid").read_text().split()[0])
+    return tree_cpu_s(pid)
+
+
 def profiler(pid: int) -> subprocess.Popen[bytes] | None:
     """``BENCH_PYSPY=FILE``: sample the hub with py-spy (collapsed stacks) while it drains the fleet."""
     out = os.environ.get("BENCH_PYSPY")
@@ -176,10 +203,12 @@ def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path) -> tuple[flo
     client_id = f"usagehub-fleet-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "USAGEHUB_MQTT_CLIENT_ID": client_id}
     proc = subprocess.Popen([sys.executable, "-m", "usagehub", "serve", *settings, "--http-port", "0",
+                             "--session-workers", os.environ.get("BENCH_SESSION_WORKERS", "1"),
                              "--config", "/dev/null"], cwd=ROOT, env=env)
     try:
         wait_rows(url, "SELECT count(*) FROM quarantine", HUB_PROBE, port)  # subscribed
         spy = profiler(proc.pid)
+        hub0, pg0 = tree_cpu_s(proc.pid), postgres_cpu_s(url)
         t0 = time.time()
         asyncio.run(publish(msgs, port))
         distinct = len(set(msgs))  # one identity (device, seq or id) per distinct message
@@ -187,17 +216,29 @@ def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path) -> tuple[flo
         while time.monotonic() < deadline and count(
                 url, "SELECT count(*) FROM (SELECT DISTINCT device_id, event_id FROM events) AS s") < distinct:
             time.sleep(0.5)
+        stored_at = time.time()
+        # Sessions and billing records are replayed off the ingest path (session workers): wait for them too.
+        while time.monotonic() < deadline and count(url, "SELECT count(*) FROM session_queue") > 0:
+            time.sleep(0.2)
+        billed_at = time.time()
+        hub_cpu, pg_cpu = tree_cpu_s(proc.pid) - hub0, postgres_cpu_s(url) - pg0
+        print(f"  hub: all stored after {stored_at - t0:.1f} s, all billed after {billed_at - t0:.1f} s")
         last = count(url, "SELECT count(*) FROM events")
+        print(f"  hub CPU (with its session workers) {1e6 * hub_cpu / last:.0f} us/event, "
+              f"PostgreSQL CPU {1e6 * pg_cpu / last:.0f} us/event")
         with psycopg.connect(url) as conn:
             row = conn.execute("SELECT extract(epoch FROM max(ingested_at)) FROM events").fetchone()
             assert row is not None
+            batches = conn.execute("SELECT coalesce(sum(batches), 0), coalesce(sum(messages), 0) FROM ingest_totals"
+                                   ).fetchone()
+            print(f"  hub batches: {batches}")
             billed = {(str(r[0]), str(r[1])): Decimal(r[2]) for r in conn.execute(
                 "SELECT account_id, product, sum(quantity) FROM billing_records GROUP BY 1, 2").fetchall()}
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
         p50, p99 = latencies(url)
-        return last / (float(row[0]) - t0), last, p50, p99, billed
+        return last / (billed_at - t0), last, p50, p99, billed
     finally:
         proc.terminate()
         proc.wait(60)
@@ -224,7 +265,7 @@ def main() -> None:
     print(f"  bare aiomqtt subscriber (QoS 1, parse only)  {bare:>9,.0f} msg/s")
     if glue_rate:
         print(f"  glue_batch.py (meter messages only)          {glue_rate:>9,.0f} msg/s")
-    print(f"  usagehub serve, end to end (acks after commit) {rate:>7,.0f} events/s  "
+    print(f"  usagehub serve, stored and billed            {rate:>9,.0f} events/s  "
           f"receive->billable p50 {p50:.0f} ms p99 {p99:.0f} ms")
     print(f"  ratios: usagehub/bare {rate / bare:.2f}" + (f", usagehub/glue_batch {rate / glue_rate:.2f}"
                                                            if glue_rate else ""))

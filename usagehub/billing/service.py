@@ -20,6 +20,7 @@ from usagehub.errors import DomainError
 from usagehub.pipeline.sessions import SessionEngine
 from usagehub.storage.billing import RECORD_COLUMNS, period_by_label, record_of
 from usagehub.storage.pool import mapped_errors
+from usagehub.storage.session_queue import queued_accounts
 from usagehub.storage.sessions import SESSION_COLUMNS, session_of
 
 
@@ -127,6 +128,10 @@ class BillingService:
     async def run(self, *, tenant: str, period: str, account_id: str | None, author: str) -> list[BillingRecord]:
         """A billing run for period ``period`` (YYYY-MM) of one or every account of the tenant."""
         async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
+            # Sessions replayed by session workers: what they have not replayed yet is replayed here first.
+            queued = await queued_accounts(conn, tenant=tenant, account_id=account_id)
+            if queued:
+                await self.engine.replay_queued(conn, limit=None, accounts=queued, skip_locked=False)
             return await self.engine.book.run(conn, period, tenant=tenant, account_id=account_id, author=author)
 
     async def correct(self, *, tenant: str, device_id: str, meter: str, ts: datetime, quantity: Decimal,

@@ -21,11 +21,12 @@ from usagehub.core.binding import BindingIndex
 from usagehub.core.counters import UsageEntry
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import MeterKind, UsageEvent
-from usagehub.core.segments import Outcome, Request, rewalk, settle_outcome
+from usagehub.core.segments import Outcome, Request, rewalk, segment_start, settle_outcome
 from usagehub.core.sessions import SessionRules, SortKey
 from usagehub.storage.billing import RecordBook
 from usagehub.storage.marks import Group, answer, save_walks
 from usagehub.storage.pool import Connection
+from usagehub.storage.session_queue import claim, finish, queue_segments, zones_of
 from usagehub.storage.sessions import (
     Clock,
     Origin,
@@ -57,6 +58,9 @@ class SessionEngine:
         self.last_points: list[Point] = []
         self._infos: dict[tuple[str, str], tuple[object, MeterInfo | None]] = {}
         self.points_read = 0  # session points replayed since start (a cost signal for benchmarks and tests)
+        # Deferred: ingest queues the touched segments (storage.session_queue) and session workers replay
+        # them (pipeline.session_worker); set by a hub that runs session workers. Inline otherwise.
+        self.defer = False
 
     def refresh(self) -> None:
         """Idle timeouts and product units from the profiles in force (they can change while the hub runs)."""
@@ -93,10 +97,10 @@ class SessionEngine:
                    if (info := self.info(event.profile_id, event.meter)) is not None]
         instants = [(event, info) for event in events if event.kind in (MeterKind.GAUGE, MeterKind.STATE)
                     and (info := self.info(event.profile_id, event.meter)) is not None]
-        await self.absorb(conn, entries, instants)
+        await self.absorb(conn, entries, instants, defer=self.defer)
 
     async def absorb(self, conn: Connection, entries: Sequence[tuple[UsageEntry, MeterInfo]],
-                     instants: Sequence[tuple[UsageEvent, MeterInfo]]) -> None:
+                     instants: Sequence[tuple[UsageEvent, MeterInfo]], *, defer: bool = False) -> None:
         """Allocate and store the points (unbound ones too), recompute touched sessions and their records."""
         self.refresh()
         self.last_points = []
@@ -121,7 +125,30 @@ class SessionEngine:
         # Unbound pieces are kept too: a binding registered later re-allocates them (storage.rebind).
         await copy_points(conn, stored)
         self.last_points = bound
+        if defer:  # under the accounts' locks taken above (the queue's lock order)
+            await queue_segments(conn, {(p.account_id, p.service, segment_start(p.start))
+                                        for p in bound if p.account_id is not None})
+            return
         await self.recompute(conn, bound, zones)
+
+    async def replay_queued(self, conn: Connection, *, limit: int | None, accounts: list[str] | None = None,
+                            skip_locked: bool = True) -> int:
+        """Replay queued segments of up to ``limit`` accounts in this transaction; the segments replayed."""
+        self.refresh()
+        rows = await claim(conn, limit=limit, accounts=accounts, skip_locked=skip_locked)
+        if not rows:
+            return 0
+        claimed = {a for a, _, _ in rows}
+        await lock_accounts(conn, claimed)
+        zones = {a: ZoneInfo(z) for a, z in (await zones_of(conn, claimed)).items()}
+        changed: defaultdict[tuple[str, str], list[datetime]] = defaultdict(list)
+        for account, service, start in rows:
+            zones.setdefault(account, _UTC)
+            changed[(account, service)].append(start)
+        touched = await self.rewalk(conn, dict(changed), zones, self.clock())
+        await self.book.reconcile(conn, touched, zones)
+        await finish(conn, rows)
+        return len(rows)
 
     async def recompute(self, conn: Connection, points: Sequence[Point], zones: dict[str, ZoneInfo]) -> None:
         """Bring every (account, service) of ``points`` up to date where they changed; reconcile records."""

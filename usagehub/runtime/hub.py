@@ -235,14 +235,18 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
         keyring = await open_keyring(config, pool)
         pipeline, billing = build_pipeline(config, pool, profiles, keyring)
         await rebuild_unmarked(billing.engine, pool)  # sessions stored before walk marks (once; before ingest)
+        from usagehub.runtime import scaleout
+        from usagehub.runtime.session_workers import session_workers
+
+        if not scaleout.uses_bus(config):
+            children = await stack.enter_async_context(session_workers(config, pool))
+            billing.engine.defer = children is not None  # batches queue their sessions; the children replay them
         hub = Hub(config=config, pool=pool, pipeline=pipeline, keys=ApiKeys(pool),
                   registry=registry_for(pool, billing), billing=billing, broker=broker)
         hub.prepaid = PrepaidRuntime.create(pool, profiles, mqtt_url=broker_url, client_id=config.mqtt_client_id,
                                             shared=bool(config.mqtt_url))  # amqtt (embedded) has no $share
         settings = AdapterSettings(profiles=profiles, devices=DeviceDirectorySql(pool), data_dir=config.data_dir,
                                    prepaid=hub.prepaid.service)
-        from usagehub.runtime import scaleout
-
         if scaleout.uses_bus(config):  # entered before the adapters, so it outlives them at shutdown
             hub.sink = await stack.enter_async_context(scaleout.ingest_bus(config, profiles, pool))
         for name, raw in _adapter_configs(config, broker_url).items():

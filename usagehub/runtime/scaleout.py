@@ -90,19 +90,23 @@ class AccountRouter:
 class WorkerPool:
     """N ``usagehub worker`` child processes, restarted when one dies, stopped with SIGTERM (they drain)."""
 
-    def __init__(self, config: HubConfig, bus_url: str, count: int, log_dir: Path) -> None:
-        self.env = worker_environment(config, bus_url)
-        self.count, self.log_dir = count, log_dir
+    def __init__(self, config: HubConfig, bus_url: str, count: int, log_dir: Path, *,
+                 env: dict[str, str] | None = None, command: str = "worker") -> None:
+        """``command``: the usagehub command each child runs (``worker``, or ``session-worker`` with ``env``)."""
+        self.env = env if env is not None else worker_environment(config, bus_url)
+        self.count, self.log_dir, self.command = count, log_dir, command
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
         self.restarts = 0
 
     def start(self, index: int) -> None:
-        """Start worker ``index`` (its log: ``<data>/workers/worker-<index>.log``)."""
+        """Start child ``index`` (its log: ``<data>/workers/<command>-<index>.log``)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        with (self.log_dir / f"worker-{index}.log").open("ab") as out:
-            self.procs[index] = subprocess.Popen(
-                [sys.executable, "-m", "usagehub", "worker", "--index", str(index), "--workers", str(self.count)],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=killed_with_parent)
+        argv = [sys.executable, "-m", "usagehub", self.command]
+        if self.command == "worker":
+            argv += ["--index", str(index), "--workers", str(self.count)]
+        with (self.log_dir / f"{self.command}-{index}.log").open("ab") as out:
+            self.procs[index] = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                                 preexec_fn=killed_with_parent)
 
     async def supervise(self, every_s: float = 1.0) -> None:
         """Start every worker and restart any that exits, until cancelled."""
@@ -112,7 +116,7 @@ class WorkerPool:
             await asyncio.sleep(every_s)
             for i, proc in enumerate(self.procs):
                 if proc is not None and proc.poll() is not None:
-                    log.warning("worker %d exited with %s; restarting", i, proc.returncode)
+                    log.warning("%s %d exited with %s; restarting", self.command, i, proc.returncode)
                     self.restarts += 1
                     self.start(i)
 

@@ -17,6 +17,7 @@ from paho.mqtt.properties import Properties
 
 from usagehub.adapters.base import AdapterSettings, Receipt, Sink
 from usagehub.adapters.link import Link
+from usagehub.adapters.mqtt import lean
 from usagehub.adapters.mqtt.ack import ManualAck
 from usagehub.adapters.mqtt.config import MqttConfig
 from usagehub.core.events import RawMessage
@@ -49,6 +50,7 @@ class MqttAdapter:
         self.connected.clear()
 
     def _client(self) -> tuple[aiomqtt.Client, ManualAck]:
+        lean.install()
         v5 = self.config.protocol == "5"
         props = None
         if v5:
@@ -66,6 +68,7 @@ class MqttAdapter:
             keepalive=self.config.keepalive_s, properties=props,
             tls_params=aiomqtt.TLSParameters() if self.config.tls else None,
         )
+        lean.lean_client(client._client)
         return client, ManualAck(client)
 
     async def run(self, sink: Sink) -> None:

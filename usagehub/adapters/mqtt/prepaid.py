@@ -22,6 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from usagehub.adapters.link import Link
+from usagehub.adapters.mqtt import lean
 from usagehub.adapters.mqtt.config import MqttConfig
 from usagehub.adapters.prepaid_port import OPERATIONS, PrepaidPort, handle
 
@@ -57,14 +58,17 @@ class PrepaidMqtt:
         return [f"{share}{self.settings.prefix}/+/{op}" for op in OPERATIONS]
 
     def _client(self) -> aiomqtt.Client:
+        lean.install()
         v5 = self.config.protocol == "5"
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.config.host, self.config.port, username=self.config.username, password=self.config.password,
             identifier=f"{self.config.client_id}-prepaid-{uuid.uuid4().hex[:8]}",
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             keepalive=self.config.keepalive_s, tls_params=aiomqtt.TLSParameters() if self.config.tls else None,
             # paho holds QoS 1 publishes beyond 20 in flight until a later loop pass: ~90 ms per answer under load
             max_inflight_messages=self.settings.max_in_flight)
+        lean.lean_client(client._client)
+        return client
 
     async def run(self) -> None:
         """Serve until cancelled; any lost connection is retried with jittered backoff."""

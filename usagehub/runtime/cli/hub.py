@@ -20,11 +20,22 @@ BusOption = Annotated[str | None, typer.Option(help="NATS JetStream URL(s), comm
 @with_settings
 def serve(config: HubConfig, bus: BusOption = None,
           workers: Annotated[int | None, typer.Option(help="pipeline worker processes over the bus; "
-                                                           "without --bus an embedded nats-server")] = None) -> None:
+                                                           "without --bus an embedded nats-server")] = None,
+          session_workers: Annotated[int | None, typer.Option(
+              help="session worker processes replaying sessions off the ingest path; 0: inline")] = None) -> None:
     """Run the hub: adapters, pipeline, GraphQL on embedded defaults unless told otherwise."""
     from usagehub.runtime.hub import run_hub
 
-    asyncio.run(run_hub(with_flags(config, bus=bus, workers=workers)))
+    asyncio.run(run_hub(with_flags(config, bus=bus, workers=workers, session_workers=session_workers)))
+
+
+@hub_app.command(name="session-worker", hidden=True)
+@with_settings
+def session_worker(config: HubConfig) -> None:
+    """Replay the session queue (started by ``serve``; more can run beside it on the same database)."""
+    from usagehub.runtime.session_workers import run_session_worker
+
+    asyncio.run(run_session_worker(config))
 
 
 @hub_app.command()

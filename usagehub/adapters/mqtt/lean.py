@@ -1,0 +1,94 @@
+"""A lean receive path for paho (under aiomqtt): no per-message objects that nobody reads.
+
+Measured on the fleet benchmark (py-spy, ``BENCH_PYSPY``), paho spent a third of
+the hub's CPU per received PUBLISH on three things the hub never uses:
+
+- an MQTT 5 ``Properties`` object whose constructor rebuilds its name and type
+  tables (about 60 entries) for every packet: 17 % of the hub's CPU;
+- a ``threading.Condition`` (and its ``RLock``) in each received message's
+  ``MQTTMessageInfo``, which exists for ``wait_for_publish`` on *sent* messages: 5 %;
+- a walk of the topic-filter trie of ``message_callback_add`` callbacks, which
+  aiomqtt never registers: 4 %.
+
+:func:`install` swaps in equivalents that share the tables, create the condition
+on first use, and skip the empty trie. The behaviour is paho's (the adapter
+tests run against Mosquitto, and ``tests/adapters/test_mqtt_lean.py`` compares
+decoded properties with paho's own class). It applies to the paho 2.x this
+project pins; on any other version it leaves paho as it is.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import paho.mqtt
+from paho.mqtt import _packet
+from paho.mqtt import client as paho_client
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.matcher import MQTTMatcher
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+_TABLES = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+
+
+class SharedTableProperties(Properties):
+    """paho's ``Properties`` with its (constant) name and type tables built once, not per packet."""
+
+    types = _TABLES.types
+    names = _TABLES.names
+    properties = _TABLES.properties
+
+    def __init__(self, packetType: int) -> None:
+        object.__setattr__(self, "packetType", packetType)
+
+
+class LazyMessageInfo(paho_client.MQTTMessageInfo):
+    """``MQTTMessageInfo`` whose condition is made when a publisher first waits on it."""
+
+    __slots__ = ("_lazy_condition",)
+
+    def __init__(self, mid: int) -> None:
+        self.mid = mid
+        self._published = False
+        self._lazy_condition: threading.Condition | None = None
+        self.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        self._iterpos = 0
+
+    @property  # paho's slot, made lazy
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        cond = self._lazy_condition
+        if cond is None:
+            cond = self._lazy_condition = threading.Condition()
+        return cond
+
+
+class FilteredCallbacks(MQTTMatcher):
+    """paho's matcher of ``message_callback_add`` filters that costs nothing while it is empty."""
+
+    def iter_match(self, topic: str) -> Iterator[Any]:
+        if not self._root._children and self._root._content is None:
+            return iter(())
+        return super().iter_match(topic)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def supported() -> bool:
+    """Whether the installed paho is the 2.x whose internals this module replaces."""
+    return paho.mqtt.__version__.startswith("2.")
+
+
+def install() -> bool:
+    """Swap in the lean classes (idempotent); False, and nothing changed, on an unknown paho."""
+    if not supported():
+        return False
+    _packet.Properties = SharedTableProperties  # type: ignore[attr-defined]
+    paho_client.MQTTMessageInfo = LazyMessageInfo  # type: ignore[misc]
+    return True
+
+
+def lean_client(client: paho_client.Client) -> None:
+    """Give one paho client the matcher that skips an empty filter trie."""
+    if supported() and type(client._on_message_filtered) is MQTTMatcher:
+        client._on_message_filtered = FilteredCallbacks()  # type: ignore[no-untyped-call]

@@ -1,0 +1,69 @@
+"""The session worker: replays queued session segments and reconciles billing records, off the ingest path.
+
+With deferred sessions (``SessionEngine.defer``) an ingest batch stores events,
+usage entries and account points, debits prepaid balances, and queues the
+segments it touched; acknowledgement to the device follows that commit. A
+session worker — another process, so the second core works — claims the queue
+a few accounts at a time and replays them (``SessionEngine.replay_queued``) in
+one transaction per round. Several workers (or hubs) share one queue safely:
+claims skip each other's rows, and the account locks order them with ingest.
+Under load a round finds more queued per segment, so its cost per event falls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from psycopg_pool import AsyncConnectionPool
+
+from usagehub import metrics
+from usagehub.errors import StorageError
+from usagehub.pipeline.sessions import SessionEngine
+from usagehub.storage.pool import mapped_errors
+
+log = logging.getLogger(__name__)
+
+
+class SessionWorker:
+    """Replays the session queue until cancelled: rounds of ``accounts_per_round`` accounts."""
+
+    def __init__(self, pool: AsyncConnectionPool, engine: SessionEngine, *, accounts_per_round: int = 32,
+                 idle_s: float = 0.1, lock_timeout_ms: int = 5000) -> None:
+        self.pool, self.engine = pool, engine
+        self.accounts_per_round, self.idle_s, self.lock_timeout_ms = accounts_per_round, idle_s, lock_timeout_ms
+        self.replayed = 0  # segments replayed since start
+
+    async def round(self) -> int:
+        """One transaction: claim, replay, reconcile, delete; the segments replayed (0: queue empty)."""
+        started = time.perf_counter()
+        async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{self.lock_timeout_ms}ms",))
+            done = await self.engine.replay_queued(conn, limit=self.accounts_per_round)
+        if done:
+            self.replayed += done
+            metrics.SESSION_SEGMENTS.inc(done)
+            metrics.SESSION_ROUND_SECONDS.observe(time.perf_counter() - started)
+        return done
+
+    async def run(self) -> None:
+        """Replay until cancelled; a failed round (lock timeout, outage) is retried with backoff."""
+        delay = self.idle_s
+        while True:
+            try:
+                done = await self.round()
+                delay = self.idle_s
+            except StorageError as err:
+                log.warning("session replay round failed (%s); retrying in %.1fs", err, delay)
+                done = 0
+                delay = min(delay * 2, 10.0)
+            if not done:
+                await asyncio.sleep(delay)
+
+    async def drain(self) -> int:
+        """Replay until the queue is empty (tests, shutdown); the segments replayed."""
+        total = 0
+        while done := await self.round():
+            total += done
+        return total

@@ -1,0 +1,84 @@
+"""The queue of session segments to replay (migration 0020); the stage is ``pipeline.session_worker``.
+
+Lock order, shared with ingest and billing runs so that none of them deadlocks:
+a replayer claims queue rows first (``FOR UPDATE``), then the accounts' advisory
+locks (``storage.sessions.lock_accounts``); ingest takes the account locks and
+only then queues (``ON CONFLICT DO NOTHING`` never waits on a claimed row).
+A point committed while its segment is claimed is therefore either seen by the
+replay (which waits for the ingest's account lock before it reads points) or
+queued again after the claim is deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from usagehub.storage.pool import Connection
+from usagehub.storage.sessions import utc
+
+Queued = tuple[str, str, datetime]  # (account, service, segment start)
+
+
+async def queue_segments(conn: Connection, rows: Iterable[Queued]) -> None:
+    """Queue segments for replay (inside the ingest transaction, after the accounts' locks)."""
+    items = sorted(set(rows))
+    if items:
+        await conn.execute(
+            "INSERT INTO session_queue (account_id, service, seg_start) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) ON CONFLICT DO NOTHING",
+            ([a for a, _, _ in items], [s for _, s, _ in items], [t for _, _, t in items]))
+
+
+async def claim(conn: Connection, *, limit: int | None, accounts: list[str] | None = None,
+                skip_locked: bool = True) -> list[Queued]:
+    """Claim queued segments until the transaction ends: whole accounts, the longest waiting first.
+
+    ``accounts`` restricts the claim to those accounts (a billing run); without ``skip_locked`` the
+    claim waits for a replay holding them instead of passing over it.
+    """
+    skip = " SKIP LOCKED" if skip_locked else ""
+    where = "WHERE account_id = ANY(%(acc)s)" if accounts is not None else ""
+    cur = await conn.execute(
+        f"WITH pick AS (SELECT account_id FROM session_queue {where} GROUP BY account_id "
+        "ORDER BY min(queued_at), account_id LIMIT %(limit)s) "
+        "SELECT q.account_id, q.service, q.seg_start FROM session_queue q JOIN pick USING (account_id) "
+        f"ORDER BY q.account_id, q.service, q.seg_start FOR UPDATE OF q{skip}",
+        {"acc": accounts, "limit": limit})  # LIMIT NULL: every account
+    rows: list[Any] = await cur.fetchall()
+    return [(str(r[0]), str(r[1]), utc(r[2])) for r in rows]
+
+
+async def finish(conn: Connection, rows: Iterable[Queued]) -> None:
+    """Delete replayed segments (in the replay's transaction)."""
+    items = sorted(set(rows))
+    if items:
+        await conn.execute(
+            "DELETE FROM session_queue q USING unnest(%s::text[], %s::text[], %s::timestamptz[]) AS d(a, s, t) "
+            "WHERE q.account_id = d.a AND q.service = d.s AND q.seg_start = d.t",
+            ([a for a, _, _ in items], [s for _, s, _ in items], [t for _, _, t in items]))
+
+
+async def queued_accounts(conn: Connection, *, tenant: str, account_id: str | None) -> list[str]:
+    """The accounts of a tenant (or one of its accounts) with queued segments."""
+    cur = await conn.execute(
+        "SELECT DISTINCT q.account_id FROM session_queue q JOIN accounts a USING (account_id) "
+        "WHERE a.tenant = %s AND (%s::text IS NULL OR a.account_id = %s) ORDER BY 1", (tenant, account_id, account_id))
+    return [str(r[0]) for r in await cur.fetchall()]
+
+
+async def backlog(conn: Connection) -> tuple[int, float]:
+    """Queued segments and the age in seconds of the oldest (0 when empty)."""
+    cur = await conn.execute(
+        "SELECT count(*), coalesce(extract(epoch FROM now() - min(queued_at)), 0) FROM session_queue")
+    row: Any = await cur.fetchone()
+    assert row is not None
+    return int(row[0]), float(row[1])
+
+
+async def zones_of(conn: Connection, accounts: Iterable[str]) -> dict[str, str]:
+    """The time zone name of each account."""
+    cur = await conn.execute("SELECT account_id, timezone FROM accounts WHERE account_id = ANY(%s)",
+                             (sorted(set(accounts)),))
+    return {str(r[0]): str(r[1]) for r in await cur.fetchall()}
