@@ -5,7 +5,10 @@ moving account) straight into the hub's pipeline in batches as the MQTT adapter 
 PostgreSQL, and prints events/s of the pipeline with the time per stage. It isolates what a batch
 costs in Python and SQL from the receive path. ``--profile FILE`` writes a cProfile of the run.
 
-    .venv/bin/python bench/pipeline_cpu.py [WEEKS] [ACCOUNTS] [--profile /tmp/pipe.prof]
+    .venv/bin/python bench/pipeline_cpu.py [WEEKS] [ACCOUNTS] [--deferred] [--profile /tmp/pipe.prof]
+
+``--deferred`` queues sessions as ``serve`` does with session workers, and replays the queue after ingest
+(timed apart: in ``serve`` that work runs in another process, on the other core).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.fleet import fleet  # noqa: E402
 from usagehub.core.events import RawMessage  # noqa: E402
+from usagehub.pipeline.session_worker import SessionWorker  # noqa: E402
+from usagehub.pipeline.sessions import SessionEngine  # noqa: E402
 from usagehub.runtime.config import SHIPPED_PROFILES, HubConfig  # noqa: E402
 from usagehub.runtime.hub import build_pipeline  # noqa: E402
 from usagehub.runtime.profile_files import load_profiles  # noqa: E402
@@ -49,9 +54,11 @@ def postgres_cpu_s(pgdata: Path) -> float:
 CHUNK = 500  # messages in flight at once, about what the hub's batches hold under load
 
 
-async def run(url: str, pgdata: Path, msgs: list[tuple[bytes, bytes]]) -> tuple[float, dict[str, float]]:
+async def run(url: str, pgdata: Path, msgs: list[tuple[bytes, bytes]], deferred: bool
+              ) -> tuple[float, dict[str, float]]:
     pool = await open_pool(url, max_size=4)
-    pipeline, _ = build_pipeline(HubConfig(), pool, load_profiles(SHIPPED_PROFILES))
+    pipeline, billing = build_pipeline(HubConfig(), pool, load_profiles(SHIPPED_PROFILES))
+    billing.engine.defer = deferred
     stage: dict[str, float] = {}
     hooks = []
     originals = list(pipeline.hooks)
@@ -79,6 +86,14 @@ async def run(url: str, pgdata: Path, msgs: list[tuple[bytes, bytes]]) -> tuple[
                                                                                    "points_read")), None)
     async with pool.connection() as conn:
         row = await (await conn.execute("SELECT count(*) FROM session_points")).fetchone()
+    if deferred:  # the session worker's share, measured after ingest (serve runs it in another process)
+        t1, cpu1, pg1 = time.perf_counter(), time.process_time(), postgres_cpu_s(pgdata)
+        worker = SessionWorker(pool, SessionEngine(billing.engine.profiles))
+        await worker.drain()
+        stage["(session worker wall)"] = time.perf_counter() - t1
+        stage["(session worker CPU)"] = time.process_time() - cpu1
+        stage["(session worker postgres CPU)"] = postgres_cpu_s(pgdata) - pg1
+        engine = worker.engine
     print(f"session points stored {row[0] if row else 0:,}, replayed {getattr(engine, 'points_read', 0):,}")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -100,7 +115,7 @@ def main() -> None:
     prof = cProfile.Profile() if profile else None
     if prof:
         prof.enable()
-    elapsed, stage = asyncio.run(run(url, tmp / "db" / "pg", msgs))
+    elapsed, stage = asyncio.run(run(url, tmp / "db" / "pg", msgs, "--deferred" in sys.argv))
     if prof:
         prof.disable()
         prof.dump_stats(profile)

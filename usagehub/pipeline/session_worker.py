@@ -22,6 +22,7 @@ from usagehub import metrics
 from usagehub.errors import StorageError
 from usagehub.pipeline.sessions import SessionEngine
 from usagehub.storage.pool import mapped_errors
+from usagehub.storage.session_queue import backlog
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +68,16 @@ class SessionWorker:
         while done := await self.round():
             total += done
         return total
+
+
+async def wait_replayed(pool: AsyncConnectionPool, *, timeout_s: float = 600.0, poll_s: float = 0.2) -> bool:
+    """Wait until the session queue is empty (every stored point billed); False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        async with mapped_errors(), pool.connection() as conn:
+            size, _ = await backlog(conn)
+        if size == 0:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(poll_s)

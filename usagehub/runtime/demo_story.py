@@ -18,6 +18,7 @@ from importlib import resources
 from usagehub.adapters.base import Outcome, Receipt
 from usagehub.analytics.service import AnalyticsService, Segment
 from usagehub.core.events import RawMessage
+from usagehub.pipeline.session_worker import wait_replayed
 from usagehub.prepaid.service import PrepaidService
 from usagehub.rating.service import RatingService
 from usagehub.runtime.hub import Hub
@@ -71,6 +72,8 @@ async def set_up(hub: Hub, sim: Simulator, *, now: datetime, days: int = HISTORY
     started = asyncio.get_running_loop().time()
     if days > 0 and fresh:
         story.history_messages = await backfill(hub, sim, since, now - timedelta(minutes=5))
+    if not await wait_replayed(hub.pool):  # session workers bill the history: show it billed
+        log.warning("sessions of the history are still being replayed; invoices fill in as they are")
     story.history_seconds = asyncio.get_running_loop().time() - started
     if hub.prepaid is not None:  # from now on live usage is debited as it is stored
         for account in fleet.prepaid_accounts:
