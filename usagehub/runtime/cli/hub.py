@@ -113,12 +113,10 @@ def seed(config: HubConfig,
 
     The whole file is checked first, against the file and the hub; nothing is written if anything is wrong.
     """
-    from usagehub.prepaid.runtime import pricer_for
-    from usagehub.prepaid.service import PrepaidService
     from usagehub.rating.service import RatingService
     from usagehub.runtime.hub import open_storage
     from usagehub.runtime.profile_files import check_profiles
-    from usagehub.runtime.seed import apply_seed, known_in, load_seed_tree, optimistic, validate_seed
+    from usagehub.runtime.seed import known_in, load_seed_tree, optimistic, seed_in_one_transaction, validate_seed
     from usagehub.storage.registry import Registry
 
     tree = load_seed_tree(file)
@@ -128,9 +126,8 @@ def seed(config: HubConfig,
 
     async def go() -> dict[str, int]:
         async with open_storage(config, max_size=2) as pool:
-            registry, rating = Registry(pool), RatingService(pool)
-            document = validate_seed(file, await known_in(registry, tenant, tree, profiles, rating))
-            return await apply_seed(registry, document, rating=rating, prepaid=PrepaidService(pool, pricer_for(pool)))
+            document = validate_seed(file, await known_in(Registry(pool), tenant, tree, profiles, RatingService(pool)))
+            return await seed_in_one_transaction(pool, document, tree=tree, source=str(file))  # all or nothing
 
     counts = asyncio.run(go())
     out.print(f"seeded {counts['plans']} plans, {counts['accounts']} accounts, {counts['devices']} devices, "
