@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mosquitto
-from tests.integration.hubproc import HubProcess, usagehub
-from tests.peers import free_port, time_scale
+from tests.integration.hubproc import EmbeddedBrokerHub, HubProcess, usagehub
+from tests.peers import time_scale
 
 pytestmark = pytest.mark.integration
 
@@ -41,19 +41,6 @@ def test_simulate_registers_its_fleet_and_keeps_its_rate(database_url: str, mosq
                                                                          "sim-acct-0002"}
     finally:
         assert hub.terminate() == 0
-
-
-class EmbeddedBrokerHub(HubProcess):
-    """``usagehub serve`` with its embedded broker (no --mqtt-url), as on a first run."""
-
-    def __init__(self, database_url: str, data_dir: Path) -> None:
-        self.broker_port = free_port()
-        super().__init__(database_url, "", data_dir)
-
-    @property
-    def settings(self) -> list[str]:
-        return ["--database-url", self.database_url, "--embedded-broker-port", str(self.broker_port),
-                "--data-dir", str(self.data_dir)]
 
 
 def _published(stdout: str) -> int:
