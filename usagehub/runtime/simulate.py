@@ -25,6 +25,7 @@ from usagehub.adapters.base import DeviceDirectory
 from usagehub.adapters.mqtt.config import MqttConfig
 from usagehub.errors import AdapterError
 
+MAX_IN_FLIGHT = 64  # publishes awaiting their PUBACK at once
 PASSWORD = "mqtt_password"  # the registry secret the embedded broker checks (runtime/broker.py)
 
 
@@ -171,27 +172,50 @@ class Simulator:
         return out
 
     async def run(self) -> None:
-        """Publish until ``stop()`` or cancelled (QoS 1), paced on the clock so the rate is what was asked."""
+        """Publish until ``stop()`` or cancelled (QoS 1), paced on the clock so the rate is what was asked.
+
+        Up to ``MAX_IN_FLIGHT`` publishes wait for their PUBACK at once, so a broker's round trip does
+        not cap the rate; each connection still sends in the order the messages were made.
+        """
         devices = self.fleet.devices
         loop = asyncio.get_running_loop()
+        in_flight: set[asyncio.Task[None]] = set()
         async with AsyncExitStack() as stack:
             clients = await self._connect(stack, devices)
             self.connected.set()
             started, n = loop.time(), 0
-            while not self.stopping.is_set():
-                device = self.rng.choice(devices)
-                now = datetime.now(UTC) - timedelta(milliseconds=1)
-                topic, payload = (self.meter_message(device, now) if device in self.registers
-                                  else self.panel_message(device, now))
-                await clients[device].publish(topic, payload, qos=1)
-                self.sent += 1
-                n += 1
-                # Sleep to the n-th slot (not 1/rate after each publish: publishing takes time too).
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), max(0.0, started + n / self.rate - loop.time()))
+            try:
+                while not self.stopping.is_set():
+                    device = self.rng.choice(devices)
+                    now = datetime.now(UTC) - timedelta(milliseconds=1)
+                    topic, payload = (self.meter_message(device, now) if device in self.registers
+                                      else self.panel_message(device, now))
+                    in_flight.add(asyncio.create_task(self._publish(clients[device], topic, payload)))
+                    n += 1
+                    if len(in_flight) >= MAX_IN_FLIGHT:
+                        await self._settle(in_flight, asyncio.FIRST_COMPLETED)
+                    # Sleep to the n-th slot (not 1/rate after each publish: publishing takes time too).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stopping.wait(), max(0.0, started + n / self.rate - loop.time()))
+                if in_flight:
+                    await self._settle(in_flight, asyncio.ALL_COMPLETED)  # stopped: every PUBACK counted
+            finally:
+                for task in in_flight:
+                    task.cancel()
+
+    async def _publish(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+        await client.publish(topic, payload, qos=1)
+        self.sent += 1
+
+    @staticmethod
+    async def _settle(in_flight: set[asyncio.Task[None]], until: str) -> None:
+        done, _ = await asyncio.wait(in_flight, return_when=until)
+        in_flight.difference_update(done)
+        for task in done:
+            task.result()  # a refused publish ends the run with its error
 
     def stop(self) -> None:
-        """Finish the message being published, then return from ``run`` (so ``sent`` is exact)."""
+        """Finish the messages being published, then return from ``run`` (so ``sent`` is exact)."""
         self.stopping.set()
 
     async def _connect(self, stack: AsyncExitStack, devices: list[str]) -> dict[str, aiomqtt.Client]:
