@@ -82,3 +82,16 @@ class HubProcess:
             raise AssertionError(f"HTTP {response.status_code}: {response.text[:500]}\n"
                                  f"{self.log.read_text()[-3000:]}") from err
         return body
+
+
+class EmbeddedBrokerHub(HubProcess):
+    """``usagehub serve`` with its embedded broker (no --mqtt-url), as on a first run."""
+
+    def __init__(self, database_url: str, data_dir: Path) -> None:
+        self.broker_port = free_port()
+        super().__init__(database_url, "", data_dir)
+
+    @property
+    def settings(self) -> list[str]:
+        return ["--database-url", self.database_url, "--embedded-broker-port", str(self.broker_port),
+                "--data-dir", str(self.data_dir)]

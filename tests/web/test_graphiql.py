@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+from pathlib import Path
 
 import httpx
 from psycopg_pool import AsyncConnectionPool
 
+from tests.peers import require_binary
 from usagehub.graphql.context import Services
 from usagehub.storage.keys import ApiKeys
 from usagehub.storage.queries import Reads
 from usagehub.storage.registry import Registry
 from usagehub.web.app import create_app
+from usagehub.web.graphiql import page
 
 
 async def _replay(_: list[int]) -> list[object]:
@@ -41,3 +46,27 @@ async def test_page_without_key_local_assets_and_queries_need_a_key(pool: AsyncC
         assert (await client.get("/graphql", params=query, headers={"accept": "text/html"})).status_code == 401
         ok = await client.post("/graphql", json=query, headers={"authorization": f"Bearer {key}"})
         assert ok.json() == {"data": {"ingestStats": {"messages": 0}}}  # durable totals: nothing committed here
+
+
+CASES = [  # query, operationName, runs over the WebSocket?
+    ("subscription { alerts { kind } }", None, True),
+    ("{ ingestStats { messages } }", None, False),
+    ("# subscription in a comment\n{ a }", None, False),
+    ('query Q { a } subscription S($x: String = "}") { b(x: $x) { c } }', "S", True),
+    ("query Q { a } subscription S { b }", "Q", False),
+    ("fragment F on Alert { kind } subscription { alerts { ...F } }", None, True),
+    ("mutation { topUp(input: {amount: 1}) { id } }", None, False),
+]
+
+
+def test_the_page_sends_subscriptions_and_only_them_over_the_websocket(tmp_path: Path) -> None:
+    """The page's own operation detector, run by node on the page's script (GraphiQL's AST can lag behind)."""
+    node = require_binary("node")
+    html = page()
+    script = html[html.index("  function operations"):html.index("  function fetcher")]
+    probe = tmp_path / "probe.js"
+    probe.write_text(script + f"console.log(JSON.stringify({json.dumps(CASES)}.map(function (c) {{"
+                     "return isSubscription({query: c[0], operationName: c[1]}); })));")
+    done = subprocess.run([node, str(probe)], capture_output=True, text=True, timeout=30, check=True)
+    assert json.loads(done.stdout) == [expected for _, _, expected in CASES]
+    assert 'wsConnectionParams: {Authorization: "Bearer " + key}' in html  # the key rides in connection_init

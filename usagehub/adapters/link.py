@@ -1,4 +1,8 @@
-"""Connection state of one adapter: readiness, jittered backoff, one log line per outage and per recovery."""
+"""Connection state of one adapter: readiness, jittered backoff, one log line per outage and per recovery.
+
+``keep_serving`` gives the same to adapters that only bind a port (CoAP, SNMP traps, binary
+TCP/UDP, HTTP): when one dies while running it is rebound with backoff, down meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import random
 import time
 
 from usagehub import metrics
+from usagehub.adapters.base import Adapter, Sink
+from usagehub.errors import AdapterError
 
 log = logging.getLogger(__name__)
 
@@ -62,3 +68,27 @@ class Link:
         """Stopped on purpose (shutdown): not an outage."""
         self.up.clear()
         metrics.ADAPTER_UP.labels(self.name).set(0)
+
+
+async def keep_serving(adapter: Adapter, sink: Sink, link: Link, *, detail: str) -> None:
+    """Run an entered, bound ``adapter`` until cancelled; when ``run`` fails or returns, rebind it.
+
+    The link is down from the failure until the adapter is bound again (``/readyz`` says not ready);
+    rebinding is ``__aexit__`` then ``__aenter__``, retried with the link's jittered backoff.
+    """
+    link.connected(detail)
+    while True:
+        try:
+            await adapter.run(sink)
+            failure: BaseException = AdapterError(f"{link.name} stopped serving by itself")
+        except Exception as err:  # whatever killed it, the hub keeps the door open
+            failure = err
+        while True:
+            await asyncio.sleep(link.lost(failure))
+            try:
+                await adapter.__aexit__(None, None, None)
+                await adapter.__aenter__()
+                break
+            except Exception as err:  # e.g. the port is still taken: try again later
+                failure = err
+        link.connected(detail)

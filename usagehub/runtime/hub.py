@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from usagehub import adapters
 from usagehub.adapters.base import Adapter, AdapterSettings, Sink
+from usagehub.adapters.link import Link, keep_serving
 from usagehub.billing.service import BillingService
 from usagehub.core.codecs.keyring import KeyRing
 from usagehub.core.decode import ProfileSet
@@ -48,6 +49,8 @@ from usagehub.storage.retention import set_event_retention
 from usagehub.web.app import create_app
 
 log = logging.getLogger(__name__)
+# Adapters that only bind a port: a failure at start names the port; one that dies later is rebound.
+BIND_ONLY = frozenset({"coap", "http", "binary", "snmp"})
 
 
 async def database_url(config: HubConfig) -> str:
@@ -288,7 +291,8 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
                     max_depth=c.graphql_max_depth, max_aliases=c.graphql_max_aliases,
                     max_fields=c.graphql_max_fields, max_cost=c.graphql_max_cost)
     side_links = {"mqtt-prepaid": hub.prepaid.mqtt.link} if hub.prepaid and hub.prepaid.mqtt else {}
-    readiness = Readiness(hub.adapters, hub.pipeline, side_links)
+    rebound = {n: Link(n) for n in hub.adapters if n in BIND_ONLY}  # rebound with backoff if they die
+    readiness = Readiness(hub.adapters, hub.pipeline, {**side_links, **rebound})
     app = create_app(services, hub.keys, ready=readiness.ready, live=readiness.live, limits=limits,
                      extra_routes=list(routes))
     ingest = HttpConfig()  # slow clients: header and body deadlines on the API port too
@@ -309,7 +313,8 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     hub.background.append(asyncio.create_task(hub.pipeline.partitions.run(), name="partitions-ahead"))
     hub.background.append(asyncio.create_task(daily_analytics(hub, services.analytics), name="analytics-daily"))
     hub.background += hub.prepaid.start() if hub.prepaid is not None else []
-    adapter_tasks = [asyncio.create_task(a.run(sink), name=f"adapter:{n}") for n, a in hub.adapters.items()]
+    adapter_tasks = [asyncio.create_task(keep_serving(a, sink, rebound[n], detail=n) if n in rebound else a.run(sink),
+                                         name=f"adapter:{n}") for n, a in hub.adapters.items()]
     web_task = asyncio.create_task(server.serve(), name="web")
     while not server.started and not web_task.done():  # noqa: ASYNC110 — uvicorn offers only a flag
         await asyncio.sleep(0.02)

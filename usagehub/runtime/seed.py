@@ -11,14 +11,16 @@ documented in ``docs/seed.md``. To add a section: a model here, a check in
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
@@ -26,7 +28,8 @@ from ruamel.yaml.error import YAMLError
 from usagehub.core.money import MINOR_UNITS
 from usagehub.core.profiles import line_of, validation_problems
 from usagehub.core.tariffs import PlanBook, PricePlan
-from usagehub.errors import ConfigError, ConfigErrors
+from usagehub.errors import ConfigError, ConfigErrors, DomainError, IntegrityViolation
+from usagehub.prepaid.runtime import pricer_for
 from usagehub.prepaid.service import PrepaidService
 from usagehub.rating.service import RatingService
 from usagehub.storage.registry import Registry
@@ -275,35 +278,88 @@ async def known_in(registry: Registry, tenant: str, tree: Any, profiles: Collect
                  currencies={p.plan.id: p.plan.currency for p in stored})
 
 
+class _OneConnection:
+    """A pool of one connection held inside one transaction: services write through it, their own
+    ``conn.transaction()`` blocks become savepoints, and nothing is committed until the seed is done."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """The shared connection (not returned anywhere: the outer transaction owns it)."""
+        yield self.conn
+
+
+@asynccontextmanager
+async def one_transaction(pool: AsyncConnectionPool) -> AsyncIterator[AsyncConnectionPool]:
+    """A pool-shaped view of one connection in one transaction: committed on success, rolled back on error."""
+    async with pool.connection() as conn, conn.transaction():
+        yield cast(AsyncConnectionPool, _OneConnection(conn))
+
+
+async def seed_in_one_transaction(pool: AsyncConnectionPool, seed: SeedFile, *, tree: Any = None,
+                                  source: str | None = None) -> dict[str, int]:
+    """Apply ``seed`` with every write in one transaction: an error anywhere leaves nothing behind."""
+    async with one_transaction(pool) as shared:
+        return await apply_seed(Registry(shared), seed, rating=RatingService(shared),
+                                prepaid=PrepaidService(shared, pricer_for(shared)), tree=tree, source=source)
+
+
+@contextmanager
+def _at(tree: Any, source: str | None, *loc: str | int) -> Iterator[None]:
+    """Turn a refusal by the hub while writing one item into ``file:line: field: message``."""
+    try:
+        yield
+    except (DomainError, IntegrityViolation) as err:  # refusals; an unreachable database stays itself
+        raise ConfigError(str(err), file=source, field=".".join(str(p) for p in loc),
+                          line=line_of(tree, loc) if tree is not None else None) from err
+
+
 async def apply_seed(registry: Registry, seed: SeedFile, *, rating: RatingService | None = None,
-                     prepaid: PrepaidService | None = None) -> dict[str, int]:
-    """Create everything in ``seed`` (validated before); idempotent, so a run cut short can be repeated."""
+                     prepaid: PrepaidService | None = None, tree: Any = None,
+                     source: str | None = None) -> dict[str, int]:
+    """Create everything in ``seed`` (validated before); idempotent, so a run cut short can be repeated.
+
+    A refusal while writing (e.g. an id owned by another tenant) is raised as a ``ConfigError`` naming the
+    item's field and, given the YAML ``tree``, its line. ``seed_in_one_transaction`` makes the whole run atomic.
+    """
     if seed.plans and rating is not None:
-        await rating.set_plans(PlanBook(plans=seed.plans), tenant=seed.tenant, source="seed", author="seed")
-    for a in seed.accounts:
-        await registry.upsert_account(account_id=a.id, tenant=seed.tenant, name=a.name, market=a.market,
-                                      currency=a.currency, timezone=a.timezone, prepaid=a.prepaid is not None)
-        for plan in a.plans if rating is not None else []:
-            await rating.assign_plan(a.id, plan, tenant=seed.tenant, author="seed")  # type: ignore[union-attr]
-        if a.prepaid is not None and prepaid is not None:
-            if a.prepaid.opening_balance > 0:  # once: the payment reference makes a repeat a no-op
-                await prepaid.top_up(account_id=a.id, amount=a.prepaid.opening_balance,
-                                     payment_ref=f"seed-opening-balance-{seed.tenant}-{a.id}")
-            await prepaid.configure(account_id=a.id, overdraft=a.prepaid.overdraft,
-                                    low_threshold=a.prepaid.low_threshold, debit_mode=a.prepaid.debit_mode)
-    for d in seed.devices:
-        await registry.upsert_device(device_id=d.id, tenant=seed.tenant, profile_id=d.profile, name=d.name,
-                                     address=d.address, port=d.port, secrets=d.secrets)
-    for d in seed.devices:
-        for gateway in d.gateways:
-            await registry.attach_to_gateway(gateway_id=gateway, device_ids=[d.id], tenant=seed.tenant)
+        with _at(tree, source, "plans"):
+            await rating.set_plans(PlanBook(plans=seed.plans), tenant=seed.tenant, source="seed", author="seed")
+    for i, a in enumerate(seed.accounts):
+        with _at(tree, source, "accounts", i, "id"):
+            await _account(a, seed.tenant, registry, rating, prepaid)
+    for i, d in enumerate(seed.devices):
+        with _at(tree, source, "devices", i, "id"):
+            await registry.upsert_device(device_id=d.id, tenant=seed.tenant, profile_id=d.profile, name=d.name,
+                                         address=d.address, port=d.port, secrets=d.secrets)
+    for i, d in enumerate(seed.devices):
+        for j, gateway in enumerate(d.gateways):
+            with _at(tree, source, "devices", i, "gateways", j):
+                await registry.attach_to_gateway(gateway_id=gateway, device_ids=[d.id], tenant=seed.tenant)
     existing = {(b.device_id, b.account_id, b.valid_from)
                 for b in await registry.bindings(device_ids=[b.device for b in seed.bindings])}
     bound = 0
-    for b in seed.bindings:
+    for i, b in enumerate(seed.bindings):
         if (b.device, b.account, b.valid_from) not in existing:
-            await registry.bind(device_id=b.device, account_id=b.account, valid_from=b.valid_from,
-                                valid_to=b.valid_to, tenant=seed.tenant)
+            with _at(tree, source, "bindings", i):
+                await registry.bind(device_id=b.device, account_id=b.account, valid_from=b.valid_from,
+                                    valid_to=b.valid_to, tenant=seed.tenant)
             bound += 1
     return {"plans": len(seed.plans), "accounts": len(seed.accounts), "devices": len(seed.devices),
             "bindings": bound}
+
+
+async def _account(a: SeedAccount, tenant: str, registry: Registry, rating: RatingService | None,
+                   prepaid: PrepaidService | None) -> None:
+    await registry.upsert_account(account_id=a.id, tenant=tenant, name=a.name, market=a.market,
+                                  currency=a.currency, timezone=a.timezone, prepaid=a.prepaid is not None)
+    for plan in a.plans if rating is not None else []:
+        await rating.assign_plan(a.id, plan, tenant=tenant, author="seed")  # type: ignore[union-attr]
+    if a.prepaid is not None and prepaid is not None:
+        if a.prepaid.opening_balance > 0:  # once: the payment reference makes a repeat a no-op
+            await prepaid.top_up(account_id=a.id, amount=a.prepaid.opening_balance,
+                                 payment_ref=f"seed-opening-balance-{tenant}-{a.id}")
+        await prepaid.configure(account_id=a.id, overdraft=a.prepaid.overdraft,
+                                low_threshold=a.prepaid.low_threshold, debit_mode=a.prepaid.debit_mode)

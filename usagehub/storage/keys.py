@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from usagehub.storage.notify import listen_forever
 from usagehub.storage.pool import mapped_errors
 
 log = logging.getLogger(__name__)
@@ -130,18 +130,14 @@ class ApiKeys:
                 for r in rows]
 
     async def listen(self, retry_s: float = 1.0) -> None:
-        """Forget revoked keys as other processes revoke them; runs until cancelled, reconnecting."""
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(str(self.pool.conninfo),
-                                                                 autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    self._cache.clear()  # revocations missed while not listening
-                    self.listening.set()
-                    async for notify in conn.notifies():
-                        self.forget(notify.payload)
-            except psycopg.Error as err:
-                self.listening.clear()
-                log.warning("API key listener lost its connection (%s); cached keys expire in %ss",
-                            err, self.ttl_s)
-                await asyncio.sleep(retry_s)
+        """Forget revoked keys as other processes revoke them; runs until cancelled, reconnecting.
+
+        After each (re)connection the whole cache is dropped: a key revoked while the listener was down
+        is re-read (and refused) at its next use, not ``ttl_s`` later.
+        """
+        await listen_forever(str(self.pool.conninfo), CHANNEL, self.forget, on_connect=self._listening,
+                             on_lost=self.listening.clear, retry_s=retry_s)
+
+    def _listening(self) -> None:
+        self._cache.clear()  # revocations missed while not listening
+        self.listening.set()

@@ -13,11 +13,12 @@ log = logging.getLogger(__name__)
 
 async def listen_forever(conninfo: str, channel: str, handle: Callable[[str], Awaitable[None] | None], *,
                          on_connect: Callable[[], Awaitable[None] | None] | None = None,
-                         retry_s: float = 1.0) -> None:
+                         on_lost: Callable[[], None] | None = None, retry_s: float = 1.0) -> None:
     """Call ``handle(payload)`` for every NOTIFY on ``channel`` until cancelled.
 
     ``on_connect`` runs after each (re)connection, once LISTEN is in place: what was missed while the
-    connection was down is caught up there. A lost connection is logged once per outage and once on recovery.
+    connection was down is caught up there; ``on_lost`` runs when the connection is lost. A lost connection
+    is logged once per outage and once on recovery.
     """
     lost = False
     while True:
@@ -33,6 +34,8 @@ async def listen_forever(conninfo: str, channel: str, handle: Callable[[str], Aw
                     if (result := handle(notify.payload)) is not None:
                         await result
         except psycopg.Error as err:
+            if on_lost is not None:
+                on_lost()
             if not lost:
                 log.warning("lost the %s listener connection (%s); reconnecting", channel, err)
                 lost = True

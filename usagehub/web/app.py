@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cross_web import HTTPException
@@ -15,13 +16,24 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.types.unset import UNSET, UnsetType
 
 from usagehub import metrics
 from usagehub.graphql.context import Context, Services
 from usagehub.graphql.cost import Limits
 from usagehub.graphql.schema import build_schema
-from usagehub.storage.keys import ApiKeys
+from usagehub.storage.keys import ApiKeys, Principal
 from usagehub.web.graphiql import WithGraphiQL, graphiql_routes
+
+NOBODY = Principal(key_id="", role="", tenant="")  # a socket before connection_init: no role, no tenant
+
+
+@dataclass(slots=True)
+class SocketContext(Context):
+    """The context of a WebSocket that authenticates in its connection_init payload."""
+
+    connection_params: dict[str, object] | None = None
 
 
 class AuthenticatedGraphQL(GraphQL[Context, None]):
@@ -32,10 +44,27 @@ class AuthenticatedGraphQL(GraphQL[Context, None]):
         self.services, self.keys = services, keys
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
-        principal = await self.keys.from_header(request.headers.get("authorization", ""))
+        header = request.headers.get("authorization", "")
+        principal = await self.keys.from_header(header)
+        if principal is None and isinstance(request, WebSocket) and not header:
+            # A browser cannot set headers on a WebSocket: the key comes in connection_init (on_ws_connect).
+            return SocketContext(services=self.services, principal=NOBODY, request=request, response=response)
         if principal is None:
             raise HTTPException(401, "missing or invalid API key: send Authorization: Bearer <key>")
         return Context(services=self.services, principal=principal, request=request, response=response)
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        """A socket opened without the header logs in with ``{"Authorization": "Bearer <key>"}`` in connection_init."""
+        if isinstance(context, SocketContext) and context.principal is NOBODY:
+            params = context.connection_params or {}
+            value = params.get("Authorization", params.get("authorization", ""))
+            principal = await self.keys.from_header(value) if isinstance(value, str) else None
+            if principal is None:
+                raise ConnectionRejectionError({"message": "missing or invalid API key: send "
+                                                "{\"Authorization\": \"Bearer <key>\"} in connection_init"})
+            context.principal = principal
+        unset: UnsetType = UNSET  # a plain connection_ack
+        return unset
 
 
 class BodyLimit:

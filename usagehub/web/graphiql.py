@@ -2,7 +2,10 @@
 
 The key is pasted into the page's key field, or taken from the URL fragment
 (``/graphql#key=uh_…``, which the browser never sends to a server); every
-query then carries ``Authorization: Bearer <key>``.
+query then carries ``Authorization: Bearer <key>``. Subscriptions run over
+graphql-transport-ws on the same path (the graphql-ws client bundled in
+graphiql.min.js); as a browser cannot set WebSocket headers, the key travels
+in the ``connection_init`` payload (``web/app.py`` checks it there).
 """
 
 from __future__ import annotations
@@ -52,7 +55,42 @@ PAGE = """<!doctype html>
   var fromFragment = new URLSearchParams(window.location.hash.slice(1)).get("key");
   var input = document.getElementById("apikey"), state = document.getElementById("keystate");
   var root = ReactDOM.createRoot(document.getElementById("graphiql"));
-  function fetcher(params) {{
+  var wsUrl = (window.location.protocol === "https:" ? "wss://" : "ws://") + window.location.host + "{endpoint}";
+  var socketFetcher = null;  // graphql-transport-ws (graphql-ws, bundled in graphiql.min.js); made per key
+  // Which operation runs, read from the text itself (GraphiQL's parsed documentAST can lag behind typing).
+  function operations(query) {{
+    var text = query.replace(/"{{3}}[\\s\\S]*?"{{3}}|"(?:\\\\.|[^"\\\\\\n])*"|#[^\\n]*/g, " ");
+    var ops = [], depth = 0, parens = 0, head = null, re = /[{{}}()]|[_A-Za-z][_0-9A-Za-z]*/g, m;
+    while ((m = re.exec(text)) !== null) {{
+      var t = m[0];
+      if (t === "(") parens++;
+      else if (t === ")") parens--;
+      else if (parens > 0) continue;
+      else if (t === "{{") {{ if (depth++ === 0) {{ ops.push(head || {{kind: "query", name: null}}); head = null; }} }}
+      else if (t === "}}") depth--;
+      else if (depth === 0) {{
+        if (head === null) head = {{kind: t, name: null}};
+        else if (head.name === null) head.name = t;
+      }}
+    }}
+    return ops.filter(function (o) {{ return o.kind !== "fragment"; }});
+  }}
+  function isSubscription(params) {{
+    var ops = operations(params.query || "");
+    var op = ops.length === 1 ? ops[0] : ops.filter(function (o) {{ return o.name === params.operationName; }})[0];
+    return !!op && op.kind === "subscription";
+  }}
+  function fetcher(params, opts) {{
+    if (isSubscription(params)) {{
+      // A browser cannot send headers on a WebSocket: the key goes in the connection_init payload.
+      socketFetcher = socketFetcher || GraphiQL.createFetcher({{url: "{endpoint}", subscriptionUrl: wsUrl,
+        wsConnectionParams: {{Authorization: "Bearer " + key}}}});
+      // The toolkit routes by opts.documentAST, which may lag behind the editor: hand it the verdict.
+      var name = params.operationName ? {{kind: "Name", value: params.operationName}} : undefined;
+      var verdict = {{kind: "Document", definitions: [{{kind: "OperationDefinition", operation: "subscription",
+                                                       name: name}}]}};
+      return socketFetcher(params, Object.assign({{}}, opts, {{documentAST: verdict}}));
+    }}
     var headers = {{"Content-Type": "application/json", "Accept": "application/json"}};
     if (key) headers["Authorization"] = "Bearer " + key;
     return fetch("{endpoint}", {{method: "POST", headers: headers, body: JSON.stringify(params)}})
@@ -71,7 +109,7 @@ PAGE = """<!doctype html>
       defaultQuery: "# Paste an API key above (or open /graphql#key=<key>), then run a query, e.g.\\n" +
                     "{{ ingestStats {{ messages accepted duplicates quarantined }} }}\\n"}}));
   }}
-  function useKey() {{ key = input.value.trim(); render(); }}
+  function useKey() {{ key = input.value.trim(); socketFetcher = null; render(); }}
   document.getElementById("usekey").addEventListener("click", useKey);
   input.addEventListener("keydown", function (e) {{ if (e.key === "Enter") useKey(); }});
   if (fromFragment) {{ input.value = fromFragment; key = fromFragment; }}

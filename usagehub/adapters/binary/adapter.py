@@ -19,7 +19,7 @@ from usagehub.adapters.ratelimit import SourceLimiter
 from usagehub.core.codecs import get_codec
 from usagehub.core.events import RawMessage
 from usagehub.core.profiles import Profile
-from usagehub.errors import ConfigError
+from usagehub.errors import AdapterError, ConfigError, PermanentAdapterError
 from usagehub.metrics import DOOR_DROPPED
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,19 @@ class BinaryAdapter:
         self._open_total = 0
         self._udp_limiter = SourceLimiter(config.udp_rate_limit)
         self._udp_inflight = 0
-        self.ready = asyncio.Event()  # set once every listener is bound
+        self.ready = asyncio.Event()  # set while every listener is bound and served
+        self._closing = False
+        self._lost: asyncio.Future[None] | None = None  # fails when a listener's socket is lost
         self.bound: list[int] = []  # bound ports in listener order (differ from the config when it says 0)
 
     async def __aenter__(self) -> Self:
+        """Bind every listener (a busy port fails the start, naming it); serving starts in ``run``."""
+        try:
+            for i, listener in enumerate(self._listeners):
+                await self._open(listener, i)
+        except BaseException:
+            await self._close()
+            raise
         return self
 
     async def __aexit__(
@@ -85,34 +94,57 @@ class BinaryAdapter:
         await self._close()
 
     async def run(self, sink: Sink) -> None:
-        """Open every listener and serve until cancelled."""
+        """Serve every bound listener until cancelled; raises when a listener's socket is lost."""
         self._sink = sink
         try:
-            for listener in self._listeners:
-                await self._open(listener)
+            for server in self._servers:
+                await server.start_serving()
             log.info("binary adapter listening on %s", self.bound)
             self.ready.set()
-            await asyncio.Future()  # serve until cancelled
+            assert self._lost is not None, "enter the adapter first"
+            await asyncio.shield(self._lost)  # a listener that closes by itself ends run with its error
         finally:
-            await self._close()
+            self.ready.clear()
 
-    async def _open(self, listener: _Listener) -> None:
+    def listener_lost(self, port: int, exc: BaseException | None) -> None:
+        """A socket closed that we did not close: ``run`` fails, the hub rebinds it (``adapters/link.py``)."""
+        if not self._closing and self._lost is not None and not self._lost.done():
+            self._lost.set_exception(AdapterError(f"binary listener on port {port} closed"
+                                                  + (f": {exc}" if exc else "")))
+
+    async def _open(self, listener: _Listener, index: int) -> None:
         cfg = listener.config
         loop = asyncio.get_running_loop()
-        if cfg.protocol == "tcp":
-            server = await asyncio.start_server(
-                lambda r, w: self._connection(listener, r, w), cfg.host, cfg.port
-            )
-            self._servers.append(server)
-            self.bound.append(server.sockets[0].getsockname()[1])
+        self._closing = False
+        if self._lost is None or self._lost.done():
+            self._lost = loop.create_future()
+        # A port given as 0 keeps the port first bound, so a rebind does not move the listener.
+        port = cfg.port or (self.bound[index] if index < len(self.bound) else 0)
+        try:
+            if cfg.protocol == "tcp":
+                server = await asyncio.start_server(
+                    lambda r, w: self._connection(listener, r, w), cfg.host, port, start_serving=False
+                )
+                self._servers.append(server)
+                bound = int(server.sockets[0].getsockname()[1])
+            else:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Udp(self, listener), local_addr=(cfg.host, port)
+                )
+                self._transports.append(transport)
+                bound = int(transport.get_extra_info("sockname")[1])
+        except OSError as err:
+            raise PermanentAdapterError(
+                f"cannot bind the binary {cfg.protocol.upper()} listener on {cfg.host}:{port}: "
+                f"{err.strerror or err}; change adapters.binary.listeners[{index}].port"
+            ) from err
+        if index < len(self.bound):
+            self.bound[index] = bound
         else:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Udp(self, listener), local_addr=(cfg.host, cfg.port)
-            )
-            self._transports.append(transport)
-            self.bound.append(transport.get_extra_info("sockname")[1])
+            self.bound.append(bound)
 
     async def _close(self) -> None:
+        self._closing = True
         for server in self._servers:
             server.close()
         for transport in self._transports:
@@ -209,8 +241,15 @@ class _Udp(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        port = self.transport.get_extra_info("sockname")[1] if self.transport is not None else self.listener.config.port
+        self.adapter.listener_lost(int(port), exc)
+
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
         adapter = self.adapter
+        if adapter._sink is None:  # bound but not serving yet (or any more)
+            DOOR_DROPPED.labels("binary-udp", "not serving").inc()
+            return
         # Bounded work per datagram: a source over its rate, or any datagram while the in-flight
         # limit is reached, is dropped and counted (a UDP sender retries or loses it anyway).
         if not adapter._udp_limiter.allow(str(addr[0])):

@@ -37,7 +37,7 @@ def report(err: UsagehubError) -> int:
         return EXIT_BAD_INPUT
     label = {StorageError: "database error", AdapterError: "connection error"}
     kind = next((text for cls, text in label.items() if isinstance(err, cls)), "error")
-    console.print(f"{kind}: {err}", markup=False)
+    console.print(f"{kind}: {err}", markup=False, soft_wrap=True)  # one line when piped
     return EXIT_FAILED
 
 def _opt(name: str, kind: Any, metavar: str, text: str, flag: str | None = None) -> tuple[str, Any, dict[str, Any]]:

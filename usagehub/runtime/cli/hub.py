@@ -4,12 +4,15 @@
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from usagehub.runtime.cli.common import DATABASE, console, out, with_settings
 from usagehub.runtime.config import HubConfig, with_flags
+
+if TYPE_CHECKING:
+    from usagehub.runtime.simulate import Simulator
 
 hub_app = typer.Typer()
 
@@ -80,9 +83,11 @@ def simulate(config: HubConfig,
                  help="first register the fleet (accounts, devices, bindings) in the hub's database, "
                       "so its data is billed rather than quarantined as unknown devices")] = False,
              ) -> None:
-    """Run a simulated fleet against a hub's broker (--mqtt-url, default the embedded one)."""
-    from datetime import UTC, datetime, timedelta
+    """Run a simulated fleet against a hub's broker (--mqtt-url, default the embedded one).
 
+    On the embedded broker every device logs in as itself: --register stores an MQTT password per device,
+    later runs read them from the hub's database.
+    """
     from usagehub.adapters.mqtt.config import MqttConfig
     from usagehub.runtime.simulate import Fleet, Simulator
 
@@ -91,21 +96,20 @@ def simulate(config: HubConfig,
     sim = Simulator(fleet, MqttConfig(url=url), rate_per_s=rate)
 
     async def go() -> None:
-        if register:
-            from usagehub.runtime.hub import open_storage
-            from usagehub.runtime.seed import SeedFile, apply_seed
-            from usagehub.storage.registry import Registry
-
-            async with open_storage(config, max_size=2) as pool:
-                seed = SeedFile.model_validate(fleet.seed(datetime.now(UTC) - timedelta(days=1)))
-                counts = await apply_seed(Registry(pool), seed)
-            out.print(f"registered {counts['devices']} devices of {counts['accounts']} accounts", markup=False)
+        if register or not config.mqtt_url:
+            await _prepare_fleet(config, sim, register=register)
         task = asyncio.create_task(sim.run())
+        ready = asyncio.create_task(sim.connected.wait())
+        await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)  # connecting is not publishing
+        ready.cancel()
+        if task.done():
+            task.result()  # the broker refused: its error
         started = asyncio.get_running_loop().time()
         try:
             await asyncio.wait_for(asyncio.shield(task), duration_s or None)
         except TimeoutError:
-            task.cancel()
+            sim.stop()  # the message in flight is finished and counted
+            await task
         elapsed = asyncio.get_running_loop().time() - started
         out.print(f"published {sim.sent} messages in {elapsed:.1f} s ({sim.sent / max(elapsed, 1e-9):.0f}/s)",
                   markup=False)
@@ -116,6 +120,34 @@ def simulate(config: HubConfig,
         out.print(f"published {sim.sent} messages", markup=False)
 
 
+async def _prepare_fleet(config: HubConfig, sim: "Simulator", *, register: bool) -> None:
+    """Register the fleet (with MQTT logins on the embedded broker) or read its stored logins."""
+    from datetime import UTC, datetime, timedelta
+
+    from usagehub.runtime.cli.common import EXIT_BAD_INPUT
+    from usagehub.runtime.hub import open_storage
+    from usagehub.runtime.seed import SeedFile, seed_in_one_transaction
+    from usagehub.runtime.simulate import fleet_logins
+    from usagehub.storage.registry import DeviceDirectorySql
+
+    embedded = not config.mqtt_url
+    async with open_storage(config, max_size=2) as pool:
+        if register:
+            logins = sim.fleet.logins() if embedded else None
+            seed = SeedFile.model_validate(sim.fleet.seed(datetime.now(UTC) - timedelta(days=1), logins))
+            counts = await seed_in_one_transaction(pool, seed)
+            out.print(f"registered {counts['devices']} devices of {counts['accounts']} accounts"
+                      + (" with their MQTT logins" if logins else ""), markup=False)
+        else:
+            logins = await fleet_logins(sim.fleet, DeviceDirectorySql(pool))
+    if embedded and not logins:
+        out.print("the embedded broker lets only registered devices publish, each with its own password: run "
+                  "`usagehub simulate --register` (it registers the fleet and its MQTT logins), or give "
+                  "--mqtt-url mqtt://USER:PASSWORD@HOST:PORT for a broker with a publisher login", markup=False)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    sim.logins = dict(logins or {})
+
+
 @hub_app.command()
 @with_settings(only=(*DATABASE, "profiles"))
 def seed(config: HubConfig,
@@ -124,12 +156,10 @@ def seed(config: HubConfig,
 
     The whole file is checked first, against the file and the hub; nothing is written if anything is wrong.
     """
-    from usagehub.prepaid.runtime import pricer_for
-    from usagehub.prepaid.service import PrepaidService
     from usagehub.rating.service import RatingService
     from usagehub.runtime.hub import open_storage
     from usagehub.runtime.profile_files import check_profiles
-    from usagehub.runtime.seed import apply_seed, known_in, load_seed_tree, optimistic, validate_seed
+    from usagehub.runtime.seed import known_in, load_seed_tree, optimistic, seed_in_one_transaction, validate_seed
     from usagehub.storage.registry import Registry
 
     tree = load_seed_tree(file)
@@ -139,9 +169,8 @@ def seed(config: HubConfig,
 
     async def go() -> dict[str, int]:
         async with open_storage(config, max_size=2) as pool:
-            registry, rating = Registry(pool), RatingService(pool)
-            document = validate_seed(file, await known_in(registry, tenant, tree, profiles, rating))
-            return await apply_seed(registry, document, rating=rating, prepaid=PrepaidService(pool, pricer_for(pool)))
+            document = validate_seed(file, await known_in(Registry(pool), tenant, tree, profiles, RatingService(pool)))
+            return await seed_in_one_transaction(pool, document, tree=tree, source=str(file))  # all or nothing
 
     counts = asyncio.run(go())
     out.print(f"seeded {counts['plans']} plans, {counts['accounts']} accounts, {counts['devices']} devices, "
