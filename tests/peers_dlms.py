@@ -251,7 +251,8 @@ class Meter:
         if number != 2:
             return None
         rows = []
-        low, high = (_aware(selection.from_value), _aware(selection.to_value)) if selection is not None else (None, None)
+        low, high = ((_aware(selection.from_value), _aware(selection.to_value)) if selection is not None
+                     else (None, None))
         for when_text, *values in profile["rows"]:
             when = datetime.fromisoformat(when_text)
             if low is not None and high is not None and not low <= when <= high:

@@ -240,7 +240,7 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
         hub.prepaid = PrepaidRuntime.create(pool, profiles, mqtt_url=broker_url, client_id=config.mqtt_client_id,
                                             shared=bool(config.mqtt_url))  # amqtt (embedded) has no $share
         settings = AdapterSettings(profiles=profiles, devices=DeviceDirectorySql(pool), data_dir=config.data_dir,
-                                   prepaid=hub.prepaid.service)
+                                   prepaid=hub.prepaid.service, keyring=keyring)
         from usagehub.runtime import scaleout
 
         if scaleout.uses_bus(config):  # entered before the adapters, so it outlives them at shutdown

@@ -182,9 +182,9 @@ def _plain(raw: Any) -> Any:
     if isinstance(raw, bytes | bytearray):
         raw = bytes(raw)
         return raw.decode("ascii") if raw and all(32 <= b < 127 for b in raw) else raw.hex().upper()
-    if isinstance(raw, bool) or isinstance(raw, int | str) or raw is None:
+    if raw is None or isinstance(raw, bool | int | str):
         return raw
-    return str(raw)  # floats and dates never become money through here: the profile sees text
+    return str(raw)  # a float register arrives as its shortest text, never as a binary float
 
 
 def scaler_unit(client: DlmsClient, interface: int, obis: str) -> tuple[int | None, int | None]:
