@@ -164,7 +164,8 @@ async def test_hls_gmac_ciphered_with_sealed_keys_across_restarts(tmp_path: Path
             task = asyncio.create_task(adapter.run(sink))
             try:
                 async with asyncio.timeout(30):
-                    while (sum(m.topic == "registers" for m in sink.messages) < 2
+                    # the adapter's health has no event to wait on: poll it
+                    while (sum(m.topic == "registers" for m in sink.messages) < 2  # noqa: ASYNC110
                            or getattr(adapter.health.get("meter-b"), "failures", 0) < 2):
                         await asyncio.sleep(0.1)
             finally:
