@@ -268,7 +268,8 @@ class Meter:
             return self._reply_to_hls(request)
         disconnect = self.conf.get("disconnect")
         if self.associated and disconnect and obis == disconnect["obis"] and method.method in (1, 2):
-            _DISCONNECT_STATE[obis] = 0 if method.method == 1 else 1  # 0 disconnected, 1 connected
+            if not disconnect.get("stuck"):  # a stuck relay acknowledges and does not switch
+                _DISCONNECT_STATE[obis] = 0 if method.method == 1 else 1  # 0 disconnected, 1 connected
             return xdlms.ActionResponseNormal(status=enumerations.ActionResultStatus.SUCCESS,
                                               invoke_id_and_priority=request.invoke_id_and_priority).to_bytes()
         return xdlms.ActionResponseNormal(status=enumerations.ActionResultStatus.OBJECT_UNDEFINED,

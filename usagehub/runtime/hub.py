@@ -249,6 +249,8 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
             factory = adapters.load(name)
             hub.adapters[name] = await stack.enter_async_context(
                 factory.create(factory.config_model.model_validate(raw), settings))
+        if "dlms" in hub.adapters and hub.prepaid is not None:  # prepaid blocks reach DLMS meters (class 70)
+            hub.prepaid.dispatcher.dlms = hub.adapters["dlms"].command  # type: ignore[attr-defined]
         hub.background.append(asyncio.create_task(refresh_keyring(config, pool, keyring), name="device-keys"))
         await _serve(hub, install_signals, on_ready, profiles)
 

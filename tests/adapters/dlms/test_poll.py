@@ -176,6 +176,30 @@ async def test_hls_gmac_ciphered_with_sealed_keys_across_restarts(tmp_path: Path
         assert {m.meta["device_id"] for m in sink.messages} == {"meter-a"}
 
 
+async def test_disconnect_and_reconnect_confirmed_by_reading_back(tmp_path: Path) -> None:
+    profile = _profile("hls_gmac")
+    ring = KeyRing()
+    ring.put("dlms_poll", "meter-a", EK)
+    ring.put("dlms_poll", "meter-a:auth", AK)
+    with sim_meter(tmp_path, meter_conf(authentication="hls_gmac")) as meter:
+        adapter = _adapter(profile, [_endpoint(meter, "meter-a", profile)], tmp_path / "data", ring)
+        async with adapter:
+            await adapter.command("meter-a", "blocked")
+            await adapter.command("meter-a", "blocked")  # idempotent: a repeated block is confirmed again
+            actions = [r for r in meter.requests() if r["service"] == "action" and r["obis"] != "0.0.40.0.0.255"]
+            assert actions == [{"service": "action", "obis": "0.0.96.3.10.255", "method": 1}] * 2
+            await adapter.command("meter-a", "restored")
+            reads = [r for r in meter.requests() if r["service"] == "get" and r["obis"] == "0.0.96.3.10.255"]
+            assert [r["attribute"] for r in reads] == [2, 3] * 3  # every command is read back
+            with pytest.raises(ConnectionError, match="not a polled DLMS meter"):
+                await adapter.command("someone-else", "blocked")
+            with pytest.raises(ConnectionError, match="meter refused a request"):
+                await adapter.command("meter-a", "blocked", obis="0.0.96.3.11.255")  # no such object
+            meter.update(disconnect={**meter.conf["disconnect"], "stuck": True})  # acknowledges, never switches
+            with pytest.raises(ConnectionError, match="not confirmed: output True, control state 1"):
+                await adapter.command("meter-a", "blocked")
+
+
 def test_plan_normalizes_obis_and_profile_errors_name_file_and_line() -> None:
     plan = plan_for(_profile("none"))
     assert plan is not None and plan.options.interface_of() == {ENERGY: 3, "1.0.1.7.0.255": 3,

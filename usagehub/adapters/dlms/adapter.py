@@ -14,7 +14,7 @@ from typing import Self
 
 from usagehub.adapters.base import AdapterSettings, DeviceEndpoint, Receipt, Sink
 from usagehub.adapters.dlms import metrics
-from usagehub.adapters.dlms.client import PollFailed, Reading, Target, poll
+from usagehub.adapters.dlms.client import PollFailed, Reading, Target, control, poll
 from usagehub.adapters.dlms.config import DlmsConfig
 from usagehub.adapters.dlms.state import StateStore
 from usagehub.core.codecs.dlms_poll import DlmsPollOptions, encode_payload
@@ -22,6 +22,7 @@ from usagehub.core.events import RawMessage
 from usagehub.core.profiles import Profile
 
 log = logging.getLogger(__name__)
+DISCONNECT_OBIS = "0.0.96.3.10.255"  # the usual disconnect control object
 KEY_PROTOCOL = "dlms_poll"  # keys: <device id> (block cipher key) and <device id>:auth (authentication key)
 
 
@@ -165,10 +166,7 @@ class DlmsAdapter:
         if not endpoint.address:
             raise PollFailed("the registry has no address for this meter")
         state = self.store.get(endpoint.device_id)
-        target = self._target(endpoint, plan, state.invocation_counter)
-        if plan.options.is_ciphered:  # reserve counters durably first: a meter refuses a counter used before
-            state.invocation_counter += self.config.invocation_reserve
-            await asyncio.to_thread(self.store.save)
+        target = await self._reserve(endpoint, plan)
         spec = plan.options.load_profile
         last = state.last_entry
 
@@ -193,6 +191,39 @@ class DlmsAdapter:
         metrics.PROFILE_ROWS.inc(len(rows))
         source = f"{endpoint.address}:{target.port}"
         return build_messages(plan, endpoint, reading, polled_at, source), (rows[-1][0] if rows else None)
+
+    async def _reserve(self, endpoint: DeviceEndpoint, plan: Plan) -> Target:
+        """The session target; ciphered meters get counters reserved durably first (a meter refuses reuse)."""
+        state = self.store.get(endpoint.device_id)
+        target = self._target(endpoint, plan, state.invocation_counter)
+        if plan.options.is_ciphered:
+            state.invocation_counter += self.config.invocation_reserve
+            await asyncio.to_thread(self.store.save)
+        return target
+
+    async def command(self, device_id: str, kind: str, obis: str = DISCONNECT_OBIS) -> None:
+        """Prepaid block (``blocked``) or restore (``restored``) of one meter through its disconnect control
+        object (class 70), confirmed by reading the object back; raises ConnectionError when not confirmed."""
+        endpoint = await self.settings.devices.endpoint(device_id)
+        plan = self.plans.get(endpoint.profile_id or "") if endpoint else None
+        if endpoint is None or plan is None or not endpoint.address:
+            raise ConnectionError(f"{device_id} is not a polled DLMS meter with an address")
+        async with self._slots:
+            target = await self._reserve(endpoint, plan)
+            try:
+                output, state, counter = await asyncio.to_thread(control, plan.options, target, obis, kind)
+            except PollFailed as err:
+                metrics.COMMANDS.labels(kind, "failed").inc()
+                raise ConnectionError(f"{kind} of {device_id}: {err.reason}") from err
+        if plan.options.is_ciphered:
+            self.store.get(device_id).invocation_counter = max(self.store.get(device_id).invocation_counter, counter)
+        # blocked: output off and control state 0 (disconnected); restored: on (1) or "ready for reconnection" (2),
+        # which meters in a manual reconnection mode answer until the customer presses the button
+        confirmed = (not output and state == 0) if kind == "blocked" else (output or state == 2)
+        metrics.COMMANDS.labels(kind, "confirmed" if confirmed else "unconfirmed").inc()
+        if not confirmed:
+            raise ConnectionError(f"{kind} of {device_id} not confirmed: output {output}, control state {state}")
+        log.info("dlms %s of %s confirmed (control state %d)", kind, device_id, state)
 
     def _target(self, endpoint: DeviceEndpoint, plan: Plan, counter: int) -> Target:
         password = endpoint.secrets.get("password")

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import structlog
-from dlms_cosem import cosem, enumerations, exceptions, security
+from dlms_cosem import cosem, dlms_data, enumerations, exceptions, security
 from dlms_cosem.client import ActionError, DataResultError, DlmsClient, HLSError
 from dlms_cosem.cosem.capture_object import CaptureObject
 from dlms_cosem.cosem.selective_access import RangeDescriptor
@@ -231,6 +231,26 @@ def read_profile(client: DlmsClient, options: DlmsPollOptions, since: datetime,
         rows.append((_when(entry[clock_at]), values))
     rows.sort(key=lambda r: r[0])
     return rows
+
+
+DISCONNECT_METHODS = {"blocked": 1, "restored": 2}  # remote_disconnect, remote_reconnect (class 70)
+
+
+def control(options: DlmsPollOptions, target: Target, obis: str, kind: str) -> tuple[bool, int, int]:
+    """Invoke remote_disconnect/remote_reconnect on a disconnect control object and read it back.
+
+    Returns (output_state, control_state, next invocation counter); the caller decides whether the
+    state read back confirms the command (a meter may answer "ready for reconnection", control state 2).
+    """
+    with session(options, target) as client:
+        method = cosem.CosemMethod(enumerations.CosemInterface.DISCONNECT_CONTROL, _obis(obis),
+                                   DISCONNECT_METHODS[kind])
+        client.action(method, dlms_data.IntegerData(0).to_bytes())
+        output = _parsed(client.get(_attribute(70, obis, 2)))
+        state = _parsed(client.get(_attribute(70, obis, 3)))
+        if not isinstance(output, bool) or not isinstance(state, int):
+            raise ValueError(f"disconnect control {obis} answered {output!r:.20}, {state!r:.20}")
+        return output, state, client.client_invocation_counter
 
 
 def poll(options: DlmsPollOptions, target: Target, since: Callable[[datetime | None], datetime] | None,
