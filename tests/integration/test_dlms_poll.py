@@ -107,3 +107,86 @@ def test_hub_polls_dlms_meters_exactly_across_a_crash(database_url: str, mosquit
         finally:
             if hub.proc and hub.proc.poll() is None:
                 hub.terminate()
+
+
+PREPAID_SEED = """
+accounts:
+  - {id: p1, prepaid: true}
+devices:
+  - {id: meter-p, profile: dlms-poll-meter}
+bindings:
+  - {device: meter-p, account: p1, valid_from: "2026-01-01T00:00:00Z"}
+"""
+PLAN = """
+plans:
+  - id: dlms-energy
+    product: active_energy_import
+    market: DE
+    currency: EUR
+    unit: kWh
+    vat_category: standard
+    versions:
+      - valid_from: 2020-01-01
+        components:
+          - {type: flat, price: "0.25"}
+"""
+
+
+async def _load_plan(database_url: str) -> None:
+    from usagehub.rating.service import RatingService
+    from usagehub.storage.pool import open_pool
+
+    pool = await open_pool(database_url, min_size=1, max_size=2)
+    try:
+        rating = RatingService(pool)
+        await rating.start()
+        await rating.load_plans(PLAN, "dlms-plan.yaml")
+    finally:
+        await pool.close()
+
+
+def test_prepaid_exhaustion_disconnects_and_top_up_reconnects(database_url: str, mosquitto: Mosquitto,
+                                                               tmp_path: Path) -> None:
+    import asyncio
+
+    now = datetime.now(UTC)
+    rows = quarter_hours(2, 10_000, 0, end=now - timedelta(hours=1))  # 1.0000 kWh, twice
+    config = tmp_path / "hub.toml"
+    config.write_text(f'device_key_secret = "{SECRET}"\n[adapters.dlms]\nrefresh_s = 0.5\njitter_s = 0\n')
+    (tmp_path / "seed.yaml").write_text(PREPAID_SEED)
+    with sim_meter(tmp_path, _conf(110_000, rows, now - timedelta(minutes=30)), "p") as meter:
+        hub = HubProcess(database_url, mosquitto.url, tmp_path / "data", extra=["--config", str(config)])
+        assert usagehub("seed", str(tmp_path / "seed.yaml"), *hub.settings).returncode == 0
+        asyncio.run(_load_plan(database_url))  # 0.25 EUR/kWh + 19 % VAT = 0.2975 EUR/kWh
+        _register(database_url, "meter-p", meter, EK, AK)
+        hub.start()
+        try:
+            key = hub.key("admin")
+            body = hub.graphql('mutation { topUp(accountId: "p1", amount: "2.00", paymentRef: "t-1") { entryId } }',
+                               key)
+            assert "errors" not in body, body
+
+            def actions(method: int) -> int:
+                return sum(1 for r in meter.requests() if r["service"] == "action"
+                           and r["obis"] == "0.0.96.3.10.255" and r["method"] == method)
+
+            # 10 kWh (2.975 EUR) against 2.00 EUR: blocked, and the meter gets remote_disconnect (read back)
+            _wait(lambda: actions(1) >= 1)
+            assert "dlms blocked of meter-p confirmed (control state 0)" in _wait_log(hub, "dlms blocked")
+            body = hub.graphql('mutation { topUp(accountId: "p1", amount: "5.00", paymentRef: "t-2") { entryId } }',
+                               key)
+            assert "errors" not in body, body
+            _wait(lambda: actions(2) >= 1)
+            assert "dlms restored of meter-p confirmed (control state 1)" in _wait_log(hub, "dlms restored")
+            account = hub.graphql('{ prepaidAccount(accountId: "p1") { blocked balance } }', key)
+            assert account["data"]["prepaidAccount"]["blocked"] is False
+            assert Decimal(account["data"]["prepaidAccount"]["balance"]) == Decimal("7.00") - Decimal("2.975")
+            assert hub.terminate() == 0
+        finally:
+            if hub.proc and hub.proc.poll() is None:
+                hub.terminate()
+
+
+def _wait_log(hub: HubProcess, text: str) -> str:
+    _wait(lambda: text in hub.log.read_text())
+    return hub.log.read_text()
