@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dlms_cosem import cosem, dlms_data, enumerations, security
+from dlms_cosem.dlms_data import encode_variable_integer
 from dlms_cosem.protocol import acse, xdlms
 from dlms_cosem.protocol.wrappers import WrapperHeader
 from dlms_cosem.protocol.xdlms.conformance import Conformance
@@ -181,8 +182,9 @@ class Meter:
             plain = self.decrypt(wrapped.ciphered_text, wrapped.invocation_counter)
             answer = self.service(plain)
             text, ic = self.encrypt(answer)
-            return xdlms.GeneralGlobalCipher(system_title=self.title, security_control=self.control(),
-                                             invocation_counter=ic, ciphered_text=text).to_bytes()
+            # general-glo-ciphering, encoded here: the library's encoder writes lengths over 127 as one byte
+            body = self.control().to_bytes() + ic.to_bytes(4, "big") + text
+            return bytes([xdlms.GeneralGlobalCipher.TAG, 8]) + self.title + encode_variable_integer(len(body)) + body
         if self.ciphered:
             raise ValueError("plain APDU in a ciphered association")
         return self.service(data)
