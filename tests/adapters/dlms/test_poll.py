@@ -200,6 +200,28 @@ async def test_disconnect_and_reconnect_confirmed_by_reading_back(tmp_path: Path
                 await adapter.command("meter-a", "blocked")
 
 
+async def test_hdlc_over_tcp_with_segmented_frames(tmp_path: Path) -> None:
+    """HDLC (a meter behind a serial-to-TCP converter): SNRM/UA, ciphered I-frames, a 40-row buffer in segments."""
+    profile = parse_profile(PROFILE.format(auth="hls_gmac").replace("type: dlms_poll", "type: dlms_poll\n"
+                                                                    "  transport: hdlc"), "<test>")
+    ring = KeyRing()
+    ring.put("dlms_poll", "meter-h", EK)
+    ring.put("dlms_poll", "meter-h:auth", AK)
+    rows = quarter_hours(40, 70_000, 10)
+    with sim_meter(tmp_path, {**meter_conf(authentication="hls_gmac", rows=rows), "transport": "hdlc"}) as meter:
+        endpoint = _endpoint(meter, "meter-h", profile)
+        sink = RecordingSink()
+        assert await _poll(_adapter(profile, [endpoint], tmp_path / "data", ring), endpoint, sink)
+        assert sum(m.topic == "profile" for m in sink.messages) == 40
+        values = [e.value for e in _events(profile, sink) if e.meter == "energy"][1:]
+        assert values == [Decimal(70_000 + 10 * i) / 10_000 for i in range(40)]
+        # the wrapper client cannot talk to an HDLC meter: a clear failure, not a hang
+        wrapper = _profile("hls_gmac")
+        adapter = _adapter(wrapper, [_endpoint(meter, "meter-h", wrapper)], tmp_path / "data2", ring)
+        assert not await _poll(adapter, _endpoint(meter, "meter-h", wrapper), RecordingSink())
+        assert adapter.health["meter-h"].last_error
+
+
 def test_plan_normalizes_obis_and_profile_errors_name_file_and_line() -> None:
     plan = plan_for(_profile("none"))
     assert plan is not None and plan.options.interface_of() == {ENERGY: 3, "1.0.1.7.0.255": 3,
