@@ -233,3 +233,30 @@ def test_plan_normalizes_obis_and_profile_errors_name_file_and_line() -> None:
     with pytest.raises(Exception) as caught:
         parse_profile(PROFILE.format(auth="kerberos"), "meters/auth.yaml")
     assert "meters/auth.yaml:6: decode.authentication" in str(caught.value)
+
+
+async def test_transient_failures_retry_with_backoff_refused_credentials_wait(tmp_path: Path) -> None:
+    """An unreachable meter is retried soon (backoff within the interval); a wrong password waits the interval,
+    since meters lock an account after a few failed associations."""
+    from tests.peers import free_port
+
+    profile = parse_profile(PROFILE.format(auth="lls").replace("interval_s: 0.3", "interval_s: 60"), "<test>")
+    with sim_meter(tmp_path, meter_conf(authentication="lls")) as meter:
+        gone = DeviceEndpoint(device_id="gone", profile_id=profile.id, address="127.0.0.1", port=free_port(),
+                              secrets={"password": "12345678"})
+        wrong = _endpoint(meter, "wrong", profile, password="guess")
+        settings = AdapterSettings(profiles=[profile], devices=StaticDirectory([gone, wrong]),
+                                   data_dir=tmp_path / "data")
+        adapter = DlmsAdapter(DlmsConfig(jitter_s=0, refresh_s=0.1, retry_first_s=0.1), settings)
+        async with adapter:
+            task = asyncio.create_task(adapter.run(RecordingSink()))
+            try:
+                async with asyncio.timeout(20):
+                    while getattr(adapter.health.get("gone"), "failures", 0) < 4:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    assert adapter.health["gone"].streak >= 4 and not adapter.health["gone"].last_auth_failed
+    assert adapter.health["wrong"].failures == 1 and adapter.health["wrong"].last_auth_failed
+    assert sum(r["service"] == "aarq" for r in meter.requests()) == 1

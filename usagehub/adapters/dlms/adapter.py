@@ -55,6 +55,8 @@ class DeviceHealth:
     auth_failures: int = 0
     last_error: str | None = None
     last_success_at: float | None = None
+    streak: int = 0                 # failures in a row
+    last_auth_failed: bool = False
 
 
 def _phase(device_id: str) -> float:
@@ -139,8 +141,14 @@ class DlmsAdapter:
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()) + random.uniform(0, self.config.jitter_s))
             async with self._slots:
-                await self.poll_device(endpoint, plan, sink)
+                ok = await self.poll_device(endpoint, plan, sink)
             due = max(due + plan.interval_s, loop.time())
+            health = self.health[endpoint.device_id]
+            if not ok and not health.last_auth_failed:
+                # a transient failure is retried with jittered backoff, within the interval; a refused password
+                # or key is not (meters lock an account after a few failed associations)
+                backoff = self.config.retry_first_s * 2 ** min(health.streak - 1, 16)
+                due = min(due, loop.time() + min(backoff, plan.interval_s) * random.uniform(0.5, 1.0))
 
     async def poll_device(self, endpoint: DeviceEndpoint, plan: Plan, sink: Sink) -> bool:
         """One session with one meter; its messages are submitted and committed before state moves on."""
@@ -240,6 +248,8 @@ class DlmsAdapter:
         if health.last_error is None:  # once per failure streak; each failure is counted
             log.warning("dlms poll of %s failed: %s", device_id, err.reason)
         health.failures += 1
+        health.streak += 1
+        health.last_auth_failed = err.auth
         health.auth_failures += int(err.auth)
         health.last_error = err.reason
         metrics.POLLS.labels("auth_failed" if err.auth else "failed").inc()
@@ -251,6 +261,7 @@ class DlmsAdapter:
         if health.last_error is not None:
             log.info("dlms poll of %s recovered", device_id)
         health.last_error, health.last_success_at = None, time.time()
+        health.streak, health.last_auth_failed = 0, False
 
     @property
     def device_health(self) -> dict[str, DeviceHealth]:

@@ -15,6 +15,8 @@ class DlmsConfig(BaseModel):
     poll_enabled: bool = True
     max_concurrency: int = Field(8, gt=0, description="meters read at the same time (each in a thread)")
     jitter_s: float = Field(1.0, ge=0, description="random delay added to each poll, so polls do not align")
+    retry_first_s: float = Field(2.0, gt=0, description="first retry after a transient failure; doubles, "
+                                 "capped at the poll interval (a refused password or key waits the interval)")
     refresh_s: float = Field(60, gt=0, description="how often the device registry is re-read")
     default_port: int = Field(4059, ge=1, le=65535, description="the IANA DLMS/COSEM port")
     client_system_title: str = Field("5553480000000001", description="this hub's system title, 16 hex digits")
