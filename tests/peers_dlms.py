@@ -12,7 +12,7 @@ polls by rewriting it) holds::
 
     {"port": 0, "system_title": "4D4D4D0000000001", "authentication": "none" | "lls" | "hls_gmac",
      "password": "12345678", "ek": "<hex>", "ak": "<hex>",
-     "clock": "<ISO 8601 or null = now, UTC>",
+     "clock": "<ISO 8601 or null = now, UTC>", "local_zone": "<IANA zone: send local times, no deviation>",
      "objects": {"1.0.1.8.0.255": {"class": 3, "value": 123, "scaler": 0, "unit": 30}, ...},
      "profile": {"obis": "1.0.99.1.0.255", "columns": [["0.0.1.0.0.255", 8, 2], ["1.0.1.8.0.255", 3, 2]],
                  "rows": [["2026-11-27T10:00:00+00:00", 1000], ...]},
@@ -32,6 +32,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from dlms_cosem import cosem, dlms_data, enumerations, security
 from dlms_cosem.dlms_data import encode_variable_integer
@@ -66,8 +67,11 @@ def _aware(when: datetime) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # dlms-cosem reads deviation 0 as naive
 
 
-def _clock_bytes(when: datetime) -> dlms_data.OctetStringData:
-    return dlms_data.OctetStringData(datetime_to_bytes(when.astimezone(UTC)))
+def _clock_bytes(when: datetime, zone: str | None = None) -> dlms_data.OctetStringData:
+    if zone is None:
+        return dlms_data.OctetStringData(datetime_to_bytes(when.astimezone(UTC)))
+    local = when.astimezone(ZoneInfo(zone)).replace(tzinfo=None)  # local wall time, deviation "not specified"
+    return dlms_data.OctetStringData(datetime_to_bytes(local))
 
 
 class Meter:
@@ -226,7 +230,7 @@ class Meter:
     def read(self, obis: str, interface: int, number: int, selection: Any) -> bytes | None:
         """The A-XDR value of one attribute, or None when the meter has no such thing."""
         if obis == self.conf.get("clock_obis", "0.0.1.0.0.255") and interface == 8 and number == 2:
-            return _clock_bytes(self.now()).to_bytes()
+            return _clock_bytes(self.now(), self.conf.get("local_zone")).to_bytes()
         profile = self.conf.get("profile")
         if profile and obis == profile["obis"] and interface == 7:
             return self._profile(profile, number, selection)
@@ -262,7 +266,8 @@ class Meter:
             when = datetime.fromisoformat(when_text)
             if low is not None and high is not None and not low <= when <= high:
                 continue
-            rows.append(dlms_data.DataStructure([_clock_bytes(when), *(_value(v) for v in values)]))
+            rows.append(dlms_data.DataStructure([_clock_bytes(when, self.conf.get("local_zone")),
+                                                 *(_value(v) for v in values)]))
         return dlms_data.DataArray(rows).to_bytes()
 
     def action(self, request: xdlms.ActionRequestNormal) -> bytes:

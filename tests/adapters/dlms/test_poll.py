@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -260,3 +261,23 @@ async def test_transient_failures_retry_with_backoff_refused_credentials_wait(tm
     assert adapter.health["gone"].streak >= 4 and not adapter.health["gone"].last_auth_failed
     assert adapter.health["wrong"].failures == 1 and adapter.health["wrong"].last_auth_failed
     assert sum(r["service"] == "aarq" for r in meter.requests()) == 1
+
+
+async def test_meter_in_local_time_without_deviation(tmp_path: Path) -> None:
+    """A meter that keeps Berlin wall time and says "deviation not specified": clock_zone gives the instants;
+    the range is asked in its wall time, and its entries land at the right UTC instants."""
+    profile = parse_profile(PROFILE.format(auth="none").replace("type: dlms_poll", "type: dlms_poll\n"
+                                                                "  clock_zone: Europe/Berlin"), "<test>")
+    rows = quarter_hours(3, 20_000, 10, end=datetime.now(UTC) - timedelta(hours=3))
+    conf = {**meter_conf(rows=rows), "local_zone": "Europe/Berlin"}
+    with sim_meter(tmp_path, conf) as meter:
+        endpoint = _endpoint(meter, "local", profile)
+        sink = RecordingSink()
+        assert await _poll(_adapter(profile, [endpoint], tmp_path / "data", None), endpoint, sink)
+        clock = datetime.fromisoformat(_clock(sink))
+        assert abs(clock - datetime.now(UTC)) < timedelta(minutes=1)  # not an hour off
+        entries = [(e.ts, e.value) for e in _events(profile, sink) if e.meter == "energy" and e.ts != clock]
+        assert entries == [(datetime.fromisoformat(when), Decimal(v) / 10_000) for when, v in rows]
+        first = next(r["range"] for r in meter.requests() if r.get("range"))
+        berlin = (clock - timedelta(seconds=86_400)).astimezone(ZoneInfo("Europe/Berlin"))
+        assert first[0].startswith(berlin.strftime("%Y-%m-%dT%H:%M"))  # asked in its wall time

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import structlog
 from dlms_cosem import cosem, dlms_data, enumerations, exceptions, security
@@ -166,15 +167,19 @@ def _parsed(data: bytes) -> Any:
     return parse_as_dlms_data(data)
 
 
-def _when(raw: Any) -> datetime:
-    when: datetime | None = None
+_UNSPECIFIED = b"\x80\x00"
+
+
+def _when(raw: Any, zone: ZoneInfo) -> datetime:
+    """A COSEM date-time as an aware time: with its deviation when the meter gives one (0 = UTC),
+    else in the meter's ``clock_zone`` (dlms-cosem returns both cases as naive times)."""
+    if isinstance(raw, bytes | bytearray) and len(raw) == 12:
+        when: datetime = datetime_from_bytes(bytes(raw))[0]
+        if when.tzinfo is None:
+            return when.replace(tzinfo=zone if bytes(raw[9:11]) == _UNSPECIFIED else UTC)
+        return when
     if isinstance(raw, datetime):
-        when = raw
-    elif isinstance(raw, bytes | bytearray) and len(raw) == 12:
-        when = datetime_from_bytes(bytes(raw))[0]
-    if when is not None:
-        # dlms-cosem returns deviation 0 (and "not specified") as a naive time: the meter keeps UTC
-        return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+        return raw if raw.tzinfo is not None else raw.replace(tzinfo=zone)
     raise ValueError(f"not a COSEM date-time: {raw!r:.40}")
 
 
@@ -199,7 +204,8 @@ def scaler_unit(client: DlmsClient, interface: int, obis: str) -> tuple[int | No
 
 def read_objects(client: DlmsClient, options: DlmsPollOptions) -> tuple[datetime | None, dict[str, Value]]:
     """The clock and every single object of the profile (value, scaler, unit)."""
-    clock = _when(_parsed(client.get(_attribute(8, options.clock, 2)))) if options.clock else None
+    zone = ZoneInfo(options.clock_zone)
+    clock = _when(_parsed(client.get(_attribute(8, options.clock, 2))), zone) if options.clock else None
     objects: dict[str, Value] = {}
     for obis, interface in options.interface_of().items():
         value = _plain(_parsed(client.get(_attribute(interface, obis, 2))))
@@ -218,9 +224,11 @@ def read_profile(client: DlmsClient, options: DlmsPollOptions, since: datetime,
     if clock_at is None:
         raise ValueError(f"load profile {spec.obis} captures no clock")
     scalers = {i: scaler_unit(client, c[0], c[1]) for i, c in enumerate(columns) if c[2] == 2}
+    zone = ZoneInfo(options.clock_zone)
+    # in the meter's zone: a meter that ignores the deviation still reads the right wall-clock range
     selection = RangeDescriptor(
         restricting_object=CaptureObject(cosem_attribute=_attribute(8, columns[clock_at][1], 2)),
-        from_value=since, to_value=until)
+        from_value=since.astimezone(zone), to_value=until.astimezone(zone))
     buffer = _parsed(client.get(_attribute(7, spec.obis, 2), access_descriptor=selection)) or []
     rows: list[tuple[datetime, dict[str, Value]]] = []
     for entry in buffer:
@@ -228,7 +236,7 @@ def read_profile(client: DlmsClient, options: DlmsPollOptions, since: datetime,
             raise ValueError("a load profile entry does not match its capture objects")
         values = {columns[i][1]: (_plain(v), *scalers.get(i, (None, None)))
                   for i, v in enumerate(entry) if i != clock_at and columns[i][2] == 2}
-        rows.append((_when(entry[clock_at]), values))
+        rows.append((_when(entry[clock_at], zone), values))
     rows.sort(key=lambda r: r[0])
     return rows
 

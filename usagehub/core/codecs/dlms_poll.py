@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -84,6 +85,18 @@ class DlmsPollOptions(BaseModel):
     clock: str | None = "0.0.1.0.0.255"  # class 8; its time stamps register readings
     load_profile: LoadProfileSpec | None = None
     max_pdu_size: int = Field(65535, ge=64, le=65535)
+    # A meter whose date-times say "deviation not specified" keeps local time in this zone (IANA name);
+    # times with a deviation are exact whatever this says.
+    clock_zone: str = "UTC"
+
+    @field_validator("clock_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as err:
+            raise ValueError(f"clock_zone {value!r} is not an IANA time zone like Europe/Berlin") from err
+        return value
 
     @field_validator("registers", "extended_registers", "data")
     @classmethod
