@@ -231,6 +231,11 @@ def test_plan_normalizes_obis_and_profile_errors_name_file_and_line() -> None:
     with pytest.raises(Exception) as caught:
         parse_profile(bad, "meters/bad.yaml")
     assert "meters/bad.yaml:4: decode:" in str(caught.value) and "listed twice" in str(caught.value)
+    unread = PROFILE.format(auth="none").replace('  load_profile: {obis: "1.0.99.1.0.255", first_read_s: 86400}\n', "")
+    unread = unread.replace('power: {oid: "1.0.1.7.0.255"', 'power: {oid: "1.0.21.7.0.255"')
+    with pytest.raises(Exception) as caught:
+        parse_profile(unread, "meters/unread.yaml")
+    assert "meters/unread.yaml:13: meters.power.oid: 1.0.21.7.0.255 is not read" in str(caught.value)
     with pytest.raises(Exception) as caught:
         parse_profile(PROFILE.format(auth="kerberos"), "meters/auth.yaml")
     assert "meters/auth.yaml:6: decode.authentication" in str(caught.value)

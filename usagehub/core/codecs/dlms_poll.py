@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from usagehub.core.codecs import DecodeFn
+
+if TYPE_CHECKING:
+    from usagehub.core.profiles import Profile
 from usagehub.errors import DecodeError
 
 PAYLOAD_VERSION = 1
@@ -48,6 +51,13 @@ def normalize_obis(text: str) -> str:
     if found is None or any(int(g) > 255 for g in found.groups()):
         raise ValueError(f"{text!r} is not an OBIS code like 1.0.1.8.0.255 (or 1-0:1.8.0*255)")
     return ".".join(str(int(g)) for g in found.groups())
+
+
+def _obis_or_none(text: str) -> str | None:
+    try:
+        return normalize_obis(text)
+    except ValueError:
+        return None
 
 
 def unit_name(code: int | None) -> str | None:
@@ -186,6 +196,18 @@ def encode_payload(body: dict[str, Any]) -> bytes:
 class _DlmsPollCodec:
     name = "dlms_poll"
     options_model: type[BaseModel] = DlmsPollOptions
+
+    def check_profile(self, profile: Profile) -> list[tuple[tuple[str, ...], str]]:
+        """Meters whose OBIS code the profile never reads (without a load profile, whose columns the meter
+        names only at run time): (location, message) for each."""
+        options = DlmsPollOptions.model_validate(profile.decode)
+        if options.load_profile is not None:
+            return []
+        read = options.interface_of()
+        return [(("meters", name, "oid"), f"{spec.oid} is not read: list it under decode.registers, "
+                 "extended_registers or data")
+                for name, spec in profile.meters.items()
+                if spec.oid is not None and _obis_or_none(spec.oid) not in read]
 
     def compile(self, options: BaseModel) -> DecodeFn:
         """The decoder (the options tell the adapter what to read; decoding needs none)."""
