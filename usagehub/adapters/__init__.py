@@ -17,6 +17,7 @@ BUILTINS: dict[str, str] = {
     "files": "usagehub.adapters.files:FACTORY",
     "snmp": "usagehub.adapters.snmp:FACTORY",
     "binary": "usagehub.adapters.binary:FACTORY",
+    "dlms": "usagehub.adapters.dlms:FACTORY",
 }
 
 GROUP = "usagehub.adapters"

@@ -25,6 +25,7 @@ from usagehub.core.profiles import Profile
 
 if TYPE_CHECKING:
     from usagehub.adapters.prepaid_port import PrepaidPort
+    from usagehub.core.codecs.keyring import KeyRing
 
 
 class Outcome(StrEnum):
@@ -86,6 +87,7 @@ class AdapterSettings:
     devices: DeviceDirectory
     data_dir: Path
     prepaid: PrepaidPort | None = None  # device-side prepaid requests (CoAP resource), when the hub runs prepaid
+    keyring: KeyRing | None = None  # opened device keys (sealed at rest), for adapters that cipher (dlms)
 
 
 class Adapter(Protocol):

@@ -244,6 +244,11 @@ def parse_profile(text: str, source: str, *, expected_id: str | None = None) -> 
     except ValidationError as err:
         problems = sorted([*problems, *validation_problems(err, tree, source, root="(profile)")],
                           key=lambda p: p.line or 0)
+    else:  # a codec may check the whole profile (dlms_poll: every meter's OBIS code is read)
+        check = getattr(get_codec(profile.decode_type), "check_profile", None)
+        for loc, message in check(profile) if check is not None else ():
+            problems.append(ConfigError(message, file=source, field=".".join(str(p) for p in loc),
+                                        line=line_of(tree, loc)))
     if problems:
         raise ConfigErrors(problems)
     return profile

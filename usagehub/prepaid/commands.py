@@ -22,6 +22,7 @@ from usagehub.storage.pool import mapped_errors
 
 log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes], Awaitable[None]]
+DlmsCommand = Callable[[str, str, str], Awaitable[None]]  # (device id, blocked/restored, disconnect OBIS)
 COMMAND_KINDS = ("blocked", "restored")
 
 
@@ -61,6 +62,7 @@ class CommandDispatcher:
         self.timeout_s = timeout_s
         self.retry_s = retry_s  # failed sends are retried by the sweep for this long after the event
         self.sent = 0
+        self.dlms: DlmsCommand | None = None  # the dlms adapter's class 70 command, when the hub polls DLMS meters
 
     async def on_event(self, event: PrepaidEvent) -> None:
         """Event handler: dispatch block/restore events."""
@@ -102,11 +104,14 @@ class CommandDispatcher:
         payload = (spec.block_payload if kind == "blocked" else spec.restore_payload).encode()
         topic = spec.topic.replace("{device_id}", device_id)
         try:
-            async with asyncio.timeout(self.timeout_s):
+            # a DLMS session (association, HLS, action, read-back) takes longer than one publish
+            async with asyncio.timeout(self.timeout_s * (6 if spec.transport == "dlms" else 1)):
                 if spec.transport == "mqtt" and self.mqtt is not None:
                     await self.mqtt(topic, payload)
                 elif spec.transport == "coap" and self.coap is not None and address:
                     await self.coap.send(address, port, topic, payload)
+                elif spec.transport == "dlms" and self.dlms is not None:
+                    await self.dlms(device_id, kind, topic)  # topic: the disconnect control object's OBIS
                 else:
                     return None
         except (TimeoutError, OSError, ConnectionError) as err:

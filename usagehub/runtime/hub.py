@@ -8,7 +8,7 @@ import functools
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -255,7 +255,9 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
         for name, raw in _adapter_configs(config, broker_url).items():
             factory = adapters.load(name)
             hub.adapters[name] = await stack.enter_async_context(
-                factory.create(factory.config_model.model_validate(raw), settings))
+                factory.create(factory.config_model.model_validate(raw), replace(settings, keyring=keyring)))
+        if "dlms" in hub.adapters and hub.prepaid is not None:  # prepaid blocks reach DLMS meters (class 70)
+            hub.prepaid.dispatcher.dlms = hub.adapters["dlms"].command  # type: ignore[attr-defined]
         hub.background.append(asyncio.create_task(refresh_keyring(config, pool, keyring), name="device-keys"))
         await _serve(hub, install_signals, on_ready, profiles)
 

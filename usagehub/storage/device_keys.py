@@ -17,7 +17,13 @@ class DeviceKeys:
     async def put(self, *, tenant: str, device_id: str, protocol: str, key: bytes) -> None:
         """Seal and store (or replace) a device's key; a device of another tenant is refused."""
         sealed = self.sealer.seal(key, tenant=tenant, device_id=device_id.upper(), protocol=protocol)
+        base = device_id.split(":", 1)[0]  # "<device>:auth" is the authentication key of <device>
         async with mapped_errors(), self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT 1 FROM devices WHERE upper(device_id) IN (upper(%s), upper(%s)) AND tenant <> %s LIMIT 1",
+                (device_id, base, tenant))
+            if await cur.fetchone() is not None:  # no planting keys for another tenant's registered device
+                raise PermissionError(f"device {device_id!r} is registered in another tenant")
             cur = await conn.execute(
                 "INSERT INTO device_keys (tenant, device_id, protocol, sealed) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT (device_id, protocol) DO UPDATE SET sealed = EXCLUDED.sealed, updated_at = now() "

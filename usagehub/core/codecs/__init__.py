@@ -49,6 +49,7 @@ BUILTIN_CODECS: dict[str, str] = {
     "wmbus": "usagehub.core.codecs.wmbus:CODEC",
     "sparkplug": "usagehub.core.codecs.sparkplug:CODEC",
     "dlms_push": "usagehub.core.codecs.dlms_push:CODEC",
+    "dlms_poll": "usagehub.core.codecs.dlms_poll:CODEC",
 }
 
 
