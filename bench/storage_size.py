@@ -108,6 +108,57 @@ async def load(pool: AsyncConnectionPool, devices: int, days: int, timescale: bo
     return time.perf_counter() - t0
 
 
+async def where_bytes_go(pool: AsyncConnectionPool, table: str, rows: int, timescale: bool) -> dict[str, float]:
+    """Bytes per row of the heap (with TOAST), of each index, and the average stored size of each column."""
+    parts = ("SELECT c FROM show_chunks(%s::regclass) c" if timescale else
+             "SELECT relid FROM pg_partition_tree(%s::regclass) WHERE isleaf")
+    out: dict[str, float] = {}
+    async with pool.connection() as conn:
+        heap = await (await conn.execute(
+            f"SELECT sum(pg_table_size(p)) FROM ({parts}) t(p)", (table,))).fetchone()
+        out[f"{table}.heap+toast"] = int(heap[0] or 0) / rows if heap else 0.0
+        # Indexes of the parent by name; a chunk's or partition's index inherits the parent's definition.
+        idx = await (await conn.execute(
+            f"SELECT coalesce(pi.relname, ci.relname), sum(pg_relation_size(i.indexrelid)) FROM ({parts}) t(p) "
+            "JOIN pg_index i ON i.indrelid = t.p JOIN pg_class ci ON ci.oid = i.indexrelid "
+            "LEFT JOIN pg_inherits h ON h.inhrelid = i.indexrelid LEFT JOIN pg_class pi ON pi.oid = h.inhparent "
+            "GROUP BY 1 ORDER BY 1", (table,))).fetchall()
+        for name, size in idx:
+            out[f"{table}.index {name}"] = int(size) / rows
+        columns = [str(r[0]) for r in await (await conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+            "ORDER BY attnum", (table,))).fetchall()]
+        sizes = ", ".join(f"avg(coalesce(pg_column_size({c}), 0))" for c in columns)
+        got = await (await conn.execute(
+            f"SELECT {sizes} FROM {table} TABLESAMPLE SYSTEM (1) REPEATABLE (7)")).fetchone()
+        for c, size in zip(columns, got or (), strict=False):
+            out[f"{table}.column {c}"] = float(size or 0)
+    return out
+
+
+async def compressed_columns(pool: AsyncConnectionPool, table: str, rows: int) -> dict[str, float]:
+    """Bytes per row of each column of a hypertable's compressed chunks (TimescaleDB columnstore)."""
+    out: dict[str, float] = {}
+    async with pool.connection() as conn:
+        chunks = [str(r[0]) for r in await (await conn.execute(
+            "SELECT format('%%I.%%I', cc.schema_name, cc.table_name) FROM _timescaledb_catalog.chunk c "
+            "JOIN _timescaledb_catalog.chunk cc ON cc.id = c.compressed_chunk_id "
+            "JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id WHERE h.table_name = %s",
+            (table,))).fetchall()]
+        if not chunks:
+            return out
+        columns = [str(r[0]) for r in await (await conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+            "ORDER BY attnum", (chunks[0],))).fetchall()]
+        totals = dict.fromkeys(columns, 0)
+        for chunk in chunks:
+            sizes = ", ".join(f"coalesce(sum(pg_column_size({c})), 0)" for c in columns)
+            got = await (await conn.execute(f"SELECT {sizes} FROM {chunk}")).fetchone()
+            for c, size in zip(columns, got or (), strict=False):
+                totals[c] += int(size)
+    return {f"{table}.compressed column {c}": size / rows for c, size in totals.items()}
+
+
 async def table_bytes(pool: AsyncConnectionPool, table: str, timescale: bool) -> int:
     """Heap, TOAST and indexes of a table with all its partitions or chunks."""
     if timescale:
@@ -117,7 +168,8 @@ async def table_bytes(pool: AsyncConnectionPool, table: str, timescale: bool) ->
                             table, table))
 
 
-async def measure(name: str, devices: int, days: int, timescale: bool, compare: bool) -> dict[str, float]:
+async def measure(name: str, devices: int, days: int, timescale: bool, compare: bool,
+                  breakdown: bool) -> dict[str, float]:
     """Load a fleet into a fresh embedded server and measure it."""
     folder = Path(tempfile.mkdtemp(prefix=f"usagehub-bench-{name}-"))
     folder.chmod(0o755)  # noqa: ASYNC240 — once, before anything runs
@@ -125,7 +177,7 @@ async def measure(name: str, devices: int, days: int, timescale: bool, compare: 
         url = await asyncio.to_thread(lambda: embedded_database_url(folder, timescale=timescale))
         pool = await open_pool(url, max_size=4)
         try:
-            return await _measure(pool, devices, days, timescale, compare)
+            return await _measure(pool, devices, days, timescale, compare, breakdown)
         finally:
             await pool.close()
     finally:
@@ -133,7 +185,7 @@ async def measure(name: str, devices: int, days: int, timescale: bool, compare: 
 
 
 async def _measure(pool: AsyncConnectionPool, devices: int, days: int, timescale: bool,
-                   compare: bool) -> dict[str, float]:
+                   compare: bool, breakdown: bool) -> dict[str, float]:
     await migrate(pool)
     if timescale:  # the bench compresses explicitly, at a known moment
         async with pool.connection() as conn:
@@ -148,6 +200,9 @@ async def _measure(pool: AsyncConnectionPool, devices: int, days: int, timescale
         await conn.execute("VACUUM ANALYZE session_points")
     out["event_bytes"] = await table_bytes(pool, "events", timescale) / n_events
     out["point_bytes"] = await table_bytes(pool, "session_points", timescale) / n_points
+    if breakdown:
+        out |= await where_bytes_go(pool, "events", n_events, timescale)
+        out |= await where_bytes_go(pool, "session_points", n_points, timescale)
     if timescale:
         t0 = time.perf_counter()
         for table in ("events", "session_points"):
@@ -155,6 +210,8 @@ async def _measure(pool: AsyncConnectionPool, devices: int, days: int, timescale
         out["compress_s"] = time.perf_counter() - t0
         out["event_bytes_compressed"] = await table_bytes(pool, "events", True) / n_events
         out["point_bytes_compressed"] = await table_bytes(pool, "session_points", True) / n_points
+        if breakdown:
+            out |= await compressed_columns(pool, "events", n_events)
         async with pool.connection() as conn:
             await conn.execute("ANALYZE events")
             await conn.execute("ANALYZE session_points")
@@ -259,12 +316,12 @@ def report(name: str, figures: dict[str, float]) -> None:
         print(f"  {key:50s} {value:14.2f}" if isinstance(value, float) else f"  {key:50s} {value:14d}")
 
 
-async def main(devices: int, days: int, only: str | None, compare: bool) -> None:
+async def main(devices: int, days: int, only: str | None, compare: bool, breakdown: bool) -> None:
     print(f"fleet: {devices} meters x {days} days x 96 readings = {devices * days * 96:,} events "
           f"(and as many session points), from {START.date()}")
     for name, timescale in (("plain", False), ("timescale", True)):
         if only in (None, name):
-            report(name, await measure(name, devices, days, timescale, compare))
+            report(name, await measure(name, devices, days, timescale, compare, breakdown))
 
 
 if __name__ == "__main__":
@@ -273,5 +330,6 @@ if __name__ == "__main__":
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--only", choices=["plain", "timescale"])
     parser.add_argument("--no-compare", action="store_true", help="skip the other compression settings")
+    parser.add_argument("--breakdown", action="store_true", help="bytes per row of each index and column")
     ns = parser.parse_args()
-    asyncio.run(main(ns.devices, ns.days, ns.only, not ns.no_compare))
+    asyncio.run(main(ns.devices, ns.days, ns.only, not ns.no_compare, ns.breakdown))
