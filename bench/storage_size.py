@@ -33,6 +33,7 @@ from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
 from usagehub.storage.rating_usage import usage_points
+from usagehub.storage.retention_pack import SETTLE, pack_finished_months
 from usagehub.storage.rollups import Scope, series
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -110,19 +111,21 @@ async def load(pool: AsyncConnectionPool, devices: int, days: int, timescale: bo
 
 async def where_bytes_go(pool: AsyncConnectionPool, table: str, rows: int, timescale: bool) -> dict[str, float]:
     """Bytes per row of the heap (with TOAST), of each index, and the average stored size of each column."""
-    parts = ("SELECT c FROM show_chunks(%s::regclass) c" if timescale else
-             "SELECT relid FROM pg_partition_tree(%s::regclass) WHERE isleaf")
+    # A table that is neither partitioned nor a hypertable is its own only part.
+    parts = ("SELECT c FROM show_chunks(%(t)s::regclass) c" if timescale else
+             "SELECT relid FROM pg_partition_tree(%(t)s::regclass) WHERE isleaf UNION ALL SELECT %(t)s::regclass "
+             "WHERE NOT EXISTS (SELECT 1 FROM pg_partition_tree(%(t)s::regclass))")
     out: dict[str, float] = {}
     async with pool.connection() as conn:
         heap = await (await conn.execute(
-            f"SELECT sum(pg_table_size(p)) FROM ({parts}) t(p)", (table,))).fetchone()
+            f"SELECT sum(pg_table_size(p)) FROM ({parts}) t(p)", {"t": table})).fetchone()
         out[f"{table}.heap+toast"] = int(heap[0] or 0) / rows if heap else 0.0
         # Indexes of the parent by name; a chunk's or partition's index inherits the parent's definition.
         idx = await (await conn.execute(
             f"SELECT coalesce(pi.relname, ci.relname), sum(pg_relation_size(i.indexrelid)) FROM ({parts}) t(p) "
             "JOIN pg_index i ON i.indrelid = t.p JOIN pg_class ci ON ci.oid = i.indexrelid "
             "LEFT JOIN pg_inherits h ON h.inhrelid = i.indexrelid LEFT JOIN pg_class pi ON pi.oid = h.inhparent "
-            "GROUP BY 1 ORDER BY 1", (table,))).fetchall()
+            "GROUP BY 1 ORDER BY 1", {"t": table})).fetchall()
         for name, size in idx:
             out[f"{table}.index {name}"] = int(size) / rows
         columns = [str(r[0]) for r in await (await conn.execute(
@@ -141,8 +144,9 @@ async def compressed_columns(pool: AsyncConnectionPool, table: str, rows: int) -
     out: dict[str, float] = {}
     async with pool.connection() as conn:
         chunks = [str(r[0]) for r in await (await conn.execute(
-            "SELECT format('%%I.%%I', cc.schema_name, cc.table_name) FROM _timescaledb_catalog.chunk c "
-            "JOIN _timescaledb_catalog.chunk cc ON cc.id = c.compressed_chunk_id "
+            "SELECT cc.relid::text FROM _timescaledb_catalog.compression_chunk_size s "
+            "JOIN _timescaledb_catalog.chunk c ON c.id = s.chunk_id "
+            "JOIN _timescaledb_catalog.chunk cc ON cc.id = s.compressed_chunk_id "
             "JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id WHERE h.table_name = %s",
             (table,))).fetchall()]
         if not chunks:
@@ -203,6 +207,14 @@ async def _measure(pool: AsyncConnectionPool, devices: int, days: int, timescale
     if breakdown:
         out |= await where_bytes_go(pool, "events", n_events, timescale)
         out |= await where_bytes_go(pool, "session_points", n_points, timescale)
+    if not timescale:  # finished months get their indexes rebuilt compactly (storage/retention_pack.py)
+        t0 = time.perf_counter()
+        await pack_finished_months(pool, START + timedelta(days=days + 31) + SETTLE)
+        out["pack_s"] = time.perf_counter() - t0
+        out["event_bytes_packed"] = await table_bytes(pool, "events", timescale) / n_events
+        if breakdown:
+            out |= {f"{k} (packed)": v for k, v in (await where_bytes_go(pool, "events", n_events, False)).items()
+                    if ".index " in k}
     if timescale:
         t0 = time.perf_counter()
         for table in ("events", "session_points"):
