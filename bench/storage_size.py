@@ -139,28 +139,18 @@ async def where_bytes_go(pool: AsyncConnectionPool, table: str, rows: int, times
     return out
 
 
-async def compressed_columns(pool: AsyncConnectionPool, table: str, rows: int) -> dict[str, float]:
-    """Bytes per row of each column of a hypertable's compressed chunks (TimescaleDB columnstore)."""
-    out: dict[str, float] = {}
+async def compressed_parts(pool: AsyncConnectionPool, table: str, rows: int) -> dict[str, float]:
+    """Bytes per row of a hypertable's compressed chunks: heap, TOAST (the column arrays) and index."""
     async with pool.connection() as conn:
-        chunks = [str(r[0]) for r in await (await conn.execute(
-            "SELECT cc.relid::text FROM _timescaledb_catalog.compression_chunk_size s "
+        got = await (await conn.execute(
+            "SELECT sum(s.compressed_heap_size), sum(s.compressed_toast_size), sum(s.compressed_index_size), "
+            "sum(s.numrows_post_compression) FROM _timescaledb_catalog.compression_chunk_size s "
             "JOIN _timescaledb_catalog.chunk c ON c.id = s.chunk_id "
-            "JOIN _timescaledb_catalog.chunk cc ON cc.id = s.compressed_chunk_id "
             "JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id WHERE h.table_name = %s",
-            (table,))).fetchall()]
-        if not chunks:
-            return out
-        columns = [str(r[0]) for r in await (await conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
-            "ORDER BY attnum", (chunks[0],))).fetchall()]
-        totals = dict.fromkeys(columns, 0)
-        for chunk in chunks:
-            sizes = ", ".join(f"coalesce(sum(pg_column_size({c})), 0)" for c in columns)
-            got = await (await conn.execute(f"SELECT {sizes} FROM {chunk}")).fetchone()
-            for c, size in zip(columns, got or (), strict=False):
-                totals[c] += int(size)
-    return {f"{table}.compressed column {c}": size / rows for c, size in totals.items()}
+            (table,))).fetchone()
+    heap, toast, index, segments = (int(v or 0) for v in (got or (0, 0, 0, 0)))
+    return {f"{table}.compressed heap": heap / rows, f"{table}.compressed toast": toast / rows,
+            f"{table}.compressed index": index / rows, f"{table}.rows per compressed segment": rows / max(1, segments)}
 
 
 async def table_bytes(pool: AsyncConnectionPool, table: str, timescale: bool) -> int:
@@ -223,7 +213,7 @@ async def _measure(pool: AsyncConnectionPool, devices: int, days: int, timescale
         out["event_bytes_compressed"] = await table_bytes(pool, "events", True) / n_events
         out["point_bytes_compressed"] = await table_bytes(pool, "session_points", True) / n_points
         if breakdown:
-            out |= await compressed_columns(pool, "events", n_events)
+            out |= await compressed_parts(pool, "events", n_events)
         async with pool.connection() as conn:
             await conn.execute("ANALYZE events")
             await conn.execute("ANALYZE session_points")
