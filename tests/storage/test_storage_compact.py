@@ -10,7 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 from tests.storage.analytics_data import add_accounts, copy_points
 from usagehub.core.periods import Period
 from usagehub.storage.partitions import partitioned
-from usagehub.storage.rating_usage import usage_points
+from usagehub.storage.rating_usage import USAGE_POINTS_SQL, usage_points
 from usagehub.storage.retention_pack import pack_finished_months
 
 JAN = datetime(2026, 1, 1, tzinfo=UTC)
@@ -83,10 +83,8 @@ async def test_account_month_billing_read_is_index_only(pool: AsyncConnectionPoo
     month = Period(start=JAN, end=FEB, label="2026-01")
     async with pool.connection() as conn:
         points = await usage_points(conn, "acc-a", month)
-        plan = str(await (await conn.execute(
-            "EXPLAIN (FORMAT JSON) SELECT point_id, product, device_id, start_ts, end_ts, value, label, aggregation "
-            "FROM session_points WHERE account_id = %s AND kind = 'usage' AND start_ts >= %s AND start_ts < %s "
-            "ORDER BY point_id", ("acc-a", month.start, month.end))).fetchone())
+        plan = str(await (await conn.execute(f"EXPLAIN (FORMAT JSON) {USAGE_POINTS_SQL}",
+                                             ("acc-a", month.start, month.end))).fetchone())
     # Only acc-a's usage of January, every one of it, in storage order.
     assert {p.device_id for p in points} == {"acc-a-dev0", "acc-a-dev1"}
     assert {p.product for p in points} == {"energy"}
