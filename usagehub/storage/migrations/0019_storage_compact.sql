@@ -20,3 +20,8 @@ CREATE TABLE events_packed (
     bytes_after  bigint NOT NULL,
     packed_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- Redundant: every read of usage_entries names the device (usage_entries_device_ts serves it; the usage query
+-- reaches devices through bindings). TimescaleDB's migration 0014 already dropped it; chunk exclusion serves
+-- time-only ranges there.
+DROP INDEX IF EXISTS usage_entries_ts;
