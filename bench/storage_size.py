@@ -120,9 +120,10 @@ async def where_bytes_go(pool: AsyncConnectionPool, table: str, rows: int, times
         heap = await (await conn.execute(
             f"SELECT sum(pg_table_size(p)) FROM ({parts}) t(p)", {"t": table})).fetchone()
         out[f"{table}.heap+toast"] = int(heap[0] or 0) / rows if heap else 0.0
-        # Indexes of the parent by name; a chunk's or partition's index inherits the parent's definition.
+        # Indexes by the name of the parent index (a partition's inherits it; a chunk's carries it after a prefix).
         idx = await (await conn.execute(
-            f"SELECT coalesce(pi.relname, ci.relname), sum(pg_relation_size(i.indexrelid)) FROM ({parts}) t(p) "
+            f"SELECT regexp_replace(coalesce(pi.relname, ci.relname), '^(_hyper_[0-9]+_[0-9]+_chunk_|[0-9]+_)', ''), "
+            f"sum(pg_relation_size(i.indexrelid)) FROM ({parts}) t(p) "
             "JOIN pg_index i ON i.indrelid = t.p JOIN pg_class ci ON ci.oid = i.indexrelid "
             "LEFT JOIN pg_inherits h ON h.inhrelid = i.indexrelid LEFT JOIN pg_class pi ON pi.oid = h.inhparent "
             "GROUP BY 1 ORDER BY 1", {"t": table})).fetchall()
