@@ -46,6 +46,14 @@ async def pack_finished_months(pool: AsyncConnectionPool, now: datetime, *, sett
         # REINDEX CONCURRENTLY cannot run in a transaction block: its own autocommit connection.
         async with mapped_errors(), pool.connection() as conn:
             await conn.set_autocommit(True)
+            # A REINDEX CONCURRENTLY interrupted (hub stopped, connection lost) leaves an invalid *_ccnew index
+            # that every insert would still maintain: drop it before trying again.
+            cur = await conn.execute(
+                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE i.indrelid = %s::regclass AND NOT i.indisvalid AND c.relname ~ '_ccnew[0-9]*$'", (name,))
+            for (leftover,) in await cur.fetchall():
+                drop = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(str(leftover)))
+                await conn.execute(drop)
             size = "SELECT pg_indexes_size(%s::regclass)"
             before = int(str((await (await conn.execute(size, (name,))).fetchone() or [0])[0]))
             await conn.execute(sql.SQL("REINDEX TABLE CONCURRENTLY {}").format(sql.Identifier(name)))
