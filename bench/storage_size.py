@@ -33,6 +33,7 @@ from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
 from usagehub.storage.rating_usage import usage_points
+from usagehub.storage.retention_pack import SETTLE, pack_finished_months
 from usagehub.storage.rollups import Scope, series
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -108,6 +109,51 @@ async def load(pool: AsyncConnectionPool, devices: int, days: int, timescale: bo
     return time.perf_counter() - t0
 
 
+async def where_bytes_go(pool: AsyncConnectionPool, table: str, rows: int, timescale: bool) -> dict[str, float]:
+    """Bytes per row of the heap (with TOAST), of each index, and the average stored size of each column."""
+    # A table that is neither partitioned nor a hypertable is its own only part.
+    parts = ("SELECT c FROM show_chunks(%(t)s::regclass) c" if timescale else
+             "SELECT relid FROM pg_partition_tree(%(t)s::regclass) WHERE isleaf UNION ALL SELECT %(t)s::regclass "
+             "WHERE NOT EXISTS (SELECT 1 FROM pg_partition_tree(%(t)s::regclass))")
+    out: dict[str, float] = {}
+    async with pool.connection() as conn:
+        heap = await (await conn.execute(
+            f"SELECT sum(pg_table_size(p)) FROM ({parts}) t(p)", {"t": table})).fetchone()
+        out[f"{table}.heap+toast"] = int(heap[0] or 0) / rows if heap else 0.0
+        # Indexes by the name of the parent index (a partition's inherits it; a chunk's carries it after a prefix).
+        idx = await (await conn.execute(
+            f"SELECT regexp_replace(coalesce(pi.relname, ci.relname), '^(_hyper_[0-9]+_[0-9]+_chunk_|[0-9]+_)', ''), "
+            f"sum(pg_relation_size(i.indexrelid)) FROM ({parts}) t(p) "
+            "JOIN pg_index i ON i.indrelid = t.p JOIN pg_class ci ON ci.oid = i.indexrelid "
+            "LEFT JOIN pg_inherits h ON h.inhrelid = i.indexrelid LEFT JOIN pg_class pi ON pi.oid = h.inhparent "
+            "GROUP BY 1 ORDER BY 1", {"t": table})).fetchall()
+        for name, size in idx:
+            out[f"{table}.index {name}"] = int(size) / rows
+        columns = [str(r[0]) for r in await (await conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+            "ORDER BY attnum", (table,))).fetchall()]
+        sizes = ", ".join(f"avg(coalesce(pg_column_size({c}), 0))" for c in columns)
+        got = await (await conn.execute(
+            f"SELECT {sizes} FROM {table} TABLESAMPLE SYSTEM (1) REPEATABLE (7)")).fetchone()
+        for c, size in zip(columns, got or (), strict=False):
+            out[f"{table}.column {c}"] = float(size or 0)
+    return out
+
+
+async def compressed_parts(pool: AsyncConnectionPool, table: str, rows: int) -> dict[str, float]:
+    """Bytes per row of a hypertable's compressed chunks: heap, TOAST (the column arrays) and index."""
+    async with pool.connection() as conn:
+        got = await (await conn.execute(
+            "SELECT sum(s.compressed_heap_size), sum(s.compressed_toast_size), sum(s.compressed_index_size), "
+            "sum(s.numrows_post_compression) FROM _timescaledb_catalog.compression_chunk_size s "
+            "JOIN _timescaledb_catalog.chunk c ON c.id = s.chunk_id "
+            "JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id WHERE h.table_name = %s",
+            (table,))).fetchone()
+    heap, toast, index, segments = (int(v or 0) for v in (got or (0, 0, 0, 0)))
+    return {f"{table}.compressed heap": heap / rows, f"{table}.compressed toast": toast / rows,
+            f"{table}.compressed index": index / rows, f"{table}.rows per compressed segment": rows / max(1, segments)}
+
+
 async def table_bytes(pool: AsyncConnectionPool, table: str, timescale: bool) -> int:
     """Heap, TOAST and indexes of a table with all its partitions or chunks."""
     if timescale:
@@ -117,7 +163,8 @@ async def table_bytes(pool: AsyncConnectionPool, table: str, timescale: bool) ->
                             table, table))
 
 
-async def measure(name: str, devices: int, days: int, timescale: bool, compare: bool) -> dict[str, float]:
+async def measure(name: str, devices: int, days: int, timescale: bool, compare: bool,
+                  breakdown: bool) -> dict[str, float]:
     """Load a fleet into a fresh embedded server and measure it."""
     folder = Path(tempfile.mkdtemp(prefix=f"usagehub-bench-{name}-"))
     folder.chmod(0o755)  # noqa: ASYNC240 — once, before anything runs
@@ -125,7 +172,7 @@ async def measure(name: str, devices: int, days: int, timescale: bool, compare: 
         url = await asyncio.to_thread(lambda: embedded_database_url(folder, timescale=timescale))
         pool = await open_pool(url, max_size=4)
         try:
-            return await _measure(pool, devices, days, timescale, compare)
+            return await _measure(pool, devices, days, timescale, compare, breakdown)
         finally:
             await pool.close()
     finally:
@@ -133,7 +180,7 @@ async def measure(name: str, devices: int, days: int, timescale: bool, compare: 
 
 
 async def _measure(pool: AsyncConnectionPool, devices: int, days: int, timescale: bool,
-                   compare: bool) -> dict[str, float]:
+                   compare: bool, breakdown: bool) -> dict[str, float]:
     await migrate(pool)
     if timescale:  # the bench compresses explicitly, at a known moment
         async with pool.connection() as conn:
@@ -148,6 +195,17 @@ async def _measure(pool: AsyncConnectionPool, devices: int, days: int, timescale
         await conn.execute("VACUUM ANALYZE session_points")
     out["event_bytes"] = await table_bytes(pool, "events", timescale) / n_events
     out["point_bytes"] = await table_bytes(pool, "session_points", timescale) / n_points
+    if breakdown:
+        out |= await where_bytes_go(pool, "events", n_events, timescale)
+        out |= await where_bytes_go(pool, "session_points", n_points, timescale)
+    if not timescale:  # finished months get their indexes rebuilt compactly (storage/retention_pack.py)
+        t0 = time.perf_counter()
+        await pack_finished_months(pool, START + timedelta(days=days + 31) + SETTLE)
+        out["pack_s"] = time.perf_counter() - t0
+        out["event_bytes_packed"] = await table_bytes(pool, "events", timescale) / n_events
+        if breakdown:
+            out |= {f"{k} (packed)": v for k, v in (await where_bytes_go(pool, "events", n_events, False)).items()
+                    if ".index " in k}
     if timescale:
         t0 = time.perf_counter()
         for table in ("events", "session_points"):
@@ -155,6 +213,8 @@ async def _measure(pool: AsyncConnectionPool, devices: int, days: int, timescale
         out["compress_s"] = time.perf_counter() - t0
         out["event_bytes_compressed"] = await table_bytes(pool, "events", True) / n_events
         out["point_bytes_compressed"] = await table_bytes(pool, "session_points", True) / n_points
+        if breakdown:
+            out |= await compressed_parts(pool, "events", n_events)
         async with pool.connection() as conn:
             await conn.execute("ANALYZE events")
             await conn.execute("ANALYZE session_points")
@@ -198,12 +258,14 @@ async def queries(pool: AsyncConnectionPool, devices: int, days: int) -> dict[st
     month = Period(start=START, end=START + timedelta(days=min(days, 31)), label="2026-01")
     accounts = [f"acc-{rng.randrange(devices // 2):06d}" for _ in range(200)]
     times: list[float] = []
+    cpu_times: list[float] = []  # this process's CPU: on a loaded machine, wall time is mostly waiting
     sql_times: list[float] = []
     async with pool.connection() as conn:
         for account in accounts:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             points = await usage_points(conn, account, month)
             times.append((time.perf_counter() - start) * 1000)
+            cpu_times.append((time.process_time() - cpu) * 1000)
             assert points, account
             start = time.perf_counter()  # the same read summed in the database: its share without the transfer
             await (await conn.execute(BILLING_SQL, (account, month.start, month.end))).fetchone()
@@ -214,6 +276,8 @@ async def queries(pool: AsyncConnectionPool, devices: int, days: int) -> dict[st
                                            bucket=Bucket.DAY, since=since, until=until), 20)
         raw = await timed(lambda: conn.execute(RAW_DAILY, (since, until, since, until)), 3)
     return {"billing_p50_ms": percentile(times, 50), "billing_p99_ms": percentile(times, 99),
+            "billing_client_cpu_p50_ms": percentile(cpu_times, 50),
+            "billing_client_cpu_p99_ms": percentile(cpu_times, 99),
             "billing_db_p50_ms": percentile(sql_times, 50), "billing_db_p99_ms": percentile(sql_times, 99),
             "fleet30_p50_ms": statistics.median(fleet), "fleet30_p99_ms": percentile(fleet, 99),
             "fleet30_raw_ms": statistics.median(raw)}
@@ -259,12 +323,12 @@ def report(name: str, figures: dict[str, float]) -> None:
         print(f"  {key:50s} {value:14.2f}" if isinstance(value, float) else f"  {key:50s} {value:14d}")
 
 
-async def main(devices: int, days: int, only: str | None, compare: bool) -> None:
+async def main(devices: int, days: int, only: str | None, compare: bool, breakdown: bool) -> None:
     print(f"fleet: {devices} meters x {days} days x 96 readings = {devices * days * 96:,} events "
           f"(and as many session points), from {START.date()}")
     for name, timescale in (("plain", False), ("timescale", True)):
         if only in (None, name):
-            report(name, await measure(name, devices, days, timescale, compare))
+            report(name, await measure(name, devices, days, timescale, compare, breakdown))
 
 
 if __name__ == "__main__":
@@ -273,5 +337,6 @@ if __name__ == "__main__":
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--only", choices=["plain", "timescale"])
     parser.add_argument("--no-compare", action="store_true", help="skip the other compression settings")
+    parser.add_argument("--breakdown", action="store_true", help="bytes per row of each index and column")
     ns = parser.parse_args()
-    asyncio.run(main(ns.devices, ns.days, ns.only, not ns.no_compare))
+    asyncio.run(main(ns.devices, ns.days, ns.only, not ns.no_compare, ns.breakdown))

@@ -46,6 +46,7 @@ from usagehub.storage.pool import open_pool
 from usagehub.storage.queries import Reads
 from usagehub.storage.registry import DeviceDirectorySql, KnownDevices, Registry
 from usagehub.storage.retention import set_event_retention
+from usagehub.storage.retention_pack import pack_daily
 from usagehub.web.app import create_app
 
 log = logging.getLogger(__name__)
@@ -313,6 +314,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     hub.background.append(asyncio.create_task(prune_quarantine_hourly(hub), name="quarantine-retention"))
     hub.background.append(asyncio.create_task(hub.keys.listen(), name="api-key-revocations"))
     hub.background.append(asyncio.create_task(hub.pipeline.partitions.run(), name="partitions-ahead"))
+    hub.background.append(asyncio.create_task(pack_daily(hub.pool), name="events-pack"))
     hub.background.append(asyncio.create_task(daily_analytics(hub, services.analytics), name="analytics-daily"))
     hub.background += hub.prepaid.start() if hub.prepaid is not None else []
     adapter_tasks = [asyncio.create_task(keep_serving(a, sink, rebound[n], detail=n) if n in rebound else a.run(sink),
