@@ -159,11 +159,11 @@ def glue(url: str, port: int, msgs: list[Msg]) -> float:
         asyncio.run(forget_session(port, "baseline-batch"))
 
 
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of a process and its live descendants."""
+def tree_cpu_s(pid: int, *, children: bool = True) -> float:
+    """CPU seconds (user + system) of a process and (unless told otherwise) its live descendants."""
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        procs = [root, *(root.children(recursive=True) if children else [])]
     except psutil.NoSuchProcess:
         return 0.0
     total = 0.0
@@ -189,7 +189,7 @@ def profiler(pid: int) -> subprocess.Popen[bytes] | None:
     if not out:
         return None
     return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-                             "--nonblocking", "--output", out], stdout=subprocess.DEVNULL)
+                             "--nonblocking", "--subprocesses", "--output", out], stdout=subprocess.DEVNULL)
 
 
 def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path) -> tuple[float, int, float, float, Truth]:
@@ -208,7 +208,7 @@ def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path) -> tuple[flo
     try:
         wait_rows(url, "SELECT count(*) FROM quarantine", HUB_PROBE, port)  # subscribed
         spy = profiler(proc.pid)
-        hub0, pg0 = tree_cpu_s(proc.pid), postgres_cpu_s(url)
+        hub0, pg0, own0 = tree_cpu_s(proc.pid), postgres_cpu_s(url), tree_cpu_s(proc.pid, children=False)
         t0 = time.time()
         asyncio.run(publish(msgs, port))
         distinct = len(set(msgs))  # one identity (device, seq or id) per distinct message
@@ -222,9 +222,11 @@ def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path) -> tuple[flo
             time.sleep(0.2)
         billed_at = time.time()
         hub_cpu, pg_cpu = tree_cpu_s(proc.pid) - hub0, postgres_cpu_s(url) - pg0
+        own_cpu = tree_cpu_s(proc.pid, children=False) - own0
         print(f"  hub: all stored after {stored_at - t0:.1f} s, all billed after {billed_at - t0:.1f} s")
         last = count(url, "SELECT count(*) FROM events")
-        print(f"  hub CPU (with its session workers) {1e6 * hub_cpu / last:.0f} us/event, "
+        print(f"  hub CPU {1e6 * own_cpu / last:.0f} us/event (with its session workers "
+              f"{1e6 * hub_cpu / last:.0f}), "
               f"PostgreSQL CPU {1e6 * pg_cpu / last:.0f} us/event")
         with psycopg.connect(url) as conn:
             row = conn.execute("SELECT extract(epoch FROM max(ingested_at)) FROM events").fetchone()

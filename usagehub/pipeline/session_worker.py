@@ -31,9 +31,12 @@ class SessionWorker:
     """Replays the session queue until cancelled: rounds of ``accounts_per_round`` accounts."""
 
     def __init__(self, pool: AsyncConnectionPool, engine: SessionEngine, *, accounts_per_round: int = 32,
-                 idle_s: float = 0.1, lock_timeout_ms: int = 5000) -> None:
+                 idle_s: float = 0.1, coalesce_s: float = 0.5, lock_timeout_ms: int = 5000) -> None:
+        """``coalesce_s``: after a round that emptied the queue, wait this long so that the next round finds
+        more points per segment (a segment replayed once for many batches, not once per batch)."""
         self.pool, self.engine = pool, engine
         self.accounts_per_round, self.idle_s, self.lock_timeout_ms = accounts_per_round, idle_s, lock_timeout_ms
+        self.coalesce_s = coalesce_s
         self.replayed = 0  # segments replayed since start
 
     async def round(self) -> int:
@@ -61,6 +64,8 @@ class SessionWorker:
                 delay = min(delay * 2, 10.0)
             if not done:
                 await asyncio.sleep(delay)
+            elif self.engine.last_claimed < self.accounts_per_round:  # caught up: let the queue fill a little
+                await asyncio.sleep(self.coalesce_s)
 
     async def drain(self) -> int:
         """Replay until the queue is empty (tests, shutdown); the segments replayed."""

@@ -61,6 +61,7 @@ class SessionEngine:
         # Deferred: ingest queues the touched segments (storage.session_queue) and session workers replay
         # them (pipeline.session_worker); set by a hub that runs session workers. Inline otherwise.
         self.defer = False
+        self.last_claimed = 0  # accounts claimed by the last replay_queued
 
     def refresh(self) -> None:
         """Idle timeouts and product units from the profiles in force (they can change while the hub runs)."""
@@ -136,9 +137,10 @@ class SessionEngine:
         """Replay queued segments of up to ``limit`` accounts in this transaction; the segments replayed."""
         self.refresh()
         rows = await claim(conn, limit=limit, accounts=accounts, skip_locked=skip_locked)
+        claimed = {a for a, _, _ in rows}
+        self.last_claimed = len(claimed)
         if not rows:
             return 0
-        claimed = {a for a, _, _ in rows}
         await lock_accounts(conn, claimed)
         zones = {a: ZoneInfo(z) for a, z in (await zones_of(conn, claimed)).items()}
         changed: defaultdict[tuple[str, str], list[datetime]] = defaultdict(list)
