@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.ingest import Broker, count, wait_count  # noqa: E402
 from bench.rawpub import publish  # noqa: E402
-from bench.soak import Fleet, free_port, seed, wait_ready  # noqa: E402
+from bench.soak import Fleet, free_port, seed  # noqa: E402
 from usagehub.storage.embedded import embedded_database_url  # noqa: E402
 
 # Runs the hub under tracemalloc; SIGUSR1 writes the top live allocation sites to $TRACE_OUT.
@@ -39,12 +39,13 @@ import os, signal, sys, tracemalloc
 tracemalloc.start(8)
 def dump(*_):
     snap = tracemalloc.take_snapshot()
-    with open(os.environ["TRACE_OUT"], "w") as f:
+    with open(os.environ["TRACE_OUT"] + ".part", "w") as f:
         cur, peak = tracemalloc.get_traced_memory()
         f.write(f"traced now {cur / 2**20:.1f} MB, peak {peak / 2**20:.1f} MB\\n")
         for stat in snap.statistics("traceback")[:12]:
             f.write(f"{stat.size / 2**20:8.2f} MB in {stat.count} blocks\\n")
             f.write("\\n".join("    " + line for line in stat.traceback.format()[-8:]) + "\\n")
+    os.replace(os.environ["TRACE_OUT"] + ".part", os.environ["TRACE_OUT"])
 signal.signal(signal.SIGUSR1, dump)
 sys.argv = ["usagehub", *sys.argv[1:]]
 from usagehub.runtime.cli.main import main
@@ -52,6 +53,23 @@ main()
 """
 
 STORED = "SELECT coalesce(sum(messages), 0) FROM ingest_totals"
+
+
+def wait_ready(port: int, hub: subprocess.Popen[bytes], timeout: float = 600) -> None:
+    """Until /readyz answers 200 (a hub under tracemalloc on a busy machine starts slowly)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if hub.poll() is not None:
+            raise RuntimeError(f"hub exited with {hub.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("hub not ready")
 
 
 def rss_mb(proc: psutil.Process) -> float:
@@ -106,10 +124,9 @@ def main() -> None:
               f"(kept {after - idle:+.0f})", flush=True)
         if args.trace:
             hub.send_signal(signal.SIGUSR1)
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 300
             while time.monotonic() < deadline and not trace_out.exists():
                 time.sleep(0.2)
-            time.sleep(1)
             print(trace_out.read_text() if trace_out.exists() else "no tracemalloc dump", flush=True)
     finally:
         hub.terminate()
