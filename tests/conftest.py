@@ -43,12 +43,42 @@ def require_timescale() -> None:
 def _embedded_server(timescale: bool) -> str:
     folder = Path(tempfile.mkdtemp(prefix="usagehub-test-ts-" if timescale else "usagehub-test-pg-"))
     os.chmod(folder, 0o755)
-    return embedded_database_url(folder, timescale=timescale)
+    url = embedded_database_url(folder, timescale=timescale)
+    # A throwaway server: no test survives an OS crash, so flushing to disk buys nothing and costs seconds per
+    # CREATE DATABASE and commit on a busy disk. Killed hubs and a killed server (test_chaos: its own server)
+    # lose nothing either way: what was written is in the OS page cache.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET fsync = off")
+        conn.execute("ALTER SYSTEM SET full_page_writes = off")
+        conn.execute("SELECT pg_reload_conf()")
+    return url
 
 
 def timescale_mode() -> bool:
     """Whether this run's main server preloads TimescaleDB (USAGEHUB_TEST_TIMESCALE=1)."""
     return os.environ.get("USAGEHUB_TEST_TIMESCALE", "") not in ("", "0")
+
+
+# Fixtures through which a test reaches this run's main server (the one USAGEHUB_TEST_TIMESCALE switches).
+_MAIN_SERVER_FIXTURES = frozenset({"pg_server_url", "template_db", "database_url", "pool"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In the TimescaleDB pass, leave out integration tests that never reach the main server.
+
+    They start their own peers (embedded hubs, an external PostgreSQL, snmpd, coap…) and would run exactly
+    as in the plain pass: rerunning them tests nothing new and costs minutes (.ci/run).
+    """
+    if not timescale_mode():
+        return
+    integration = ROOT / "tests" / "integration"
+    kept, left = [], []
+    for item in items:
+        reaches = _MAIN_SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        (left if integration in item.path.parents and not reaches else kept).append(item)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")

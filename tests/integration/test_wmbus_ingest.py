@@ -13,7 +13,7 @@ from tests.conftest import Mosquitto
 from tests.core.codecs.wmbus_vectors import mode5_telegram
 from tests.integration.hubproc import HubProcess, usagehub
 from tests.integration.test_mqtt_e2e import publish, wait_for
-from tests.peers import free_port
+from tests.peers import free_port, time_scale
 from usagehub.core.codecs.keyring import KeySealer
 
 pytestmark = pytest.mark.integration
@@ -118,7 +118,7 @@ def _ingest(hub: HubProcess, admin: str, mosquitto: Mosquitto, tcp_port: int, tm
 def _key_added_while_running(hub: HubProcess, admin: str, mosquitto: Mosquitto, database_url: str) -> None:
     """The quarantined telegram of 45678901 decodes on replay once its key is stored (no restart)."""
     _store_sealed(database_url, "45678901", KEY_A)
-    time.sleep(1.5)  # the hub reloads sealed keys every device_key_refresh_s
+    time.sleep(1.5 * time_scale())  # the hub reloads sealed keys every device_key_refresh_s (0.5 s); load slows it
     items = hub.graphql("{ quarantine(first: 5) { edges { node { id } } } }", admin)["data"]["quarantine"]["edges"]
     replayed = hub.graphql("mutation($ids: [ID!]!) { replayQuarantine(ids: $ids) { outcome reason } }", admin,
                            ids=[e["node"]["id"] for e in items])["data"]["replayQuarantine"]

@@ -119,6 +119,7 @@ class Pipeline:
         while True:
             batch = await self._collect()
             self._inflight = asyncio.ensure_future(self._commit_with_retry(batch))
+            del batch  # while the next batch is awaited, the last one (maybe large messages) must not stay alive
             await asyncio.shield(self._inflight)
 
     async def _load_totals(self) -> None:

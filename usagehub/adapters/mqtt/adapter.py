@@ -122,6 +122,8 @@ class MqttAdapter:
             future = await sink.submit(raw)
             if message.qos:
                 future.add_done_callback(functools.partial(_ack_when_stored, acks, message))
+            # While the loop waits for the next message, the last one (maybe many MB) must not stay alive here.
+            del message, payload, raw, future
 
 
 def _ack_when_stored(acks: ManualAck, message: aiomqtt.Message, future: asyncio.Future[Receipt]) -> None:
