@@ -224,6 +224,7 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
     after = first.start if first else todo[0] - segment
     exhausted, force = False, True
     entry = first.entry if first else EMPTY
+    visited: datetime | None = None  # the last segment the walk reached
     while True:
         while len(queue) < 2 and not exhausted:
             page: list[Mark] = yield MarksAfter(after, _PAGE)
@@ -234,7 +235,7 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
         starts = ([queue[0].start] if queue else []) + todo[:1]
         if not starts:
             break
-        s = min(starts)
+        s = visited = min(starts)
         m = queue.pop(0) if queue and queue[0].start == s else None
         changed_here = bool(todo) and todo[0] == s
         if changed_here:
@@ -257,9 +258,12 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
         force = False
         points: list[Point] = yield PointsIn(s, s + segment)
         entry = out.replay(s, m, entry, points, last)
-    if not out.finished:
-        # The last segment lost all its points: finish after the last mark that remains.
-        before = max(out.result.dropped) - timedelta(microseconds=1)
+    if not out.finished and (out.result.dropped or visited is not None):
+        # The last segment lost all its points (or, with deferred sessions, a changed segment not walked yet
+        # holds none): finish after the last mark that remains before it.
+        anchor = max(out.result.dropped) if out.result.dropped else visited
+        assert anchor is not None
+        before = anchor - timedelta(microseconds=1)
         tail: Mark | None = yield MarkBefore(before)
         while tail is not None and tail.start in out.result.dropped:
             tail = yield MarkBefore(tail.start - timedelta(microseconds=1))

@@ -17,6 +17,7 @@ from usagehub.adapters.dlms import metrics
 from usagehub.adapters.dlms.client import PollFailed, Reading, Target, control, poll
 from usagehub.adapters.dlms.config import DlmsConfig
 from usagehub.adapters.dlms.state import StateStore
+from usagehub.adapters.polling import reconcile_tasks
 from usagehub.core.codecs.dlms_poll import DlmsPollOptions, encode_payload
 from usagehub.core.events import RawMessage
 from usagehub.core.profiles import Profile
@@ -123,15 +124,7 @@ class DlmsAdapter:
         for profile_id in self.plans:
             for endpoint in await self.settings.devices.endpoints(profile_id):
                 wanted[endpoint.device_id] = endpoint
-        for device_id in list(self._tasks):
-            endpoint, task = self._tasks[device_id]
-            if wanted.get(device_id) != endpoint:
-                task.cancel()
-                del self._tasks[device_id]
-        for device_id, endpoint in wanted.items():
-            if device_id not in self._tasks:
-                task = asyncio.create_task(self._device_loop(endpoint, sink), name=f"dlms-poll:{device_id}")
-                self._tasks[device_id] = (endpoint, task)
+        reconcile_tasks(self._tasks, wanted, lambda endpoint: self._device_loop(endpoint, sink), "dlms-poll")
 
     async def _device_loop(self, endpoint: DeviceEndpoint, sink: Sink) -> None:
         assert endpoint.profile_id is not None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from usagehub.adapters.base import DeviceDirectory, DeviceEndpoint, Sink
+from usagehub.adapters.polling import reconcile_tasks
 from usagehub.adapters.snmp import metrics
 from usagehub.adapters.snmp.config import SnmpConfig
 from usagehub.adapters.snmp.credentials import CredentialError, auth_data
@@ -75,15 +76,7 @@ class PollScheduler:
         for profile_id in self._plans:
             for endpoint in await self._directory.endpoints(profile_id):
                 wanted[endpoint.device_id] = endpoint
-        for device_id in list(self._tasks):
-            endpoint, task = self._tasks[device_id]
-            if wanted.get(device_id) != endpoint:
-                task.cancel()
-                del self._tasks[device_id]
-        for device_id, endpoint in wanted.items():
-            if device_id not in self._tasks:
-                task = asyncio.create_task(self._device_loop(endpoint, sink), name=f"snmp-poll:{device_id}")
-                self._tasks[device_id] = (endpoint, task)
+        reconcile_tasks(self._tasks, wanted, lambda endpoint: self._device_loop(endpoint, sink), "snmp-poll")
 
     async def _device_loop(self, endpoint: DeviceEndpoint, sink: Sink) -> None:
         assert endpoint.profile_id is not None
