@@ -51,8 +51,18 @@ class Device:
             queue.put_nowait(orjson.loads(m.payload))
 
     async def ask(self, operation: str, payload: bytes) -> dict[str, Any]:
+        """Publish a request and return its answer: the one carrying its ``req`` (answers are at least once,
+        so a repeated answer to an earlier request may still be on its way and is skipped)."""
+        try:
+            req = orjson.loads(payload).get("req")
+        except (orjson.JSONDecodeError, AttributeError):
+            req = None
         await self.client.publish(f"prepaid/{self.device_id}/{operation}", payload, qos=1)
-        return await asyncio.wait_for(self.answers.get(), 10)
+        async with asyncio.timeout(10):
+            while True:
+                answer = await self.answers.get()
+                if answer.get("req") == req:
+                    return answer
 
 
 @contextlib.asynccontextmanager
