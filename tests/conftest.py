@@ -21,6 +21,11 @@ from usagehub.storage.embedded_timescale import timescale_installed
 from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
 
+# Hubs started by tests recompute sessions inside each batch (one process per hub): dozens of hubs, each with
+# a session worker child, overload a 2-core CI machine. The session workers have their own tests
+# (tests/storage/test_session_queue.py, tests/integration/test_session_workers.py pass --session-workers 1).
+os.environ.setdefault("USAGEHUB_SESSION_WORKERS", "0")
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 
