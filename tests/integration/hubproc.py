@@ -37,9 +37,10 @@ class HubProcess:
     def settings(self) -> list[str]:
         return ["--database-url", self.database_url, "--mqtt-url", self.mqtt_url, "--data-dir", str(self.data_dir)]
 
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float = 30, *, attempt: int = 0) -> None:
         timeout *= time_scale()  # a loaded machine starts (and drains a resumed backlog) slower
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        logged = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("a") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "usagehub", "serve", *self.settings, "--http-port", str(self.port),
@@ -48,6 +49,12 @@ class HubProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            if "address already in use" in self.log.read_text()[logged:] and attempt < 3:
+                # free_port() released the port, and an outgoing connection took it as its local port before
+                # the hub bound it: start again on another port.
+                self.kill()
+                self.port = free_port()
+                return self.start(timeout / time_scale(), attempt=attempt + 1)
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=0.5).status_code == 200:
                     return
