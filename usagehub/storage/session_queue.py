@@ -28,7 +28,12 @@ async def queue_segments(conn: Connection, rows: Iterable[Queued]) -> None:
         await conn.execute(
             "INSERT INTO session_queue (account_id, service, seg_start) "
             "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) ON CONFLICT DO NOTHING",
-            ([a for a, _, _ in items], [s for _, s, _ in items], [t for _, _, t in items]))
+            _columns(items))
+
+
+def _columns(items: list[Queued]) -> tuple[list[str], list[str], list[datetime]]:
+    """The accounts, services and segment starts of ``items`` as three arrays (for ``unnest``)."""
+    return [a for a, _, _ in items], [s for _, s, _ in items], [t for _, _, t in items]
 
 
 async def claim(conn: Connection, *, limit: int | None, accounts: list[str] | None = None,
@@ -56,8 +61,7 @@ async def finish(conn: Connection, rows: Iterable[Queued]) -> None:
     if items:
         await conn.execute(
             "DELETE FROM session_queue q USING unnest(%s::text[], %s::text[], %s::timestamptz[]) AS d(a, s, t) "
-            "WHERE q.account_id = d.a AND q.service = d.s AND q.seg_start = d.t",
-            ([a for a, _, _ in items], [s for _, s, _ in items], [t for _, _, t in items]))
+            "WHERE q.account_id = d.a AND q.service = d.s AND q.seg_start = d.t", _columns(items))
 
 
 async def queued_accounts(conn: Connection, *, tenant: str, account_id: str | None) -> list[str]:
