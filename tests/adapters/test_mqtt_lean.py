@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
+import aiomqtt
 import pytest
 from paho.mqtt import client as paho_client
 from paho.mqtt.exception import MQTTException
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tests.conftest import Mosquitto
 from usagehub.adapters.mqtt import lean
 
 
@@ -35,6 +38,20 @@ def test_shared_tables_decode_what_paho_decodes() -> None:
     empty, _ = lean.SharedTableProperties(PacketTypes.PUBLISH).unpack(b"\x00")
     assert empty.json() == {}
     assert not hasattr(empty, "ResponseTopic")
+
+
+def test_clear_and_is_empty_as_pahos() -> None:
+    packed = _publish_properties()
+    ours, _ = lean.SharedTableProperties(PacketTypes.PUBLISH).unpack(packed)
+    paho, _ = Properties(PacketTypes.PUBLISH).unpack(packed)  # type: ignore[no-untyped-call]
+    assert ours.isEmpty() is paho.isEmpty() is False
+    ours.clear()
+    paho.clear()  # type: ignore[no-untyped-call]
+    assert ours.isEmpty() is paho.isEmpty() is True
+    assert ours.json() == paho.json() == {}
+    assert ours.packetType == PacketTypes.PUBLISH
+    again, _ = ours.unpack(packed)  # an instance unpacked twice holds the second packet's properties once
+    assert again.UserProperty == [("tenant", "a"), ("tenant", "b")]
 
 
 def test_shared_tables_refuse_what_paho_refuses() -> None:
@@ -77,3 +94,25 @@ def test_install_swaps_the_classes_paho_uses() -> None:
     client = paho_client.Client(paho_client.CallbackAPIVersion.VERSION2, protocol=paho_client.MQTTv5)
     lean.lean_client(client)
     assert isinstance(client._on_message_filtered, lean.FilteredCallbacks)
+
+
+async def test_queued_first_messages_against_mosquitto(mosquitto: Mosquitto) -> None:
+    """Every message once, in order (queued ones taken directly), then the disconnect error as aiomqtt's."""
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="lean-sub") as sub, \
+            aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="lean-pub") as pub:
+        await sub.subscribe("lean/#", qos=1)
+        for i in range(300):
+            await pub.publish("lean/t", str(i).encode(), qos=1)
+        iterator = lean.messages(sub)
+        assert isinstance(iterator, lean.QueuedFirstMessages)
+        got = []
+        async with asyncio.timeout(20):
+            async for message in iterator:
+                got.append(int(bytes(message.payload)))  # type: ignore[arg-type]
+                if len(got) == 300:
+                    break
+        assert got == list(range(300))
+        mosquitto.stop()  # the broker goes: the iterator ends with aiomqtt's error, not a hang
+        with pytest.raises(aiomqtt.MqttError):
+            async with asyncio.timeout(20):
+                await anext(iterator)

@@ -30,6 +30,11 @@ class FieldPath:
         """The value at this path, or ``MISSING`` when any step is absent."""
         node = document
         for step in self.steps:
+            if type(node) is dict and type(step) is str:  # the common case (JSON objects), without ABC checks
+                node = node.get(step, _MISSING)
+                if node is _MISSING:
+                    return _MISSING
+                continue
             if isinstance(step, int):
                 if not isinstance(node, Sequence) or isinstance(node, str | bytes) or step >= len(node):
                     return _MISSING

@@ -4,6 +4,11 @@ A batch is written in one transaction — new events (identity-checked), what
 later stages derive from them (batch hooks: usage, sessions, balances) and the
 quarantine rows — and only after COMMIT does each submitter's future resolve,
 which is when adapters acknowledge their senders.
+
+Messages are spread over ``commit_lanes`` lanes by sender (device, else topic), each
+with its own queue and one batch in flight, so one lane's Python work overlaps the
+other's round trips to PostgreSQL. Lanes take their locks in one order (devices,
+meters, accounts, balances; each sorted), as two hubs on one database do.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +73,19 @@ class PipelineSettings:
     stall_after_s: float = 30.0
     totals_node: str = "hub"  # the row of ingest_totals this pipeline adds to
     trim_after_bytes: int = 1 << 20  # after a batch this large, freed memory goes back to the OS
+    commit_lanes: int = 2  # batches in flight at once, one per lane; messages of one sender share a lane
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One queue of messages and the batch of it being committed."""
+
+    index: int
+    queue: asyncio.Queue[_Item]
+    totals_node: str
+    inflight: asyncio.Future[None] | None = None
+    pending: list[_Item] = field(default_factory=list)  # taken off the queue when a cancel arrived
+    waiting_since: float | None = None  # monotonic time since messages wait with no commit
 
 
 class Pipeline:
@@ -76,24 +95,24 @@ class Pipeline:
                  settings: PipelineSettings | None = None) -> None:
         self.pool, self.profiles, self.devices = pool, profiles, devices
         self.settings = settings or PipelineSettings()
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(self.settings.queue_max_messages)
+        lanes = max(1, self.settings.commit_lanes)
+        self._lanes = [_Lane(i, asyncio.Queue(max(1, self.settings.queue_max_messages // lanes)),
+                             self.settings.totals_node if i == 0 else f"{self.settings.totals_node}/{i}")
+                       for i in range(lanes)]
         self.partitions = Partitions(pool)
         self.hooks: list[BatchHook] = []
         self.listeners: list[Listener] = []
         self.totals = {"messages": 0, "accepted": 0, "duplicates": 0, "quarantined": 0, "batches": 0}
-        self._inflight: asyncio.Future[None] | None = None
-        self._pending: list[_Item] = []  # taken off the queue when a cancel arrived
         self._in_counters: dict[str, Any] = {}
         self.identity = Entitlements(pool, profiles)
         self._totals_loaded = False
-        self._waiting_since: float | None = None  # monotonic time since messages wait with no commit
         metrics.COMMIT_WAIT.set_function(self.commit_wait_s)
         metrics.STALLED.set_function(lambda: float(self.stalled))
 
     def commit_wait_s(self) -> float:
         """Seconds messages have waited with no commit in between (0 when nothing waits)."""
-        since = self._waiting_since
-        return 0.0 if since is None else time.monotonic() - since
+        waiting = [lane.waiting_since for lane in self._lanes if lane.waiting_since is not None]
+        return time.monotonic() - min(waiting) if waiting else 0.0
 
     @property
     def stalled(self) -> bool:
@@ -103,9 +122,11 @@ class Pipeline:
     async def submit(self, message: RawMessage) -> asyncio.Future[Receipt]:
         """Enqueue ``message``; the future resolves with its receipt after the batch commits."""
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        if self._waiting_since is None:
-            self._waiting_since = time.monotonic()
-        await self._queue.put(_Item(message, future))
+        lanes = self._lanes
+        lane = lanes[0] if len(lanes) == 1 else lanes[lane_of(message, len(lanes))]
+        if lane.waiting_since is None:
+            lane.waiting_since = time.monotonic()
+        await lane.queue.put(_Item(message, future))
         counter = self._in_counters.get(message.transport)
         if counter is None:
             counter = self._in_counters[message.transport] = metrics.MESSAGES_IN.labels(message.transport)
@@ -116,11 +137,20 @@ class Pipeline:
         """Commit batches until cancelled; on cancel, the batch in hand is finished first."""
         memory.bound_heap()  # large messages get their own mappings, returned when freed
         await self._load_totals()
+        if len(self._lanes) == 1:
+            await self._run_lane(self._lanes[0])
+            return
+        async with asyncio.TaskGroup() as group:
+            for lane in self._lanes:
+                group.create_task(self._run_lane(lane), name=f"pipeline-lane-{lane.index}")
+
+    async def _run_lane(self, lane: _Lane) -> None:
         while True:
-            batch = await self._collect()
-            self._inflight = asyncio.ensure_future(self._commit_with_retry(batch))
+            batch = await self._collect(lane)
+            # Its own task: the batch hooks' per-batch state (context variables) stays with this batch.
+            lane.inflight = asyncio.ensure_future(self._commit_with_retry(lane, batch))
             del batch  # while the next batch is awaited, the last one (maybe large messages) must not stay alive
-            await asyncio.shield(self._inflight)
+            await asyncio.shield(lane.inflight)
 
     async def _load_totals(self) -> None:
         """Continue the durable totals (ingestStats, /metrics) from the database (once per pipeline)."""
@@ -139,32 +169,39 @@ class Pipeline:
 
     async def drain(self) -> None:
         """Commit everything received so far (at shutdown, after adapters stop and ``run`` is cancelled)."""
-        if self._inflight is not None:
-            await asyncio.gather(self._inflight, return_exceptions=True)
-        if self._pending:
-            batch, self._pending = self._pending, []
-            await self._commit_with_retry(batch)
-        while not self._queue.empty():
-            batch = [self._queue.get_nowait() for _ in range(min(self._queue.qsize(),
-                                                                self.settings.batch_max_messages))]
-            await self._commit_with_retry(batch)
+        await asyncio.gather(*(self._drain_lane(lane) for lane in self._lanes))
 
-    async def _collect(self) -> list[_Item]:
-        first = await self._queue.get()
+    async def _drain_lane(self, lane: _Lane) -> None:
+        if lane.inflight is not None:
+            await asyncio.gather(lane.inflight, return_exceptions=True)
+        if lane.pending:
+            batch, lane.pending = lane.pending, []
+            await self._commit_with_retry(lane, batch)
+        queue = lane.queue
+        while not queue.empty():
+            batch = [queue.get_nowait() for _ in range(min(queue.qsize(), self.settings.batch_max_messages))]
+            await self._commit_with_retry(lane, batch)
+
+    def queue_depth(self) -> int:
+        """Messages received and not yet taken into a batch."""
+        return sum(lane.queue.qsize() for lane in self._lanes)
+
+    async def _collect(self, lane: _Lane) -> list[_Item]:
+        first = await lane.queue.get()
         batch = [first]
         try:
-            return await self._fill(batch)
+            return await self._fill(lane.queue, batch)
         except asyncio.CancelledError:
-            self._pending = batch  # not lost: drain() commits them
+            lane.pending = batch  # not lost: drain() commits them
             raise
 
-    async def _fill(self, batch: list[_Item]) -> list[_Item]:
+    async def _fill(self, queue: asyncio.Queue[_Item], batch: list[_Item]) -> list[_Item]:
         deadline = time.monotonic() + self.settings.batch_max_wait_ms / 1000
         limit, max_bytes = self.settings.batch_max_messages, self.settings.batch_max_bytes
         size = len(batch[0].message.payload)
         while len(batch) < limit and size < max_bytes:
-            while len(batch) < limit and size < max_bytes and not self._queue.empty():
-                item = self._queue.get_nowait()
+            while len(batch) < limit and size < max_bytes and not queue.empty():
+                item = queue.get_nowait()
                 batch.append(item)
                 size += len(item.message.payload)
             remaining = deadline - time.monotonic()
@@ -172,20 +209,20 @@ class Pipeline:
                 break
             try:
                 async with asyncio.timeout(remaining):
-                    item = await self._queue.get()
+                    item = await queue.get()
             except TimeoutError:
                 break
             batch.append(item)
             size += len(item.message.payload)
-        metrics.QUEUE_DEPTH.set(self._queue.qsize())
+        metrics.QUEUE_DEPTH.set(self.queue_depth())
         return batch
 
-    async def _commit_with_retry(self, batch: list[_Item]) -> None:
+    async def _commit_with_retry(self, lane: _Lane, batch: list[_Item]) -> None:
         delay = 0.2
         while True:
             try:
                 await self._decode(batch)  # asks the registry: a database outage is retried like a commit
-                await self._commit(batch)
+                await self._commit(lane, batch)
                 return
             except StorageUnavailable as err:
                 metrics.BATCH_RETRIES.inc()
@@ -194,19 +231,19 @@ class Pipeline:
                 delay = min(delay * 2, self.settings.retry_max_s)
             except StorageError as err:
                 if len(batch) == 1:
-                    await self._quarantine_after_refusal(batch[0], err)
+                    await self._quarantine_after_refusal(lane, batch[0], err)
                     return
                 # One message the database refuses must not hold back the others: split and retry.
                 half = len(batch) // 2
-                await self._commit_with_retry(batch[:half])
-                await self._commit_with_retry(batch[half:])
+                await self._commit_with_retry(lane, batch[:half])
+                await self._commit_with_retry(lane, batch[half:])
                 return
 
     async def _decode(self, batch: list[_Item]) -> None:
         # The registered profile decodes; readings the sender may not write are quarantined (identity.py).
         await self.identity.decode([item for item in batch if not (item.events or item.quarantine)])
 
-    async def _commit(self, batch: list[_Item]) -> None:
+    async def _commit(self, lane: _Lane, batch: list[_Item]) -> None:
         started = time.perf_counter()
         events = [e for item in batch for e in item.events]
         quarantine = [item.quarantine for item in batch if item.quarantine]
@@ -221,10 +258,10 @@ class Pipeline:
                 for hook in self.hooks:
                     await hook(conn, new_events)
                 q_ids = await insert_quarantine(conn, quarantine)
-                await add_totals(conn, self.settings.totals_node, {
+                await add_totals(conn, lane.totals_node, {
                     "messages": len(batch), "accepted": len(new_keys), "duplicates": len(events) - len(new_keys),
                     "quarantined": len(quarantine), "batches": 1})
-        self._waiting_since = time.monotonic() if not self._queue.empty() else None
+        lane.waiting_since = time.monotonic() if not lane.queue.empty() else None
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(batch))
         self._resolve(batch, new_keys, q_ids)
@@ -267,11 +304,16 @@ class Pipeline:
         for kind, value in totals.items():
             metrics.STORED_TOTAL.labels(kind).set(value)
 
-    async def _quarantine_after_refusal(self, item: _Item, err: StorageError) -> None:
+    async def _quarantine_after_refusal(self, lane: _Lane, item: _Item, err: StorageError) -> None:
         item.quarantine = QuarantineItem(message=item.message, reason="refused by storage", detail=str(err),
                                          device_id=item.events[0].device_id if item.events else None)
         item.events = []
-        await self._commit_with_retry([item])
+        await self._commit_with_retry(lane, [item])
+
+
+def lane_of(message: RawMessage, lanes: int) -> int:
+    """The lane of ``message``: by its authenticated device, else its topic (stable across processes)."""
+    return zlib.crc32((message.meta.get("device_id") or message.topic).encode()) % lanes
 
 
 def _first_claims(events: Sequence[UsageEvent], new_keys: set[EventKey]) -> list[UsageEvent]:

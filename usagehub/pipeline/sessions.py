@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Generator, Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -54,14 +55,20 @@ class SessionEngine:
         self.book = RecordBook({}, self.clock)
         self._version = -1
         self.refresh()
-        # Account-bound points stored by the last absorb (later hooks: prepaid debit); reset every batch.
-        self.last_points: list[Point] = []
+        # Account-bound points stored by this task's last absorb (later hooks: prepaid debit); reset every
+        # batch. A context variable: the pipeline commits batches of several lanes at once, each in its own task.
+        self._last: ContextVar[Sequence[Point]] = ContextVar(f"session-points-{id(self)}", default=())
         self._infos: dict[tuple[str, str], tuple[object, MeterInfo | None]] = {}
         self.points_read = 0  # session points replayed since start (a cost signal for benchmarks and tests)
         # Deferred: ingest queues the touched segments (storage.session_queue) and session workers replay
         # them (pipeline.session_worker); set by a hub that runs session workers. Inline otherwise.
         self.defer = False
         self.last_claimed = 0  # accounts claimed by the last replay_queued
+
+    @property
+    def last_points(self) -> Sequence[Point]:
+        """The account-bound points this task's last absorb stored."""
+        return self._last.get()
 
     def refresh(self) -> None:
         """Idle timeouts and product units from the profiles in force (they can change while the hub runs)."""
@@ -104,7 +111,7 @@ class SessionEngine:
                      instants: Sequence[tuple[UsageEvent, MeterInfo]], *, defer: bool = False) -> None:
         """Allocate and store the points (unbound ones too), recompute touched sessions and their records."""
         self.refresh()
-        self.last_points = []
+        self._last.set(())
         if not entries and not instants:
             return
         devices = {e.device_id for e, _ in entries} | {e.device_id for e, _ in instants}
@@ -125,7 +132,7 @@ class SessionEngine:
             await lock_accounts(conn, {p.account_id for p in bound if p.account_id})
         # Unbound pieces are kept too: a binding registered later re-allocates them (storage.rebind).
         await copy_points(conn, stored)
-        self.last_points = bound
+        self._last.set(bound)
         if defer:  # under the accounts' locks taken above (the queue's lock order)
             await queue_segments(conn, {(p.account_id, p.service, segment_start(p.start))
                                         for p in bound if p.account_id is not None})

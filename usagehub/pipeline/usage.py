@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from contextvars import ContextVar
 
 from usagehub.core.counters import CounterSpec, Reading, UsageEntry, apply_batch, reading_of, simple_entry
 from usagehub.core.counters import wrap_modulus as modulus_of
@@ -18,8 +19,15 @@ class UsageWriter:
 
     def __init__(self, profiles: ProfileSet) -> None:
         self.profiles = profiles
-        # The entries of the last batch, for the next hook (sessions) in the same transaction.
-        self.last_entries: list[tuple[UsageEntry, UsageEvent]] = []
+        # The entries of the batch, for the next hook (sessions) in the same transaction. A context variable:
+        # the pipeline commits batches of several lanes at once, each in its own task.
+        self._last: ContextVar[Sequence[tuple[UsageEntry, UsageEvent]]] = ContextVar(
+            f"usage-entries-{id(self)}", default=())
+
+    @property
+    def last_entries(self) -> Sequence[tuple[UsageEntry, UsageEvent]]:
+        """The entries this task's batch wrote (empty before the first)."""
+        return self._last.get()
 
     def _spec(self, event: UsageEvent) -> CounterSpec:
         meter = self.profiles.by_id[event.profile_id].profile.meters[event.meter]
@@ -37,7 +45,7 @@ class UsageWriter:
                 entries.append((entry, event))
         if registers:
             entries.extend(await self._registers(conn, registers))
-        self.last_entries = entries
+        self._last.set(entries)
         await write_entries(conn, entries)
 
     async def _registers(self, conn: Connection,

@@ -129,7 +129,8 @@ def build_pipeline(config: HubConfig, pool: AsyncConnectionPool, profiles: list[
     profile_set = ProfileSet(profiles, keyring)
     pipeline = Pipeline(pool, profile_set, KnownDevices(pool),
                         PipelineSettings(batch_max_messages=config.batch_max_messages,
-                                         batch_max_wait_ms=config.batch_max_wait_ms))
+                                         batch_max_wait_ms=config.batch_max_wait_ms,
+                                         commit_lanes=config.commit_lanes))
     usage = UsageWriter(profile_set)
     pipeline.hooks.append(usage.apply)
     # Sessions and billing records follow the entries the UsageWriter wrote, in the same transaction.

@@ -109,7 +109,7 @@ class MqttAdapter:
                 await asyncio.gather(pump, return_exceptions=True)
 
     async def _pump(self, client: aiomqtt.Client, acks: ManualAck, sink: Sink) -> None:
-        async for message in client.messages:
+        async for message in lean.messages(client):
             if not self.link.is_up:
                 # A resumed session delivers its backlog before the SUBACK: its subscriptions exist already.
                 self.link.connected(f"{self.config.host}:{self.config.port}, session resumed")

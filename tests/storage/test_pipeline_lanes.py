@@ -1,0 +1,87 @@
+"""Commit lanes: batches of two lanes in flight at once store exactly what one lane stores.
+
+The fleet's meter m1 takes one lane, m2 and the panel ax the other; m1 and ax share account a1, so
+the lanes meet on its locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from tests.storage.test_session_queue import _derived, _fleet, _seed, second_pool  # noqa: F401
+from tests.storage.test_sessions_billing import feed, wired
+from usagehub.core.events import UsageEvent
+from usagehub.pipeline.pipeline import Pipeline, PipelineSettings, lane_of
+from usagehub.storage.pool import Connection
+
+
+def _with_lanes(pool: AsyncConnectionPool, lanes: int) -> Pipeline:
+    pipeline, _ = wired(pool)
+    settings = PipelineSettings(batch_max_wait_ms=5, batch_max_messages=40, commit_lanes=lanes)
+    fresh = Pipeline(pool, pipeline.profiles, pipeline.devices, settings)
+    fresh.hooks = pipeline.hooks
+    return fresh
+
+
+async def _stored(pool: AsyncConnectionPool) -> dict[str, Any]:
+    """What must not depend on how messages fell into batches (entries and walk marks may: a late reading
+    splits a delta into pieces, so only their sums are compared)."""
+    derived = await _derived(pool)
+    out: dict[str, Any] = {"records": derived["records"]}
+    async with pool.connection() as conn:
+        for name, sql in (
+                ("entries", "SELECT device_id, meter, sum(quantity) FROM usage_entries GROUP BY 1, 2 ORDER BY 1, 2"),
+                ("sessions", "SELECT account_id, service, start_ts, end_ts, closed_reason FROM sessions "
+                             "ORDER BY 1, 2, 3"),
+                ("events", "SELECT count(*) FROM events"),
+                ("totals", "SELECT sum(messages), sum(accepted), sum(duplicates), sum(quarantined) "
+                           "FROM ingest_totals")):
+            out[name] = await (await conn.execute(sql)).fetchall()  # type: ignore[arg-type]
+    return out
+
+
+async def test_two_lanes_store_what_one_lane_stores(pool: AsyncConnectionPool,
+                                                      second_pool: AsyncConnectionPool) -> None:  # noqa: F811
+    messages = [m for chunk in _fleet() for m in chunk]
+    await _seed(second_pool)
+    await feed(_with_lanes(second_pool, 1), messages)
+    expected = await _stored(second_pool)
+    await _seed(pool)
+    await feed(_with_lanes(pool, 2), messages)  # all at once: batches of both lanes overlap
+    assert await _stored(pool) == expected
+    assert expected["events"][0][0] > 400 and expected["records"]
+
+
+async def test_lanes_overlap_and_keep_each_device_in_one_lane(pool: AsyncConnectionPool) -> None:
+    await _seed(pool)
+    active: list[set[str]] = []
+    seen_together = 0
+
+    async def slow_hook(conn: Connection, events: Sequence[UsageEvent]) -> None:
+        nonlocal seen_together
+        devices = {e.device_id for e in events}
+        for other in active:
+            assert not other & devices, "one device in two batches in flight"
+            seen_together += 1
+        active.append(devices)
+        try:
+            await asyncio.sleep(0.03)  # as a round trip to the database would
+        finally:
+            active.remove(devices)
+
+    messages = [m for chunk in _fleet() for m in chunk]
+    assert len({lane_of(m, 2) for m in messages}) == 2  # the fleet's devices are spread over both lanes
+    pipeline = _with_lanes(pool, 2)
+    pipeline.hooks = [slow_hook]
+    await feed(pipeline, messages)
+    assert seen_together > 0  # the two lanes' batches were in flight at the same time
+
+    single = _with_lanes(pool, 1)
+    single.hooks = [slow_hook]
+    seen_together = 0
+    await feed(single, messages)
+    assert seen_together == 0
