@@ -21,6 +21,8 @@ SPLIT_QUANTUM = Decimal("0.000000001")
 
 def ensure_aware(ts: datetime) -> datetime:
     """``ts`` in UTC; a naive datetime is a programming error, never guessed."""
+    if ts.tzinfo is UTC:  # the common case, as stored and decoded
+        return ts
     if ts.tzinfo is None or ts.utcoffset() is None:
         raise ValueError(f"naive datetime {ts!r}: every time in usagehub carries a zone")
     return ts.astimezone(UTC)

@@ -114,8 +114,8 @@ class QueuedFirstMessages(aiomqtt.client.MessagesIterator):
 
     async def __anext__(self) -> aiomqtt.Message:
         client = self._client
-        queue = client._queue  # noqa: SLF001
-        if not queue.empty() and not client._disconnected.done():  # noqa: SLF001
+        queue = client._queue
+        if not queue.empty() and not client._disconnected.done():
             return queue.get_nowait()
         return await super().__anext__()
 

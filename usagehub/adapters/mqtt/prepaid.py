@@ -92,7 +92,7 @@ class PrepaidMqtt:
             self.client = client
             self.connected.set()
             self.link.connected(f"{self.config.host}:{self.config.port}, answering {', '.join(self.filters())}")
-            async for message in client.messages:
+            async for message in lean.messages(client):
                 await self._slots.acquire()  # bounded concurrency: a flood cannot exhaust memory
                 task = asyncio.create_task(self._answer(client, message))
                 self._tasks.add(task)
