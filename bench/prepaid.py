@@ -53,11 +53,25 @@ def setup_db(server: str, tmp: Path) -> str:
     (tmp / "seed.yaml").write_text("\n".join(lines) + "\n")
     run("seed", str(tmp / "seed.yaml"), "--database-url", url)
     asyncio.run(load_plan(url))
-    with psycopg.connect(url, autocommit=True) as conn:
-        for i in range(ACCOUNTS):
-            conn.execute("INSERT INTO ledger_entries (account_id, kind, amount, currency, payment_ref) "
-                         "VALUES (%s, 'topup', 1000000000, 'EUR', %s)", (f"a{i}", f"bench-{i}"))
+    asyncio.run(top_up_all(url))
     return url
+
+
+async def top_up_all(url: str) -> None:
+    """A large top-up per account, as a payment would arrive (it also lifts the block of a new account)."""
+    from decimal import Decimal
+
+    from usagehub.prepaid.service import FlatPricer, PrepaidService
+    from usagehub.storage.pool import open_pool
+
+    pool = await open_pool(url, min_size=1, max_size=2)
+    service = PrepaidService(pool, FlatPricer({}))
+    try:
+        for i in range(ACCOUNTS):
+            await service.top_up(account_id=f"a{i}", amount=Decimal(1_000_000_000), payment_ref=f"bench-{i}")
+    finally:
+        await service.close()
+        await pool.close()
 
 
 def run(*args: str) -> str:
@@ -73,7 +87,8 @@ class Broker:
         self.port = free_port()
         conf = tmp / "mosquitto.conf"
         conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 0\n"
-                        "max_queued_messages 1000000\n")
+                        "max_queued_messages 1000000\n"
+                        + ("set_tcp_nodelay true\n" if os.environ.get("BENCH_NODELAY") else ""))
         self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
         time.sleep(0.3)
 

@@ -71,13 +71,16 @@ def _priced(book: PlanBook, account: Account, product: str) -> bool:
 
 async def account_of(conn: Connection, account_id: str, tenant: str | None) -> tuple[Account, str]:
     """The rating view of an account (market, currency, zone, chosen plans) and its tenant."""
-    cur = await conn.execute("SELECT tenant, market, currency, timezone FROM accounts WHERE account_id = %s "
-                             "AND (%s::text IS NULL OR tenant = %s)", (account_id, tenant, tenant))
+    cur = await conn.execute(
+        "SELECT a.tenant, a.market, a.currency, a.timezone, "
+        "coalesce((SELECT array_agg(ARRAY[p.product, p.plan_id]) FROM account_plans p "
+        "WHERE p.account_id = a.account_id), '{}') "
+        "FROM accounts a WHERE a.account_id = %s AND (%s::text IS NULL OR a.tenant = %s)",
+        (account_id, tenant, tenant))
     row = await cur.fetchone()
     if row is None:
         raise DomainError("UNKNOWN_ACCOUNT", f"account {account_id!r} does not exist")
-    cur = await conn.execute("SELECT product, plan_id FROM account_plans WHERE account_id = %s", (account_id,))
-    plan_ids = {str(r[0]): str(r[1]) for r in await cur.fetchall()}
+    plan_ids = {str(product): str(plan) for product, plan in row[4]}
     account = Account(account_id=account_id, market=str(row[1]), currency=str(row[2]), timezone=str(row[3]),
                       plan_ids=plan_ids, products=frozenset(plan_ids))
     return account, str(row[0])
@@ -265,12 +268,14 @@ class RatingService:
         price = version.usage_price if version else None
         if price is None:
             raise DomainError("NO_PLAN_IN_FORCE", f"no usage price of plan {plan.id!r} in force on {day}")
-        span = period_of(at, tz)
-        cur = await conn.execute(
-            "SELECT coalesce(sum(value), 0) FROM session_points WHERE account_id = %s AND product = %s "
-            "AND kind = 'usage' AND start_ts >= %s AND start_ts < %s", (account_id, product, span.start, at))
-        row = await cur.fetchone()
-        before = Decimal(row[0]) if row else Decimal(0)  # type: ignore[arg-type]
+        before = Decimal(0)
+        if price.type in ("graduated", "volume"):  # tiers depend on the period-to-date quantity
+            span = period_of(at, tz)
+            cur = await conn.execute(
+                "SELECT coalesce(sum(value), 0) FROM session_points WHERE account_id = %s AND product = %s "
+                "AND kind = 'usage' AND start_ts >= %s AND start_ts < %s", (account_id, product, span.start, at))
+            row = await cur.fetchone()
+            before = Decimal(row[0]) if row else Decimal(0)  # type: ignore[arg-type]
         rate = vat.rate_for(account.market, plan.vat_category, day).rate
         with exact():
             if price.type == "flat":
