@@ -80,7 +80,8 @@ async def account_of(conn: Connection, account_id: str, tenant: str | None) -> t
     row = await cur.fetchone()
     if row is None:
         raise DomainError("UNKNOWN_ACCOUNT", f"account {account_id!r} does not exist")
-    plan_ids = {str(product): str(plan) for product, plan in row[4]}
+    pairs: list[list[str]] = row[4]  # type: ignore[assignment]
+    plan_ids = {str(product): str(plan) for product, plan in pairs}
     account = Account(account_id=account_id, market=str(row[1]), currency=str(row[2]), timezone=str(row[3]),
                       plan_ids=plan_ids, products=frozenset(plan_ids))
     return account, str(row[0])
