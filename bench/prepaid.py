@@ -216,6 +216,17 @@ async def service_path(url: str, n: int, concurrency: int, pricer: str) -> tuple
         await pool.close()
 
 
+def histogram_quantile(text: str, name: str, q: float) -> float:
+    """The upper bound of the bucket holding quantile ``q`` of a Prometheus histogram in ``text``."""
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if bound == "+Inf" else float(bound), float(line.rsplit(" ", 1)[1])))
+    total = buckets[-1][1] if buckets else 0.0
+    return next((b for b, count in buckets if total and count >= q * total), float("nan"))
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
     repeat = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -247,6 +258,12 @@ def main() -> None:
             rate, p50, p99 = (statistics.median(r[i] for r in runs) for i in range(3))
             print(f"  {path:8s} {rate:8.0f} auth/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   "
                   f"(runs: {', '.join(f'{r[0]:.0f}' for r in runs)})")
+        if "mqtt" in paths:  # where a device's wait goes, as the hub measured it (all runs, warm-ups too)
+            text = httpx.get(f"http://127.0.0.1:{http_port}/metrics", timeout=5).text
+            for name in ("usagehub_prepaid_decide_seconds", "usagehub_prepaid_answer_seconds"):
+                q50, q99 = (histogram_quantile(text, name, q) for q in (0.5, 0.99))
+                print(f"  hub {name.removeprefix('usagehub_prepaid_')}: p50 <= {q50 * 1000:.1f} ms, "
+                      f"p99 <= {q99 * 1000:.1f} ms")
     finally:
         hub.terminate()
         hub.wait(30)

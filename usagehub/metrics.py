@@ -35,6 +35,14 @@ BATCH_SIZE = Histogram("usagehub_batch_messages", "Messages per committed batch"
 COMMIT_SECONDS = Histogram("usagehub_commit_seconds", "Time to write and commit one batch",
                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
                            registry=REGISTRY)
+PREPAID_DECIDE_SECONDS = Histogram("usagehub_prepaid_decide_seconds",
+                                   "Device prepaid request: receipt to decision (the batch's commit)",
+                                   buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1),
+                                   registry=REGISTRY)
+PREPAID_ANSWER_SECONDS = Histogram("usagehub_prepaid_answer_seconds",
+                                   "Device prepaid request: receipt to the answer handed to the broker",
+                                   buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1),
+                                   registry=REGISTRY)
 BATCH_RETRIES = Counter("usagehub_batch_retries_total", "Batches retried after a storage failure",
                         registry=REGISTRY)
 QUEUE_DEPTH = Gauge("usagehub_pipeline_queue_depth", "Messages waiting for a batch", registry=REGISTRY)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ import orjson
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from usagehub import metrics
 from usagehub.adapters.link import Link
 from usagehub.adapters.mqtt import lean
 from usagehub.adapters.mqtt.config import MqttConfig
@@ -94,11 +96,11 @@ class PrepaidMqtt:
             self.link.connected(f"{self.config.host}:{self.config.port}, answering {', '.join(self.filters())}")
             async for message in lean.messages(client):
                 await self._slots.acquire()  # bounded concurrency: a flood cannot exhaust memory
-                task = asyncio.create_task(self._answer(client, message))
+                task = asyncio.create_task(self._answer(client, message, time.perf_counter()))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _answer(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    async def _answer(self, client: aiomqtt.Client, message: aiomqtt.Message, received: float) -> None:
         try:
             parts = message.topic.value.split("/")
             if len(parts) < 3:
@@ -109,8 +111,10 @@ class PrepaidMqtt:
             except orjson.JSONDecodeError:
                 doc = None
             answer = await handle(self.port, operation, device_id, doc)
+            metrics.PREPAID_DECIDE_SECONDS.observe(time.perf_counter() - received)
             topic, props = self._reply_to(message, device_id)
             await client.publish(topic, orjson.dumps(answer), qos=self.settings.answer_qos, properties=props)
+            metrics.PREPAID_ANSWER_SECONDS.observe(time.perf_counter() - received)
             self.answered += 1
         except aiomqtt.MqttError:
             pass  # the connection is gone; the device retries with the same request id
