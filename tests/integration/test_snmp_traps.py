@@ -207,9 +207,12 @@ async def test_garbage_from_many_addresses_is_bounded_in_total(tmp_path: Path) -
                     for _ in range(3):
                         sock.sendto(os.urandom(1400), ("127.0.0.1", adapter.trap_port))
             await asyncio.sleep(0.3)
+            await _send(*_v2c(adapter.trap_port, "panel-secret", DOOR_FORCED))  # the panel's alarm still passes
+            await asyncio.sleep(0.3)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    assert len(sink.messages) == 10 and all(m.topic == "rejected" for m in sink.messages)
+    assert len(sink.messages) == 11 and all(m.topic == "rejected" for m in sink.messages[:10])
+    assert sink.messages[10].meta.get("device_id") == "panel-1"
     assert limited() - before == 50  # every dropped datagram is counted

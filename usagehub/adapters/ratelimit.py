@@ -35,9 +35,15 @@ class SourceLimiter:
 
     def allow(self, source: str) -> bool:
         """Take one token for ``source`` and one of the total; False when either is spent."""
+        return self.allow_source(source) and self.allow_total()
+
+    def allow_source(self, source: str) -> bool:
+        """Take one token for ``source`` only; False when it is over its rate."""
+        return self._allow_source(source, self._clock())
+
+    def allow_total(self) -> bool:
+        """Take one token of the total only; False when all sources together are over the total rate."""
         now = self._clock()
-        if not self._allow_source(source, now):
-            return False
         tokens, updated = self._total
         tokens = min(float(self.config.total_burst), tokens + (now - updated) * self.config.total_per_s)
         if tokens < 1.0:
