@@ -161,7 +161,7 @@ MAIN_MUTATIONS = {"acknowledgeAlerts", "createConsumerToken", "revokeConsumerTok
 NOT_EXERCISED = {"saveMeterType": "hub-wide catalog, see docs/security-api.md"}
 
 SUBSCRIPTIONS = {"prepaidEvents": "see test_prepaid_events_subscription_is_scoped",
-                 "alerts": "operations room (main): AlertFeed.stream(tenant)"}
+                 "alerts": "see test_alerts_subscription_is_scoped"}
 
 
 def _roots() -> dict[str, set[str]]:
@@ -253,6 +253,27 @@ async def test_prepaid_events_subscription_is_scoped(w: World) -> None:
     result = await asyncio.wait_for(got, 5)
     await stream.aclose()
     assert not result.errors and result.data == {"prepaidEvents": {"accountId": "alpha-acc", "kind": "blocked"}}
+
+
+async def test_alerts_subscription_is_scoped(w: World) -> None:
+    feed = w.services.extra.get("alert_feed")
+    if feed is None:
+        pytest.skip("this tree has no operations room")
+    await asyncio.wait_for(feed.listening.wait(), 10)
+    stream = await w.schema.subscribe("subscription { alerts { accountId message } }",
+                                      context_value=Context(w.services, w.principals["alpha"]))
+    assert hasattr(stream, "__anext__"), stream
+    got = asyncio.ensure_future(stream.__anext__())
+    await asyncio.sleep(0.05)  # subscribed
+    async with w.pool.connection() as conn:
+        for t in ("beta", "alpha"):  # beta's alert is raised first: alpha must not see it
+            await conn.execute(
+                "INSERT INTO alerts (tenant, kind, severity, account_id, device_id, message, dedupe_key) "
+                "VALUES (%s, 'tamper', 'critical', %s, %s, %s, %s)",
+                (t, w.ids[t]["acc"], w.ids[t]["acc"], f"{t} live tamper", f"{t}-live"))
+    result = await asyncio.wait_for(got, 10)
+    await stream.aclose()
+    assert not result.errors and result.data == {"alerts": {"accountId": "alpha-acc", "message": "alpha live tamper"}}
 
 
 async def test_hostile_callers_get_401_on_every_field(w: World) -> None:

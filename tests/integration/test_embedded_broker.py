@@ -84,3 +84,32 @@ async def test_a_device_subscribes_only_to_its_own_commands(broker: EmbeddedBrok
 def _granted(result: object) -> bool:
     codes = [getattr(c, "value", c) for c in result]  # type: ignore[attr-defined]
     return all(int(c) < 0x80 for c in codes)
+
+
+async def test_radio_gateways_and_edge_nodes_publish_only_under_their_own_id(broker: EmbeddedBroker) -> None:
+    async with client(broker, HUB_USER, broker.guard.hub_password) as hub:
+        await hub.subscribe("#", qos=1)
+        async with client(broker, "gw-a", "pw-g") as gw_a:
+            await gw_a.publish("wmbus/gw-b/telegram", b"hostile", qos=1)
+            await gw_a.publish("spBv1.0/plant/DDATA/em-b/m1", b"hostile", qos=1)   # another edge node's id
+            await gw_a.publish("spBv1.0/plant/DDATA/gw-a/m1/x", b"hostile", qos=1)  # deeper than a device
+            await gw_a.publish("wmbus/gw-a/telegram", b"ok-w", qos=1)
+            await gw_a.publish("spBv1.0/plant/NBIRTH/gw-a", b"ok-n", qos=1)
+            await gw_a.publish("spBv1.0/plant/DDATA/gw-a/m1", b"ok-d", qos=1)
+        got: list[tuple[str, bytes]] = []
+        async with asyncio.timeout(5):
+            async for message in hub.messages:
+                got.append((str(message.topic), bytes(message.payload)))  # type: ignore[arg-type]
+                if len(got) == 3:
+                    break
+        await asyncio.sleep(0.2)
+    assert got == [("wmbus/gw-a/telegram", b"ok-w"), ("spBv1.0/plant/NBIRTH/gw-a", b"ok-n"),
+                   ("spBv1.0/plant/DDATA/gw-a/m1", b"ok-d")]
+
+
+async def test_an_edge_node_subscribes_only_to_its_own_commands(broker: EmbeddedBroker) -> None:
+    async with client(broker, "gw-a", "pw-g") as gw_a:
+        granted = [_granted(await gw_a.subscribe(t, qos=1)) for t in (
+            "spBv1.0/plant/NCMD/gw-a", "spBv1.0/+/DCMD/gw-a/+", "spBv1.0/STATE/+",
+            "spBv1.0/plant/NCMD/em-b", "spBv1.0/+/NCMD/+", "spBv1.0/#", "wmbus/+/telegram")]
+    assert granted == [True, True, True, False, False, False, False]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiomqtt
 import orjson
 import psycopg
 import pytest
@@ -154,3 +156,24 @@ def test_each_credential_writes_only_its_own_devices(database_url: str, broker: 
             ("credential not entitled to this device", "b1", "gateways/gw-a/batch")]
     finally:
         assert hub.terminate() == 0
+
+
+async def test_shipped_acl_holds_radio_gateways_and_edge_nodes_to_their_own_id(broker: ShippedBroker) -> None:
+    """wmbus/ and spBv1.0/ topics (oms-meter-mqtt, sparkplug-energy-meter) under deploy/acl: the hub reads them,
+    a gateway publishes only under its own username; the hub's identity check does the rest (test_identity_topics)."""
+    async with aiomqtt.Client("127.0.0.1", broker.port, username="usagehub", password=broker.password["usagehub"],
+                              identifier="acl-hub", timeout=5) as hub:
+        await hub.subscribe("wmbus/#", qos=1)
+        await hub.subscribe("spBv1.0/#", qos=1)
+        for user, topic in (("gw-a", "wmbus/gw-b/telegram"), ("gw-a", "spBv1.0/plant/DDATA/gw-b/m1"),
+                            ("gw-a", "spBv1.0/plant/DCMD/gw-a/m1/x"), ("em-a", "spBv1.0/STATE/usagehub"),
+                            ("gw-a", "wmbus/gw-a/telegram"), ("gw-a", "spBv1.0/plant/NBIRTH/gw-a"),
+                            ("gw-a", "spBv1.0/plant/DDATA/gw-a/m1")):
+            assert await asyncio.to_thread(broker.publish, user, topic, b"x") == 0
+        got: list[str] = []
+        async with asyncio.timeout(10):
+            async for message in hub.messages:
+                got.append(str(message.topic))
+                if len(got) == 3:
+                    break
+    assert got == ["wmbus/gw-a/telegram", "spBv1.0/plant/NBIRTH/gw-a", "spBv1.0/plant/DDATA/gw-a/m1"]

@@ -186,3 +186,33 @@ async def test_a_flood_from_one_address_is_rate_limited_and_counted(tmp_path: Pa
                 await task
     assert len(sink.messages) == 3 and all(m.meta.get("device_id") == "panel-1" for m in sink.messages)
     assert limited() - before == 201  # every dropped datagram is counted
+
+
+async def test_garbage_from_many_addresses_is_bounded_in_total(tmp_path: Path) -> None:
+    """Spoofed sources each stay under their own rate; the total still bounds what reaches quarantine."""
+    def limited() -> float:
+        return REGISTRY.get_sample_value("usagehub_snmp_traps_total", {"result": "rate_limited"}) or 0.0
+
+    sink = RecordingSink()
+    traps = TrapConfig(host="127.0.0.1", port=0, rate_limit={"per_source_per_s": 0.01, "burst": 3,
+                                                             "total_per_s": 0.01, "total_burst": 10})
+    before = limited()
+    async with SnmpAdapter(config(traps=traps), settings(PROFILES, [PANEL], tmp_path)) as adapter:
+        task = asyncio.create_task(adapter.run(sink))
+        try:
+            assert adapter.trap_port
+            for n in range(20):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    sock.bind((f"127.0.2.{n + 1}", 0))
+                    for _ in range(3):
+                        sock.sendto(os.urandom(1400), ("127.0.0.1", adapter.trap_port))
+            await asyncio.sleep(0.3)
+            await _send(*_v2c(adapter.trap_port, "panel-secret", DOOR_FORCED))  # the panel's alarm still passes
+            await asyncio.sleep(0.3)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert len(sink.messages) == 11 and all(m.topic == "rejected" for m in sink.messages[:10])
+    assert sink.messages[10].meta.get("device_id") == "panel-1"
+    assert limited() - before == 50  # every dropped datagram is counted

@@ -24,10 +24,11 @@ SEED = """
 accounts:
   - {id: house-1, name: First house, timezone: Europe/Berlin}
 devices:
-  - {id: "12345678", profile: oms-meter-mqtt}
+  - {id: gw1, profile: oms-meter-mqtt}     # the radio gateway publishing on wmbus/gw1/telegram
+  - {id: "12345678", profile: oms-meter-mqtt, gateways: [gw1]}
   - {id: "23456789", profile: oms-meter-tcp}
   - {id: "34567890", profile: oms-meter-file}
-  - {id: "45678901", profile: oms-meter-mqtt}
+  - {id: "45678901", profile: oms-meter-mqtt, gateways: [gw1]}
 bindings:
   - {device: "12345678", account: house-1, valid_from: "2026-01-01T00:00:00+00:00"}
   - {device: "23456789", account: house-1, valid_from: "2026-01-01T00:00:00+00:00"}

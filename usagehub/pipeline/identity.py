@@ -2,9 +2,11 @@
 
 A message speaks for a *sender*: the device whose credential the adapter
 verified (``meta["device_id"]``: HTTP bearer token, CoAP OSCORE, SNMP
-community/USM), or, on MQTT, the ``{device_id}``/``{gateway_id}`` segment of the
-topic, which the broker's ACL ties to the client's username (``pattern write
-meters/%u/reading``, see docs/security.md). Then:
+community/USM), or, on MQTT and Sparkplug, the ``{device_id}``/``{gateway_id}`` segment
+of the topic, which the broker's ACL ties to the client's username (``pattern write
+meters/%u/reading``, see docs/security.md). A topic naming both a ``{gateway_id}`` and a
+``{device_id}`` (a Sparkplug edge node and its device) was published by the gateway: the
+device speaks, and the gateway must be the device or registered in front of it. Then:
 
 - the sender's **registered profile decides decoding**; topic matching only
   finds candidates, and a sender registered under a profile that is not a
@@ -36,7 +38,7 @@ from usagehub.storage.events import QuarantineItem
 from usagehub.storage.pool import mapped_errors
 
 # Transports whose topic identity segment is enforced by the broker (ACL pattern on %u).
-TOPIC_IDENTITY_TRANSPORTS = frozenset({"mqtt"})
+TOPIC_IDENTITY_TRANSPORTS = frozenset({"mqtt", "sparkplug"})
 # Operator-only doors: a device registered with no profile is still accepted.
 OPERATOR_TRANSPORTS = frozenset({"file"})
 _SENDER_GROUPS = ("device_id", "gateway_id")
@@ -156,20 +158,34 @@ class Entitlements:
                     return captures[group]
         return None
 
+    @staticmethod
+    def publisher(message: RawMessage, captures: dict[str, str]) -> str | None:
+        """The gateway that published for the sender (topic ``{gateway_id}`` beside ``{device_id}``), if any."""
+        if "device_id" in message.meta or message.transport not in TOPIC_IDENTITY_TRANSPORTS:
+            return None
+        gateway, device = captures.get("gateway_id"), captures.get("device_id")
+        return gateway if gateway and device and gateway != device else None
+
     async def decode(self, items: Sequence[Decodable]) -> None:
         """Set each item's events, or its quarantine entry with the reason."""
-        plans: list[tuple[Decodable, list[tuple[CompiledProfile, dict[str, str]]], str | None]] = []
+        plans: list[tuple[Decodable, list[tuple[CompiledProfile, dict[str, str]]], str | None, str | None]] = []
         for item in items:
             try:
                 found = self.candidates(item.message)
             except DecodeError as err:
                 item.quarantine = QuarantineItem(message=item.message, reason=err.reason, detail=err.detail)
                 continue
-            plans.append((item, found, self.sender(item.message, found[0][1])))
-        senders = await self.facts.get(s for _, _, s in plans if s is not None)
+            captures = found[0][1]
+            plans.append((item, found, self.sender(item.message, captures), self.publisher(item.message, captures)))
+        senders = await self.facts.get(i for _, _, s, p in plans for i in (s, p) if i is not None)
         decoded: list[tuple[Decodable, str | None, CompiledProfile]] = []
-        for item, found, sender in plans:
+        for item, found, sender, via in plans:
             chosen = self._choose(item, found, sender, senders.get(sender) if sender else None)
+            if chosen is not None and via is not None and not self._fronts(via, senders.get(via),
+                                                                          senders.get(sender or "")):
+                item.quarantine = QuarantineItem(message=item.message, reason=NOT_ENTITLED, detail=sender,
+                                                 device_id=sender, profile_id=chosen[0].profile.id)
+                chosen = None
             if chosen is None:
                 continue
             compiled, captures = chosen
@@ -194,6 +210,12 @@ class Entitlements:
                 item.quarantine = QuarantineItem(message=item.message, reason=reason, detail=device,
                                                  device_id=device, profile_id=compiled.profile.id)
                 item.events = []
+
+    @staticmethod
+    def _fronts(gateway: str, gateway_facts: DeviceFacts | None, device_facts: DeviceFacts | None) -> bool:
+        """Whether ``gateway`` is registered in front of the device, in the device's tenant."""
+        return (gateway_facts is not None and device_facts is not None and gateway in device_facts.gateways
+                and gateway_facts.tenant == device_facts.tenant)
 
     @staticmethod
     def _choose(item: Decodable, found: list[tuple[CompiledProfile, dict[str, str]]], sender: str | None,

@@ -4,7 +4,8 @@ It holds clients to the same rules as the shipped Mosquitto ACL (deploy/acl): ev
 logs in; the hub with a password generated at start; a device with its registered id as
 username and its registry secret ``mqtt_password`` (or ``mqtt_password_sha256``); a device
 publishes only on topics that carry its own id (``meters/<id>/reading``,
-``security/<id>/event``, ``gateways/<id>/batch``) and reads only its own command topics.
+``security/<id>/event``, ``gateways/<id>/batch``, ``wmbus/<id>/telegram``, Sparkplug
+``spBv1.0/<group>/<type>/<id>[/<device>]``) and reads only its own command topics.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ log = logging.getLogger(__name__)
 
 HUB_USER = "usagehub"
 # The Mosquitto ACL patterns of deploy/acl, with %u the client's username.
-DEVICE_WRITE = ("meters/%u/reading", "security/%u/event", "gateways/%u/batch")
-DEVICE_READ = ("meters/%u/cmd", "security/%u/cmd", "gateways/%u/cmd")
+DEVICE_WRITE = ("meters/%u/reading", "security/%u/event", "gateways/%u/batch", "wmbus/%u/telegram",
+                "spBv1.0/+/+/%u", "spBv1.0/+/+/%u/+")
+DEVICE_READ = ("meters/%u/cmd", "security/%u/cmd", "gateways/%u/cmd", "spBv1.0/+/NCMD/%u", "spBv1.0/+/DCMD/%u/+",
+               "spBv1.0/STATE/+")
 _SAFE_USER = re.compile(r"^[^/+#\x00-\x1f\x7f]{1,128}$")
 
 
@@ -74,7 +77,15 @@ class BrokerGuard:
             return True  # what a client receives was already checked when it subscribed
         owners = self._extra[username][1] if username in self._extra else frozenset((username,))
         patterns = DEVICE_WRITE if action == "publish" else DEVICE_READ
-        return any(topic == p.replace("%u", owner) for owner in owners for p in patterns)
+        if action == "publish" and any(c in topic for c in "+#"):
+            return False
+        return any(_covers(p.replace("%u", owner), topic) for owner in owners for p in patterns)
+
+
+def _covers(pattern: str, topic: str) -> bool:
+    """Whether an ACL ``pattern`` (``+`` one level) covers a topic or a subscription filter no wider than it."""
+    want, got = pattern.split("/"), topic.split("/")
+    return len(want) == len(got) and all(w == g or (w == "+" and g != "#") for w, g in zip(want, got, strict=True))
 
 
 def _guard_plugins() -> tuple[type, type]:

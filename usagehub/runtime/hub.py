@@ -303,7 +303,8 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     server = uvicorn.Server(uvicorn.Config(app, host=hub.config.http_host, port=hub.config.http_port,
                                            log_level="warning", lifespan="off",
                                            http=deadline_protocol(header_timeout_s=ingest.header_timeout_s,
-                                                                  body_timeout_s=ingest.body_timeout_s),
+                                                                  body_timeout_s=ingest.body_timeout_s,
+                                                                  max_connections=ingest.max_connections),
                                            ws_max_size=limits.max_body_bytes))  # subscription messages too
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # hub owns signals
     if install_signals:

@@ -86,3 +86,35 @@ async def test_udp_flood_from_one_source_is_rate_limited_and_counted(tmp_path: P
         assert 5 <= len(sink.messages) <= 6                         # the burst (and at most one refill)
         assert dropped("binary-udp", "rate limited") >= 44
         assert len(sink.messages) + dropped("binary-udp", "rate limited") - before == 50  # every drop counted
+
+
+async def test_udp_flood_from_many_sources_is_bounded_in_total(tmp_path: Path) -> None:
+    """Source addresses are free to an attacker: 30 of them, each within its own rate, still share one total."""
+    limit = {"per_source_per_s": 0.01, "burst": 5, "total_per_s": 0.01, "total_burst": 20}
+    async with running(tmp_path, "udp", udp_rate_limit=limit) as (port, sink):
+        before = dropped("binary-udp", "rate limited")
+        senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(30)]
+        try:
+            for n, sock in enumerate(senders):
+                sock.bind((f"127.0.1.{n + 1}", 0))
+                for seq in range(5):
+                    sock.sendto(pulse_record(seq=seq), ("127.0.0.1", port))
+        finally:
+            for sock in senders:
+                sock.close()
+        await asyncio.sleep(0.5)
+        assert len(sink.messages) == 20                              # the total burst, not 30 x 5
+        assert {m.source.rsplit(":", 1)[0] for m in sink.messages} == {f"127.0.1.{n}" for n in range(1, 5)}
+        assert dropped("binary-udp", "rate limited") - before == 130  # every drop counted
+
+
+async def test_each_frame_of_a_datagram_costs_a_token(tmp_path: Path) -> None:
+    """One datagram cut into many frames must not write many quarantine rows for the price of one."""
+    limit = {"per_source_per_s": 0.01, "burst": 4}
+    async with running(tmp_path, "udp", udp_rate_limit=limit) as (port, sink):
+        before = dropped("binary-udp", "rate limited")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"".join(pulse_record(seq=seq) for seq in range(10)), ("127.0.0.1", port))
+        await asyncio.sleep(0.5)
+        assert len(sink.messages) == 4                              # the burst, in frames
+        assert dropped("binary-udp", "rate limited") - before == 6  # every dropped frame counted

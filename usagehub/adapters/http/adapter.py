@@ -68,8 +68,8 @@ class HttpAdapter:
         server = uvicorn.Server(uvicorn.Config(
             app, lifespan="off", log_level="warning", access_log=False,
             http=deadline_protocol(header_timeout_s=self.config.header_timeout_s,
-                                   body_timeout_s=self.config.body_timeout_s),
-            limit_concurrency=self.config.max_connections))
+                                   body_timeout_s=self.config.body_timeout_s,
+                                   max_connections=self.config.max_connections)))
         self.server = server
         serving = asyncio.create_task(server.serve(sockets=[self._socket]), name="http-ingest")
         try:

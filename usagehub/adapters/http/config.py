@@ -22,4 +22,4 @@ class HttpConfig(BaseModel):
     token_miss_refresh_s: float = Field(2.0, ge=0, description="least time between rescans on unknown tokens")
     header_timeout_s: float = Field(10.0, gt=0, description="close a connection whose request headers take longer")
     body_timeout_s: float = Field(30.0, gt=0, description="close a connection whose request body takes longer")
-    max_connections: int = Field(1000, ge=1, description="beyond this, requests are answered 503 at once")
+    max_connections: int = Field(1000, ge=1, description="open connections; beyond, a new one is closed at once")

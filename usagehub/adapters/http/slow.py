@@ -4,7 +4,9 @@ uvicorn has a keep-alive timeout but no deadline for a request that is being
 received: a client sending one header byte every few seconds keeps its
 connection (and a slot of ``limit_concurrency``) forever. The protocol class
 here closes a connection whose request headers take longer than
-``header_timeout_s`` or whose body takes longer than ``body_timeout_s``.
+``header_timeout_s`` or whose body takes longer than ``body_timeout_s``, and closes
+at once a connection beyond ``max_connections`` open ones (so slow clients cannot
+take every file descriptor the hub needs for its database and broker).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
 
     header_timeout_s = 10.0
     body_timeout_s = 30.0
+    max_connections: int | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -45,6 +48,10 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the header deadline with the connection."""
         super().connection_made(transport)
+        if self.max_connections is not None and len(self.connections) > self.max_connections:
+            DOOR_DROPPED.labels("http", "connection cap").inc()
+            transport.close()
+            return
         self._arm(self.header_timeout_s, "headers")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -74,7 +81,9 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
             self._arm(self.header_timeout_s, "headers")
 
 
-def deadline_protocol(*, header_timeout_s: float, body_timeout_s: float) -> type[HttpToolsProtocol]:
-    """A protocol class for ``uvicorn.Config(http=...)`` with these deadlines."""
+def deadline_protocol(*, header_timeout_s: float, body_timeout_s: float,
+                      max_connections: int | None = None) -> type[HttpToolsProtocol]:
+    """A protocol class for ``uvicorn.Config(http=...)`` with these deadlines and connection cap."""
     return type("DeadlineHttpProtocol", (DeadlineHttpToolsProtocol,),
-                {"header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s})
+                {"header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s,
+                 "max_connections": max_connections})

@@ -18,8 +18,9 @@ class TrapConfig(BaseModel):
     port: int = Field(1162, ge=0, le=65535, description="0 picks a free port (tests)")
     queue_max: int = Field(10_000, gt=0, description="traps waiting for the pipeline; beyond: overflow")
     dedupe_window_s: float = Field(300, gt=0, description="a retransmitted inform keeps its first time")
-    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig,
-                                        description="datagrams per source address; beyond: dropped, counted")
+    rate_limit: RateLimitConfig = Field(
+        default_factory=lambda: RateLimitConfig(total_per_s=50, total_burst=500),
+        description="datagrams per source address; the total only for traps no registered device vouches for")
 
 
 class SnmpConfig(BaseModel):

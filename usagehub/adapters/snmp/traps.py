@@ -134,7 +134,10 @@ class TrapReceiver:
 
     def _on_datagram(self, dispatcher: Any, domain: Any, address: Any, whole_msg: bytes) -> None:
         assert self._engine is not None
-        if not self._limiter.allow(str(address[0])):  # a flood from one address never reaches quarantine
+        # A flood from one address never reaches quarantine; the total bounds what spoofed addresses
+        # write, and is taken only by traps that no registered device's credentials vouch for (_refused),
+        # so garbage from many addresses cannot crowd out a panel's alarm.
+        if not self._limiter.allow_source(str(address[0])):
             metrics.TRAPS.labels("rate_limited").inc()
             return
         before = [int(counter.syntax) for counter, _ in self._counters]
@@ -197,6 +200,9 @@ class TrapReceiver:
         assert self._auth is not None
         device = self._auth.device_for(sender)
         if device is None:
+            if not self._limiter.allow_total():
+                metrics.TRAPS.labels("rate_limited").inc()
+                return
             body.update(kind="rejected", reason=f"unknown device: no registered device at {sender.address} "
                                                 f"uses these credentials")
             self._enqueue(_message(body, "rejected", source, ts, {"rejected": body["reason"]}), respond,
@@ -209,6 +215,9 @@ class TrapReceiver:
         self._enqueue(_message(body, body["trap"] or "trap", source, ts, meta), respond, "accepted")
 
     def _reject(self, whole_msg: bytes, reason: str) -> None:
+        if not self._limiter.allow_total():
+            metrics.TRAPS.labels("rate_limited").inc()
+            return
         now = datetime.now(UTC)
         source = f"{self._datagram_address[0]}:{self._datagram_address[1]}"
         body = {"kind": "rejected", "ts": now.isoformat(), "source": source, "reason": reason,
