@@ -179,9 +179,9 @@ class BillingService:
                 "ON b.device_id = d.device_id AND b.valid @> %s::timestamptz "
                 "LEFT JOIN accounts a ON a.account_id = b.account_id WHERE d.tenant = %s "
                 "AND (%s::text IS NULL OR d.device_id = %s) AND (%s::text IS NULL OR b.account_id = %s) "
-                "AND (%s::text IS NULL OR d.device_id ILIKE %s OR d.name ILIKE %s) ORDER BY d.device_id LIMIT %s",
-                (now, tenant, device_id, device_id, account_id, account_id, search, f"%{search}%",
-                 f"%{search}%", limit))
+                "AND (%s::text IS NULL OR d.device_id ILIKE %s OR d.name ILIKE %s OR b.account_id ILIKE %s "
+                "OR a.name ILIKE %s) ORDER BY d.device_id LIMIT %s",  # quick search: device, serial or account
+                (now, tenant, device_id, device_id, account_id, account_id, search, *[f"%{search}%"] * 4, limit))
             devices = [(str(r[0]), r[1], ZoneInfo(str(r[2] or "UTC"))) for r in await cur.fetchall()]
             out: list[MeterView] = []
             for dev, account, zone in devices:

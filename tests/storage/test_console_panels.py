@@ -1,0 +1,65 @@
+"""The console's panels through the API they call, two tenants and a hostile caller: meter quick search by
+account, device or serial; a device's recent events, newest first; the quarantine browser's filters."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from tests.storage.test_operations import DAY, World, panel, world  # noqa: F401 — the fixture
+from tests.storage.test_rating_support import NOW
+from usagehub.storage.events import QuarantineItem, insert_quarantine
+
+SEARCH = "query($q: String!) { meterInspection(search: $q) { deviceId meter accountId } }"
+RECENT = "query($d: String!) { events(deviceId: $d, first: 3, newestFirst: true) { edges { node { ts meter eventId } } } }"
+OLDEST = "query($d: String!) { events(deviceId: $d, first: 3) { edges { node { ts meter eventId } } } }"
+QUARANTINE = """query($d: String, $s: DateTime, $u: DateTime) { quarantine(deviceId: $d, since: $s, until: $u,
+  includeReplayed: true) { edges { node { id deviceId receivedAt } } } }"""
+
+
+def devices(body: dict[str, Any]) -> set[str]:
+    return {m["deviceId"] for m in body["data"]["meterInspection"]}
+
+
+async def test_quick_search_finds_the_meters_of_an_account_by_its_id_only_in_the_own_tenant(world: World) -> None:
+    assert devices(await world.gql("operator", SEARCH, q="a1")) == {"m1", "p1"}  # the devices account a1 holds
+    assert devices(await world.gql("operator", SEARCH, q="m1")) == {"m1"}  # by device id (serial) as before
+    assert devices(await world.gql("b-operator", SEARCH, q="b1")) == {"m2", "p2"}
+    hostile = await world.gql("b-operator", SEARCH, q="a1")  # another tenant's account: nothing, no error
+    assert hostile == {"data": {"meterInspection": []}}
+    assert devices(await world.gql("operator", SEARCH, q="b1")) == set()
+
+
+async def test_recent_events_come_newest_first_and_only_for_the_tenants_devices(world: World) -> None:
+    newest = [e["node"] for e in (await world.gql("operator", RECENT, d="m1"))["data"]["events"]["edges"]]
+    oldest = [e["node"] for e in (await world.gql("operator", OLDEST, d="m1"))["data"]["events"]["edges"]]
+    assert [n["ts"] for n in newest] == sorted((n["ts"] for n in newest), reverse=True)
+    assert newest[0]["ts"] > oldest[-1]["ts"]  # five readings: the newest three are not the oldest three
+    assert newest[0]["ts"].startswith((DAY + timedelta(hours=4)).strftime("%Y-%m-%dT%H"))
+    hostile = await world.gql("b-operator", RECENT, d="m1")
+    assert hostile["data"]["events"]["edges"] == []
+
+
+async def test_quarantine_browser_filters_by_device_and_time_within_the_tenant(world: World,
+                                                                              pool: AsyncConnectionPool) -> None:
+    async with pool.connection() as conn:  # another device of this tenant, a day earlier
+        old = panel("m1", 7, "x")
+        old = type(old)(transport=old.transport, topic=old.topic, payload=old.payload,
+                        received_at=NOW - timedelta(days=1))
+        await insert_quarantine(conn, [QuarantineItem(message=old, reason="refused", device_id="m1")])
+
+    async def ids(who: str, **variables: Any) -> list[str]:
+        body = await world.gql(who, QUARANTINE, **{"d": None, "s": None, "u": None, **variables})
+        assert "errors" not in body, body
+        return [n["node"]["deviceId"] for n in body["data"]["quarantine"]["edges"]]
+
+    assert sorted(await ids("operator")) == ["m1", "p1"]
+    assert await ids("operator", d="p1") == ["p1"]
+    assert await ids("operator", s=(NOW - timedelta(hours=1)).isoformat()) == ["p1"]
+    assert await ids("operator", u=(NOW - timedelta(hours=1)).isoformat()) == ["m1"]
+    assert await ids("operator", d="p1", u=(NOW - timedelta(hours=1)).isoformat()) == []
+    assert await ids("b-operator", d="p1") == []  # another tenant's device: nothing
+    naive = await world.gql("operator", QUARANTINE, d=None, s="2026-11-21T00:00:00", u=None)
+    assert naive["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
