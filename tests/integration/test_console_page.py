@@ -72,10 +72,27 @@ async def test_admin_acknowledges_an_alert_drills_down_and_edits_a_meter_type(co
 
         await page.click("#tab-inspect")
         await page.eval("document.querySelector('#inspect-q').focus()")
-        await page.type("m1")
-        await page.click("#inspect-form button[type=submit]")
+        await page.type("a1")  # an account: the meters of the devices it holds
+        await page.key("Enter", code=13, text="\r")
         await page.wait_for("document.querySelectorAll('#inspect-rows tr').length > 0")
-        assert "energy" in await page.eval("document.getElementById('inspect-rows').innerText")
+        meters = await page.eval("document.getElementById('inspect-rows').innerText")
+        assert "energy" in meters and "m1" in meters and "p1" in meters and "m2" not in meters
+        await page.eval("[...document.querySelectorAll('#inspect-rows td')].find(td => td.textContent === 'm1')"
+                        ".focus()")
+        await page.key("Enter", code=13, text="\r")  # the device's recent events, from the keyboard
+        await page.wait_for("document.querySelectorAll('#events-rows tr').length === 5")
+        first = await page.eval("document.querySelector('#events-rows tr').innerText")
+        assert "2026-11-19T16:00" in first and "energy" in first  # the newest reading first
+
+        await page.click("#tab-quarantine")
+        await page.eval("document.querySelector('#q-device').focus()")
+        await page.type("p1")
+        await page.click("#q-form button[type=submit]")
+        await page.wait_for("document.querySelectorAll('#q-rows tr').length === 1")
+        assert "tamper" in await page.eval("document.getElementById('q-rows').innerText")  # the raw payload
+        await page.eval("document.getElementById('q-since').value = '2030-01-01T00:00'")
+        await page.click("#q-form button[type=submit]")
+        await page.wait_for("document.querySelectorAll('#q-rows tr').length === 0")
         await page.click("#tab-types")
         await page.wait_for("document.getElementById('types-list').options.length > 5")
         await page.eval("(() => { const s = document.getElementById('types-list'); s.value = 'acme-em340';"
@@ -88,8 +105,8 @@ async def test_admin_acknowledges_an_alert_drills_down_and_edits_a_meter_type(co
         await page.wait_for("document.querySelectorAll('#types-errors li').length > 0")
         error = await page.eval("document.getElementById('types-errors').innerText")
         assert "meters.energy.kind" in error and "line 14" in error
-        labelled = await page.eval("[...document.querySelectorAll('input')].every(i => i.labels.length > 0 "
-                                 "|| i.getAttribute('aria-label'))")
+        labelled = await page.eval("[...document.querySelectorAll('input, select, textarea')].every(i => "
+                                 "i.labels.length > 0 || i.getAttribute('aria-label'))")
         assert labelled
 
 
@@ -123,3 +140,31 @@ async def test_consumer_sees_their_consumption_chart_on_a_phone_screen(console: 
         shot = await page.screenshot(tmp_path / "me.png")
         colours = png_colours(shot)
         assert any(abs(c[0] - 0x09) < 40 and abs(c[1] - 0x69) < 40 and c[2] > 0xb0 for c in colours)  # bars drawn
+
+
+async def test_consumer_page_shows_times_in_the_accounts_zone_not_the_phones(console: tuple[str, dict[str, str]],
+                                                                            pool: AsyncConnectionPool,
+                                                                            tmp_path: Path) -> None:
+    url, tokens = console
+    async with pool.connection() as conn:  # a1 is in Europe/Berlin; a top-up at 23:30 UTC is 00:30 there
+        await conn.execute("UPDATE accounts SET prepaid = true WHERE account_id = 'a1'")
+        await conn.execute("INSERT INTO ledger_entries (account_id, kind, amount, currency, payment_ref, created_at) "
+                           "VALUES ('a1', 'topup', 20, 'EUR', 'pay-zone', '2026-11-20T23:30:00Z')")
+        await conn.execute("INSERT INTO prepaid_events (account_id, kind, balance, funds, currency, at) "
+                           "VALUES ('a1', 'restored', 20, 20, 'EUR', '2026-11-20T23:31:00Z')")
+    async with httpx.AsyncClient() as client:
+        made = (await client.post(f"{url}/graphql", headers={"Authorization": f"Bearer {tokens['billing']}"},
+                                  json={"query": 'mutation { createConsumerToken(accountId: "a1") { token } }'})).json()
+    token = made["data"]["createConsumerToken"]["token"]
+    async with Browser(tmp_path, width=390, height=844, timezone="America/Los_Angeles") as page:
+        await page.open(f"{url}/me#token={token}")
+        await page.wait_for("document.querySelectorAll('#ledger tr').length === 1")
+        ledger = await page.eval("document.getElementById('ledger').innerText")
+        events = await page.eval("document.getElementById('events').innerText")
+        assert "2026-11-21 00:30" in ledger and "topup" in ledger and "20" in ledger, ledger
+        assert "2026-11-21 00:31" in events and "restored" in events, events
+        assert "23:30" not in ledger and "15:30" not in ledger  # neither UTC nor the phone's own zone
+        assert "Europe/Berlin" in await page.eval("document.getElementById('status').textContent")
+        assert await page.eval("document.getElementById('balance').textContent") == "20 EUR"
+        labelled = await page.eval("[...document.querySelectorAll('input, select')].every(i => i.labels.length > 0)")
+        assert labelled
