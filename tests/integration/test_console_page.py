@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,9 @@ from psycopg_pool import AsyncConnectionPool
 from tests.integration.browser import Browser, png_colours
 from tests.peers import free_port
 from tests.storage.test_operations import build
+from usagehub.core.alerts import NewAlert
+from usagehub.operations.feed import AlertFeed
+from usagehub.storage.alerts import raise_device_alerts
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +27,10 @@ CRITICAL_RED = bytes.fromhex("cf222e")
 
 @pytest.fixture
 async def console(pool: AsyncConnectionPool) -> AsyncIterator[tuple[str, dict[str, str]]]:
-    app, tokens, _ = await build(pool)
+    feed = AlertFeed(str(pool.conninfo), pool)  # the subscription `alerts`, heard over LISTEN as in a hub
+    listening = asyncio.create_task(feed.run())
+    await asyncio.wait_for(feed.listening.wait(), 10)
+    app, tokens, _ = await build(pool, {"alert_feed": feed})
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())
@@ -32,6 +39,8 @@ async def console(pool: AsyncConnectionPool) -> AsyncIterator[tuple[str, dict[st
     yield f"http://127.0.0.1:{port}", tokens
     server.should_exit = True
     await task
+    listening.cancel()
+    await asyncio.gather(listening, return_exceptions=True)
 
 
 async def test_admin_acknowledges_an_alert_drills_down_and_edits_a_meter_type(console: tuple[str, dict[str, str]],
@@ -168,3 +177,29 @@ async def test_consumer_page_shows_times_in_the_accounts_zone_not_the_phones(con
         assert await page.eval("document.getElementById('balance').textContent") == "20 EUR"
         labelled = await page.eval("[...document.querySelectorAll('input, select')].every(i => i.labels.length > 0)")
         assert labelled
+
+
+async def test_alerts_arrive_live_over_the_subscription_and_only_the_tenants(console: tuple[str, dict[str, str]],
+                                                                            pool: AsyncConnectionPool,
+                                                                            tmp_path: Path) -> None:
+    url, tokens = console
+    async with Browser(tmp_path) as page:
+        await page.open(f"{url}/console#key={tokens['operator']}")
+        await page.wait_for("document.querySelectorAll('#alerts-rows tr').length === 1")
+        await page.wait_for("document.getElementById('live').textContent === 'live: on'")
+        started = asyncio.get_running_loop().time()
+        for n in range(40):  # the page subscribes asynchronously: raise until one arrives (well before the poll)
+            async with pool.connection() as conn:
+                await raise_device_alerts(conn, [
+                    NewAlert(kind="tamper", severity="critical", device_id=device, message=f"live {device} {n}",
+                             raised_at=datetime.now(UTC), dedupe_key=f"live:{device}:{n}")
+                    for device in ("p2", "p1")])  # another tenant's first
+            if await page.eval("document.querySelectorAll('#live-log li').length > 0"):
+                break
+            await asyncio.sleep(0.25)
+        await page.wait_for("document.querySelectorAll('#alerts-rows tr').length >= 2", timeout_s=10)
+        assert asyncio.get_running_loop().time() - started < 25  # the 30 s poll did not bring it
+        log = await page.eval("document.getElementById('live-log').innerText")
+        assert "live p1" in log and "p2" not in log
+        assert "new critical alert: tamper" in await page.eval("document.getElementById('status').textContent")
+        assert "p2" not in await page.eval("document.getElementById('alerts-rows').innerText")
