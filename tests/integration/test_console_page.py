@@ -114,6 +114,14 @@ async def test_admin_acknowledges_an_alert_drills_down_and_edits_a_meter_type(co
         await page.wait_for("document.querySelectorAll('#types-errors li').length > 0")
         error = await page.eval("document.getElementById('types-errors').innerText")
         assert "meters.energy.kind" in error and "line 14" in error
+        await page.eval("document.getElementById('types-yaml').value = document.getElementById('types-yaml')"
+                        ".value.replace('kind: sideways', 'kind: cumulative').replace('single-phase', 'one-phase')")
+        await page.click("#types-save")  # corrected: saved as a new version, listed with its author
+        await page.wait_for("document.getElementById('status').textContent.includes('saved acme-em340 version 1')")
+        await page.wait_for("document.getElementById('types-versions').options.length === 1")
+        assert (await page.eval("document.getElementById('types-versions').options[0].text")).startswith("v1 · ")
+        assert "one-phase" in await page.eval("document.getElementById('types-yaml').value")
+        assert await page.eval("document.querySelectorAll('#types-errors li').length") == 0
         labelled = await page.eval("[...document.querySelectorAll('input, select, textarea')].every(i => "
                                  "i.labels.length > 0 || i.getAttribute('aria-label'))")
         assert labelled

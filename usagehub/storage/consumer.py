@@ -24,6 +24,12 @@ def _hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+async def holds_account(conn: Connection, *, tenant: str, account_id: str) -> bool:
+    """Whether ``account_id`` is an account of ``tenant``."""
+    cur = await conn.execute("SELECT 1 FROM accounts WHERE account_id = %s AND tenant = %s", (account_id, tenant))
+    return await cur.fetchone() is not None
+
+
 async def create_token(conn: Connection, *, tenant: str, account_id: str, created_by: str) -> tuple[str, str]:
     """A new token for ``account_id`` (shown once) and its id."""
     token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
