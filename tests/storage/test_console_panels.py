@@ -6,10 +6,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import orjson
 from psycopg_pool import AsyncConnectionPool
 
 from tests.storage.test_operations import DAY, World, panel, world  # noqa: F401 — the fixture
-from tests.storage.test_rating_support import NOW
+from tests.storage.test_rating_support import NOW, wired
+from tests.storage.test_sessions_billing import feed
 from usagehub.storage.events import QuarantineItem, insert_quarantine
 
 SEARCH = "query($q: String!) { meterInspection(search: $q) { deviceId meter accountId } }"
@@ -63,3 +65,16 @@ async def test_quarantine_browser_filters_by_device_and_time_within_the_tenant(w
     assert await ids("b-operator", d="p1") == []  # another tenant's device: nothing
     naive = await world.gql("operator", QUARANTINE, d=None, s="2026-11-21T00:00:00", u=None)
     assert naive["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+
+
+async def test_inspection_shows_the_current_state_of_a_state_meter(world: World, pool: AsyncConnectionPool) -> None:
+    pipeline, _, _ = wired(pool)
+    armed = panel("p1", 50, "state")
+    body = {"id": 50, "t": int((DAY + timedelta(hours=3)).timestamp() * 1000), "state": "armed_away"}
+    await feed(pipeline, [type(armed)(transport="mqtt", topic=armed.topic, payload=orjson.dumps(body),
+                                      received_at=NOW)])
+    query = "query($d: String) { meterInspection(deviceId: $d) { meter lastValue lastState } }"
+    meters = {m["meter"]: m for m in (await world.gql("operator", query, d="p1"))["data"]["meterInspection"]}
+    assert meters["armed"]["lastState"] == "armed_away" and meters["armed"]["lastValue"] == "1"
+    assert meters["tamper"]["lastState"] is None  # an event meter has no state
+    assert (await world.gql("b-operator", query, d="p1"))["data"]["meterInspection"] == []
