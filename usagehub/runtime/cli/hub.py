@@ -124,8 +124,8 @@ async def _prepare_fleet(config: HubConfig, sim: "Simulator", *, register: bool)
     """Register the fleet (with MQTT logins on the embedded broker) or read its stored logins."""
     from datetime import UTC, datetime, timedelta
 
-    from usagehub.runtime.cli.common import EXIT_BAD_INPUT
     from usagehub.runtime.assembly import open_storage
+    from usagehub.runtime.cli.common import EXIT_BAD_INPUT
     from usagehub.runtime.seed import SeedFile, seed_in_one_transaction
     from usagehub.runtime.simulate import fleet_logins
     from usagehub.storage.registry import DeviceDirectorySql

@@ -59,8 +59,8 @@ def keys_device_set(config: HubConfig, device_id: str,
                     protocol: str = "wmbus", tenant: str = "default") -> None:
     """Store a device's AES key, sealed under device_key_secret (a running hub reloads keys by itself)."""
     from usagehub.core.codecs.keyring import parse_key_hex
-    from usagehub.runtime.device_keys import device_keys
     from usagehub.runtime.assembly import open_storage
+    from usagehub.runtime.device_keys import device_keys
 
     raw = parse_key_hex(key)
 
@@ -79,8 +79,8 @@ def keys_device_set(config: HubConfig, device_id: str,
 @with_settings
 def keys_device_remove(config: HubConfig, device_id: str, protocol: str = "wmbus", tenant: str = "default") -> None:
     """Remove a device's stored key."""
-    from usagehub.runtime.device_keys import device_keys
     from usagehub.runtime.assembly import open_storage
+    from usagehub.runtime.device_keys import device_keys
 
     async def go() -> bool:
         async with open_storage(config, max_size=2) as pool:
