@@ -90,3 +90,20 @@ async def test_inspection_shows_the_current_state_of_a_state_meter(w: World, poo
     assert meters["armed"]["lastState"] == "armed_away" and meters["armed"]["lastValue"] == "1"
     assert meters["tamper"]["lastState"] is None  # an event meter has no state
     assert (await w.gql("b-operator", query, d="p1"))["data"]["meterInspection"] == []
+
+
+async def test_quarantine_filters_and_the_burst_sweep_read_by_index(pool: AsyncConnectionPool) -> None:
+    # On a large quarantine a scan costs 10-20x (bench/console_queries.py); tiny test tables would be scanned
+    # anyway, so scans are priced out to see which index the planner has.
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = off")
+
+        async def plan(sql: str) -> str:
+            cur = await conn.execute("EXPLAIN " + sql)
+            return "\n".join(str(r[0]) for r in await cur.fetchall())
+
+        assert "quarantine_device" in await plan("SELECT * FROM quarantine WHERE device_id = 'rare' "
+                                                 "ORDER BY quarantine_id LIMIT 101")
+        assert "quarantine_received" in await plan("SELECT device_id, count(*) FROM quarantine "
+                                                   "WHERE received_at >= now() - interval '10 minutes' "
+                                                   "GROUP BY device_id")
