@@ -15,10 +15,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from tests.integration.browser import Browser, png_colours
 from tests.peers import free_port
-from tests.storage.test_operations import build
+from tests.storage.test_operations import build, panel
 from usagehub.core.alerts import NewAlert
+from usagehub.core.events import RawMessage
 from usagehub.operations.feed import AlertFeed
 from usagehub.storage.alerts import raise_device_alerts
+from usagehub.storage.events import QuarantineItem, insert_quarantine
 
 pytestmark = pytest.mark.integration
 
@@ -211,3 +213,25 @@ async def test_alerts_arrive_live_over_the_subscription_and_only_the_tenants(con
         assert "live p1" in log and "p2" not in log
         assert "new critical alert: tamper" in await page.eval("document.getElementById('status').textContent")
         assert "p2" not in await page.eval("document.getElementById('alerts-rows').innerText")
+
+
+async def test_revenue_assurance_days_are_whole_local_days_of_the_account(console: tuple[str, dict[str, str]],
+                                                                         pool: AsyncConnectionPool,
+                                                                         tmp_path: Path) -> None:
+    url, tokens = console
+    async with pool.connection() as conn:  # 23:30 UTC on the 17th is 00:30 on the 18th in a1's Berlin
+        message = panel("p1", 60, "junk")
+        late = RawMessage(transport="mqtt", topic=message.topic, payload=message.payload,
+                          received_at=datetime(2026, 11, 17, 23, 30, tzinfo=UTC))
+        await insert_quarantine(conn, [QuarantineItem(message=late, reason="refused", device_id="p1")])
+    async with Browser(tmp_path) as page:
+        await page.open(f"{url}/console#key={tokens['operator']}")
+        await page.wait_for("document.querySelectorAll('#alerts-rows tr').length === 1")
+        await page.click("#tab-assurance")
+        await page.eval("document.getElementById('ra-since').value = '2026-11-18'")
+        await page.eval("document.getElementById('ra-until').value = '2026-11-19'")
+        await page.eval("document.getElementById('ra-account').value = 'a1'")
+        await page.click("#assurance-form button[type=submit]")
+        await page.wait_for("document.getElementById('status').textContent.endsWith(' rows')")
+        rows = await page.eval("[...document.querySelectorAll('#ra-rows tr')].map(r => r.innerText)")
+        assert [r.split("\t")[:5] for r in rows] == [["2026-11-18", "a1", "(messages)", "0", "1"]], rows
