@@ -171,6 +171,11 @@ async def test_consumer_page_shows_times_in_the_accounts_zone_not_the_phones(con
                            "VALUES ('a1', 'topup', 20, 'EUR', 'pay-zone', '2026-11-20T23:30:00Z')")
         await conn.execute("INSERT INTO prepaid_events (account_id, kind, balance, funds, currency, at) "
                            "VALUES ('a1', 'restored', 20, 20, 'EUR', '2026-11-20T23:31:00Z')")
+        for rid, state, expires in (("r-open", "open", "2099-01-01T10:00:00Z"), ("r-done", "committed", "2099-01-01"),
+                                    ("r-old", "open", "2026-01-01T00:00:00Z")):  # only the first is reserved now
+            await conn.execute("INSERT INTO prepaid_reservations (reservation_id, account_id, device_id, product, "
+                               "units, hold, state, created_at, expires_at) VALUES (%s, 'a1', 'm1', 'energy', 2, "
+                               "'0.60', %s, '2026-11-20T23:32:00Z', %s)", (rid, state, expires))
     async with httpx.AsyncClient() as client:
         made = (await client.post(f"{url}/graphql", headers={"Authorization": f"Bearer {tokens['billing']}"},
                                   json={"query": 'mutation { createConsumerToken(accountId: "a1") { token } }'})).json()
@@ -182,6 +187,8 @@ async def test_consumer_page_shows_times_in_the_accounts_zone_not_the_phones(con
         events = await page.eval("document.getElementById('events').innerText")
         assert "2026-11-21 00:30" in ledger and "topup" in ledger and "20" in ledger, ledger
         assert "2026-11-21 00:31" in events and "restored" in events, events
+        reserved = await page.eval("[...document.querySelectorAll('#reservations tr')].map(r => r.innerText)")
+        assert reserved == ["2026-11-21 00:32\t2 energy · m1\t0.60 EUR\t2099-01-01 11:00"], reserved
         assert "23:30" not in ledger and "15:30" not in ledger  # neither UTC nor the phone's own zone
         assert "Europe/Berlin" in await page.eval("document.getElementById('status').textContent")
         assert await page.eval("document.getElementById('balance').textContent") == "20 EUR"
