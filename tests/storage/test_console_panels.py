@@ -16,6 +16,7 @@ from tests.storage.test_operations import DAY, World, build, panel
 from tests.storage.test_rating_support import NOW, wired
 from tests.storage.test_sessions_billing import feed
 from usagehub.storage.events import QuarantineItem, insert_quarantine
+from usagehub.storage.keys import ApiKeys
 
 SEARCH = "query($q: String!) { meterInspection(search: $q) { deviceId meter accountId } }"
 RECENT = "query($d: String!) { events(deviceId: $d, first: 3, newestFirst: true) { edges { node { ts meter " \
@@ -107,3 +108,16 @@ async def test_quarantine_filters_and_the_burst_sweep_read_by_index(pool: AsyncC
         assert "quarantine_received" in await plan("SELECT device_id, count(*) FROM quarantine "
                                                    "WHERE received_at >= now() - interval '10 minutes' "
                                                    "GROUP BY device_id")
+
+
+async def test_alerts_export_of_another_tenant_and_of_a_revoked_key(w: World, pool: AsyncConnectionPool) -> None:
+    async def export(bearer: str) -> httpx.Response:
+        return await w.client.get("/console/export/alerts.csv", headers={"Authorization": f"Bearer {bearer}"})
+
+    theirs = await export(w.keys["b-operator"])
+    assert theirs.status_code == 200 and ",p2," in theirs.text and ",p1," not in theirs.text
+    keys = ApiKeys(pool)  # revoked before the app ever saw it (revocation across hubs: tests/api/test_keys.py)
+    token, principal = await keys.create(role="operator")
+    await keys.revoke(principal.key_id)
+    refused = await export(token)
+    assert refused.status_code == 401 and "p1" not in refused.text
