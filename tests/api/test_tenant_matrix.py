@@ -146,6 +146,8 @@ MUTATIONS: dict[str, Case] = {
 MAIN_ROOMS: dict[str, Case] = {
     "alerts": Case("{ alerts { edges { node { id accountId message } } } }", {}, "list"),
     "meterTypes": Case("{ meterTypes { id } }", {}, "list", marker=False),  # one catalog for the hub
+    "meterTypeVersions": Case('{ meterTypeVersions(id: "acme-em340") { version author } }', {}, "list",
+                              marker=False),  # hub-wide too; authors only for the hub's own tenant
     "revenueAssurance": Case("query($a: String, $s: DateTime!, $u: DateTime!) { revenueAssurance(accountId: $a, "
                              "since: $s, until: $u) { accountId day events } }",
                              {"a": "{acc}", "s": SINCE, "u": UNTIL}),

@@ -20,8 +20,8 @@ from tests.peers import free_port, require_binary
 class Browser:
     """One Chromium process with one page; used as ``async with Browser(tmp_path) as b``."""
 
-    def __init__(self, workdir: Path, *, width: int = 1200, height: int = 800) -> None:
-        self.workdir, self.size = workdir, (width, height)
+    def __init__(self, workdir: Path, *, width: int = 1200, height: int = 800, timezone: str | None = None) -> None:
+        self.workdir, self.size, self.timezone = workdir, (width, height), timezone
         self.proc: asyncio.subprocess.Process | None = None
         self.ws: ClientConnection | None = None
         self._ids = itertools.count(1)
@@ -51,6 +51,8 @@ class Browser:
         await self.send("Runtime.enable")
         await self.send("Emulation.setDeviceMetricsOverride", width=self.size[0], height=self.size[1],
                         deviceScaleFactor=1, mobile=False)
+        if self.timezone:  # the browser's own zone (a phone abroad), to show pages do not depend on it
+            await self.send("Emulation.setTimezoneOverride", timezoneId=self.timezone)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -133,3 +133,22 @@ async def test_invalid_or_incompatible_meter_types_are_refused_at_the_field(hubs
     assert refused["meterType"] is None
     assert any(e["field"] == "meters.energy" for e in refused["errors"]), refused
     assert "acme-em340" not in one.catalog.stored  # nothing was stored
+
+
+VERSIONS = 'query($id: String!) { meterTypeVersions(id: $id) { version author createdAt yaml } }'
+
+
+async def test_every_saved_version_is_kept_and_listed_newest_first(hubs: Any) -> None:
+    _, _, gql, _ = hubs
+    assert (await gql("operator", VERSIONS, id="acme-water"))["data"]["meterTypeVersions"] == []
+    for text in (WATER, WATER.replace("ACME water meter", "ACME water meter v2")):
+        assert (await gql("admin", SAVE, y=text))["data"]["saveMeterType"]["errors"] == []
+    refused = await gql("admin", SAVE, y=WATER.replace("kind: cumulative", "kind: gauge"))
+    assert refused["data"]["saveMeterType"]["errors"]  # an incompatible text adds no version
+    mine = (await gql("operator", VERSIONS, id="acme-water"))["data"]["meterTypeVersions"]
+    assert [v["version"] for v in mine] == [2, 1]
+    assert "water meter v2" in mine[0]["yaml"] and "water meter v2" not in mine[1]["yaml"]
+    assert all(v["author"] for v in mine)  # the admin key that saved it, for the hub's own tenant
+    theirs = (await gql("b-operator", VERSIONS, id="acme-water"))["data"]["meterTypeVersions"]
+    assert [v["version"] for v in theirs] == [2, 1] and {v["author"] for v in theirs} == {None}
+    assert (await gql("billing", VERSIONS, id="acme-water"))["errors"][0]["extensions"]["code"] == "FORBIDDEN"

@@ -58,7 +58,8 @@ class World:
         return body
 
 
-async def build(pool: AsyncConnectionPool) -> tuple[Starlette, dict[str, str], OperationsService]:
+async def build(pool: AsyncConnectionPool, extra: dict[str, Any] | None = None
+                ) -> tuple[Starlette, dict[str, str], OperationsService]:
     """Two tenants with meters and panels, a tamper each, an unbound meter, a quarantined message; the app."""
     pipeline, billing, _ = wired(pool)
     pipeline.hooks.append(AlertStage(_PROFILES).apply)
@@ -84,7 +85,8 @@ async def build(pool: AsyncConnectionPool) -> tuple[Starlette, dict[str, str], O
     files = load_profiles(SHIPPED_PROFILES)
     catalog = ProfileCatalog(pool, ProfileSet(files), SHIPPED_PROFILES, files)  # its own set: tests share _PROFILES
     services = Services(registry=registry, reads=Reads(pool), ingest_totals={}, replay=_no_replay,
-                        extra={"operations": ops, "consumers": consumers, "profile_catalog": catalog},
+                        extra={"operations": ops, "consumers": consumers, "profile_catalog": catalog,
+                               **(extra or {})},
                         billing=billing)
     app = create_app(services, keys, ready=lambda: True,
                      extra_routes=[*console_routes(ops, keys), *me_routes(consumers)])

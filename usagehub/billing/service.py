@@ -37,6 +37,7 @@ class MeterView:
     last_received_at: datetime
     period_label: str
     period_total: Decimal
+    last_state: str | None = None  # a state meter's last state name (armed, open…)
 
 
 class BillingService:
@@ -179,16 +180,16 @@ class BillingService:
                 "ON b.device_id = d.device_id AND b.valid @> %s::timestamptz "
                 "LEFT JOIN accounts a ON a.account_id = b.account_id WHERE d.tenant = %s "
                 "AND (%s::text IS NULL OR d.device_id = %s) AND (%s::text IS NULL OR b.account_id = %s) "
-                "AND (%s::text IS NULL OR d.device_id ILIKE %s OR d.name ILIKE %s) ORDER BY d.device_id LIMIT %s",
-                (now, tenant, device_id, device_id, account_id, account_id, search, f"%{search}%",
-                 f"%{search}%", limit))
+                "AND (%s::text IS NULL OR d.device_id ILIKE %s OR d.name ILIKE %s OR b.account_id ILIKE %s "
+                "OR a.name ILIKE %s) ORDER BY d.device_id LIMIT %s",  # quick search: device, serial or account
+                (now, tenant, device_id, device_id, account_id, account_id, search, *[f"%{search}%"] * 4, limit))
             devices = [(str(r[0]), r[1], ZoneInfo(str(r[2] or "UTC"))) for r in await cur.fetchall()]
             out: list[MeterView] = []
             for dev, account, zone in devices:
                 period = period_of(now, zone)
                 cur = await conn.execute(
                     "SELECT DISTINCT ON (e.meter) e.meter, e.value, e.unit, e.ts, "
-                    "max(e.received_at) OVER (PARTITION BY e.meter), e.profile_id FROM events e "
+                    "max(e.received_at) OVER (PARTITION BY e.meter), e.profile_id, e.text_value FROM events e "
                     "WHERE e.device_id = %s ORDER BY e.meter, e.ts DESC, e.event_id DESC", (dev,))
                 last = await cur.fetchall()
                 cur = await conn.execute(
@@ -197,7 +198,7 @@ class BillingService:
                 totals = {str(r[0]): r[1] for r in await cur.fetchall()}
                 # Gauges and states leave no usage entries: their period value is the billing record's
                 # (max kW, seconds armed…), which merges the account's devices of that product.
-                for m, _v, _u, _ts, _rec, profile in last:
+                for m, _v, _u, _ts, _rec, profile, _state in last:
                     product = self._record_product(str(profile), str(m))
                     if product is not None and account is not None:
                         cur = await conn.execute(
@@ -207,8 +208,8 @@ class BillingService:
                         totals[str(m)] = row[0] if row and row[0] is not None else Decimal(0)
                 out += [MeterView(device_id=dev, meter=str(m), unit=str(u), account_id=account, last_value=v,
                                   last_reading_at=ts, last_received_at=rec, period_label=period.label,
-                                  period_total=totals.get(str(m), Decimal(0)))
-                        for m, v, u, ts, rec, _profile in last]
+                                  period_total=totals.get(str(m), Decimal(0)), last_state=state)
+                        for m, v, u, ts, rec, _profile, state in last]
             return out
 
 

@@ -142,13 +142,14 @@ class MeterInspection:
     last_received_at: datetime
     period: str
     period_total: Decimal
+    last_state: str | None = strawberry.field(description="A state meter's current state (its last state name).")
 
     @classmethod
     def of(cls, v: MeterView) -> MeterInspection:
         """From a storage view."""
         return cls(device_id=v.device_id, meter=v.meter, unit=v.unit, account_id=v.account_id,
                    last_value=v.last_value, last_reading_at=v.last_reading_at, last_received_at=v.last_received_at,
-                   period=v.period_label, period_total=v.period_total)
+                   period=v.period_label, period_total=v.period_total, last_state=v.last_state)
 
 
 @strawberry.type

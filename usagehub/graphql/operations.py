@@ -126,6 +126,16 @@ class MeterType:
 
 
 @strawberry.type
+class MeterTypeVersion:
+    """One stored version of a meter type; ``author`` (an API key id) only for keys of the hub's own tenant."""
+
+    version: int
+    author: str | None
+    created_at: datetime
+    yaml: str
+
+
+@strawberry.type
 class FieldError:
     """One validation error, at a field and line of the YAML."""
 
@@ -168,6 +178,13 @@ class OperationsQuery:
     async def meter_types(self, info: Info) -> list[MeterType]:
         require(info, *METER_TYPES_READ)
         return [MeterType.of(e) for e in _catalog(info).entries()]
+
+    @strawberry.field(description="Stored versions of one meter type, newest first (the file is version 0).")
+    async def meter_type_versions(self, info: Info, id: str) -> list[MeterTypeVersion]:
+        own = require(info, *METER_TYPES_READ) == HUB_TENANT  # key ids of the hub's admins stay in their tenant
+        rows = await _catalog(info).versions(id)
+        return [MeterTypeVersion(version=v.version, author=v.author if own else None, created_at=v.created_at,
+                                 yaml=v.yaml) for v in rows]
 
     @strawberry.field(description="Received, billable, quarantined, unbound and adjusted usage per account and day.")
     async def revenue_assurance(self, info: Info, since: datetime, until: datetime,

@@ -110,17 +110,17 @@ class CoreQuery:
         return [t.Binding(id=str(r["binding_id"]), device_id=r["device_id"], account_id=r["account_id"],
                           valid_from=r["valid_from"], valid_to=r["valid_to"]) for r in rows]
 
-    @strawberry.field(description="Raw events of one device in device-time order.")
+    @strawberry.field(description="Raw events of one device in device-time order (newestFirst: latest first).")
     async def events(self, info: Info, device_id: str, meter: str | None = None,
                      since: datetime | None = None, until: datetime | None = None, first: int = 100,
-                     after: str | None = None) -> Connection[t.UsageEvent]:
+                     after: str | None = None, newest_first: bool = False) -> Connection[t.UsageEvent]:
         tenant = require(info, "admin", "operator", "billing")
         n = page_size(first)
         pos = decode_cursor(after)
         after_key = (datetime.fromisoformat(pos[0]), pos[1], pos[2]) if isinstance(pos, list) else None
         rows = await _services(info).reads.events(
             tenant=tenant, device_id=device_id, meter=meter, since=since and _aware(since, "since"),
-            until=until and _aware(until, "until"), after=after_key, limit=n + 1)
+            until=until and _aware(until, "until"), after=after_key, limit=n + 1, newest_first=newest_first)
         return connection([t.UsageEvent.of(r) for r in rows], n,
                           lambda e: [e.ts.isoformat(), e.meter, e.event_id])
 
@@ -136,13 +136,16 @@ class CoreQuery:
     @strawberry.field(description="Messages kept in quarantine with raw bytes and reason: those of the tenant's "
                                   "devices (the hub's own tenant also sees those of no registered device).")
     async def quarantine(self, info: Info, reason: str | None = None, first: int = 50, after: str | None = None,
-                         include_replayed: bool = False) -> Connection[t.QuarantineItem]:
+                         include_replayed: bool = False, device_id: str | None = None, since: datetime | None = None,
+                         until: datetime | None = None) -> Connection[t.QuarantineItem]:
         tenant = require(info, "admin", "operator")
         n = page_size(first)
         pos = decode_cursor(after)
         rows = await _services(info).reads.quarantine(tenant=tenant, reason=reason,
                                                       after=int(str(pos)) if pos else None, limit=n + 1,
-                                                      include_replayed=include_replayed)
+                                                      include_replayed=include_replayed, device_id=device_id,
+                                                      since=since and _aware(since, "since"),
+                                                      until=until and _aware(until, "until"))
         return connection([t.QuarantineItem.of(r) for r in rows], n, lambda q: int(q.id))
 
     @strawberry.field(description="Open quarantine items of the tenant per reason; the process-wide counters "

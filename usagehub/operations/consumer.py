@@ -7,7 +7,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from usagehub.errors import DomainError
-from usagehub.storage.consumer import Consumer, create_token, own_summary, resolve, revoke_token
+from usagehub.storage.consumer import Consumer, create_token, holds_account, own_summary, resolve, revoke_token
 from usagehub.storage.pool import mapped_errors
 
 
@@ -20,9 +20,7 @@ class ConsumerService:
     async def create(self, *, tenant: str, account_id: str, created_by: str) -> tuple[str, str]:
         """A token for one of the tenant's accounts (NOT_FOUND for any other id)."""
         async with mapped_errors(), self.pool.connection() as conn:
-            cur = await conn.execute("SELECT 1 FROM accounts WHERE account_id = %s AND tenant = %s",
-                                     (account_id, tenant))
-            if await cur.fetchone() is None:
+            if not await holds_account(conn, tenant=tenant, account_id=account_id):
                 raise DomainError("NOT_FOUND", f"no account {account_id!r}")
             return await create_token(conn, tenant=tenant, account_id=account_id, created_by=created_by)
 

@@ -18,7 +18,7 @@ from usagehub.core.profiles import Profile, parse_profile
 from usagehub.errors import ConfigError, DomainError
 from usagehub.storage.notify import listen_forever
 from usagehub.storage.pool import mapped_errors
-from usagehub.storage.profile_versions import CHANNEL, add_version, history, latest
+from usagehub.storage.profile_versions import CHANNEL, StoredProfile, add_version, history, latest
 
 log = logging.getLogger(__name__)
 SOURCE = "<meter type>"
@@ -91,10 +91,10 @@ class ProfileCatalog:
                                         yaml=self._file_text(pid)))
         return out
 
-    async def versions(self, profile_id: str) -> list[tuple[int, str, str]]:
-        """(version, author, yaml) of every stored version of one profile, newest first."""
+    async def versions(self, profile_id: str) -> list[StoredProfile]:
+        """Every stored version of one profile, newest first (the file, version 0, is not among them)."""
         async with mapped_errors(), self.pool.connection() as conn:
-            return [(v.version, v.author, v.yaml) for v in await history(conn, profile_id)]
+            return await history(conn, profile_id)
 
     async def save(self, yaml: str, *, author: str) -> tuple[CatalogEntry | None, list[ConfigError]]:
         """Validate and store a new version; the entry in force after it, or the errors (nothing stored)."""

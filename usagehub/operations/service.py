@@ -22,6 +22,7 @@ from usagehub.storage.alerts import (
     raise_device_alerts,
 )
 from usagehub.storage.assurance import AssuranceRow, revenue_assurance
+from usagehub.storage.consumer import holds_account
 from usagehub.storage.pool import mapped_errors
 
 MAX_RANGE = timedelta(days=92)
@@ -79,11 +80,8 @@ class OperationsService:
         if until <= since or until - since > MAX_RANGE:
             raise DomainError("BAD_REQUEST", f"the range must be positive and at most {MAX_RANGE.days} days")
         async with mapped_errors(), self.pool.connection() as conn:
-            if account_id is not None:
-                cur = await conn.execute("SELECT 1 FROM accounts WHERE account_id = %s AND tenant = %s",
-                                         (account_id, tenant))
-                if await cur.fetchone() is None:
-                    raise DomainError("NOT_FOUND", f"no account {account_id!r}")
+            if account_id is not None and not await holds_account(conn, tenant=tenant, account_id=account_id):
+                raise DomainError("NOT_FOUND", f"no account {account_id!r}")
             return await revenue_assurance(conn, tenant=tenant, since=since, until=until, account_id=account_id,
                                            limit=limit)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -19,61 +18,31 @@ from usagehub import adapters
 from usagehub.adapters.base import Adapter, AdapterSettings, Sink
 from usagehub.adapters.link import Link, keep_serving
 from usagehub.billing.service import BillingService
-from usagehub.core.codecs.keyring import KeyRing
-from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
 from usagehub.core.profiles import Profile
 from usagehub.graphql.context import Services
 from usagehub.graphql.cost import Limits
-from usagehub.pipeline.alerts import AlertStage
-from usagehub.pipeline.pipeline import Pipeline, PipelineSettings
+from usagehub.pipeline.pipeline import Pipeline
 from usagehub.pipeline.rebind import rebind, sweep_expired
 from usagehub.pipeline.rebuild import rebuild_unmarked
-from usagehub.pipeline.sessions import SessionEngine
-from usagehub.pipeline.usage import UsageWriter
-from usagehub.prepaid.runtime import PrepaidRuntime, debit_hook
+from usagehub.prepaid.runtime import PrepaidRuntime
+from usagehub.runtime.assembly import build_pipeline, open_storage
 from usagehub.runtime.broker import EmbeddedBroker
 from usagehub.runtime.config import HubConfig
 from usagehub.runtime.device_keys import open_keyring, refresh_keyring
 from usagehub.runtime.operations import wire_operations
-from usagehub.runtime.preflight import check_database, check_ports
+from usagehub.runtime.preflight import check_ports
 from usagehub.runtime.profile_files import load_profiles
 from usagehub.runtime.readiness import Readiness
-from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.keys import ApiKeys
-from usagehub.storage.migrations import migrate
-from usagehub.storage.pool import open_pool
 from usagehub.storage.queries import Reads
-from usagehub.storage.registry import DeviceDirectorySql, KnownDevices, Registry
-from usagehub.storage.retention import set_event_retention
+from usagehub.storage.registry import DeviceDirectorySql, Registry
 from usagehub.storage.retention_pack import pack_daily
 from usagehub.web.app import create_app
 
 log = logging.getLogger(__name__)
 # Adapters that only bind a port: a failure at start names the port; one that dies later is rebound.
 BIND_ONLY = frozenset({"coap", "http", "binary", "snmp"})
-
-
-async def database_url(config: HubConfig) -> str:
-    """The configured URL, or the embedded server's (started in a thread: it blocks ~1 s)."""
-    if config.database_url:
-        return config.database_url
-    return await asyncio.to_thread(functools.partial(embedded_database_url, config.data_dir.resolve(),
-                                                     timescale=config.timescale))
-
-
-@contextlib.asynccontextmanager
-async def open_storage(config: HubConfig, *, max_size: int = 10) -> AsyncIterator[AsyncConnectionPool]:
-    """A migrated pool on the configured (or embedded) database."""
-    if config.database_url:  # a wrong URL fails in seconds with its cause, not after 15 s of retries
-        await check_database(config.database_url)
-    pool = await open_pool(await database_url(config), max_size=max_size)
-    try:
-        await migrate(pool)
-        await set_event_retention(pool, config.event_retention_days)
-        yield pool
-    finally:
-        await pool.close()
 
 
 @dataclass
@@ -118,29 +87,6 @@ class Hub:
                                        "WHERE quarantine_id = %s", (receipt.outcome.value, qid))
             results.append((int(qid), receipt.outcome.value, receipt.reason))
         return results
-
-
-def build_pipeline(config: HubConfig, pool: AsyncConnectionPool, profiles: list[Profile],
-                   keyring: KeyRing | None = None) -> tuple[Pipeline, BillingService]:
-    """The ingest pipeline with its batch hooks (usage, sessions, billing) and the billing service over them.
-
-    ``billing.engine`` also re-allocates usage when a binding changes (``registry_for``).
-    """
-    profile_set = ProfileSet(profiles, keyring)
-    pipeline = Pipeline(pool, profile_set, KnownDevices(pool),
-                        PipelineSettings(batch_max_messages=config.batch_max_messages,
-                                         batch_max_wait_ms=config.batch_max_wait_ms,
-                                         commit_lanes=config.commit_lanes))
-    usage = UsageWriter(profile_set)
-    pipeline.hooks.append(usage.apply)
-    # Sessions and billing records follow the entries the UsageWriter wrote, in the same transaction.
-    engine = SessionEngine(profile_set, entries=lambda: usage.last_entries)
-    pipeline.hooks.append(engine.apply)
-    # Prepaid accounts are debited for the usage points the engine stored, in the same transaction.
-    pipeline.hooks.append(debit_hook(pool, engine))
-    # Last contact per device and tamper/fault alerts, in the same transaction.
-    pipeline.hooks.append(AlertStage(profile_set).apply)
-    return pipeline, BillingService(pool, engine)
 
 
 def registry_for(pool: AsyncConnectionPool, billing: BillingService) -> Registry:

@@ -25,8 +25,8 @@ from usagehub.core.decode import ProfileSet
 from usagehub.operations.profiles import ProfileCatalog
 from usagehub.pipeline.session_worker import SessionWorker
 from usagehub.pipeline.sessions import SessionEngine
+from usagehub.runtime.assembly import open_storage
 from usagehub.runtime.config import HubConfig
-from usagehub.runtime.hub import open_storage
 from usagehub.runtime.profile_files import load_profiles
 from usagehub.runtime.scaleout import WorkerPool
 from usagehub.storage.session_queue import backlog

@@ -25,8 +25,8 @@ from usagehub.bus.consumer import PartitionConsumer, owned_partitions
 from usagehub.bus.stream import BusSettings, connect, ensure_stream, servers_of
 from usagehub.core.events import UsageEvent
 from usagehub.pipeline.pipeline import Pipeline
+from usagehub.runtime.assembly import build_pipeline, open_storage
 from usagehub.runtime.config import HubConfig
-from usagehub.runtime.hub import build_pipeline, open_storage
 from usagehub.runtime.profile_files import load_profiles
 from usagehub.storage.pool import Connection
 from usagehub.storage.sessions import lock_devices

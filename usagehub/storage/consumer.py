@@ -24,6 +24,12 @@ def _hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+async def holds_account(conn: Connection, *, tenant: str, account_id: str) -> bool:
+    """Whether ``account_id`` is an account of ``tenant``."""
+    cur = await conn.execute("SELECT 1 FROM accounts WHERE account_id = %s AND tenant = %s", (account_id, tenant))
+    return await cur.fetchone() is not None
+
+
 async def create_token(conn: Connection, *, tenant: str, account_id: str, created_by: str) -> tuple[str, str]:
     """A new token for ``account_id`` (shown once) and its id."""
     token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
@@ -60,7 +66,8 @@ async def _dicts(conn: Connection, sql: str, params: tuple[Any, ...]) -> list[di
 
 
 async def own_summary(conn: Connection, account_id: str, *, days: int = 31, months: int = 12) -> dict[str, Any]:
-    """One account's own view: usage per local day and month and product, prepaid state, ledger, events."""
+    """One account's own view: usage per local day and month and product, prepaid state, ledger, open
+    reservations, blocks and restores."""
     account = (await _dicts(conn, "SELECT account_id, name, timezone, currency, prepaid FROM accounts "
                                   "WHERE account_id = %s", (account_id,)))[0]
     usage = ("SELECT date_trunc(%s, p.start_ts AT TIME ZONE a.timezone)::date AS day, p.product, min(r.unit) AS unit, "
@@ -78,5 +85,9 @@ async def own_summary(conn: Connection, account_id: str, *, days: int = 31, mont
                           (account_id,))
     events = await _dicts(conn, "SELECT kind, balance, currency, at FROM prepaid_events WHERE account_id = %s "
                                 "ORDER BY event_id DESC LIMIT 20", (account_id,))
+    reservations = await _dicts(conn, "SELECT r.device_id, r.product, r.units, r.hold, a.currency, r.created_at, "
+                                      "r.expires_at FROM prepaid_reservations r JOIN prepaid_accounts a "
+                                      "USING (account_id) WHERE r.account_id = %s AND r.state = 'open' "
+                                      "AND r.expires_at > now() ORDER BY r.created_at DESC LIMIT 20", (account_id,))
     return {"account": account, "daily": daily, "monthly": monthly, "prepaid": prepaid[0] if prepaid else None,
-            "ledger": ledger, "events": events}
+            "ledger": ledger, "events": events, "reservations": reservations}

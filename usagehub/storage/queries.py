@@ -39,25 +39,30 @@ class Reads:
 
     async def events(self, *, tenant: str, device_id: str, meter: str | None, since: datetime | None,
                      until: datetime | None, after: tuple[datetime, str, str] | None,
-                     limit: int) -> list[dict[str, Any]]:
-        """Events of one device in time order, keyset-paged on (ts, meter, event_id)."""
+                     limit: int, newest_first: bool = False) -> list[dict[str, Any]]:
+        """Events of one device in time order (or newest first), keyset-paged on (ts, meter, event_id)."""
         a_ts, a_meter, a_id = after if after else (None, None, None)
+        beyond, order = ("<", "DESC") if newest_first else (">", "ASC")  # fixed tokens, never input
         return await self._rows(
             "SELECT e.* FROM events e JOIN devices d USING (device_id) WHERE e.device_id = %s AND d.tenant = %s "
             "AND (%s::text IS NULL OR e.meter = %s) AND (%s::timestamptz IS NULL OR e.ts >= %s) "
             "AND (%s::timestamptz IS NULL OR e.ts < %s) "
-            "AND (%s::timestamptz IS NULL OR (e.ts, e.meter, e.event_id) > (%s, %s, %s)) "
-            "ORDER BY e.ts, e.meter, e.event_id LIMIT %s",
+            f"AND (%s::timestamptz IS NULL OR (e.ts, e.meter, e.event_id) {beyond} (%s, %s, %s)) "
+            f"ORDER BY e.ts {order}, e.meter {order}, e.event_id {order} LIMIT %s",
             (device_id, tenant, meter, meter, since, since, until, until, a_ts, a_ts, a_meter, a_id, limit))
 
     async def quarantine(self, *, tenant: str, reason: str | None, after: int | None, limit: int,
-                         include_replayed: bool = False) -> list[dict[str, Any]]:
-        """The tenant's quarantined messages, newest id last, keyset-paged."""
+                         include_replayed: bool = False, device_id: str | None = None,
+                         since: datetime | None = None, until: datetime | None = None) -> list[dict[str, Any]]:
+        """The tenant's quarantined messages (by reason, device, received in [since, until)), keyset-paged."""
         return await self._rows(
             f"SELECT * FROM quarantine q WHERE {_QUARANTINE_TENANT} = %s AND (%s::text IS NULL OR reason = %s) "
+            "AND (%s::text IS NULL OR device_id = %s) AND (%s::timestamptz IS NULL OR received_at >= %s) "
+            "AND (%s::timestamptz IS NULL OR received_at < %s) "
             "AND (%s::bigint IS NULL OR quarantine_id > %s) AND (%s OR replayed_at IS NULL) "
             "ORDER BY quarantine_id LIMIT %s",
-            (tenant, reason, reason, after, after, include_replayed, limit))
+            (tenant, reason, reason, device_id, device_id, since, since, until, until, after, after,
+             include_replayed, limit))
 
     async def ingest_totals(self) -> dict[str, int]:
         """Durable ingest totals of every hub on this database (survive restarts)."""

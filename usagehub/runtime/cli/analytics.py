@@ -23,7 +23,7 @@ def refresh(config: HubConfig, as_of: Annotated[str | None, typer.Option(
             evaluate: Annotated[bool, typer.Option(help="evaluate every segment afterwards")] = True) -> None:
     """Recompute behaviour features (the daily job) and re-evaluate segments."""
     from usagehub.analytics.service import AnalyticsService
-    from usagehub.runtime.hub import open_storage
+    from usagehub.runtime.assembly import open_storage
 
     day = date.fromisoformat(as_of) if as_of else datetime.now(UTC).date() - timedelta(days=1)
 
@@ -52,7 +52,7 @@ def export(config: HubConfig,
            personal: Annotated[bool, typer.Option(help="real account ids instead of pseudonyms")] = False) -> None:
     """Write every account's features to a CSV or Parquet file for notebooks."""
     from usagehub.analytics.service import AnalyticsService
-    from usagehub.runtime.hub import open_storage
+    from usagehub.runtime.assembly import open_storage
     from usagehub.web.analytics import _csv, _feature_table, _parquet
 
     if out.suffix not in (".csv", ".parquet"):
@@ -77,7 +77,7 @@ def grant_personal(config: HubConfig,
                    revoke: Annotated[bool, typer.Option(help="withdraw the grant")] = False) -> None:
     """Let an analytics key see real account ids (personal data), or withdraw that."""
     from usagehub.analytics.service import AnalyticsService
-    from usagehub.runtime.hub import open_storage
+    from usagehub.runtime.assembly import open_storage
 
     async def go() -> None:
         async with open_storage(config, max_size=2) as pool:

@@ -124,8 +124,8 @@ async def _prepare_fleet(config: HubConfig, sim: "Simulator", *, register: bool)
     """Register the fleet (with MQTT logins on the embedded broker) or read its stored logins."""
     from datetime import UTC, datetime, timedelta
 
+    from usagehub.runtime.assembly import open_storage
     from usagehub.runtime.cli.common import EXIT_BAD_INPUT
-    from usagehub.runtime.hub import open_storage
     from usagehub.runtime.seed import SeedFile, seed_in_one_transaction
     from usagehub.runtime.simulate import fleet_logins
     from usagehub.storage.registry import DeviceDirectorySql
@@ -157,7 +157,7 @@ def seed(config: HubConfig,
     The whole file is checked first, against the file and the hub; nothing is written if anything is wrong.
     """
     from usagehub.rating.service import RatingService
-    from usagehub.runtime.hub import open_storage
+    from usagehub.runtime.assembly import open_storage
     from usagehub.runtime.profile_files import check_profiles
     from usagehub.runtime.seed import known_in, load_seed_tree, optimistic, seed_in_one_transaction, validate_seed
     from usagehub.storage.registry import Registry

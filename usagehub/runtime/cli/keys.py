@@ -20,7 +20,7 @@ def keys_create(config: HubConfig,
                 tenant: Annotated[str, typer.Option(metavar="TENANT", help="the tenant the key reads")] = "default",
                 name: Annotated[str, typer.Option(metavar="NAME", help="a note on who holds the key")] = "") -> None:
     """Create an API key and print it (shown once)."""
-    from usagehub.runtime.hub import open_storage
+    from usagehub.runtime.assembly import open_storage
     from usagehub.storage.keys import ROLES, ApiKeys
 
     if role not in ROLES:
@@ -40,7 +40,7 @@ def keys_create(config: HubConfig,
 def keys_revoke(config: HubConfig, key_id: Annotated[str, typer.Argument(
         metavar="KEY_ID", help="the key's id: the part after uh_, before the second _")]) -> None:
     """Revoke an API key by its id (the part after ``uh_``)."""
-    from usagehub.runtime.hub import open_storage
+    from usagehub.runtime.assembly import open_storage
     from usagehub.storage.keys import ApiKeys
 
     async def go() -> bool:
@@ -59,8 +59,8 @@ def keys_device_set(config: HubConfig, device_id: str,
                     protocol: str = "wmbus", tenant: str = "default") -> None:
     """Store a device's AES key, sealed under device_key_secret (a running hub reloads keys by itself)."""
     from usagehub.core.codecs.keyring import parse_key_hex
+    from usagehub.runtime.assembly import open_storage
     from usagehub.runtime.device_keys import device_keys
-    from usagehub.runtime.hub import open_storage
 
     raw = parse_key_hex(key)
 
@@ -79,8 +79,8 @@ def keys_device_set(config: HubConfig, device_id: str,
 @with_settings
 def keys_device_remove(config: HubConfig, device_id: str, protocol: str = "wmbus", tenant: str = "default") -> None:
     """Remove a device's stored key."""
+    from usagehub.runtime.assembly import open_storage
     from usagehub.runtime.device_keys import device_keys
-    from usagehub.runtime.hub import open_storage
 
     async def go() -> bool:
         async with open_storage(config, max_size=2) as pool:
@@ -97,7 +97,7 @@ def keys_device_remove(config: HubConfig, device_id: str, protocol: str = "wmbus
 def keys_list(config: HubConfig, tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None,
               revoked: Annotated[bool, typer.Option("--revoked", help="include revoked keys")] = False) -> None:
     """List API keys (id, tenant, role, name, created, revoked); secrets are never shown."""
-    from usagehub.runtime.hub import open_storage
+    from usagehub.runtime.assembly import open_storage
     from usagehub.storage.keys import ApiKeys, KeyInfo
 
     async def go() -> list[KeyInfo]:

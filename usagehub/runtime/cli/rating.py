@@ -32,7 +32,7 @@ def plans_load(config: HubConfig, file: FileArg, tenant: Tenant = "default",
                = False) -> None:
     """Load a tariff file: each changed plan becomes a new revision (versions in force cannot change)."""
     from usagehub.rating.service import RatingService
-    from usagehub.runtime.hub import open_storage
+    from usagehub.runtime.assembly import open_storage
 
     async def go() -> None:
         async with open_storage(config, max_size=2) as pool:
@@ -52,7 +52,7 @@ def plans_list(config: HubConfig, tenant: Tenant = "default",
                ) -> None:
     """The price plans in force: id, product, market, currency and unit."""
     from usagehub.rating.service import RatingService
-    from usagehub.runtime.hub import open_storage
+    from usagehub.runtime.assembly import open_storage
 
     async def go() -> None:
         async with open_storage(config, max_size=2) as pool:
@@ -71,7 +71,7 @@ def plans_assign(config: HubConfig, account: Annotated[str, typer.Argument(metav
                  tenant: Tenant = "default") -> None:
     """Choose a plan for an account: its product is then priced by that plan (instead of the market's only one)."""
     from usagehub.rating.service import RatingService
-    from usagehub.runtime.hub import open_storage
+    from usagehub.runtime.assembly import open_storage
 
     async def go() -> tuple[str, str, str]:
         async with open_storage(config, max_size=2) as pool:
@@ -86,7 +86,7 @@ def plans_assign(config: HubConfig, account: Annotated[str, typer.Argument(metav
 def vat_load(config: HubConfig, file: FileArg) -> None:
     """Make a VAT rate file (same shape as usagehub/data/vat_rates.yaml) the table in force."""
     from usagehub.rating.service import RatingService
-    from usagehub.runtime.hub import open_storage
+    from usagehub.runtime.assembly import open_storage
 
     async def go() -> tuple[int, bool]:
         async with open_storage(config, max_size=2) as pool:
@@ -102,7 +102,7 @@ def vendors_load(config: HubConfig, file: FileArg, tenant: Tenant = "default") -
     """Register the vendors of a vendor file (changed ones become new revisions)."""
     from usagehub.core.settlement import parse_vendors
     from usagehub.rating.service import RatingService
-    from usagehub.runtime.hub import open_storage
+    from usagehub.runtime.assembly import open_storage
 
     book = parse_vendors(file.read_text(encoding="utf-8"), str(file))
 
@@ -122,7 +122,7 @@ def invoice(config: HubConfig, account: Annotated[str, typer.Argument(metavar="A
             format: Annotated[str, typer.Option("--format", metavar="FORMAT", help="json or csv")] = "json") -> None:
     """Print an account's invoice preview for a period as JSON or CSV (the export format)."""
     from usagehub.rating.service import RatingService
-    from usagehub.runtime.hub import open_storage
+    from usagehub.runtime.assembly import open_storage
 
     async def go() -> str:
         async with open_storage(config, max_size=2) as pool:
