@@ -13,8 +13,8 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from tests.storage.test_session_queue import _derived, _fleet, _seed, second_pool  # noqa: F401
-from tests.storage.test_sessions_billing import feed, wired
-from usagehub.core.events import UsageEvent
+from tests.storage.test_sessions_billing import NOW, feed, wired
+from usagehub.core.events import RawMessage, UsageEvent
 from usagehub.pipeline.pipeline import Pipeline, PipelineSettings, lane_of
 from usagehub.storage.pool import Connection
 
@@ -85,3 +85,16 @@ async def test_lanes_overlap_and_keep_each_device_in_one_lane(pool: AsyncConnect
     seen_together = 0
     await feed(single, messages)
     assert seen_together == 0
+
+
+def test_gateway_messages_take_the_first_lane(pool: AsyncConnectionPool) -> None:
+    """A gateway's readings name their devices in the payload: never spread over lanes by topic."""
+    pipeline = _with_lanes(pool, 2)
+    gateway = RawMessage(transport="mqtt", topic="gateways/g1/batch", payload=b"{}", received_at=NOW)
+    meter = RawMessage(transport="mqtt", topic="meters/m1/reading", payload=b"{}", received_at=NOW)
+    assert lane_of(gateway, 2) == 1  # by its topic alone it would take the second lane
+    assert pipeline.identity.names_devices_in_payload(gateway)
+    assert not pipeline.identity.names_devices_in_payload(meter)
+    http = RawMessage(transport="http", topic="ingest", payload=b"{}", received_at=NOW,
+                      meta={"device_id": "g1", "profile": "acme-http-gateway"})
+    assert pipeline.identity.names_devices_in_payload(http)

@@ -116,6 +116,7 @@ class Entitlements:
         self.profiles = profiles
         self.facts = DeviceFactsCache(pool, ttl_s=ttl_s)
         self._candidates = lru_cache(maxsize=65536)(self._candidates_uncached)
+        self._payload_named = lru_cache(maxsize=65536)(self._payload_named_uncached)
 
     def _candidates_uncached(self, version: int, transport: str, topic: str
                              ) -> tuple[tuple[CompiledProfile, dict[str, str]], ...]:
@@ -129,6 +130,17 @@ class Entitlements:
             elif m := compiled.topic_re.match(topic):
                 found.append((compiled, m.groupdict()))
         return tuple(found)
+
+    def names_devices_in_payload(self, message: RawMessage) -> bool:
+        """Whether a profile that may decode ``message`` takes device ids from its payload (a gateway's)."""
+        if "profile" in message.meta:  # the adapter chose the profile (HTTP, files)
+            compiled = self.profiles.by_id.get(message.meta["profile"])
+            return compiled is not None and compiled.device_id is not None
+        return self._payload_named(self.profiles.version, message.transport, message.topic)
+
+    def _payload_named_uncached(self, version: int, transport: str, topic: str) -> bool:
+        return any(compiled.device_id is not None
+                   for compiled, _ in self._candidates(version, transport, topic))
 
     def candidates(self, message: RawMessage) -> list[tuple[CompiledProfile, dict[str, str]]]:
         """The profiles that may decode ``message`` with their topic captures (adapter-chosen profile first)."""

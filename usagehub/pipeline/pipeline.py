@@ -7,7 +7,9 @@ which is when adapters acknowledge their senders.
 
 Messages are spread over ``commit_lanes`` lanes by sender (device, else topic), each
 with its own queue and one batch in flight, so one lane's Python work overlaps the
-other's round trips to PostgreSQL. Lanes take their locks in one order (devices,
+other's round trips to PostgreSQL. Messages whose devices are named in the payload
+(gateways) all take the first lane: their devices are not known before decoding, and
+two lanes holding one meter would wait for each other's locks. Lanes take their locks in one order (devices,
 meters, accounts, balances; each sorted), as two hubs on one database do.
 """
 
@@ -123,7 +125,10 @@ class Pipeline:
         """Enqueue ``message``; the future resolves with its receipt after the batch commits."""
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         lanes = self._lanes
-        lane = lanes[0] if len(lanes) == 1 else lanes[lane_of(message, len(lanes))]
+        if len(lanes) == 1 or self.identity.names_devices_in_payload(message):
+            lane = lanes[0]  # a gateway's readings name many devices: one lane, in order, never contended
+        else:
+            lane = lanes[lane_of(message, len(lanes))]
         if lane.waiting_since is None:
             lane.waiting_since = time.monotonic()
         await lane.queue.put(_Item(message, future))
