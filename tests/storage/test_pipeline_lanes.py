@@ -1,7 +1,7 @@
 """Commit lanes: batches of two lanes in flight at once store exactly what one lane stores.
 
-The fleet's meter m1 takes one lane, m2 and the panel ax the other; m1 and ax share account a1, so
-the lanes meet on its locks.
+The fleet's meter m1 takes one lane, m2 and the panel ax the other (``lane_index`` of the device
+id); m1 and ax share account a1, so the lanes meet on its locks.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from tests.storage.test_session_queue import _derived, _fleet, _seed, second_pool  # noqa: F401
 from tests.storage.test_sessions_billing import NOW, feed, wired
 from usagehub.core.events import RawMessage, UsageEvent
-from usagehub.pipeline.pipeline import Pipeline, PipelineSettings, lane_of
+from usagehub.pipeline.pipeline import Pipeline, PipelineSettings, lane_index
 from usagehub.storage.pool import Connection
 
 
@@ -74,8 +74,10 @@ async def test_lanes_overlap_and_keep_each_device_in_one_lane(pool: AsyncConnect
             active.remove(devices)
 
     messages = [m for chunk in _fleet() for m in chunk]
-    assert len({lane_of(m, 2) for m in messages}) == 2  # the fleet's devices are spread over both lanes
     pipeline = _with_lanes(pool, 2)
+    keys = {pipeline.identity.lane_key(m) for m in messages}
+    assert keys == {"m1", "m2", "ax"}  # the device its topic names
+    assert len({lane_index(k, 2) for k in keys if k}) == 2  # the fleet's devices are spread over both lanes
     pipeline.hooks = [slow_hook]
     await feed(pipeline, messages)
     assert seen_together > 0  # the two lanes' batches were in flight at the same time
@@ -90,11 +92,13 @@ async def test_lanes_overlap_and_keep_each_device_in_one_lane(pool: AsyncConnect
 def test_gateway_messages_take_the_first_lane(pool: AsyncConnectionPool) -> None:
     """A gateway's readings name their devices in the payload: never spread over lanes by topic."""
     pipeline = _with_lanes(pool, 2)
-    gateway = RawMessage(transport="mqtt", topic="gateways/g1/batch", payload=b"{}", received_at=NOW)
+    gateway = RawMessage(transport="mqtt", topic="gateways/g3/batch", payload=b"{}", received_at=NOW)
     meter = RawMessage(transport="mqtt", topic="meters/m1/reading", payload=b"{}", received_at=NOW)
-    assert lane_of(gateway, 2) == 1  # by its topic alone it would take the second lane
+    assert lane_index(gateway.topic, 2) == 1 and lane_index("m1", 2) == 1  # by the topic: the second lane
+    assert pipeline.identity.lane_key(gateway) is None  # the first lane
+    assert pipeline.identity.lane_key(meter) == "m1"
     assert pipeline.identity.names_devices_in_payload(gateway)
     assert not pipeline.identity.names_devices_in_payload(meter)
     http = RawMessage(transport="http", topic="ingest", payload=b"{}", received_at=NOW,
-                      meta={"device_id": "g1", "profile": "acme-http-gateway"})
+                      meta={"device_id": "g3", "profile": "acme-http-gateway"})
     assert pipeline.identity.names_devices_in_payload(http)

@@ -117,6 +117,7 @@ class Entitlements:
         self.facts = DeviceFactsCache(pool, ttl_s=ttl_s)
         self._candidates = lru_cache(maxsize=65536)(self._candidates_uncached)
         self._payload_named = lru_cache(maxsize=65536)(self._payload_named_uncached)
+        self._topic_device = lru_cache(maxsize=65536)(self._topic_device_uncached)
 
     def _candidates_uncached(self, version: int, transport: str, topic: str
                              ) -> tuple[tuple[CompiledProfile, dict[str, str]], ...]:
@@ -130,6 +131,19 @@ class Entitlements:
             elif m := compiled.topic_re.match(topic):
                 found.append((compiled, m.groupdict()))
         return tuple(found)
+
+    def lane_key(self, message: RawMessage) -> str | None:
+        """What a commit lane is chosen by: None for a message whose devices its payload names (a gateway's);
+        else its authenticated device, or the device its topic names, or the topic."""
+        if self.names_devices_in_payload(message):
+            return None
+        if "device_id" in message.meta:
+            return message.meta["device_id"]
+        return self._topic_device(self.profiles.version, message.transport, message.topic) or message.topic
+
+    def _topic_device_uncached(self, version: int, transport: str, topic: str) -> str | None:
+        found = self._candidates(version, transport, topic)
+        return found[0][1].get("device_id") if found else None
 
     def names_devices_in_payload(self, message: RawMessage) -> bool:
         """Whether a profile that may decode ``message`` takes device ids from its payload (a gateway's)."""

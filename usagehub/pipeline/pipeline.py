@@ -5,7 +5,7 @@ later stages derive from them (batch hooks: usage, sessions, balances) and the
 quarantine rows — and only after COMMIT does each submitter's future resolve,
 which is when adapters acknowledge their senders.
 
-Messages are spread over ``commit_lanes`` lanes by sender (device, else topic), each
+Messages are spread over ``commit_lanes`` lanes by sender (device, else topic; ``lane_key``), each
 with its own queue and one batch in flight, so one lane's Python work overlaps the
 other's round trips to PostgreSQL. Messages whose devices are named in the payload
 (gateways) all take the first lane: their devices are not known before decoding, and
@@ -125,10 +125,10 @@ class Pipeline:
         """Enqueue ``message``; the future resolves with its receipt after the batch commits."""
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         lanes = self._lanes
-        if len(lanes) == 1 or self.identity.names_devices_in_payload(message):
+        if len(lanes) == 1 or (key := self.identity.lane_key(message)) is None:
             lane = lanes[0]  # a gateway's readings name many devices: one lane, in order, never contended
         else:
-            lane = lanes[lane_of(message, len(lanes))]
+            lane = lanes[lane_index(key, len(lanes))]
         if lane.waiting_since is None:
             lane.waiting_since = time.monotonic()
         await lane.queue.put(_Item(message, future))
@@ -316,9 +316,13 @@ class Pipeline:
         await self._commit_with_retry(lane, [item])
 
 
-def lane_of(message: RawMessage, lanes: int) -> int:
-    """The lane of ``message``: by its authenticated device, else its topic (stable across processes)."""
-    return zlib.crc32((message.meta.get("device_id") or message.topic).encode()) % lanes
+def lane_index(key: str, lanes: int) -> int:
+    """The lane of a lane key (``Entitlements.lane_key``), the same in every process.
+
+    CRC-32 is linear, so ids that differ in one character share its low bits: its high bits, mixed by
+    a Fibonacci multiplier, choose the lane.
+    """
+    return (((zlib.crc32(key.encode()) * 0x9E3779B1) & 0xFFFFFFFF) >> 16) % lanes
 
 
 def _first_claims(events: Sequence[UsageEvent], new_keys: set[EventKey]) -> list[UsageEvent]:
