@@ -7,10 +7,13 @@ from the stream it left on disk.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
@@ -18,6 +21,7 @@ from tests.bus.conftest import nats_binary, scalar
 from tests.conftest import Mosquitto
 from tests.integration.hubproc import HubProcess, usagehub
 from tests.integration.test_mqtt_e2e import publish
+from tests.peers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,6 +64,24 @@ def wait_for(predicate, timeout: float = 40.0) -> bool:  # type: ignore[no-untyp
     return bool(predicate())
 
 
+def two_free_ports() -> int:
+    """A port ``p`` such that ``p`` and ``p + 1`` are both free now."""
+    for _ in range(50):
+        port = free_port()
+        with contextlib.suppress(OSError), socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", port))
+            b.bind(("127.0.0.1", port + 1))
+            return port
+    raise RuntimeError("no two adjacent free ports")
+
+
+def worker_accepted(port: int) -> float:
+    """``usagehub_events_accepted_total`` of the worker serving /metrics on ``port``."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("usagehub_events_accepted_total"))
+
+
 def usage(url: str) -> Decimal:
     import psycopg
 
@@ -69,8 +91,11 @@ def usage(url: str) -> Decimal:
 
 
 def test_serve_with_workers_bills_exactly_and_leaves_no_orphans(database_url: str, mosquitto: Mosquitto,
-                                                                 tmp_path: Path) -> None:
+                                                                 tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     nats_binary()
+    metrics_port = two_free_ports()
+    monkeypatch.setenv("USAGEHUB_WORKER_METRICS_PORT", str(metrics_port))  # worker N: metrics_port + N
     data = tmp_path / "data"
     hub = HubProcess(database_url, mosquitto.url, data, extra=["--workers", "2"])
     (tmp_path / "seed.yaml").write_text(SEED)
@@ -82,6 +107,10 @@ def test_serve_with_workers_bills_exactly_and_leaves_no_orphans(database_url: st
     assert wait_for(lambda: scalar(database_url, events) == 40), hub.log.read_text()[-3000:]
     assert sorted(p.name for p in (data / "workers").iterdir()) == ["worker-0.log", "worker-1.log"]
     assert len(processes_of(data, hub)) == 3  # nats-server and two workers
+    # Each worker serves its own /metrics: what it stored, counted where it committed (both devices
+    # may fall in one worker's partitions, so only the sum is known).
+    accepted = [worker_accepted(metrics_port + i) for i in (0, 1)]
+    assert sum(accepted) == 40, accepted
     hub.kill()
     left = lambda: [(Path(f"/proc/{p}/cmdline").read_bytes()[:300], Path(f"/proc/{p}/status").read_text()[:200]) for p in processes_of(data, hub)]  # noqa
     assert wait_for(lambda: not processes_of(data, hub), 30), left()

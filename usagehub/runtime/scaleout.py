@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # The settings a worker child needs, passed as USAGEHUB_* environment (flags are the parent's own).
 _FOR_WORKERS = ("data_dir", "database_url", "profiles", "log_level", "batch_max_messages", "batch_max_wait_ms",
-                "commit_lanes", "bus_partitions", "bus_replicas", "bus_ack_wait_s")
+                "commit_lanes", "bus_partitions", "bus_replicas", "bus_ack_wait_s", "worker_metrics_port", "http_host")
 
 
 def uses_bus(config: HubConfig) -> bool:
