@@ -129,3 +129,24 @@ async def test_gateway_batch_yields_one_event_per_reading(pool: AsyncConnectionP
     receipt = await (await pipeline.submit(message))
     task.cancel()
     assert (receipt.outcome, receipt.accepted) == (Outcome.ACCEPTED, 50)
+
+
+async def test_late_readings_of_several_registers_in_one_batch(pipeline: Pipeline, pool: AsyncConnectionPool) -> None:
+    """Late readings of two meters land in one batch (their stored neighbours are read in one round trip):
+    every delta is split where it belongs, and each meter's entries sum to its true total."""
+    one_lane = Pipeline(pool, pipeline.profiles, pipeline.devices,
+                        PipelineSettings(batch_max_wait_ms=50, commit_lanes=1))  # both meters in one batch
+    one_lane.hooks = pipeline.hooks
+    pipeline = one_lane
+    m1 = [reading("m1", i, 15 * i, 1000 + 100 * i) for i in range(12)]
+    m2 = [reading("m2", i, 15 * i, 7000 + 40 * i * i) for i in range(12)]
+    await feed(pipeline, [m1[0], m1[11], m2[0], m2[11]])          # two big deltas first
+    await feed(pipeline, m1[3:6] + m2[7:9] + [m2[2]])                # late readings of both, one batch
+    await feed(pipeline, m1[6:11] + m1[1:3] + m2[1:2] + m2[3:7] + m2[9:11])
+    assert await total_kwh(pool, "m1") == Decimal("1.100")
+    assert await total_kwh(pool, "m2") == Decimal(40 * 121) / 1000
+    async with pool.connection() as conn:  # and every 15-minute delta is there, as if in order
+        cur = await conn.execute("SELECT device_id, ts, sum(quantity) FROM usage_entries GROUP BY 1, 2 "
+                                 "HAVING sum(quantity) <> 0 ORDER BY 1, 2")
+        deltas = [(str(r[0]), r[2]) for r in await cur.fetchall()]
+    assert deltas == [("m1", Decimal("0.100"))] * 11 + [("m2", Decimal(40 * (2 * i - 1)) / 1000) for i in range(1, 12)]

@@ -11,7 +11,13 @@ from usagehub.core.counters import wrap_modulus as modulus_of
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import MeterKind, UsageEvent
 from usagehub.storage.pool import Connection
-from usagehub.storage.usage import MeterKey, lock_meter_state, save_meter_state, stored_neighbourhood, write_entries
+from usagehub.storage.usage import (
+    MeterKey,
+    lock_meter_state,
+    save_meter_state,
+    stored_neighbourhoods,
+    write_entries,
+)
 
 
 class UsageWriter:
@@ -54,14 +60,16 @@ class UsageWriter:
         state = await lock_meter_state(conn, keys)
         out: list[tuple[UsageEntry, UsageEvent]] = []
         new_state: list[tuple[MeterKey, Reading]] = []
+        groups = {key: sorted(registers[key], key=lambda e: (e.ts, e.event_id)) for key in keys}
+        readings_of = {key: [reading_of(e) for e in group] for key, group in groups.items()}
+        # Registers whose batch reaches back before their latest reading need the stored neighbours:
+        # one round trip for all of them.
+        late = {key: readings for key, readings in readings_of.items()
+                if (latest := state.get(key)) is not None and readings[0].key <= latest.key}
+        neighbours = await stored_neighbourhoods(conn, late)
         for key in keys:
-            group = sorted(registers[key], key=lambda e: (e.ts, e.event_id))
-            readings = [reading_of(e) for e in group]
-            latest = state.get(key)
-            if latest is None or readings[0].key > latest.key:
-                known = [latest] if latest else []
-            else:
-                known = await stored_neighbourhood(conn, key, readings)
+            group, readings, latest = groups[key], readings_of[key], state.get(key)
+            known = neighbours[key] if key in neighbours else ([latest] if latest else [])
             entries, _ = apply_batch(known, readings, self._spec(group[0]))
             by_id = {e.event_id: e for e in group}
             out.extend((entry, by_id.get(entry.cause, group[-1])) for entry in entries)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from usagehub.core.counters import Reading, UsageEntry
 from usagehub.core.events import UsageEvent
@@ -37,27 +37,40 @@ async def save_meter_state(conn: Connection, new_state: Sequence[tuple[MeterKey,
                                          for k, r in new_state], strict=True)))
 
 
-async def stored_neighbourhood(conn: Connection, key: MeterKey, new: list[Reading]) -> list[Reading]:
-    """Stored readings around a batch with late data: predecessor, those in between, successor.
+async def stored_neighbourhoods(conn: Connection, batches: Mapping[MeterKey, list[Reading]]
+                                ) -> dict[MeterKey, list[Reading]]:
+    """For each register with late data in the batch: the stored predecessor, those in between, the successor.
 
-    The batch's own events are already in the table (same transaction) and are
-    left out, so ``apply_batch`` sees only what was known before.
+    One round trip for all registers. The batch's own events are already in the table (same transaction)
+    and are left out, so ``apply_batch`` sees only what was known before.
     """
-    device_id, meter = key
-    lo, hi = new[0].key, new[-1].key
+    keys = list(batches)
+    if not keys:
+        return {}
+    los = [batches[k][0].key for k in keys]
+    his = [batches[k][-1].key for k in keys]
     cur = await conn.execute(
-        "(SELECT ts, value, event_id, reset_marker FROM events WHERE device_id = %s AND meter = %s "
-        " AND (ts, event_id) < (%s, %s) ORDER BY ts DESC, event_id DESC LIMIT 1) "
-        "UNION ALL (SELECT ts, value, event_id, reset_marker FROM events WHERE device_id = %s AND meter = %s "
-        " AND (ts, event_id) BETWEEN (%s, %s) AND (%s, %s)) "
-        "UNION ALL (SELECT ts, value, event_id, reset_marker FROM events WHERE device_id = %s AND meter = %s "
-        " AND (ts, event_id) > (%s, %s) ORDER BY ts, event_id LIMIT 1)",
-        (device_id, meter, lo[0], lo[1], device_id, meter, lo[0], lo[1], hi[0], hi[1],
-         device_id, meter, hi[0], hi[1]))
-    fresh = {r.key for r in new}
-    stored = [Reading(ts=r[0], value=r[1], event_id=r[2], reset_marker=r[3])  # type: ignore[arg-type]
-              for r in await cur.fetchall()]
-    return sorted((r for r in stored if r.key not in fresh), key=lambda r: r.key)
+        "SELECT k.i, e.ts, e.value, e.event_id, e.reset_marker "
+        "FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::timestamptz[], %s::text[]) "
+        "  WITH ORDINALITY AS k(device_id, meter, lo_ts, lo_id, hi_ts, hi_id, i) "
+        "CROSS JOIN LATERAL ("
+        " (SELECT ts, value, event_id, reset_marker FROM events WHERE device_id = k.device_id "
+        "  AND meter = k.meter AND (ts, event_id) < (k.lo_ts, k.lo_id) ORDER BY ts DESC, event_id DESC LIMIT 1) "
+        " UNION ALL (SELECT ts, value, event_id, reset_marker FROM events WHERE device_id = k.device_id "
+        "  AND meter = k.meter AND (ts, event_id) BETWEEN (k.lo_ts, k.lo_id) AND (k.hi_ts, k.hi_id)) "
+        " UNION ALL (SELECT ts, value, event_id, reset_marker FROM events WHERE device_id = k.device_id "
+        "  AND meter = k.meter AND (ts, event_id) > (k.hi_ts, k.hi_id) ORDER BY ts, event_id LIMIT 1)) AS e",
+        ([k[0] for k in keys], [k[1] for k in keys], [lo[0] for lo in los], [lo[1] for lo in los],
+         [hi[0] for hi in his], [hi[1] for hi in his]))
+    stored: dict[MeterKey, list[Reading]] = {k: [] for k in keys}
+    for r in await cur.fetchall():
+        key = keys[int(r[0]) - 1]  # type: ignore[call-overload]
+        stored[key].append(Reading(ts=r[1], value=r[2], event_id=r[3], reset_marker=r[4]))  # type: ignore[arg-type]
+    out: dict[MeterKey, list[Reading]] = {}
+    for key, found in stored.items():
+        fresh = {r.key for r in batches[key]}
+        out[key] = sorted((r for r in found if r.key not in fresh), key=lambda r: r.key)
+    return out
 
 
 async def write_entries(conn: Connection, entries: Sequence[tuple[UsageEntry, UsageEvent]],
