@@ -69,7 +69,7 @@ class UsageWriter:
         neighbours = await stored_neighbourhoods(conn, late)
         for key in keys:
             group, readings, latest = groups[key], readings_of[key], state.get(key)
-            known = neighbours[key] if key in neighbours else ([latest] if latest else [])
+            known = neighbours.get(key, [latest] if latest else [])
             entries, _ = apply_batch(known, readings, self._spec(group[0]))
             by_id = {e.event_id: e for e in group}
             out.extend((entry, by_id.get(entry.cause, group[-1])) for entry in entries)
