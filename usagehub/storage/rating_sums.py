@@ -4,13 +4,14 @@ Rating (``core.rating.rate``) places each usage item by its instant: the segment
 at plan versions and VAT changes), the time-of-use window (local minutes), and a graduated tier by the
 running total. Items that fall in the same local time bucket, one that no date or window boundary of the
 plan book splits, are therefore rated exactly as their sum at any instant of the bucket, provided that
-(as :func:`usage_items` does) the product's points are all ``sum`` aggregations, net of retractions,
-all positive (a graduated tier crossed and left again would otherwise leave a zero line), and add up to
-the record's quantity (a billed record with late points needs the storage-order prefix: read per point).
+(as :func:`usage_items` does) the product's points are all ``sum`` aggregations, none negative (a
+retraction, or a graduated tier crossed and left again, would otherwise differ from the netted points),
+and add up to the record's quantity (a billed record with late points needs the storage-order prefix).
+Otherwise the points are read one by one, as before.
 
-An account-month of 15-minute points is ~6000 rows; summed per local hour it is ~750, per local day
-(no time-of-use plan) ~30, so the client no longer builds thousands of Python objects per invoice.
-Sums are ``numeric`` in PostgreSQL, exact like ``Decimal``.
+An account-month of two 15-minute meters is ~6000 points; summed per hour it is ~750 rows (per day, in
+UTC, ~30), so the client no longer builds thousands of Python objects per invoice (bench/storage_size.py:
+``billing_summed_*``). Sums are ``numeric`` in PostgreSQL, exact like ``Decimal``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from usagehub.core.billing import BillingRecord, RecordKind
 from usagehub.core.periods import Period
@@ -29,20 +32,21 @@ from usagehub.core.tariffs import PlanBook
 from usagehub.storage.pool import Connection
 from usagehub.storage.rating_usage import usage_items, usage_points
 
-# Net per point key as storage.rating_usage.net does, place at the midpoint (rating_usage.when), then sum
-# per product and local bucket. A bucket whose points all net to zero comes back with n = 0.
-USAGE_SUMS_SQL = """
-SELECT product, count(*) FILTER (WHERE value <> 0) AS n, min(at) FILTER (WHERE value <> 0) AS at,
-       coalesce(sum(value), 0) AS quantity, bool_and(summed) AS summed,
-       coalesce(bool_and(value > 0) FILTER (WHERE value <> 0), true) AS positive
-FROM (SELECT product, sum(value) AS value, bool_and(aggregation = 'sum') AS summed,
-             CASE WHEN start_ts + (end_ts - start_ts) / 2 >= %(start)s AND start_ts + (end_ts - start_ts) / 2 < %(end)s
-                  THEN start_ts + (end_ts - start_ts) / 2 ELSE start_ts END AS at
+# Placed at the midpoint (rating_usage.when) and summed per product and UTC bucket in one aggregation
+# (a second one to net retractions per point key first cost as much again: a negative point falls back
+# instead; with none, a key nets to zero only when all its points are zero, which ``used`` leaves out).
+# date_add(…, 'UTC') adds elapsed time whatever the session's TimeZone (a timestamptz plus '1 day' would
+# follow its daylight-saving changes). UTC buckets, unlike AT TIME ZONE per row, cost little: utc_stride
+# chooses them so that each lies in one local bucket.
+_MID = "date_add(start_ts, (end_ts - start_ts) / 2, 'UTC')"
+USAGE_SUMS_SQL = f"""
+SELECT product, min(at) AS at, sum(value) AS quantity, max(value) > 0 AS used,
+       bool_and(aggregation = 'sum' AND value >= 0) AS exact
+FROM (SELECT product, value, aggregation,
+             CASE WHEN end_ts <= %(end)s THEN {_MID} WHEN {_MID} < %(end)s THEN {_MID} ELSE start_ts END AS at
       FROM session_points
-      WHERE account_id = %(account)s AND kind = 'usage' AND start_ts >= %(start)s AND start_ts < %(end)s
-      GROUP BY device_id, product, start_ts, end_ts, label) p
-GROUP BY product, date_bin(%(stride)s, at AT TIME ZONE %(zone)s, timestamp '2000-01-01')
-ORDER BY product, at"""
+      WHERE account_id = %(account)s AND kind = 'usage' AND start_ts >= %(start)s AND start_ts < %(end)s) p
+GROUP BY product, date_bin(%(stride)s, at, timestamptz '1970-01-01 00:00:00+00')"""
 
 
 def bucket_minutes(book: PlanBook) -> int:
@@ -56,6 +60,31 @@ def bucket_minutes(book: PlanBook) -> int:
     return math.gcd(*minutes)
 
 
+@lru_cache(maxsize=256)
+def utc_stride(timezone: str, start: datetime, end: datetime, minutes: int) -> timedelta:
+    """The widest bucket (from the UNIX epoch) that lies in one local ``minutes`` bucket from start to end.
+
+    A local bucket edge is a UTC instant ≡ -offset (mod ``minutes``), so a stride dividing both the
+    bucket and every UTC offset in force, and landing on every offset change, never straddles one.
+    """
+    tz = ZoneInfo(timezone)
+
+    def offset(epoch: int) -> int:
+        delta = datetime.fromtimestamp(epoch, UTC).astimezone(tz).utcoffset()
+        return int(delta.total_seconds()) if delta else 0
+
+    first, last = int(start.timestamp()), int(end.timestamp())
+    stride = math.gcd(minutes * 60, offset(first))
+    for lo in range(first, last, 3600):
+        hi = min(lo + 3600, last)
+        if offset(hi) != offset(lo):  # an offset change in (lo, hi]: find its second
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if offset(mid) == offset(lo) else (lo, mid)
+            stride = math.gcd(stride, offset(hi), hi)
+    return timedelta(seconds=stride)
+
+
 async def summed_usage_items(conn: Connection, records: Sequence[BillingRecord], period: Period, *,
                              timezone: str, book: PlanBook) -> list[UsageItem]:
     """The usage items of a period's regular records; equal in rating to :func:`usage_items` on every point."""
@@ -63,14 +92,15 @@ async def summed_usage_items(conn: Connection, records: Sequence[BillingRecord],
     if not regular:
         return []
     account_id = regular[0].account_id
+    stride = utc_stride(timezone, period.start, period.end, bucket_minutes(book))
     cur = await conn.execute(USAGE_SUMS_SQL, {"account": account_id, "start": period.start, "end": period.end,
-                                              "stride": timedelta(minutes=bucket_minutes(book)), "zone": timezone})
+                                              "stride": stride})
     rows: list[Any] = await cur.fetchall()
     buckets: defaultdict[str, list[Any]] = defaultdict(list)
     exact: dict[str, bool] = {}
-    for product, n, at, quantity, summed, positive in rows:
-        exact[product] = exact.get(product, True) and bool(summed) and bool(positive)
-        if n:
+    for product, at, quantity, used, summed in rows:
+        exact[product] = exact.get(product, True) and bool(summed)
+        if used:
             buckets[product].append((at, quantity))
     items: list[UsageItem] = []
     for record in regular:
