@@ -26,19 +26,22 @@ TOU_HALF_HOURS = TOU_GB_TEXT.replace('end: "07:00"', 'end: "07:30"').replace('st
 
 
 async def _points(pool: AsyncConnectionPool, account: str, *, seed: int, retraction: bool = False,
-                  negative: bool = False) -> Decimal:
+                  negative: bool = False, straddle: bool = False) -> Decimal:
     """Two devices' 15-minute points off the local quarter-hour grid (some zero); their total."""
     rng = random.Random(seed)
     rows, total = [], Decimal(0)
     for device in ("m1", "m2"):
         start = OCTOBER.start + timedelta(minutes=rng.randrange(15))  # not on the local quarter-hour grid
-        while start < OCTOBER.end:
+        while start + timedelta(minutes=15) <= OCTOBER.end:
             value = Decimal(rng.randrange(-100, 400)).max(Decimal(0)) / 1000
             rows.append((device, start, start + timedelta(minutes=15), value))
             total += value
             start += timedelta(minutes=15)
     if retraction:  # an entry and its retraction
         rows += [(*rows[100][:3], Decimal("0.5")), (*rows[100][:3], Decimal("-0.5"))]
+    if straddle:  # rated at its start: its midpoint is in November
+        rows.append(("m2", OCTOBER.end - timedelta(minutes=1), OCTOBER.end + timedelta(minutes=9), Decimal("0.2")))
+        total += Decimal("0.2")
     if negative:
         rows.append(("m1", rows[7][1], rows[7][2] + timedelta(minutes=1), Decimal("-0.002")))
         total -= Decimal("0.002")
@@ -99,15 +102,17 @@ async def test_summed_items_rate_as_every_point_with_windows_tiers_and_dst(pool:
 async def test_what_sums_cannot_rate_exactly_is_read_point_by_point(pool: AsyncConnectionPool) -> None:
     await add_accounts(pool, {"a1": LONDON, "a2": LONDON})
     book = parse_plans(TOU_HALF_HOURS, "p")
-    await add_accounts(pool, {"a3": LONDON})
+    await add_accounts(pool, {"a3": LONDON, "a4": LONDON})
     total = await _points(pool, "a1", seed=3)
     total_neg = await _points(pool, "a2", seed=4, negative=True)
     total_retracted = await _points(pool, "a3", seed=5, retraction=True)
+    total_straddling = await _points(pool, "a4", seed=6, straddle=True)
     # A billed record that late points outgrew (the storage-order prefix decides), a negative point, a retraction.
     for account, records in (("a1", [_record("a1", total - Decimal("0.001"))]),
                              ("a1", [_record("a1", total - Decimal("0.5"))]),
                              ("a2", [_record("a2", total_neg)]),
-                             ("a3", [_record("a3", total_retracted)])):
+                             ("a3", [_record("a3", total_retracted)]),
+                             ("a4", [_record("a4", total_straddling)])):
         async with pool.connection() as conn:
             points = await usage_points(conn, account, OCTOBER)
             summed = await summed_usage_items(conn, records, OCTOBER, timezone=LONDON, book=book)

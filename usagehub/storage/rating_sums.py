@@ -32,21 +32,21 @@ from usagehub.core.tariffs import PlanBook
 from usagehub.storage.pool import Connection
 from usagehub.storage.rating_usage import usage_items, usage_points
 
-# Placed at the midpoint (rating_usage.when) and summed per product and UTC bucket in one aggregation
-# (a second one to net retractions per point key first cost as much again: a negative point falls back
-# instead; with none, a key nets to zero only when all its points are zero, which ``used`` leaves out).
-# date_add(…, 'UTC') adds elapsed time whatever the session's TimeZone (a timestamptz plus '1 day' would
-# follow its daylight-saving changes). UTC buckets, unlike AT TIME ZONE per row, cost little: utc_stride
-# chooses them so that each lies in one local bucket.
-_MID = "date_add(start_ts, (end_ts - start_ts) / 2, 'UTC')"
-USAGE_SUMS_SQL = f"""
-SELECT product, min(at) AS at, sum(value) AS quantity, max(value) > 0 AS used,
-       bool_and(aggregation = 'sum' AND value >= 0) AS exact
-FROM (SELECT product, value, aggregation,
-             CASE WHEN end_ts <= %(end)s THEN {_MID} WHEN {_MID} < %(end)s THEN {_MID} ELSE start_ts END AS at
-      FROM session_points
-      WHERE account_id = %(account)s AND kind = 'usage' AND start_ts >= %(start)s AND start_ts < %(end)s) p
-GROUP BY product, date_bin(%(stride)s, at, timestamptz '1970-01-01 00:00:00+00')"""
+# Each point placed at its midpoint (rating_usage.when) and summed per product and UTC bucket, in one
+# aggregation; an item's instant is its bucket's start. Netting retractions per point key first (as
+# rating_usage.net does) would cost a second aggregation: a negative point falls back instead (with none,
+# a key nets to zero only when all its points are zero, and ``used`` leaves such buckets out); so does a
+# point that ends after the period (rated at its start, not its midpoint). date_add(…, 'UTC') adds elapsed
+# time whatever the session's TimeZone (a timestamptz plus '1 day' follows its daylight-saving changes).
+# UTC buckets cost less than AT TIME ZONE per row; utc_stride chooses them inside one local bucket each.
+USAGE_SUMS_SQL = """
+SELECT product, date_bin(%(stride)s, date_add(start_ts, (end_ts - start_ts) / 2, 'UTC'),
+                         timestamptz '1970-01-01 00:00:00+00') AS at,
+       sum(value) AS quantity, max(value) > 0 AS used,
+       bool_and(aggregation = 'sum' AND value >= 0 AND end_ts <= %(end)s) AS exact
+FROM session_points
+WHERE account_id = %(account)s AND kind = 'usage' AND start_ts >= %(start)s AND start_ts < %(end)s
+GROUP BY 1, 2"""
 
 
 def bucket_minutes(book: PlanBook) -> int:
