@@ -113,7 +113,8 @@ class BillingService:
             a = after or (None, None, None, None)
             async with conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(
-                    "SELECT * FROM events_described WHERE device_id = ANY(%s) AND service = %s AND ts >= %s AND ts <= %s "
+                    "SELECT * FROM events_described WHERE device_id = ANY(%s) AND service = %s "
+                    "AND ts >= %s AND ts <= %s "
                     "AND (%s::timestamptz IS NULL OR (ts, device_id, meter, event_id) > (%s, %s, %s, %s)) "
                     "ORDER BY ts, device_id, meter, event_id LIMIT %s",
                     (sorted(session.devices), session.service, session.start, session.end, a[0], a[0], a[1], a[2],

@@ -43,7 +43,8 @@ class Reads:
         """Events of one device in time order, keyset-paged on (ts, meter, event_id)."""
         a_ts, a_meter, a_id = after if after else (None, None, None)
         return await self._rows(
-            "SELECT e.* FROM events_described e JOIN devices d USING (device_id) WHERE e.device_id = %s AND d.tenant = %s "
+            "SELECT e.* FROM events_described e JOIN devices d USING (device_id) "
+            "WHERE e.device_id = %s AND d.tenant = %s "
             "AND (%s::text IS NULL OR e.meter = %s) AND (%s::timestamptz IS NULL OR e.ts >= %s) "
             "AND (%s::timestamptz IS NULL OR e.ts < %s) "
             "AND (%s::timestamptz IS NULL OR (e.ts, e.meter, e.event_id) > (%s, %s, %s)) "
