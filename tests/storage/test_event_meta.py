@@ -119,12 +119,14 @@ async def test_events_stored_before_the_migration_keep_their_description(empty_d
                     "INSERT INTO events (device_id, meter, ts, event_id, value, unit, kind, profile_id, service, "
                     "received_at, reset_marker, text_value) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     [_row(e) for e in older])
+            await conn.execute("INSERT INTO events_packed VALUES ('events_2026_03', 2, 1)")
             timescale = await (await conn.execute(
                 "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'")).fetchone()
             if timescale and timescale[0]:  # an old chunk is compressed: the migration reaches into it too
                 await conn.execute("SELECT compress_chunk(c) FROM show_chunks('events') c")
         assert [n for n in await migrate(pool) if n < "0025"] == ["0024_event_meta"]
         assert await _rows(pool, DESCRIBED) == sorted(_row(e) for e in older)
+        assert await _rows(pool, "SELECT * FROM events_packed") == []  # rewritten: packed again later
         later = _event("dev-1", 9)
         assert await _insert(pool, [*older, later]) == {event_key(later)}  # identities survive the migration
         assert len(await _rows(pool, "SELECT 1 FROM event_meta")) == 2

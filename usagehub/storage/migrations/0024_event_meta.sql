@@ -30,6 +30,9 @@ UPDATE events e SET meta_id = m.meta_id FROM event_meta m
 WHERE (m.unit, m.kind, m.profile_id, m.service) = (e.unit, e.kind, e.profile_id, e.service);
 ALTER TABLE events ALTER COLUMN meta_id SET NOT NULL;
 ALTER TABLE events DROP COLUMN unit, DROP COLUMN kind, DROP COLUMN profile_id, DROP COLUMN service;
+-- The UPDATE wrote every stored row and its key entries again: months packed before (0019) are packed
+-- again by storage/retention_pack.py (plain PostgreSQL; the heap's dead space is reused by later rows).
+DELETE FROM events_packed;
 
 CREATE VIEW events_described AS
 SELECT e.device_id, e.meter, e.ts, e.event_id, e.value, m.unit, m.kind, m.profile_id, m.service,
