@@ -20,6 +20,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,11 +29,14 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from usagehub.core.analytics.buckets import Bucket
+from usagehub.core.billing import BillingRecord
 from usagehub.core.periods import Period
+from usagehub.core.tariffs import parse_plans
 from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
-from usagehub.storage.rating_usage import usage_points
+from usagehub.storage.rating_sums import USAGE_SUMS_SQL, summed_usage_items, utc_stride
+from usagehub.storage.rating_usage import USAGE_POINTS_SQL, usage_points
 from usagehub.storage.retention_pack import SETTLE, pack_finished_months
 from usagehub.storage.rollups import Scope, series
 
@@ -44,10 +48,10 @@ RAW_DAILY = ("SELECT (p.start_ts AT TIME ZONE a.timezone)::date AS d, sum(p.valu
              "AND (p.start_ts AT TIME ZONE a.timezone)::date < %s GROUP BY 1 ORDER BY 1")
 # One day of readings per device: a register growing 0.15..0.25 kWh per 15 minutes, realistic jitter.
 EVENTS_DAY = """
-INSERT INTO events (device_id, meter, ts, event_id, value, unit, kind, profile_id, service, received_at, ingested_at)
+INSERT INTO events (device_id, meter, ts, event_id, value, meta_id, received_at, ingested_at)
 SELECT 'dev-' || lpad(d::text, 6, '0'), 'energy', t, (%(base)s + n)::text,
-       round((d %% 97) * 100 + (%(base)s + n) * 0.2 + random()::numeric * 0.05, 3), 'kWh', 'cumulative',
-       'acme-em340', 'electricity', t + random() * interval '3 s', t + interval '3 s' + random() * interval '1 s'
+       round((d %% 97) * 100 + (%(base)s + n) * 0.2 + random()::numeric * 0.05, 3), %(meta)s,
+       t + random() * interval '3 s', t + interval '3 s' + random() * interval '1 s'
 FROM generate_series(1, %(devices)s) d,
      generate_series(%(day)s::timestamptz, %(day)s::timestamptz + interval '23 hours 45 minutes',
                      interval '15 minutes') WITH ORDINALITY AS g(t, n)"""
@@ -99,11 +103,14 @@ async def load(pool: AsyncConnectionPool, devices: int, days: int, timescale: bo
         await conn.execute("INSERT INTO accounts (account_id, market, timezone) SELECT 'acc-' || lpad(a::text, 6, "
                            "'0'), (ARRAY['DE','FR','NP'])[1 + a %% 3], (%s::text[])[1 + a %% 6] "
                            "FROM generate_series(0, %s) a", (zones, devices // 2))
+        # unit, kind, profile and service of every reading: one event_meta row (migration 0024)
+        meta = (await (await conn.execute(
+            "SELECT event_meta_id('kWh', 'cumulative', 'acme-em340', 'electricity')")).fetchone() or [0])[0]
         for day in range(days):
             when = START + timedelta(days=day)
             if when.day == 1 or day == 0:
                 await conn.execute("SELECT ensure_event_partition(%s)", (when.date().replace(day=1),))
-            args = {"devices": devices, "day": when, "base": day * 96}
+            args = {"devices": devices, "day": when, "base": day * 96, "meta": meta}
             await conn.execute(EVENTS_DAY, args)
             await conn.execute(POINTS_DAY, args)  # one statement a day: the rollup triggers fire once
     return time.perf_counter() - t0
@@ -252,35 +259,78 @@ async def other_settings(pool: AsyncConnectionPool, n_events: int, n_points: int
     return out
 
 
+async def explain_ms(conn: Any, query: str, params: Any) -> float:
+    """The server's execution time of ``query`` (EXPLAIN ANALYZE without per-node timing), in ms."""
+    row = await (await conn.execute(f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {query}", params)).fetchone()
+    return float(row[0][0]["Execution Time"])
+
+
+# A time-of-use plan with hourly windows: the summed read's finest bucket on this fleet (one local hour).
+TOU_HOURLY = parse_plans("""
+plans:
+  - id: bench-tou
+    product: energy
+    market: DE
+    currency: EUR
+    unit: kWh
+    versions:
+      - valid_from: 2026-01-01
+        components:
+          - type: tou
+            windows:
+              - {name: night, price: "0.15", days: [mon, tue, wed, thu, fri, sat, sun], start: "00:00", end: "07:00"}
+              - {name: day, price: "0.30", days: [mon, tue, wed, thu, fri, sat, sun], start: "07:00", end: "24:00"}
+""", "bench")
+
+
+async def billing_reads(conn: Any, accounts: list[str], month: Period) -> dict[str, list[float]]:
+    """Per account-month: the point read (wall, client CPU), its SQL sum, EXPLAIN ANALYZE of the point
+    read and of the summed read (hourly and daily buckets), and the summed read into rating items."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for account in accounts:
+        start, cpu = time.perf_counter(), time.process_time()
+        points = await usage_points(conn, account, month)
+        out["billing"].append((time.perf_counter() - start) * 1000)
+        out["billing_client_cpu"].append((time.process_time() - cpu) * 1000)
+        assert points, account
+        start = time.perf_counter()  # the same read summed in the database: its share without the transfer
+        total = (await (await conn.execute(BILLING_SQL, (account, month.start, month.end))).fetchone() or [0, 0])[1]
+        out["billing_db"].append((time.perf_counter() - start) * 1000)
+        out["billing_explain_points"].append(
+            await explain_ms(conn, USAGE_POINTS_SQL, (account, month.start, month.end)))
+        zone = str((await (await conn.execute("SELECT timezone FROM accounts WHERE account_id = %s",
+                                              (account,))).fetchone() or ["UTC"])[0])
+        for name, minutes in (("hour", 60), ("day", 1440)):
+            args = {"account": account, "start": month.start, "end": month.end,
+                    "stride": utc_stride(zone, month.start, month.end, minutes)}
+            out[f"billing_explain_sums_{name}"].append(await explain_ms(conn, USAGE_SUMS_SQL, args))
+        record = BillingRecord(record_id=f"{account}/2026-01/energy", account_id=account, period=month,
+                               product="energy", quantity=total, unit="kWh")
+        start, cpu = time.perf_counter(), time.process_time()
+        items = await summed_usage_items(conn, [record], month, timezone=zone, book=TOU_HOURLY)
+        out["billing_summed_tou"].append((time.perf_counter() - start) * 1000)
+        out["billing_summed_tou_client_cpu"].append((time.process_time() - cpu) * 1000)
+        assert len(items) < len(points), (len(items), len(points))  # summed, not read point by point
+        out["billing_summed_rows_per_point"].append(len(items) / len(points))  # Kathmandu (+5:45): 1/2
+    return out
+
+
 async def queries(pool: AsyncConnectionPool, devices: int, days: int) -> dict[str, float]:
     """Account-month billing read p50/p99, fleet 30-day daily series vs a raw aggregate."""
     rng = random.Random(7)
     month = Period(start=START, end=START + timedelta(days=min(days, 31)), label="2026-01")
     accounts = [f"acc-{rng.randrange(devices // 2):06d}" for _ in range(200)]
-    times: list[float] = []
-    cpu_times: list[float] = []  # this process's CPU: on a loaded machine, wall time is mostly waiting
-    sql_times: list[float] = []
+    out: dict[str, float] = {}
     async with pool.connection() as conn:
-        for account in accounts:
-            start, cpu = time.perf_counter(), time.process_time()
-            points = await usage_points(conn, account, month)
-            times.append((time.perf_counter() - start) * 1000)
-            cpu_times.append((time.process_time() - cpu) * 1000)
-            assert points, account
-            start = time.perf_counter()  # the same read summed in the database: its share without the transfer
-            await (await conn.execute(BILLING_SQL, (account, month.start, month.end))).fetchone()
-            sql_times.append((time.perf_counter() - start) * 1000)
+        for name, values in (await billing_reads(conn, accounts, month)).items():
+            out |= {f"{name}_p50_ms": percentile(values, 50), f"{name}_p99_ms": percentile(values, 99)}
         since = START.date() + timedelta(days=max(0, days - 30))
         until = since + timedelta(days=30)
         fleet = await timed(lambda: series(conn, tenant="default", scope=Scope.FLEET, key=None, product="energy",
                                            bucket=Bucket.DAY, since=since, until=until), 20)
         raw = await timed(lambda: conn.execute(RAW_DAILY, (since, until, since, until)), 3)
-    return {"billing_p50_ms": percentile(times, 50), "billing_p99_ms": percentile(times, 99),
-            "billing_client_cpu_p50_ms": percentile(cpu_times, 50),
-            "billing_client_cpu_p99_ms": percentile(cpu_times, 99),
-            "billing_db_p50_ms": percentile(sql_times, 50), "billing_db_p99_ms": percentile(sql_times, 99),
-            "fleet30_p50_ms": statistics.median(fleet), "fleet30_p99_ms": percentile(fleet, 99),
-            "fleet30_raw_ms": statistics.median(raw)}
+    return out | {"fleet30_p50_ms": statistics.median(fleet), "fleet30_p99_ms": percentile(fleet, 99),
+                  "fleet30_raw_ms": statistics.median(raw)}
 
 
 async def cagg_vs_triggers(pool: AsyncConnectionPool, devices: int, days: int) -> dict[str, float]:

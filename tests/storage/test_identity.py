@@ -80,7 +80,7 @@ def reading(device: str, seq: int = 1) -> RawMessage:
 
 async def stored_devices(pool: AsyncConnectionPool) -> list[tuple[str, str]]:
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT device_id, profile_id FROM events ORDER BY 1")
+        cur = await conn.execute("SELECT device_id, profile_id FROM events_described ORDER BY 1")
         return [(str(r[0]), str(r[1])) for r in await cur.fetchall()]
 
 

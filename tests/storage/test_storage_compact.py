@@ -19,10 +19,10 @@ JAN = datetime(2026, 1, 1, tzinfo=UTC)
 FEB = datetime(2026, 2, 1, tzinfo=UTC)
 # A fleet's day at a time, as ingest writes it: every device's key range grows a little each day.
 EVENTS = """
-INSERT INTO events (device_id, meter, ts, event_id, value, unit, kind, profile_id, service, received_at)
-SELECT 'dev-' || lpad(d::text, 4, '0'), 'energy', t, extract(epoch FROM t)::bigint::text, 1, 'kWh', 'cumulative',
-       'acme-em340', 'electricity', t
-FROM generate_series(1, 40) d, generate_series(%s::timestamptz, %s::timestamptz + interval '23 hours 45 minutes',
+INSERT INTO events (device_id, meter, ts, event_id, value, meta_id, received_at)
+SELECT 'dev-' || lpad(d::text, 4, '0'), 'energy', t, extract(epoch FROM t)::bigint::text, 1, meta.id, t
+FROM (SELECT event_meta_id('kWh', 'cumulative', 'acme-em340', 'electricity') AS id) meta,
+     generate_series(1, 40) d, generate_series(%s::timestamptz, %s::timestamptz + interval '23 hours 45 minutes',
                                                interval '15 minutes') t
 ON CONFLICT DO NOTHING"""
 
@@ -71,9 +71,9 @@ async def test_finished_months_are_packed_once_and_keep_identity(pool: AsyncConn
         replay = await conn.execute(EVENTS, (JAN + timedelta(days=3), JAN + timedelta(days=3)))
         assert replay.rowcount == 0
         late = await conn.execute(
-            "INSERT INTO events (device_id, meter, ts, event_id, value, unit, kind, profile_id, service, "
-            "received_at) VALUES ('dev-0001', 'energy', %s, 'late', 2, 'kWh', 'cumulative', 'acme-em340', "
-            "'electricity', now()) ON CONFLICT DO NOTHING", (JAN + timedelta(days=5, seconds=1),))
+            "INSERT INTO events (device_id, meter, ts, event_id, value, meta_id, received_at) "
+            "VALUES ('dev-0001', 'energy', %s, 'late', 2, event_meta_id('kWh', 'cumulative', 'acme-em340', "
+            "'electricity'), now()) ON CONFLICT DO NOTHING", (JAN + timedelta(days=5, seconds=1),))
         assert late.rowcount == 1
     assert await _scalar(pool, "SELECT count(*) FROM events_2026_01") == 40 * 96 * 31 + 1
 

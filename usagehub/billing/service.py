@@ -114,7 +114,8 @@ class BillingService:
             a = after or (None, None, None, None)
             async with conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(
-                    "SELECT * FROM events WHERE device_id = ANY(%s) AND service = %s AND ts >= %s AND ts <= %s "
+                    "SELECT * FROM events_described WHERE device_id = ANY(%s) AND service = %s "
+                    "AND ts >= %s AND ts <= %s "
                     "AND (%s::timestamptz IS NULL OR (ts, device_id, meter, event_id) > (%s, %s, %s, %s)) "
                     "ORDER BY ts, device_id, meter, event_id LIMIT %s",
                     (sorted(session.devices), session.service, session.start, session.end, a[0], a[0], a[1], a[2],
@@ -189,7 +190,8 @@ class BillingService:
                 period = period_of(now, zone)
                 cur = await conn.execute(
                     "SELECT DISTINCT ON (e.meter) e.meter, e.value, e.unit, e.ts, "
-                    "max(e.received_at) OVER (PARTITION BY e.meter), e.profile_id, e.text_value FROM events e "
+                    "max(e.received_at) OVER (PARTITION BY e.meter), e.profile_id, e.text_value "
+                    "FROM events_described e "
                     "WHERE e.device_id = %s ORDER BY e.meter, e.ts DESC, e.event_id DESC", (dev,))
                 last = await cur.fetchall()
                 cur = await conn.execute(

@@ -32,12 +32,11 @@ from usagehub.storage import rating_catalog as catalog
 from usagehub.storage import rating_settlement as settlement
 from usagehub.storage.billing import period_by_label
 from usagehub.storage.pool import Connection, mapped_errors
+from usagehub.storage.rating_sums import summed_usage_items
 from usagehub.storage.rating_usage import (
     adjustment_lines,
     billing_period,
     period_records,
-    usage_items,
-    usage_points,
 )
 
 Clock = Callable[[], datetime]
@@ -181,7 +180,7 @@ class RatingService:
             priced = [r for r in records if _priced(book, account, r.product)]
             unpriced = tuple(Unpriced(product=r.product, quantity=r.quantity, unit=r.unit, record_ids=(r.record_id,))
                              for r in records if r not in priced and r.quantity != 0)
-            items = usage_items(priced, await usage_points(conn, account_id, span), span)
+            items = await summed_usage_items(conn, priced, span, timezone=account.timezone, book=book)
             adjustments = [r for r in priced if r.kind is RecordKind.ADJUSTMENT]
             adj = await adjustment_lines(conn, account, span, adjustments, book, vat)
             preview = preview_invoice(items, book, vat, account, billing_period(span), adjustments=adj)

@@ -22,10 +22,22 @@ _STAGE = (
     "event_id text, value numeric, unit text, kind text, profile_id text, service text, "
     "received_at timestamptz, reset_marker text, text_value text, ord int) ON COMMIT DELETE ROWS"
 )
+# unit, kind, profile_id and service are stored once in event_meta (migration 0024). A combination new
+# to the database is inserted first; one inserted by a concurrent batch makes this wait for its commit,
+# so the next statement (a new snapshot) finds it.
+_META = "(m.unit, m.kind, m.profile_id, m.service) = (s.unit, s.kind, s.profile_id, s.service)"
+_INSERT_META = (
+    "INSERT INTO event_meta (unit, kind, profile_id, service) "
+    "SELECT DISTINCT unit, kind, profile_id, service FROM events_stage s "
+    f"WHERE NOT EXISTS (SELECT 1 FROM event_meta m WHERE {_META}) ORDER BY 1, 2, 3, 4 ON CONFLICT DO NOTHING"
+)
+_STORED = ("device_id", "meter", "ts", "event_id", "value", "meta_id", "received_at", "reset_marker", "text_value")
 _INSERT_NEW = (
-    f"INSERT INTO events ({', '.join(_COLUMNS)}) "
-    f"SELECT DISTINCT ON (device_id, meter, ts, event_id) {', '.join(_COLUMNS)} FROM events_stage "
-    "ORDER BY device_id, meter, ts, event_id, ord "
+    f"INSERT INTO events ({', '.join(_STORED)}) "
+    "SELECT DISTINCT ON (s.device_id, s.meter, s.ts, s.event_id) "
+    f"{', '.join(('m.' if c == 'meta_id' else 's.') + c for c in _STORED)} "
+    f"FROM events_stage s JOIN event_meta m ON {_META} "
+    "ORDER BY s.device_id, s.meter, s.ts, s.event_id, s.ord "
     "ON CONFLICT DO NOTHING RETURNING device_id, meter, ts, event_id"
 )
 
@@ -63,6 +75,7 @@ async def insert_events(conn: Connection, events: Sequence[UsageEvent]) -> set[E
             for i, e in enumerate(events):
                 await copy.write_row((e.device_id, e.meter, e.ts, e.event_id, e.value, e.unit, e.kind.value,
                                       e.profile_id, e.service, e.received_at, e.reset_marker, e.text_value, i))
+        await cur.execute(_INSERT_META)
         await cur.execute(_INSERT_NEW)
         rows = await cur.fetchall()
     return {(str(r[0]), str(r[1]), r[2], str(r[3])) for r in rows}  # type: ignore[misc]

@@ -44,7 +44,8 @@ class Reads:
         a_ts, a_meter, a_id = after if after else (None, None, None)
         beyond, order = ("<", "DESC") if newest_first else (">", "ASC")  # fixed tokens, never input
         return await self._rows(
-            "SELECT e.* FROM events e JOIN devices d USING (device_id) WHERE e.device_id = %s AND d.tenant = %s "
+            "SELECT e.* FROM events_described e JOIN devices d USING (device_id) "
+            "WHERE e.device_id = %s AND d.tenant = %s "
             "AND (%s::text IS NULL OR e.meter = %s) AND (%s::timestamptz IS NULL OR e.ts >= %s) "
             "AND (%s::timestamptz IS NULL OR e.ts < %s) "
             f"AND (%s::timestamptz IS NULL OR (e.ts, e.meter, e.event_id) {beyond} (%s, %s, %s)) "
