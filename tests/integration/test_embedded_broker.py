@@ -54,6 +54,18 @@ async def test_clients_must_log_in(broker: EmbeddedBroker) -> None:
     assert not await refused(broker, HUB_USER, broker.guard.hub_password)
 
 
+async def _received(hub: aiomqtt.Client, n: int) -> list[tuple[str, bytes]]:
+    """The first ``n`` messages the hub's client receives, then a pause in which nothing else may arrive."""
+    got: list[tuple[str, bytes]] = []
+    async with asyncio.timeout(5):
+        async for message in hub.messages:
+            got.append((str(message.topic), bytes(message.payload)))  # type: ignore[arg-type]
+            if len(got) == n:
+                break
+    await asyncio.sleep(0.2)
+    return got
+
+
 async def test_devices_publish_only_under_their_own_id(broker: EmbeddedBroker) -> None:
     async with client(broker, HUB_USER, broker.guard.hub_password) as hub:
         await hub.subscribe("#", qos=1)
@@ -63,13 +75,7 @@ async def test_devices_publish_only_under_their_own_id(broker: EmbeddedBroker) -
             await em_a.publish("security/em-a/event/x", b"hostile", qos=1)
             await em_a.publish("meters/em-a/reading", b"ok-a", qos=1)
             await gw_a.publish("gateways/gw-a/batch", b"ok-g", qos=1)
-        got: list[tuple[str, bytes]] = []
-        async with asyncio.timeout(5):
-            async for message in hub.messages:
-                got.append((str(message.topic), bytes(message.payload)))  # type: ignore[arg-type]
-                if len(got) == 2:
-                    break
-        await asyncio.sleep(0.2)
+        got = await _received(hub, 2)
     assert got == [("meters/em-a/reading", b"ok-a"), ("gateways/gw-a/batch", b"ok-g")]
 
 
@@ -96,13 +102,7 @@ async def test_radio_gateways_and_edge_nodes_publish_only_under_their_own_id(bro
             await gw_a.publish("wmbus/gw-a/telegram", b"ok-w", qos=1)
             await gw_a.publish("spBv1.0/plant/NBIRTH/gw-a", b"ok-n", qos=1)
             await gw_a.publish("spBv1.0/plant/DDATA/gw-a/m1", b"ok-d", qos=1)
-        got: list[tuple[str, bytes]] = []
-        async with asyncio.timeout(5):
-            async for message in hub.messages:
-                got.append((str(message.topic), bytes(message.payload)))  # type: ignore[arg-type]
-                if len(got) == 3:
-                    break
-        await asyncio.sleep(0.2)
+        got = await _received(hub, 3)
     assert got == [("wmbus/gw-a/telegram", b"ok-w"), ("spBv1.0/plant/NBIRTH/gw-a", b"ok-n"),
                    ("spBv1.0/plant/DDATA/gw-a/m1", b"ok-d")]
 
