@@ -5,9 +5,10 @@ In one run, on one Mosquitto and one embedded PostgreSQL (all started here):
   2. soak: for DURATION seconds the fleet publishes at half that capacity (or --rate): single-reading meters,
      gateway batches, ~5 % duplicates, ~3 % late readings (a day old), a few undecodable messages, and every
      --large-every-s one large gateway message (--large-readings readings, several MB);
-  3. every --sample-s: hub RSS, queue depth and commit wait (from /metrics), and receive->billable lag
-     (device time -> the storing transaction, p50/p99 of on-time readings in that window).
-At the end: the first third against the last third of the samples — flat means no growth.
+  3. every --sample-s: hub RSS (and its session workers'), queue depth and commit wait (from /metrics),
+     receive->stored lag (device time -> the storing transaction, p50/p99 of on-time readings in that window)
+     and the session queue (segments waiting, age of the oldest): stored + that age = billable.
+At the end: the medians of the first and the last 10 minutes (a third of a shorter run) — flat means no growth.
 Usage: .venv/bin/python bench/soak.py [--duration-s 3600] [--rate N] [--sample-s 30]
 Short run: .venv/bin/python bench/soak.py --duration-s 120 --sample-s 10 --burst 5000 --large-every-s 30
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import random
 import statistics
@@ -109,7 +111,8 @@ def scrape(port: int) -> dict[str, float]:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith(("usagehub_pipeline_queue_depth ", "usagehub_pipeline_commit_wait_seconds ")):
+        if line.startswith(("usagehub_pipeline_queue_depth ", "usagehub_pipeline_commit_wait_seconds ",
+                            "usagehub_session_queue_segments ", "usagehub_session_queue_oldest_seconds ")):
             name, value = line.rsplit(" ", 1)
             out[name] = float(value)
     return out
@@ -194,6 +197,15 @@ def main() -> None:
         broker.proc.terminate()
 
 
+def children_rss(proc: psutil.Process) -> float:
+    """RSS of the hub's child processes (session workers), MB."""
+    total = 0
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # a child that just ended
+            total += child.memory_info().rss
+    return total / 2**20
+
+
 def wait_ready(port: int, hub: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -209,16 +221,16 @@ def wait_ready(port: int, hub: subprocess.Popen[bytes]) -> None:
 
 
 def soak(url: str, http_port: int, mqtt_port: int, proc: psutil.Process, rate: float,
-         args: argparse.Namespace, fleet: Fleet) -> list[tuple[float, float, float, float, float, float]]:
+         args: argparse.Namespace, fleet: Fleet) -> list[tuple[float, ...]]:
     published = [0]
-    samples: list[tuple[float, float, float, float, float, float]] = []
+    samples: list[tuple[float, ...]] = []
 
     async def run() -> None:
         pub = asyncio.create_task(paced(mqtt_port, fleet, rate, args.duration_s, args.large_every_s,
                                         args.large_readings, args.large_mb << 20, published))
         start = time.monotonic()
         print(f"{'t s':>6} {'published':>10} {'RSS MB':>7} {'queue':>6} {'wait s':>7} {'lag p50 ms':>10} "
-              f"{'lag p99 ms':>10}", flush=True)
+              f"{'lag p99 ms':>10} {'wrk MB':>7} {'sess seg':>8} {'sess s':>7}", flush=True)
         since = datetime.now(UTC)
         while not pub.done():
             await asyncio.sleep(args.sample_s)
@@ -227,26 +239,31 @@ def soak(url: str, http_port: int, mqtt_port: int, proc: psutil.Process, rate: f
             since = datetime.now(UTC)
             row = (time.monotonic() - start, proc.memory_info().rss / 2**20,
                    m.get("usagehub_pipeline_queue_depth", 0), m.get("usagehub_pipeline_commit_wait_seconds", 0),
-                   p50, p99)
+                   p50, p99, children_rss(proc), m.get("usagehub_session_queue_segments", 0),
+                   m.get("usagehub_session_queue_oldest_seconds", 0))
             samples.append(row)
             print(f"{row[0]:6.0f} {published[0]:10d} {row[1]:7.0f} {row[2]:6.0f} {row[3]:7.2f} {row[4]:10.0f} "
-                  f"{row[5]:10.0f}", flush=True)
+                  f"{row[5]:10.0f} {row[6]:7.0f} {row[7]:8.0f} {row[8]:7.1f}", flush=True)
         await pub
 
     asyncio.run(run())
     return samples
 
 
-def report(samples: list[tuple[float, float, float, float, float, float]], idle_rss: float) -> None:
+def report(samples: list[tuple[float, ...]], idle_rss: float) -> None:
     if len(samples) < 3:
         print("too few samples for a trend; run longer or sample more often")
         return
-    third = max(1, len(samples) // 3)
-    first, last = samples[:third], samples[-third:]
-    for i, name in ((1, "RSS MB"), (2, "queue depth"), (4, "lag p50 ms"), (5, "lag p99 ms")):
+    end = samples[-1][0]
+    window = min(600.0, end / 3)  # the first and last 10 minutes; a third of a shorter run
+    first = [s for s in samples if s[0] <= window]
+    last = [s for s in samples if s[0] > end - window]
+    print(f"medians of the first and last {window:.0f} s ({len(first)} and {len(last)} samples):")
+    for i, name in ((1, "RSS MB"), (6, "workers MB"), (2, "queue depth"), (4, "lag p50 ms"), (5, "lag p99 ms"),
+                    (7, "session seg"), (8, "session s")):
         a = statistics.median([s[i] for s in first if s[i] == s[i]] or [float("nan")])
         b = statistics.median([s[i] for s in last if s[i] == s[i]] or [float("nan")])
-        print(f"{name:>12}: first third median {a:8.1f}, last third median {b:8.1f}")
+        print(f"{name:>12}: first {a:8.1f}, last {b:8.1f}")
     print(f"      RSS MB: idle baseline {idle_rss:.0f}, max {max(s[1] for s in samples):.0f}")
 
 
