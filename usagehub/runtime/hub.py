@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -36,7 +37,7 @@ from usagehub.runtime.broker import EmbeddedBroker
 from usagehub.runtime.config import HubConfig
 from usagehub.runtime.device_keys import open_keyring, refresh_keyring
 from usagehub.runtime.operations import wire_operations
-from usagehub.runtime.preflight import check_database, check_ports
+from usagehub.runtime.preflight import check_database, check_ports, listen_socket
 from usagehub.runtime.profile_files import load_profiles
 from usagehub.runtime.readiness import Readiness
 from usagehub.storage.embedded import embedded_database_url
@@ -259,12 +260,16 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
                 factory.create(factory.config_model.model_validate(raw), replace(settings, keyring=keyring)))
         if "dlms" in hub.adapters and hub.prepaid is not None:  # prepaid blocks reach DLMS meters (class 70)
             hub.prepaid.dispatcher.dlms = hub.adapters["dlms"].command  # type: ignore[attr-defined]
+        # Bound here, not by uvicorn (which logs a bind error and calls sys.exit): a port taken since the
+        # check ends the start with the check's message naming the port.
+        http = stack.enter_context(contextlib.closing(
+            listen_socket(config.http_host, config.http_port, "--http-port", "GraphQL/HTTP")))
         hub.background.append(asyncio.create_task(refresh_keyring(config, pool, keyring), name="device-keys"))
-        await _serve(hub, install_signals, on_ready, profiles)
+        await _serve(hub, install_signals, on_ready, profiles, http)
 
 
 async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any] | None,
-                 profiles: list[Profile]) -> None:
+                 profiles: list[Profile], http: socket.socket) -> None:
     from usagehub.adapters.http import HttpConfig, ingest_routes
     from usagehub.adapters.http.slow import deadline_protocol
     from usagehub.rating.service import RatingService
@@ -319,7 +324,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     hub.background += hub.prepaid.start() if hub.prepaid is not None else []
     adapter_tasks = [asyncio.create_task(keep_serving(a, sink, rebound[n], detail=n) if n in rebound else a.run(sink),
                                          name=f"adapter:{n}") for n, a in hub.adapters.items()]
-    web_task = asyncio.create_task(server.serve(), name="web")
+    web_task = asyncio.create_task(server.serve(sockets=[http]), name="web")
     while not server.started and not web_task.done():  # noqa: ASYNC110 — uvicorn offers only a flag
         await asyncio.sleep(0.02)
     if web_task.done():
