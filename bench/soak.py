@@ -45,7 +45,7 @@ METERS, GATEWAYS, PER_GATEWAY = 2000, 20, 50
 
 
 class Fleet:
-    """Readings of METERS meters; some behind gateways; duplicates, late and bad messages mixed in."""
+    """Readings of METERS meters (households; buildings behind gateways); duplicates, late and bad messages."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
@@ -95,10 +95,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def account(d: int) -> str:
+    """Meters behind a gateway are one building's (one account each gateway); the others one household each."""
+    return f"b{d // PER_GATEWAY:02d}" if d < GATEWAYS * PER_GATEWAY else f"h{d:04d}"
+
+
 def seed(url: str, tmp: Path) -> list[str]:
     path = tmp / "seed.yaml"
-    lines = ["accounts: [{id: a}]", "devices:"] + [f"  - {{id: m{d:04d}, profile: acme-em340}}" for d in range(METERS)]
-    lines += ["bindings:"] + [f'  - {{device: m{d:04d}, account: a, valid_from: "2020-01-01T00:00:00Z"}}'
+    lines = ["accounts:"] + [f"  - {{id: {account(d)}}}" for d in range(METERS) if d % PER_GATEWAY == 0
+                             or d >= GATEWAYS * PER_GATEWAY]
+    lines += ["devices:"] + [f"  - {{id: m{d:04d}, profile: acme-em340}}" for d in range(METERS)]
+    lines += ["bindings:"] + [f'  - {{device: m{d:04d}, account: {account(d)}, valid_from: "2020-01-01T00:00:00Z"}}'
                               for d in range(METERS)]
     path.write_text("\n".join(lines) + "\n")
     settings = ["--database-url", url, "--data-dir", str(tmp), "--log-level", "WARNING"]
