@@ -138,7 +138,7 @@ def lag_ms(url: str, since: datetime) -> tuple[float, float]:  # NaN: nothing on
 
 
 async def paced(port: int, fleet: Fleet, rate: float, duration_s: float, large_every_s: float,
-                large_readings: int, large_bytes: int, published: list[int]) -> None:
+                large_readings: int, large_bytes: int, published: list[int], errors: list[int]) -> None:
     """Publish at ``rate`` messages/s (QoS 1) in 100 ms ticks, plus a large message every ``large_every_s``."""
     quiet = logging.getLogger("soak-publisher")
     quiet.setLevel(logging.ERROR)  # aiomqtt warns about every publish beyond 10 in flight
@@ -154,7 +154,16 @@ async def paced(port: int, fleet: Fleet, rate: float, duration_s: float, large_e
             if now >= next_large:
                 batch.append(fleet.large(large_readings, large_bytes, datetime.now(UTC)))
                 next_large += large_every_s
-            await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in batch))
+            # A PUBACK slower than the timeout (a starved machine) is counted, not the end of an hour's run.
+            results = await asyncio.gather(*(client.publish(t, p, qos=1, timeout=60) for t, p in batch),
+                                           return_exceptions=True)
+            failed = sum(isinstance(r, aiomqtt.MqttError) for r in results)
+            if failed:
+                errors[0] += failed
+                quiet.error("%d publishes not confirmed in 60 s", failed)
+            for r in results:
+                if isinstance(r, BaseException) and not isinstance(r, aiomqtt.MqttError):
+                    raise r
             published[0] += len(batch)
             await asyncio.sleep(max(0.0, start + tick * 0.1 - time.monotonic()))
 
@@ -229,12 +238,12 @@ def wait_ready(port: int, hub: subprocess.Popen[bytes]) -> None:
 
 def soak(url: str, http_port: int, mqtt_port: int, proc: psutil.Process, rate: float,
          args: argparse.Namespace, fleet: Fleet) -> list[tuple[float, ...]]:
-    published = [0]
+    published, errors = [0], [0]
     samples: list[tuple[float, ...]] = []
 
     async def run() -> None:
         pub = asyncio.create_task(paced(mqtt_port, fleet, rate, args.duration_s, args.large_every_s,
-                                        args.large_readings, args.large_mb << 20, published))
+                                        args.large_readings, args.large_mb << 20, published, errors))
         start = time.monotonic()
         print(f"{'t s':>6} {'published':>10} {'RSS MB':>7} {'queue':>6} {'wait s':>7} {'lag p50 ms':>10} "
               f"{'lag p99 ms':>10} {'wrk MB':>7} {'sess seg':>8} {'sess s':>7}", flush=True)
@@ -252,6 +261,7 @@ def soak(url: str, http_port: int, mqtt_port: int, proc: psutil.Process, rate: f
             print(f"{row[0]:6.0f} {published[0]:10d} {row[1]:7.0f} {row[2]:6.0f} {row[3]:7.2f} {row[4]:10.0f} "
                   f"{row[5]:10.0f} {row[6]:7.0f} {row[7]:8.0f} {row[8]:7.1f}", flush=True)
         await pub
+        print(f"publishes not confirmed within 60 s: {errors[0]}", flush=True)
 
     asyncio.run(run())
     return samples

@@ -95,6 +95,7 @@ class Hub:
     background: list[asyncio.Task[None]] = field(default_factory=list)
     prepaid: PrepaidRuntime | None = None
     broker: EmbeddedBroker | None = None  # the embedded broker, when no mqtt_url is set
+    links: dict[str, Link] = field(default_factory=dict)  # connections beside the adapters (the bus), in /readyz
 
     def stop(self) -> None:
         """Begin a clean shutdown."""
@@ -253,7 +254,9 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
         settings = AdapterSettings(profiles=profiles, devices=DeviceDirectorySql(pool), data_dir=config.data_dir,
                                    prepaid=hub.prepaid.service)
         if scaleout.uses_bus(config):  # entered before the adapters, so it outlives them at shutdown
-            hub.sink = await stack.enter_async_context(scaleout.ingest_bus(config, profiles, pool))
+            hub.links["bus"] = Link("bus")
+            hub.sink = await stack.enter_async_context(scaleout.ingest_bus(config, profiles, pool,
+                                                                           link=hub.links["bus"]))
         for name, raw in _adapter_configs(config, broker_url).items():
             factory = adapters.load(name)
             hub.adapters[name] = await stack.enter_async_context(
@@ -300,7 +303,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
                     max_fields=c.graphql_max_fields, max_cost=c.graphql_max_cost)
     side_links = {"mqtt-prepaid": hub.prepaid.mqtt.link} if hub.prepaid and hub.prepaid.mqtt else {}
     rebound = {n: Link(n) for n in hub.adapters if n in BIND_ONLY}  # rebound with backoff if they die
-    readiness = Readiness(hub.adapters, hub.pipeline, {**side_links, **rebound})
+    readiness = Readiness(hub.adapters, hub.pipeline, {**hub.links, **side_links, **rebound})
     app = create_app(services, hub.keys, ready=readiness.ready, live=readiness.live, limits=limits,
                      extra_routes=list(routes))
     ingest = HttpConfig()  # slow clients: header and body deadlines on the API port too
