@@ -100,12 +100,12 @@ def account(d: int) -> str:
     return f"b{d // PER_GATEWAY:02d}" if d < GATEWAYS * PER_GATEWAY else f"h{d:04d}"
 
 
-def seed(url: str, tmp: Path) -> list[str]:
+def seed(url: str, tmp: Path, one_account: bool) -> list[str]:
     path = tmp / "seed.yaml"
-    lines = ["accounts:"] + [f"  - {{id: {account(d)}}}" for d in range(METERS) if d % PER_GATEWAY == 0
-                             or d >= GATEWAYS * PER_GATEWAY]
+    owner = (lambda d: "a") if one_account else account
+    lines = ["accounts:"] + [f"  - {{id: {a}}}" for a in sorted({owner(d) for d in range(METERS)})]
     lines += ["devices:"] + [f"  - {{id: m{d:04d}, profile: acme-em340}}" for d in range(METERS)]
-    lines += ["bindings:"] + [f'  - {{device: m{d:04d}, account: {account(d)}, valid_from: "2020-01-01T00:00:00Z"}}'
+    lines += ["bindings:"] + [f'  - {{device: m{d:04d}, account: {owner(d)}, valid_from: "2020-01-01T00:00:00Z"}}'
                               for d in range(METERS)]
     path.write_text("\n".join(lines) + "\n")
     settings = ["--database-url", url, "--data-dir", str(tmp), "--log-level", "WARNING"]
@@ -187,12 +187,14 @@ def main() -> None:
     ap.add_argument("--large-every-s", type=float, default=300, help="0: no large messages")
     ap.add_argument("--large-readings", type=int, default=1000, help="readings per large message")
     ap.add_argument("--large-mb", type=int, default=8, help="padding per large message (MB)")
+    ap.add_argument("--one-account", action="store_true",
+                    help="every meter on one account (session rounds of one huge account; see docs/faults.md)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="usagehub-soak-"))
     tmp.chmod(0o755)
     broker = Broker(tmp)
     url = embedded_database_url(tmp / "db")
-    settings = seed(url, tmp)
+    settings = seed(url, tmp, args.one_account)
     http_port = free_port()
     hub = subprocess.Popen([sys.executable, "-m", "usagehub", "serve", *settings, "--mqtt-url",
                             f"mqtt://127.0.0.1:{broker.port}", "--http-port", str(http_port)], cwd=ROOT)
