@@ -5,9 +5,10 @@ In one run, on one Mosquitto and one embedded PostgreSQL (all started here):
   2. soak: for DURATION seconds the fleet publishes at half that capacity (or --rate): single-reading meters,
      gateway batches, ~5 % duplicates, ~3 % late readings (a day old), a few undecodable messages, and every
      --large-every-s one large gateway message (--large-readings readings, several MB);
-  3. every --sample-s: hub RSS, queue depth and commit wait (from /metrics), and receive->billable lag
-     (device time -> the storing transaction, p50/p99 of on-time readings in that window).
-At the end: the first third against the last third of the samples — flat means no growth.
+  3. every --sample-s: hub RSS (and its session workers'), queue depth and commit wait (from /metrics),
+     receive->stored lag (device time -> the storing transaction, p50/p99 of on-time readings in that window)
+     and the session queue (segments waiting, age of the oldest): stored + that age = billable.
+At the end: the medians of the first and the last 10 minutes (a third of a shorter run) — flat means no growth.
 Usage: .venv/bin/python bench/soak.py [--duration-s 3600] [--rate N] [--sample-s 30]
 Short run: .venv/bin/python bench/soak.py --duration-s 120 --sample-s 10 --burst 5000 --large-every-s 30
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import random
 import statistics
@@ -43,7 +45,7 @@ METERS, GATEWAYS, PER_GATEWAY = 2000, 20, 50
 
 
 class Fleet:
-    """Readings of METERS meters; some behind gateways; duplicates, late and bad messages mixed in."""
+    """Readings of METERS meters (households; buildings behind gateways); duplicates, late and bad messages."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
@@ -93,10 +95,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def seed(url: str, tmp: Path) -> list[str]:
+def account(d: int) -> str:
+    """Meters behind a gateway are one building's (one account each gateway); the others one household each."""
+    return f"b{d // PER_GATEWAY:02d}" if d < GATEWAYS * PER_GATEWAY else f"h{d:04d}"
+
+
+def seed(url: str, tmp: Path, one_account: bool) -> list[str]:
     path = tmp / "seed.yaml"
-    lines = ["accounts: [{id: a}]", "devices:"] + [f"  - {{id: m{d:04d}, profile: acme-em340}}" for d in range(METERS)]
-    lines += ["bindings:"] + [f'  - {{device: m{d:04d}, account: a, valid_from: "2020-01-01T00:00:00Z"}}'
+    owner = (lambda d: "a") if one_account else account
+    lines = ["accounts:"] + [f"  - {{id: {a}}}" for a in sorted({owner(d) for d in range(METERS)})]
+    lines += ["devices:"] + [f"  - {{id: m{d:04d}, profile: acme-em340}}" for d in range(METERS)]
+    lines += ["bindings:"] + [f'  - {{device: m{d:04d}, account: {owner(d)}, valid_from: "2020-01-01T00:00:00Z"}}'
                               for d in range(METERS)]
     path.write_text("\n".join(lines) + "\n")
     settings = ["--database-url", url, "--data-dir", str(tmp), "--log-level", "WARNING"]
@@ -109,7 +118,8 @@ def scrape(port: int) -> dict[str, float]:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith(("usagehub_pipeline_queue_depth ", "usagehub_pipeline_commit_wait_seconds ")):
+        if line.startswith(("usagehub_pipeline_queue_depth ", "usagehub_pipeline_commit_wait_seconds ",
+                            "usagehub_session_queue_segments ", "usagehub_session_queue_oldest_seconds ")):
             name, value = line.rsplit(" ", 1)
             out[name] = float(value)
     return out
@@ -128,7 +138,7 @@ def lag_ms(url: str, since: datetime) -> tuple[float, float]:  # NaN: nothing on
 
 
 async def paced(port: int, fleet: Fleet, rate: float, duration_s: float, large_every_s: float,
-                large_readings: int, large_bytes: int, published: list[int]) -> None:
+                large_readings: int, large_bytes: int, published: list[int], errors: list[int]) -> None:
     """Publish at ``rate`` messages/s (QoS 1) in 100 ms ticks, plus a large message every ``large_every_s``."""
     quiet = logging.getLogger("soak-publisher")
     quiet.setLevel(logging.ERROR)  # aiomqtt warns about every publish beyond 10 in flight
@@ -144,7 +154,16 @@ async def paced(port: int, fleet: Fleet, rate: float, duration_s: float, large_e
             if now >= next_large:
                 batch.append(fleet.large(large_readings, large_bytes, datetime.now(UTC)))
                 next_large += large_every_s
-            await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in batch))
+            # A PUBACK slower than the timeout (a starved machine) is counted, not the end of an hour's run.
+            results = await asyncio.gather(*(client.publish(t, p, qos=1, timeout=60) for t, p in batch),
+                                           return_exceptions=True)
+            failed = sum(isinstance(r, aiomqtt.MqttError) for r in results)
+            if failed:
+                errors[0] += failed
+                quiet.error("%d publishes not confirmed in 60 s", failed)
+            for r in results:
+                if isinstance(r, BaseException) and not isinstance(r, aiomqtt.MqttError):
+                    raise r
             published[0] += len(batch)
             await asyncio.sleep(max(0.0, start + tick * 0.1 - time.monotonic()))
 
@@ -168,12 +187,14 @@ def main() -> None:
     ap.add_argument("--large-every-s", type=float, default=300, help="0: no large messages")
     ap.add_argument("--large-readings", type=int, default=1000, help="readings per large message")
     ap.add_argument("--large-mb", type=int, default=8, help="padding per large message (MB)")
+    ap.add_argument("--one-account", action="store_true",
+                    help="every meter on one account (session rounds of one huge account; see docs/faults.md)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="usagehub-soak-"))
     tmp.chmod(0o755)
     broker = Broker(tmp)
     url = embedded_database_url(tmp / "db")
-    settings = seed(url, tmp)
+    settings = seed(url, tmp, args.one_account)
     http_port = free_port()
     hub = subprocess.Popen([sys.executable, "-m", "usagehub", "serve", *settings, "--mqtt-url",
                             f"mqtt://127.0.0.1:{broker.port}", "--http-port", str(http_port)], cwd=ROOT)
@@ -194,6 +215,15 @@ def main() -> None:
         broker.proc.terminate()
 
 
+def children_rss(proc: psutil.Process) -> float:
+    """RSS of the hub's child processes (session workers), MB."""
+    total = 0
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # a child that just ended
+            total += child.memory_info().rss
+    return total / 2**20
+
+
 def wait_ready(port: int, hub: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -209,16 +239,16 @@ def wait_ready(port: int, hub: subprocess.Popen[bytes]) -> None:
 
 
 def soak(url: str, http_port: int, mqtt_port: int, proc: psutil.Process, rate: float,
-         args: argparse.Namespace, fleet: Fleet) -> list[tuple[float, float, float, float, float, float]]:
-    published = [0]
-    samples: list[tuple[float, float, float, float, float, float]] = []
+         args: argparse.Namespace, fleet: Fleet) -> list[tuple[float, ...]]:
+    published, errors = [0], [0]
+    samples: list[tuple[float, ...]] = []
 
     async def run() -> None:
         pub = asyncio.create_task(paced(mqtt_port, fleet, rate, args.duration_s, args.large_every_s,
-                                        args.large_readings, args.large_mb << 20, published))
+                                        args.large_readings, args.large_mb << 20, published, errors))
         start = time.monotonic()
         print(f"{'t s':>6} {'published':>10} {'RSS MB':>7} {'queue':>6} {'wait s':>7} {'lag p50 ms':>10} "
-              f"{'lag p99 ms':>10}", flush=True)
+              f"{'lag p99 ms':>10} {'wrk MB':>7} {'sess seg':>8} {'sess s':>7}", flush=True)
         since = datetime.now(UTC)
         while not pub.done():
             await asyncio.sleep(args.sample_s)
@@ -227,26 +257,32 @@ def soak(url: str, http_port: int, mqtt_port: int, proc: psutil.Process, rate: f
             since = datetime.now(UTC)
             row = (time.monotonic() - start, proc.memory_info().rss / 2**20,
                    m.get("usagehub_pipeline_queue_depth", 0), m.get("usagehub_pipeline_commit_wait_seconds", 0),
-                   p50, p99)
+                   p50, p99, children_rss(proc), m.get("usagehub_session_queue_segments", 0),
+                   m.get("usagehub_session_queue_oldest_seconds", 0))
             samples.append(row)
             print(f"{row[0]:6.0f} {published[0]:10d} {row[1]:7.0f} {row[2]:6.0f} {row[3]:7.2f} {row[4]:10.0f} "
-                  f"{row[5]:10.0f}", flush=True)
+                  f"{row[5]:10.0f} {row[6]:7.0f} {row[7]:8.0f} {row[8]:7.1f}", flush=True)
         await pub
+        print(f"publishes not confirmed within 60 s: {errors[0]}", flush=True)
 
     asyncio.run(run())
     return samples
 
 
-def report(samples: list[tuple[float, float, float, float, float, float]], idle_rss: float) -> None:
+def report(samples: list[tuple[float, ...]], idle_rss: float) -> None:
     if len(samples) < 3:
         print("too few samples for a trend; run longer or sample more often")
         return
-    third = max(1, len(samples) // 3)
-    first, last = samples[:third], samples[-third:]
-    for i, name in ((1, "RSS MB"), (2, "queue depth"), (4, "lag p50 ms"), (5, "lag p99 ms")):
+    end = samples[-1][0]
+    window = min(600.0, end / 3)  # the first and last 10 minutes; a third of a shorter run
+    first = [s for s in samples if s[0] <= window]
+    last = [s for s in samples if s[0] > end - window]
+    print(f"medians of the first and last {window:.0f} s ({len(first)} and {len(last)} samples):")
+    for i, name in ((1, "RSS MB"), (6, "workers MB"), (2, "queue depth"), (4, "lag p50 ms"), (5, "lag p99 ms"),
+                    (7, "session seg"), (8, "session s")):
         a = statistics.median([s[i] for s in first if s[i] == s[i]] or [float("nan")])
         b = statistics.median([s[i] for s in last if s[i] == s[i]] or [float("nan")])
-        print(f"{name:>12}: first third median {a:8.1f}, last third median {b:8.1f}")
+        print(f"{name:>12}: first {a:8.1f}, last {b:8.1f}")
     print(f"      RSS MB: idle baseline {idle_rss:.0f}, max {max(s[1] for s in samples):.0f}")
 
 

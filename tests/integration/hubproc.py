@@ -47,14 +47,17 @@ class HubProcess:
                  *self.extra], stdout=out, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            if "address already in use" in self.log.read_text()[logged:] and attempt < 3:
+            exited = self.proc.poll() is not None
+            if f"port {self.port} on 127.0.0.1 (GraphQL/HTTP) is already in use" in self.log.read_text()[logged:] \
+                    and attempt < 3:
                 # free_port() released the port, and an outgoing connection took it as its local port before
-                # the hub bound it: start again on another port.
-                self.kill()
+                # the hub bound it (the hub exits naming it): start again on another port.
+                if not exited:
+                    self.kill()
                 self.port = free_port()
                 return self.start(timeout / time_scale(), attempt=attempt + 1)
+            if exited:
+                raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=0.5).status_code == 200:
                     return

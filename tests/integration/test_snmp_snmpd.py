@@ -151,7 +151,8 @@ def _missed(device: str) -> float:
     return REGISTRY.get_sample_value("usagehub_snmp_poll_missed_total", {"device": device}) or 0.0
 
 
-async def test_schedule_submits_and_counts_missed_polls(tmp_path: Path, agent: Snmpd) -> None:
+async def test_schedule_submits_and_counts_missed_polls(tmp_path: Path, agent: Snmpd,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     agent.set(c32=1, c64=1, g=5, uptime=3000)
     # Short timeouts so the dead device misses polls quickly; retries keep the live one answering under load.
     # A poll may not outlive its interval (a missed poll by design): the interval scales with the load too.
@@ -186,6 +187,9 @@ async def test_schedule_submits_and_counts_missed_polls(tmp_path: Path, agent: S
     assert _missed("badkey") - before[1] == missed["badkey"]
     assert _missed("live") == before[2]
     assert (tmp_path / "snmp-state.json").exists()
+    for device in ("dead", "badkey"):  # logged once per failure streak, each miss counted above
+        logged = [r for r in caplog.records if r.getMessage().startswith(f"snmp poll of {device} failed")]
+        assert len(logged) == 1, [r.getMessage() for r in logged]
 
 
 async def test_v3_wrong_key_is_a_missed_poll(tmp_path: Path, agent: Snmpd) -> None:

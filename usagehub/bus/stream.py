@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import nats
@@ -49,16 +50,26 @@ def servers_of(url: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-async def connect(settings: BusSettings, *, name: str) -> Client:
-    """A client that reconnects for ever across the listed servers (a cluster node may die)."""
+async def connect(settings: BusSettings, *, name: str, on_state: Callable[[bool], None] | None = None) -> Client:
+    """A client that reconnects for ever across the listed servers (a cluster node may die).
+
+    ``on_state(False)`` once when the connection is lost, ``on_state(True)`` once it is back (then it logs
+    and counts the outage instead of this module).
+    """
     async def on_error(err: Exception) -> None:
         log.debug("nats: %r", err)
 
     async def on_disconnect() -> None:
-        log.warning("nats: disconnected; reconnecting")
+        if on_state is not None:
+            on_state(False)
+        else:
+            log.warning("nats: disconnected; reconnecting")
 
     async def on_reconnect() -> None:
-        log.info("nats: reconnected")
+        if on_state is not None:
+            on_state(True)
+        else:
+            log.info("nats: reconnected")
 
     return await nats.connect(servers=list(settings.servers), name=name, max_reconnect_attempts=-1,
                               reconnect_time_wait=0.5, connect_timeout=2, allow_reconnect=True,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -31,7 +32,7 @@ from usagehub.runtime.broker import EmbeddedBroker
 from usagehub.runtime.config import HubConfig
 from usagehub.runtime.device_keys import open_keyring, refresh_keyring
 from usagehub.runtime.operations import wire_operations
-from usagehub.runtime.preflight import check_ports
+from usagehub.runtime.preflight import check_ports, listen_socket
 from usagehub.runtime.profile_files import load_profiles
 from usagehub.runtime.readiness import Readiness
 from usagehub.storage.keys import ApiKeys
@@ -63,6 +64,7 @@ class Hub:
     background: list[asyncio.Task[None]] = field(default_factory=list)
     prepaid: PrepaidRuntime | None = None
     broker: EmbeddedBroker | None = None  # the embedded broker, when no mqtt_url is set
+    links: dict[str, Link] = field(default_factory=dict)  # connections beside the adapters (the bus), in /readyz
 
     def stop(self) -> None:
         """Begin a clean shutdown."""
@@ -199,19 +201,25 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
         settings = AdapterSettings(profiles=profiles, devices=DeviceDirectorySql(pool), data_dir=config.data_dir,
                                    prepaid=hub.prepaid.service)
         if scaleout.uses_bus(config):  # entered before the adapters, so it outlives them at shutdown
-            hub.sink = await stack.enter_async_context(scaleout.ingest_bus(config, profiles, pool))
+            hub.links["bus"] = Link("bus")
+            hub.sink = await stack.enter_async_context(scaleout.ingest_bus(config, profiles, pool,
+                                                                           link=hub.links["bus"]))
         for name, raw in _adapter_configs(config, broker_url).items():
             factory = adapters.load(name)
             hub.adapters[name] = await stack.enter_async_context(
                 factory.create(factory.config_model.model_validate(raw), replace(settings, keyring=keyring)))
         if "dlms" in hub.adapters and hub.prepaid is not None:  # prepaid blocks reach DLMS meters (class 70)
             hub.prepaid.dispatcher.dlms = hub.adapters["dlms"].command  # type: ignore[attr-defined]
+        # Bound here, not by uvicorn (which logs a bind error and calls sys.exit): a port taken since the
+        # check ends the start with the check's message naming the port.
+        http = stack.enter_context(contextlib.closing(
+            listen_socket(config.http_host, config.http_port, "--http-port", "GraphQL/HTTP")))
         hub.background.append(asyncio.create_task(refresh_keyring(config, pool, keyring), name="device-keys"))
-        await _serve(hub, install_signals, on_ready, profiles)
+        await _serve(hub, install_signals, on_ready, profiles, http)
 
 
 async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any] | None,
-                 profiles: list[Profile]) -> None:
+                 profiles: list[Profile], http: socket.socket) -> None:
     from usagehub.adapters.http import HttpConfig, ingest_routes
     from usagehub.adapters.http.slow import deadline_protocol
     from usagehub.rating.service import RatingService
@@ -242,7 +250,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
                     max_fields=c.graphql_max_fields, max_cost=c.graphql_max_cost)
     side_links = {"mqtt-prepaid": hub.prepaid.mqtt.link} if hub.prepaid and hub.prepaid.mqtt else {}
     rebound = {n: Link(n) for n in hub.adapters if n in BIND_ONLY}  # rebound with backoff if they die
-    readiness = Readiness(hub.adapters, hub.pipeline, {**side_links, **rebound})
+    readiness = Readiness(hub.adapters, hub.pipeline, {**hub.links, **side_links, **rebound})
     app = create_app(services, hub.keys, ready=readiness.ready, live=readiness.live, limits=limits,
                      extra_routes=list(routes))
     ingest = HttpConfig()  # slow clients: header and body deadlines on the API port too
@@ -267,7 +275,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     hub.background += hub.prepaid.start() if hub.prepaid is not None else []
     adapter_tasks = [asyncio.create_task(keep_serving(a, sink, rebound[n], detail=n) if n in rebound else a.run(sink),
                                          name=f"adapter:{n}") for n, a in hub.adapters.items()]
-    web_task = asyncio.create_task(server.serve(), name="web")
+    web_task = asyncio.create_task(server.serve(sockets=[http]), name="web")
     while not server.started and not web_task.done():  # noqa: ASYNC110 — uvicorn offers only a flag
         await asyncio.sleep(0.02)
     if web_task.done():

@@ -76,6 +76,12 @@ async def check_database(url: str, *, source: str = "--database-url") -> None:
                           file=source) from err
 
 
+def _bind_problem(err: OSError, host: str, port: int, flag: str, what: str) -> ConfigError:
+    if err.errno == errno.EADDRINUSE:
+        return ConfigError(f"port {port} on {host} ({what}) is already in use; choose another with {flag}")
+    return ConfigError(f"cannot listen on {host}:{port} ({what}): {err.strerror or err}; change {flag}")
+
+
 def _port_problem(host: str, port: int, flag: str, what: str) -> ConfigError | None:
     if port == 0:
         return None
@@ -84,10 +90,25 @@ def _port_problem(host: str, port: int, flag: str, what: str) -> ConfigError | N
         try:
             s.bind((host, port))
         except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                return ConfigError(f"port {port} on {host} ({what}) is already in use; choose another with {flag}")
-            return ConfigError(f"cannot listen on {host}:{port} ({what}): {err.strerror}; change {flag}")
+            return _bind_problem(err, host, port, flag, what)
     return None
+
+
+def listen_socket(host: str, port: int, flag: str, what: str) -> socket.socket:
+    """A socket listening on host:port now; a failure (the port taken since the check) names the port and flag."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:  # as asyncio's create_server: IPv6 only, like the server it replaces
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's default backlog
+    except OSError as err:
+        sock.close()
+        raise _bind_problem(err, host, port, flag, what) from err
+    sock.setblocking(False)
+    return sock
 
 
 def check_ports(ports: list[tuple[str, int, str, str]]) -> None:

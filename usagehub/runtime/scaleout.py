@@ -20,6 +20,7 @@ from pathlib import Path
 
 from psycopg_pool import AsyncConnectionPool
 
+from usagehub.adapters.link import Link
 from usagehub.bus.codec import device_key
 from usagehub.bus.publisher import BusPublisher
 from usagehub.core.binding import BindingIndex
@@ -133,8 +134,8 @@ class WorkerPool:
 
 
 @contextlib.asynccontextmanager
-async def ingest_bus(config: HubConfig, profiles: list[Profile], pool: AsyncConnectionPool
-                     ) -> AsyncIterator[BusPublisher]:
+async def ingest_bus(config: HubConfig, profiles: list[Profile], pool: AsyncConnectionPool, *,
+                     link: Link | None = None) -> AsyncIterator[BusPublisher]:
     """The publisher adapters submit to; with ``workers`` and no URL, the embedded nats-server and workers too."""
     async with contextlib.AsyncExitStack() as stack:
         router = AccountRouter(pool)
@@ -151,7 +152,7 @@ async def ingest_bus(config: HubConfig, profiles: list[Profile], pool: AsyncConn
             stack.callback(server.stop)
             url = server.url
         settings = bus_settings(config, url)
-        nc, js = await declare(settings, name="usagehub-ingest")
+        nc, js = await declare(settings, name="usagehub-ingest", link=link)
         stack.push_async_callback(nc.close)
         if config.workers:
             workers = WorkerPool(config, url, config.workers, config.data_dir / "workers")

@@ -23,6 +23,7 @@ from nats.errors import Error as NatsError
 from prometheus_client import start_http_server
 
 from usagehub import metrics
+from usagehub.adapters.link import Link
 from usagehub.bus.consumer import PartitionConsumer, owned_partitions
 from usagehub.bus.stream import BusSettings, connect, ensure_stream, servers_of
 from usagehub.core.events import UsageEvent
@@ -50,9 +51,25 @@ async def lock_devices_first(conn: Connection, events: Sequence[UsageEvent]) -> 
     await lock_devices(conn, {e.device_id for e in events})
 
 
-async def declare(settings: BusSettings, *, name: str, timeout_s: float = 60.0) -> Any:
-    """Connect and make sure the stream exists, waiting while a fresh cluster elects its leaders."""
-    nc = await connect(settings, name=name)
+async def declare(settings: BusSettings, *, name: str, timeout_s: float = 60.0, link: Link | None = None) -> Any:
+    """Connect and make sure the stream exists, waiting while a fresh cluster elects its leaders.
+
+    ``link``: the connection's state for readiness and /metrics (outages logged and counted there).
+    """
+    where = ", ".join(servers_of_display(settings))
+
+    def on_state(up: bool) -> None:
+        if link is None:
+            return
+        if up:
+            link.connected(where)
+        elif nc.is_closed:  # closed on purpose (shutdown): not an outage
+            link.down()
+        else:
+            link.lost(ConnectionError(f"disconnected from {where}"))
+
+    nc = await connect(settings, name=name, on_state=on_state if link is not None else None)
+    on_state(True)
     js = nc.jetstream(timeout=settings.publish_timeout_s)
     deadline = asyncio.get_running_loop().time() + timeout_s
     try:
@@ -68,6 +85,11 @@ async def declare(settings: BusSettings, *, name: str, timeout_s: float = 60.0) 
     except BaseException:
         await nc.close()
         raise
+
+
+def servers_of_display(settings: BusSettings) -> list[str]:
+    """The bus servers without their tokens, fit to log."""
+    return [s.rsplit("@", 1)[-1] for s in settings.servers]
 
 
 async def run_worker(config: HubConfig, *, index: int, workers: int, stopping: asyncio.Event | None = None,

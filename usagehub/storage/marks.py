@@ -121,10 +121,12 @@ _MARKS_AFTER = (
     f"SELECT k.i, m.* FROM {_ASKS.format(extra=', %b::int[]', extra_col=', n')} CROSS JOIN LATERAL "
     f"(SELECT {_MARK_COLUMNS} FROM session_marks WHERE account_id = k.a AND service = k.s AND seg_start > k.t "
     "ORDER BY seg_start LIMIT k.n) AS m ORDER BY k.i, m.seg_start")
+# LATERAL with ORDER BY (not a join the planner may flatten): one index range per walk, so a round costs
+# the segments it reads, not a scan of the whole table (a hash join over it grew with the table in the soak).
 _POINTS_IN = (
-    f"SELECT k.i, {', '.join('p.' + c.strip() for c in POINT_COLUMNS.split(','))} "
-    f"FROM {_ASKS.format(extra=', %b::timestamptz[]', extra_col=', e')} "
-    "JOIN session_points p ON p.account_id = k.a AND p.service = k.s AND p.start_ts >= k.t AND p.start_ts < k.e")
+    f"SELECT k.i, p.* FROM {_ASKS.format(extra=', %b::timestamptz[]', extra_col=', e')} CROSS JOIN LATERAL "
+    f"(SELECT {POINT_COLUMNS} FROM session_points WHERE account_id = k.a AND service = k.s AND start_ts >= k.t "
+    "AND start_ts < k.e ORDER BY start_ts) AS p")
 
 
 async def save_walks(conn: Connection, outcomes: Sequence[tuple[Group, Outcome]]) -> set[Pair]:

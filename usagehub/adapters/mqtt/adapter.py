@@ -35,12 +35,14 @@ def profile_topics(settings: AdapterSettings) -> list[str]:
 class MqttAdapter:
     """Subscribes to device topics and submits every message; reconnects with jittered backoff."""
 
+    link_name = "mqtt"  # its outages in logs and /metrics (a subclass is another adapter: its own name)
+
     def __init__(self, config: MqttConfig, settings: AdapterSettings) -> None:
         self.config = config
         self.topics = config.topics or profile_topics(settings)
         self.connected = asyncio.Event()
         self.client: aiomqtt.Client | None = None
-        self.link = Link("mqtt", max_delay_s=config.reconnect_max_s)
+        self.link = Link(self.link_name, max_delay_s=config.reconnect_max_s)
 
     async def __aenter__(self) -> Self:
         return self

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 class SparkplugAdapter(MqttAdapter):
     """The MQTT adapter's connection handling with a Sparkplug B host application in front of the sink."""
 
+    link_name = "sparkplug"
+
     def __init__(self, config: SparkplugConfig, settings: AdapterSettings) -> None:
         super().__init__(config, settings)
         self.sparkplug = config
