@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -30,9 +31,12 @@ async def listen_forever(conninfo: str, channel: str, handle: Callable[[str], Aw
                 if lost:
                     log.info("listening on %s again", channel)
                     lost = False
-                async for notify in conn.notifies():
-                    if (result := handle(notify.payload)) is not None:
-                        await result
+                # Closed on the way out: a generator left suspended (cancelled while a handler ran) keeps the
+                # connection's lock, and leaving the connection (its rollback) would then wait for it forever.
+                async with contextlib.aclosing(conn.notifies()) as notifies:
+                    async for notify in notifies:
+                        if (result := handle(notify.payload)) is not None:
+                            await result
         except psycopg.Error as err:
             if on_lost is not None:
                 on_lost()

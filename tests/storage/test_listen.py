@@ -1,0 +1,31 @@
+"""LISTEN for as long as a hub runs: a cancel while a handler runs ends the listener (a hub's stop)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from psycopg_pool import AsyncConnectionPool
+
+from usagehub.storage.notify import listen_forever
+
+
+async def test_cancel_while_a_handler_runs_ends_the_listener(pool: AsyncConnectionPool) -> None:
+    handling, never = asyncio.Event(), asyncio.Event()
+    connected = asyncio.Event()
+
+    async def handle(payload: str) -> None:
+        handling.set()
+        await never.wait()  # a handler still busy (reloading meter types, say) when the hub stops
+
+    listener = asyncio.create_task(listen_forever(str(pool.conninfo), "uh_listen_test", handle,
+                                                  on_connect=connected.set))
+    async with asyncio.timeout(10):
+        await connected.wait()
+    async with pool.connection() as conn:
+        await conn.execute("SELECT pg_notify('uh_listen_test', 'x')")
+    async with asyncio.timeout(10):
+        await handling.wait()
+    listener.cancel()
+    async with asyncio.timeout(10):  # the notifies generator held the connection's lock: this used to hang
+        await asyncio.gather(listener, return_exceptions=True)
+    assert listener.cancelled()
