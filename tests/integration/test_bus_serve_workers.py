@@ -92,12 +92,15 @@ def usage(url: str) -> Decimal:
 
 def test_serve_with_workers_bills_exactly_and_leaves_no_orphans(database_url: str, mosquitto: Mosquitto,
                                                                  tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 request: pytest.FixtureRequest) -> None:
     nats_binary()
     metrics_port = two_free_ports()
     monkeypatch.setenv("USAGEHUB_WORKER_METRICS_PORT", str(metrics_port))  # worker N: metrics_port + N
     data = tmp_path / "data"
     hub = HubProcess(database_url, mosquitto.url, data, extra=["--workers", "2"])
+    # A failed assertion must not leave the hub, its nats-server and workers running.
+    request.addfinalizer(lambda: hub.proc is not None and hub.proc.poll() is None and hub.terminate() == 0)
     (tmp_path / "seed.yaml").write_text(SEED)
     assert usagehub("seed", str(tmp_path / "seed.yaml"), *hub.settings).returncode == 0
     hub.start(timeout=60)
