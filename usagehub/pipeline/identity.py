@@ -116,8 +116,7 @@ class Entitlements:
         self.profiles = profiles
         self.facts = DeviceFactsCache(pool, ttl_s=ttl_s)
         self._candidates = lru_cache(maxsize=65536)(self._candidates_uncached)
-        self._payload_named = lru_cache(maxsize=65536)(self._payload_named_uncached)
-        self._topic_device = lru_cache(maxsize=65536)(self._topic_device_uncached)
+        self._topic_facts = lru_cache(maxsize=65536)(self._topic_facts_uncached)
 
     def _candidates_uncached(self, version: int, transport: str, topic: str
                              ) -> tuple[tuple[CompiledProfile, dict[str, str]], ...]:
@@ -139,22 +138,20 @@ class Entitlements:
             return None
         if "device_id" in message.meta:
             return message.meta["device_id"]
-        return self._topic_device(self.profiles.version, message.transport, message.topic) or message.topic
+        return self._topic_facts(self.profiles.version, message.transport, message.topic)[1] or message.topic
 
-    def _topic_device_uncached(self, version: int, transport: str, topic: str) -> str | None:
+    def _topic_facts_uncached(self, version: int, transport: str, topic: str) -> tuple[bool, str | None]:
+        """Whether a candidate profile of the topic names devices in the payload; the device the topic names."""
         found = self._candidates(version, transport, topic)
-        return found[0][1].get("device_id") if found else None
+        return (any(compiled.device_id is not None for compiled, _ in found),
+                found[0][1].get("device_id") if found else None)
 
     def names_devices_in_payload(self, message: RawMessage) -> bool:
         """Whether a profile that may decode ``message`` takes device ids from its payload (a gateway's)."""
         if "profile" in message.meta:  # the adapter chose the profile (HTTP, files)
             compiled = self.profiles.by_id.get(message.meta["profile"])
             return compiled is not None and compiled.device_id is not None
-        return self._payload_named(self.profiles.version, message.transport, message.topic)
-
-    def _payload_named_uncached(self, version: int, transport: str, topic: str) -> bool:
-        return any(compiled.device_id is not None
-                   for compiled, _ in self._candidates(version, transport, topic))
+        return self._topic_facts(self.profiles.version, message.transport, message.topic)[0]
 
     def candidates(self, message: RawMessage) -> list[tuple[CompiledProfile, dict[str, str]]]:
         """The profiles that may decode ``message`` with their topic captures (adapter-chosen profile first)."""
