@@ -16,6 +16,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from tests.peers import free_port, require_binary
+from tests.watchdog import INCIDENTS, SERVERS, Watchdog, drop_database
 from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.embedded_timescale import timescale_installed
 from usagehub.storage.migrations import migrate
@@ -56,6 +57,7 @@ def _embedded_server(timescale: bool) -> str:
         conn.execute("ALTER SYSTEM SET fsync = off")
         conn.execute("ALTER SYSTEM SET full_page_writes = off")
         conn.execute("SELECT pg_reload_conf()")
+    SERVERS.append(url)
     return url
 
 
@@ -129,12 +131,6 @@ def make_template(server_url: str) -> str:
         conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
     return name
-
-
-def drop_database(server_url: str, name: str) -> None:
-    """Drop ``name`` even if a scheduler or a leaked connection still uses it."""
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def clone_database(server_url: str, template: str) -> str:
@@ -212,10 +208,29 @@ def plain_database_url(plain_server_url: str, plain_template_db: str) -> Iterato
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    """An open pool on the test's database."""
+    """An open pool on the test's database; the database is dropped while the loop still runs (tests/watchdog.py)."""
     p = await open_pool(database_url, min_size=1, max_size=4)
     yield p
     await p.close()
+    conninfo = psycopg.conninfo.conninfo_to_dict(database_url)
+    name = str(conninfo.pop("dbname"))
+    await asyncio.to_thread(drop_database, psycopg.conninfo.make_conninfo(**conninfo, dbname="postgres"), name)
+
+
+WATCHDOG_S = float(os.environ.get("USAGEHUB_TEST_WATCHDOG_S", "300"))
+
+
+@pytest.fixture(autouse=True)
+def _watchdog(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test running past WATCHDOG_S (fixtures included) dumps its threads, tasks and the servers' activity."""
+    with Watchdog(request.node.nodeid, WATCHDOG_S):
+        yield
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say what the run had to break to go on (a DROP DATABASE deadlock), so its cause gets found."""
+    for incident in INCIDENTS:
+        terminalreporter.write_line(f"usagehub test incident: {incident}", yellow=True)
 
 
 class Mosquitto:

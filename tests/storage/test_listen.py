@@ -1,4 +1,4 @@
-"""LISTEN for as long as a hub runs: a cancel while a handler runs ends the listener (a hub's stop)."""
+"""LISTEN for as long as a hub runs: a cancel ends the listener (a hub's stop), even one lost below it."""
 
 from __future__ import annotations
 
@@ -29,3 +29,29 @@ async def test_cancel_while_a_handler_runs_ends_the_listener(pool: AsyncConnecti
     async with asyncio.timeout(10):  # the notifies generator held the connection's lock: this used to hang
         await asyncio.gather(listener, return_exceptions=True)
     assert listener.cancelled()
+
+
+async def test_a_cancel_lost_below_the_listener_still_ends_it(pool: AsyncConnectionPool) -> None:
+    """A cancel swallowed under the listener (seen inside the driver under load) must not keep it running."""
+    handling, connected = asyncio.Event(), asyncio.Event()
+    heard: list[str] = []
+
+    async def handle(payload: str) -> None:
+        heard.append(payload)
+        handling.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return  # the lost cancel: the task stays "cancelling" and its wait goes on
+
+    listener = asyncio.create_task(listen_forever(str(pool.conninfo), "uh_listen_lost", handle,
+                                                  on_connect=connected.set))
+    async with asyncio.timeout(10):
+        await connected.wait()
+    async with pool.connection() as conn:
+        await conn.execute("SELECT pg_notify('uh_listen_lost', 'x')")
+    async with asyncio.timeout(10):
+        await handling.wait()
+    listener.cancel()
+    done, _ = await asyncio.wait({listener}, timeout=10)  # without the guard this waits forever
+    assert done and listener.cancelled() and heard == ["x"]

@@ -11,6 +11,18 @@ import psycopg
 
 log = logging.getLogger(__name__)
 
+# How often the wait for notifications returns to this module (a NOTIFY wakes it at once). Under load, a cancel
+# that lands inside psycopg's wait has been seen to be lost (the task stayed "cancelling" while it went on
+# waiting, and a hub's or test's shutdown waited forever): each return checks for one.
+WAKE_S = 1.0
+
+
+def _raise_if_cancelled(channel: str) -> None:
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        log.warning("a cancellation of the %s listener was lost inside the driver; ending it now", channel)
+        raise asyncio.CancelledError
+
 
 async def listen_forever(conninfo: str, channel: str, handle: Callable[[str], Awaitable[None] | None], *,
                          on_connect: Callable[[], Awaitable[None] | None] | None = None,
@@ -31,12 +43,14 @@ async def listen_forever(conninfo: str, channel: str, handle: Callable[[str], Aw
                 if lost:
                     log.info("listening on %s again", channel)
                     lost = False
-                # Closed on the way out: a generator left suspended (cancelled while a handler ran) keeps the
-                # connection's lock, and leaving the connection (its rollback) would then wait for it forever.
-                async with contextlib.aclosing(conn.notifies()) as notifies:
-                    async for notify in notifies:
-                        if (result := handle(notify.payload)) is not None:
-                            await result
+                while True:
+                    # Closed on the way out: a generator left suspended (cancelled while a handler ran) keeps the
+                    # connection's lock, and leaving the connection (its rollback) would then wait for it forever.
+                    async with contextlib.aclosing(conn.notifies(timeout=WAKE_S)) as notifies:
+                        async for notify in notifies:
+                            if (result := handle(notify.payload)) is not None:
+                                await result
+                    _raise_if_cancelled(channel)
         except psycopg.Error as err:
             if on_lost is not None:
                 on_lost()

@@ -163,12 +163,18 @@ async def test_hls_gmac_ciphered_with_sealed_keys_across_restarts(tmp_path: Path
         sink = RecordingSink()
         async with adapter:
             task = asyncio.create_task(adapter.run(sink))
+            def seen() -> tuple[int, int]:
+                return (sum(m.topic == "registers" for m in sink.messages),
+                        getattr(adapter.health.get("meter-b"), "failures", 0))
+
             try:
-                async with asyncio.timeout(30):
-                    # the adapter's health has no event to wait on: poll it
-                    while (sum(m.topic == "registers" for m in sink.messages) < 2  # noqa: ASYNC110
-                           or getattr(adapter.health.get("meter-b"), "failures", 0) < 2):
-                        await asyncio.sleep(0.1)
+                # the adapter's health has no event to wait on: poll it (0.3 s interval; a loaded CI machine
+                # has taken over 30 s, so the deadline is generous and the failure says what was seen)
+                deadline = asyncio.get_running_loop().time() + 90
+                while min(seen()) < 2 and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+                assert min(seen()) >= 2, f"(register polls of meter-a, failures of meter-b) = {seen()}, " \
+                    f"health {adapter.health}"
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
