@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from usagehub.core.events import RawMessage
 from usagehub.core.profiles import Profile
+from usagehub.core.records import record
 
 if TYPE_CHECKING:
     from usagehub.adapters.prepaid_port import PrepaidPort
@@ -36,7 +37,7 @@ class Outcome(StrEnum):
     QUARANTINED = "quarantined"  # stored in quarantine with the reason
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Receipt:
     """The durable result of one submitted message."""
 

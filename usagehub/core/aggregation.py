@@ -8,16 +8,17 @@ merge of its sessions' partials, whatever their order.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 from decimal import Decimal
 
 from usagehub.core.events import Aggregation
+from usagehub.core.records import record
 
 _ZERO = Decimal(0)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Sample:
     """One value of a meter at an instant; ``label`` is what a unique count counts."""
 
@@ -27,7 +28,7 @@ class Sample:
     tie: str = ""     # orders samples that share an instant (for ``last``)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Partial:
     """Mergeable state of one aggregation over a set of samples (and state durations)."""
 

@@ -23,6 +23,7 @@ from usagehub.core.counters import UsageEntry
 from usagehub.core.events import Aggregation, UsageEvent
 from usagehub.core.periods import boundaries_within, ensure_aware, split_interval
 from usagehub.core.profiles import MeterSpec
+from usagehub.core.records import record
 
 ZoneOf = Callable[[str | None], ZoneInfo]
 _UTC = ZoneInfo("UTC")
@@ -41,7 +42,7 @@ class PointKind(StrEnum):
     STATE = "state"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Point:
     """One account-bound sample of a product, over ``[start, end]`` (an instant when equal)."""
 

@@ -19,6 +19,7 @@ from enum import StrEnum
 
 from usagehub.core.events import MeterKind, UsageEvent
 from usagehub.core.periods import ensure_aware
+from usagehub.core.records import record
 from usagehub.errors import DomainError
 
 
@@ -30,7 +31,7 @@ class EntryKind(StrEnum):
     CORRECTION = "correction"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Reading:
     """One reading of a register; ``(ts, event_id)`` is its identity and its sort key."""
 
@@ -45,7 +46,7 @@ class Reading:
         return (self.ts, self.event_id)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class UsageEntry:
     """Append-only usage of one device meter, covering ``(since, ts]`` or the instant ``ts``."""
 

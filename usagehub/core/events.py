@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from types import MappingProxyType
+
+from usagehub.core.records import record
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -36,7 +38,7 @@ class Aggregation(StrEnum):
     DURATION = "duration"      # time spent in the active state
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class RawMessage:
     """Bytes and metadata as an adapter received them; adapters produce nothing else.
 
@@ -53,7 +55,7 @@ class RawMessage:
     meta: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class UsageEvent:
     """One meter reading of one device at one device time: the unit of usage.
 

@@ -15,6 +15,8 @@ from functools import lru_cache
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
+from usagehub.core.records import record
+
 #: Parts of a split are quantized to this quantum; the last part absorbs the remainder.
 SPLIT_QUANTUM = Decimal("0.000000001")
 
@@ -93,7 +95,7 @@ def boundaries_within(since: datetime, until: datetime, zone: ZoneInfo) -> list[
     return cuts
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record
 class Part:
     """A piece ``(start, end]`` of an interval of usage and the quantity it carries."""
 

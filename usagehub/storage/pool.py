@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -13,11 +14,21 @@ from usagehub.errors import IntegrityViolation, StorageError, StorageUnavailable
 Connection = psycopg.AsyncConnection[tuple[object, ...]]
 
 
+async def _in_utc(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Sessions in UTC: times come back with ``timezone.utc``, as decoded events carry it.
+
+    With the server's own zone (``Etc/UTC`` on Debian) psycopg attaches a ZoneInfo, and every comparison or
+    hash of an event's identity against a stored one (new events, first claims) called into it: about 8 µs per
+    event, 3 % of the hub. No SQL here depends on the session zone (account zones are always explicit).
+    """
+    await conn.execute("SET TimeZone = 'UTC'")
+
+
 async def open_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> AsyncConnectionPool:
     """An open pool on ``url``; raises StorageUnavailable when the database cannot be reached."""
     pool: AsyncConnectionPool = AsyncConnectionPool(
         url, min_size=min_size, max_size=max_size, open=False, timeout=15,
-        kwargs={"autocommit": True, "application_name": "usagehub"},
+        kwargs={"autocommit": True, "application_name": "usagehub"}, configure=_in_utc,
     )
     try:
         await pool.open(wait=True, timeout=15)
