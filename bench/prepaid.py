@@ -8,13 +8,14 @@ process (the hub is another process; both share the machine's cores):
 Device requests go at QoS BENCH_QOS (default 1; answers at QoS 1).
 Each authorization is exact (batched transactions, rating prices it, the ledger
 trigger checks it). Each path runs REPEAT times; medians are printed.
-Usage: [BENCH_QOS=0|1] .venv/bin/python bench/prepaid.py [N] [REPEAT] [CONCURRENCY] [mqtt,graphql,...]
+Usage: [BENCH_QOS=0|1] [BENCH_PYSPY=/tmp/hub.txt] .venv/bin/python bench/prepaid.py [N] [REPEAT] [CONCURRENCY] [mqtt,graphql,...]
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -227,6 +228,15 @@ def histogram_quantile(text: str, name: str, q: float) -> float:
     return next((b for b, count in buckets if total and count >= q * total), float("nan"))
 
 
+def profiler(pid: int) -> subprocess.Popen[bytes] | None:
+    """``BENCH_PYSPY=FILE``: sample the hub (and its children) with py-spy, collapsed stacks, for the whole run."""
+    out = os.environ.get("BENCH_PYSPY")
+    if not out:
+        return None
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+                             "--nonblocking", "--subprocesses", "--output", out], stdout=subprocess.DEVNULL)
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
     repeat = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -238,6 +248,7 @@ def main() -> None:
     broker = Broker(tmp)
     url = setup_db(server, tmp)
     hub, http_port = start_hub(url, broker, tmp / "hub")
+    spy = profiler(hub.pid)
     try:
         key = run("keys", "create", "--role", "operator", "--database-url", url)
         def once(path: str, count: int) -> tuple[float, float, float]:
@@ -265,6 +276,9 @@ def main() -> None:
                 print(f"  hub {name.removeprefix('usagehub_prepaid_')}: p50 <= {q50 * 1000:.1f} ms, "
                       f"p99 <= {q99 * 1000:.1f} ms")
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         hub.terminate()
         hub.wait(30)
         broker.proc.terminate()

@@ -127,7 +127,8 @@ class PrepaidService:
                 q.future.set_result(result)
 
     async def _transaction(self, ops: list[Op], expire: frozenset[str] = frozenset()) -> list[Result]:
-        async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
+        # A pipeline: independent statements, and the COMMIT, share round trips (docs/prepaid.md, "Batching").
+        async with mapped_errors(), self.pool.connection() as conn, conn.pipeline(), conn.transaction():
             results = await process(conn, ops, pricer=self.pricer, now=self.clock(), ttl=self.ttl, expire=expire)
         self.batches += 1
         return results
