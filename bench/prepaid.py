@@ -269,6 +269,10 @@ def main() -> None:
             rate, p50, p99 = (statistics.median(r[i] for r in runs) for i in range(3))
             print(f"  {path:8s} {rate:8.0f} auth/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   "
                   f"(runs: {', '.join(f'{r[0]:.0f}' for r in runs)})")
+        with psycopg.connect(url) as conn:  # a transaction's now() is its created_at: holds per transaction
+            holds, batches = conn.execute("SELECT count(*), count(DISTINCT created_at) FROM ledger_entries "
+                                          "WHERE kind = 'hold'").fetchone() or (0, 0)
+        print(f"  {holds} grants in {batches} transactions: {holds / max(batches, 1):.1f} per transaction")
         if "mqtt" in paths:  # where a device's wait goes, as the hub measured it (all runs, warm-ups too)
             text = httpx.get(f"http://127.0.0.1:{http_port}/metrics", timeout=5).text
             for name in ("usagehub_prepaid_decide_seconds", "usagehub_prepaid_answer_seconds"):

@@ -65,13 +65,16 @@ class PrepaidService:
     """Prepaid operations over one pool; safe with several hub processes on one database."""
 
     def __init__(self, pool: AsyncConnectionPool, pricer: Pricer, *, reservation_ttl_s: float = 300.0,
-                 batch_max: int = 500, clock: Clock | None = None) -> None:
+                 batch_max: int = 500, workers: int = 1, clock: Clock | None = None) -> None:
         self.pool, self.pricer = pool, pricer
         self.ttl = timedelta(seconds=reservation_ttl_s)
         self.batch_max = batch_max
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
         self._queue: asyncio.Queue[_Queued] | None = None
-        self._worker: asyncio.Task[None] | None = None
+        # With workers=2 two transactions are in flight (one batch's reads overlap another's round trips); each
+        # locks its accounts (sorted, one statement) before deciding, so they serialise where they share one.
+        self.workers = workers
+        self._workers: list[asyncio.Task[None]] = []
         self.batches = 0
 
     # --- authorize / commit / release (batched) ---------------------------------------------------
@@ -107,8 +110,10 @@ class PrepaidService:
     async def _submit_many(self, ops: list[Op]) -> list[Result]:
         if self._queue is None:
             self._queue = asyncio.Queue()
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._work(self._queue), name="prepaid-batches")
+        if len(self._workers) < self.workers or any(w.done() for w in self._workers):
+            self._workers = [w for w in self._workers if not w.done()]
+            self._workers += [asyncio.create_task(self._work(self._queue), name="prepaid-batches")
+                              for _ in range(self.workers - len(self._workers))]
         future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Queued(ops=ops, future=future))
         return await future
@@ -164,10 +169,10 @@ class PrepaidService:
 
     async def close(self) -> None:
         """Stop the batch worker (pending callers are cancelled)."""
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
 
     async def sweep(self, limit: int = 200) -> int:
         """Release expired reservations (oldest accounts first); returns how many accounts were swept."""

@@ -167,11 +167,13 @@ async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: d
             await _cards(conn, {r.card_id for r in requests if r.card_id}),
             await _repeats(conn, [(r.device_id, r.request_id) for r in requests if r.request_id]),
             await _reservation_accounts(conn, wanted))
-    devices = {str(r[0]): r[1] for r in await _fetch(sent[0])}
-    cards = {str(r[0]): (str(r[1]), bool(r[2]), r[3]) for r in await _fetch(sent[1])}
+    device_rows = await _fetch(sent[0])
+    devices = {str(r[0]): r[1] for r in device_rows}
+    tenants = {str(r[0]): str(r[2]) for r in device_rows}
+    cards = {str(r[0]): (str(r[1]), bool(r[2]), r[3], str(r[4])) for r in await _fetch(sent[1])}
     repeats = {(r[0], r[1]): Grant(reservation_id=r[2], account_id=r[3], units=r[4], amount=r[5], currency=r[6],
                                    expires_at=r[7]) for r in await _fetch(sent[2])}
-    targets = [_target(r, devices, cards) for r in requests]
+    targets = [_target(r, devices, _visible(cards, r, tenants)) for r in requests]
     accounts = {t for t in targets if isinstance(t, str)} | {str(r[0]) for r in await _fetch(sent[3])} | expire
     lock = await send_lock(conn, accounts)
     loading = await _send_load(conn, wanted, accounts, now)
@@ -186,7 +188,8 @@ async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: d
     target_iter = iter(targets)
     for op in ops:
         if isinstance(op, AuthorizeOp):
-            results.append(await _authorize(batch, op.request, next(target_iter), cards))
+            results.append(await _authorize(batch, op.request, next(target_iter),
+                                            _visible(cards, op.request, tenants)))
         elif isinstance(op, CommitOp):
             results.append(await _commit(batch, op))
         else:
@@ -224,15 +227,16 @@ async def _devices(conn: Connection, ids: set[str], now: datetime) -> AsyncCurso
     if not ids:
         return None
     return await conn.execute(
-        "SELECT d.device_id, b.account_id FROM devices d LEFT JOIN bindings b ON b.device_id = d.device_id "
+        "SELECT d.device_id, b.account_id, d.tenant FROM devices d LEFT JOIN bindings b ON b.device_id = d.device_id "
         "AND b.valid @> %s::timestamptz WHERE d.device_id = ANY(%s)", (now, sorted(ids)))
 
 
 async def _cards(conn: Connection, ids: set[str | None]) -> AsyncCursor[Any] | None:
     if not ids:
         return None
-    return await conn.execute("SELECT card_id, account_id, blacklisted, reason FROM prepaid_cards "
-                              "WHERE card_id = ANY(%s)", (sorted(i for i in ids if i),))
+    return await conn.execute("SELECT c.card_id, c.account_id, c.blacklisted, c.reason, a.tenant FROM prepaid_cards c "
+                              "JOIN accounts a USING (account_id) WHERE c.card_id = ANY(%s)",
+                              (sorted(i for i in ids if i),))
 
 
 async def _repeats(conn: Connection, keys: list[tuple[str, str | None]]) -> AsyncCursor[Any] | None:
@@ -277,8 +281,16 @@ def _expire(batch: _Batch, res: _Res) -> None:
     res.state, res.dirty = ReservationState.EXPIRED, True
 
 
+def _visible(cards: dict[str, tuple[str, bool, str | None, str]], r: AuthRequest,
+             tenants: dict[str, str]) -> dict[str, tuple[str, bool, str | None, str]]:
+    """The cards a request's device may present: a card of another tenant's account does not exist for it."""
+    if r.card_id is None or r.card_id not in cards or cards[r.card_id][3] == tenants.get(r.device_id):
+        return cards
+    return {k: v for k, v in cards.items() if k != r.card_id}
+
+
 def _target(r: AuthRequest, devices: dict[str, str | None],
-            cards: dict[str, tuple[str, bool, str | None]]) -> str | Denial:
+            cards: dict[str, tuple[str, bool, str | None, str]]) -> str | Denial:
     """The account to charge, or why not (checks that need no lock)."""
     problem = core.request_problem(r)
     if problem:
@@ -300,7 +312,7 @@ def _target(r: AuthRequest, devices: dict[str, str | None],
 
 
 async def _authorize(batch: _Batch, r: AuthRequest, target: str | Denial,
-                     cards: dict[str, tuple[str, bool, str | None]]) -> Decision:
+                     cards: dict[str, tuple[str, bool, str | None, str]]) -> Decision:
     if r.request_id and (r.device_id, r.request_id) in batch.repeats:
         return batch.repeats[(r.device_id, r.request_id)]
     if r.card_id and r.card_id in cards and cards[r.card_id][1]:

@@ -63,6 +63,7 @@ class PrepaidMqttSettings:
     share_group: str | None = "usagehub-prepaid"  # None: a plain subscription (brokers without $share)
     max_in_flight: int = 2000  # requests received and not yet answered; the receiver waits beyond it
     batch_max: int = 500  # requests handed to the port in one call
+    decisions_in_flight: int = 2  # calls to the port at once (the service runs two transactions at once)
     answer_qos: int = 1  # a device that misses an answer asks again with the same request id
 
 
@@ -130,6 +131,8 @@ class PrepaidMqtt:
         self._pending, self._arrived = [], asyncio.Event()
         self._room = asyncio.Semaphore(self.settings.max_in_flight)
         async with receiving, publishing:
+            lean.buffer_reads(receiving)
+            lean.buffer_reads(publishing)
             await receiving.subscribe([(f, 1) for f in self.filters()])
             self.client = publishing
             self.connected.set()
@@ -137,7 +140,7 @@ class PrepaidMqtt:
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._publish(publishing), name="prepaid-mqtt-publish")
-                    group.create_task(self._decide(acks), name="prepaid-mqtt-decide")
+                    group.create_task(self._decide(acks, group), name="prepaid-mqtt-decide")
                     await self._receive(receiving, acks)
                     raise ConnectionError("the broker ended the session")
             except ExceptionGroup as failed:  # the first failure says why the session ended
@@ -169,26 +172,34 @@ class PrepaidMqtt:
             self._pending.append((message, req, request, received))
             self._arrived.set()
 
-    async def _decide(self, acks: ManualAck) -> None:
-        """Hand what queued to the port in one call; ack and answer after its commit."""
-        batch_max = self.settings.batch_max
+    async def _decide(self, acks: ManualAck, group: asyncio.TaskGroup) -> None:
+        """Hand what queued to the port in one call (two calls in flight); ack and answer after its commit."""
+        batch_max, in_flight = self.settings.batch_max, asyncio.Semaphore(self.settings.decisions_in_flight)
         while True:
             await self._arrived.wait()
+            await in_flight.acquire()
             batch, self._pending = self._pending[:batch_max], self._pending[batch_max:]
             if not self._pending:
                 self._arrived.clear()
-            try:
-                results = await self._results([p[2] for p in batch])
-            finally:
-                for _ in batch:
-                    self._room.release()
-            decided = time.perf_counter()
-            prefix = self.settings.prefix
-            for (message, req, request, received), result in zip(batch, results, strict=True):
-                metrics.PREPAID_DECIDE_SECONDS.observe(decided - received)
+            if batch:
+                group.create_task(self._answer(batch, acks, in_flight))
+            else:
+                in_flight.release()
+
+    async def _answer(self, batch: list[_Pending], acks: ManualAck, in_flight: asyncio.Semaphore) -> None:
+        try:
+            results = await self._results([p[2] for p in batch])
+        finally:
+            in_flight.release()
+            for _ in batch:
+                self._room.release()
+        decided = time.perf_counter()
+        prefix = self.settings.prefix
+        for (message, req, request, received), result in zip(batch, results, strict=True):
+            metrics.PREPAID_DECIDE_SECONDS.observe(decided - received)
+            if result is not None:
                 acks.ack(message)  # durable now: the broker may forget the request
-                if result is not None:
-                    self._queue_answer(message, request.device_id, prefix, answer_doc(req, result), received)
+                self._queue_answer(message, request.device_id, prefix, answer_doc(req, result), received)
 
     async def _results(self, requests: list[DeviceRequest]) -> list[Any]:
         """The decisions of a batch: in one call when the port batches, else (or on failure) one by one.
