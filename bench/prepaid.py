@@ -8,7 +8,9 @@ process (the hub is another process; both share the machine's cores):
 Device requests go at QoS BENCH_QOS (default 1; answers at QoS 1).
 Each authorization is exact (batched transactions, rating prices it, the ledger
 trigger checks it). Each path runs REPEAT times; medians are printed.
-Usage: [BENCH_QOS=0|1] [BENCH_PYSPY=/tmp/hub.txt] .venv/bin/python bench/prepaid.py [N] [REPEAT] [CONCURRENCY] [mqtt,graphql,...]
+Usage: [BENCH_QOS=0|1] .venv/bin/python bench/prepaid.py [N] [REPEAT] [CONCURRENCY] [mqtt,graphql,...]
+The device side beside the service alone: .venv/bin/python bench/prepaid.py 3000 3 32 mqtt,service-rating
+BENCH_PYSPY=/tmp/hub.txt samples the hub with py-spy (collapsed stacks; py-spy on PATH).
 """
 
 from __future__ import annotations
