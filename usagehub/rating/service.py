@@ -12,8 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
+from psycopg import AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 
 from usagehub.core.billing import RecordKind
@@ -100,9 +102,10 @@ class RatingService:
         async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
             return await catalog.ensure_vat(conn)
 
-    async def catalogue(self, conn: Connection, tenant: str) -> tuple[PlanBook, VatTable]:
+    async def catalogue(self, conn: Connection, tenant: str, gen: int | None = None) -> tuple[PlanBook, VatTable]:
         """The plan book of ``tenant`` and the VAT table in force (cached per catalogue generation)."""
-        gen = await catalog.generation(conn)
+        if gen is None:
+            gen = await catalog.generation(conn)
         cached = self._books.get(tenant)
         if cached is None or cached[0] != gen:
             cached = (gen, await catalog.load_book(conn, tenant))
@@ -270,8 +273,11 @@ class RatingService:
         Each answer is the charge or the DomainError that item alone would raise.
         """
         require_aware(at, "usage time")
-        accounts = await accounts_of(conn, {a for a, _, _ in items})
-        books = {t: await self.catalogue(conn, t) for t in sorted({t for _, t in accounts.values()})}
+        # the accounts and the catalogue generation in one round trip when ``conn`` is in a pipeline
+        reading = await send_accounts(conn, {a for a, _, _ in items})
+        gen = await catalog.generation(conn)
+        accounts = await read_accounts(reading)
+        books = {t: await self.catalogue(conn, t, gen) for t in sorted({t for _, t in accounts.values()})}
         priced: list[tuple[Account, PlanBook, VatTable, PricePlan, UsagePrice] | DomainError] = []
         for account_id, product, _ in items:
             try:
@@ -301,18 +307,20 @@ def _unknown(account_id: str) -> tuple[Account, str]:
     raise DomainError("UNKNOWN_ACCOUNT", f"account {account_id!r} does not exist")
 
 
-async def accounts_of(conn: Connection, account_ids: set[str]) -> dict[str, tuple[Account, str]]:
-    """:func:`account_of` of many accounts in one query (missing accounts are absent)."""
-    if not account_ids:
-        return {}
-    cur = await conn.execute(
+async def send_accounts(conn: Connection, account_ids: set[str]) -> AsyncCursor[Any]:
+    """Send :func:`account_of` of many accounts in one query; :func:`read_accounts` reads it."""
+    return await conn.execute(
         "SELECT a.account_id, a.tenant, a.market, a.currency, a.timezone, "
         "coalesce((SELECT array_agg(ARRAY[p.product, p.plan_id]) FROM account_plans p "
         "WHERE p.account_id = a.account_id), '{}') FROM accounts a WHERE a.account_id = ANY(%s)",
         (sorted(account_ids),))
+
+
+async def read_accounts(cur: AsyncCursor[Any]) -> dict[str, tuple[Account, str]]:
+    """The accounts :func:`send_accounts` asked for (missing accounts are absent)."""
     found: dict[str, tuple[Account, str]] = {}
     for row in await cur.fetchall():
-        pairs: list[list[str]] = row[5]  # type: ignore[assignment]
+        pairs: list[list[str]] = row[5]
         plan_ids = {str(product): str(plan) for product, plan in pairs}
         found[str(row[0])] = (Account(account_id=str(row[0]), market=str(row[2]), currency=str(row[3]),
                                       timezone=str(row[4]), plan_ids=plan_ids, products=frozenset(plan_ids)),

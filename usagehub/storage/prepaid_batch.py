@@ -30,7 +30,7 @@ from usagehub.core.prepaid import (
     Settlement,
 )
 from usagehub.errors import DomainError
-from usagehub.storage.ledger import LedgerRow, Locked, append, read_locked, send_lock, settle, with_states
+from usagehub.storage.ledger import LedgerRow, Locked, append, read_locked, send_lock_of, settle, with_states
 from usagehub.storage.pool import Connection
 
 
@@ -163,10 +163,17 @@ async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: d
     """
     requests = [op.request for op in ops if isinstance(op, AuthorizeOp)]
     wanted = sorted({op.reservation_id for op in ops if not isinstance(op, AuthorizeOp)})
-    sent = (await _devices(conn, {r.device_id for r in requests}, now),
-            await _cards(conn, {r.card_id for r in requests if r.card_id}),
-            await _repeats(conn, [(r.device_id, r.request_id) for r in requests if r.request_id]),
-            await _reservation_accounts(conn, wanted))
+    device_ids = sorted({r.device_id for r in requests})
+    card_ids = sorted({r.card_id for r in requests if r.card_id})
+    # One round trip: the reads, the lock of every account they may name (a superset is harmless: one
+    # statement, account order), then the reservations under that lock.
+    sent = (await _devices(conn, set(device_ids), now), await _cards(conn, set(card_ids)),
+            await _repeats(conn, [(r.device_id, r.request_id) for r in requests if r.request_id]))
+    params = (device_ids, now, card_ids, wanted, sorted(expire))
+    lock = await send_lock_of(conn, _ACCOUNTS_NAMED, params)
+    loading = await conn.execute(
+        f"SELECT {_RES_COLUMNS} FROM prepaid_reservations WHERE reservation_id = ANY(%s) OR (account_id IN "
+        f"({_ACCOUNTS_NAMED}) AND state = 'open' AND expires_at <= %s)", (wanted, *params, now))
     device_rows = await _fetch(sent[0])
     devices = {str(r[0]): r[1] for r in device_rows}
     tenants = {str(r[0]): str(r[2]) for r in device_rows}
@@ -174,9 +181,6 @@ async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: d
     repeats = {(r[0], r[1]): Grant(reservation_id=r[2], account_id=r[3], units=r[4], amount=r[5], currency=r[6],
                                    expires_at=r[7]) for r in await _fetch(sent[2])}
     targets = [_target(r, devices, _visible(cards, r, tenants)) for r in requests]
-    accounts = {t for t in targets if isinstance(t, str)} | {str(r[0]) for r in await _fetch(sent[3])} | expire
-    lock = await send_lock(conn, accounts)
-    loading = await _send_load(conn, wanted, accounts, now)
     locked = await read_locked(lock)
     batch = _Batch(conn=conn, pricer=pricer, now=now, ttl=ttl, locked=locked, states=with_states(locked),
                    reservations={}, repeats=repeats)
@@ -249,21 +253,12 @@ async def _repeats(conn: Connection, keys: list[tuple[str, str | None]]) -> Asyn
         ([k[0] for k in keys], [k[1] for k in keys]))
 
 
-async def _reservation_accounts(conn: Connection, ids: list[str]) -> AsyncCursor[Any] | None:
-    if not ids:
-        return None
-    return await conn.execute("SELECT DISTINCT account_id FROM prepaid_reservations "
-                              "WHERE reservation_id = ANY(%s)", (ids,))
-
-
-async def _send_load(conn: Connection, wanted: list[str], accounts: set[str],
-                     now: datetime) -> AsyncCursor[Any] | None:
-    """The wanted reservations and the expired open ones of the accounts (sent after their lock)."""
-    if not accounts:
-        return None
-    return await conn.execute(
-        f"SELECT {_RES_COLUMNS} FROM prepaid_reservations WHERE reservation_id = ANY(%s) "
-        "OR (account_id = ANY(%s) AND state = 'open' AND expires_at <= %s)", (wanted, sorted(accounts), now))
+# Every account a batch may touch: devices' bindings now, cards' accounts, reservations' accounts, expiries.
+_ACCOUNTS_NAMED = ("SELECT b.account_id FROM bindings b WHERE b.device_id = ANY(%s::text[]) "
+                   "AND b.valid @> %s::timestamptz "
+                   "UNION SELECT account_id FROM prepaid_cards WHERE card_id = ANY(%s::text[]) "
+                   "UNION SELECT account_id FROM prepaid_reservations WHERE reservation_id = ANY(%s::text[]) "
+                   "UNION SELECT unnest(%s::text[])")
 
 
 def _loaded(batch: _Batch, res: _Res) -> None:
