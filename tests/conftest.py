@@ -227,6 +227,19 @@ def _watchdog(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
 
 
+_RUNNING: list[str] = []
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    """Remember the test now running (named if the run is interrupted: .ci/run's time limit sends SIGINT)."""
+    _RUNNING[:] = [nodeid]
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Say which test was running when the run was interrupted."""
+    print(f"\ninterrupted while running: {_RUNNING[0] if _RUNNING else '(no test)'}", flush=True)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say what the run had to break to go on (a DROP DATABASE deadlock), so its cause gets found."""
     for incident in INCIDENTS:
