@@ -37,7 +37,7 @@ from usagehub.storage.billing import period_by_label
 from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
-from usagehub.storage.rating_sums import KEPT_SUMS_SQL, USAGE_SUMS_SQL, kept_sums_apply, summed_usage_items, utc_stride
+from usagehub.storage.rating_sums import KEPT_SUMS_SQL, USAGE_SUMS_SQL, summed_usage_items, sums_query
 from usagehub.storage.rating_usage import USAGE_POINTS_SQL, usage_points
 from usagehub.storage.retention_pack import SETTLE, pack_finished_months
 from usagehub.storage.rollups import Scope, series
@@ -308,11 +308,9 @@ async def billing_reads(conn: Any, accounts: list[str], month: Period) -> dict[s
         out["billing_explain_points"].append(
             await explain_ms(conn, USAGE_POINTS_SQL, (account, month.start, month.end)))
         for name, minutes in (("hour", 60), ("day", 1440)):
-            stride = utc_stride(zone, month.start, month.end, minutes)
-            args = {"account": account, "start": month.start, "end": month.end, "stride": stride, "zone": zone,
-                    "merge": stride % timedelta(hours=1) == timedelta(0)}
+            query, args = sums_query(account, month, zone, minutes)
+            assert query == KEPT_SUMS_SQL, (zone, minutes)
             out[f"billing_explain_sums_{name}"].append(await explain_ms(conn, USAGE_SUMS_SQL, args))  # before 0026
-            assert kept_sums_apply(minutes, zone, month), (zone, minutes)
             out[f"billing_explain_kept_{name}"].append(await explain_ms(conn, KEPT_SUMS_SQL, args))  # rating_sums
         record = BillingRecord(record_id=f"{account}/2026-01/energy", account_id=account, period=month,
                                product="energy", quantity=total, unit="kWh")
