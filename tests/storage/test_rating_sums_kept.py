@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -21,7 +22,7 @@ from usagehub.core.periods import Period
 from usagehub.core.rating import Account, RatedLine, UsageItem, rate
 from usagehub.core.tariffs import parse_plans
 from usagehub.storage.billing import period_by_label
-from usagehub.storage.rating_sums import kept_sums_apply, summed_usage_items
+from usagehub.storage.rating_sums import kept_sums_apply, sub_hour_offset, summed_usage_items
 from usagehub.storage.rating_usage import period_records, usage_items, usage_points
 
 ZONES = {"acc-berlin": "Europe/Berlin", "acc-nepal": "Asia/Kathmandu", "acc-newfoundland": "America/St_Johns"}
@@ -30,10 +31,10 @@ POINT_COLUMNS = "account_id, service, device_id, product, kind, aggregation, sta
 Point = tuple[str, str, str, str, int, int, int]  # account, device, kind, aggregation, start min, span min, value
 
 
-def local_hour(ts: datetime, zone: str) -> datetime:
-    """The instant the local hour holding ``ts`` begins (written apart from the SQL it checks)."""
-    wall = ts.astimezone(ZoneInfo(zone))
-    return ts - timedelta(minutes=wall.minute, seconds=wall.second, microseconds=wall.microsecond)
+def hours_of(middle: datetime, zone: str) -> Callable[[datetime], datetime]:
+    """Where a point's local hours begin: hours from the epoch shifted by the zone's offset at its midpoint."""
+    origin = datetime(1970, 1, 1, tzinfo=UTC) - (middle.astimezone(ZoneInfo(zone)).utcoffset() or timedelta(0))
+    return lambda ts: origin + (ts - origin) // timedelta(hours=1) * timedelta(hours=1)
 
 
 async def recompute(pool: AsyncConnectionPool) -> dict[tuple[object, ...], tuple[Decimal, int, int, int]]:
@@ -47,8 +48,8 @@ async def recompute(pool: AsyncConnectionPool) -> dict[tuple[object, ...], tuple
     sums: defaultdict[tuple[object, ...], list[object]] = defaultdict(lambda: [Decimal(0), 0, 0, 0])
     for account, product, aggregation, start, end, value, zone in rows:
         middle = start + (end - start) / 2
-        key = (account, local_hour(start, zone), product, local_hour(middle, zone),
-               local_hour(end - timedelta(microseconds=1), zone))
+        hour = hours_of(middle, zone)
+        key = (account, hour(start), product, hour(middle), hour(end - timedelta(microseconds=1)))
         acc = sums[key]
         acc[0] = acc[0] + value  # type: ignore[operator]
         acc[1] = acc[1] + 1  # type: ignore[operator]
@@ -170,6 +171,18 @@ async def test_the_pipeline_keeps_them_exact_through_duplicates_late_data_a_move
     for account, zone in (("a", "Europe/Berlin"), ("b", "Asia/Kathmandu")):
         for label in ("2026-03", "2026-04"):
             await _rates_as_every_point(pool, account, zone, label)
+
+
+def test_kept_sums_serve_zones_whose_sub_hour_offset_holds_over_the_period() -> None:
+    jan = period_by_label("2026-01", ZoneInfo("Asia/Kathmandu"))
+    assert sub_hour_offset("Asia/Kathmandu", jan.start, jan.end) == 45 * 60  # UTC+5:45
+    march = period_by_label("2026-03", ZoneInfo("Europe/Berlin"))
+    assert sub_hour_offset("Europe/Berlin", march.start, march.end) == 0  # across the change to summer time
+    assert sub_hour_offset("Asia/Kolkata", jan.start, jan.end) is None  # Kathmandu's midnight is 23:45 there
+    april = period_by_label("2026-04", ZoneInfo("Australia/Lord_Howe"))  # +11 to +10:30 on 5 April
+    assert sub_hour_offset("Australia/Lord_Howe", april.start, april.end) is None
+    assert not kept_sums_apply(60, "Australia/Lord_Howe", april)
+    assert kept_sums_apply(1440, "Europe/Berlin", march)
 
 
 async def test_a_zone_with_a_quarter_hour_offset_reads_kept_sums_and_a_stale_zone_falls_back(

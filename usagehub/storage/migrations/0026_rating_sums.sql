@@ -7,7 +7,9 @@
 --
 -- A row's key places its points: start_hour, mid_hour and end_hour are the UTC instants at which the local
 -- hour (in the account's zone) holding the point's start, midpoint and last instant (end_ts minus 1 µs)
--- begins. A period starts and ends on a local midnight, so "start_ts in [S, E)" is "start_hour in [S, E)"
+-- begins: hours counted from the epoch shifted by the zone's UTC offset at the midpoint, one zone conversion
+-- per point (AT TIME ZONE per key cost more than the rest of the statement; daylight-saving moves whole
+-- hours, and a key not on a local hour of the period's offset is caught by the read). A period starts and ends on a local midnight, so "start_ts in [S, E)" is "start_hour in [S, E)"
 -- and "end_ts <= E" is "end_hour < E". The read checks that every key it uses begins a local hour in the
 -- zone it rates by (a zone changed since is caught, and the point read is used), and falls back as before
 -- where sums are not exact: `inexact` counts points whose aggregation is not 'sum' or whose value is
@@ -30,12 +32,6 @@ CREATE TABLE rating_sums (
     inexact    bigint NOT NULL,
     PRIMARY KEY (account_id, start_hour, product, mid_hour, end_hour)
 );
-
--- The UTC instant at which the local hour (in zone tz) holding ts begins.
-CREATE OR REPLACE FUNCTION rating_local_hour(ts timestamptz, tz text) RETURNS timestamptz
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT ts - ((ts AT TIME ZONE tz) - date_trunc('hour', ts AT TIME ZONE tz))
-$$;
 
 -- 0006's two statements unchanged, and rating_sums. The source now also has end_ts and aggregation.
 CREATE OR REPLACE FUNCTION analytics_rollup_sql(source text) RETURNS TABLE (tbl text, stmt text)
@@ -99,13 +95,18 @@ LANGUAGE sql IMMUTABLE AS $f$
                    date_add(s.start_ts, (s.end_ts - s.start_ts) / 2, 'UTC') AS mid,
                    coalesce(a.timezone, 'UTC') AS tz
             FROM src s LEFT JOIN accounts a ON a.account_id = s.account_id WHERE s.kind = 'usage'),
+        hours AS (
+            SELECT *, timestamptz '1970-01-01 00:00:00+00' - ((mid AT TIME ZONE tz) - (mid AT TIME ZONE 'UTC'))
+                      AS origin
+            FROM placed),
         agg AS (
-            SELECT account_id, rating_local_hour(start_ts, tz) AS sh, product, rating_local_hour(mid, tz) AS mh,
-                   rating_local_hour(end_ts - interval '1 microsecond', tz) AS eh,
+            SELECT account_id, date_bin('1 hour', start_ts, origin) AS sh, product,
+                   date_bin('1 hour', mid, origin) AS mh,
+                   date_bin('1 hour', end_ts - interval '1 microsecond', origin) AS eh,
                    sum(value * sign) AS q, sum(sign) AS n,
                    sum(CASE WHEN value > 0 THEN sign ELSE 0 END) AS u,
                    sum(CASE WHEN aggregation IS DISTINCT FROM 'sum' OR value < 0 THEN sign ELSE 0 END) AS x
-            FROM placed GROUP BY 1, 2, 3, 4, 5),
+            FROM hours GROUP BY 1, 2, 3, 4, 5),
         up AS (
             INSERT INTO rating_sums AS r (account_id, start_hour, product, mid_hour, end_hour, quantity, points,
                                           used, inexact)
