@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -32,10 +33,11 @@ from usagehub.core.analytics.buckets import Bucket
 from usagehub.core.billing import BillingRecord
 from usagehub.core.periods import Period
 from usagehub.core.tariffs import parse_plans
+from usagehub.storage.billing import period_by_label
 from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
-from usagehub.storage.rating_sums import USAGE_SUMS_SQL, summed_usage_items, utc_stride
+from usagehub.storage.rating_sums import KEPT_SUMS_SQL, USAGE_SUMS_SQL, summed_usage_items, sums_query
 from usagehub.storage.rating_usage import USAGE_POINTS_SQL, usage_points
 from usagehub.storage.retention_pack import SETTLE, pack_finished_months
 from usagehub.storage.rollups import Scope, series
@@ -200,6 +202,7 @@ async def _measure(pool: AsyncConnectionPool, devices: int, days: int, timescale
     async with pool.connection() as conn:
         await conn.execute("VACUUM ANALYZE events")
         await conn.execute("VACUUM ANALYZE session_points")
+        await conn.execute("VACUUM ANALYZE rating_sums")
     out["event_bytes"] = await table_bytes(pool, "events", timescale) / n_events
     out["point_bytes"] = await table_bytes(pool, "session_points", timescale) / n_points
     if breakdown:
@@ -225,7 +228,10 @@ async def _measure(pool: AsyncConnectionPool, devices: int, days: int, timescale
         async with pool.connection() as conn:
             await conn.execute("ANALYZE events")
             await conn.execute("ANALYZE session_points")
+    out["rating_sums_bytes_per_point"] = await table_bytes(pool, "rating_sums", False) / n_points
+    out["rating_sums_rows_per_point"] = int(await scalar(pool, "SELECT count(*) FROM rating_sums")) / n_points
     out |= await queries(pool, devices, days)
+    out |= await sums_insert_cost(pool, devices, days)
     if timescale:
         out |= await cagg_vs_triggers(pool, devices, days)
         if compare:
@@ -288,6 +294,9 @@ async def billing_reads(conn: Any, accounts: list[str], month: Period) -> dict[s
     read and of the summed read (hourly and daily buckets), and the summed read into rating items."""
     out: dict[str, list[float]] = defaultdict(list)
     for account in accounts:
+        zone = str((await (await conn.execute("SELECT timezone FROM accounts WHERE account_id = %s",
+                                              (account,))).fetchone() or ["UTC"])[0])
+        month = period_by_label(month.label, ZoneInfo(zone))  # the account's own month, as rating reads it
         start, cpu = time.perf_counter(), time.process_time()
         points = await usage_points(conn, account, month)
         out["billing"].append((time.perf_counter() - start) * 1000)
@@ -298,12 +307,11 @@ async def billing_reads(conn: Any, accounts: list[str], month: Period) -> dict[s
         out["billing_db"].append((time.perf_counter() - start) * 1000)
         out["billing_explain_points"].append(
             await explain_ms(conn, USAGE_POINTS_SQL, (account, month.start, month.end)))
-        zone = str((await (await conn.execute("SELECT timezone FROM accounts WHERE account_id = %s",
-                                              (account,))).fetchone() or ["UTC"])[0])
         for name, minutes in (("hour", 60), ("day", 1440)):
-            args = {"account": account, "start": month.start, "end": month.end,
-                    "stride": utc_stride(zone, month.start, month.end, minutes)}
-            out[f"billing_explain_sums_{name}"].append(await explain_ms(conn, USAGE_SUMS_SQL, args))
+            query, args = sums_query(account, month, zone, minutes)
+            assert query == KEPT_SUMS_SQL, (zone, minutes)
+            out[f"billing_explain_sums_{name}"].append(await explain_ms(conn, USAGE_SUMS_SQL, args))  # before 0026
+            out[f"billing_explain_kept_{name}"].append(await explain_ms(conn, KEPT_SUMS_SQL, args))  # rating_sums
         record = BillingRecord(record_id=f"{account}/2026-01/energy", account_id=account, period=month,
                                product="energy", quantity=total, unit="kWh")
         start, cpu = time.perf_counter(), time.process_time()
@@ -333,6 +341,47 @@ async def queries(pool: AsyncConnectionPool, devices: int, days: int) -> dict[st
                   "fleet30_raw_ms": statistics.median(raw)}
 
 
+# A pipeline-sized statement: one quarter-hour of 200 meters (100 accounts), as a session batch writes.
+POINTS_BATCH = """
+INSERT INTO session_points (account_id, service, device_id, product, kind, aggregation, start_ts, end_ts, value)
+SELECT 'acc-' || lpad((d / 2)::text, 6, '0'), 'electricity', 'dev-' || lpad(d::text, 6, '0'), 'energy', 'usage',
+       'sum', %(at)s::timestamptz - interval '15 minutes', %(at)s::timestamptz, round(0.15 + random()::numeric * 0.1, 3)
+FROM generate_series(%(first)s, %(first)s + 199) d"""
+# analytics_rollup_sql without its rating_sums statement: the triggers as they were before migration 0026.
+WITHOUT_SUMS = """
+ALTER FUNCTION analytics_rollup_sql(text) RENAME TO analytics_rollup_sql_0026;
+CREATE FUNCTION analytics_rollup_sql(source text) RETURNS TABLE (tbl text, stmt text) LANGUAGE sql IMMUTABLE AS
+$$ SELECT * FROM analytics_rollup_sql_0026(source) WHERE tbl <> 'rating_sums' $$"""
+WITH_SUMS = """
+DROP FUNCTION analytics_rollup_sql(text);
+ALTER FUNCTION analytics_rollup_sql_0026(text) RENAME TO analytics_rollup_sql"""
+
+
+async def sums_insert_cost(pool: AsyncConnectionPool, devices: int, days: int) -> dict[str, float]:
+    """Insert time of session points with the rating_sums statement of the triggers and without (baseline),
+    alternating: a day of the fleet per statement, and 200-point statements (a pipeline batch)."""
+    out: dict[str, list[float]] = defaultdict(list)
+    day = START + timedelta(days=days + 2)  # after cagg_vs_triggers' two extra days
+    async with pool.connection() as conn:
+        for round_ in range(4):
+            for name in ("with_sums", "without_sums"):
+                if name == "without_sums":
+                    await conn.execute(WITHOUT_SUMS)
+                t0 = time.perf_counter()
+                await conn.execute(POINTS_DAY, {"devices": devices, "day": day, "base": 0})
+                out[f"day_insert_{name}_s"].append(time.perf_counter() - t0)
+                day += timedelta(days=1)
+                for i in range(24):
+                    args = {"at": day + timedelta(minutes=15 * i), "first": 1 + (200 * (i + round_)) % devices}
+                    t0 = time.perf_counter()
+                    await conn.execute(POINTS_BATCH, args)
+                    out[f"batch200_insert_{name}_ms"].append((time.perf_counter() - t0) * 1000)
+                day += timedelta(days=1)
+                if name == "without_sums":
+                    await conn.execute(WITH_SUMS)
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
 async def cagg_vs_triggers(pool: AsyncConnectionPool, devices: int, days: int) -> dict[str, float]:
     """A continuous aggregate of daily UTC sums against the trigger rollups: refresh, read, insert cost."""
     out: dict[str, float] = {}
@@ -348,7 +397,7 @@ async def cagg_vs_triggers(pool: AsyncConnectionPool, devices: int, days: int) -
             (since, until)), 20)
         out["cagg_read_ms"] = statistics.median(read)
         # One more day of points (the decompressed tail), with and without the rollup triggers.
-        extra = START + timedelta(days=days)
+        extra = START + timedelta(days=days + 20)  # after sums_insert_cost's days
         args = {"devices": devices, "day": extra, "base": days * 96}
         t0 = time.perf_counter()
         await conn.execute(POINTS_DAY, args)

@@ -12,6 +12,10 @@ Otherwise the points are read one by one, as before.
 An account-month of two 15-minute meters is ~6000 points; summed per hour it is ~750 rows (per day, in
 UTC, ~30), so the client no longer builds thousands of Python objects per invoice (bench/storage_size.py:
 ``billing_summed_*``). Sums are ``numeric`` in PostgreSQL, exact like ``Decimal``.
+
+Where the bucket is whole local hours, the sums are read from ``rating_sums`` (migration 0026), kept per
+account, product and local hour by the triggers on ``session_points``: ~720 rows per product-month
+instead of every point. Other buckets (a window edge at :30) sum the points as before.
 """
 
 from __future__ import annotations
@@ -47,6 +51,25 @@ SELECT product, date_bin(%(stride)s, date_add(start_ts, (end_ts - start_ts) / 2,
 FROM session_points
 WHERE account_id = %(account)s AND kind = 'usage' AND start_ts >= %(start)s AND start_ts < %(end)s
 GROUP BY 1, 2"""
+
+# The same sums from the rows kept per local hour (migration 0026). A row's mid_hour begins a local hour,
+# which lies in one local bucket when the bucket is whole hours: with a UTC stride of whole hours (every
+# offset in force is whole hours) rows merge per stride bucket, else each row is its own item. A key that
+# does not begin a local hour in the account's zone now (the zone changed since) makes the product inexact:
+# local hours begin at %(origin)s plus whole hours, the zone's sub-hour offset being constant over the
+# period (date_bin is integer arithmetic; AT TIME ZONE per key cost more than the rest of the read).
+KEPT_SUMS_SQL = """
+SELECT product, CASE WHEN %(merge)s THEN date_bin(%(stride)s, mid_hour, timestamptz '1970-01-01 00:00:00+00')
+                     ELSE mid_hour END AS at,
+       sum(quantity) AS quantity, sum(used) > 0 AS used,
+       bool_and(inexact = 0 AND end_hour < %(end)s AND date_bin('1 hour', mid_hour, %(origin)s) = mid_hour
+                AND date_bin('1 hour', start_hour, %(origin)s) = start_hour
+                AND date_bin('1 hour', end_hour, %(origin)s) = end_hour) AS exact
+FROM rating_sums
+WHERE account_id = %(account)s AND start_hour >= %(start)s AND start_hour < %(end)s
+GROUP BY 1, 2"""
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+HOUR = timedelta(hours=1)
 
 
 def bucket_minutes(book: PlanBook) -> int:
@@ -85,6 +108,35 @@ def utc_stride(timezone: str, start: datetime, end: datetime, minutes: int) -> t
     return timedelta(seconds=stride)
 
 
+def kept_sums_apply(minutes: int, timezone: str, period: Period) -> bool:
+    """Whether the per-local-hour sums of ``rating_sums`` serve a bucket of ``minutes`` over ``period``."""
+    return minutes % 60 == 0 and sub_hour_offset(timezone, period.start, period.end) is not None
+
+
+@lru_cache(maxsize=256)
+def sub_hour_offset(timezone: str, start: datetime, end: datetime) -> int | None:
+    """The zone's UTC offset modulo an hour (seconds) if the same over [start, end] and both are local hours."""
+    tz = ZoneInfo(timezone)
+    seen = set()
+    for epoch in [*range(int(start.timestamp()), int(end.timestamp()), 1800), int(end.timestamp())]:
+        delta = datetime.fromtimestamp(epoch, UTC).astimezone(tz).utcoffset()
+        seen.add(int(delta.total_seconds()) % 3600 if delta else 0)
+    on_hour = all((int(at.timestamp()) + next(iter(seen))) % 3600 == 0 for at in (start, end))
+    return next(iter(seen)) if len(seen) == 1 and on_hour else None
+
+
+def sums_query(account_id: str, period: Period, timezone: str, minutes: int) -> tuple[str, dict[str, Any]]:
+    """The summed read of an account-month and its parameters: the kept sums where they apply, else the points."""
+    stride = utc_stride(timezone, period.start, period.end, minutes)
+    args = {"account": account_id, "start": period.start, "end": period.end, "stride": stride,
+            "merge": stride % HOUR == timedelta(0)}
+    offset = sub_hour_offset(timezone, period.start, period.end) if minutes % 60 == 0 else None
+    if offset is None:
+        return USAGE_SUMS_SQL, args
+    # local hours begin where UTC time plus the sub-hour offset is a whole hour
+    return KEPT_SUMS_SQL, args | {"origin": EPOCH - timedelta(seconds=offset)}
+
+
 async def summed_usage_items(conn: Connection, records: Sequence[BillingRecord], period: Period, *,
                              timezone: str, book: PlanBook) -> list[UsageItem]:
     """The usage items of a period's regular records; equal in rating to :func:`usage_items` on every point."""
@@ -92,9 +144,7 @@ async def summed_usage_items(conn: Connection, records: Sequence[BillingRecord],
     if not regular:
         return []
     account_id = regular[0].account_id
-    stride = utc_stride(timezone, period.start, period.end, bucket_minutes(book))
-    cur = await conn.execute(USAGE_SUMS_SQL, {"account": account_id, "start": period.start, "end": period.end,
-                                              "stride": stride})
+    cur = await conn.execute(*sums_query(account_id, period, timezone, bucket_minutes(book)))
     rows: list[Any] = await cur.fetchall()
     buckets: defaultdict[str, list[Any]] = defaultdict(list)
     exact: dict[str, bool] = {}
