@@ -258,3 +258,20 @@ async def test_metered_usage_is_debited_blocks_and_top_up_restores(pool: AsyncCo
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
         await service.close()
+
+
+async def test_a_card_of_another_tenant_is_unknown_to_a_device(service: PrepaidService, pool: AsyncConnectionPool
+                                                               ) -> None:
+    """A device of tenant B presenting tenant A's card gets UNKNOWN_CARD: no hold on A, not even 'blacklisted'."""
+    reg = Registry(pool)
+    await reg.upsert_device(device_id="b-till", profile_id="acme-em340", tenant="tenant-b")
+    await service.top_up(account_id="p1", amount=Decimal(10), payment_ref="a-1")
+    await service.register_card(card_id="a-card", account_id="p1")
+    await service.register_card(card_id="a-stolen", account_id="p1")
+    await service.set_blacklisted("a-stolen", True, "stolen")
+    for card in ("a-card", "a-stolen"):
+        decision = await service.authorize(AuthRequest(device_id="b-till", card_id=card, units=Decimal(4)))
+        assert isinstance(decision, Denial) and decision.reason is Reason.UNKNOWN_CARD, decision
+    assert await balance(pool, "p1") == (Decimal(10), Decimal(0), Decimal(10))
+    mine = await service.authorize(AuthRequest(device_id="loose", card_id="a-card", units=Decimal(4)))
+    assert isinstance(mine, Grant) and mine.account_id == "p1"  # a device of the card's own tenant may use it

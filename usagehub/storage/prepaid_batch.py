@@ -147,7 +147,9 @@ async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: d
     devices = await _devices(conn, {r.device_id for r in requests}, now)
     cards = await _cards(conn, {r.card_id for r in requests if r.card_id})
     repeats = await _repeats(conn, [(r.device_id, r.request_id) for r in requests if r.request_id])
-    targets = [_target(r, devices, cards) for r in requests]
+    # A card is seen only by devices of its own tenant: to any other it is unknown (and says nothing more).
+    seen = [_card_seen(r, devices, cards) for r in requests]
+    targets = [_target(r, devices, card) for r, card in zip(requests, seen, strict=True)]
     accounts = {t for t in targets if isinstance(t, str)} | await _reservation_accounts(conn, wanted) | expire
     locked = await lock_states(conn, accounts)
     batch = _Batch(conn=conn, pricer=pricer, now=now, ttl=ttl, locked=locked, states=with_states(locked),
@@ -155,10 +157,10 @@ async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: d
     before = dict(batch.states)
     await _load_reservations(batch, wanted)
     results: list[Result] = []
-    target_iter = iter(targets)
+    target_iter, seen_iter = iter(targets), iter(seen)
     for op in ops:
         if isinstance(op, AuthorizeOp):
-            results.append(await _authorize(batch, op.request, next(target_iter), cards))
+            results.append(await _authorize(batch, op.request, next(target_iter), next(seen_iter)))
         elif isinstance(op, CommitOp):
             results.append(await _commit(batch, op))
         else:
@@ -170,22 +172,33 @@ async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: d
     return results
 
 
-async def _devices(conn: Connection, ids: set[str], now: datetime) -> dict[str, str | None]:
-    """Known devices and the account each is bound to at ``now`` (None: unbound)."""
+async def _devices(conn: Connection, ids: set[str], now: datetime) -> dict[str, tuple[str | None, str]]:
+    """Known devices: the account each is bound to at ``now`` (None: unbound) and its tenant."""
     if not ids:
         return {}
     cur = await conn.execute(
-        "SELECT d.device_id, b.account_id FROM devices d LEFT JOIN bindings b ON b.device_id = d.device_id "
-        "AND b.valid @> %s::timestamptz WHERE d.device_id = ANY(%s)", (now, sorted(ids)))
-    return {str(r[0]): r[1] for r in _rows(await cur.fetchall())}
+        "SELECT d.device_id, b.account_id, d.tenant FROM devices d LEFT JOIN bindings b "
+        "ON b.device_id = d.device_id AND b.valid @> %s::timestamptz WHERE d.device_id = ANY(%s)", (now, sorted(ids)))
+    return {str(r[0]): (r[1], str(r[2])) for r in _rows(await cur.fetchall())}
 
 
-async def _cards(conn: Connection, ids: set[str | None]) -> dict[str, tuple[str, bool, str | None]]:
+Card = tuple[str, bool, str | None, str]  # account, blacklisted, reason, tenant
+
+
+async def _cards(conn: Connection, ids: set[str | None]) -> dict[str, Card]:
     if not ids:
         return {}
-    cur = await conn.execute("SELECT card_id, account_id, blacklisted, reason FROM prepaid_cards "
-                             "WHERE card_id = ANY(%s)", (sorted(i for i in ids if i),))
-    return {str(r[0]): (str(r[1]), bool(r[2]), r[3]) for r in _rows(await cur.fetchall())}
+    cur = await conn.execute("SELECT c.card_id, c.account_id, c.blacklisted, c.reason, a.tenant FROM prepaid_cards c "
+                             "JOIN accounts a USING (account_id) WHERE c.card_id = ANY(%s)",
+                             (sorted(i for i in ids if i),))
+    return {str(r[0]): (str(r[1]), bool(r[2]), r[3], str(r[4])) for r in _rows(await cur.fetchall())}
+
+
+def _card_seen(r: AuthRequest, devices: dict[str, tuple[str | None, str]], cards: dict[str, Card]) -> Card | None:
+    """The request's card as its device may see it: None if unknown or of another tenant."""
+    card = cards.get(r.card_id) if r.card_id else None
+    device = devices.get(r.device_id)
+    return card if card is not None and device is not None and card[3] == device[1] else None
 
 
 async def _repeats(conn: Connection, keys: list[tuple[str, str | None]]) -> dict[tuple[str, str], Grant]:
@@ -229,8 +242,7 @@ def _expire(batch: _Batch, res: _Res) -> None:
     res.state, res.dirty = ReservationState.EXPIRED, True
 
 
-def _target(r: AuthRequest, devices: dict[str, str | None],
-            cards: dict[str, tuple[str, bool, str | None]]) -> str | Denial:
+def _target(r: AuthRequest, devices: dict[str, tuple[str | None, str]], card: Card | None) -> str | Denial:
     """The account to charge, or why not (checks that need no lock)."""
     problem = core.request_problem(r)
     if problem:
@@ -238,26 +250,24 @@ def _target(r: AuthRequest, devices: dict[str, str | None],
     if r.device_id not in devices:
         return Denial(reason=Reason.UNKNOWN_DEVICE, detail=f"device {r.device_id!r} is not registered")
     if r.card_id:
-        card = cards.get(r.card_id)
         if card is None:
             return Denial(reason=Reason.UNKNOWN_CARD, detail=f"card {r.card_id!r} is not registered")
         if r.account_id and r.account_id != card[0]:
             return Denial(reason=Reason.BAD_REQUEST, detail="the card belongs to another account")
         return card[0]
-    bound = devices[r.device_id]
+    bound = devices[r.device_id][0]
     if bound is None or (r.account_id and r.account_id != bound):
         return Denial(reason=Reason.DEVICE_NOT_BOUND,
                       detail=f"device {r.device_id!r} is not bound to {r.account_id or 'an account'} now")
     return bound
 
 
-async def _authorize(batch: _Batch, r: AuthRequest, target: str | Denial,
-                     cards: dict[str, tuple[str, bool, str | None]]) -> Decision:
+async def _authorize(batch: _Batch, r: AuthRequest, target: str | Denial, card: Card | None) -> Decision:
     if r.request_id and (r.device_id, r.request_id) in batch.repeats:
         return batch.repeats[(r.device_id, r.request_id)]
-    if r.card_id and r.card_id in cards and cards[r.card_id][1]:
-        batch.attempts.append((r.card_id, cards[r.card_id][0], Reason.CARD_BLACKLISTED.value, r.device_id))
-        return Denial(reason=Reason.CARD_BLACKLISTED, detail=cards[r.card_id][2] or "card is blacklisted")
+    if r.card_id and card is not None and card[1]:
+        batch.attempts.append((r.card_id, card[0], Reason.CARD_BLACKLISTED.value, r.device_id))
+        return Denial(reason=Reason.CARD_BLACKLISTED, detail=card[2] or "card is blacklisted")
     if isinstance(target, Denial):
         if target.reason is Reason.UNKNOWN_CARD and r.card_id:
             batch.attempts.append((r.card_id, None, target.reason.value, r.device_id))
