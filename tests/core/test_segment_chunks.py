@@ -102,7 +102,6 @@ def _full_segment(n: int) -> list[Point]:
 @pytest.mark.parametrize("n", [3_000, 12_000])
 def test_points_read_for_one_point_do_not_grow_with_the_segment(n: int) -> None:
     """In a segment already holding ``n`` points, one in-order and one late point read about a chunk."""
-    assert START == START.astimezone(BERLIN)
     history = _full_segment(n)
     store = ChunkedStore(SEGMENT, CHUNK, rules=RULES)
     for i in range(0, n, 500):

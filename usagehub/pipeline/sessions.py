@@ -22,7 +22,7 @@ from usagehub.core.binding import BindingIndex
 from usagehub.core.counters import UsageEntry
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import MeterKind, UsageEvent
-from usagehub.core.segments import CHUNK, Outcome, Request, rewalk, segment_start, settle_outcome
+from usagehub.core.segments import Outcome, Request, rewalk, segment_start, settle_outcome
 from usagehub.core.sessions import SessionRules, SortKey
 from usagehub.storage.billing import RecordBook
 from usagehub.storage.marks import Group, answer, save_walks
@@ -160,7 +160,7 @@ class SessionEngine:
         for account, service, start in rows:
             zones.setdefault(account, _UTC)
             changed[(account, service)].append(start)
-        share = None if budget is None else max(budget // len(changed), 2 * CHUNK)
+        share = None if budget is None else max(budget // len(changed), 1)
         left: list[tuple[str, str, datetime]] = []
         touched = await self.rewalk(conn, dict(changed), zones, self.clock(), budget=share, left=left)
         await self.book.reconcile(conn, touched, zones)
@@ -234,7 +234,8 @@ def _earliest_per_segment(points: Sequence[Point]) -> set[tuple[str, str, dateti
     return {(a, s, t) for (a, s, _), t in first.items()}
 
 
-def _earliest_per_segment_of(account: str, service: str, instants: Sequence[datetime]) -> set[tuple[str, str, datetime]]:
+def _earliest_per_segment_of(account: str, service: str,
+                             instants: Sequence[datetime]) -> set[tuple[str, str, datetime]]:
     """The earliest of ``instants`` in each segment, as queue rows of one account and service."""
     first: dict[datetime, datetime] = {}
     for t in instants:
