@@ -33,6 +33,10 @@ from usagehub.core.periods import Period, ensure_aware
 from usagehub.core.sessions import Machine, Open, Resume, Session, SessionRules, SortKey, sort_key
 
 SEGMENT = timedelta(hours=3)
+# A segment holding more points than this is cut into chunks, each with its own mark (at the instant of its
+# first point; the first chunk's mark stays at the segment start), so replaying one chunk reads at most about
+# CHUNK points plus the points at one instant, however full the segment is.
+CHUNK = 1024
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
@@ -146,24 +150,42 @@ class _SegmentMachine(Machine):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Step:
-    """One replayed segment: its new mark, the walk state after it, the sessions it emitted."""
+    """One replayed segment (or chunk): its new marks, the walk state after it, the sessions it emitted."""
 
-    mark: Mark
+    marks: list[Mark]
     exit: Entry
     sessions: list[Session]
 
 
+def _cut(ordered: Sequence[Point], begin: int, chunk: int | None) -> int:
+    """The end of the chunk starting at ``begin``: ``chunk`` points on, moved past points of the same instant."""
+    end = len(ordered) if chunk is None else min(begin + chunk, len(ordered))
+    while 0 < end < len(ordered) and ordered[end].start == ordered[end - 1].start:
+        end += 1
+    return end
+
+
 def step(start: datetime, entry: Entry, points: Iterable[Point], *, account_id: str, service: str,
-         rules: SessionRules, as_of: datetime | None = None) -> Step:
-    """Walk one segment's points from ``entry``; with ``as_of`` (the last segment) finish the walk too."""
-    machine = _SegmentMachine(account_id, service, rules, entry)
-    for point in sorted(net_points(points), key=sort_key):
-        machine.feed(point)
-    after, piece = machine.exit()
-    if as_of is not None:
-        machine.finish(ensure_aware(as_of))
-    return Step(mark=Mark(start=start, entry=entry, piece=piece, created=tuple(machine.created)), exit=after,
-                sessions=machine.sessions)
+         rules: SessionRules, as_of: datetime | None = None, chunk: int | None = CHUNK) -> Step:
+    """Walk one segment's points from ``entry``, a mark per chunk; with ``as_of`` (the last) finish the walk too."""
+    ordered = sorted(net_points(points), key=sort_key)
+    marks: list[Mark] = []
+    sessions: list[Session] = []
+    begin, at = 0, start
+    while True:
+        end = _cut(ordered, begin, chunk)
+        machine = _SegmentMachine(account_id, service, rules, entry)
+        for point in ordered[begin:end]:
+            machine.feed(point)
+        after, piece = machine.exit()
+        final = end >= len(ordered)
+        if final and as_of is not None:
+            machine.finish(ensure_aware(as_of))
+        marks.append(Mark(start=at, entry=entry, piece=piece, created=tuple(machine.created)))
+        sessions += machine.sessions
+        if final:
+            return Step(marks=marks, exit=after, sessions=sessions)
+        entry, begin, at = after, end, ordered[end].start
 
 
 # --- the replay driver, sans I/O ------------------------------------------------------------------
@@ -204,27 +226,36 @@ class Outcome:
     stale: list[Resume] = field(default_factory=list)
     created: list[Resume] = field(default_factory=list)
     points_read: int = 0
+    marks_moved: int = 0  # marks advanced without reading points
+    pending: list[datetime] = field(default_factory=list)  # stopped by the budget: rewalk these instants later
 
 
 _PAGE = 16
 
 
 def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetime, changed: Iterable[datetime],
-           segment: timedelta = SEGMENT) -> Generator[Request, Any, Outcome]:
+           segment: timedelta = SEGMENT, chunk: int | None = CHUNK,
+           budget: int | None = None) -> Generator[Request, Any, Outcome]:
     """Bring the stored walk up to date after points starting at ``changed`` instants were added or removed.
 
-    With no ``changed`` instant, only the last segment is walked again (to finish it at ``as_of``).
+    With no ``changed`` instant, only the last segment is walked again (to finish it at ``as_of``). A
+    changed instant replays the chunk (segment, or part of one: see ``CHUNK``) that holds it, from the mark
+    at or before it. With ``budget``, the walk stops once the points it read and the marks it moved reach
+    it, at the next segment or chunk, and says what is left (``Outcome.pending``): rewalking those instants
+    later gives what an unbounded walk would.
     """
-    todo = sorted({segment_start(t, segment) for t in changed})
-    out = _Run(account_id=account_id, service=service, rules=rules, as_of=as_of, segment=segment)
+    todo = sorted({ensure_aware(t) for t in changed})
+    out = _Run(account_id=account_id, service=service, rules=rules, as_of=as_of, segment=segment, chunk=chunk)
     first: Mark | None = yield MarkBefore(todo[0] if todo else FAR_FUTURE)
     if first is None and not todo:
         return out.result
     queue: list[Mark] = [first] if first else []
-    after = first.start if first else todo[0] - segment
+    after = first.start if first else segment_start(todo[0], segment) - segment
     exhausted, force = False, True
     entry = first.entry if first else EMPTY
-    visited: datetime | None = None  # the last segment the walk reached
+    visited: datetime | None = None  # the last segment or chunk the walk reached
+    fresh = False  # the last segment or chunk reached stored a mark (a walk cut short goes on from it)
+    reached = 0  # segments or chunks reached: a walk cut short has gone past the one it went on from
     while True:
         while len(queue) < 2 and not exhausted:
             page: list[Mark] = yield MarksAfter(after, _PAGE)
@@ -232,14 +263,27 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
             if page:
                 queue += page
                 after = page[-1].start
-        starts = ([queue[0].start] if queue else []) + todo[:1]
-        if not starts:
+        if queue and (not todo or queue[0].start <= todo[0]):
+            s = queue[0].start
+        elif todo:
+            s = segment_start(todo[0], segment)  # no stored mark holds it: a segment of its own
+        else:
             break
-        s = visited = min(starts)
+        if (budget is not None and fresh and reached >= 2
+                and out.result.points_read + out.result.marks_moved >= budget):
+            # Going on from the mark this walk stored last (up to date, it ends at s) replays it, then s;
+            # a walk goes past its first two before it may stop, so each one cut short makes progress.
+            out.result.pending = [out.result.marks[-1].start, *todo]
+            return out.result
+        visited, fresh, reached = s, False, reached + 1
         m = queue.pop(0) if queue and queue[0].start == s else None
-        changed_here = bool(todo) and todo[0] == s
-        if changed_here:
+        end = segment_start(s, segment) + segment
+        if queue:
+            end = min(end, queue[0].start)
+        changed_here = False
+        while todo and todo[0] < end:
             todo.pop(0)
+            changed_here = True
         last = not queue and not todo and exhausted
         if m is not None and not changed_here and not force and not last:
             if entry == m.entry:
@@ -253,17 +297,18 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
                   and not (todo and todo[0] < queue[0].start)):
                 # Same walk, only the open session's accumulation differs: advance it without points.
                 out.result.marks.append(replace(m, entry=entry))
+                out.result.marks_moved += 1
                 entry = replace(queue[0].entry, prefix=entry.prefix.merge(m.piece))
+                fresh = True
                 continue
         force = False
-        points: list[Point] = yield PointsIn(s, s + segment)
+        points: list[Point] = yield PointsIn(s, end)
         entry = out.replay(s, m, entry, points, last)
-    if not out.finished and (out.result.dropped or visited is not None):
+        fresh = bool(points)
+    if not out.finished and visited is not None:
         # The last segment lost all its points (or, with deferred sessions, a changed segment not walked yet
         # holds none): finish after the last mark that remains before it.
-        anchor = max(out.result.dropped) if out.result.dropped else visited
-        assert anchor is not None
-        before = anchor - timedelta(microseconds=1)
+        before = visited - timedelta(microseconds=1)
         tail: Mark | None = yield MarkBefore(before)
         while tail is not None and tail.start in out.result.dropped:
             tail = yield MarkBefore(tail.start - timedelta(microseconds=1))
@@ -271,7 +316,7 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
         if walked and (tail is None or walked[-1].start >= tail.start):
             tail = walked[-1]
         if tail is not None:
-            points = yield PointsIn(tail.start, tail.start + segment)
+            points = yield PointsIn(tail.start, segment_start(tail.start, segment) + segment)
             out.replay(tail.start, tail, tail.entry, points, True)
     return out.result
 
@@ -283,6 +328,7 @@ class _Run:
     rules: SessionRules
     as_of: datetime
     segment: timedelta
+    chunk: int | None
     result: Outcome = field(default_factory=Outcome)
     finished: bool = False
 
@@ -296,10 +342,10 @@ class _Run:
                 self.result.dropped.append(start)
             return entry
         done = step(start, entry, points, account_id=self.account_id, service=self.service, rules=self.rules,
-                    as_of=self.as_of if last else None)
+                    as_of=self.as_of if last else None, chunk=self.chunk)
         self.finished = self.finished or last
-        self.result.marks.append(done.mark)
-        self.result.created.extend(done.mark.created)
+        self.result.marks.extend(done.marks)
+        self.result.created.extend(c for mark in done.marks for c in mark.created)
         self.result.sessions.extend(done.sessions)
         return done.exit
 
@@ -313,4 +359,5 @@ def settle_outcome(outcome: Outcome) -> Outcome:
     stale = sorted({r for r in outcome.stale if r not in created}, key=lambda r: r.key)
     return Outcome(marks=sorted(marks.values(), key=lambda m: m.start), dropped=dropped,
                    sessions=sorted(sessions.values(), key=lambda s: s.resume.key), stale=stale,
-                   created=sorted(created, key=lambda r: r.key), points_read=outcome.points_read)
+                   created=sorted(created, key=lambda r: r.key), points_read=outcome.points_read,
+                   marks_moved=outcome.marks_moved, pending=outcome.pending)

@@ -60,10 +60,12 @@ class SessionEngine:
         self._last: ContextVar[Sequence[Point]] = ContextVar(f"session-points-{id(self)}", default=())
         self._infos: dict[tuple[str, str], tuple[object, MeterInfo | None]] = {}
         self.points_read = 0  # session points replayed since start (a cost signal for benchmarks and tests)
+        self.marks_moved = 0  # walk marks advanced without reading points, since start
         # Deferred: ingest queues the touched segments (storage.session_queue) and session workers replay
         # them (pipeline.session_worker); set by a hub that runs session workers. Inline otherwise.
         self.defer = False
         self.last_claimed = 0  # accounts claimed by the last replay_queued
+        self.last_left = 0  # queue rows the last replay_queued left for later (its budget ran out)
 
     @property
     def last_points(self) -> Sequence[Point]:
@@ -134,16 +136,20 @@ class SessionEngine:
         await copy_points(conn, stored)
         self._last.set(bound)
         if defer:  # under the accounts' locks taken above (the queue's lock order)
-            await queue_segments(conn, {(p.account_id, p.service, segment_start(p.start))
-                                        for p in bound if p.account_id is not None})
+            await queue_segments(conn, _earliest_per_segment(bound))
             return
         await self.recompute(conn, bound, zones)
 
     async def replay_queued(self, conn: Connection, *, limit: int | None, accounts: list[str] | None = None,
-                            skip_locked: bool = True) -> int:
-        """Replay queued segments of up to ``limit`` accounts in this transaction; the segments replayed."""
+                            skip_locked: bool = True, max_rows: int | None = None, budget: int | None = None) -> int:
+        """Replay queued segments of up to ``limit`` accounts in this transaction; the queue rows replayed.
+
+        ``max_rows`` claims at most that many rows (the earliest in event time first); ``budget`` bounds the
+        points read and marks moved by the round: a walk cut by it queues what is left (in this transaction).
+        Both bound how long the round holds its accounts' locks, however large an account.
+        """
         self.refresh()
-        rows = await claim(conn, limit=limit, accounts=accounts, skip_locked=skip_locked)
+        rows = await claim(conn, limit=limit, accounts=accounts, skip_locked=skip_locked, max_rows=max_rows)
         claimed = {a for a, _, _ in rows}
         self.last_claimed = len(claimed)
         if not rows:
@@ -154,9 +160,13 @@ class SessionEngine:
         for account, service, start in rows:
             zones.setdefault(account, _UTC)
             changed[(account, service)].append(start)
-        touched = await self.rewalk(conn, dict(changed), zones, self.clock())
+        share = None if budget is None else max(budget // len(changed), 1)
+        left: list[tuple[str, str, datetime]] = []
+        touched = await self.rewalk(conn, dict(changed), zones, self.clock(), budget=share, left=left)
         await self.book.reconcile(conn, touched, zones)
         await finish(conn, rows)
+        await queue_segments(conn, left)  # after finish: a left instant may equal a claimed row
+        self.last_left = len(left)
         return len(rows)
 
     async def recompute(self, conn: Connection, points: Sequence[Point], zones: dict[str, ZoneInfo]) -> None:
@@ -178,17 +188,19 @@ class SessionEngine:
         return await self.rewalk(conn, {(account, service): [earliest[0]]}, {account: zone}, now)
 
     async def rewalk(self, conn: Connection, changed: dict[tuple[str, str], list[datetime]],
-                     zones: dict[str, ZoneInfo], now: datetime) -> set[Pair]:
+                     zones: dict[str, ZoneInfo], now: datetime, *, budget: int | None = None,
+                     left: list[tuple[str, str, datetime]] | None = None) -> set[Pair]:
         """Replay, for each (account, service), the segments of its changed instants, as far as the walk differs.
 
         The walks run side by side: each round answers one request of every walk with one query per kind.
-        Returns the (account, period) pairs whose sessions were rewritten.
+        Returns the (account, period) pairs whose sessions were rewritten. With ``budget`` (per walk), what
+        a walk cut short leaves goes into ``left`` as (account, service, instant) to queue.
         """
         walks: dict[Group, Generator[Request, Any, Outcome]] = {}
         for (account, service), instants in sorted(changed.items()):
             rules = SessionRules(idle_timeout=self.idle.get(service, timedelta(hours=1)), zone=zones[account])
             walks[(account, service)] = rewalk(account_id=account, service=service, rules=rules, as_of=now,
-                                               changed=instants)
+                                               changed=instants, budget=budget)
         outcomes: list[tuple[Group, Outcome]] = []
         asks: list[tuple[Group, Request]] = []
         for group, walk in walks.items():
@@ -199,7 +211,37 @@ class SessionEngine:
             for (group, _), ans in zip(current, answers, strict=True):
                 _advance(group, walks[group], ans, asks, outcomes)
         self.points_read += sum(out.points_read for _, out in outcomes)
+        self.marks_moved += sum(out.marks_moved for _, out in outcomes)
+        for (account, service), out in outcomes:
+            if out.pending:
+                if left is None:
+                    raise AssertionError("a walk with a budget needs somewhere to leave what is left")
+                left.extend(_earliest_per_segment_of(account, service, out.pending))
         return await save_walks(conn, outcomes)
+
+
+def _earliest_per_segment(points: Sequence[Point]) -> set[tuple[str, str, datetime]]:
+    """What to queue for stored points: the earliest changed instant of each (account, service, segment).
+
+    The exact instant, not the segment start: the replay then starts at the chunk holding it
+    (``core.segments.CHUNK``) instead of reading the segment from its start.
+    """
+    first: dict[tuple[str, str, datetime], datetime] = {}
+    for p in points:
+        if p.account_id is not None:
+            key = (p.account_id, p.service, segment_start(p.start))
+            first[key] = min(first.get(key, p.start), p.start)
+    return {(a, s, t) for (a, s, _), t in first.items()}
+
+
+def _earliest_per_segment_of(account: str, service: str,
+                             instants: Sequence[datetime]) -> set[tuple[str, str, datetime]]:
+    """The earliest of ``instants`` in each segment, as queue rows of one account and service."""
+    first: dict[datetime, datetime] = {}
+    for t in instants:
+        seg = segment_start(t)
+        first[seg] = min(first.get(seg, t), t)
+    return {(account, service, t) for t in first.values()}
 
 
 def _advance(group: Group, walk: Generator[Request, Any, Outcome], ans: Any, asks: list[tuple[Group, Request]],

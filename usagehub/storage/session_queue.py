@@ -18,7 +18,9 @@ from typing import Any
 from usagehub.storage.pool import Connection
 from usagehub.storage.sessions import utc
 
-Queued = tuple[str, str, datetime]  # (account, service, segment start)
+# (account, service, instant): the earliest point a batch stored in one segment (column ``seg_start``, named
+# when it held segment starts; a replay starts at the chunk holding the instant, see core.segments.CHUNK).
+Queued = tuple[str, str, datetime]
 
 
 async def queue_segments(conn: Connection, rows: Iterable[Queued]) -> None:
@@ -37,20 +39,24 @@ def _columns(items: list[Queued]) -> tuple[list[str], list[str], list[datetime]]
 
 
 async def claim(conn: Connection, *, limit: int | None, accounts: list[str] | None = None,
-                skip_locked: bool = True) -> list[Queued]:
-    """Claim queued segments until the transaction ends: whole accounts, the longest waiting first.
+                skip_locked: bool = True, max_rows: int | None = None) -> list[Queued]:
+    """Claim queued rows until the transaction ends: of ``limit`` accounts, the longest waiting first.
 
-    ``accounts`` restricts the claim to those accounts (a billing run); without ``skip_locked`` the
-    claim waits for a replay holding them instead of passing over it.
+    ``max_rows`` claims at most that many rows of those accounts, the earliest in event time first
+    (a huge account is replayed in bounded rounds); ``accounts`` restricts the claim to those accounts
+    (a billing run); without ``skip_locked`` the claim waits for a replay holding them instead of
+    passing over it.
     """
     skip = " SKIP LOCKED" if skip_locked else ""
     where = "WHERE account_id = ANY(%(acc)s)" if accounts is not None else ""
     cur = await conn.execute(
         f"WITH pick AS (SELECT account_id FROM session_queue {where} GROUP BY account_id "
-        "ORDER BY min(queued_at), account_id LIMIT %(limit)s) "
-        "SELECT q.account_id, q.service, q.seg_start FROM session_queue q JOIN pick USING (account_id) "
-        f"ORDER BY q.account_id, q.service, q.seg_start FOR UPDATE OF q{skip}",
-        {"acc": accounts, "limit": limit})  # LIMIT NULL: every account
+        "ORDER BY min(queued_at), account_id LIMIT %(limit)s), "
+        "firsts AS (SELECT q.account_id, q.service, q.seg_start FROM session_queue q JOIN pick USING (account_id) "
+        "ORDER BY q.seg_start, q.account_id, q.service LIMIT %(rows)s) "
+        "SELECT q.account_id, q.service, q.seg_start FROM session_queue q JOIN firsts USING "
+        f"(account_id, service, seg_start) ORDER BY q.account_id, q.service, q.seg_start FOR UPDATE OF q{skip}",
+        {"acc": accounts, "limit": limit, "rows": max_rows})  # LIMIT NULL: every account, every row
     rows: list[Any] = await cur.fetchall()
     return [(str(r[0]), str(r[1]), utc(r[2])) for r in rows]
 
