@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.core.test_segments import SMALL, MemoryStore
-from tests.core.test_sessions import AS_OF, BERLIN, BERLIN_RULES, HOUR, _arrivals, point_sets, usage
+from tests.core.test_segments import SMALL, MemoryStore, assert_arrivals_equal_sessionize
+from tests.core.test_sessions import AS_OF, BERLIN, BERLIN_RULES, HOUR, point_sets, usage
 from usagehub.core.allocation import Point
 from usagehub.core.segments import CHUNK, SEGMENT, Outcome, rewalk
 from usagehub.core.sessions import SessionRules, sessionize
@@ -54,17 +54,7 @@ def test_chunked_and_budgeted_walk_equals_replay_whatever_the_batches(points: li
                                                                      segment: timedelta, chunk: int,
                                                                      budget: int | None) -> None:
     """Shuffled, duplicated, retracted points in random batches; tiny chunks; walks cut short == sessionize."""
-    rng = random.Random(seed)
-    arrivals = _arrivals(points, rng)
-    store = ChunkedStore(segment, chunk, budget)
-    while arrivals:
-        size = rng.randint(1, 5)
-        batch, arrivals = arrivals[:size], arrivals[size:]
-        seen = max(p.start for p in store.points + batch)
-        store.add(batch, as_of=seen + timedelta(minutes=rng.randint(0, 90)))
-    store.add([], as_of=AS_OF)  # the idle sweep
-    assert store.stored() == sessionize(points, account_id="acc", service="power", rules=BERLIN_RULES,
-                                        as_of=AS_OF)
+    assert_arrivals_equal_sessionize(ChunkedStore(segment, chunk, budget), points, seed)
 
 
 @settings(max_examples=100, deadline=None)

@@ -79,9 +79,13 @@ class MemoryStore:
 def test_incremental_walk_equals_replay_whatever_the_batches(points: list[Point], seed: int,
                                                             segment: timedelta) -> None:
     """Points arriving shuffled, duplicated, with retractions, in random batches == sessionize of all."""
+    assert_arrivals_equal_sessionize(MemoryStore(segment), points, seed)
+
+
+def assert_arrivals_equal_sessionize(store: MemoryStore, points: list[Point], seed: int) -> None:
+    """Feed ``points`` shuffled, duplicated, with retractions, in random batches; the sweep; == sessionize."""
     rng = random.Random(seed)
     arrivals = _arrivals(points, rng)
-    store = MemoryStore(segment)
     while arrivals:
         size = rng.randint(1, 5)
         batch, arrivals = arrivals[:size], arrivals[size:]

@@ -94,14 +94,20 @@ async def _queued(pool: AsyncConnectionPool) -> int:
     return int(row[0])
 
 
-async def test_worker_after_ingest_equals_inline(pool: AsyncConnectionPool, second_pool: AsyncConnectionPool) -> None:
-    expected = await _inline(second_pool)
+async def _ingest_deferred(pool: AsyncConnectionPool) -> SessionEngine:
+    """The fleet ingested with sessions queued (as serve does with session workers), nothing replayed yet."""
     await _seed(pool)
     pipeline, _ = wired(pool)
     engine = _engine(pipeline)
     engine.defer = True
     for chunk in _fleet():
         await feed(pipeline, chunk)
+    return engine
+
+
+async def test_worker_after_ingest_equals_inline(pool: AsyncConnectionPool, second_pool: AsyncConnectionPool) -> None:
+    expected = await _inline(second_pool)
+    engine = await _ingest_deferred(pool)
     assert engine.points_read == 0  # nothing replayed on the ingest path
     assert await _queued(pool) > 0
     assert (await _derived(pool))["records"] == []  # nothing billed before a worker ran

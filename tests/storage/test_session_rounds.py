@@ -4,23 +4,13 @@ from __future__ import annotations
 
 from psycopg_pool import AsyncConnectionPool
 
-from tests.storage.test_session_queue import NOW, _derived, _engine, _fleet, _inline, _queued, _seed, second_pool
-from tests.storage.test_sessions_billing import feed, wired
+from tests.storage.test_session_queue import NOW, _derived, _ingest_deferred, _inline, _queued, second_pool
 from usagehub.pipeline.session_worker import SessionWorker
 from usagehub.pipeline.sessions import SessionEngine
 from usagehub.storage.session_queue import claim
 
 __all__ = ["second_pool"]  # the fixture, used by name
 
-
-async def _ingest_deferred(pool: AsyncConnectionPool) -> SessionEngine:
-    await _seed(pool)
-    pipeline, _ = wired(pool)
-    engine = _engine(pipeline)
-    engine.defer = True
-    for chunk in _fleet():
-        await feed(pipeline, chunk)
-    return engine
 
 
 async def test_a_claim_takes_the_earliest_rows_of_an_account(pool: AsyncConnectionPool) -> None:
