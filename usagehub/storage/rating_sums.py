@@ -110,7 +110,12 @@ def utc_stride(timezone: str, start: datetime, end: datetime, minutes: int) -> t
 
 def kept_sums_apply(minutes: int, timezone: str, period: Period) -> bool:
     """Whether the per-local-hour sums of ``rating_sums`` serve a bucket of ``minutes`` over ``period``."""
-    return minutes % 60 == 0 and sub_hour_offset(timezone, period.start, period.end) is not None
+    return _kept_offset(minutes, timezone, period) is not None
+
+
+def _kept_offset(minutes: int, timezone: str, period: Period) -> int | None:
+    """The zone's sub-hour offset when the kept sums serve the bucket, else None."""
+    return sub_hour_offset(timezone, period.start, period.end) if minutes % 60 == 0 else None
 
 
 @lru_cache(maxsize=256)
@@ -130,7 +135,7 @@ def sums_query(account_id: str, period: Period, timezone: str, minutes: int) -> 
     stride = utc_stride(timezone, period.start, period.end, minutes)
     args = {"account": account_id, "start": period.start, "end": period.end, "stride": stride,
             "merge": stride % HOUR == timedelta(0)}
-    offset = sub_hour_offset(timezone, period.start, period.end) if minutes % 60 == 0 else None
+    offset = _kept_offset(minutes, timezone, period)
     if offset is None:
         return USAGE_SUMS_SQL, args
     # local hours begin where UTC time plus the sub-hour offset is a whole hour
