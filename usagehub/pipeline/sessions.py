@@ -11,7 +11,7 @@ changed are then reconciled into billing records (``pipeline.records``).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -136,7 +136,8 @@ class SessionEngine:
         await copy_points(conn, stored)
         self._last.set(bound)
         if defer:  # under the accounts' locks taken above (the queue's lock order)
-            await queue_segments(conn, _earliest_per_segment(bound))
+            await queue_segments(conn, _earliest_per_segment((p.account_id, p.service, p.start) for p in bound
+                                                             if p.account_id is not None))
             return
         await self.recompute(conn, bound, zones)
 
@@ -216,32 +217,21 @@ class SessionEngine:
             if out.pending:
                 if left is None:
                     raise AssertionError("a walk with a budget needs somewhere to leave what is left")
-                left.extend(_earliest_per_segment_of(account, service, out.pending))
+                left.extend(_earliest_per_segment((account, service, t) for t in out.pending))
         return await save_walks(conn, outcomes)
 
 
-def _earliest_per_segment(points: Sequence[Point]) -> set[tuple[str, str, datetime]]:
-    """What to queue for stored points: the earliest changed instant of each (account, service, segment).
+def _earliest_per_segment(instants: Iterable[tuple[str, str, datetime]]) -> set[tuple[str, str, datetime]]:
+    """What to queue for changed (account, service, instant)s: the earliest instant of each segment.
 
     The exact instant, not the segment start: the replay then starts at the chunk holding it
     (``core.segments.CHUNK``) instead of reading the segment from its start.
     """
     first: dict[tuple[str, str, datetime], datetime] = {}
-    for p in points:
-        if p.account_id is not None:
-            key = (p.account_id, p.service, segment_start(p.start))
-            first[key] = min(first.get(key, p.start), p.start)
+    for account, service, t in instants:
+        key = (account, service, segment_start(t))
+        first[key] = min(first.get(key, t), t)
     return {(a, s, t) for (a, s, _), t in first.items()}
-
-
-def _earliest_per_segment_of(account: str, service: str,
-                             instants: Sequence[datetime]) -> set[tuple[str, str, datetime]]:
-    """The earliest of ``instants`` in each segment, as queue rows of one account and service."""
-    first: dict[datetime, datetime] = {}
-    for t in instants:
-        seg = segment_start(t)
-        first[seg] = min(first.get(seg, t), t)
-    return {(account, service, t) for t in first.values()}
 
 
 def _advance(group: Group, walk: Generator[Request, Any, Outcome], ans: Any, asks: list[tuple[Group, Request]],
