@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import aiomqtt
@@ -116,3 +117,71 @@ async def test_queued_first_messages_against_mosquitto(mosquitto: Mosquitto) -> 
         with pytest.raises(aiomqtt.MqttError):
             async with asyncio.timeout(20):
                 await anext(iterator)
+
+
+def test_buffered_reads_serve_coalesced_and_split_packets() -> None:
+    """Many packets in one read are handed out piece by piece; a packet cut across reads is joined by paho's reads."""
+    import socket
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    reads = lean.BufferedReads(a)
+    try:
+        with pytest.raises(BlockingIOError):  # nothing waiting: paho's "again", as from the raw socket
+            reads.recv(1)
+        b.sendall(b"\x30\x03ab1" + b"\x30\x03ab2" + b"\x30\x03a")  # two whole packets and the head of a third
+        got = [reads.recv(1), reads.recv(1), reads.recv(3), reads.recv(1), reads.recv(1), reads.recv(3)]
+        assert got == [b"\x30", b"\x03", b"ab1", b"\x30", b"\x03", b"ab2"]
+        assert reads.pending() == 3
+        assert reads.recv(1) + reads.recv(1) == b"\x30\x03"
+        assert reads.recv(3) == b"a"  # only what arrived: paho keeps the rest of the packet to read
+        assert reads.pending() == 0
+        b.sendall(b"b3")
+        assert reads.recv(2) == b"b3"
+        assert reads.fileno() == a.fileno()  # everything else is the socket's
+    finally:
+        a.close()
+        b.close()
+
+
+class _CountingSocket:
+    def __init__(self, sock: object) -> None:
+        self.sock, self.reads = sock, 0
+
+    def recv(self, size: int) -> bytes:
+        self.reads += 1
+        return self.sock.recv(size)  # type: ignore[attr-defined,no-any-return]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sock, name)
+
+
+async def test_buffered_reads_deliver_a_backlog_once_in_order(mosquitto: Mosquitto) -> None:
+    """A stored backlog arrives many packets per read: every message once, in order, and acked (none redelivered)."""
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="lean-buf", clean_session=False) as sub:
+        await sub.subscribe("buf/#", qos=1)
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="lean-buf-pub") as pub:
+        for i in range(2000):
+            await pub.publish("buf/t", str(i).encode(), qos=1)
+    for round_ in range(2):
+        sub = aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="lean-buf", clean_session=False)
+        sub._client.manual_ack_set(True)
+        got: list[int] = []
+        async with sub:
+            assert lean.buffer_reads(sub)
+            reads = sub._client._sock
+            assert isinstance(reads, lean.BufferedReads)
+            raw = reads._sock = _CountingSocket(reads._sock)
+            with pytest.raises(TimeoutError) if round_ else contextlib.nullcontext():
+                async with asyncio.timeout(20 if not round_ else 1.5):
+                    async for message in lean.messages(sub):
+                        got.append(int(bytes(message.payload)))  # type: ignore[arg-type]
+                        sub._client.ack(message.mid, message.qos)
+                        if len(got) == 2000:
+                            break
+            if not round_:
+                assert got == list(range(2000))
+                assert raw.reads < 2000 / 10  # many packets per read (paho alone reads 3 times per packet)
+                await asyncio.sleep(0.3)  # the acks leave before the disconnect
+            else:
+                assert got == []  # all were acked: nothing comes again

@@ -95,6 +95,7 @@ class MqttAdapter:
     async def _session(self, client: aiomqtt.Client, acks: ManualAck, sink: Sink) -> None:
         async with client:
             self.client = client
+            lean.buffer_reads(client)  # one recv serves many PUBLISH packets
             # A resumed session may deliver a large backlog before the SUBACK:
             # consume it while subscribing, or the SUBACK waits behind it forever.
             pump = asyncio.create_task(self._pump(client, acks, sink), name="mqtt-pump")

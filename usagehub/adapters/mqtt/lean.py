@@ -23,6 +23,7 @@ project pins; on any other version it leaves paho as it is.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -107,6 +108,51 @@ def lean_client(client: paho_client.Client) -> None:
     """Give one paho client the matcher that skips an empty filter trie."""
     if supported() and type(client._on_message_filtered) is MQTTMatcher:
         client._on_message_filtered = FilteredCallbacks()  # type: ignore[no-untyped-call]
+
+
+class BufferedReads:
+    """paho's socket with buffered reads: one ``recv`` serves many packets.
+
+    paho reads a packet's header byte, each length byte and the body with a ``recv``
+    each (three or more system calls per packet, the largest cost of a small
+    request/response exchange on this machine). ``pending()`` is the hook aiomqtt's
+    reader already calls for TLS sockets: it keeps reading while buffered bytes remain.
+    """
+
+    __slots__ = ("_buf", "_sock")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+
+    def recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes, from the buffer or one large read (BlockingIOError when none wait)."""
+        buf = self._buf
+        if not buf:
+            data = self._sock.recv(max(size, 65536))
+            if len(data) <= size:
+                return bytes(data)
+            buf += data
+        out = bytes(buf[:size])
+        del buf[:size]  # a bytearray drops its head without moving the rest
+        return out
+
+    def pending(self) -> int:
+        """Bytes read from the socket and not yet handed to paho."""
+        return len(self._buf)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def buffer_reads(client: aiomqtt.Client) -> bool:
+    """Give a connected client's plain TCP socket buffered reads; False (unchanged) for TLS or unknown sockets."""
+    paho_client_ = client._client
+    sock = paho_client_._sock
+    if not supported() or type(sock) is not socket.socket:
+        return False
+    paho_client_._sock = BufferedReads(sock)
+    return True
 
 
 class QueuedFirstMessages(aiomqtt.client.MessagesIterator):
