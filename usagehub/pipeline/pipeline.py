@@ -67,7 +67,9 @@ class PipelineSettings:
     # Gateway messages carry many readings: bound a batch by bytes too, so one batch
     # never holds the event loop (and the MQTT keepalive) for long.
     batch_max_bytes: int = 512 * 1024
-    queue_max_messages: int = 50_000
+    # Read-ahead: about two full batches per lane wait here; past that the adapters wait (MQTT leaves the rest
+    # with the broker, unacknowledged) instead of holding tens of thousands of messages in the process.
+    queue_max_messages: int = 8_000
     retry_max_s: float = 10.0
     # Faults: a batch waiting this long for a lock gives up and retries (logged, counted), and
     # messages waiting this long with no commit make the pipeline "stalled" (metrics, /readyz).
