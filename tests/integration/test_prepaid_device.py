@@ -17,6 +17,7 @@ import aiocoap
 import aiomqtt
 import cbor2
 import orjson
+import psycopg
 import pytest
 import websockets
 from psycopg_pool import AsyncConnectionPool
@@ -102,6 +103,18 @@ async def until(predicate: Any) -> None:
             await asyncio.sleep(0.05)
 
 
+async def commands_sent(database_url: str) -> None:
+    """Wait until every block/restore event so far has had its device commands sent."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn, asyncio.timeout(30):
+        while True:
+            cur = await conn.execute("SELECT count(*) FROM prepaid_events WHERE commands_sent_at IS NULL "
+                                     "AND kind IN ('blocked', 'restored')")
+            row = await cur.fetchone()
+            if row is not None and row[0] == 0:
+                return
+            await asyncio.sleep(0.1)
+
+
 def test_mqtt_authorize_usage_blocks_and_top_up_restores(database_url: str, mosquitto: Mosquitto, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.integration.hubproc import usagehub
@@ -121,6 +134,10 @@ def test_mqtt_authorize_usage_blocks_and_top_up_restores(database_url: str, mosq
             sub = asyncio.create_task(subscription(hub.port, key, events, ready))
             await asyncio.wait_for(ready.wait(), 10)
             await asyncio.sleep(0.3)
+            # Configuring the account blocked it (no funds yet) and the top-up restored it: those two commands
+            # must be out before the device listens, or a late one (the sweep resends what failed while the
+            # hub's client connected) is taken below for the block that the metered usage causes.
+            await commands_sent(database_url)
             async with device(mosquitto.port, "m2") as d:
                 await asyncio.sleep(1.0)  # the hub's prepaid client subscribed at start; give it a moment
                 grant = await d.ask("authorize", b'{"req": "a1", "units": "2"}')

@@ -4,7 +4,9 @@ Every hub hears every event (``storage.prepaid_events``); the first to lock the
 event row (``FOR UPDATE SKIP LOCKED``) sends the commands — to each device bound
 to the account, as its profile's ``command:`` block says (MQTT topic, or CoAP to
 the device's registered address) — and marks the event sent in the same
-transaction. A periodic sweep sends what a crashed hub left unsent.
+transaction. A periodic sweep sends what a crashed hub left unsent. An event that a later
+block/restore of the same account supersedes is marked sent with no command: devices get the
+account's latest state, never a stale one after it.
 """
 
 from __future__ import annotations
@@ -73,13 +75,22 @@ class CommandDispatcher:
         """Send an event's commands unless another hub has or is; the number sent, or None if not ours."""
         async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "SELECT account_id, kind, now() - at < make_interval(secs => %s) FROM prepaid_events "
-                "WHERE event_id = %s AND commands_sent_at IS NULL "
-                "AND kind = ANY(%s) FOR UPDATE SKIP LOCKED", (self.retry_s, event_id, list(COMMAND_KINDS)))
+                "SELECT e.account_id, e.kind, now() - e.at < make_interval(secs => %(retry)s), EXISTS ("
+                " SELECT 1 FROM prepaid_events later WHERE later.account_id = e.account_id "
+                " AND later.kind = ANY(%(kinds)s) AND later.event_id > e.event_id) "
+                "FROM prepaid_events e WHERE e.event_id = %(id)s AND e.commands_sent_at IS NULL "
+                "AND e.kind = ANY(%(kinds)s) FOR UPDATE SKIP LOCKED",
+                {"retry": self.retry_s, "id": event_id, "kinds": list(COMMAND_KINDS)})
             row = await cur.fetchone()
             if row is None:
                 return None
-            account, kind, recent = str(row[0]), str(row[1]), bool(row[2])
+            account, kind, recent, superseded = str(row[0]), str(row[1]), bool(row[2]), bool(row[3])
+            if superseded:
+                # A later block/restore of the account says what its devices must do now: a stale command
+                # sent late (the sweep, after a failed send) would only flip them back and forth.
+                await conn.execute("UPDATE prepaid_events SET commands_sent_at = now(), commands = 0 "
+                                   "WHERE event_id = %s", (event_id,))
+                return 0
             cur = await conn.execute(
                 "SELECT d.device_id, d.profile_id, d.address, d.port FROM bindings b JOIN devices d USING (device_id) "
                 "WHERE b.account_id = %s AND b.valid @> now() ORDER BY d.device_id", (account,))
