@@ -114,11 +114,11 @@ async def run_worker(config: HubConfig, *, index: int, workers: int, stopping: a
         pipeline, _ = build_pipeline(config, pool, profiles)
         pipeline.hooks.insert(0, lock_devices_first)
         nc, js = await declare(settings, name=f"usagehub-worker-{index}")
-        # What one worker holds unacked over all its partitions: about two batches, so a message never
-        # waits long in the pipeline's queue (and a dead worker's share comes back after ack_wait).
-        budget = asyncio.Semaphore(2 * config.batch_max_messages)
-        consumers = [PartitionConsumer(js, settings, p, pipeline, budget=budget,
-                                       fetch_max=min(250, config.batch_max_messages)) for p in partitions]
+        # What one worker holds unacked over all its partitions: about two full batches per commit lane,
+        # so the lanes commit full batches under load (fewer, larger transactions: less CPU per event) while
+        # a message never waits long in the pipeline's queue (a dead worker's share comes back after ack_wait).
+        window = max(2, min(2000, 2 * config.commit_lanes * config.batch_max_messages // len(partitions)))
+        consumers = [PartitionConsumer(nc, js, settings, p, pipeline, window=window) for p in partitions]
         pipeline_task = asyncio.create_task(pipeline.run(), name="pipeline")
         fetchers = [asyncio.create_task(c.run(), name=f"fetch-{c.partition}") for c in consumers]
         ackers = [asyncio.create_task(c.ack_loop(), name=f"ack-{c.partition}") for c in consumers]
