@@ -84,7 +84,8 @@ def simple_fleet(n: int) -> Fleet:
     def exact(url: str) -> str:
         with psycopg.connect(url) as conn:
             stored = _one(conn, "SELECT count(*) FROM events")
-            kwh = Decimal(_one(conn, "SELECT coalesce(sum(quantity), 0) FROM usage_entries"))
+            row = conn.execute("SELECT coalesce(sum(quantity), 0) FROM usage_entries").fetchone()
+            kwh = Decimal(row[0]) if row else Decimal(0)
         return "yes" if stored == n and kwh == truth else f"NO ({stored} events, {kwh} != {truth} kWh)"
 
     return Fleet("simple", rows[: n // 2] + dups + rows[n // 2:], "\n".join(lines) + "\n", n, exact)
@@ -227,9 +228,10 @@ async def publish(bus: str, url: str, messages: list[Msg]) -> None:
     await router.refresh()
     await pool.close()
     nc, js = await declare(settings, name="bench-ingest")
-    publisher = BusPublisher(js, ProfileSet(load_profiles(config.profiles)), settings, key_of=router.key_of)
+    publisher = BusPublisher(nc, ProfileSet(load_profiles(config.profiles)), settings, key_of=router.key_of)
     futures = [await publisher.submit(raw(t, p)) for t, p in messages]
     await asyncio.gather(*futures)
+    await publisher.flush()
     await nc.close()
 
 
