@@ -227,7 +227,7 @@ async def publish(bus: str, url: str, messages: list[Msg]) -> None:
     router = AccountRouter(pool)
     await router.refresh()
     await pool.close()
-    nc, js = await declare(settings, name="bench-ingest")
+    nc, _ = await declare(settings, name="bench-ingest")
     publisher = BusPublisher(nc, ProfileSet(load_profiles(config.profiles)), settings, key_of=router.key_of)
     futures = [await publisher.submit(raw(t, p)) for t, p in messages]
     await asyncio.gather(*futures)
@@ -265,13 +265,14 @@ def bus_case(server: str, template: str, fleet: Fleet, workers: int, tmp: Path) 
     nats = NatsServer(store_dir=tmp / f"nats-{workers}-{uuid.uuid4().hex[:4]}" / "js")
     nats.start()
     env = {**os.environ, "USAGEHUB_BUS_PARTITIONS": str(PARTITIONS), "USAGEHUB_LOG_LEVEL": "INFO"}
-    logs = [(tmp / f"worker-{workers}-{i}.log").open("ab") for i in range(workers)]
+    names = [tmp / f"worker-{fleet.name.split()[0]}-{workers}-{i}.log" for i in range(workers)]
+    logs = [name.open("ab") for name in names]
     procs = [subprocess.Popen([sys.executable, "-m", "usagehub", "worker", "--bus", nats.url, "--index", str(i),
                                "--workers", str(workers), "--database-url", url, "--data-dir", str(tmp)],
                               cwd=ROOT, env=env, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(workers)]
     cpu: dict[str, float] = {}
     try:
-        time.sleep(3 + workers)  # workers connected and subscribed (they would catch up anyway)
+        wait_ready(names, procs)
         pg = postgres_pid(url)
         assert nats.proc is not None
         before = {"ingest": time.process_time(), "nats-server": cpu_s(nats.proc.pid),
@@ -292,6 +293,19 @@ def bus_case(server: str, template: str, fleet: Fleet, workers: int, tmp: Path) 
         for f in logs:
             f.close()
         nats.stop()
+
+
+def wait_ready(logs: list[Path], procs: list[subprocess.Popen[bytes]], timeout_s: float = 120) -> None:
+    """Until every worker logged "ready" (imports and profiles loaded: their start-up CPU is not measured)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise SystemExit(f"a worker exited; see {logs}")
+        if all(" ready: partitions" in path.read_text(errors="replace") for path in logs):
+            time.sleep(0.5)  # its first pull requests are out
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"workers not ready after {timeout_s} s; see {logs}")
 
 
 def run_fleet(server: str, fleet: Fleet, counts: list[int], tmp: Path) -> None:

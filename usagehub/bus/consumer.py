@@ -97,7 +97,8 @@ class PartitionConsumer:
 
     async def _pull(self, inbox: str) -> None:
         """Keep one pull request open while there is room; returns (to resubscribe) if requests go unanswered."""
-        subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.settings.stream}.{self.settings.durable(self.partition)}"
+        stream, durable = self.settings.stream, self.settings.durable(self.partition)
+        subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         expires_ns = int(self.expires_s * 1e9)
         while True:
             while self._unacked + self.batch > self.window:
@@ -144,7 +145,7 @@ class PartitionConsumer:
     async def _settle(self, future: asyncio.Future[Receipt], msg: Msg) -> None:
         try:
             await future
-        except Exception:  # noqa: BLE001 — not committed: no ack, the stream redelivers it after ack_wait
+        except Exception:  # not committed: no ack, the stream redelivers it after ack_wait
             committed = False
         else:
             committed = True

@@ -46,6 +46,17 @@ def bus_settings(config: HubConfig, url: str | None = None) -> BusSettings:
                        ack_wait_s=config.bus_ack_wait_s)
 
 
+def worker_config(config: HubConfig, workers: int) -> HubConfig:
+    """The pipeline settings of one of ``workers`` workers: one commit lane each when there are several.
+
+    A worker's partitions group whole accounts, and its lanes split them by device, so two lanes of one
+    worker hold the same accounts and wait for each other's account locks while halving each other's
+    batches (more, smaller transactions: more CPU per event). Several workers already overlap one
+    worker's Python work with another's round trips to PostgreSQL (bench/scale.py, docs/scale-out.md).
+    """
+    return config.model_copy(update={"commit_lanes": 1}) if workers > 1 else config
+
+
 async def lock_devices_first(conn: Connection, events: Sequence[UsageEvent]) -> None:
     """Batch hook (first): take the batch's device locks before any stage reads device state."""
     await lock_devices(conn, {e.device_id for e in events})
@@ -111,6 +122,7 @@ async def run_worker(config: HubConfig, *, index: int, workers: int, stopping: a
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
     async with open_storage(config) as pool:
+        config = worker_config(config, workers)
         pipeline, _ = build_pipeline(config, pool, profiles)
         pipeline.hooks.insert(0, lock_devices_first)
         nc, js = await declare(settings, name=f"usagehub-worker-{index}")
