@@ -57,7 +57,7 @@ class PartitionConsumer:
     """Feeds one partition into ``sink``: ``run`` pulls and submits, ``ack_loop`` acks after each commit."""
 
     def __init__(self, nc: Client, js: JetStreamContext, settings: BusSettings, partition: int, sink: Sink, *,
-                 window: int = 500, expires_s: float = 5.0) -> None:
+                 window: int = 500, expires_s: float = 3.0) -> None:
         """``window``: messages this partition may hold unacked (pulled in requests of half of it)."""
         self.nc, self.js, self.settings, self.partition, self.sink = nc, js, settings, partition, sink
         self.window, self.batch, self.expires_s = max(2, window), max(1, window // 2), expires_s
@@ -108,7 +108,7 @@ class PartitionConsumer:
             self._request_over.clear()
             await self.nc.publish(subject, orjson.dumps({"batch": self.batch, "expires": expires_ns}), reply=inbox)
             try:  # the server ends every request (408 at expiry) — unless the connection dropped it
-                async with asyncio.timeout(self.expires_s + 5):
+                async with asyncio.timeout(self.expires_s + 2):
                     await self._request_over.wait()
             except TimeoutError:
                 log.debug("partition %d: pull request unanswered; resubscribing", self.partition)
