@@ -176,9 +176,9 @@ class BusPublisher:
                     break
                 late.append(token)
             for token in late:
-                p = self._forget(token)
-                if p is not None and not p.future.done():
-                    self._retry(p, TimeoutError())
+                unanswered = self._forget(token)
+                if unanswered is not None and not unanswered.future.done():
+                    self._retry(unanswered, TimeoutError())
 
     def _retry(self, p: _Publish, err: BaseException | None) -> None:
         self.totals["retries"] += 1

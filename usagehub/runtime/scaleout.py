@@ -152,7 +152,7 @@ async def ingest_bus(config: HubConfig, profiles: list[Profile], pool: AsyncConn
             stack.callback(server.stop)
             url = server.url
         settings = bus_settings(config, url)
-        nc, js = await declare(settings, name="usagehub-ingest", link=link)
+        nc, _ = await declare(settings, name="usagehub-ingest", link=link)
         stack.push_async_callback(nc.close)
         if config.workers:
             workers = WorkerPool(config, url, config.workers, config.data_dir / "workers")
