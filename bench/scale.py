@@ -197,19 +197,22 @@ def wait_events(url: str, distinct: int, timeout_s: float = 600) -> None:
     raise RuntimeError(f"only some of {distinct} events arrived")
 
 
-async def direct(url: str, messages: list[Msg]) -> None:
-    """The single-process baseline: the hub's pipeline fed in-process, like an adapter does."""
+async def direct(url: str, messages: list[Msg]) -> float:
+    """The single-process baseline: the hub's pipeline fed in-process, like an adapter does; its CPU seconds."""
     from usagehub.runtime.assembly import build_pipeline, open_storage
     from usagehub.runtime.profile_files import load_profiles
 
     config = HubConfig(database_url=url)
     async with open_storage(config) as pool:
         pipeline, _ = build_pipeline(config, pool, load_profiles(config.profiles))
+        started = time.process_time()  # after imports and profiles, as workers are measured once ready
         task = asyncio.create_task(pipeline.run())
         futures = [await pipeline.submit(raw(t, p)) for t, p in messages]
         await asyncio.gather(*futures)
+        used = time.process_time() - started
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+    return used
 
 
 async def publish(bus: str, url: str, messages: list[Msg]) -> None:
@@ -246,15 +249,11 @@ def direct_case(server: str, template: str, fleet: Fleet, tmp: Path) -> Result:
     url = clone(server, template)
     dump = tmp / f"messages-{uuid.uuid4().hex[:6]}.json"
     dump.write_bytes(orjson.dumps([(t.decode(), p.decode()) for t, p in fleet.messages]))
-    pg, pg0 = postgres_pid(url), 0.0
+    pg = postgres_pid(url)
     pg0 = cpu_s(pg, reaped=True)
-    proc = psutil.Popen([sys.executable, __file__, "--direct", url, str(dump)], cwd=ROOT)
-    own = 0.0
-    while proc.poll() is None:
-        own = max(own, cpu_s(proc.pid))
-        time.sleep(0.05)
-    if proc.returncode:
-        raise SystemExit(f"direct case failed ({proc.returncode})")
+    out = subprocess.run([sys.executable, __file__, "--direct", url, str(dump)], cwd=ROOT, check=True,
+                         stdout=subprocess.PIPE)
+    own = float(out.stdout.decode().split()[-1])
     return Result("direct (1 process)", url, {"direct process": own, "postgres": cpu_s(pg, reaped=True) - pg0})
 
 
@@ -329,7 +328,7 @@ def run_fleet(server: str, fleet: Fleet, counts: list[int], tmp: Path) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--direct":  # the baseline's own process
         rows = orjson.loads(Path(sys.argv[3]).read_bytes())
-        asyncio.run(direct(sys.argv[2], [(t.encode(), p.encode()) for t, p in rows]))
+        print(asyncio.run(direct(sys.argv[2], [(t.encode(), p.encode()) for t, p in rows])))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("messages", nargs="?", type=int, default=10_000)
