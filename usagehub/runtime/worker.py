@@ -123,7 +123,8 @@ async def run_worker(config: HubConfig, *, index: int, workers: int, stopping: a
             loop.add_signal_handler(sig, stopping.set)
     async with open_storage(config) as pool:
         config = worker_config(config, workers)
-        pipeline, _ = build_pipeline(config, pool, profiles)
+        # Its own ingest_totals row: workers sharing the hub's row queued on its row lock until each commit.
+        pipeline, _ = build_pipeline(config, pool, profiles, totals_node=f"worker-{index}")
         pipeline.hooks.insert(0, lock_devices_first)
         nc, js = await declare(settings, name=f"usagehub-worker-{index}")
         # What one worker holds unacked over all its partitions: about two full batches per commit lane,
