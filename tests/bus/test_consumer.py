@@ -7,7 +7,8 @@ import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from nats.js import JetStreamContext
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
 
 from usagehub.adapters.base import Outcome, Receipt
 from usagehub.bus.codec import encode
@@ -113,4 +114,55 @@ async def test_a_message_arriving_on_an_idle_partition_is_handed_over_at_once(na
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await nc.close()
+
+
+async def test_a_deleted_consumer_is_declared_again(nats_server: NatsServer) -> None:
+    settings = BusSettings(servers=(nats_server.url,), partitions=1)
+    nc, js = await declare(settings, name="test-consumer")
+    sink = HoldingSink()
+    consumer = PartitionConsumer(nc, js, settings, 0, sink, window=10, expires_s=1.0)
+    tasks = [asyncio.create_task(consumer.run()), asyncio.create_task(consumer.ack_loop())]
+    try:
+        await js.publish(settings.partition_subject(0), _message(0), headers={"Nats-Msg-Id": "id-0"})
+        await _until(lambda: len(sink.got) == 1)
+        sink.commit()
+        await _until(lambda: consumer.totals["acked"] == 1)
+        await js.delete_consumer(settings.stream, settings.durable(0))  # an operator's mistake
+        await js.publish(settings.partition_subject(0), _message(1), headers={"Nats-Msg-Id": "id-1"})
+        # The open request died silently with it: noticed after expiry + 2 s, the consumer declared again
+        # from the stream's start (the old message comes back: PostgreSQL identity drops it).
+        await _until(lambda: [m.topic for m, _ in sink.got][-1] == "meters/m1/reading", within_s=8)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await nc.close()
+
+
+async def test_refused_pull_requests_back_off(nats_server: NatsServer) -> None:
+    settings = BusSettings(servers=(nats_server.url,), partitions=1)
+    nc, js = await declare(settings, name="test-consumer")
+    # A push consumer under the partition's durable name: every pull request is refused at once (409).
+    await js.add_consumer(settings.stream, api.ConsumerConfig(
+        durable_name=settings.durable(0), deliver_subject="elsewhere", ack_policy=api.AckPolicy.EXPLICIT))
+    requests = 0
+
+    async def count(_msg: Msg) -> None:
+        nonlocal requests
+        requests += 1
+
+    spy = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{settings.stream}.{settings.durable(0)}", cb=count)
+    consumer = PartitionConsumer(nc, js, settings, 0, HoldingSink(), window=10)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await asyncio.sleep(1.6)
+        assert 1 <= requests <= 5  # one every 0.5 s; without the back-off, thousands
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await spy.unsubscribe()
         await nc.close()

@@ -35,6 +35,7 @@ from usagehub.core.events import RawMessage
 log = logging.getLogger(__name__)
 
 _HEARTBEAT = "100"  # a status the server sends on an idle pull request; every other status ends the request
+_EXPIRED = "408"  # the request's ``expires`` passed (or it was filled in part): the normal end of an idle one
 
 
 def owned_partitions(partitions: int, index: int, workers: int) -> list[int]:
@@ -67,6 +68,7 @@ class PartitionConsumer:
         self._room = asyncio.Event()
         self._room.set()
         self._request_left = 0  # messages the open pull request may still deliver
+        self._ended_by: str | None = None  # the status that ended the last request (None: it was filled)
         self._request_over = asyncio.Event()
         self.totals = {"fetched": 0, "acked": 0, "redelivered": 0}
 
@@ -104,7 +106,7 @@ class PartitionConsumer:
             while self._unacked + self.batch > self.window:
                 self._room.clear()
                 await self._room.wait()
-            self._request_left = self.batch
+            self._request_left, self._ended_by = self.batch, None
             self._request_over.clear()
             await self.nc.publish(subject, orjson.dumps({"batch": self.batch, "expires": expires_ns}), reply=inbox)
             try:  # the server ends every request (408 at expiry) — unless the connection dropped it
@@ -113,11 +115,19 @@ class PartitionConsumer:
             except TimeoutError:
                 log.debug("partition %d: pull request unanswered; resubscribing", self.partition)
                 return
+            if self._ended_by not in (None, _EXPIRED) and self._request_left == self.batch:
+                # Refused outright (409: consumer deleted, leader moving, too many requests…): not a busy
+                # loop of requests; back off, then check the consumer and subscribe again.
+                log.info("partition %d: pull request ended with status %s; retrying", self.partition,
+                         self._ended_by)
+                await asyncio.sleep(0.5)
+                return
 
     async def _on_message(self, msg: Msg) -> None:
         status = msg.headers.get(api.Header.STATUS) if msg.headers else None
         if status is not None:
             if status != _HEARTBEAT:  # 408 expired, 409 leadership change or limits, 404: this request is over
+                self._ended_by = status
                 self._request_over.set()
             return
         self._request_left -= 1
