@@ -70,6 +70,7 @@ class PartitionConsumer:
         self._request_left = 0  # messages the open pull request may still deliver
         self._ended_by: str | None = None  # the status that ended the last request (None: it was filled)
         self._request_over = asyncio.Event()
+        self._refused = False  # the last requests were refused (logged once, and once when served again)
         self.totals = {"fetched": 0, "acked": 0, "redelivered": 0}
 
     async def _ensure_consumer(self) -> None:
@@ -117,11 +118,16 @@ class PartitionConsumer:
                 return
             if self._ended_by not in (None, _EXPIRED) and self._request_left == self.batch:
                 # Refused outright (409: consumer deleted, leader moving, too many requests…): not a busy
-                # loop of requests; back off, then check the consumer and subscribe again.
-                log.info("partition %d: pull request ended with status %s; retrying", self.partition,
-                         self._ended_by)
+                # loop of requests; back off, then check the consumer and subscribe again. Logged once.
+                if not self._refused:
+                    log.warning("partition %d: pull requests refused (status %s); retrying every 0.5 s",
+                                self.partition, self._ended_by)
+                self._refused = True
                 await asyncio.sleep(0.5)
                 return
+            if self._refused and self._request_left < self.batch:
+                log.info("partition %d: pull requests served again", self.partition)
+                self._refused = False
 
     async def _on_message(self, msg: Msg) -> None:
         status = msg.headers.get(api.Header.STATUS) if msg.headers else None
