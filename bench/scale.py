@@ -1,16 +1,26 @@
-"""Scale-out benchmark: the same fleet through 1, 2 and 4 bus workers, beside the single-process pipeline.
+"""Scale-out benchmark: the same fleets through 1, 2, … bus workers, beside the single-process pipeline.
 
-In one run, on one embedded PostgreSQL and one nats-server (JetStream, R=1, file storage):
+In one run, on one embedded PostgreSQL and (per bus case) one nats-server (JetStream, R=1, file storage):
   direct    the pipeline in one process, fed in-process (what ``usagehub serve`` does)      — the baseline
   bus xW    this process as the ingest node (route + publish, PubAck) → W ``usagehub worker`` processes
-Each case gets a fresh copy of a seeded database. Reported: events/s from the first submit to the last
-commit, and receive → commit latency p50/p99 (``ingested_at`` is the storing transaction's start).
-Exactly-once is checked in every case: stored events = distinct events and usage = the fleet's truth.
-Usage: .venv/bin/python bench/scale.py [MESSAGES] [WORKERS...]      (default: 20000 1 2 4)
+Two fleets, each through every case on a fresh copy of its seeded database:
+  simple     MESSAGES single in-order readings of 1,000 meters in 10 accounts, 5 % resent;
+             exact = stored events = distinct readings and usage kWh = the truth
+  realistic  ``bench/fleet.py``'s fleet (imported, not copied): meters wrapping and rebooting, alarm panels,
+             local shuffles, 5 % duplicates, 1 % 1-3 days late, a meter moving account;
+             exact = billed totals per (account, product) = its truth and stored identities = distinct messages
+Reported per case: events/s from the first receive to the last commit, receive → commit p50/p99
+(``ingested_at`` is the storing transaction's start), pipeline batches, CPU µs per event of each part
+(ingest = this process routing and publishing, nats-server, the workers / the direct process, PostgreSQL),
+and exactness.
+
+  .venv/bin/python bench/scale.py [MESSAGES] [WORKERS...] [--real WEEKSxACCOUNTS] [--fleets simple,realistic]
+  defaults: 10000 1 2, --real 1x40, both fleets
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import random
@@ -19,25 +29,41 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import orjson
+import psutil
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench import fleet as realistic  # noqa: E402
 from usagehub.core.events import RawMessage  # noqa: E402
 from usagehub.runtime.config import HubConfig  # noqa: E402
 
 METERS = 1000
 PARTITIONS = 16
 START = datetime(2026, 10, 1, tzinfo=UTC)
+Msg = tuple[bytes, bytes]
 
 
-def fleet(n: int) -> tuple[list[tuple[str, bytes]], int, Decimal]:
-    """``n`` readings of ``METERS`` meters in device order per meter, 5 % resent; distinct count; kWh truth."""
+@dataclass
+class Fleet:
+    """Messages in publishing order, a seed file, how many distinct identities, and the exactness check."""
+
+    name: str
+    messages: list[Msg]
+    seed: str
+    distinct: int
+    exact: Callable[[str], str]  # database URL -> "yes" or what is wrong
+
+
+def simple_fleet(n: int) -> Fleet:
+    """``n`` readings of ``METERS`` meters in device order per meter, 5 % resent, in 10 accounts."""
     rng = random.Random(7)
     rows, registers = [], [rng.randrange(1000, 10**6) for _ in range(METERS)]
     first = list(registers)
@@ -47,14 +73,51 @@ def fleet(n: int) -> tuple[list[tuple[str, bytes]], int, Decimal]:
             registers[d] += rng.randrange(0, 500)
         body = {"seq": seq, "ts": (START + timedelta(minutes=15 * seq)).isoformat(), "energy_wh": registers[d],
                 "boot": 1}
-        rows.append((f"meters/m{d:04d}/reading", orjson.dumps(body)))
+        rows.append((f"meters/m{d:04d}/reading".encode(), orjson.dumps(body)))
     truth = sum((Decimal(r - f) for r, f in zip(registers, first, strict=True)), Decimal(0)) / 1000
     dups = [rows[i] for i in sorted(rng.sample(range(n // 2), n // 20))]  # resent mid-stream
-    return rows[: n // 2] + dups + rows[n // 2:], n, truth
+    lines = ["accounts:", *[f"  - {{id: a{a}}}" for a in range(10)], "devices:"]
+    lines += [f"  - {{id: m{d:04d}, profile: acme-em340}}" for d in range(METERS)]
+    lines += ["bindings:"] + [f'  - {{device: m{d:04d}, account: a{d % 10}, valid_from: "2026-01-01T00:00:00Z"}}'
+                              for d in range(METERS)]
+
+    def exact(url: str) -> str:
+        with psycopg.connect(url) as conn:
+            stored = _one(conn, "SELECT count(*) FROM events")
+            row = conn.execute("SELECT coalesce(sum(quantity), 0) FROM usage_entries").fetchone()
+            kwh = Decimal(row[0]) if row else Decimal(0)
+        return "yes" if stored == n and kwh == truth else f"NO ({stored} events, {kwh} != {truth} kWh)"
+
+    return Fleet("simple", rows[: n // 2] + dups + rows[n // 2:], "\n".join(lines) + "\n", n, exact)
 
 
-def raw(topic: str, payload: bytes) -> RawMessage:
-    return RawMessage(transport="mqtt", topic=topic, payload=payload, received_at=datetime.now(UTC))
+def realistic_fleet(weeks: int, accounts: int) -> Fleet:
+    """``bench/fleet.py``'s fleet and truth; exact = billed totals per (account, product) and stored identities."""
+    msgs, truth, seed = realistic.fleet(weeks, accounts)
+    distinct = len(set(msgs))
+
+    def exact(url: str) -> str:
+        with psycopg.connect(url) as conn:
+            stored = _one(conn, "SELECT count(*) FROM (SELECT DISTINCT device_id, event_id FROM events) AS s")
+            billed = {(str(r[0]), str(r[1])): Decimal(r[2]) for r in conn.execute(
+                "SELECT account_id, product, sum(quantity) FROM billing_records GROUP BY 1, 2").fetchall()}
+        wrong = sorted(k for k in truth.keys() | billed.keys()
+                       if billed.get(k, Decimal(0)) != truth.get(k, Decimal(0)))
+        if stored == distinct and not wrong:
+            return "yes"
+        return f"NO ({stored}/{distinct} identities; wrong: {wrong[:4]})"
+
+    return Fleet(f"realistic {weeks}w x {accounts} accounts", msgs, seed, distinct, exact)
+
+
+def _one(conn: psycopg.Connection, sql: str) -> int:  # type: ignore[type-arg]
+    row = conn.execute(sql).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def raw(topic: bytes, payload: bytes) -> RawMessage:
+    return RawMessage(transport="mqtt", topic=topic.decode(), payload=payload, received_at=datetime.now(UTC))
 
 
 def with_db(server: str, name: str) -> str:
@@ -63,18 +126,14 @@ def with_db(server: str, name: str) -> str:
     return psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
 
 
-def seeded_template(server: str, tmp: Path) -> str:
-    """A migrated, seeded database to clone per case."""
+def seeded_template(server: str, seed: str, tmp: Path) -> str:
+    """A migrated database seeded from ``seed``, to clone per case."""
     name = f"scale_tpl_{uuid.uuid4().hex[:6]}"
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    seed = tmp / "seed.yaml"
-    lines = ["accounts:", *[f"  - {{id: a{a}}}" for a in range(10)], "devices:"]
-    lines += [f"  - {{id: m{d:04d}, profile: acme-em340}}" for d in range(METERS)]
-    lines += ["bindings:"] + [f'  - {{device: m{d:04d}, account: a{d % 10}, valid_from: "2026-01-01T00:00:00Z"}}'
-                              for d in range(METERS)]
-    seed.write_text("\n".join(lines) + "\n")
-    subprocess.run([sys.executable, "-m", "usagehub", "seed", str(seed), "--database-url", with_db(server, name),
+    path = tmp / f"{name}.yaml"
+    path.write_text(seed)
+    subprocess.run([sys.executable, "-m", "usagehub", "seed", str(path), "--database-url", with_db(server, name),
                     "--data-dir", str(tmp), "--log-level", "WARNING"], check=True, cwd=ROOT, capture_output=True)
     return name
 
@@ -86,49 +145,77 @@ def clone(server: str, template: str) -> str:
     return with_db(server, name)
 
 
-def measure(url: str) -> tuple[int, Decimal, float, float, float]:
-    """Stored events, usage kWh, events/s (first receive → last commit), latency p50/p99 in ms."""
+def cpu_s(pid: int, *, reaped: bool = False) -> float:
+    """CPU seconds of a process and its live descendants (``reaped``: and of its exited, reaped children)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+        if reaped and proc is root:
+            total += t.children_user + t.children_system
+    return total
+
+
+def postgres_pid(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT setting FROM pg_settings WHERE name = 'data_directory'").fetchone()
+    assert row is not None
+    return int((Path(str(row[0])) / "postmaster.pid").read_text().split()[0])
+
+
+def measure(url: str) -> tuple[int, float, float, float, int]:
+    """Stored events, events/s (first receive → last commit), latency p50/p99 in ms, pipeline batches."""
     with psycopg.connect(url) as conn:
         row = conn.execute(
             "SELECT count(*), extract(epoch FROM max(ingested_at) - min(received_at)), "
             "percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM ingested_at - received_at)), "
             "percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM ingested_at - received_at)) "
             "FROM events").fetchone()
-        usage = conn.execute("SELECT coalesce(sum(quantity), 0) FROM usage_entries").fetchone()
-    assert row is not None and usage is not None
+        batches = _one(conn, "SELECT coalesce(sum(batches), 0) FROM ingest_totals")
+    assert row is not None
     n, span = int(row[0]), float(row[1] or 0)
-    # ingested_at is the transaction's start: add the mean commit tail by measuring to "now" is not possible
-    # after the fact, so the span is slightly short; the same bias applies to every case.
-    return n, Decimal(usage[0]), n / span if span else 0.0, float(row[2] or 0) * 1000, float(row[3] or 0) * 1000
+    # ingested_at is the transaction's start, so the span misses the last commit's tail: the same in every case.
+    return n, n / span if span else 0.0, float(row[2] or 0) * 1000, float(row[3] or 0) * 1000, batches
 
 
-def wait_events(url: str, n: int, timeout_s: float = 300) -> None:
+def wait_events(url: str, distinct: int, timeout_s: float = 600) -> None:
     deadline = time.monotonic() + timeout_s
+    sql = "SELECT count(*) FROM (SELECT DISTINCT device_id, event_id FROM events) AS s"
     while time.monotonic() < deadline:
         with psycopg.connect(url) as conn:
-            row = conn.execute("SELECT count(*) FROM events").fetchone()
-        if row and int(row[0]) >= n:
-            return
+            if _one(conn, sql) >= distinct:
+                return
         time.sleep(0.2)
-    raise RuntimeError(f"only some of {n} events arrived")
+    raise RuntimeError(f"only some of {distinct} events arrived")
 
 
-async def direct(url: str, messages: list[tuple[str, bytes]]) -> None:
-    """The single-process baseline: the hub's pipeline fed in-process, like an adapter does."""
-    from usagehub.runtime.hub import build_pipeline, open_storage
+async def direct(url: str, messages: list[Msg]) -> float:
+    """The single-process baseline: the hub's pipeline fed in-process, like an adapter does; its CPU seconds."""
+    from usagehub.runtime.assembly import build_pipeline, open_storage
     from usagehub.runtime.profile_files import load_profiles
 
     config = HubConfig(database_url=url)
     async with open_storage(config) as pool:
         pipeline, _ = build_pipeline(config, pool, load_profiles(config.profiles))
+        started = time.process_time()  # after imports and profiles, as workers are measured once ready
         task = asyncio.create_task(pipeline.run())
         futures = [await pipeline.submit(raw(t, p)) for t, p in messages]
         await asyncio.gather(*futures)
+        used = time.process_time() - started
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+    return used
 
 
-async def publish(bus: str, url: str, messages: list[tuple[str, bytes]]) -> None:
+async def publish(bus: str, url: str, messages: list[Msg]) -> None:
     """This process as an ingest node: route by account (as ``serve`` does), publish, wait for every PubAck."""
     from usagehub.bus.publisher import BusPublisher
     from usagehub.core.decode import ProfileSet
@@ -143,31 +230,60 @@ async def publish(bus: str, url: str, messages: list[tuple[str, bytes]]) -> None
     router = AccountRouter(pool)
     await router.refresh()
     await pool.close()
-    nc, js = await declare(settings, name="bench-ingest")
-    publisher = BusPublisher(js, ProfileSet(load_profiles(config.profiles)), settings, key_of=router.key_of)
+    nc, _ = await declare(settings, name="bench-ingest")
+    publisher = BusPublisher(nc, ProfileSet(load_profiles(config.profiles)), settings, key_of=router.key_of)
     futures = [await publisher.submit(raw(t, p)) for t, p in messages]
     await asyncio.gather(*futures)
+    await publisher.flush()
     await nc.close()
 
 
-def bus_case(server: str, template: str, messages: list[tuple[str, bytes]], workers: int, tmp: Path,
-             distinct: int) -> str:
+@dataclass
+class Result:
+    case: str
+    url: str
+    cpu: dict[str, float]  # part -> CPU seconds
+
+
+def direct_case(server: str, template: str, fleet: Fleet, tmp: Path) -> Result:
+    url = clone(server, template)
+    dump = tmp / f"messages-{uuid.uuid4().hex[:6]}.json"
+    dump.write_bytes(orjson.dumps([(t.decode(), p.decode()) for t, p in fleet.messages]))
+    pg = postgres_pid(url)
+    pg0 = cpu_s(pg, reaped=True)
+    out = subprocess.run([sys.executable, __file__, "--direct", url, str(dump)], cwd=ROOT, check=True,
+                         stdout=subprocess.PIPE)
+    own = float(out.stdout.decode().split()[-1])
+    return Result("direct (1 process)", url, {"direct process": own, "postgres": cpu_s(pg, reaped=True) - pg0})
+
+
+def bus_case(server: str, template: str, fleet: Fleet, workers: int, tmp: Path) -> Result:
     from usagehub.runtime.natsd import NatsServer
 
     url = clone(server, template)
     nats = NatsServer(store_dir=tmp / f"nats-{workers}-{uuid.uuid4().hex[:4]}" / "js")
     nats.start()
     env = {**os.environ, "USAGEHUB_BUS_PARTITIONS": str(PARTITIONS), "USAGEHUB_LOG_LEVEL": "INFO"}
-    logs = [(tmp / f"worker-{workers}-{i}.log").open("ab") for i in range(workers)]
+    names = [tmp / f"worker-{fleet.name.split()[0]}-{workers}-{i}.log" for i in range(workers)]
+    logs = [name.open("ab") for name in names]
     procs = [subprocess.Popen([sys.executable, "-m", "usagehub", "worker", "--bus", nats.url, "--index", str(i),
                                "--workers", str(workers), "--database-url", url, "--data-dir", str(tmp)],
                               cwd=ROOT, env=env, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(workers)]
+    cpu: dict[str, float] = {}
     try:
-        time.sleep(3 + workers)  # workers connected and subscribed (they would catch up anyway)
-        asyncio.run(publish(nats.url, url, messages))
-        wait_events(url, distinct)
+        wait_ready(names, procs)
+        pg = postgres_pid(url)
+        assert nats.proc is not None
+        before = {"ingest": time.process_time(), "nats-server": cpu_s(nats.proc.pid),
+                  "workers": sum(cpu_s(p.pid) for p in procs), "postgres": cpu_s(pg, reaped=True)}
+        asyncio.run(publish(nats.url, url, fleet.messages))
+        cpu["ingest"] = time.process_time() - before["ingest"]
+        wait_events(url, fleet.distinct)
+        cpu["nats-server"] = cpu_s(nats.proc.pid) - before["nats-server"]
+        cpu["workers"] = sum(cpu_s(p.pid) for p in procs) - before["workers"]
+        cpu["postgres"] = cpu_s(pg, reaped=True) - before["postgres"]
         time.sleep(1.0)  # late redeliveries must not add anything
-        return url
+        return Result(f"bus, {workers} worker{'s' if workers > 1 else ''}", url, cpu)
     finally:
         for p in procs:
             p.terminate()
@@ -176,38 +292,59 @@ def bus_case(server: str, template: str, messages: list[tuple[str, bytes]], work
         for f in logs:
             f.close()
         nats.stop()
-        print(f"worker logs: {tmp}/worker-{workers}-*.log", flush=True)
+
+
+def wait_ready(logs: list[Path], procs: list[subprocess.Popen[bytes]], timeout_s: float = 120) -> None:
+    """Until every worker logged "ready" (imports and profiles loaded: their start-up CPU is not measured)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise SystemExit(f"a worker exited; see {logs}")
+        if all(" ready: partitions" in path.read_text(errors="replace") for path in logs):
+            time.sleep(0.5)  # its first pull requests are out
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"workers not ready after {timeout_s} s; see {logs}")
+
+
+def run_fleet(server: str, fleet: Fleet, counts: list[int], tmp: Path) -> None:
+    template = seeded_template(server, fleet.seed, tmp)
+    print(f"\n{fleet.name}: {len(fleet.messages)} messages ({fleet.distinct} distinct), {PARTITIONS} partitions, "
+          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}", flush=True)
+    results = [direct_case(server, template, fleet, tmp)]
+    for w in counts:
+        results.append(bus_case(server, template, fleet, w, tmp))
+        print(f"  done: {results[-1].case} (load {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"{'case':<20}{'events/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'batches':>8}  CPU us/event{'':<40}exact")
+    for r in results:
+        stored, rate, p50, p99, batches = measure(r.url)
+        parts = ", ".join(f"{k} {1e6 * v / max(stored, 1):.0f}" for k, v in r.cpu.items())
+        total = 1e6 * sum(r.cpu.values()) / max(stored, 1)
+        print(f"{r.case:<20}{rate:>9.0f}{p50:>8.0f}{p99:>8.0f}{batches:>8}  {total:>5.0f} = {parts:<44}"
+              f"{fleet.exact(r.url)}", flush=True)
+    print(f"worker logs: {tmp}/worker-*.log; load {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--direct":  # the baseline's own process
-        asyncio.run(direct(sys.argv[2], [(t, p.encode()) for t, p in orjson.loads(Path(sys.argv[3]).read_bytes())]))
+        rows = orjson.loads(Path(sys.argv[3]).read_bytes())
+        print(asyncio.run(direct(sys.argv[2], [(t.encode(), p.encode()) for t, p in rows])))
         return
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    counts = [int(a) for a in sys.argv[2:]] or [1, 2, 4]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("messages", nargs="?", type=int, default=10_000)
+    parser.add_argument("workers", nargs="*", type=int, default=[1, 2])
+    parser.add_argument("--real", default="1x40", help="realistic fleet: WEEKSxACCOUNTS")
+    parser.add_argument("--fleets", default="simple,realistic")
+    args = parser.parse_args()
     from usagehub.storage.embedded import embedded_database_url
 
     tmp = Path(tempfile.mkdtemp(prefix="usagehub-scale-"))
     os.chmod(tmp, 0o755)
     server = embedded_database_url(tmp / "db")
-    template = seeded_template(server, tmp)
-    messages, distinct, truth = fleet(n)
-    dump = tmp / "messages.json"
-    dump.write_bytes(orjson.dumps([(t, p.decode()) for t, p in messages]))
-    print(f"fleet: {len(messages)} messages ({distinct} distinct readings of {METERS} meters), "
-          f"{PARTITIONS} partitions, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
-    results = []
-    url = clone(server, template)
-    subprocess.run([sys.executable, __file__, "--direct", url, str(dump)], check=True, cwd=ROOT)
-    results.append(("direct (1 process)", url))
-    for w in counts:
-        results.append((f"bus, {w} worker{'s' if w > 1 else ''}", bus_case(server, template, messages, w, tmp,
-                                                                            distinct)))
-    print(f"{'case':<22}{'events/s':>10}{'p50 ms':>10}{'p99 ms':>10}  exactly-once")
-    for name, url in results:
-        stored, kwh, rate, p50, p99 = measure(url)
-        ok = stored == distinct and kwh == truth
-        print(f"{name:<22}{rate:>10.0f}{p50:>10.0f}{p99:>10.0f}  {'yes' if ok else f'NO ({stored}, {kwh} != {truth})'}")
+    weeks, accounts = (int(x) for x in args.real.split("x"))
+    fleets = {"simple": lambda: simple_fleet(args.messages), "realistic": lambda: realistic_fleet(weeks, accounts)}
+    for name in args.fleets.split(","):
+        run_fleet(server, fleets[name](), args.workers or [1, 2], tmp)
 
 
 if __name__ == "__main__":

@@ -53,9 +53,10 @@ async def test_fleet_through_two_workers_bills_exactly(database_url: str, nats_s
     settings = bus_settings(config)
     nc, js = await declare(settings, name="test-ingest")
     try:
-        publisher = BusPublisher(js, ProfileSet(load_profiles(config.profiles)), settings)
+        publisher = BusPublisher(nc, ProfileSet(load_profiles(config.profiles)), settings)
         futures = [await publisher.submit(m) for m in fleet.messages]
         receipts = await asyncio.gather(*futures)
+        await publisher.flush()  # every PubAck in; its reply subscription and sweeper stop
         outcomes = [r.outcome for r in receipts]
         assert outcomes.count(Outcome.QUARANTINED) == fleet.garbage
         # Every resend inside the duplicate window is dropped by the stream itself.

@@ -91,7 +91,7 @@ async def test_cluster_node_and_worker_sigkilled_bills_exactly(database_url: str
     nc, js = await declare(settings, name="test-ingest")
     workers = [Worker(database_url, bus, tmp_path, i, 2, f"worker{i}") for i in range(2)]
     try:
-        publisher = BusPublisher(js, ProfileSet(load_profiles(config.profiles)), settings, max_inflight=512)
+        publisher = BusPublisher(nc, ProfileSet(load_profiles(config.profiles)), settings, max_inflight=512)
         n = len(fleet.messages)
         t0, marks = time.monotonic(), []
         await _publish(publisher, fleet, slice(0, n // 3))
@@ -113,6 +113,7 @@ async def test_cluster_node_and_worker_sigkilled_bills_exactly(database_url: str
         await third
         marks.append(time.monotonic())
         await _publish(publisher, fleet, slice(0, n // 3))  # an ingest node retrying: same ids, dropped
+        await publisher.flush()
         assert publisher.totals["duplicates"] >= n // 3
         # A JetStream consumer whose leader died waits for its re-election: slower on a loaded machine.
         done = _wait(lambda: scalar(database_url, "SELECT count(*) FROM events") >= fleet.distinct_events,

@@ -15,13 +15,18 @@ decide later: an unknown device or a duplicate older than the window is still
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+from dataclasses import dataclass
 
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import BadHeaderError, BadSubjectError, MaxPayloadError
 from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
-from nats.js.api import PubAck
+from prometheus_client import Counter
 
 from usagehub import metrics
 from usagehub.adapters.base import Outcome, Receipt
@@ -36,16 +41,40 @@ log = logging.getLogger(__name__)
 _PERMANENT = (MaxPayloadError, BadSubjectError, BadHeaderError)
 
 
-class BusPublisher:
-    """Implements the adapters' Sink on an ingest node: ``submit`` publishes, the future resolves on PubAck."""
+@dataclass(slots=True)
+class _Publish:
+    """One message on its way to the stream: sent, waiting for its PubAck until ``deadline``."""
 
-    def __init__(self, js: JetStreamContext, profiles: ProfileSet, settings: BusSettings, *,
+    where: Route
+    data: bytes
+    future: asyncio.Future[Receipt]
+    deadline: float = 0.0
+
+
+class BusPublisher:
+    """Implements the adapters' Sink on an ingest node: ``submit`` publishes, the future resolves on PubAck.
+
+    PubAcks are awaited asynchronously, up to ``max_inflight`` at once, on one reply
+    subscription (a window of pending PubAcks, not one round trip per message); one
+    sweeper retries those unanswered after ``publish_timeout_s`` (no timer per message).
+    """
+
+    def __init__(self, nc: Client, profiles: ProfileSet, settings: BusSettings, *,
                  max_inflight: int = 1024, key_of: KeyOf = device_key) -> None:
         """``key_of``: the partition key of a message's first event (the runtime routes by account)."""
-        self.js, self.profiles, self.settings, self.key_of = js, profiles, settings, key_of
-        self._slots = asyncio.Semaphore(max_inflight)
+        self.nc, self.profiles, self.settings, self.key_of = nc, profiles, settings, key_of
+        self.max_inflight = max_inflight
+        self._pending: dict[str, _Publish] = {}  # reply token -> publish; insertion order = deadline order
+        self._room = asyncio.Event()
+        self._room.set()
+        self._tokens = itertools.count()
+        self._prefix = ""
+        self._sub: Subscription | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._unanswered: set[asyncio.Future[Receipt]] = set()
         self._retrying: set[asyncio.Task[None]] = set()
+        self._counters: dict[str, Counter] = {}
+        self._headers = {"Nats-Expected-Stream": settings.stream}
         self.totals = {"published": 0, "duplicates": 0, "retries": 0}
         self._failing = False  # log a failure once and its recovery once, not once per message
         self._logged_at = -1e9
@@ -53,55 +82,105 @@ class BusPublisher:
     async def submit(self, message: RawMessage) -> asyncio.Future[Receipt]:
         """Publish ``message`` (waits while ``max_inflight`` publishes are unanswered); resolves on PubAck."""
         where = route(message, self.profiles, self.settings.partitions, self.key_of)
-        data = encode(message)
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         self._unanswered.add(future)
         future.add_done_callback(self._unanswered.discard)
-        metrics.MESSAGES_IN.labels(message.transport).inc()
-        await self._send(where, data, future)
+        counter = self._counters.get(message.transport)
+        if counter is None:
+            counter = self._counters[message.transport] = metrics.MESSAGES_IN.labels(message.transport)
+        counter.inc()
+        await self._send(_Publish(where, encode(message), future))
         return future
 
     async def flush(self) -> None:
         """Wait until every publish so far has its PubAck (at shutdown, before the adapters close)."""
         while self._unanswered:
             await asyncio.gather(*list(self._unanswered), return_exceptions=True)
+        await self.close()
 
-    async def _send(self, where: Route, data: bytes, future: asyncio.Future[Receipt]) -> None:
-        # No task per message: publish_async pipelines PubAcks on one reply subscription, a timer bounds the wait.
-        await self._slots.acquire()
+    async def close(self) -> None:
+        """Stop the sweeper and the PubAck subscription (what is unanswered stays unanswered)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            try:
+                await sub.unsubscribe()
+            except NatsError:
+                log.debug("PubAck subscription already gone")
+
+    async def _start(self) -> None:
+        prefix = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(prefix + ".*", cb=self._on_puback)
+        self._prefix = prefix + "."
+        self._sweeper = asyncio.create_task(self._sweep(), name="bus-puback-sweeper")
+
+    async def _send(self, p: _Publish) -> None:
+        while len(self._pending) >= self.max_inflight:
+            self._room.clear()
+            await self._room.wait()
+        if self._sub is None:
+            await self._start()
+        token = str(next(self._tokens))
+        p.deadline = time.monotonic() + self.settings.publish_timeout_s
+        self._pending[token] = p
+        headers = {**self._headers, "Nats-Msg-Id": p.where.msg_id}
         try:
-            pending = await self.js.publish_async(self.settings.partition_subject(where.partition), data,
-                                                  stream=self.settings.stream, headers={"Nats-Msg-Id": where.msg_id})
+            await self.nc.publish(self.settings.partition_subject(p.where.partition), p.data,
+                                  reply=self._prefix + token, headers=headers)
         except _PERMANENT as err:  # refused for good: the device gets no ack
-            self._slots.release()
-            future.set_exception(err)
-            return
+            self._forget(token)
+            if not p.future.done():
+                p.future.set_exception(err)
         except (NatsError, OSError) as err:
-            self._slots.release()
-            self._retry(where, data, future, err)
-            return
-        timer = asyncio.get_running_loop().call_later(self.settings.publish_timeout_s, pending.cancel)
-        pending.add_done_callback(lambda done: self._answered(done, timer, where, data, future))
+            self._forget(token)
+            self._retry(p, err)
 
-    def _answered(self, done: asyncio.Future[PubAck], timer: asyncio.TimerHandle, where: Route, data: bytes,
-                  future: asyncio.Future[Receipt]) -> None:
-        timer.cancel()
-        self._slots.release()
-        if future.done():
+    def _forget(self, token: str) -> _Publish | None:
+        p = self._pending.pop(token, None)
+        if len(self._pending) < self.max_inflight:
+            self._room.set()
+        return p
+
+    async def _on_puback(self, msg: Msg) -> None:
+        p = self._forget(msg.subject[len(self._prefix):])
+        if p is None or p.future.done():  # answered after its timeout: the retry's answer counts
             return
-        if done.cancelled() or done.exception() is not None:
+        try:
+            ack = orjson.loads(msg.data)  # {"stream", "seq", "duplicate"?} or {"error": {...}}
+        except orjson.JSONDecodeError:  # a status instead (503: no stream responded)
+            ack = None
+        if not isinstance(ack, dict) or "error" in ack or "seq" not in ack:
             # No PubAck: the stream may or may not hold it. The same Nats-Msg-Id makes the retry safe.
-            self._retry(where, data, future, done.exception() if not done.cancelled() else TimeoutError())
+            self._retry(p, RuntimeError(f"no PubAck: {msg.headers or msg.data[:200]!r}"))
             return
-        ack = done.result()
         if self._failing:
             self._failing = False
             log.info("bus publish recovered")
+        duplicate = bool(ack.get("duplicate"))
         self.totals["published"] += 1
-        self.totals["duplicates"] += bool(ack.duplicate)
-        future.set_result(_receipt(where, bool(ack.duplicate)))
+        self.totals["duplicates"] += duplicate
+        p.future.set_result(_receipt(p.where, duplicate))
 
-    def _retry(self, where: Route, data: bytes, future: asyncio.Future[Receipt], err: BaseException | None) -> None:
+    async def _sweep(self) -> None:
+        """Until cancelled: retry what got no PubAck in time (the oldest first; deadlines follow send order)."""
+        every = min(0.5, self.settings.publish_timeout_s / 2)
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            late = []
+            for token, p in self._pending.items():
+                if p.deadline > now:
+                    break
+                late.append(token)
+            for token in late:
+                unanswered = self._forget(token)
+                if unanswered is not None and not unanswered.future.done():
+                    self._retry(unanswered, TimeoutError())
+
+    def _retry(self, p: _Publish, err: BaseException | None) -> None:
         self.totals["retries"] += 1
         now = time.monotonic()
         if not self._failing and now - self._logged_at > 30:
@@ -110,7 +189,7 @@ class BusPublisher:
 
         async def again() -> None:
             await asyncio.sleep(0.2)
-            await self._send(where, data, future)
+            await self._send(p)
 
         task = asyncio.create_task(again())
         self._retrying.add(task)

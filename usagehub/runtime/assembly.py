@@ -52,16 +52,17 @@ async def open_storage(config: HubConfig, *, max_size: int = 10) -> AsyncIterato
         await pool.close()
 
 def build_pipeline(config: HubConfig, pool: AsyncConnectionPool, profiles: list[Profile],
-                   keyring: KeyRing | None = None) -> tuple[Pipeline, BillingService]:
+                   keyring: KeyRing | None = None, *, totals_node: str = "hub") -> tuple[Pipeline, BillingService]:
     """The ingest pipeline with its batch hooks (usage, sessions, billing) and the billing service over them.
 
-    ``billing.engine`` also re-allocates usage when a binding changes (``registry_for``).
+    ``billing.engine`` also re-allocates usage when a binding changes (``registry_for``). ``totals_node``: the
+    ``ingest_totals`` row its batches add to (one per process, so processes never wait for each other's row).
     """
     profile_set = ProfileSet(profiles, keyring)
     pipeline = Pipeline(pool, profile_set, KnownDevices(pool),
                         PipelineSettings(batch_max_messages=config.batch_max_messages,
                                          batch_max_wait_ms=config.batch_max_wait_ms,
-                                         commit_lanes=config.commit_lanes))
+                                         commit_lanes=config.commit_lanes, totals_node=totals_node))
     usage = UsageWriter(profile_set)
     pipeline.hooks.append(usage.apply)
     # Sessions and billing records follow the entries the UsageWriter wrote, in the same transaction.

@@ -152,7 +152,7 @@ async def ingest_bus(config: HubConfig, profiles: list[Profile], pool: AsyncConn
             stack.callback(server.stop)
             url = server.url
         settings = bus_settings(config, url)
-        nc, js = await declare(settings, name="usagehub-ingest", link=link)
+        nc, _ = await declare(settings, name="usagehub-ingest", link=link)
         stack.push_async_callback(nc.close)
         if config.workers:
             workers = WorkerPool(config, url, config.workers, config.data_dir / "workers")
@@ -164,7 +164,7 @@ async def ingest_bus(config: HubConfig, profiles: list[Profile], pool: AsyncConn
                 await workers.stop()
 
             stack.push_async_callback(stop_workers)
-        publisher = BusPublisher(js, ProfileSet(profiles), settings, key_of=router.key_of)
+        publisher = BusPublisher(nc, ProfileSet(profiles), settings, key_of=router.key_of)
         log.info("ingest over the bus (%d servers): %d partitions, %d local workers", len(settings.servers),
                  settings.partitions, config.workers)
         try:

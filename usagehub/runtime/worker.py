@@ -46,6 +46,17 @@ def bus_settings(config: HubConfig, url: str | None = None) -> BusSettings:
                        ack_wait_s=config.bus_ack_wait_s)
 
 
+def worker_config(config: HubConfig, workers: int) -> HubConfig:
+    """The pipeline settings of one of ``workers`` workers: one commit lane each when there are several.
+
+    A worker's partitions group whole accounts, and its lanes split them by device, so two lanes of one
+    worker hold the same accounts and wait for each other's account locks while halving each other's
+    batches (more, smaller transactions: more CPU per event). Several workers already overlap one
+    worker's Python work with another's round trips to PostgreSQL (bench/scale.py, docs/scale-out.md).
+    """
+    return config.model_copy(update={"commit_lanes": 1}) if workers > 1 else config
+
+
 async def lock_devices_first(conn: Connection, events: Sequence[UsageEvent]) -> None:
     """Batch hook (first): take the batch's device locks before any stage reads device state."""
     await lock_devices(conn, {e.device_id for e in events})
@@ -111,14 +122,16 @@ async def run_worker(config: HubConfig, *, index: int, workers: int, stopping: a
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
     async with open_storage(config) as pool:
-        pipeline, _ = build_pipeline(config, pool, profiles)
+        config = worker_config(config, workers)
+        # Its own ingest_totals row: workers sharing the hub's row queued on its row lock until each commit.
+        pipeline, _ = build_pipeline(config, pool, profiles, totals_node=f"worker-{index}")
         pipeline.hooks.insert(0, lock_devices_first)
         nc, js = await declare(settings, name=f"usagehub-worker-{index}")
-        # What one worker holds unacked over all its partitions: about two batches, so a message never
-        # waits long in the pipeline's queue (and a dead worker's share comes back after ack_wait).
-        budget = asyncio.Semaphore(2 * config.batch_max_messages)
-        consumers = [PartitionConsumer(js, settings, p, pipeline, budget=budget,
-                                       fetch_max=min(250, config.batch_max_messages)) for p in partitions]
+        # What one worker holds unacked over all its partitions: about two full batches per commit lane,
+        # so the lanes commit full batches under load (fewer, larger transactions: less CPU per event) while
+        # a message never waits long in the pipeline's queue (a dead worker's share comes back after ack_wait).
+        window = max(2, min(2000, 2 * config.commit_lanes * config.batch_max_messages // len(partitions)))
+        consumers = [PartitionConsumer(nc, js, settings, p, pipeline, window=window) for p in partitions]
         pipeline_task = asyncio.create_task(pipeline.run(), name="pipeline")
         fetchers = [asyncio.create_task(c.run(), name=f"fetch-{c.partition}") for c in consumers]
         ackers = [asyncio.create_task(c.ack_loop(), name=f"ack-{c.partition}") for c in consumers]
