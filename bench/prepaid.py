@@ -9,12 +9,15 @@ Device requests go at QoS BENCH_QOS (default 1; answers at QoS 1).
 Each authorization is exact (batched transactions, rating prices it, the ledger
 trigger checks it). Each path runs REPEAT times; medians are printed.
 Usage: [BENCH_QOS=0|1] .venv/bin/python bench/prepaid.py [N] [REPEAT] [CONCURRENCY] [mqtt,graphql,...]
+The device side beside the service alone: .venv/bin/python bench/prepaid.py 3000 3 32 mqtt,service-rating
+BENCH_PYSPY=/tmp/hub.txt samples the hub with py-spy (collapsed stacks; py-spy on PATH).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -227,6 +230,15 @@ def histogram_quantile(text: str, name: str, q: float) -> float:
     return next((b for b, count in buckets if total and count >= q * total), float("nan"))
 
 
+def profiler(pid: int) -> subprocess.Popen[bytes] | None:
+    """``BENCH_PYSPY=FILE``: sample the hub (and its children) with py-spy, collapsed stacks, for the whole run."""
+    out = os.environ.get("BENCH_PYSPY")
+    if not out:
+        return None
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+                             "--nonblocking", "--subprocesses", "--output", out], stdout=subprocess.DEVNULL)
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
     repeat = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -238,6 +250,7 @@ def main() -> None:
     broker = Broker(tmp)
     url = setup_db(server, tmp)
     hub, http_port = start_hub(url, broker, tmp / "hub")
+    spy = profiler(hub.pid)
     try:
         key = run("keys", "create", "--role", "operator", "--database-url", url)
         def once(path: str, count: int) -> tuple[float, float, float]:
@@ -258,6 +271,10 @@ def main() -> None:
             rate, p50, p99 = (statistics.median(r[i] for r in runs) for i in range(3))
             print(f"  {path:8s} {rate:8.0f} auth/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   "
                   f"(runs: {', '.join(f'{r[0]:.0f}' for r in runs)})")
+        with psycopg.connect(url) as conn:  # a transaction's now() is its created_at: holds per transaction
+            holds, batches = conn.execute("SELECT count(*), count(DISTINCT created_at) FROM ledger_entries "
+                                          "WHERE kind = 'hold'").fetchone() or (0, 0)
+        print(f"  {holds} grants in {batches} transactions: {holds / max(batches, 1):.1f} per transaction")
         if "mqtt" in paths:  # where a device's wait goes, as the hub measured it (all runs, warm-ups too)
             text = httpx.get(f"http://127.0.0.1:{http_port}/metrics", timeout=5).text
             for name in ("usagehub_prepaid_decide_seconds", "usagehub_prepaid_answer_seconds"):
@@ -265,6 +282,9 @@ def main() -> None:
                 print(f"  hub {name.removeprefix('usagehub_prepaid_')}: p50 <= {q50 * 1000:.1f} ms, "
                       f"p99 <= {q99 * 1000:.1f} ms")
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         hub.terminate()
         hub.wait(30)
         broker.proc.terminate()

@@ -146,7 +146,10 @@ def test_two_hubs_concurrent_authorize_commit(database_url: str, mosquitto: Mosq
         async def run() -> tuple[list[str], dict[str, Any]]:
             rng = random.Random(5)
             outcomes: list[str] = []
-            async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=400)) as client:
+            # An idle kept-alive connection is dropped by this client (2 s) before the hub closes it (uvicorn, 5 s):
+            # with both at 5 s a request sent as the hub closes fails with ReadError (the POST is not retried).
+            async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=400,
+                                                                         keepalive_expiry=2.0)) as client:
                 apis = [Api(client, h, key) for h in hubs]
                 for round_ in range(3):  # repeated, each time from a small fresh top-up
                     await apis[round_ % 2](TOPUP, a="p1", m="3.00", p=f"pay-{round_}")

@@ -275,3 +275,34 @@ async def test_a_card_of_another_tenant_is_unknown_to_a_device(service: PrepaidS
     assert await balance(pool, "p1") == (Decimal(10), Decimal(0), Decimal(10))
     mine = await service.authorize(AuthRequest(device_id="loose", card_id="a-card", units=Decimal(4)))
     assert isinstance(mine, Grant) and mine.account_id == "p1"  # a device of the card's own tenant may use it
+
+
+async def test_decide_batches_with_replays_and_two_workers_never_overspend(pool: AsyncConnectionPool) -> None:
+    """Device batches on two concurrent transactions: a request id repeated within and across batches holds once,
+    and the account never goes below zero."""
+    from usagehub.adapters.prepaid_port import CommitRequest, ReleaseRequest
+
+    await setup_accounts(pool)
+    svc = PrepaidService(pool, FlatPricer(PRICES), workers=2, clock=Clock())
+    try:
+        await svc.top_up(account_id="p1", amount=Decimal("5.00"), payment_ref="pay-d")
+        requests = [AuthRequest(device_id="m1", units=Decimal(2), request_id=f"q{i % 15}") for i in range(30)]
+        results = await asyncio.gather(*(svc.decide(requests[i:i + 3]) for i in range(0, 30, 3)))
+        flat = [r for batch in results for r in batch]
+        by_req: dict[str, set[str]] = {}
+        for request, result in zip(requests, flat, strict=True):
+            assert request.request_id is not None
+            by_req.setdefault(request.request_id, set()).add(
+                result.reservation_id if isinstance(result, Grant) else str(getattr(result, "reason", "")))
+        assert all(len(v) == 1 for v in by_req.values())  # a request id has one answer, wherever it came
+        grants = {r.reservation_id: r for r in flat if isinstance(r, Grant)}
+        assert len(grants) == 10  # 10 x 0.50 = 5.00: the rest refused, replays add nothing
+        assert await balance(pool, "p1") == (Decimal("0.00"), Decimal("5.00"), Decimal("0.00"))
+        first, second = list(grants)[:2]
+        settled = await svc.decide([CommitRequest("m1", first, Decimal(1)), ReleaseRequest("m1", second),
+                                    CommitRequest("m1", first, Decimal(1)), ReleaseRequest("m2", first)])
+        assert settled[0] == settled[2] and settled[0].charged == Decimal("0.25")
+        assert settled[3].reason is Reason.UNKNOWN_RESERVATION  # another device's reservation
+        assert await balance(pool, "p1") == (Decimal("0.75"), Decimal("4.00"), Decimal("0.75"))
+    finally:
+        await svc.close()

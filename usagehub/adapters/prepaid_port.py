@@ -16,12 +16,34 @@ Adapters know no storage: the hub passes an object with these methods (the Prepa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from usagehub.core.prepaid import AuthRequest, Decision, Denial, Grant, Reason, Settlement
 
 OPERATIONS = ("authorize", "commit", "release")
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRequest:
+    """A device's commit of the used units of its reservation."""
+
+    device_id: str
+    reservation_id: str
+    used_units: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRequest:
+    """A device's release of its reservation unused."""
+
+    device_id: str
+    reservation_id: str
+
+
+DeviceRequest = AuthRequest | CommitRequest | ReleaseRequest
 
 
 class PrepaidPort(Protocol):
@@ -37,6 +59,14 @@ class PrepaidPort(Protocol):
 
     async def release(self, reservation_id: str, *, device_id: str | None = None) -> Settlement:
         """Release unused (idempotent)."""
+        ...
+
+
+class BatchPrepaidPort(PrepaidPort, Protocol):
+    """A port that decides many requests together (one transaction), answering once they are durable."""
+
+    async def decide(self, requests: Sequence[DeviceRequest]) -> list[Decision | Settlement]:
+        """Each request's decision, in order, after the transaction holding them all committed."""
         ...
 
 
@@ -73,30 +103,54 @@ def _decimal(doc: dict[Any, Any], key: str) -> Decimal | None:
     return number
 
 
+def request_id(doc: object) -> str | int | None:
+    """The ``req`` a document carries, echoed in its answer (None if absent or not a string/number)."""
+    req = doc.get("req") if isinstance(doc, dict) else None
+    return req if isinstance(req, str | int) and not isinstance(req, bool) else None
+
+
+def parse(operation: str, device_id: str, doc: object) -> DeviceRequest:
+    """The request a device document makes; BadRequest (with the reason) when it makes none."""
+    if not isinstance(doc, dict):
+        raise BadRequest("the request must be a map")
+    if operation == "authorize":
+        return AuthRequest(device_id=device_id, card_id=_text(doc, "card"), units=_decimal(doc, "units"),
+                           amount=_decimal(doc, "amount"), product=_text(doc, "product") or "energy",
+                           request_id=_text(doc, "req"))
+    if operation not in OPERATIONS:
+        raise BadRequest(f"unknown operation {operation!r}")
+    reservation = _text(doc, "reservation", required=True)
+    assert reservation is not None
+    if operation == "release":
+        return ReleaseRequest(device_id, reservation)
+    used = _decimal(doc, "used")
+    if used is None:
+        raise BadRequest("used missing")
+    return CommitRequest(device_id, reservation, used)
+
+
+def refusal_doc(req: str | int | None, err: BadRequest) -> dict[str, Any]:
+    """The answer to a document that is no request."""
+    return {"req": req, "ok": False, "reason": Reason.BAD_REQUEST.value, "detail": str(err)}
+
+
+def answer_doc(req: str | int | None, result: Decision | Settlement) -> dict[str, Any]:
+    """The answer to a decided request."""
+    return {"req": req} | (settlement_doc(result) if isinstance(result, Settlement) else decision_doc(result))
+
+
 async def handle(port: PrepaidPort, operation: str, device_id: str, doc: object) -> dict[str, Any]:
     """Run one device request document and return the answer document (never raises on bad input)."""
-    req = doc.get("req") if isinstance(doc, dict) else None
-    base: dict[str, Any] = {"req": req if isinstance(req, str | int) and not isinstance(req, bool) else None}
+    req = request_id(doc)
     try:
-        if not isinstance(doc, dict):
-            raise BadRequest("the request must be a map")
-        if operation == "authorize":
-            request = AuthRequest(device_id=device_id, card_id=_text(doc, "card"), units=_decimal(doc, "units"),
-                                  amount=_decimal(doc, "amount"), product=_text(doc, "product") or "energy",
-                                  request_id=_text(doc, "req"))
-            return base | decision_doc(await port.authorize(request))
-        reservation = _text(doc, "reservation", required=True)
-        assert reservation is not None
-        if operation == "commit":
-            used = _decimal(doc, "used")
-            if used is None:
-                raise BadRequest("used missing")
-            return base | settlement_doc(await port.commit(reservation, used, device_id=device_id))
-        if operation == "release":
-            return base | settlement_doc(await port.release(reservation, device_id=device_id))
-        raise BadRequest(f"unknown operation {operation!r}")
+        request = parse(operation, device_id, doc)
     except BadRequest as err:
-        return base | {"ok": False, "reason": Reason.BAD_REQUEST.value, "detail": str(err)}
+        return refusal_doc(req, err)
+    if isinstance(request, AuthRequest):
+        return answer_doc(req, await port.authorize(request))
+    if isinstance(request, CommitRequest):
+        return answer_doc(req, await port.commit(request.reservation_id, request.used_units, device_id=device_id))
+    return answer_doc(req, await port.release(request.reservation_id, device_id=device_id))
 
 
 def decision_doc(decision: Decision) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,6 +19,7 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from usagehub.adapters.prepaid_port import CommitRequest, DeviceRequest
 from usagehub.core import prepaid as core
 from usagehub.core.prepaid import AuthRequest, Decision, Reason, Settlement
 from usagehub.errors import DomainError, IntegrityViolation, StorageError
@@ -56,21 +57,24 @@ class TopUp:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Queued:
-    op: Op
-    future: asyncio.Future[Result]
+    ops: list[Op]  # decided in one transaction with whatever else queued; one future for all of them
+    future: asyncio.Future[list[Result]]
 
 
 class PrepaidService:
     """Prepaid operations over one pool; safe with several hub processes on one database."""
 
     def __init__(self, pool: AsyncConnectionPool, pricer: Pricer, *, reservation_ttl_s: float = 300.0,
-                 batch_max: int = 500, clock: Clock | None = None) -> None:
+                 batch_max: int = 500, workers: int = 1, clock: Clock | None = None) -> None:
         self.pool, self.pricer = pool, pricer
         self.ttl = timedelta(seconds=reservation_ttl_s)
         self.batch_max = batch_max
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
         self._queue: asyncio.Queue[_Queued] | None = None
-        self._worker: asyncio.Task[None] | None = None
+        # With workers=2 two transactions are in flight (one batch's reads overlap another's round trips); each
+        # locks its accounts (sorted, one statement) before deciding, so they serialise where they share one.
+        self.workers = workers
+        self._workers: list[asyncio.Task[None]] = []
         self.batches = 0
 
     # --- authorize / commit / release (batched) ---------------------------------------------------
@@ -93,51 +97,82 @@ class PrepaidService:
         assert isinstance(result, Settlement)
         return result
 
+    async def decide(self, requests: Sequence[DeviceRequest]) -> list[Decision | Settlement]:
+        """Device requests decided together (with whatever else queued), in order, once committed."""
+        if not requests:
+            return []
+        return await self._submit_many([_op(r) for r in requests])
+
     async def _submit(self, op: Op) -> Result:
+        (result,) = await self._submit_many([op])
+        return result
+
+    async def _submit_many(self, ops: list[Op]) -> list[Result]:
         if self._queue is None:
             self._queue = asyncio.Queue()
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._work(self._queue), name="prepaid-batches")
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Queued(op=op, future=future))
+        if len(self._workers) < self.workers or any(w.done() for w in self._workers):
+            self._workers = [w for w in self._workers if not w.done()]
+            self._workers += [asyncio.create_task(self._work(self._queue), name="prepaid-batches")
+                              for _ in range(self.workers - len(self._workers))]
+        future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Queued(ops=ops, future=future))
         return await future
 
     async def _work(self, queue: asyncio.Queue[_Queued]) -> None:
         while True:
             batch = [await queue.get()]
-            while len(batch) < self.batch_max and not queue.empty():
+            size = len(batch[0].ops)
+            while size < self.batch_max and not queue.empty():
                 batch.append(queue.get_nowait())
+                size += len(batch[-1].ops)
             # Shielded: a cancelled caller must not abort a transaction deciding for others.
             await asyncio.shield(self._run(batch))
 
     async def _run(self, batch: list[_Queued]) -> None:
         try:
-            results = await self._transaction([q.op for q in batch])
+            results = await self._transaction([op for q in batch for op in q.ops])
         except StorageError as err:
-            if len(batch) == 1:
+            if len(batch) == 1 and len(batch[0].ops) == 1:
                 if not batch[0].future.done():
                     batch[0].future.set_exception(err)
                 return
-            log.warning("prepaid batch of %d failed (%s); deciding one by one", len(batch), err)
+            log.warning("prepaid batch of %d failed (%s); deciding one by one", sum(len(q.ops) for q in batch), err)
             for q in batch:
-                await self._run([q])
+                await self._one_by_one(q)
             return
-        for q, result in zip(batch, results, strict=True):
+        start = 0
+        for q in batch:
             if not q.future.done():
-                q.future.set_result(result)
+                q.future.set_result(results[start:start + len(q.ops)])
+            start += len(q.ops)
+
+    async def _one_by_one(self, queued: _Queued) -> None:
+        """Decide each op of a failed batch in its own transaction; the first failure fails the group."""
+        results: list[Result] = []
+        for op in queued.ops:
+            single = _Queued(ops=[op], future=asyncio.get_running_loop().create_future())
+            await self._run([single])
+            if single.future.exception() is not None:
+                if not queued.future.done():
+                    queued.future.set_exception(single.future.exception())  # type: ignore[arg-type]
+                return
+            results += single.future.result()
+        if not queued.future.done():
+            queued.future.set_result(results)
 
     async def _transaction(self, ops: list[Op], expire: frozenset[str] = frozenset()) -> list[Result]:
-        async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
+        # A pipeline: independent statements, and the COMMIT, share round trips (docs/prepaid.md, "Batching").
+        async with mapped_errors(), self.pool.connection() as conn, conn.pipeline(), conn.transaction():
             results = await process(conn, ops, pricer=self.pricer, now=self.clock(), ttl=self.ttl, expire=expire)
         self.batches += 1
         return results
 
     async def close(self) -> None:
         """Stop the batch worker (pending callers are cancelled)."""
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
 
     async def sweep(self, limit: int = 200) -> int:
         """Release expired reservations (oldest accounts first); returns how many accounts were swept."""
@@ -275,6 +310,15 @@ class PrepaidService:
         async with mapped_errors(), self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(sql.encode(), params)
             return await cur.fetchall()
+
+
+def _op(request: DeviceRequest) -> Op:
+    """The batch operation of a device request."""
+    if isinstance(request, AuthRequest):
+        return AuthorizeOp(request)
+    if isinstance(request, CommitRequest):
+        return CommitOp(request.reservation_id, request.used_units, request.device_id)
+    return ReleaseOp(request.reservation_id, request.device_id)
 
 
 def _repeat(previous: TopUp, account_id: str, amount: Decimal) -> TopUp:

@@ -8,12 +8,14 @@ Thin over the pure rating core (``usagehub/core``): it reads the catalogue
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
+from psycopg import AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 
 from usagehub.core.billing import RecordKind
@@ -23,7 +25,7 @@ from usagehub.core.money import exact
 from usagehub.core.periods import period_of
 from usagehub.core.rating import Account, select_plan
 from usagehub.core.settlement import Vendor, settle, statement_to_csv, statement_to_json
-from usagehub.core.tariffs import PlanBook, TimeOfUse, parse_plans
+from usagehub.core.tariffs import PlanBook, PricePlan, TimeOfUse, UsagePrice, parse_plans
 from usagehub.core.tiers import graduated_split, volume_band
 from usagehub.core.tou import window_of
 from usagehub.core.vat import VatTable, parse_vat_table
@@ -100,9 +102,10 @@ class RatingService:
         async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
             return await catalog.ensure_vat(conn)
 
-    async def catalogue(self, conn: Connection, tenant: str) -> tuple[PlanBook, VatTable]:
+    async def catalogue(self, conn: Connection, tenant: str, gen: int | None = None) -> tuple[PlanBook, VatTable]:
         """The plan book of ``tenant`` and the VAT table in force (cached per catalogue generation)."""
-        gen = await catalog.generation(conn)
+        if gen is None:
+            gen = await catalog.generation(conn)
         cached = self._books.get(tenant)
         if cached is None or cached[0] != gen:
             cached = (gen, await catalog.load_book(conn, tenant))
@@ -258,37 +261,116 @@ class RatingService:
         DomainError: NO_PLAN, AMBIGUOUS_PLAN, PLAN_MISMATCH, NO_PLAN_IN_FORCE,
         NO_VAT_RATE, UNKNOWN_ACCOUNT, TOU_UNCOVERED.
         """
+        (charge,) = await self.usage_charges(conn, [(account_id, product, quantity)], at=at)
+        if isinstance(charge, DomainError):
+            raise charge
+        return charge
+
+    async def usage_charges(self, conn: Connection, items: Sequence[tuple[str, str, Decimal]], *,
+                            at: datetime) -> list[Decimal | DomainError]:
+        """:meth:`usage_charge` of many ``(account, product, quantity)`` at once: a few round trips in all.
+
+        Each answer is the charge or the DomainError that item alone would raise.
+        """
         require_aware(at, "usage time")
-        account, tenant = await account_of(conn, account_id, None)
-        book, vat = await self.catalogue(conn, tenant)
-        plan = select_plan(book, account, product)
-        tz = zone(account.timezone)
-        day = at.astimezone(tz).date()
-        version = plan.version_on(day)
-        price = version.usage_price if version else None
-        if price is None:
-            raise DomainError("NO_PLAN_IN_FORCE", f"no usage price of plan {plan.id!r} in force on {day}")
-        before = Decimal(0)
-        if price.type in ("graduated", "volume"):  # tiers depend on the period-to-date quantity
-            span = period_of(at, tz)
-            cur = await conn.execute(
-                "SELECT coalesce(sum(value), 0) FROM session_points WHERE account_id = %s AND product = %s "
-                "AND kind = 'usage' AND start_ts >= %s AND start_ts < %s", (account_id, product, span.start, at))
-            row = await cur.fetchone()
-            before = Decimal(row[0]) if row else Decimal(0)  # type: ignore[arg-type]
-        rate = vat.rate_for(account.market, plan.vat_category, day).rate
-        with exact():
-            if price.type == "flat":
-                net = quantity * price.price
-            elif price.type == "graduated":
-                net = sum((q * price.tiers[i].price for i, q in graduated_split(price.tiers, before,
-                                                                                before + quantity)), Decimal(0))
-            elif price.type == "volume":
-                net = quantity * volume_band(price.tiers, before + quantity).price
-            else:
-                assert isinstance(price, TimeOfUse)
-                net = quantity * window_of(price, at, tz, book.holidays(price.calendar))[1]
-            return net * (100 + rate) / 100
+        # the accounts and the catalogue generation in one round trip when ``conn`` is in a pipeline
+        reading = await send_accounts(conn, {a for a, _, _ in items})
+        gen = await catalog.generation(conn)
+        accounts = await read_accounts(reading)
+        books = {t: await self.catalogue(conn, t, gen) for t in sorted({t for _, t in accounts.values()})}
+        priced: list[tuple[Account, PlanBook, VatTable, PricePlan, UsagePrice] | DomainError] = []
+        for account_id, product, _ in items:
+            try:
+                account, tenant = accounts.get(account_id) or _unknown(account_id)
+                book, vat = books[tenant]
+                priced.append((account, book, vat, *_usage_price(book, account, product, at)))
+            except DomainError as err:
+                priced.append(err)
+        before = await _period_to_date(conn, [(i[0], i[1], p[0].timezone) for i, p in zip(items, priced, strict=True)
+                                              if not isinstance(p, DomainError) and p[4].type in _TIERED], at)
+        out: list[Decimal | DomainError] = []
+        for (account_id, product, quantity), p in zip(items, priced, strict=True):
+            if isinstance(p, DomainError):
+                out.append(p)
+                continue
+            try:
+                out.append(_gross(*p, quantity, at, before.get((account_id, product), Decimal(0))))
+            except DomainError as err:
+                out.append(err)
+        return out
+
+
+_TIERED = ("graduated", "volume")  # prices that depend on the period-to-date quantity
+
+
+def _unknown(account_id: str) -> tuple[Account, str]:
+    raise DomainError("UNKNOWN_ACCOUNT", f"account {account_id!r} does not exist")
+
+
+async def send_accounts(conn: Connection, account_ids: set[str]) -> AsyncCursor[Any]:
+    """Send :func:`account_of` of many accounts in one query; :func:`read_accounts` reads it."""
+    return await conn.execute(
+        "SELECT a.account_id, a.tenant, a.market, a.currency, a.timezone, "
+        "coalesce((SELECT array_agg(ARRAY[p.product, p.plan_id]) FROM account_plans p "
+        "WHERE p.account_id = a.account_id), '{}') FROM accounts a WHERE a.account_id = ANY(%s)",
+        (sorted(account_ids),))
+
+
+async def read_accounts(cur: AsyncCursor[Any]) -> dict[str, tuple[Account, str]]:
+    """The accounts :func:`send_accounts` asked for (missing accounts are absent)."""
+    found: dict[str, tuple[Account, str]] = {}
+    for row in await cur.fetchall():
+        pairs: list[list[str]] = row[5]
+        plan_ids = {str(product): str(plan) for product, plan in pairs}
+        found[str(row[0])] = (Account(account_id=str(row[0]), market=str(row[2]), currency=str(row[3]),
+                                      timezone=str(row[4]), plan_ids=plan_ids, products=frozenset(plan_ids)),
+                              str(row[1]))
+    return found
+
+
+def _usage_price(book: PlanBook, account: Account, product: str, at: datetime) -> tuple[PricePlan, UsagePrice]:
+    plan = select_plan(book, account, product)
+    day = at.astimezone(zone(account.timezone)).date()
+    version = plan.version_on(day)
+    price = version.usage_price if version else None
+    if price is None:
+        raise DomainError("NO_PLAN_IN_FORCE", f"no usage price of plan {plan.id!r} in force on {day}")
+    return plan, price
+
+
+async def _period_to_date(conn: Connection, wanted: list[tuple[str, str, str]],
+                          at: datetime) -> dict[tuple[str, str], Decimal]:
+    """Usage points of each (account, product, zone) from the start of its period up to ``at``, in one query."""
+    keys = sorted(set(wanted))
+    if not keys:
+        return {}
+    starts = [period_of(at, zone(tz)).start for _, _, tz in keys]
+    cur = await conn.execute(
+        "SELECT k.a, k.p, (SELECT coalesce(sum(value), 0) FROM session_points WHERE account_id = k.a "
+        "AND product = k.p AND kind = 'usage' AND start_ts >= k.s AND start_ts < %s) "
+        "FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(a, p, s)",
+        (at, [k[0] for k in keys], [k[1] for k in keys], starts))
+    return {(str(r[0]), str(r[1])): Decimal(r[2]) for r in await cur.fetchall()}  # type: ignore[arg-type]
+
+
+def _gross(account: Account, book: PlanBook, vat: VatTable, plan: PricePlan, price: UsagePrice, quantity: Decimal,
+           at: datetime, before: Decimal) -> Decimal:
+    """Net (by the price's type) plus VAT of the plan's category in the account's market."""
+    tz = zone(account.timezone)
+    day = at.astimezone(tz).date()
+    rate = vat.rate_for(account.market, plan.vat_category, day).rate
+    with exact():
+        if price.type == "flat":
+            net = quantity * price.price
+        elif price.type == "graduated":
+            net = sum((q * price.tiers[i].price for i, q in graduated_split(price.tiers, before,
+                                                                            before + quantity)), Decimal(0))
+        elif price.type == "volume":
+            net = quantity * volume_band(price.tiers, before + quantity).price
+        else:
+            assert isinstance(price, TimeOfUse)
+            net = quantity * window_of(price, at, tz, book.holidays(price.calendar))[1]
+        return net * (100 + rate) / 100
 
 
 __all__ = ["RatingService", "StoredInvoice", "Unpriced", "account_of"]

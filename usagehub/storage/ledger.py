@@ -15,6 +15,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from psycopg import AsyncCursor
+
 from usagehub.core.prepaid import AccountState, Entry, Notice, notices
 from usagehub.storage.pool import Connection
 
@@ -70,13 +72,29 @@ def state_of(row: Sequence[Any]) -> Locked:
 
 async def lock_states(conn: Connection, accounts: Iterable[str]) -> dict[str, Locked]:
     """Lock the prepaid rows of ``accounts`` (in account order) and return their states."""
+    return await read_locked(await send_lock(conn, accounts))
+
+
+async def send_lock(conn: Connection, accounts: Iterable[str]) -> AsyncCursor[Any] | None:
+    """Send the lock of :func:`lock_states` (read it with :func:`read_locked`; in a pipeline, later)."""
     names = sorted(set(accounts))
     if not names:
-        return {}
-    cur = await conn.execute(
+        return None
+    return await conn.execute(
         f"SELECT {_STATE_COLUMNS} FROM prepaid_accounts pa JOIN accounts a USING (account_id) "
         "WHERE pa.account_id = ANY(%s) ORDER BY pa.account_id FOR UPDATE OF pa", (names,))
-    return {str(r[0]): state_of(r) for r in _rows(await cur.fetchall())}
+
+
+async def send_lock_of(conn: Connection, accounts_sql: str, params: Sequence[Any]) -> AsyncCursor[Any]:
+    """Send the lock of the prepaid rows of the accounts a subquery names (in account order, one statement)."""
+    return await conn.execute(
+        f"SELECT {_STATE_COLUMNS} FROM prepaid_accounts pa JOIN accounts a USING (account_id) "
+        f"WHERE pa.account_id IN ({accounts_sql}) ORDER BY pa.account_id FOR UPDATE OF pa", params)
+
+
+async def read_locked(cur: AsyncCursor[Any] | None) -> dict[str, Locked]:
+    """The states a :func:`send_lock` locked."""
+    return {} if cur is None else {str(r[0]): state_of(r) for r in _rows(await cur.fetchall())}
 
 
 async def read_state(conn: Connection, account: str) -> Locked | None:
@@ -88,8 +106,11 @@ async def read_state(conn: Connection, account: str) -> Locked | None:
     return state_of(row) if row else None
 
 
-async def append(conn: Connection, rows: Sequence[LedgerRow]) -> list[int]:
-    """Append entries in order (one statement); the trigger checks and applies each. Returns entry ids."""
+async def append(conn: Connection, rows: Sequence[LedgerRow], *, returning: bool = True) -> list[int]:
+    """Append entries in order (one statement); the trigger checks and applies each. Returns entry ids.
+
+    ``returning=False`` reads nothing back (an empty list), so a pipeline need not wait for it.
+    """
     if not rows:
         return []
     columns = [
@@ -103,8 +124,9 @@ async def append(conn: Connection, rows: Sequence[LedgerRow]) -> list[int]:
         "reservation_id, device_id, product, quantity) "
         "SELECT a, k, m, c, v, p, cd, r, d, pr, q FROM unnest(%s::text[], %s::text[], %s::numeric[], %s::text[], "
         "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::numeric[]) "
-        "WITH ORDINALITY AS u(a, k, m, c, v, p, cd, r, d, pr, q, n) ORDER BY n RETURNING entry_id", columns)
-    return [int(r[0]) for r in _rows(await cur.fetchall())]
+        "WITH ORDINALITY AS u(a, k, m, c, v, p, cd, r, d, pr, q, n) ORDER BY n"
+        + (" RETURNING entry_id" if returning else ""), columns)
+    return [int(r[0]) for r in _rows(await cur.fetchall())] if returning else []
 
 
 async def settle(conn: Connection, before: dict[str, AccountState],

@@ -16,6 +16,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
+from psycopg import AsyncCursor
+
 from usagehub.core import prepaid as core
 from usagehub.core.prepaid import (
     AccountState,
@@ -28,7 +30,7 @@ from usagehub.core.prepaid import (
     Settlement,
 )
 from usagehub.errors import DomainError
-from usagehub.storage.ledger import LedgerRow, Locked, append, lock_states, settle, with_states
+from usagehub.storage.ledger import LedgerRow, Locked, append, read_locked, send_lock_of, settle, with_states
 from usagehub.storage.pool import Connection
 
 
@@ -109,7 +111,7 @@ class _Batch:
     created: list[tuple[_Res, str | None, str | None]] = field(default_factory=list)
     attempts: list[tuple[str, str | None, str, str | None]] = field(default_factory=list)
     repeats: dict[tuple[str, str], Grant] = field(default_factory=dict)
-    prices: dict[tuple[str, str, Decimal], Decimal] = field(default_factory=dict)
+    prices: dict[tuple[str, str, Decimal], Decimal | DomainError] = field(default_factory=dict)
 
     def write(self, account: str, plan: core.Plan, **refs: Any) -> None:
         currency = self.states[account].currency
@@ -127,9 +129,24 @@ class _Batch:
                 charge = await self.pricer.usage_charge(self.conn, account_id=account, product=product,
                                                         quantity=quantity, at=self.now)
             except DomainError as err:
-                raise NoPrice(f"{err.code}: {err}") from err
+                charge = err
             self.prices[key] = charge
+        if isinstance(charge, DomainError):
+            raise NoPrice(f"{charge.code}: {charge}") from charge
         return charge
+
+    async def prefetch(self, keys: set[tuple[str, str, Decimal]]) -> None:
+        """Price every key the batch will ask for at once, when the pricer can (else each on first use)."""
+        keys = {k for k in keys if k[2] != 0 and k not in self.prices}
+        many = getattr(self.pricer, "usage_charges", None)
+        if not keys or many is None:
+            return
+        items = sorted(keys)
+        try:
+            charges: list[Decimal | DomainError] = await many(self.conn, items, at=self.now)
+        except DomainError as err:  # e.g. no VAT table at all: every item fails alike
+            charges = [err] * len(items)
+        self.prices.update(zip(items, charges, strict=True))
 
 
 class NoPrice(Exception):
@@ -141,99 +158,116 @@ async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: d
     """Decide and write ``ops`` in the caller's transaction; results in the same order.
 
     ``expire`` names more accounts whose expired reservations are released (the sweep).
+    In a pipeline (``conn.pipeline()``) the independent statements share round trips: the
+    reads, the lock with the reservations, the pricing, the writes with the commit.
     """
     requests = [op.request for op in ops if isinstance(op, AuthorizeOp)]
     wanted = sorted({op.reservation_id for op in ops if not isinstance(op, AuthorizeOp)})
-    devices = await _devices(conn, {r.device_id for r in requests}, now)
-    cards = await _cards(conn, {r.card_id for r in requests if r.card_id})
-    repeats = await _repeats(conn, [(r.device_id, r.request_id) for r in requests if r.request_id])
-    # A card is seen only by devices of its own tenant: to any other it is unknown (and says nothing more).
-    seen = [_card_seen(r, devices, cards) for r in requests]
-    targets = [_target(r, devices, card) for r, card in zip(requests, seen, strict=True)]
-    accounts = {t for t in targets if isinstance(t, str)} | await _reservation_accounts(conn, wanted) | expire
-    locked = await lock_states(conn, accounts)
+    device_ids = sorted({r.device_id for r in requests})
+    card_ids = sorted({r.card_id for r in requests if r.card_id})
+    # One round trip: the reads, the lock of every account they may name (a superset is harmless: one
+    # statement, account order), then the reservations under that lock.
+    sent = (await _devices(conn, set(device_ids), now), await _cards(conn, set(card_ids)),
+            await _repeats(conn, [(r.device_id, r.request_id) for r in requests if r.request_id]))
+    params = (device_ids, now, card_ids, wanted, sorted(expire))
+    lock = await send_lock_of(conn, _ACCOUNTS_NAMED, params)
+    loading = await conn.execute(
+        f"SELECT {_RES_COLUMNS} FROM prepaid_reservations WHERE reservation_id = ANY(%s) OR (account_id IN "
+        f"({_ACCOUNTS_NAMED}) AND state = 'open' AND expires_at <= %s)", (wanted, *params, now))
+    device_rows = await _fetch(sent[0])
+    devices = {str(r[0]): r[1] for r in device_rows}
+    tenants = {str(r[0]): str(r[2]) for r in device_rows}
+    cards = {str(r[0]): (str(r[1]), bool(r[2]), r[3], str(r[4])) for r in await _fetch(sent[1])}
+    repeats = {(r[0], r[1]): Grant(reservation_id=r[2], account_id=r[3], units=r[4], amount=r[5], currency=r[6],
+                                   expires_at=r[7]) for r in await _fetch(sent[2])}
+    targets = [_target(r, devices, _visible(cards, r, tenants)) for r in requests]
+    locked = await read_locked(lock)
     batch = _Batch(conn=conn, pricer=pricer, now=now, ttl=ttl, locked=locked, states=with_states(locked),
                    reservations={}, repeats=repeats)
     before = dict(batch.states)
-    await _load_reservations(batch, wanted)
+    for row in await _fetch(loading):
+        _loaded(batch, _res(row))
+    await batch.prefetch(_price_keys(ops, targets, batch))
     results: list[Result] = []
-    target_iter, seen_iter = iter(targets), iter(seen)
+    target_iter = iter(targets)
     for op in ops:
         if isinstance(op, AuthorizeOp):
-            results.append(await _authorize(batch, op.request, next(target_iter), next(seen_iter)))
+            results.append(await _authorize(batch, op.request, next(target_iter),
+                                            _visible(cards, op.request, tenants)))
         elif isinstance(op, CommitOp):
             results.append(await _commit(batch, op))
         else:
             results.append(_release(batch, op))
-    await append(conn, batch.ledger)
+    await append(conn, batch.ledger, returning=False)
     await _write_reservations(batch)
     await _write_attempts(conn, batch.attempts)
     await settle(conn, before, batch.states)
     return results
 
 
-async def _devices(conn: Connection, ids: set[str], now: datetime) -> dict[str, tuple[str | None, str]]:
-    """Known devices: the account each is bound to at ``now`` (None: unbound) and its tenant."""
+async def _fetch(cur: AsyncCursor[Any] | None) -> list[Any]:
+    """The rows of a sent query (in a pipeline the first fetch sends everything queued), none if not sent."""
+    return [] if cur is None else list(await cur.fetchall())
+
+
+def _price_keys(ops: Sequence[Op], targets: list[str | Denial], batch: _Batch) -> set[tuple[str, str, Decimal]]:
+    """What the batch's decisions will price: units (or one unit) of each authorization, used units of commits."""
+    keys: set[tuple[str, str, Decimal]] = set()
+    target_iter = iter(targets)
+    for op in ops:
+        if isinstance(op, AuthorizeOp):
+            target, r = next(target_iter), op.request
+            if isinstance(target, str) and target in batch.locked:
+                keys.add((target, r.product, r.units if r.units is not None else Decimal(1)))
+        elif isinstance(op, CommitOp):
+            res = batch.reservations.get(op.reservation_id)
+            if res is not None and op.used_units >= 0:
+                keys.add((res.account_id, res.product, op.used_units))
+    return keys
+
+
+async def _devices(conn: Connection, ids: set[str], now: datetime) -> AsyncCursor[Any] | None:
+    """Known devices and the account each is bound to at ``now`` (None: unbound)."""
     if not ids:
-        return {}
-    cur = await conn.execute(
-        "SELECT d.device_id, b.account_id, d.tenant FROM devices d LEFT JOIN bindings b "
-        "ON b.device_id = d.device_id AND b.valid @> %s::timestamptz WHERE d.device_id = ANY(%s)", (now, sorted(ids)))
-    return {str(r[0]): (r[1], str(r[2])) for r in _rows(await cur.fetchall())}
+        return None
+    return await conn.execute(
+        "SELECT d.device_id, b.account_id, d.tenant FROM devices d LEFT JOIN bindings b ON b.device_id = d.device_id "
+        "AND b.valid @> %s::timestamptz WHERE d.device_id = ANY(%s)", (now, sorted(ids)))
 
 
-Card = tuple[str, bool, str | None, str]  # account, blacklisted, reason, tenant
-
-
-async def _cards(conn: Connection, ids: set[str | None]) -> dict[str, Card]:
+async def _cards(conn: Connection, ids: set[str | None]) -> AsyncCursor[Any] | None:
     if not ids:
-        return {}
-    cur = await conn.execute("SELECT c.card_id, c.account_id, c.blacklisted, c.reason, a.tenant FROM prepaid_cards c "
-                             "JOIN accounts a USING (account_id) WHERE c.card_id = ANY(%s)",
-                             (sorted(i for i in ids if i),))
-    return {str(r[0]): (str(r[1]), bool(r[2]), r[3], str(r[4])) for r in _rows(await cur.fetchall())}
+        return None
+    return await conn.execute("SELECT c.card_id, c.account_id, c.blacklisted, c.reason, a.tenant FROM prepaid_cards c "
+                              "JOIN accounts a USING (account_id) WHERE c.card_id = ANY(%s)",
+                              (sorted(i for i in ids if i),))
 
 
-def _card_seen(r: AuthRequest, devices: dict[str, tuple[str | None, str]], cards: dict[str, Card]) -> Card | None:
-    """The request's card as its device may see it: None if unknown or of another tenant."""
-    card = cards.get(r.card_id) if r.card_id else None
-    device = devices.get(r.device_id)
-    return card if card is not None and device is not None and card[3] == device[1] else None
-
-
-async def _repeats(conn: Connection, keys: list[tuple[str, str | None]]) -> dict[tuple[str, str], Grant]:
+async def _repeats(conn: Connection, keys: list[tuple[str, str | None]]) -> AsyncCursor[Any] | None:
     if not keys:
-        return {}
-    cur = await conn.execute(
+        return None
+    return await conn.execute(
         "SELECT r.device_id, r.request_id, r.reservation_id, r.account_id, r.units, r.hold, pa.currency, "
         "r.expires_at FROM prepaid_reservations r JOIN prepaid_accounts pa USING (account_id) "
         "WHERE (r.device_id, r.request_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
         ([k[0] for k in keys], [k[1] for k in keys]))
-    return {(r[0], r[1]): Grant(reservation_id=r[2], account_id=r[3], units=r[4], amount=r[5], currency=r[6],
-                                expires_at=r[7]) for r in _rows(await cur.fetchall())}
 
 
-async def _reservation_accounts(conn: Connection, ids: list[str]) -> set[str]:
-    if not ids:
-        return set()
-    cur = await conn.execute("SELECT DISTINCT account_id FROM prepaid_reservations WHERE reservation_id = ANY(%s)",
-                             (ids,))
-    return {str(r[0]) for r in _rows(await cur.fetchall())}
+# Every account a batch may touch: devices' bindings now, cards' accounts, reservations' accounts, expiries.
+_ACCOUNTS_NAMED = ("SELECT b.account_id FROM bindings b WHERE b.device_id = ANY(%s::text[]) "
+                   "AND b.valid @> %s::timestamptz "
+                   "UNION SELECT account_id FROM prepaid_cards WHERE card_id = ANY(%s::text[]) "
+                   "UNION SELECT account_id FROM prepaid_reservations WHERE reservation_id = ANY(%s::text[]) "
+                   "UNION SELECT unnest(%s::text[])")
 
 
-async def _load_reservations(batch: _Batch, wanted: list[str]) -> None:
-    """Read the wanted reservations and release the expired ones of the locked accounts (under the lock)."""
-    if not batch.locked:
+def _loaded(batch: _Batch, res: _Res) -> None:
+    """Keep a reservation of a locked account; release it if it expired (lazy expiry, under the lock)."""
+    if res.account_id not in batch.locked:
         return
-    cur = await batch.conn.execute(
-        f"SELECT {_RES_COLUMNS} FROM prepaid_reservations WHERE reservation_id = ANY(%s) "
-        "OR (account_id = ANY(%s) AND state = 'open' AND expires_at <= %s)",
-        (wanted, sorted(batch.locked), batch.now))
-    for row in await cur.fetchall():
-        res = _res(row)
-        batch.reservations[res.reservation_id] = res
-        if res.state is ReservationState.OPEN and core.expired(res.expires_at, batch.now):
-            _expire(batch, res)
+    batch.reservations[res.reservation_id] = res
+    if res.state is ReservationState.OPEN and core.expired(res.expires_at, batch.now):
+        _expire(batch, res)
 
 
 def _expire(batch: _Batch, res: _Res) -> None:
@@ -242,7 +276,16 @@ def _expire(batch: _Batch, res: _Res) -> None:
     res.state, res.dirty = ReservationState.EXPIRED, True
 
 
-def _target(r: AuthRequest, devices: dict[str, tuple[str | None, str]], card: Card | None) -> str | Denial:
+def _visible(cards: dict[str, tuple[str, bool, str | None, str]], r: AuthRequest,
+             tenants: dict[str, str]) -> dict[str, tuple[str, bool, str | None, str]]:
+    """The cards a request's device may present: a card of another tenant's account does not exist for it."""
+    if r.card_id is None or r.card_id not in cards or cards[r.card_id][3] == tenants.get(r.device_id):
+        return cards
+    return {k: v for k, v in cards.items() if k != r.card_id}
+
+
+def _target(r: AuthRequest, devices: dict[str, str | None],
+            cards: dict[str, tuple[str, bool, str | None, str]]) -> str | Denial:
     """The account to charge, or why not (checks that need no lock)."""
     problem = core.request_problem(r)
     if problem:
@@ -250,24 +293,26 @@ def _target(r: AuthRequest, devices: dict[str, tuple[str | None, str]], card: Ca
     if r.device_id not in devices:
         return Denial(reason=Reason.UNKNOWN_DEVICE, detail=f"device {r.device_id!r} is not registered")
     if r.card_id:
+        card = cards.get(r.card_id)
         if card is None:
             return Denial(reason=Reason.UNKNOWN_CARD, detail=f"card {r.card_id!r} is not registered")
         if r.account_id and r.account_id != card[0]:
             return Denial(reason=Reason.BAD_REQUEST, detail="the card belongs to another account")
         return card[0]
-    bound = devices[r.device_id][0]
+    bound = devices[r.device_id]
     if bound is None or (r.account_id and r.account_id != bound):
         return Denial(reason=Reason.DEVICE_NOT_BOUND,
                       detail=f"device {r.device_id!r} is not bound to {r.account_id or 'an account'} now")
     return bound
 
 
-async def _authorize(batch: _Batch, r: AuthRequest, target: str | Denial, card: Card | None) -> Decision:
+async def _authorize(batch: _Batch, r: AuthRequest, target: str | Denial,
+                     cards: dict[str, tuple[str, bool, str | None, str]]) -> Decision:
     if r.request_id and (r.device_id, r.request_id) in batch.repeats:
         return batch.repeats[(r.device_id, r.request_id)]
-    if r.card_id and card is not None and card[1]:
-        batch.attempts.append((r.card_id, card[0], Reason.CARD_BLACKLISTED.value, r.device_id))
-        return Denial(reason=Reason.CARD_BLACKLISTED, detail=card[2] or "card is blacklisted")
+    if r.card_id and r.card_id in cards and cards[r.card_id][1]:
+        batch.attempts.append((r.card_id, cards[r.card_id][0], Reason.CARD_BLACKLISTED.value, r.device_id))
+        return Denial(reason=Reason.CARD_BLACKLISTED, detail=cards[r.card_id][2] or "card is blacklisted")
     if isinstance(target, Denial):
         if target.reason is Reason.UNKNOWN_CARD and r.card_id:
             batch.attempts.append((r.card_id, None, target.reason.value, r.device_id))
@@ -383,8 +428,3 @@ async def _write_attempts(conn: Connection, attempts: list[tuple[str, str | None
             "AS x(c, a, r, d)",
             ([a[0] for a in attempts], [a[1] for a in attempts], [a[2] for a in attempts],
              [a[3] for a in attempts]))
-
-
-def _rows(rows: Sequence[Any]) -> list[Any]:
-    """Fetched rows, typed loosely for unpacking (psycopg types them as tuples of object)."""
-    return list(rows)
