@@ -20,11 +20,13 @@ import sys
 import time
 from pathlib import Path
 
+import nats.errors
 import pytest
 
 from tests.bus.conftest import billed, nats_binary, scalar
 from tests.bus.fleet import Fleet, build
 from tests.peers import time_scale
+from usagehub.bus.consumer import owned_partitions
 from usagehub.bus.publisher import BusPublisher
 from usagehub.core.decode import ProfileSet
 from usagehub.runtime.config import HubConfig
@@ -106,7 +108,19 @@ async def test_cluster_node_and_worker_sigkilled_bills_exactly(database_url: str
         # takes over its partitions and overlaps the survivor's (a move in progress).
         assert _wait(lambda: scalar(database_url, "SELECT count(*) FROM events") > 0, 30), workers[1].tail()
         third = asyncio.create_task(_publish(publisher, fleet, slice(2 * n // 3, n)))
-        await asyncio.sleep(0.3)
+
+        async def held_by_second() -> int:  # delivered to worker 1 and not acked yet
+            try:
+                return sum([(await js.consumer_info(settings.stream, settings.durable(p), timeout=1)).num_ack_pending
+                            for p in owned_partitions(PARTITIONS, 1, 2)])
+            except nats.errors.Error:  # a consumer still electing its leader after the node's death
+                return 0
+
+        # Killed while it holds unacked messages (on a loaded machine a fixed sleep could find it holding none,
+        # and the redelivery this test is about would not happen).
+        async with asyncio.timeout(30 * time_scale()):
+            while not await held_by_second():  # noqa: ASYNC110 — polls the server
+                await asyncio.sleep(0.02)
         workers[1].proc.send_signal(signal.SIGKILL)
         workers[1].proc.wait(10)
         workers.append(Worker(database_url, bus, tmp_path, 0, 1, "worker-takeover"))
