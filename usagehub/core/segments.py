@@ -37,7 +37,8 @@ SEGMENT = timedelta(hours=3)
 # first point; the first chunk's mark stays at the segment start), so replaying one chunk reads at most about
 # CHUNK points plus the points at one instant, however full the segment is.
 CHUNK = 1024
-_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # segments are aligned to it
+_EPOCH = EPOCH
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
 

@@ -26,21 +26,23 @@ from usagehub.storage.session_queue import backlog
 
 log = logging.getLogger(__name__)
 
+ROUND_NAME = "usagehub-session-round"  # application_name of a round's transaction
+
 
 class SessionWorker:
     """Replays the session queue until cancelled: rounds of ``accounts_per_round`` accounts."""
 
     def __init__(self, pool: AsyncConnectionPool, engine: SessionEngine, *, accounts_per_round: int = 32,
                  idle_s: float = 0.1, coalesce_s: float = 0.5, lock_timeout_ms: int = 5000,
-                 rows_per_round: int | None = 256, budget_per_round: int | None = 40_000) -> None:
+                 segments_per_round: int | None = 256, budget_per_round: int | None = 40_000) -> None:
         """``coalesce_s``: after a round that emptied the queue, wait this long so that the next round finds
         more points per segment (a segment replayed once for many batches, not once per batch).
 
-        ``rows_per_round`` and ``budget_per_round`` (points read plus marks moved) bound a round's work, so
-        the accounts' locks it holds are released well before an ingest batch's ``lock_timeout``, however
-        large the account; what a round leaves stays queued for the next."""
+        ``segments_per_round`` (each with all its queue rows) and ``budget_per_round`` (points read plus marks
+        moved) bound a round's work, so the accounts' locks it holds are released well before an ingest batch's
+        ``lock_timeout``, however large the account; what a round leaves stays queued for the next."""
         self.pool, self.engine = pool, engine
-        self.rows_per_round, self.budget_per_round = rows_per_round, budget_per_round
+        self.segments_per_round, self.budget_per_round = segments_per_round, budget_per_round
         self.accounts_per_round, self.idle_s, self.lock_timeout_ms = accounts_per_round, idle_s, lock_timeout_ms
         self.coalesce_s = coalesce_s
         self.replayed = 0  # segments replayed since start
@@ -49,9 +51,11 @@ class SessionWorker:
         """One transaction: claim, replay, reconcile, delete; the segments replayed (0: queue empty)."""
         started = time.perf_counter()
         async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
-            await conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{self.lock_timeout_ms}ms",))
-            done = await self.engine.replay_queued(conn, limit=self.accounts_per_round, max_rows=self.rows_per_round,
-                                                   budget=self.budget_per_round)
+            # The name marks the round's transaction in pg_stat_activity (how long a round holds its locks).
+            await conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('application_name', %s, true)",
+                               (f"{self.lock_timeout_ms}ms", ROUND_NAME))
+            done = await self.engine.replay_queued(conn, limit=self.accounts_per_round,
+                                                   max_segments=self.segments_per_round, budget=self.budget_per_round)
         if done:
             self.replayed += done
             metrics.SESSION_SEGMENTS.inc(done)
@@ -72,7 +76,7 @@ class SessionWorker:
             if not done:
                 await asyncio.sleep(delay)
             elif (self.engine.last_claimed < self.accounts_per_round and not self.engine.last_left
-                  and (self.rows_per_round is None or done < self.rows_per_round)):
+                  and (self.segments_per_round is None or self.engine.last_segments < self.segments_per_round)):
                 # caught up: let the queue fill a little
                 await asyncio.sleep(self.coalesce_s)
 
