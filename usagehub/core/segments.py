@@ -321,15 +321,15 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
         # The end of a segment (no mark after s in it): its new points get a chunk of their own, and the older
         # ones before them join the chunk before (``_merge``), so the next batch appending to the segment
         # reads these new points again, not the whole chunk it grows.
-        tail = chunk is not None and first_changed is not None and first_changed > s and m is not None and (
+        appending = chunk is not None and first_changed is not None and first_changed > s and m is not None and (
             end == segment_start(s, segment) + segment)
         points: list[Point] = yield PointsIn(s, end)
         made = len(out.result.marks)
-        entry = out.replay(s, m, entry, points, last, cut=first_changed if tail else None)
+        entry = out.replay(s, m, entry, points, last, cut=first_changed if appending else None)
         fresh = bool(points)
-        if tail and len(out.result.marks) - made >= 2 and s > segment_start(s, segment):
-            before: Mark | None = yield MarkBefore(s - timedelta(microseconds=1))
-            _merge(out.result, made, before, segment, chunk)
+        if appending and len(out.result.marks) - made >= 2 and s > segment_start(s, segment):
+            prior: Mark | None = yield MarkBefore(s - timedelta(microseconds=1))
+            _merge(out.result, made, prior, segment, chunk)
     if not out.finished and visited is not None:
         # The last segment lost all its points (or, with deferred sessions, a changed segment not walked yet
         # holds none): finish after the last mark that remains before it.
