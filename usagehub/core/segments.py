@@ -250,14 +250,15 @@ _PAGE = 16
 
 def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetime, changed: Iterable[datetime],
            segment: timedelta = SEGMENT, chunk: int | None = CHUNK,
-           budget: int | None = None) -> Generator[Request, Any, Outcome]:
+           budget: int | None = None, append: bool = True) -> Generator[Request, Any, Outcome]:
     """Bring the stored walk up to date after points starting at ``changed`` instants were added or removed.
 
     With no ``changed`` instant, only the last segment is walked again (to finish it at ``as_of``). A
     changed instant replays the chunk (segment, or part of one: see ``CHUNK``) that holds it, from the mark
     at or before it. With ``budget``, the walk stops once the points it read and the marks it moved reach
     it, at the next segment or chunk, and says what is left (``Outcome.pending``): rewalking those instants
-    later gives what an unbounded walk would.
+    later gives what an unbounded walk would. ``append`` gives points appended to the end of a segment a
+    chunk of their own (False: the whole last chunk is read again, as before; for benchmarks).
     """
     todo = sorted({ensure_aware(t) for t in changed})
     out = _Run(account_id=account_id, service=service, rules=rules, as_of=as_of, segment=segment, chunk=chunk)
@@ -321,8 +322,8 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
         # The end of a segment (no mark after s in it): its new points get a chunk of their own, and the older
         # ones before them join the chunk before (``_merge``), so the next batch appending to the segment
         # reads these new points again, not the whole chunk it grows.
-        appending = chunk is not None and first_changed is not None and first_changed > s and m is not None and (
-            end == segment_start(s, segment) + segment)
+        appending = (append and chunk is not None and m is not None and first_changed is not None
+                     and first_changed > s and end == segment_start(s, segment) + segment)
         points: list[Point] = yield PointsIn(s, end)
         made = len(out.result.marks)
         entry = out.replay(s, m, entry, points, last, cut=first_changed if appending else None)
