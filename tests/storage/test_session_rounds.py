@@ -81,3 +81,24 @@ async def test_a_segment_queued_by_many_batches_is_replayed_in_one_round(pool: A
     assert rounds == 1  # rows of one segment are one replay, not a round each
     assert await _queued(pool) == 0
     assert await _derived(pool) == await _derived(second_pool)
+
+
+async def test_rounds_longer_than_their_target_shrink_and_still_end_exact(pool: AsyncConnectionPool,
+                                                                          second_pool: AsyncConnectionPool) -> None:
+    expected = await _inline(second_pool)
+    engine = await _ingest_deferred(pool)
+    replayer = SessionEngine(engine.profiles, clock=lambda: NOW)
+    worker = SessionWorker(pool, replayer, segments_per_round=64, budget_per_round=4_000, target_round_s=1e-6)
+    assert worker.bounds() == (64, 4_000)
+    assert await worker.round() > 0
+    segments, budget = worker.bounds()
+    assert segments is not None and budget is not None and segments < 64 and budget < 4_000  # every round overran
+    while await worker.round():
+        assert replayer.last_segments <= max(1, segments)
+        segments = worker.bounds()[0] or 0
+    assert worker.bounds() == (1, 40)  # down to a hundredth, not to nothing
+    assert await _derived(pool) == expected
+    relaxed = SessionWorker(pool, replayer, segments_per_round=64, budget_per_round=4_000, target_round_s=60.0)
+    relaxed.scale = 0.5
+    await relaxed.round()  # quick (the queue is empty): the bounds grow back
+    assert relaxed.scale > 0.5
