@@ -8,8 +8,9 @@ In one run, on one Mosquitto and one embedded PostgreSQL (all started here):
   3. every --sample-s: hub RSS (and its session workers'), queue depth and commit wait (from /metrics),
      receive->stored lag (device time -> the storing transaction, p50/p99 of on-time readings in that window)
      and the session queue (segments waiting, age of the oldest): stored + that age = billable; ingest batches
-     retried (a lock_timeout behind a session round is one) and the longest a session round held its locks
-     (its transaction's age, sampled every 0.2 s from pg_stat_activity).
+     retried (a lock_timeout behind a session round is one), the longest session round transaction and the
+     longest lock wait of any other statement (an ingest batch behind a round), sampled every 0.2 s from
+     pg_stat_activity.
 At the end: the medians of the first and the last 10 minutes (a third of a shorter run) — flat means no growth.
 Usage: .venv/bin/python bench/soak.py [--duration-s 3600] [--rate N] [--sample-s 30]
 Short run: .venv/bin/python bench/soak.py --duration-s 120 --sample-s 10 --burst 5000 --large-every-s 30
@@ -143,23 +144,28 @@ def lag_ms(url: str, since: datetime) -> tuple[float, float]:  # NaN: nothing on
 
 
 class RoundHolds:
-    """The longest transaction of a session round seen since the last ``take`` (pg_stat_activity, every 0.2 s)."""
+    """Since the last ``take`` (pg_stat_activity, every 0.2 s): the longest transaction of a session round (from
+    its start: with its own wait for the accounts), and the longest wait of another statement for a lock."""
 
     def __init__(self, url: str) -> None:
-        self.url, self.longest, self.stop = url, 0.0, threading.Event()
+        self.url, self.longest, self.waited, self.stop = url, 0.0, 0.0, threading.Event()
         self.thread = threading.Thread(target=self._run, name="round-holds", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
             while not self.stop.wait(0.2):
-                row = conn.execute("SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0) "
-                                   "FROM pg_stat_activity WHERE application_name = %s", (ROUND_NAME,)).fetchone()
-                self.longest = max(self.longest, float(row[0]) if row else 0.0)
+                row = conn.execute(
+                    "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)) FILTER "
+                    "(WHERE application_name = %s), 0), coalesce(max(extract(epoch FROM clock_timestamp() - "
+                    "query_start)) FILTER (WHERE application_name <> %s AND wait_event_type = 'Lock'), 0) "
+                    "FROM pg_stat_activity", (ROUND_NAME, ROUND_NAME)).fetchone()
+                if row:
+                    self.longest, self.waited = max(self.longest, float(row[0])), max(self.waited, float(row[1]))
 
-    def take(self) -> float:
-        longest, self.longest = self.longest, 0.0
-        return longest
+    def take(self) -> tuple[float, float]:
+        taken, self.longest, self.waited = (self.longest, self.waited), 0.0, 0.0
+        return taken
 
 
 async def paced(port: int, fleet: Fleet, rate: float, duration_s: float, large_every_s: float,
@@ -273,7 +279,8 @@ def soak(url: str, http_port: int, mqtt_port: int, proc: psutil.Process, rate: f
                                         args.large_readings, args.large_mb << 20, published, errors))
         start = time.monotonic()
         print(f"{'t s':>6} {'published':>10} {'RSS MB':>7} {'queue':>6} {'wait s':>7} {'lag p50 ms':>10} "
-              f"{'lag p99 ms':>10} {'wrk MB':>7} {'sess seg':>8} {'sess s':>7} {'retries':>7} {'hold s':>6}",
+              f"{'lag p99 ms':>10} {'wrk MB':>7} {'sess seg':>8} {'sess s':>7} {'retries':>7} {'hold s':>6} "
+              f"{'wait s':>6}",
               flush=True)
         since = datetime.now(UTC)
         holds = RoundHolds(url)
@@ -287,11 +294,12 @@ def soak(url: str, http_port: int, mqtt_port: int, proc: psutil.Process, rate: f
                    m.get("usagehub_pipeline_queue_depth", 0), m.get("usagehub_pipeline_commit_wait_seconds", 0),
                    p50, p99, children_rss(proc), m.get("usagehub_session_queue_segments", 0),
                    m.get("usagehub_session_queue_oldest_seconds", 0),
-                   m.get("usagehub_batch_retries_total", 0) - retried, holds.take())
+                   m.get("usagehub_batch_retries_total", 0) - retried, *holds.take())
             retried = m.get("usagehub_batch_retries_total", 0)
             samples.append(row)
             print(f"{row[0]:6.0f} {published[0]:10d} {row[1]:7.0f} {row[2]:6.0f} {row[3]:7.2f} {row[4]:10.0f} "
-                  f"{row[5]:10.0f} {row[6]:7.0f} {row[7]:8.0f} {row[8]:7.1f} {row[9]:7.0f} {row[10]:6.2f}", flush=True)
+                  f"{row[5]:10.0f} {row[6]:7.0f} {row[7]:8.0f} {row[8]:7.1f} {row[9]:7.0f} {row[10]:6.2f} "
+                  f"{row[11]:6.2f}", flush=True)
         holds.stop.set()
         await pub
         print(f"publishes not confirmed within 60 s: {errors[0]}", flush=True)
@@ -316,7 +324,8 @@ def report(samples: list[tuple[float, ...]], idle_rss: float) -> None:
         print(f"{name:>12}: first {a:8.1f}, last {b:8.1f}")
     print(f"      RSS MB: idle baseline {idle_rss:.0f}, max {max(s[1] for s in samples):.0f}")
     print(f"ingest batches retried (lock_timeout behind a round, or another storage failure): "
-          f"{sum(s[9] for s in samples):.0f}; longest session round transaction: {max(s[10] for s in samples):.2f} s")
+          f"{sum(s[9] for s in samples):.0f}; longest session round transaction: {max(s[10] for s in samples):.2f} s; "
+          f"longest lock wait of another statement (ingest): {max(s[11] for s in samples):.2f} s")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ class SessionWorker:
             segments, budget = self.bounds()
             done = await self.engine.replay_queued(conn, limit=self.accounts_per_round, max_segments=segments,
                                                    budget=budget)
-        self._adapt(time.perf_counter() - started)
+        # How long the round held its accounts (ingest batches wait that long), not how long it waited for them.
+        self._adapt(time.perf_counter() - (self.engine.locked_at or started))
         if done:
             self.replayed += done
             metrics.SESSION_SEGMENTS.inc(done)

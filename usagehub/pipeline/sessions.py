@@ -10,6 +10,7 @@ changed are then reconciled into billing records (``pipeline.records``).
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Generator, Iterable, Sequence
 from contextvars import ContextVar
@@ -67,6 +68,7 @@ class SessionEngine:
         self.last_claimed = 0  # accounts claimed by the last replay_queued
         self.last_segments = 0  # segments claimed by the last replay_queued (each with all its queue rows)
         self.last_left = 0  # queue rows the last replay_queued left for later (its budget ran out)
+        self.locked_at: float | None = None  # perf_counter when the last replay_queued had its accounts' locks
 
     @property
     def last_points(self) -> Sequence[Point]:
@@ -153,6 +155,7 @@ class SessionEngine:
         Both bound how long the round holds its accounts' locks, however large an account.
         """
         self.refresh()
+        self.locked_at = None
         rows = await claim(conn, limit=limit, accounts=accounts, skip_locked=skip_locked, max_segments=max_segments)
         claimed = {a for a, _, _ in rows}
         self.last_claimed = len(claimed)
@@ -160,6 +163,7 @@ class SessionEngine:
         if not rows:
             return 0
         await lock_accounts(conn, claimed)
+        self.locked_at = time.perf_counter()
         zones = {a: ZoneInfo(z) for a, z in (await zones_of(conn, claimed)).items()}
         changed: defaultdict[tuple[str, str], list[datetime]] = defaultdict(list)
         for account, service, start in rows:
