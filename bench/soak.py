@@ -7,7 +7,10 @@ In one run, on one Mosquitto and one embedded PostgreSQL (all started here):
      --large-every-s one large gateway message (--large-readings readings, several MB);
   3. every --sample-s: hub RSS (and its session workers'), queue depth and commit wait (from /metrics),
      receive->stored lag (device time -> the storing transaction, p50/p99 of on-time readings in that window)
-     and the session queue (segments waiting, age of the oldest): stored + that age = billable.
+     and the session queue (segments waiting, age of the oldest): stored + that age = billable; ingest batches
+     retried (a lock_timeout behind a session round is one), the longest session round transaction and the
+     longest lock wait of any other statement (an ingest batch behind a round), sampled every 0.2 s from
+     pg_stat_activity.
 At the end: the medians of the first and the last 10 minutes (a third of a shorter run) — flat means no growth.
 Usage: .venv/bin/python bench/soak.py [--duration-s 3600] [--rate N] [--sample-s 30]
 Short run: .venv/bin/python bench/soak.py --duration-s 120 --sample-s 10 --burst 5000 --large-every-s 30
@@ -24,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -39,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.ingest import Broker, count, wait_count  # noqa: E402
 from bench.rawpub import publish  # noqa: E402
+from usagehub.pipeline.session_worker import ROUND_NAME  # noqa: E402
 from usagehub.storage.embedded import embedded_database_url  # noqa: E402
 
 METERS, GATEWAYS, PER_GATEWAY = 2000, 20, 50
@@ -119,7 +124,8 @@ def scrape(port: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith(("usagehub_pipeline_queue_depth ", "usagehub_pipeline_commit_wait_seconds ",
-                            "usagehub_session_queue_segments ", "usagehub_session_queue_oldest_seconds ")):
+                            "usagehub_session_queue_segments ", "usagehub_session_queue_oldest_seconds ",
+                            "usagehub_batch_retries_total ")):
             name, value = line.rsplit(" ", 1)
             out[name] = float(value)
     return out
@@ -135,6 +141,31 @@ def lag_ms(url: str, since: datetime) -> tuple[float, float]:  # NaN: nothing on
     nan = float("nan")
     return (nan if row is None or row[0] is None else float(row[0]),
             nan if row is None or row[1] is None else float(row[1]))
+
+
+class RoundHolds:
+    """Since the last ``take`` (pg_stat_activity, every 0.2 s): the longest transaction of a session round (from
+    its start: with its own wait for the accounts), and the longest wait of another statement for a lock."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.longest, self.waited, self.stop = url, 0.0, 0.0, threading.Event()
+        self.thread = threading.Thread(target=self._run, name="round-holds", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self.stop.wait(0.2):
+                row = conn.execute(
+                    "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)) FILTER "
+                    "(WHERE application_name = %s), 0), coalesce(max(extract(epoch FROM clock_timestamp() - "
+                    "query_start)) FILTER (WHERE application_name <> %s AND wait_event_type = 'Lock'), 0) "
+                    "FROM pg_stat_activity", (ROUND_NAME, ROUND_NAME)).fetchone()
+                if row:
+                    self.longest, self.waited = max(self.longest, float(row[0])), max(self.waited, float(row[1]))
+
+    def take(self) -> tuple[float, float]:
+        taken, self.longest, self.waited = (self.longest, self.waited), 0.0, 0.0
+        return taken
 
 
 async def paced(port: int, fleet: Fleet, rate: float, duration_s: float, large_every_s: float,
@@ -248,8 +279,12 @@ def soak(url: str, http_port: int, mqtt_port: int, proc: psutil.Process, rate: f
                                         args.large_readings, args.large_mb << 20, published, errors))
         start = time.monotonic()
         print(f"{'t s':>6} {'published':>10} {'RSS MB':>7} {'queue':>6} {'wait s':>7} {'lag p50 ms':>10} "
-              f"{'lag p99 ms':>10} {'wrk MB':>7} {'sess seg':>8} {'sess s':>7}", flush=True)
+              f"{'lag p99 ms':>10} {'wrk MB':>7} {'sess seg':>8} {'sess s':>7} {'retries':>7} {'hold s':>6} "
+              f"{'wait s':>6}",
+              flush=True)
         since = datetime.now(UTC)
+        holds = RoundHolds(url)
+        retried = 0.0
         while not pub.done():
             await asyncio.sleep(args.sample_s)
             m = await asyncio.to_thread(scrape, http_port)
@@ -258,10 +293,14 @@ def soak(url: str, http_port: int, mqtt_port: int, proc: psutil.Process, rate: f
             row = (time.monotonic() - start, proc.memory_info().rss / 2**20,
                    m.get("usagehub_pipeline_queue_depth", 0), m.get("usagehub_pipeline_commit_wait_seconds", 0),
                    p50, p99, children_rss(proc), m.get("usagehub_session_queue_segments", 0),
-                   m.get("usagehub_session_queue_oldest_seconds", 0))
+                   m.get("usagehub_session_queue_oldest_seconds", 0),
+                   m.get("usagehub_batch_retries_total", 0) - retried, *holds.take())
+            retried = m.get("usagehub_batch_retries_total", 0)
             samples.append(row)
             print(f"{row[0]:6.0f} {published[0]:10d} {row[1]:7.0f} {row[2]:6.0f} {row[3]:7.2f} {row[4]:10.0f} "
-                  f"{row[5]:10.0f} {row[6]:7.0f} {row[7]:8.0f} {row[8]:7.1f}", flush=True)
+                  f"{row[5]:10.0f} {row[6]:7.0f} {row[7]:8.0f} {row[8]:7.1f} {row[9]:7.0f} {row[10]:6.2f} "
+                  f"{row[11]:6.2f}", flush=True)
+        holds.stop.set()
         await pub
         print(f"publishes not confirmed within 60 s: {errors[0]}", flush=True)
 
@@ -284,6 +323,9 @@ def report(samples: list[tuple[float, ...]], idle_rss: float) -> None:
         b = statistics.median([s[i] for s in last if s[i] == s[i]] or [float("nan")])
         print(f"{name:>12}: first {a:8.1f}, last {b:8.1f}")
     print(f"      RSS MB: idle baseline {idle_rss:.0f}, max {max(s[1] for s in samples):.0f}")
+    print(f"ingest batches retried (lock_timeout behind a round, or another storage failure): "
+          f"{sum(s[9] for s in samples):.0f}; longest session round transaction: {max(s[10] for s in samples):.2f} s; "
+          f"longest lock wait of another statement (ingest): {max(s[11] for s in samples):.2f} s")
 
 
 if __name__ == "__main__":

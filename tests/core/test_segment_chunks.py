@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tests.core.test_segments import SMALL, MemoryStore, assert_arrivals_equal_sessionize
 from tests.core.test_sessions import AS_OF, BERLIN, BERLIN_RULES, HOUR, point_sets, usage
 from usagehub.core.allocation import Point
-from usagehub.core.segments import CHUNK, SEGMENT, Outcome, rewalk
+from usagehub.core.segments import CHUNK, SEGMENT, TAIL, Outcome, rewalk
 from usagehub.core.sessions import SessionRules, sessionize
 
 
@@ -109,3 +109,39 @@ def test_points_read_for_one_point_do_not_grow_with_the_segment(n: int) -> None:
     assert out.marks_moved <= n // CHUNK + 1
     assert store.stored() == sessionize([*history, in_order, late], account_id="acc", service="power",
                                         rules=RULES, as_of=now + timedelta(seconds=5))
+
+
+def test_appending_batches_read_their_own_points_not_the_chunk_they_grow() -> None:
+    """In-order batches at the end of a segment: each reads about its own and the last batch's points, and the
+    segment keeps about one mark per chunk (the chunk before the new points folds into the one before it)."""
+    n, batch = 6_000, 100
+    history = _full_segment(n)
+    store = ChunkedStore(SEGMENT, CHUNK, rules=RULES)
+    reads = []
+    for i in range(0, n, batch):
+        part = history[i:i + batch]
+        reads.append(store.add(part, as_of=max(p.end for p in part)).points_read)
+    assert max(reads) <= CHUNK // TAIL + 2 * batch  # not up to a chunk (1,024) as the last chunk fills
+    assert len(store.marks) <= n // CHUNK + 2 * 2  # the history spans two segments; each may end in two small marks
+    assert all(m.points is not None and m.points <= CHUNK for m in store.marks.values())
+    assert store.stored() == sessionize(history, account_id="acc", service="power", rules=RULES,
+                                        as_of=max(p.end for p in history))
+
+
+@settings(max_examples=150, deadline=None)
+@given(points=point_sets(), seed=st.integers(0, 2**32), segment=st.sampled_from([SMALL, HOUR, 3 * HOUR]),
+       chunk=st.sampled_from([1, 2, 3, 5]), budget=st.sampled_from([None, 1, 3]))
+def test_appended_in_time_order_then_late_equals_replay(points: list[Point], seed: int, segment: timedelta,
+                                                        chunk: int, budget: int | None) -> None:
+    """Mostly in time order (chunks cut before new points, folded into the chunk before), then a few late."""
+    rng = random.Random(seed)
+    store = ChunkedStore(segment, chunk, budget)
+    ordered = sorted(points, key=lambda p: p.start)
+    late = [p for p in ordered if rng.random() < 0.15]
+    arrivals = [p for p in ordered if p not in late] + late
+    while arrivals:
+        size = rng.randint(1, 4)
+        batch, arrivals = arrivals[:size], arrivals[size:]
+        store.add(batch, as_of=max(p.start for p in store.points + batch) + timedelta(minutes=rng.randint(0, 90)))
+    store.add([], as_of=AS_OF)  # the idle sweep
+    assert store.stored() == sessionize(points, account_id="acc", service="power", rules=BERLIN_RULES, as_of=AS_OF)

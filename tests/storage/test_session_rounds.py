@@ -1,10 +1,23 @@
-"""Session rounds bounded by work: a round claims the earliest rows, stops at its budget, and leaves the rest."""
+"""Session rounds bounded by work: a round claims whole segments, stops at its budget, and leaves the rest."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from psycopg_pool import AsyncConnectionPool
 
-from tests.storage.test_session_queue import NOW, _derived, _ingest_deferred, _inline, _queued, second_pool
+from tests.storage.test_session_queue import (
+    NOW,
+    _derived,
+    _engine,
+    _ingest_deferred,
+    _inline,
+    _queued,
+    _seed,
+    second_pool,
+)
+from tests.storage.test_sessions_billing import OCT, feed, reading, wired
+from usagehub.core.segments import segment_start
 from usagehub.pipeline.session_worker import SessionWorker
 from usagehub.pipeline.sessions import SessionEngine
 from usagehub.storage.session_queue import claim
@@ -12,27 +25,30 @@ from usagehub.storage.session_queue import claim
 __all__ = ["second_pool"]  # the fixture, used by name
 
 
-
-async def test_a_claim_takes_the_earliest_rows_of_an_account(pool: AsyncConnectionPool) -> None:
+async def _queued_segments(pool: AsyncConnectionPool) -> int:
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT account_id, service, seg_start FROM session_queue")
+        return len({(a, s, segment_start(t)) for a, s, t in await cur.fetchall()})
+async def test_a_claim_takes_every_row_of_the_earliest_segments_of_an_account(pool: AsyncConnectionPool) -> None:
     await _ingest_deferred(pool)
     async with pool.connection() as conn, conn.transaction():
-        rows = await claim(conn, limit=1, max_rows=3)
+        rows = await claim(conn, limit=1, max_segments=3)
         account = rows[0][0]
-        cur = await conn.execute("SELECT seg_start FROM session_queue WHERE account_id = %s ORDER BY 1 LIMIT 3",
-                                 (account,))
-        earliest = [r[0] for r in await cur.fetchall()]
-    assert len(rows) == 3 and {a for a, _, _ in rows} == {account}
-    assert sorted(t for _, _, t in rows) == earliest
+        cur = await conn.execute("SELECT service, seg_start FROM session_queue WHERE account_id = %s", (account,))
+        queued = [(str(s), t) for s, t in await cur.fetchall()]
+    segments = sorted({(segment_start(t), s) for s, t in queued})[:3]
+    assert {a for a, _, _ in rows} == {account}
+    assert sorted((s, t) for _, s, t in rows) == sorted((s, t) for s, t in queued if (segment_start(t), s) in segments)
 
 
 async def test_bounded_rounds_leave_the_rest_queued_and_end_exact(pool: AsyncConnectionPool,
                                                                   second_pool: AsyncConnectionPool) -> None:
     expected = await _inline(second_pool)
     engine = await _ingest_deferred(pool)
-    queued = await _queued(pool)
+    segments = await _queued_segments(pool)
     replayer = SessionEngine(engine.profiles, clock=lambda: NOW)
-    worker = SessionWorker(pool, replayer, rows_per_round=4, budget_per_round=60)
-    assert await worker.round() <= 4
+    worker = SessionWorker(pool, replayer, segments_per_round=4, budget_per_round=60)
+    assert await worker.round() > 0 and replayer.last_segments <= 4
     assert replayer.points_read <= 60 + 200  # the budget, plus the segment (or chunk) where it ran out
     assert await _queued(pool) > 0
     rounds = 1
@@ -40,5 +56,49 @@ async def test_bounded_rounds_leave_the_rest_queued_and_end_exact(pool: AsyncCon
         rounds += 1
         assert replayer.last_left or rounds < 10_000
     assert await _queued(pool) == 0
-    assert rounds > queued // 4  # the bound held: many small rounds, not one
+    assert rounds > segments // 4  # the bound held: many small rounds, not one
     assert await _derived(pool) == expected  # and they bill exactly what inline sessions do
+
+
+async def test_a_segment_queued_by_many_batches_is_replayed_in_one_round(pool: AsyncConnectionPool,
+                                                                         second_pool: AsyncConnectionPool) -> None:
+    # One meter, one 3-hour segment, one batch per reading: a queue row per batch (each its own earliest instant).
+    messages = [[reading("m1", k, OCT + timedelta(minutes=5 * k), 100 * k)] for k in range(30, 0, -1)]
+    await _seed(second_pool)
+    inline, _ = wired(second_pool)
+    for batch in messages:
+        await feed(inline, batch)
+    await _seed(pool)
+    pipeline, _ = wired(pool)
+    _engine(pipeline).defer = True
+    for batch in messages:
+        await feed(pipeline, batch)
+    assert await _queued(pool) >= 25 and await _queued_segments(pool) == 1
+    worker = SessionWorker(pool, SessionEngine(_engine(pipeline).profiles, clock=lambda: NOW), segments_per_round=1)
+    rounds = 0
+    while await worker.round():
+        rounds += 1
+    assert rounds == 1  # rows of one segment are one replay, not a round each
+    assert await _queued(pool) == 0
+    assert await _derived(pool) == await _derived(second_pool)
+
+
+async def test_rounds_longer_than_their_target_shrink_and_still_end_exact(pool: AsyncConnectionPool,
+                                                                          second_pool: AsyncConnectionPool) -> None:
+    expected = await _inline(second_pool)
+    engine = await _ingest_deferred(pool)
+    replayer = SessionEngine(engine.profiles, clock=lambda: NOW)
+    worker = SessionWorker(pool, replayer, segments_per_round=64, budget_per_round=4_000, target_round_s=1e-6)
+    assert worker.bounds() == (64, 4_000)
+    assert await worker.round() > 0
+    segments, budget = worker.bounds()
+    assert segments is not None and budget is not None and segments < 64 and budget < 4_000  # every round overran
+    while await worker.round():
+        assert replayer.last_segments <= max(1, segments)
+        segments = worker.bounds()[0] or 0
+    assert worker.bounds() == (1, 40)  # down to a hundredth, not to nothing
+    assert await _derived(pool) == expected
+    relaxed = SessionWorker(pool, replayer, segments_per_round=64, budget_per_round=4_000, target_round_s=60.0)
+    relaxed.scale = 0.5
+    await relaxed.round()  # quick (the queue is empty): the bounds grow back
+    assert relaxed.scale > 0.5

@@ -37,7 +37,11 @@ SEGMENT = timedelta(hours=3)
 # first point; the first chunk's mark stays at the segment start), so replaying one chunk reads at most about
 # CHUNK points plus the points at one instant, however full the segment is.
 CHUNK = 1024
-_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+# Points appended to the end of a segment start a chunk of their own once the chunk they follow holds this share
+# of CHUNK (``step``'s ``cut``): a batch appending to a segment reads at most CHUNK // TAIL older points again.
+TAIL = 8
+EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # segments are aligned to it
+_EPOCH = EPOCH
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
 
@@ -100,6 +104,7 @@ class Mark:
     entry: Entry
     piece: Acc | None          # None: the session open at entry (if any) closes within the segment
     created: tuple[Resume, ...] = ()  # sessions opened in the segment (the final one: also by ``as_of``)
+    points: int | None = None  # points of its chunk (None: not known, so never merged into the mark before it)
 
 
 class _SegmentMachine(Machine):
@@ -166,14 +171,24 @@ def _cut(ordered: Sequence[Point], begin: int, chunk: int | None) -> int:
 
 
 def step(start: datetime, entry: Entry, points: Iterable[Point], *, account_id: str, service: str,
-         rules: SessionRules, as_of: datetime | None = None, chunk: int | None = CHUNK) -> Step:
-    """Walk one segment's points from ``entry``, a mark per chunk; with ``as_of`` (the last) finish the walk too."""
+         rules: SessionRules, as_of: datetime | None = None, chunk: int | None = CHUNK,
+         cut: datetime | None = None) -> Step:
+    """Walk one segment's points from ``entry``, a mark per chunk; with ``as_of`` (the last) finish the walk too.
+
+    With ``cut``, the first chunk also ends before the first point at or after ``cut`` if at least
+    ``chunk // TAIL`` points come before it (see ``rewalk``).
+    """
     ordered = sorted(net_points(points), key=sort_key)
     marks: list[Mark] = []
     sessions: list[Session] = []
     begin, at = 0, start
+    split = len(ordered) if cut is None else next((i for i, p in enumerate(ordered) if p.start >= cut), len(ordered))
+    if split < max(1, (chunk or 0) // TAIL):
+        split = len(ordered)  # few older points: read again, cheaper than a mark more
     while True:
         end = _cut(ordered, begin, chunk)
+        if begin < split < end:
+            end = split
         machine = _SegmentMachine(account_id, service, rules, entry)
         for point in ordered[begin:end]:
             machine.feed(point)
@@ -181,7 +196,7 @@ def step(start: datetime, entry: Entry, points: Iterable[Point], *, account_id: 
         final = end >= len(ordered)
         if final and as_of is not None:
             machine.finish(ensure_aware(as_of))
-        marks.append(Mark(start=at, entry=entry, piece=piece, created=tuple(machine.created)))
+        marks.append(Mark(start=at, entry=entry, piece=piece, created=tuple(machine.created), points=end - begin))
         sessions += machine.sessions
         if final:
             return Step(marks=marks, exit=after, sessions=sessions)
@@ -235,14 +250,15 @@ _PAGE = 16
 
 def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetime, changed: Iterable[datetime],
            segment: timedelta = SEGMENT, chunk: int | None = CHUNK,
-           budget: int | None = None) -> Generator[Request, Any, Outcome]:
+           budget: int | None = None, append: bool = True) -> Generator[Request, Any, Outcome]:
     """Bring the stored walk up to date after points starting at ``changed`` instants were added or removed.
 
     With no ``changed`` instant, only the last segment is walked again (to finish it at ``as_of``). A
     changed instant replays the chunk (segment, or part of one: see ``CHUNK``) that holds it, from the mark
     at or before it. With ``budget``, the walk stops once the points it read and the marks it moved reach
     it, at the next segment or chunk, and says what is left (``Outcome.pending``): rewalking those instants
-    later gives what an unbounded walk would.
+    later gives what an unbounded walk would. ``append`` gives points appended to the end of a segment a
+    chunk of their own (False: the whole last chunk is read again, as before; for benchmarks).
     """
     todo = sorted({ensure_aware(t) for t in changed})
     out = _Run(account_id=account_id, service=service, rules=rules, as_of=as_of, segment=segment, chunk=chunk)
@@ -281,6 +297,7 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
         if queue:
             end = min(end, queue[0].start)
         changed_here = False
+        first_changed = todo[0] if todo and todo[0] < end else None
         while todo and todo[0] < end:
             todo.pop(0)
             changed_here = True
@@ -302,9 +319,18 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
                 fresh = True
                 continue
         force = False
+        # The end of a segment (no mark after s in it): its new points get a chunk of their own, and the older
+        # ones before them join the chunk before (``_merge``), so the next batch appending to the segment
+        # reads these new points again, not the whole chunk it grows.
+        appending = (append and chunk is not None and m is not None and first_changed is not None
+                     and first_changed > s and end == segment_start(s, segment) + segment)
         points: list[Point] = yield PointsIn(s, end)
-        entry = out.replay(s, m, entry, points, last)
+        made = len(out.result.marks)
+        entry = out.replay(s, m, entry, points, last, cut=first_changed if appending else None)
         fresh = bool(points)
+        if appending and len(out.result.marks) - made >= 2 and s > segment_start(s, segment):
+            prior: Mark | None = yield MarkBefore(s - timedelta(microseconds=1))
+            _merge(out.result, made, prior, segment, chunk)
     if not out.finished and visited is not None:
         # The last segment lost all its points (or, with deferred sessions, a changed segment not walked yet
         # holds none): finish after the last mark that remains before it.
@@ -332,8 +358,9 @@ class _Run:
     result: Outcome = field(default_factory=Outcome)
     finished: bool = False
 
-    def replay(self, start: datetime, old: Mark | None, entry: Entry, points: Sequence[Point], last: bool) -> Entry:
-        """Replay one segment; returns the walk state after it."""
+    def replay(self, start: datetime, old: Mark | None, entry: Entry, points: Sequence[Point], last: bool,
+               cut: datetime | None = None) -> Entry:
+        """Replay one segment (a chunk starts at ``cut`` too); returns the walk state after it."""
         self.result.points_read += len(points)
         if old is not None:
             self.result.stale.extend(old.created)
@@ -342,12 +369,30 @@ class _Run:
                 self.result.dropped.append(start)
             return entry
         done = step(start, entry, points, account_id=self.account_id, service=self.service, rules=self.rules,
-                    as_of=self.as_of if last else None, chunk=self.chunk)
+                    as_of=self.as_of if last else None, chunk=self.chunk, cut=cut)
         self.finished = self.finished or last
         self.result.marks.extend(done.marks)
         self.result.created.extend(c for mark in done.marks for c in mark.created)
         self.result.sessions.extend(done.sessions)
         return done.exit
+
+
+def _merge(result: Outcome, made: int, before: Mark | None, segment: timedelta, chunk: int | None) -> None:
+    """Fold the mark made at ``result.marks[made]`` into the stored mark ``before`` it, if both fit in a chunk.
+
+    Two adjacent marks of one segment are one chunk: the earlier entry, the pieces merged (None if the entry's
+    session closes in either), the sessions created in both. Only when this walk did not rewrite ``before``.
+    """
+    mark = result.marks[made]
+    if (before is None or chunk is None or before.points is None or mark.points is None
+            or before.points + mark.points > chunk
+            or segment_start(before.start, segment) != segment_start(mark.start, segment)
+            or before.start in result.dropped or any(before.start <= m.start < mark.start for m in result.marks)):
+        return
+    piece = None if before.piece is None or mark.piece is None else before.piece.merge(mark.piece)
+    result.marks[made] = replace(before, piece=piece, created=before.created + mark.created,
+                                 points=before.points + mark.points)
+    result.dropped.append(mark.start)
 
 
 def settle_outcome(outcome: Outcome) -> Outcome:

@@ -26,37 +26,63 @@ from usagehub.storage.session_queue import backlog
 
 log = logging.getLogger(__name__)
 
+ROUND_NAME = "usagehub-session-round"  # application_name of a round's transaction
+_MIN_SCALE = 0.01  # rounds never shrink below a hundredth of their bounds (a walk still goes two chunks on)
+
 
 class SessionWorker:
     """Replays the session queue until cancelled: rounds of ``accounts_per_round`` accounts."""
 
     def __init__(self, pool: AsyncConnectionPool, engine: SessionEngine, *, accounts_per_round: int = 32,
                  idle_s: float = 0.1, coalesce_s: float = 0.5, lock_timeout_ms: int = 5000,
-                 rows_per_round: int | None = 256, budget_per_round: int | None = 40_000) -> None:
+                 segments_per_round: int | None = 256, budget_per_round: int | None = 40_000,
+                 target_round_s: float | None = 0.5) -> None:
         """``coalesce_s``: after a round that emptied the queue, wait this long so that the next round finds
         more points per segment (a segment replayed once for many batches, not once per batch).
 
-        ``rows_per_round`` and ``budget_per_round`` (points read plus marks moved) bound a round's work, so
-        the accounts' locks it holds are released well before an ingest batch's ``lock_timeout``, however
-        large the account; what a round leaves stays queued for the next."""
+        ``segments_per_round`` (each with all its queue rows) and ``budget_per_round`` (points read plus marks
+        moved) bound a round's work, so the accounts' locks it holds are released well before an ingest batch's
+        ``lock_timeout``, however large the account; what a round leaves stays queued for the next. Points are
+        not all as dear (a loaded machine, large marks of an account with thousands of devices): while rounds
+        take longer than ``target_round_s`` both bounds shrink in proportion, and grow back when rounds are
+        quick, so a round holds its accounts (and the ingest batches waiting for them) about that long."""
         self.pool, self.engine = pool, engine
-        self.rows_per_round, self.budget_per_round = rows_per_round, budget_per_round
+        self.segments_per_round, self.budget_per_round = segments_per_round, budget_per_round
         self.accounts_per_round, self.idle_s, self.lock_timeout_ms = accounts_per_round, idle_s, lock_timeout_ms
-        self.coalesce_s = coalesce_s
+        self.coalesce_s, self.target_round_s = coalesce_s, target_round_s
+        self.scale = 1.0  # the share of both bounds in force (adapted to target_round_s)
         self.replayed = 0  # segments replayed since start
 
     async def round(self) -> int:
         """One transaction: claim, replay, reconcile, delete; the segments replayed (0: queue empty)."""
         started = time.perf_counter()
         async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
-            await conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{self.lock_timeout_ms}ms",))
-            done = await self.engine.replay_queued(conn, limit=self.accounts_per_round, max_rows=self.rows_per_round,
-                                                   budget=self.budget_per_round)
+            # The name marks the round's transaction in pg_stat_activity (how long a round holds its locks).
+            await conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('application_name', %s, true)",
+                               (f"{self.lock_timeout_ms}ms", ROUND_NAME))
+            segments, budget = self.bounds()
+            done = await self.engine.replay_queued(conn, limit=self.accounts_per_round, max_segments=segments,
+                                                   budget=budget)
+        # How long the round held its accounts (ingest batches wait that long), not how long it waited for them.
+        self._adapt(time.perf_counter() - (self.engine.locked_at or started))
         if done:
             self.replayed += done
             metrics.SESSION_SEGMENTS.inc(done)
             metrics.SESSION_ROUND_SECONDS.observe(time.perf_counter() - started)
         return done
+
+    def bounds(self) -> tuple[int | None, int | None]:
+        """The segments and the budget of the next round."""
+        return (None if self.segments_per_round is None else max(1, int(self.segments_per_round * self.scale)),
+                None if self.budget_per_round is None else max(1, int(self.budget_per_round * self.scale)))
+
+    def _adapt(self, took_s: float) -> None:
+        if self.target_round_s is None:
+            return
+        if took_s > self.target_round_s:
+            self.scale = max(_MIN_SCALE, self.scale * self.target_round_s / took_s)
+        elif took_s < self.target_round_s / 2:
+            self.scale = min(1.0, self.scale * 1.25)
 
     async def run(self) -> None:
         """Replay until cancelled; a failed round (lock timeout, outage) is retried with backoff."""
@@ -72,7 +98,7 @@ class SessionWorker:
             if not done:
                 await asyncio.sleep(delay)
             elif (self.engine.last_claimed < self.accounts_per_round and not self.engine.last_left
-                  and (self.rows_per_round is None or done < self.rows_per_round)):
+                  and (self.segments_per_round is None or self.engine.last_segments < (self.bounds()[0] or 0))):
                 # caught up: let the queue fill a little
                 await asyncio.sleep(self.coalesce_s)
 

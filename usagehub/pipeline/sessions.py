@@ -10,6 +10,7 @@ changed are then reconciled into billing records (``pipeline.records``).
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Generator, Iterable, Sequence
 from contextvars import ContextVar
@@ -65,7 +66,9 @@ class SessionEngine:
         # them (pipeline.session_worker); set by a hub that runs session workers. Inline otherwise.
         self.defer = False
         self.last_claimed = 0  # accounts claimed by the last replay_queued
+        self.last_segments = 0  # segments claimed by the last replay_queued (each with all its queue rows)
         self.last_left = 0  # queue rows the last replay_queued left for later (its budget ran out)
+        self.locked_at: float | None = None  # perf_counter when the last replay_queued had its accounts' locks
 
     @property
     def last_points(self) -> Sequence[Point]:
@@ -142,20 +145,25 @@ class SessionEngine:
         await self.recompute(conn, bound, zones)
 
     async def replay_queued(self, conn: Connection, *, limit: int | None, accounts: list[str] | None = None,
-                            skip_locked: bool = True, max_rows: int | None = None, budget: int | None = None) -> int:
+                            skip_locked: bool = True, max_segments: int | None = None,
+                            budget: int | None = None) -> int:
         """Replay queued segments of up to ``limit`` accounts in this transaction; the queue rows replayed.
 
-        ``max_rows`` claims at most that many rows (the earliest in event time first); ``budget`` bounds the
+        ``max_segments`` claims every row of at most that many segments (``storage.session_queue.claim``:
+        one replay covers them all, however many batches queued them); ``budget`` bounds the
         points read and marks moved by the round: a walk cut by it queues what is left (in this transaction).
         Both bound how long the round holds its accounts' locks, however large an account.
         """
         self.refresh()
-        rows = await claim(conn, limit=limit, accounts=accounts, skip_locked=skip_locked, max_rows=max_rows)
+        self.locked_at = None
+        rows = await claim(conn, limit=limit, accounts=accounts, skip_locked=skip_locked, max_segments=max_segments)
         claimed = {a for a, _, _ in rows}
         self.last_claimed = len(claimed)
+        self.last_segments = len({(a, s, segment_start(t)) for a, s, t in rows})
         if not rows:
             return 0
         await lock_accounts(conn, claimed)
+        self.locked_at = time.perf_counter()
         zones = {a: ZoneInfo(z) for a, z in (await zones_of(conn, claimed)).items()}
         changed: defaultdict[tuple[str, str], list[datetime]] = defaultdict(list)
         for account, service, start in rows:

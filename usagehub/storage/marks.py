@@ -29,7 +29,7 @@ from usagehub.storage.sessions import (
     utc,
 )
 
-_MARK_COLUMNS = "seg_start, entry::text, piece::text, created::text"  # parsed by orjson
+_MARK_COLUMNS = "seg_start, entry::text, piece::text, created::text, points"  # parsed by orjson
 
 
 def acc_json(acc: Acc) -> dict[str, Any]:
@@ -67,10 +67,10 @@ def entry_of(d: dict[str, Any]) -> Entry:
 
 def mark_of(row: Any) -> Mark:
     """A mark from a row selected with ``_MARK_COLUMNS``."""
-    start, entry, piece, created = row
+    start, entry, piece, created, points = row
     return Mark(start=utc(start), entry=entry_of(orjson.loads(entry)),
                 piece=None if piece is None else acc_of(orjson.loads(piece)),
-                created=tuple(resume_of(r) for r in orjson.loads(created)))
+                created=tuple(resume_of(r) for r in orjson.loads(created)), points=points)
 
 
 Group = tuple[str, str]  # (account, service)
@@ -139,15 +139,16 @@ async def save_walks(conn: Connection, outcomes: Sequence[tuple[Group, Outcome]]
             [list(c) for c in zip(*dropped, strict=True)])
     marks = [(a, s, m.start, orjson.dumps(entry_json(m.entry)).decode(),
               None if m.piece is None else orjson.dumps(acc_json(m.piece)).decode(),
-              orjson.dumps([resume_json(r) for r in m.created]).decode())
+              orjson.dumps([resume_json(r) for r in m.created]).decode(), m.points)
              for (a, s), out in outcomes for m in out.marks]
     if marks:
         await conn.execute(
-            "INSERT INTO session_marks (account_id, service, seg_start, entry, piece, created) "
-            "SELECT a, s, t, e::jsonb, p::jsonb, c::jsonb FROM unnest(%b::text[], %b::text[], %b::timestamptz[], "
-            "%b::text[], %b::text[], %b::text[]) AS u(a, s, t, e, p, c) "
+            "INSERT INTO session_marks (account_id, service, seg_start, entry, piece, created, points) "
+            "SELECT a, s, t, e::jsonb, p::jsonb, c::jsonb, n FROM unnest(%b::text[], %b::text[], %b::timestamptz[], "
+            "%b::text[], %b::text[], %b::text[], %b::int[]) AS u(a, s, t, e, p, c, n) "
             "ON CONFLICT (account_id, service, seg_start) DO UPDATE SET entry = excluded.entry, "
-            "piece = excluded.piece, created = excluded.created", [list(c) for c in zip(*marks, strict=True)])
+            "piece = excluded.piece, created = excluded.created, points = excluded.points",
+            [list(c) for c in zip(*marks, strict=True)])
     sessions = [s for _, out in outcomes for s in out.sessions]
     ids = [session_id_of(a, sv, r) for (a, sv), out in outcomes for r in out.stale] + [session_id(s) for s in sessions]
     touched: set[Pair] = {(s.account_id, s.period) for s in sessions}

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from usagehub.core.segments import EPOCH, SEGMENT
 from usagehub.storage.pool import Connection
 from usagehub.storage.sessions import utc
 
@@ -39,25 +40,32 @@ def _columns(items: list[Queued]) -> tuple[list[str], list[str], list[datetime]]
 
 
 async def claim(conn: Connection, *, limit: int | None, accounts: list[str] | None = None,
-                skip_locked: bool = True, max_rows: int | None = None) -> list[Queued]:
+                skip_locked: bool = True, max_segments: int | None = None) -> list[Queued]:
     """Claim queued rows until the transaction ends: of ``limit`` accounts, the longest waiting first.
 
-    ``max_rows`` claims at most that many rows of those accounts, the earliest in event time first
-    (a huge account is replayed in bounded rounds); ``accounts`` restricts the claim to those accounts
-    (a billing run); without ``skip_locked`` the claim waits for a replay holding them instead of
-    passing over it.
+    Rows are claimed by whole segments (``core.segments.SEGMENT``): one replay from a segment's earliest
+    instant covers all its rows, so a round never leaves rows of a segment it replays (they would cost a
+    second replay). ``max_segments`` claims at most that many segments of those accounts, taken in turns —
+    each account's earliest segment in event time, then each one's second… (the longest waiting account
+    first in a turn), so a huge account is replayed in bounded rounds and does not hold the others back;
+    ``accounts`` restricts the claim to those accounts (a billing run); without ``skip_locked`` the claim
+    waits for a replay holding them instead of passing over it.
     """
     skip = " SKIP LOCKED" if skip_locked else ""
     where = "WHERE account_id = ANY(%(acc)s)" if accounts is not None else ""
+    seg = "date_bin(%(width)s, q.seg_start, %(epoch)s)"
     cur = await conn.execute(
-        f"WITH pick AS (SELECT account_id FROM session_queue {where} GROUP BY account_id "
-        "ORDER BY min(queued_at), account_id LIMIT %(limit)s), "
-        "firsts AS (SELECT q.account_id, q.service, q.seg_start FROM session_queue q JOIN pick USING (account_id) "
-        "ORDER BY q.seg_start, q.account_id, q.service LIMIT %(rows)s) "
-        "SELECT q.account_id, q.service, q.seg_start FROM session_queue q JOIN firsts USING "
-        f"(account_id, service, seg_start) ORDER BY q.account_id, q.service, q.seg_start FOR UPDATE OF q{skip}",
-        {"acc": accounts, "limit": limit, "rows": max_rows})  # LIMIT NULL: every account, every row
-    rows: list[Any] = await cur.fetchall()
+        f"WITH pick AS (SELECT account_id, min(queued_at) AS waited FROM session_queue {where} GROUP BY account_id "
+        "ORDER BY 2, 1 LIMIT %(limit)s), "
+        f"segs AS (SELECT q.account_id, q.service, {seg} AS seg, p.waited FROM session_queue q JOIN pick p "
+        "USING (account_id) GROUP BY 1, 2, 3, 4), "
+        "firsts AS (SELECT account_id, service, seg FROM segs ORDER BY row_number() OVER (PARTITION BY account_id "
+        "ORDER BY seg, service), waited, account_id LIMIT %(segments)s) "
+        "SELECT q.account_id, q.service, q.seg_start FROM session_queue q JOIN firsts f "
+        f"ON q.account_id = f.account_id AND q.service = f.service AND {seg} = f.seg "
+        f"ORDER BY q.account_id, q.service, q.seg_start FOR UPDATE OF q{skip}",
+        {"acc": accounts, "limit": limit, "segments": max_segments, "width": SEGMENT, "epoch": EPOCH})
+    rows: list[Any] = await cur.fetchall()  # LIMIT NULL: every account, every segment
     return [(str(r[0]), str(r[1]), utc(r[2])) for r in rows]
 
 
