@@ -33,6 +33,7 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.fleet import profiler  # noqa: E402  (py-spy on the hub and its children, BENCH_PYSPY)
 from tests.integration.test_prepaid_hubs import load_plan  # noqa: E402
 from tests.peers import free_port  # noqa: E402
 from usagehub.storage.embedded import embedded_database_url  # noqa: E402
@@ -228,15 +229,6 @@ def histogram_quantile(text: str, name: str, q: float) -> float:
             buckets.append((float("inf") if bound == "+Inf" else float(bound), float(line.rsplit(" ", 1)[1])))
     total = buckets[-1][1] if buckets else 0.0
     return next((b for b, count in buckets if total and count >= q * total), float("nan"))
-
-
-def profiler(pid: int) -> subprocess.Popen[bytes] | None:
-    """``BENCH_PYSPY=FILE``: sample the hub (and its children) with py-spy, collapsed stacks, for the whole run."""
-    out = os.environ.get("BENCH_PYSPY")
-    if not out:
-        return None
-    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-                             "--nonblocking", "--subprocesses", "--output", out], stdout=subprocess.DEVNULL)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
@@ -87,12 +88,16 @@ async def test_pull_is_bounded_by_the_window_and_acks_only_committed_messages(na
         await asyncio.sleep(0.1)
         assert await _pending(js, settings) == (0, 0)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await nc.close()
+        await _stop(tasks, nc)
+
+
+async def _stop(tasks: list[asyncio.Task[None]], nc: NATS) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await nc.close()
 
 
 async def test_a_message_arriving_on_an_idle_partition_is_handed_over_at_once(nats_server: NatsServer) -> None:
@@ -134,12 +139,7 @@ async def test_a_deleted_consumer_is_declared_again(nats_server: NatsServer) -> 
         # from the stream's start (the old message comes back: PostgreSQL identity drops it).
         await _until(lambda: [m.topic for m, _ in sink.got][-1] == "meters/m1/reading", within_s=8)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await nc.close()
+        await _stop(tasks, nc)
 
 
 async def test_refused_pull_requests_back_off(nats_server: NatsServer) -> None:
