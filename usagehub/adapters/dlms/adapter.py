@@ -149,7 +149,13 @@ class DlmsAdapter:
         health.polls += 1
         started = time.perf_counter()
         try:
-            messages, last = await self._read(endpoint, plan)
+            # The session itself is bounded in _read; this bounds the rest too (the counter reservation's write
+            # waits for a thread), so a stuck step fails this poll instead of stopping the meter's loop for good.
+            async with asyncio.timeout(2 * max(plan.interval_s, plan.timeout_s * 4)):
+                messages, last = await self._read(endpoint, plan)
+        except TimeoutError:
+            self._failed(endpoint.device_id, health, PollFailed("the poll did not end in time"))
+            return False
         except PollFailed as err:
             self._failed(endpoint.device_id, health, err)
             return False
