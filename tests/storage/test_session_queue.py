@@ -18,9 +18,11 @@ from usagehub.core.events import RawMessage
 from usagehub.errors import DomainError
 from usagehub.pipeline.pipeline import Pipeline
 from usagehub.pipeline.session_worker import SessionWorker
+from usagehub.pipeline import sessions as sessions_stage
 from usagehub.pipeline.sessions import SessionEngine
 from usagehub.storage.pool import open_pool
 from usagehub.storage.registry import Registry
+from usagehub.storage.session_queue import finish
 
 STEP = timedelta(minutes=15)
 
@@ -174,3 +176,41 @@ async def test_billing_run_replays_its_tenants_queue_first(pool: AsyncConnection
     async with pool.connection() as conn:
         rows = await (await conn.execute("SELECT DISTINCT account_id FROM session_queue")).fetchall()
     assert rows == [("a2",)]  # t2's account is still queued: t1's run did not touch it
+
+
+async def test_ingest_never_waits_for_a_round_and_a_point_stored_during_it_is_replayed_later(
+        pool: AsyncConnectionPool, second_pool: AsyncConnectionPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round has claimed, locked its accounts and replayed; a batch for the same segments commits before
+    the round deletes its claims.
+
+    The batch must not wait for the round (ingest is never stalled by session work), and its points, which
+    the round read too early to see, must be replayed by a later round: the result equals inline.
+    """
+    chunks = _fleet()
+    expected = await _inline(second_pool)
+    await _seed(pool)
+    pipeline, _ = wired(pool)
+    engine = _engine(pipeline)
+    engine.defer = True
+    for chunk in chunks[:-1]:
+        await feed(pipeline, chunk)
+    claimed: list[int] = []
+
+    async def finish_after_a_batch(conn: Any, ids: list[int]) -> None:
+        claimed.extend(ids)
+        # The last batch touches the claimed segments of both tenants' accounts, whose locks this round holds.
+        await asyncio.wait_for(feed(pipeline, chunks[-1]), timeout=30)
+        await finish(conn, ids)
+
+    monkeypatch.setattr(sessions_stage, "finish", finish_after_a_batch)
+    replayer = SessionEngine(engine.profiles, clock=lambda: NOW)
+    async with pool.connection() as conn, conn.transaction():
+        assert await replayer.replay_queued(conn, limit=None) > 0
+    assert replayer.last_claimed == 2 and claimed
+    monkeypatch.undo()
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT count(*) FROM session_queue WHERE queue_id = ANY(%s)", (claimed,))
+        assert (await cur.fetchone()) == (0,)  # the claimed rows are gone
+    assert await _queued(pool) > 0  # the last batch's rows are not: they wait for the next round
+    await SessionWorker(pool, replayer).drain()
+    assert await _derived(pool) == expected

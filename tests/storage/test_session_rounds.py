@@ -32,7 +32,7 @@ async def _queued_segments(pool: AsyncConnectionPool) -> int:
 async def test_a_claim_takes_every_row_of_the_earliest_segments_of_an_account(pool: AsyncConnectionPool) -> None:
     await _ingest_deferred(pool)
     async with pool.connection() as conn, conn.transaction():
-        rows = await claim(conn, limit=1, max_segments=3)
+        rows, _ = await claim(conn, limit=1, max_segments=3)
         account = rows[0][0]
         cur = await conn.execute("SELECT service, seg_start FROM session_queue WHERE account_id = %s", (account,))
         queued = [(str(s), t) for s, t in await cur.fetchall()]

@@ -133,12 +133,12 @@ class SessionEngine:
         for event, info in instants:
             stored.append((event_point(event, info, bindings, state=event.kind is MeterKind.STATE), None))
         bound = [p for p, _ in stored if p.account_id is not None]
-        if bound:
+        if bound and not defer:  # replayed here: wait for any replay or billing run holding these accounts
             await lock_accounts(conn, {p.account_id for p in bound if p.account_id})
         # Unbound pieces are kept too: a binding registered later re-allocates them (storage.rebind).
         await copy_points(conn, stored)
         self._last.set(bound)
-        if defer:  # under the accounts' locks taken above (the queue's lock order)
+        if defer:  # no account lock: the queue is a log, a round replays what it claimed (storage.session_queue)
             await queue_segments(conn, _earliest_per_segment((p.account_id, p.service, p.start) for p in bound
                                                              if p.account_id is not None))
             return
@@ -156,7 +156,8 @@ class SessionEngine:
         """
         self.refresh()
         self.locked_at = None
-        rows = await claim(conn, limit=limit, accounts=accounts, skip_locked=skip_locked, max_segments=max_segments)
+        rows, ids = await claim(conn, limit=limit, accounts=accounts, skip_locked=skip_locked,
+                                max_segments=max_segments)
         claimed = {a for a, _, _ in rows}
         self.last_claimed = len(claimed)
         self.last_segments = len({(a, s, segment_start(t)) for a, s, t in rows})
@@ -173,8 +174,8 @@ class SessionEngine:
         left: list[tuple[str, str, datetime]] = []
         touched = await self.rewalk(conn, dict(changed), zones, self.clock(), budget=share, left=left)
         await self.book.reconcile(conn, touched, zones)
-        await finish(conn, rows)
-        await queue_segments(conn, left)  # after finish: a left instant may equal a claimed row
+        await finish(conn, ids)
+        await queue_segments(conn, left)
         self.last_left = len(left)
         return len(rows)
 

@@ -1,12 +1,12 @@
-"""The queue of session segments to replay (migration 0020); the stage is ``pipeline.session_worker``.
+"""The queue of session segments to replay (migrations 0020, 0029); the stage is ``pipeline.session_worker``.
 
-Lock order, shared with ingest and billing runs so that none of them deadlocks:
-a replayer claims queue rows first (``FOR UPDATE``), then the accounts' advisory
-locks (``storage.sessions.lock_accounts``); ingest takes the account locks and
-only then queues (``ON CONFLICT DO NOTHING`` never waits on a claimed row).
-A point committed while its segment is claimed is therefore either seen by the
-replay (which waits for the ingest's account lock before it reads points) or
-queued again after the claim is deleted.
+The queue is a log: ingest appends a row per (account, service, segment) a batch touched, holding the
+earliest instant it stored there, without taking any lock a replay holds (so a session round never stalls
+ingest). A replayer claims rows (``FOR UPDATE``, whole segments), then the accounts' advisory locks
+(``storage.sessions.lock_accounts``, shared with billing runs and corrections, so none of them deadlock),
+replays, and deletes exactly the rows it claimed, by id, in the same transaction. A point committed
+after the claim comes with a row the claim did not take: a later round replays it. A point committed
+before the claim is seen by the replay, which reads points after claiming.
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ Queued = tuple[str, str, datetime]
 
 
 async def queue_segments(conn: Connection, rows: Iterable[Queued]) -> None:
-    """Queue segments for replay (inside the ingest transaction, after the accounts' locks)."""
+    """Queue segments for replay (inside the transaction that stored their points; appends, never waits)."""
     items = sorted(set(rows))
     if items:
         await conn.execute(
             "INSERT INTO session_queue (account_id, service, seg_start) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) ON CONFLICT DO NOTHING",
-            _columns(items))
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[])", _columns(items))
 
 
 def _columns(items: list[Queued]) -> tuple[list[str], list[str], list[datetime]]:
@@ -40,9 +39,10 @@ def _columns(items: list[Queued]) -> tuple[list[str], list[str], list[datetime]]
 
 
 async def claim(conn: Connection, *, limit: int | None, accounts: list[str] | None = None,
-                skip_locked: bool = True, max_segments: int | None = None) -> list[Queued]:
+                skip_locked: bool = True, max_segments: int | None = None) -> tuple[list[Queued], list[int]]:
     """Claim queued rows until the transaction ends: of ``limit`` accounts, the longest waiting first.
 
+    Returns the rows and their ids (for ``finish``).
     Rows are claimed by whole segments (``core.segments.SEGMENT``): one replay from a segment's earliest
     instant covers all its rows, so a round never leaves rows of a segment it replays (they would cost a
     second replay). ``max_segments`` claims at most that many segments of those accounts, taken in turns —
@@ -61,21 +61,19 @@ async def claim(conn: Connection, *, limit: int | None, accounts: list[str] | No
         "USING (account_id) GROUP BY 1, 2, 3, 4), "
         "firsts AS (SELECT account_id, service, seg FROM segs ORDER BY row_number() OVER (PARTITION BY account_id "
         "ORDER BY seg, service), waited, account_id LIMIT %(segments)s) "
-        "SELECT q.account_id, q.service, q.seg_start FROM session_queue q JOIN firsts f "
+        "SELECT q.account_id, q.service, q.seg_start, q.queue_id FROM session_queue q JOIN firsts f "
         f"ON q.account_id = f.account_id AND q.service = f.service AND {seg} = f.seg "
         f"ORDER BY q.account_id, q.service, q.seg_start FOR UPDATE OF q{skip}",
         {"acc": accounts, "limit": limit, "segments": max_segments, "width": SEGMENT, "epoch": EPOCH})
     rows: list[Any] = await cur.fetchall()  # LIMIT NULL: every account, every segment
-    return [(str(r[0]), str(r[1]), utc(r[2])) for r in rows]
+    return [(str(r[0]), str(r[1]), utc(r[2])) for r in rows], [int(r[3]) for r in rows]
 
 
-async def finish(conn: Connection, rows: Iterable[Queued]) -> None:
-    """Delete replayed segments (in the replay's transaction)."""
-    items = sorted(set(rows))
+async def finish(conn: Connection, ids: Iterable[int]) -> None:
+    """Delete the claimed rows ``ids`` (in the replay's transaction); rows queued since stay."""
+    items = sorted(set(ids))
     if items:
-        await conn.execute(
-            "DELETE FROM session_queue q USING unnest(%s::text[], %s::text[], %s::timestamptz[]) AS d(a, s, t) "
-            "WHERE q.account_id = d.a AND q.service = d.s AND q.seg_start = d.t", _columns(items))
+        await conn.execute("DELETE FROM session_queue WHERE queue_id = ANY(%s)", (items,))
 
 
 async def queued_accounts(conn: Connection, *, tenant: str, account_id: str | None) -> list[str]:
