@@ -16,9 +16,9 @@ from tests.conftest import _fresh_database
 from tests.storage.test_sessions_billing import NOW, OCT, alarm, feed, reading, wired
 from usagehub.core.events import RawMessage
 from usagehub.errors import DomainError
+from usagehub.pipeline import sessions as sessions_stage
 from usagehub.pipeline.pipeline import Pipeline
 from usagehub.pipeline.session_worker import SessionWorker
-from usagehub.pipeline import sessions as sessions_stage
 from usagehub.pipeline.sessions import SessionEngine
 from usagehub.storage.pool import open_pool
 from usagehub.storage.registry import Registry
