@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -11,6 +12,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from usagehub.adapters.base import Outcome
+from usagehub.core.counters import Reading
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
 from usagehub.pipeline.pipeline import Pipeline, PipelineSettings
@@ -19,6 +21,7 @@ from usagehub.runtime.config import SHIPPED_PROFILES
 from usagehub.runtime.profile_files import load_profiles
 from usagehub.storage.queries import Reads
 from usagehub.storage.registry import KnownDevices, Registry
+from usagehub.storage.usage import stored_neighbourhoods
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
@@ -150,3 +153,37 @@ async def test_late_readings_of_several_registers_in_one_batch(pipeline: Pipelin
                                  "HAVING sum(quantity) <> 0 ORDER BY 1, 2")
         deltas = [(str(r[0]), r[2]) for r in await cur.fetchall()]
     assert deltas == [("m1", Decimal("0.100"))] * 11 + [("m2", Decimal(40 * (2 * i - 1)) / 1000) for i in range(1, 12)]
+
+
+async def test_batches_straddling_the_latest_reading_split_exactly_and_read_back_only_older_readings(
+        pipeline: Pipeline, pool: AsyncConnectionPool) -> None:
+    """Local shuffles: each batch holds a few readings older than the latest stored and many newer ones.
+
+    Every 15-minute delta comes out as if in order, and the late-data read returns only readings stored
+    before the batch, not the batch's own newer ones read back (the cost of a batch is its overlap).
+    """
+    rng = random.Random(7)
+    values = [5000 + 37 * i + (i * i) % 11 for i in range(60)]
+    order = list(range(60))
+    for w in range(0, 60, 8):  # windows of 8, shuffled inside
+        window = order[w:w + 8]
+        rng.shuffle(window)
+        order[w:w + 8] = window
+    msgs = [reading("m1", i, 15 * i, values[i]) for i in order]
+    for start in range(0, 60, 10):
+        await feed(pipeline, msgs[start:start + 10] + msgs[max(0, start - 3):start])  # with redeliveries
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT ts, sum(quantity) FROM usage_entries WHERE device_id = 'm1' "
+                                 "GROUP BY 1 HAVING sum(quantity) <> 0 ORDER BY 1")
+        deltas = [r[1] for r in await cur.fetchall()]
+        assert deltas == [Decimal(values[i] - values[i - 1]) / 1000 for i in range(1, 60)]
+        # The read itself: readings 0..29 stored, a batch of 25 (late) .. 40.
+        batch = [Reading(ts=T0 + timedelta(minutes=15 * i), value=Decimal(values[i]) / 1000, event_id=str(i))
+                 for i in (25, *range(31, 41))]
+        latest = Reading(ts=T0 + timedelta(minutes=15 * 59), value=Decimal(0), event_id="59")
+        got = await stored_neighbourhoods(conn, {("m1", "energy"): batch}, {("m1", "energy"): latest})
+        assert [r.event_id for r in got[("m1", "energy")]] == ["24", "26", "27", "28", "29", "30", "41"]
+        capped = Reading(ts=T0 + timedelta(minutes=15 * 29), value=Decimal(0), event_id="29")
+        got = await stored_neighbourhoods(conn, {("m1", "energy"): batch}, {("m1", "energy"): capped})
+        # Nothing past the latest reading but its successor (which a real batch would have stored itself).
+        assert [r.event_id for r in got[("m1", "energy")]] == ["24", "26", "27", "28", "29", "30"]

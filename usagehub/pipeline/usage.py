@@ -66,7 +66,7 @@ class UsageWriter:
         # one round trip for all of them.
         late = {key: readings for key, readings in readings_of.items()
                 if (latest := state.get(key)) is not None and readings[0].key <= latest.key}
-        neighbours = await stored_neighbourhoods(conn, late)
+        neighbours = await stored_neighbourhoods(conn, late, state)
         for key in keys:
             group, readings, latest = groups[key], readings_of[key], state.get(key)
             known = neighbours.get(key, [latest] if latest else [])

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import psycopg
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from usagehub.errors import IntegrityViolation, StorageError, StorageUnavailable
@@ -22,6 +25,18 @@ async def _in_utc(conn: psycopg.AsyncConnection[Any]) -> None:
     event, 3 % of the hub. No SQL here depends on the session zone (account zones are always explicit).
     """
     await conn.execute("SET TimeZone = 'UTC'")
+    set_json_loads(_json_loads, conn)
+
+
+def _json_loads(data: str | bytes) -> Any:
+    """json/jsonb values (session state, walk marks) parsed by orjson: a fifth of the stdlib's cost.
+
+    orjson refuses integers past 64 bits, which the stdlib (and PostgreSQL) accept: those take the stdlib.
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 async def open_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> AsyncConnectionPool:

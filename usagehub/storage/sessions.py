@@ -45,7 +45,7 @@ _SESSION_COLUMNS = ("session_id, account_id, service, period_start, period_end, 
 def utc(ts: Any) -> datetime:
     """A database timestamp in UTC (the session zone of the connection must not leak into keys)."""
     assert isinstance(ts, datetime)
-    return ts.astimezone(UTC)
+    return ts if ts.tzinfo is UTC else ts.astimezone(UTC)
 
 
 async def lock_accounts(conn: Connection, accounts: Iterable[str]) -> None:
@@ -165,10 +165,15 @@ def _session_row(s: Session) -> tuple[Any, ...]:
             None if s.carry is None else orjson.dumps(carry_json(s.carry)).decode())
 
 
+_POINT_KINDS: dict[str, PointKind] = {k.value: k for k in PointKind}
+_AGGREGATIONS: dict[str, Aggregation] = {a.value: a for a in Aggregation}
+
+
 def point_of(row: Sequence[Any]) -> Point:
+    """A point from a row of ``_POINT_COLUMNS`` (enums by a dict lookup: a replay reads many)."""
     account, service, device, product, kind, agg, start, end, value, active, label, tie = row
-    return Point(account_id=account, service=service, device_id=device, product=product, kind=PointKind(kind),
-                 aggregation=Aggregation(agg), start=utc(start), end=utc(end), value=value, active=active,
+    return Point(account_id=account, service=service, device_id=device, product=product, kind=_POINT_KINDS[kind],
+                 aggregation=_AGGREGATIONS[agg], start=utc(start), end=utc(end), value=value, active=active,
                  label=label, tie=tie)
 
 

@@ -37,18 +37,23 @@ async def save_meter_state(conn: Connection, new_state: Sequence[tuple[MeterKey,
                                          for k, r in new_state], strict=True)))
 
 
-async def stored_neighbourhoods(conn: Connection, batches: Mapping[MeterKey, list[Reading]]
-                                ) -> dict[MeterKey, list[Reading]]:
+async def stored_neighbourhoods(conn: Connection, batches: Mapping[MeterKey, list[Reading]],
+                                latest: Mapping[MeterKey, Reading] | None = None) -> dict[MeterKey, list[Reading]]:
     """For each register with late data in the batch: the stored predecessor, those in between, the successor.
 
     One round trip for all registers. The batch's own events are already in the table (same transaction)
-    and are left out, so ``apply_batch`` sees only what was known before.
+    and are left out, so ``apply_batch`` sees only what was known before. ``latest`` (each register's
+    latest reading before the batch) bounds the range read: nothing stored earlier lies past it, so the
+    batch's own readings after it are not read back (with local shuffles they are most of the batch).
     """
     keys = list(batches)
     if not keys:
         return {}
     los = [batches[k][0].key for k in keys]
     his = [batches[k][-1].key for k in keys]
+    if latest:
+        his = [min(hi, last.key) if (last := latest.get(k)) is not None else hi
+               for k, hi in zip(keys, his, strict=True)]
     cur = await conn.execute(
         "SELECT k.i, e.ts, e.value, e.event_id, e.reset_marker "
         "FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::timestamptz[], %s::text[]) "
