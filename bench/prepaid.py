@@ -33,7 +33,7 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.fleet import profiler  # noqa: E402  (py-spy on the hub and its children, BENCH_PYSPY)
+from bench.fleet import postgres_cpu_s, profiler, tree_cpu_s  # noqa: E402  (py-spy: BENCH_PYSPY)
 from tests.integration.test_prepaid_hubs import load_plan  # noqa: E402
 from tests.peers import free_port  # noqa: E402
 from usagehub.storage.embedded import embedded_database_url  # noqa: E402
@@ -220,6 +220,13 @@ async def service_path(url: str, n: int, concurrency: int, pricer: str) -> tuple
         await pool.close()
 
 
+def transactions(url: str) -> int:
+    """Transactions that wrote holds so far (a transaction's now() is its entries' created_at)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(DISTINCT created_at) FROM ledger_entries WHERE kind = 'hold'").fetchone()
+    return int(row[0]) if row else 0
+
+
 def histogram_quantile(text: str, name: str, q: float) -> float:
     """The upper bound of the bucket holding quantile ``q`` of a Prometheus histogram in ``text``."""
     buckets = []
@@ -242,8 +249,9 @@ def main() -> None:
     broker = Broker(tmp)
     url = setup_db(server, tmp)
     hub, http_port = start_hub(url, broker, tmp / "hub")
-    spy = profiler(hub.pid)
+    spy = None
     try:
+        spy = profiler(hub.pid)
         key = run("keys", "create", "--role", "operator", "--database-url", url)
         def once(path: str, count: int) -> tuple[float, float, float]:
             if path == "mqtt":
@@ -255,14 +263,21 @@ def main() -> None:
         for path in paths:
             once(path, 500)  # warm-up
         results: dict[str, list[tuple[float, float, float]]] = {p: [] for p in paths}
+        costs: dict[str, list[tuple[float, float, float]]] = {p: [] for p in paths}
         for _ in range(repeat):
             for path in paths:
+                before = (tree_cpu_s(hub.pid), postgres_cpu_s(url), transactions(url))
                 results[path].append(once(path, n))
+                after = (tree_cpu_s(hub.pid), postgres_cpu_s(url), transactions(url))
+                costs[path].append(((after[0] - before[0]) * 1000 / n, (after[1] - before[1]) * 1000 / n,
+                                    n / max(after[2] - before[2], 1)))
         print(f"prepaid authorizations: N={n} per run, {repeat} runs, concurrency {concurrency}, medians")
         for path, runs in results.items():
             rate, p50, p99 = (statistics.median(r[i] for r in runs) for i in range(3))
+            hub_ms, pg_ms, per_tx = (statistics.median(c[i] for c in costs[path]) for i in range(3))
             print(f"  {path:8s} {rate:8.0f} auth/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   "
-                  f"(runs: {', '.join(f'{r[0]:.0f}' for r in runs)})")
+                  f"(runs: {', '.join(f'{r[0]:.0f}' for r in runs)})   CPU per auth: hub {hub_ms:.2f} ms, "
+                  f"PostgreSQL {pg_ms:.2f} ms; {per_tx:.1f} grants per transaction")
         with psycopg.connect(url) as conn:  # a transaction's now() is its created_at: holds per transaction
             holds, batches = conn.execute("SELECT count(*), count(DISTINCT created_at) FROM ledger_entries "
                                           "WHERE kind = 'hold'").fetchone() or (0, 0)
