@@ -212,9 +212,12 @@ async def service_path(url: str, n: int, concurrency: int, pricer: str) -> tuple
             assert isinstance(decision, Grant), decision
 
     try:
+        cpu0, pg0 = time.process_time(), postgres_cpu_s(url)
         started = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
-        return summary(latencies, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        SERVICE_CPU[:] = [time.process_time() - cpu0, postgres_cpu_s(url) - pg0]  # before its backends exit
+        return summary(latencies, elapsed)
     finally:
         await service.close()
         await pool.close()
@@ -225,6 +228,9 @@ def transactions(url: str) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT count(DISTINCT created_at) FROM ledger_entries WHERE kind = 'hold'").fetchone()
     return int(row[0]) if row else 0
+
+
+SERVICE_CPU: list[float] = [0.0, 0.0]  # the service path's last run: this process's and PostgreSQL's CPU seconds
 
 
 def histogram_quantile(text: str, name: str, q: float) -> float:
@@ -269,6 +275,8 @@ def main() -> None:
                 before = (tree_cpu_s(hub.pid), postgres_cpu_s(url), transactions(url))
                 results[path].append(once(path, n))
                 after = (tree_cpu_s(hub.pid), postgres_cpu_s(url), transactions(url))
+                if path.startswith("service-"):  # the service runs in this process, on its own connections
+                    after = (before[0] + SERVICE_CPU[0], before[1] + SERVICE_CPU[1], after[2])
                 costs[path].append(((after[0] - before[0]) * 1000 / n, (after[1] - before[1]) * 1000 / n,
                                     n / max(after[2] - before[2], 1)))
         print(f"prepaid authorizations: N={n} per run, {repeat} runs, concurrency {concurrency}, medians")
@@ -276,7 +284,7 @@ def main() -> None:
             rate, p50, p99 = (statistics.median(r[i] for r in runs) for i in range(3))
             hub_ms, pg_ms, per_tx = (statistics.median(c[i] for c in costs[path]) for i in range(3))
             print(f"  {path:8s} {rate:8.0f} auth/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   "
-                  f"(runs: {', '.join(f'{r[0]:.0f}' for r in runs)})   CPU per auth: hub {hub_ms:.2f} ms, "
+                  f"(runs: {', '.join(f'{r[0]:.0f}' for r in runs)})   CPU per auth: Python {hub_ms:.2f} ms, "
                   f"PostgreSQL {pg_ms:.2f} ms; {per_tx:.1f} grants per transaction")
         with psycopg.connect(url) as conn:  # a transaction's now() is its created_at: holds per transaction
             holds, batches = conn.execute("SELECT count(*), count(DISTINCT created_at) FROM ledger_entries "

@@ -38,6 +38,7 @@ from usagehub import metrics
 from usagehub.adapters.link import Link
 from usagehub.adapters.mqtt import lean
 from usagehub.adapters.mqtt.ack import ManualAck
+from usagehub.adapters.mqtt.coalesce import coalesce_writes
 from usagehub.adapters.mqtt.config import MqttConfig
 from usagehub.adapters.prepaid_port import (
     OPERATIONS,
@@ -131,8 +132,9 @@ class PrepaidMqtt:
         self._pending, self._arrived = [], asyncio.Event()
         self._room = asyncio.Semaphore(self.settings.max_in_flight)
         async with receiving, publishing:
-            lean.buffer_reads(receiving)
-            lean.buffer_reads(publishing)
+            for client in (receiving, publishing):
+                lean.buffer_reads(client)
+                coalesce_writes(client)  # a loop pass's acks (or answers) leave in one send
             await receiving.subscribe([(f, 1) for f in self.filters()])
             self.client = publishing
             self.connected.set()
