@@ -30,7 +30,7 @@ from usagehub.core.prepaid import (
     Settlement,
 )
 from usagehub.errors import DomainError
-from usagehub.storage.ledger import LedgerRow, Locked, append, settle, state_of, with_states
+from usagehub.storage.ledger import LedgerRow, Locked, settle, state_of, with_states
 from usagehub.storage.pool import Connection
 
 
@@ -201,9 +201,7 @@ async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: d
             results.append(await _commit(batch, op))
         else:
             results.append(_release(batch, op))
-    await append(conn, batch.ledger, returning=False)
-    await _write_reservations(batch)
-    await _write_attempts(conn, batch.attempts)
+    await _write(batch)
     await settle(conn, before, batch.states)
     return results
 
@@ -357,37 +355,27 @@ def _release(batch: _Batch, op: ReleaseOp) -> Settlement:
     return _settlement(batch, res)
 
 
-async def _write_reservations(batch: _Batch) -> None:
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+async def _write(batch: _Batch) -> None:
+    """The batch's ledger entries, reservations and card attempts in one statement (``prepaid_batch_write``).
+
+    One JSON parameter, numbers as exact decimal text: dumping a dozen typed arrays cost more than the
+    statement itself.
+    """
     created = {r.reservation_id for r, _, _ in batch.created}
-    if batch.created:
-        rows = [(r, card, req) for r, card, req in batch.created]
-        await batch.conn.execute(
-            "INSERT INTO prepaid_reservations (reservation_id, account_id, device_id, card_id, request_id, product, "
-            "units, hold, state, created_at, expires_at, closed_at, used_units, charged) "
-            "SELECT i, a, d, c, q, p, u, h, s, %s, e, CASE WHEN s = 'open' THEN NULL ELSE %s END, uu, ch "
-            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::numeric[], "
-            "%s::numeric[], %s::text[], %s::timestamptz[], %s::numeric[], %s::numeric[]) "
-            "AS x(i, a, d, c, q, p, u, h, s, e, uu, ch)",
-            (batch.now, batch.now, [r.reservation_id for r, _, _ in rows], [r.account_id for r, _, _ in rows],
-             [r.device_id for r, _, _ in rows], [c for _, c, _ in rows], [q for _, _, q in rows],
-             [r.product for r, _, _ in rows], [r.units for r, _, _ in rows], [r.hold for r, _, _ in rows],
-             [r.state.value for r, _, _ in rows], [r.expires_at for r, _, _ in rows],
-             [r.used_units for r, _, _ in rows], [r.charged for r, _, _ in rows]))
     changed = [r for r in batch.reservations.values() if r.dirty and r.reservation_id not in created]
-    if changed:
-        await batch.conn.execute(
-            "UPDATE prepaid_reservations r SET state = x.s, closed_at = %s, used_units = x.u, charged = x.c "
-            "FROM unnest(%s::text[], %s::text[], %s::numeric[], %s::numeric[]) AS x(i, s, u, c) "
-            "WHERE r.reservation_id = x.i",
-            (batch.now, [r.reservation_id for r in changed], [r.state.value for r in changed],
-             [r.used_units for r in changed], [r.charged for r in changed]))
-
-
-async def _write_attempts(conn: Connection, attempts: list[tuple[str, str | None, str, str | None]]) -> None:
-    if attempts:
-        await conn.execute(
-            "INSERT INTO prepaid_card_attempts (card_id, account_id, operation, reason, device_id) "
-            "SELECT c, a, 'authorize', r, d FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
-            "AS x(c, a, r, d)",
-            ([a[0] for a in attempts], [a[1] for a in attempts], [a[2] for a in attempts],
-             [a[3] for a in attempts]))
+    if not (batch.ledger or batch.created or changed or batch.attempts):
+        return
+    doc = {
+        "ledger": [[e.account_id, e.entry.kind.value, str(e.entry.amount), e.currency, e.vendor_id, e.payment_ref,
+                    e.card_id, e.reservation_id, e.device_id, e.product, _text(e.quantity)] for e in batch.ledger],
+        "created": [[r.reservation_id, r.account_id, r.device_id, card, req, r.product, str(r.units), str(r.hold),
+                     r.state.value, r.expires_at.isoformat(), _text(r.used_units), _text(r.charged)]
+                    for r, card, req in batch.created],
+        "changed": [[r.reservation_id, r.state.value, _text(r.used_units), _text(r.charged)] for r in changed],
+        "attempts": [list(a) for a in batch.attempts],
+    }
+    await batch.conn.execute("SELECT prepaid_batch_write(%s, %s::jsonb)", (batch.now, orjson.dumps(doc).decode()))

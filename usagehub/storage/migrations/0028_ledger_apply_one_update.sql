@@ -89,3 +89,28 @@ BEGIN
                                      FROM account_plans p WHERE p.account_id = a.account_id), '[]')))
                               FROM accounts a WHERE a.account_id = ANY(names)), '[]'));
 END $$;
+
+-- What a decided batch writes, in one statement: its ledger entries in order (the ledger trigger
+-- checks and applies each), the reservations it opened and those it closed, and the refused card
+-- presentations. p_doc is JSON (numbers as text, exact): {"ledger": [[account, kind, amount, currency,
+-- vendor, payment_ref, card, reservation, device, product, quantity]], "created": [[reservation,
+-- account, device, card, request, product, units, hold, state, expires_at, used_units, charged]],
+-- "changed": [[reservation, state, used_units, charged]], "attempts": [[card, account, reason, device]]}.
+CREATE FUNCTION prepaid_batch_write(p_now timestamptz, p_doc jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ledger_entries (account_id, kind, amount, currency, vendor_id, payment_ref, card_id,
+                                reservation_id, device_id, product, quantity)
+    SELECT e->>0, e->>1, (e->>2)::numeric, e->>3, e->>4, e->>5, e->>6, e->>7, e->>8, e->>9, (e->>10)::numeric
+    FROM jsonb_array_elements(p_doc->'ledger') WITH ORDINALITY AS x(e, n) ORDER BY n;
+    INSERT INTO prepaid_reservations (reservation_id, account_id, device_id, card_id, request_id, product, units,
+                                      hold, state, created_at, expires_at, closed_at, used_units, charged)
+    SELECT e->>0, e->>1, e->>2, e->>3, e->>4, e->>5, (e->>6)::numeric, (e->>7)::numeric, e->>8, p_now,
+           (e->>9)::timestamptz, CASE WHEN e->>8 = 'open' THEN NULL ELSE p_now END, (e->>10)::numeric,
+           (e->>11)::numeric
+    FROM jsonb_array_elements(p_doc->'created') AS x(e);
+    UPDATE prepaid_reservations r SET state = e->>1, closed_at = p_now, used_units = (e->>2)::numeric,
+                                      charged = (e->>3)::numeric
+    FROM jsonb_array_elements(p_doc->'changed') AS x(e) WHERE r.reservation_id = e->>0;
+    INSERT INTO prepaid_card_attempts (card_id, account_id, operation, reason, device_id)
+    SELECT e->>0, e->>1, 'authorize', e->>2, e->>3 FROM jsonb_array_elements(p_doc->'attempts') AS x(e);
+END $$;
