@@ -163,14 +163,15 @@ async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: d
     """Decide and write ``ops`` in the caller's transaction; results in the same order.
 
     ``expire`` names more accounts whose expired reservations are released (the sweep).
-    In a pipeline (``conn.pipeline()``) the independent statements share round trips: the
-    reads, the lock with the reservations, the pricing, the writes with the commit.
+    Two statements whatever the batch holds: ``prepaid_batch_read`` (reads, lock, reservations,
+    rating's accounts and generation) and ``prepaid_batch_write``; a third and a fourth only when
+    tiered prices need the period to date or an account's block state changes.
     """
     requests = [op.request for op in ops if isinstance(op, AuthorizeOp)]
     wanted = sorted({op.reservation_id for op in ops if not isinstance(op, AuthorizeOp)})
     keys = [(r.device_id, r.request_id) for r in requests if r.request_id]
-    # One statement (one round trip with the BEGIN in a pipeline): the reads, the lock of every account they
-    # may name (account order), then the reservations and the rating data under that lock.
+    # One statement: the reads, the lock of every account they may name (account order), then the
+    # reservations and the rating data under that lock.
     cur = await conn.execute(
         "SELECT prepaid_batch_read(%s, %s, %s, %s, %s, %s, %s)::text",
         (sorted({r.device_id for r in requests}), now, sorted({r.card_id for r in requests if r.card_id}),
