@@ -64,7 +64,7 @@ class PrepaidMqttSettings:
     share_group: str | None = "usagehub-prepaid"  # None: a plain subscription (brokers without $share)
     max_in_flight: int = 2000  # requests received and not yet answered; the receiver waits beyond it
     batch_max: int = 500  # requests handed to the port in one call
-    decisions_in_flight: int = 2  # calls to the port at once (the service runs two transactions at once)
+    decisions_in_flight: int = 1  # calls to the port at once (the service runs two transactions at once)
     answer_qos: int = 1  # a device that misses an answer asks again with the same request id
 
 
