@@ -106,8 +106,9 @@ def shape(results: list[Any], names: dict[str, int]) -> list[Any]:
 async def state(pool: Any, side: str) -> list[Any]:
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT substr(account_id, 2), balance, held, blocked, arrears, (SELECT array_agg(ARRAY[kind, amount::text] "
-            "ORDER BY entry_id) FROM ledger_entries l WHERE l.account_id = pa.account_id), (SELECT count(*) FROM "
+            "SELECT substr(account_id, 2), balance, held, blocked, arrears, (SELECT array_agg(ARRAY[kind, "
+            "amount::text] ORDER BY entry_id) FROM ledger_entries l WHERE l.account_id = pa.account_id), "
+            "(SELECT count(*) FROM "
             "prepaid_card_attempts c WHERE c.account_id = pa.account_id OR c.card_id LIKE %s || '%%') "
             "FROM prepaid_accounts pa WHERE account_id LIKE %s || '_' ORDER BY 1", (side, side))
         return list(await cur.fetchall())

@@ -77,7 +77,7 @@ def coalesce_writes(client: aiomqtt.Client) -> bool:
     if not paho.mqtt.__version__.startswith("2.") or sock is None or not plain:
         return False
     writes = CoalescedWrites(sock)
-    paho_client._sock = writes  # type: ignore[assignment]
+    paho_client._sock = writes
     packet_write_pass = paho_client.loop_write
 
     def loop_write() -> MQTTErrorCode:
