@@ -33,9 +33,11 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.fleet import profiler  # noqa: E402  (py-spy on the hub and its children, BENCH_PYSPY)
+from bench.fleet import postgres_cpu_s, profiler, tree_cpu_s  # noqa: E402  (py-spy: BENCH_PYSPY)
 from tests.integration.test_prepaid_hubs import load_plan  # noqa: E402
 from tests.peers import free_port  # noqa: E402
+from usagehub.adapters.mqtt import lean  # noqa: E402
+from usagehub.adapters.mqtt.coalesce import coalesce_writes  # noqa: E402
 from usagehub.storage.embedded import embedded_database_url  # noqa: E402
 
 DEVICES, ACCOUNTS = 400, 40
@@ -120,14 +122,26 @@ def summary(latencies: list[float], seconds: float) -> tuple[float, float, float
 
 
 async def mqtt_path(port: int, n: int, concurrency: int) -> tuple[float, float, float]:
-    """Closed loop: ``concurrency`` devices, each with one request in flight."""
+    """Closed loop: ``concurrency`` devices, each with one request in flight.
+
+    BENCH_CLIENT=lean (the default) publishes each request QoS 1 without waiting for the broker's PUBACK
+    (a device waits for its answer, not for the PUBACK) on a connection with the hub's lean reads and
+    coalesced writes, so this process takes less of the machine; BENCH_CLIENT=aiomqtt awaits each publish.
+    """
     waiting: dict[str, asyncio.Future[bytes]] = {}
+    lean_client = os.environ.get("BENCH_CLIENT", "lean") == "lean"
+    if lean_client:
+        lean.install()
     async with aiomqtt.Client("127.0.0.1", port, identifier=f"bench-{uuid.uuid4().hex[:6]}",
                               max_inflight_messages=1000) as client:
+        if lean_client:
+            lean.buffer_reads(client)
+            coalesce_writes(client)
         await client.subscribe("prepaid/+/response", qos=1)
+        paho = client._client
 
         async def pump() -> None:
-            async for m in client.messages:
+            async for m in lean.messages(client):
                 doc = orjson.loads(m.payload)
                 fut = waiting.pop(doc["req"], None)
                 if fut is not None and not fut.done():
@@ -136,25 +150,35 @@ async def mqtt_path(port: int, n: int, concurrency: int) -> tuple[float, float, 
         reader = asyncio.create_task(pump())
         latencies: list[float] = []
         counter = iter(range(n))
+        run_id = uuid.uuid4().hex[:6]
 
         async def worker(w: int) -> None:
             loop = asyncio.get_running_loop()
             for k in counter:
-                req = f"{w}-{k}-{uuid.uuid4().hex[:6]}"
+                req = f"{run_id}-{w}-{k}"
                 fut: asyncio.Future[bytes] = loop.create_future()
                 waiting[req] = fut
                 t = time.perf_counter()
-                await client.publish(f"prepaid/d{(w * 7 + k) % DEVICES}/authorize",
-                                     orjson.dumps({"req": req, "units": "0.5"}), qos=QOS)
-                answer = orjson.loads(await asyncio.wait_for(fut, 30))
+                topic = f"prepaid/d{(w * 7 + k) % DEVICES}/authorize"
+                payload = orjson.dumps({"req": req, "units": "0.5"})
+                if lean_client:
+                    assert paho.publish(topic, payload, QOS).rc == 0
+                else:
+                    await client.publish(topic, payload, qos=QOS)
+                async with asyncio.timeout(30):
+                    answer = orjson.loads(await fut)
                 latencies.append(time.perf_counter() - t)
                 assert answer["ok"], answer
 
-        started = time.perf_counter()
+        started, cpu0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         elapsed = time.perf_counter() - started
+        CLIENT_CPU[0] = time.process_time() - cpu0
         reader.cancel()
     return summary(latencies, elapsed)
+
+
+CLIENT_CPU = [0.0]  # the MQTT client's CPU seconds in its last run (this process)
 
 
 async def graphql_path(port: int, key: str, n: int, concurrency: int) -> tuple[float, float, float]:
@@ -212,12 +236,25 @@ async def service_path(url: str, n: int, concurrency: int, pricer: str) -> tuple
             assert isinstance(decision, Grant), decision
 
     try:
+        cpu0, pg0 = time.process_time(), postgres_cpu_s(url)
         started = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
-        return summary(latencies, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        SERVICE_CPU[:] = [time.process_time() - cpu0, postgres_cpu_s(url) - pg0]  # before its backends exit
+        return summary(latencies, elapsed)
     finally:
         await service.close()
         await pool.close()
+
+
+def transactions(url: str) -> int:
+    """Transactions that wrote holds so far (a transaction's now() is its entries' created_at)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(DISTINCT created_at) FROM ledger_entries WHERE kind = 'hold'").fetchone()
+    return int(row[0]) if row else 0
+
+
+SERVICE_CPU: list[float] = [0.0, 0.0]  # the service path's last run: this process's and PostgreSQL's CPU seconds
 
 
 def histogram_quantile(text: str, name: str, q: float) -> float:
@@ -242,8 +279,9 @@ def main() -> None:
     broker = Broker(tmp)
     url = setup_db(server, tmp)
     hub, http_port = start_hub(url, broker, tmp / "hub")
-    spy = profiler(hub.pid)
+    spy = None
     try:
+        spy = profiler(hub.pid)
         key = run("keys", "create", "--role", "operator", "--database-url", url)
         def once(path: str, count: int) -> tuple[float, float, float]:
             if path == "mqtt":
@@ -255,14 +293,25 @@ def main() -> None:
         for path in paths:
             once(path, 500)  # warm-up
         results: dict[str, list[tuple[float, float, float]]] = {p: [] for p in paths}
+        costs: dict[str, list[tuple[float, float, float, float]]] = {p: [] for p in paths}
         for _ in range(repeat):
             for path in paths:
+                before = (tree_cpu_s(hub.pid), postgres_cpu_s(url), transactions(url))
                 results[path].append(once(path, n))
+                after = (tree_cpu_s(hub.pid), postgres_cpu_s(url), transactions(url))
+                if path.startswith("service-"):  # the service runs in this process, on its own connections
+                    after = (before[0] + SERVICE_CPU[0], before[1] + SERVICE_CPU[1], after[2])
+                costs[path].append(((after[0] - before[0]) * 1000 / n, (after[1] - before[1]) * 1000 / n,
+                                    n / max(after[2] - before[2], 1),
+                                    CLIENT_CPU[0] * 1000 / n if path == "mqtt" else 0.0))
         print(f"prepaid authorizations: N={n} per run, {repeat} runs, concurrency {concurrency}, medians")
         for path, runs in results.items():
             rate, p50, p99 = (statistics.median(r[i] for r in runs) for i in range(3))
+            hub_ms, pg_ms, per_tx, client_ms = (statistics.median(c[i] for c in costs[path]) for i in range(4))
             print(f"  {path:8s} {rate:8.0f} auth/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   "
-                  f"(runs: {', '.join(f'{r[0]:.0f}' for r in runs)})")
+                  f"(runs: {', '.join(f'{r[0]:.0f}' for r in runs)})   CPU per auth: Python {hub_ms:.2f} ms, "
+                  f"PostgreSQL {pg_ms:.2f} ms" + (f", client {client_ms:.2f} ms" if path == "mqtt" else "")
+                  + f"; {per_tx:.1f} grants per transaction")
         with psycopg.connect(url) as conn:  # a transaction's now() is its created_at: holds per transaction
             holds, batches = conn.execute("SELECT count(*), count(DISTINCT created_at) FROM ledger_entries "
                                           "WHERE kind = 'hold'").fetchone() or (0, 0)

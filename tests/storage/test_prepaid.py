@@ -306,3 +306,22 @@ async def test_decide_batches_with_replays_and_two_workers_never_overspend(pool:
         assert await balance(pool, "p1") == (Decimal("0.75"), Decimal("4.00"), Decimal("0.75"))
     finally:
         await svc.close()
+
+
+async def test_ledger_trigger_refusals_undo_their_update(service: PrepaidService, pool: AsyncConnectionPool) -> None:
+    """The one-statement trigger (0028) refuses as before, and a refused entry leaves the running balance as it was."""
+    await service.top_up(account_id="p1", amount=Decimal(3), payment_ref="t-undo")
+    async with pool.connection() as conn:
+        for sql, error, message in (
+                ("VALUES ('p1', 'usage', -3.01, 'EUR')", psycopg.errors.CheckViolation, "INSUFFICIENT_BALANCE"),
+                ("VALUES ('p1', 'topup', 1, 'USD')", psycopg.errors.CheckViolation, "kept in EUR"),
+                ("VALUES ('post', 'topup', 1, 'EUR')", psycopg.errors.ForeignKeyViolation, "not prepaid"),
+                ("VALUES ('p1', 'release', 0.5, 'EUR')", psycopg.errors.CheckViolation, "held")):
+            with pytest.raises(error, match=message):
+                await conn.execute(f"INSERT INTO ledger_entries (account_id, kind, amount, currency) {sql}")
+            await conn.rollback()
+        cur = await conn.execute("INSERT INTO ledger_entries (account_id, kind, amount, currency) "
+                                 "VALUES ('p1', 'usage', -3, 'EUR') RETURNING balance_after")
+        assert await cur.fetchone() == (Decimal(0),)
+        await conn.commit()
+    assert await balance(pool, "p1") == (Decimal(0), Decimal(0), Decimal(0))

@@ -161,8 +161,10 @@ class PrepaidService:
             queued.future.set_result(results)
 
     async def _transaction(self, ops: list[Op], expire: frozenset[str] = frozenset()) -> list[Result]:
-        # A pipeline: independent statements, and the COMMIT, share round trips (docs/prepaid.md, "Batching").
-        async with mapped_errors(), self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+        # Two statements whatever the batch holds (docs/prepaid.md, "Batching"); no psycopg pipeline: with so
+        # few statements its bookkeeping cost more CPU than the round trips it saved (bench: 0.61 -> 0.45 ms
+        # of Python per authorization in batches of 8).
+        async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
             results = await process(conn, ops, pricer=self.pricer, now=self.clock(), ttl=self.ttl, expire=expire)
         self.batches += 1
         return results

@@ -276,7 +276,21 @@ class RatingService:
         # the accounts and the catalogue generation in one round trip when ``conn`` is in a pipeline
         reading = await send_accounts(conn, {a for a, _, _ in items})
         gen = await catalog.generation(conn)
-        accounts = await read_accounts(reading)
+        return await self._charges(conn, items, at, gen, await read_accounts(reading))
+
+    async def usage_charges_known(self, conn: Connection, items: Sequence[tuple[str, str, Decimal]], *,
+                                  at: datetime, generation: int,
+                                  account_rows: Sequence[Sequence[Any]]) -> list[Decimal | DomainError]:
+        """:meth:`usage_charges` with the catalogue generation and the account rows read already.
+
+        ``account_rows`` are ``(id, tenant, market, currency, timezone, [[product, plan_id], ...])``, as a
+        prepaid batch reads them under its lock (``prepaid_batch_read``): no round trip of their own.
+        """
+        require_aware(at, "usage time")
+        return await self._charges(conn, items, at, generation, accounts_from_rows(account_rows))
+
+    async def _charges(self, conn: Connection, items: Sequence[tuple[str, str, Decimal]], at: datetime, gen: int,
+                       accounts: dict[str, tuple[Account, str]]) -> list[Decimal | DomainError]:
         books = {t: await self.catalogue(conn, t, gen) for t in sorted({t for _, t in accounts.values()})}
         priced: list[tuple[Account, PlanBook, VatTable, PricePlan, UsagePrice] | DomainError] = []
         for account_id, product, _ in items:
@@ -318,8 +332,13 @@ async def send_accounts(conn: Connection, account_ids: set[str]) -> AsyncCursor[
 
 async def read_accounts(cur: AsyncCursor[Any]) -> dict[str, tuple[Account, str]]:
     """The accounts :func:`send_accounts` asked for (missing accounts are absent)."""
+    return accounts_from_rows(await cur.fetchall())
+
+
+def accounts_from_rows(rows: Sequence[Sequence[Any]]) -> dict[str, tuple[Account, str]]:
+    """Accounts (and their tenants) from rows ``(id, tenant, market, currency, timezone, [[product, plan]])``."""
     found: dict[str, tuple[Account, str]] = {}
-    for row in await cur.fetchall():
+    for row in rows:
         pairs: list[list[str]] = row[5]
         plan_ids = {str(product): str(plan) for product, plan in pairs}
         found[str(row[0])] = (Account(account_id=str(row[0]), market=str(row[2]), currency=str(row[3]),

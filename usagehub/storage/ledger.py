@@ -85,13 +85,6 @@ async def send_lock(conn: Connection, accounts: Iterable[str]) -> AsyncCursor[An
         "WHERE pa.account_id = ANY(%s) ORDER BY pa.account_id FOR UPDATE OF pa", (names,))
 
 
-async def send_lock_of(conn: Connection, accounts_sql: str, params: Sequence[Any]) -> AsyncCursor[Any]:
-    """Send the lock of the prepaid rows of the accounts a subquery names (in account order, one statement)."""
-    return await conn.execute(
-        f"SELECT {_STATE_COLUMNS} FROM prepaid_accounts pa JOIN accounts a USING (account_id) "
-        f"WHERE pa.account_id IN ({accounts_sql}) ORDER BY pa.account_id FOR UPDATE OF pa", params)
-
-
 async def read_locked(cur: AsyncCursor[Any] | None) -> dict[str, Locked]:
     """The states a :func:`send_lock` locked."""
     return {} if cur is None else {str(r[0]): state_of(r) for r in _rows(await cur.fetchall())}

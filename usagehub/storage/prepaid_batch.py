@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-from psycopg import AsyncCursor
+import orjson
 
 from usagehub.core import prepaid as core
 from usagehub.core.prepaid import (
@@ -30,7 +30,7 @@ from usagehub.core.prepaid import (
     Settlement,
 )
 from usagehub.errors import DomainError
-from usagehub.storage.ledger import LedgerRow, Locked, append, read_locked, send_lock_of, settle, with_states
+from usagehub.storage.ledger import LedgerRow, Locked, settle, state_of, with_states
 from usagehub.storage.pool import Connection
 
 
@@ -86,14 +86,13 @@ class _Res:
     dirty: bool = False
 
 
-_RES_COLUMNS = ("reservation_id, account_id, device_id, product, units, hold, state, expires_at, used_units, "
-                "charged")
-
-
-def _res(row: Sequence[Any]) -> _Res:
+def _res_of_json(row: Sequence[Any]) -> _Res:
+    """A reservation from ``prepaid_batch_read`` (numbers as text, times in ISO 8601)."""
     rid, account, device, product, units, hold, state, expires, used, charged = row
-    return _Res(reservation_id=rid, account_id=account, device_id=device, product=product, units=units,
-                hold=hold, state=ReservationState(state), expires_at=expires, used_units=used, charged=charged)
+    return _Res(reservation_id=rid, account_id=account, device_id=device, product=product, units=Decimal(units),
+                hold=Decimal(hold), state=ReservationState(state), expires_at=datetime.fromisoformat(expires),
+                used_units=None if used is None else Decimal(used),
+                charged=None if charged is None else Decimal(charged))
 
 
 @dataclass(slots=True)
@@ -112,6 +111,7 @@ class _Batch:
     attempts: list[tuple[str, str | None, str, str | None]] = field(default_factory=list)
     repeats: dict[tuple[str, str], Grant] = field(default_factory=dict)
     prices: dict[tuple[str, str, Decimal], Decimal | DomainError] = field(default_factory=dict)
+    known: tuple[int, list[Any]] | None = None  # the catalogue generation and the locked accounts' rating rows
 
     def write(self, account: str, plan: core.Plan, **refs: Any) -> None:
         currency = self.states[account].currency
@@ -139,11 +139,16 @@ class _Batch:
         """Price every key the batch will ask for at once, when the pricer can (else each on first use)."""
         keys = {k for k in keys if k[2] != 0 and k not in self.prices}
         many = getattr(self.pricer, "usage_charges", None)
+        known = getattr(self.pricer, "usage_charges_known", None)
         if not keys or many is None:
             return
         items = sorted(keys)
         try:
-            charges: list[Decimal | DomainError] = await many(self.conn, items, at=self.now)
+            if known is not None and self.known is not None:  # read with the lock: no round trip of its own
+                charges: list[Decimal | DomainError] = await known(
+                    self.conn, items, at=self.now, generation=self.known[0], account_rows=self.known[1])
+            else:
+                charges = await many(self.conn, items, at=self.now)
         except DomainError as err:  # e.g. no VAT table at all: every item fails alike
             charges = [err] * len(items)
         self.prices.update(zip(items, charges, strict=True))
@@ -158,35 +163,34 @@ async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: d
     """Decide and write ``ops`` in the caller's transaction; results in the same order.
 
     ``expire`` names more accounts whose expired reservations are released (the sweep).
-    In a pipeline (``conn.pipeline()``) the independent statements share round trips: the
-    reads, the lock with the reservations, the pricing, the writes with the commit.
+    Two statements whatever the batch holds: ``prepaid_batch_read`` (reads, lock, reservations,
+    rating's accounts and generation) and ``prepaid_batch_write``; a third and a fourth only when
+    tiered prices need the period to date or an account's block state changes.
     """
     requests = [op.request for op in ops if isinstance(op, AuthorizeOp)]
     wanted = sorted({op.reservation_id for op in ops if not isinstance(op, AuthorizeOp)})
-    device_ids = sorted({r.device_id for r in requests})
-    card_ids = sorted({r.card_id for r in requests if r.card_id})
-    # One round trip: the reads, the lock of every account they may name (a superset is harmless: one
-    # statement, account order), then the reservations under that lock.
-    sent = (await _devices(conn, set(device_ids), now), await _cards(conn, set(card_ids)),
-            await _repeats(conn, [(r.device_id, r.request_id) for r in requests if r.request_id]))
-    params = (device_ids, now, card_ids, wanted, sorted(expire))
-    lock = await send_lock_of(conn, _ACCOUNTS_NAMED, params)
-    loading = await conn.execute(
-        f"SELECT {_RES_COLUMNS} FROM prepaid_reservations WHERE reservation_id = ANY(%s) OR (account_id IN "
-        f"({_ACCOUNTS_NAMED}) AND state = 'open' AND expires_at <= %s)", (wanted, *params, now))
-    device_rows = await _fetch(sent[0])
-    devices = {str(r[0]): r[1] for r in device_rows}
-    tenants = {str(r[0]): str(r[2]) for r in device_rows}
-    cards = {str(r[0]): (str(r[1]), bool(r[2]), r[3], str(r[4])) for r in await _fetch(sent[1])}
-    repeats = {(r[0], r[1]): Grant(reservation_id=r[2], account_id=r[3], units=r[4], amount=r[5], currency=r[6],
-                                   expires_at=r[7]) for r in await _fetch(sent[2])}
+    keys = [(r.device_id, r.request_id) for r in requests if r.request_id]
+    # One statement: the reads, the lock of every account they may name (account order), then the
+    # reservations and the rating data under that lock.
+    cur = await conn.execute(
+        "SELECT prepaid_batch_read(%s, %s, %s, %s, %s, %s, %s)::text",
+        (sorted({r.device_id for r in requests}), now, sorted({r.card_id for r in requests if r.card_id}),
+         [k[0] for k in keys], [k[1] for k in keys], wanted, sorted(expire)))
+    row = await cur.fetchone()
+    assert row is not None
+    read = orjson.loads(str(row[0]))
+    devices = {str(r[0]): r[1] for r in read["devices"]}
+    tenants = {str(r[0]): str(r[2]) for r in read["devices"]}
+    cards = {str(r[0]): (str(r[1]), bool(r[2]), r[3], str(r[4])) for r in read["cards"]}
+    repeats = {(r[0], r[1]): Grant(reservation_id=r[2], account_id=r[3], units=Decimal(r[4]), amount=Decimal(r[5]),
+                                   currency=r[6], expires_at=datetime.fromisoformat(r[7])) for r in read["repeats"]}
     targets = [_target(r, devices, _visible(cards, r, tenants)) for r in requests]
-    locked = await read_locked(lock)
+    locked = {str(r[0]): state_of([*r[:2], *map(Decimal, r[2:7]), *r[7:]]) for r in read["locked"]}
     batch = _Batch(conn=conn, pricer=pricer, now=now, ttl=ttl, locked=locked, states=with_states(locked),
-                   reservations={}, repeats=repeats)
+                   reservations={}, repeats=repeats, known=(int(read["generation"]), read["accounts"]))
     before = dict(batch.states)
-    for row in await _fetch(loading):
-        _loaded(batch, _res(row))
+    for r in read["reservations"]:
+        _loaded(batch, _res_of_json(r))
     await batch.prefetch(_price_keys(ops, targets, batch))
     results: list[Result] = []
     target_iter = iter(targets)
@@ -198,16 +202,9 @@ async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: d
             results.append(await _commit(batch, op))
         else:
             results.append(_release(batch, op))
-    await append(conn, batch.ledger, returning=False)
-    await _write_reservations(batch)
-    await _write_attempts(conn, batch.attempts)
+    await _write(batch)
     await settle(conn, before, batch.states)
     return results
-
-
-async def _fetch(cur: AsyncCursor[Any] | None) -> list[Any]:
-    """The rows of a sent query (in a pipeline the first fetch sends everything queued), none if not sent."""
-    return [] if cur is None else list(await cur.fetchall())
 
 
 def _price_keys(ops: Sequence[Op], targets: list[str | Denial], batch: _Batch) -> set[tuple[str, str, Decimal]]:
@@ -224,41 +221,6 @@ def _price_keys(ops: Sequence[Op], targets: list[str | Denial], batch: _Batch) -
             if res is not None and op.used_units >= 0:
                 keys.add((res.account_id, res.product, op.used_units))
     return keys
-
-
-async def _devices(conn: Connection, ids: set[str], now: datetime) -> AsyncCursor[Any] | None:
-    """Known devices and the account each is bound to at ``now`` (None: unbound)."""
-    if not ids:
-        return None
-    return await conn.execute(
-        "SELECT d.device_id, b.account_id, d.tenant FROM devices d LEFT JOIN bindings b ON b.device_id = d.device_id "
-        "AND b.valid @> %s::timestamptz WHERE d.device_id = ANY(%s)", (now, sorted(ids)))
-
-
-async def _cards(conn: Connection, ids: set[str | None]) -> AsyncCursor[Any] | None:
-    if not ids:
-        return None
-    return await conn.execute("SELECT c.card_id, c.account_id, c.blacklisted, c.reason, a.tenant FROM prepaid_cards c "
-                              "JOIN accounts a USING (account_id) WHERE c.card_id = ANY(%s)",
-                              (sorted(i for i in ids if i),))
-
-
-async def _repeats(conn: Connection, keys: list[tuple[str, str | None]]) -> AsyncCursor[Any] | None:
-    if not keys:
-        return None
-    return await conn.execute(
-        "SELECT r.device_id, r.request_id, r.reservation_id, r.account_id, r.units, r.hold, pa.currency, "
-        "r.expires_at FROM prepaid_reservations r JOIN prepaid_accounts pa USING (account_id) "
-        "WHERE (r.device_id, r.request_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-        ([k[0] for k in keys], [k[1] for k in keys]))
-
-
-# Every account a batch may touch: devices' bindings now, cards' accounts, reservations' accounts, expiries.
-_ACCOUNTS_NAMED = ("SELECT b.account_id FROM bindings b WHERE b.device_id = ANY(%s::text[]) "
-                   "AND b.valid @> %s::timestamptz "
-                   "UNION SELECT account_id FROM prepaid_cards WHERE card_id = ANY(%s::text[]) "
-                   "UNION SELECT account_id FROM prepaid_reservations WHERE reservation_id = ANY(%s::text[]) "
-                   "UNION SELECT unnest(%s::text[])")
 
 
 def _loaded(batch: _Batch, res: _Res) -> None:
@@ -394,37 +356,27 @@ def _release(batch: _Batch, op: ReleaseOp) -> Settlement:
     return _settlement(batch, res)
 
 
-async def _write_reservations(batch: _Batch) -> None:
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+async def _write(batch: _Batch) -> None:
+    """The batch's ledger entries, reservations and card attempts in one statement (``prepaid_batch_write``).
+
+    One JSON parameter, numbers as exact decimal text: dumping a dozen typed arrays cost more than the
+    statement itself.
+    """
     created = {r.reservation_id for r, _, _ in batch.created}
-    if batch.created:
-        rows = [(r, card, req) for r, card, req in batch.created]
-        await batch.conn.execute(
-            "INSERT INTO prepaid_reservations (reservation_id, account_id, device_id, card_id, request_id, product, "
-            "units, hold, state, created_at, expires_at, closed_at, used_units, charged) "
-            "SELECT i, a, d, c, q, p, u, h, s, %s, e, CASE WHEN s = 'open' THEN NULL ELSE %s END, uu, ch "
-            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::numeric[], "
-            "%s::numeric[], %s::text[], %s::timestamptz[], %s::numeric[], %s::numeric[]) "
-            "AS x(i, a, d, c, q, p, u, h, s, e, uu, ch)",
-            (batch.now, batch.now, [r.reservation_id for r, _, _ in rows], [r.account_id for r, _, _ in rows],
-             [r.device_id for r, _, _ in rows], [c for _, c, _ in rows], [q for _, _, q in rows],
-             [r.product for r, _, _ in rows], [r.units for r, _, _ in rows], [r.hold for r, _, _ in rows],
-             [r.state.value for r, _, _ in rows], [r.expires_at for r, _, _ in rows],
-             [r.used_units for r, _, _ in rows], [r.charged for r, _, _ in rows]))
     changed = [r for r in batch.reservations.values() if r.dirty and r.reservation_id not in created]
-    if changed:
-        await batch.conn.execute(
-            "UPDATE prepaid_reservations r SET state = x.s, closed_at = %s, used_units = x.u, charged = x.c "
-            "FROM unnest(%s::text[], %s::text[], %s::numeric[], %s::numeric[]) AS x(i, s, u, c) "
-            "WHERE r.reservation_id = x.i",
-            (batch.now, [r.reservation_id for r in changed], [r.state.value for r in changed],
-             [r.used_units for r in changed], [r.charged for r in changed]))
-
-
-async def _write_attempts(conn: Connection, attempts: list[tuple[str, str | None, str, str | None]]) -> None:
-    if attempts:
-        await conn.execute(
-            "INSERT INTO prepaid_card_attempts (card_id, account_id, operation, reason, device_id) "
-            "SELECT c, a, 'authorize', r, d FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
-            "AS x(c, a, r, d)",
-            ([a[0] for a in attempts], [a[1] for a in attempts], [a[2] for a in attempts],
-             [a[3] for a in attempts]))
+    if not (batch.ledger or batch.created or changed or batch.attempts):
+        return
+    doc = {
+        "ledger": [[e.account_id, e.entry.kind.value, str(e.entry.amount), e.currency, e.vendor_id, e.payment_ref,
+                    e.card_id, e.reservation_id, e.device_id, e.product, _text(e.quantity)] for e in batch.ledger],
+        "created": [[r.reservation_id, r.account_id, r.device_id, card, req, r.product, str(r.units), str(r.hold),
+                     r.state.value, r.expires_at.isoformat(), _text(r.used_units), _text(r.charged)]
+                    for r, card, req in batch.created],
+        "changed": [[r.reservation_id, r.state.value, _text(r.used_units), _text(r.charged)] for r in changed],
+        "attempts": [list(a) for a in batch.attempts],
+    }
+    await batch.conn.execute("SELECT prepaid_batch_write(%s, %s::jsonb)", (batch.now, orjson.dumps(doc).decode()))

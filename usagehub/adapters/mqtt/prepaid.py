@@ -38,6 +38,7 @@ from usagehub import metrics
 from usagehub.adapters.link import Link
 from usagehub.adapters.mqtt import lean
 from usagehub.adapters.mqtt.ack import ManualAck
+from usagehub.adapters.mqtt.coalesce import coalesce_writes
 from usagehub.adapters.mqtt.config import MqttConfig
 from usagehub.adapters.prepaid_port import (
     OPERATIONS,
@@ -63,7 +64,7 @@ class PrepaidMqttSettings:
     share_group: str | None = "usagehub-prepaid"  # None: a plain subscription (brokers without $share)
     max_in_flight: int = 2000  # requests received and not yet answered; the receiver waits beyond it
     batch_max: int = 500  # requests handed to the port in one call
-    decisions_in_flight: int = 2  # calls to the port at once (the service runs two transactions at once)
+    decisions_in_flight: int = 1  # calls to the port at once (the service runs two transactions at once)
     answer_qos: int = 1  # a device that misses an answer asks again with the same request id
 
 
@@ -131,8 +132,9 @@ class PrepaidMqtt:
         self._pending, self._arrived = [], asyncio.Event()
         self._room = asyncio.Semaphore(self.settings.max_in_flight)
         async with receiving, publishing:
-            lean.buffer_reads(receiving)
-            lean.buffer_reads(publishing)
+            for client in (receiving, publishing):
+                lean.buffer_reads(client)
+                coalesce_writes(client)  # a loop pass's acks (or answers) leave in one send
             await receiving.subscribe([(f, 1) for f in self.filters()])
             self.client = publishing
             self.connected.set()
