@@ -93,10 +93,10 @@ def allocate_entry(entry: UsageEntry, info: MeterInfo, bindings: BindingIndex,
     ts = ensure_aware(entry.ts)
     if entry.since is None:
         pieces = [(ts, ts, entry.quantity)]
+    elif not (cuts := _segments(entry, since := ensure_aware(entry.since), bindings, zone_of)):
+        pieces = [(since, ts, entry.quantity)]  # the common case: one account, one period (split_interval's answer)
     else:
-        since = ensure_aware(entry.since)
-        parts = split_interval(entry.quantity, since, ts, _segments(entry, since, bindings, zone_of))
-        pieces = [(p.start, p.end, p.quantity) for p in parts]
+        pieces = [(p.start, p.end, p.quantity) for p in split_interval(entry.quantity, since, ts, cuts)]
     return [Point(account_id=bindings.account_at(entry.device_id, a), service=info.service,
                   device_id=entry.device_id, product=info.product, kind=PointKind.USAGE,
                   aggregation=info.aggregation, start=a, end=b, value=q, label=entry.label)

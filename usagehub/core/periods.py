@@ -85,10 +85,16 @@ def next_period(period: Period, zone: ZoneInfo) -> Period:
     return period_of(period.end, zone)
 
 
+_LAST: dict[ZoneInfo, Period] = {}  # the period last found per zone: consecutive readings share it
+
+
 def boundaries_within(since: datetime, until: datetime, zone: ZoneInfo) -> list[datetime]:
     """Period starts strictly inside ``(since, until)``, in order."""
+    period = _LAST.get(zone)
+    if period is not None and period.start <= since and until <= period.end:
+        return []
     cuts: list[datetime] = []
-    period = period_of(since, zone)
+    period = _LAST[zone] = period_of(since, zone)
     while period.end < until:
         cuts.append(period.end)
         period = next_period(period, zone)
