@@ -64,6 +64,7 @@ SESSION_SEGMENTS = Counter("usagehub_session_segments_replayed_total",
 SESSION_ROUND_SECONDS = Histogram("usagehub_session_round_seconds", "Time of one session worker round",
                                   buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=REGISTRY)
 SESSION_BACKLOG = Gauge("usagehub_session_queue_segments",
-                        "Session segments queued for replay (deferred sessions), as last read", registry=REGISTRY)
+                        "Session queue rows waiting for replay (one per batch and segment touched), as last read",
+                        registry=REGISTRY)
 SESSION_BACKLOG_AGE = Gauge("usagehub_session_queue_oldest_seconds",
                             "Age of the oldest queued session segment, as last read", registry=REGISTRY)

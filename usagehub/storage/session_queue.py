@@ -85,7 +85,7 @@ async def queued_accounts(conn: Connection, *, tenant: str, account_id: str | No
 
 
 async def backlog(conn: Connection) -> tuple[int, float]:
-    """Queued segments and the age in seconds of the oldest (0 when empty)."""
+    """Queued rows (one per batch and segment it touched) and the age in seconds of the oldest (0 when empty)."""
     cur = await conn.execute(
         "SELECT count(*), coalesce(extract(epoch FROM now() - min(queued_at)), 0) FROM session_queue")
     row: Any = await cur.fetchone()
