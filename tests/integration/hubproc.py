@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.peers import free_port, time_scale
+from usagehub.storage.keys import ApiKeys
+from usagehub.storage.migrations import migrate
+from usagehub.storage.pool import open_pool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,6 +27,12 @@ def usagehub(*args: str, env: dict[str, str] | None = None, timeout: float = 60)
     """Run a usagehub CLI command to completion."""
     return subprocess.run([sys.executable, "-m", "usagehub", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+def _run_apart(make: Callable[[], Coroutine[Any, Any, str]]) -> str:
+    """Run a coroutine to completion in its own thread and loop (callers may be inside a running loop)."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(lambda: asyncio.run(make())).result()
 
 
 class HubProcess:
@@ -79,9 +91,17 @@ class HubProcess:
         return self.proc.wait(30)
 
     def key(self, role: str = "admin") -> str:
-        result = usagehub("keys", "create", "--role", role, *self.settings)
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip().splitlines()[-1]
+        """A new API key, made as ``usagehub keys create`` makes it (that command is tested in tests/api/test_keys.py)
+        but in this process: a CLI start costs seconds on a loaded machine, and tests make dozens of keys."""
+        async def create() -> str:
+            pool = await open_pool(self.database_url, min_size=1, max_size=1)
+            try:
+                await migrate(pool)
+                return (await ApiKeys(pool).create(role=role))[0]
+            finally:
+                await pool.close()
+
+        return _run_apart(create)
 
     def graphql(self, query: str, key: str, **variables: Any) -> dict[str, Any]:
         response = httpx.post(f"http://127.0.0.1:{self.port}/graphql", json={"query": query, "variables": variables},

@@ -134,7 +134,13 @@ class DlmsAdapter:
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()) + random.uniform(0, self.config.jitter_s))
             async with self._slots:
-                ok = await self.poll_device(endpoint, plan, sink)
+                try:
+                    ok = await self.poll_device(endpoint, plan, sink)
+                except Exception as err:  # a defect must not stop this meter's polling for good, unseen
+                    log.exception("dlms poll of %s raised", endpoint.device_id)
+                    self._failed(endpoint.device_id, self.health.setdefault(endpoint.device_id, DeviceHealth()),
+                                 PollFailed(f"internal error: {type(err).__name__}: {err}"))
+                    ok = False
             due = max(due + plan.interval_s, loop.time())
             health = self.health[endpoint.device_id]
             if not ok and not health.last_auth_failed:
@@ -150,7 +156,7 @@ class DlmsAdapter:
         started = time.perf_counter()
         try:
             # The session itself is bounded in _read; this bounds the rest too (the counter reservation's write
-            # waits for a thread), so a stuck step fails this poll instead of stopping the meter's loop for good.
+            # waits for a thread and fsync), so a slow disk fails this poll instead of holding the meter's loop.
             async with asyncio.timeout(2 * max(plan.interval_s, plan.timeout_s * 4)):
                 messages, last = await self._read(endpoint, plan)
         except TimeoutError:
@@ -159,13 +165,20 @@ class DlmsAdapter:
         except PollFailed as err:
             self._failed(endpoint.device_id, health, err)
             return False
+        except OSError as err:  # the counter reservation could not be made durable: no session without it
+            self._failed(endpoint.device_id, health, PollFailed(f"meter state not saved: {err}"))
+            return False
         receipts = await asyncio.gather(*[await sink.submit(m) for m in messages], return_exceptions=True)
         if any(isinstance(r, BaseException) for r in receipts):
             self._failed(endpoint.device_id, health, PollFailed("the pipeline did not commit the readings"))
             return False
         if last is not None:  # only now durable: a crash before this line re-reads (idempotent), never skips
             self.store.get(endpoint.device_id).last_entry = last
-            await asyncio.to_thread(self.store.save)
+            try:
+                await self._save()
+            except OSError as err:  # committed, but the marker is not durable: the next poll reads them again
+                self._failed(endpoint.device_id, health, PollFailed(f"meter state not saved: {err}"))
+                return False
         self._succeeded(endpoint.device_id, health, started, receipts)
         return True
 
@@ -199,13 +212,17 @@ class DlmsAdapter:
         source = f"{endpoint.address}:{target.port}"
         return build_messages(plan, endpoint, reading, polled_at, source), (rows[-1][0] if rows else None)
 
+    async def _save(self) -> None:
+        """The meter state as it is now, durable when this returns (polls of other meters save concurrently)."""
+        await asyncio.to_thread(self.store.write, self.store.snapshot())
+
     async def _reserve(self, endpoint: DeviceEndpoint, plan: Plan) -> Target:
         """The session target; ciphered meters get counters reserved durably first (a meter refuses reuse)."""
         state = self.store.get(endpoint.device_id)
         target = self._target(endpoint, plan, state.invocation_counter)
         if plan.options.is_ciphered:
             state.invocation_counter += self.config.invocation_reserve
-            await asyncio.to_thread(self.store.save)
+            await self._save()
         return target
 
     async def command(self, device_id: str, kind: str, obis: str = DISCONNECT_OBIS) -> None:
@@ -216,7 +233,11 @@ class DlmsAdapter:
         if endpoint is None or plan is None or not endpoint.address:
             raise ConnectionError(f"{device_id} is not a polled DLMS meter with an address")
         async with self._slots:
-            target = await self._reserve(endpoint, plan)
+            try:
+                target = await self._reserve(endpoint, plan)
+            except OSError as err:
+                metrics.COMMANDS.labels(kind, "failed").inc()
+                raise ConnectionError(f"{kind} of {device_id}: meter state not saved: {err}") from err
             try:
                 output, state, counter = await asyncio.to_thread(control, plan.options, target, obis, kind)
             except PollFailed as err:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,11 +23,18 @@ class MeterState:
 
 
 class StateStore:
-    """Meter state loaded at start and written atomically (temp file + rename) whenever it changes."""
+    """Meter state loaded at start and written atomically (temp file + rename) whenever it changes.
+
+    Polls of several meters save at the same time: ``snapshot()`` is taken on the event loop (which alone changes
+    the state) and ``write()`` runs in a thread, one at a time, never replacing a newer snapshot by an older one.
+    """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.meters: dict[str, MeterState] = {}
+        self._lock = threading.Lock()
+        self._taken = 0    # snapshots taken so far (event loop thread)
+        self._written = 0  # the newest snapshot on disk (under _lock)
 
     def load(self) -> None:
         """Read the state file; a missing file starts fresh, a corrupt one is logged and starts fresh."""
@@ -47,21 +54,38 @@ class StateStore:
         """The state of one meter (created empty when new)."""
         return self.meters.setdefault(device_id, MeterState())
 
-    def save(self) -> None:
-        """Write the state atomically and flush it to disk."""
+    def snapshot(self) -> tuple[int, bytes]:
+        """The state as it is now, numbered; call it where the state changes (the event loop), not in a thread."""
+        self._taken += 1
+        return self._taken, orjson.dumps({
+            d: {"last_entry": s.last_entry.isoformat() if s.last_entry else None,
+                "invocation_counter": s.invocation_counter} for d, s in self.meters.items()})
+
+    def write(self, snapshot: tuple[int, bytes]) -> None:
+        """Write a snapshot atomically and flush it to disk, unless a newer one is there already (it holds this
+        one's changes); when this returns, the snapshot's state is durable."""
+        number, body = snapshot
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        body = orjson.dumps({d: {"last_entry": s.last_entry.isoformat() if s.last_entry else None,
-                                 "invocation_counter": s.invocation_counter} for d, s in self.meters.items()})
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as out:
-            out.write(body)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path)
+        with self._lock:
+            if number <= self._written:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            with open(tmp, "wb") as out:
+                out.write(body)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+            self._written = number
+
+    def save(self) -> None:
+        """Snapshot and write in the calling thread."""
+        self.write(self.snapshot())
 
     def save_quietly(self) -> None:
         """Save, logging instead of raising (used on shutdown)."""
-        with contextlib.suppress(OSError):
+        try:
             self.save()
+        except OSError as err:
+            log.warning("dlms state %s not saved: %s", self.path, err)
