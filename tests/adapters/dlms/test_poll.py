@@ -14,6 +14,7 @@ import pytest
 
 from tests.adapters.dlms.meters import AK, EK, ENERGY, SimMeter, meter_conf, quarter_hours, sim_meter
 from tests.fakes import RecordingSink, StaticDirectory
+from tests.peers import time_scale
 from usagehub.adapters.base import AdapterSettings, DeviceEndpoint
 from usagehub.adapters.dlms.adapter import DlmsAdapter, plan_for
 from usagehub.adapters.dlms.config import DlmsConfig
@@ -37,6 +38,9 @@ meters:
   energy: {{oid: "1.0.1.8.0.255", kind: cumulative, scale: 0.001, unit: kWh, aggregation: sum}}
   power: {{oid: "1.0.1.7.0.255", kind: gauge, unit: W, aggregation: avg}}
 """
+# A poll (connect, association, ciphered reads) is bounded by timeout_s: scaled on a loaded machine (CI under load
+# saw the HDLC poll of a 40-row buffer time out at 3 s).
+PROFILE = PROFILE.replace("timeout_s: 3}", f"timeout_s: {3 * time_scale():.0f}}}")
 
 
 def _profile(auth: str) -> Profile:
