@@ -37,8 +37,10 @@ class SessionWorker:
                  idle_s: float = 0.1, coalesce_s: float = 0.5, lock_timeout_ms: int = 5000,
                  segments_per_round: int | None = 256, budget_per_round: int | None = 40_000,
                  target_round_s: float | None = 0.5) -> None:
-        """``coalesce_s``: after a round that emptied the queue, wait this long so that the next round finds
-        more points per segment (a segment replayed once for many batches, not once per batch).
+        """``coalesce_s``: an account is claimed once its oldest queued row is this old (and after a round that
+        emptied the queue the worker waits this long), so that a round finds more points per segment: a segment
+        is replayed once for the batches of that time, not once per batch (each replay reads up to a chunk's
+        tail of older points again). Ingest never waits for rounds, so without it rounds would follow every batch.
 
         ``segments_per_round`` (each with all its queue rows) and ``budget_per_round`` (points read plus marks
         moved) bound a round's work, so the accounts' locks it holds are released well before an ingest batch's
@@ -53,8 +55,8 @@ class SessionWorker:
         self.scale = 1.0  # the share of both bounds in force (adapted to target_round_s)
         self.replayed = 0  # segments replayed since start
 
-    async def round(self) -> int:
-        """One transaction: claim, replay, reconcile, delete; the segments replayed (0: queue empty)."""
+    async def round(self, *, min_age_s: float = 0.0) -> int:
+        """One transaction: claim, replay, reconcile, delete; the segments replayed (0: none old enough)."""
         started = time.perf_counter()
         async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
             # The name marks the round's transaction in pg_stat_activity (how long a round holds its locks).
@@ -62,7 +64,7 @@ class SessionWorker:
                                (f"{self.lock_timeout_ms}ms", ROUND_NAME))
             segments, budget = self.bounds()
             done = await self.engine.replay_queued(conn, limit=self.accounts_per_round, max_segments=segments,
-                                                   budget=budget)
+                                                   budget=budget, min_age_s=min_age_s)
         # How long the round held its accounts (ingest batches wait that long), not how long it waited for them.
         self._adapt(time.perf_counter() - (self.engine.locked_at or started))
         if done:
@@ -89,7 +91,7 @@ class SessionWorker:
         delay = self.idle_s
         while True:
             try:
-                done = await self.round()
+                done = await self.round(min_age_s=self.coalesce_s)
                 delay = self.idle_s
             except StorageError as err:
                 log.warning("session replay round failed (%s); retrying in %.1fs", err, delay)
@@ -103,7 +105,7 @@ class SessionWorker:
                 await asyncio.sleep(self.coalesce_s)
 
     async def drain(self) -> int:
-        """Replay until the queue is empty (tests, shutdown); the segments replayed."""
+        """Replay until the queue is empty, young rows too (tests, shutdown); the segments replayed."""
         total = 0
         while done := await self.round():
             total += done

@@ -39,7 +39,8 @@ def _columns(items: list[Queued]) -> tuple[list[str], list[str], list[datetime]]
 
 
 async def claim(conn: Connection, *, limit: int | None, accounts: list[str] | None = None,
-                skip_locked: bool = True, max_segments: int | None = None) -> tuple[list[Queued], list[int]]:
+                skip_locked: bool = True, max_segments: int | None = None,
+                min_age_s: float = 0.0) -> tuple[list[Queued], list[int]]:
     """Claim queued rows until the transaction ends: of ``limit`` accounts, the longest waiting first.
 
     Returns the rows and their ids (for ``finish``).
@@ -49,14 +50,15 @@ async def claim(conn: Connection, *, limit: int | None, accounts: list[str] | No
     each account's earliest segment in event time, then each one's second… (the longest waiting account
     first in a turn), so a huge account is replayed in bounded rounds and does not hold the others back;
     ``accounts`` restricts the claim to those accounts (a billing run); without ``skip_locked`` the claim
-    waits for a replay holding them instead of passing over it.
+    waits for a replay holding them instead of passing over it. ``min_age_s`` passes over accounts whose
+    oldest row is younger (a session worker lets batches gather: one replay then covers more of them).
     """
     skip = " SKIP LOCKED" if skip_locked else ""
     where = "WHERE account_id = ANY(%(acc)s)" if accounts is not None else ""
     seg = "date_bin(%(width)s, q.seg_start, %(epoch)s)"
     cur = await conn.execute(
         f"WITH pick AS (SELECT account_id, min(queued_at) AS waited FROM session_queue {where} GROUP BY account_id "
-        "ORDER BY 2, 1 LIMIT %(limit)s), "
+        "HAVING min(queued_at) <= now() - make_interval(secs => %(age)s) ORDER BY 2, 1 LIMIT %(limit)s), "
         f"segs AS (SELECT q.account_id, q.service, {seg} AS seg, p.waited FROM session_queue q JOIN pick p "
         "USING (account_id) GROUP BY 1, 2, 3, 4), "
         "firsts AS (SELECT account_id, service, seg FROM segs ORDER BY row_number() OVER (PARTITION BY account_id "
@@ -64,7 +66,8 @@ async def claim(conn: Connection, *, limit: int | None, accounts: list[str] | No
         "SELECT q.account_id, q.service, q.seg_start, q.queue_id FROM session_queue q JOIN firsts f "
         f"ON q.account_id = f.account_id AND q.service = f.service AND {seg} = f.seg "
         f"ORDER BY q.account_id, q.service, q.seg_start FOR UPDATE OF q{skip}",
-        {"acc": accounts, "limit": limit, "segments": max_segments, "width": SEGMENT, "epoch": EPOCH})
+        {"acc": accounts, "limit": limit, "segments": max_segments, "width": SEGMENT, "epoch": EPOCH,
+         "age": min_age_s})
     rows: list[Any] = await cur.fetchall()  # LIMIT NULL: every account, every segment
     return [(str(r[0]), str(r[1]), utc(r[2])) for r in rows], [int(r[3]) for r in rows]
 
