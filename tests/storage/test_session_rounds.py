@@ -102,3 +102,19 @@ async def test_rounds_longer_than_their_target_shrink_and_still_end_exact(pool: 
     relaxed.scale = 0.5
     await relaxed.round()  # quick (the queue is empty): the bounds grow back
     assert relaxed.scale > 0.5
+
+
+async def test_a_worker_lets_young_rows_gather_and_drain_takes_them_all(pool: AsyncConnectionPool) -> None:
+    """A round of a running worker passes over accounts whose oldest row is younger than ``min_age_s`` (the
+    batches of that time then share one replay); a drain (shutdown, tests) and a billing run do not wait."""
+    engine = await _ingest_deferred(pool)
+    async with pool.connection() as conn, conn.transaction():
+        rows, ids = await claim(conn, limit=None, min_age_s=3600)
+        assert rows == [] and ids == []
+    async with pool.connection() as conn, conn.transaction():
+        rows, _ = await claim(conn, limit=None, min_age_s=0)
+        assert {a for a, _, _ in rows} == {"a1", "a2"}
+    worker = SessionWorker(pool, SessionEngine(engine.profiles, clock=lambda: NOW), coalesce_s=3600)
+    assert await worker.round(min_age_s=worker.coalesce_s) == 0
+    assert await worker.drain() > 0
+    assert await _queued(pool) == 0
