@@ -143,6 +143,7 @@ class Pipeline:
     async def run(self) -> None:
         """Commit batches until cancelled; on cancel, the batch in hand is finished first."""
         memory.bound_heap()  # large messages get their own mappings, returned when freed
+        memory.tune_collector()
         await self._load_totals()
         if len(self._lanes) == 1:
             await self._run_lane(self._lanes[0])

@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from usagehub import metrics
 from usagehub.errors import StorageError
+from usagehub.pipeline import memory
 from usagehub.pipeline.sessions import SessionEngine
 from usagehub.storage.pool import mapped_errors
 from usagehub.storage.session_queue import backlog
@@ -94,6 +95,7 @@ class SessionWorker:
 
     async def run(self) -> None:
         """Replay until cancelled; a failed round (lock timeout, outage) is retried with backoff."""
+        memory.tune_collector()
         delay = self.idle_s
         while True:
             try:
