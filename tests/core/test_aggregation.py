@@ -49,6 +49,14 @@ def test_unique_count_counts_labels_when_present() -> None:
     assert aggregate(Aggregation.UNIQUE_COUNT, [s(0, "1.0"), s(1, "1.00")]) == 1  # same value
 
 
+def test_only_a_unique_count_keeps_labels_so_partials_do_not_grow_with_their_samples() -> None:
+    many = [s(i, str(i)) for i in range(500)]  # 500 distinct values, as a meter's month of readings
+    total = Partial.of(Aggregation.SUM, many[:250]).merge(Partial.of(Aggregation.SUM, many[250:]))
+    assert total.labels == frozenset() and total.result() == sum(Decimal(i) for i in range(500))
+    unique = Partial.of(Aggregation.UNIQUE_COUNT, many[:250]).merge(Partial.of(Aggregation.UNIQUE_COUNT, many[200:]))
+    assert len(unique.labels) == 500 and unique.result() == 500
+
+
 def test_empty_aggregations() -> None:
     assert aggregate(Aggregation.SUM, []) == 0
     assert aggregate(Aggregation.COUNT, []) == 0

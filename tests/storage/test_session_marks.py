@@ -55,6 +55,41 @@ async def test_late_reading_replays_a_few_segments_whatever_the_history(pool: As
         assert [(r[0], r[1]) for r in await cur.fetchall()] == [("a1", days * 8), ("a2", 1)]
 
 
+async def _state_bytes(pool: AsyncConnectionPool, account: str) -> tuple[int, int]:
+    """Bytes of the account's latest walk mark and of its open session's partials, as stored."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT (SELECT octet_length(entry::text) + coalesce(octet_length(piece::text), 0) FROM session_marks "
+            "        WHERE account_id = %s ORDER BY seg_start DESC LIMIT 1), "
+            "       (SELECT octet_length(partials::text) FROM sessions WHERE account_id = %s "
+            "        ORDER BY start_ts DESC LIMIT 1)", (account, account))
+        row = await cur.fetchone()
+    assert row is not None and row[0] is not None and row[1] is not None
+    return int(row[0]), int(row[1])
+
+
+async def test_the_walk_state_stored_per_reading_does_not_grow_with_the_open_session(
+        pool: AsyncConnectionPool, registry: Registry) -> None:
+    pipeline, _ = wired(pool)
+    step = timedelta(minutes=30)
+    await registry.bind(device_id="m2", account_id="a2", valid_from=OCT - timedelta(days=1))
+    # Distinct deltas every reading (a real meter's), one open session for ten days; a2 gets one day only.
+    wh = 0
+    for day in range(10):
+        batch = []
+        for k in range(day * 48, (day + 1) * 48):
+            wh += 100 + k % 97
+            batch.append(reading("m1", k, OCT + step * k, wh))
+        await feed(pipeline, batch)
+        if day == 0:
+            first = await _state_bytes(pool, "a1")
+            await feed(pipeline, [reading("m2", k, OCT + step * k, 7 * k) for k in range(48)])
+    last = await _state_bytes(pool, "a1")
+    # A sum needs no distinct values: the mark and the session's partials hold counters, not a month of values.
+    assert last[0] <= first[0] + 64 and last[1] <= first[1] + 64, (first, last)
+    assert await _state_bytes(pool, "a2") != last  # the other tenant's account has its own state
+
+
 async def test_sessions_stored_before_marks_are_rebuilt_exactly_once(pool: AsyncConnectionPool,
                                                                      registry: Registry) -> None:
     pipeline, _ = wired(pool)

@@ -16,6 +16,7 @@ from usagehub.core.events import Aggregation
 from usagehub.core.records import record
 
 _ZERO = Decimal(0)
+_NO_LABELS: frozenset[str] = frozenset()
 
 
 @record
@@ -50,10 +51,12 @@ class Partial:
             return cls(aggregation=aggregation, seconds=seconds)
         values = [s.value for s in items]
         final = max(items, key=lambda s: (s.at, s.tie, s.value))
+        # Only a unique count needs the distinct labels: kept for every aggregation, they grew with the
+        # session (a month of a meter's distinct values in each partial, mark and stored session).
+        labels = frozenset(_label(s) for s in items) if aggregation is Aggregation.UNIQUE_COUNT else _NO_LABELS
         return cls(aggregation=aggregation, count=len(items), total=sum(values, _ZERO),
                    minimum=min(values), maximum=max(values), last=final.value,
-                   last_key=(final.at, final.tie, final.value),
-                   labels=frozenset(_label(s) for s in items), seconds=seconds)
+                   last_key=(final.at, final.tie, final.value), labels=labels, seconds=seconds)
 
     def merge(self, other: Partial) -> Partial:
         """The partial of the union of both sample sets."""
@@ -65,7 +68,8 @@ class Partial:
         return Partial(aggregation=self.aggregation, count=self.count + other.count,
                        total=self.total + other.total, minimum=_pick(True, self.minimum, other.minimum),
                        maximum=_pick(False, self.maximum, other.maximum), last=last, last_key=last_key,
-                       labels=self.labels | other.labels, seconds=self.seconds + other.seconds)
+                       labels=self.labels | other.labels if other.labels else self.labels,
+                       seconds=self.seconds + other.seconds)
 
     def result(self) -> Decimal | None:
         """The aggregated value; None where it is undefined (min of nothing, avg of nothing)."""

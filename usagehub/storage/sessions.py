@@ -36,6 +36,7 @@ _POINT_TYPES = ["text", "text", "text", "text", "text", "text", "timestamptz", "
 _ORIGIN_COLUMNS = "entry_ref, entry_since, entry_ts, entry_quantity"
 _ORIGIN_TYPES = ["text", "timestamptz", "timestamptz", "numeric"]
 _NO_ORIGIN = (None, None, None, None)
+_NO_LABELS: frozenset[str] = frozenset()
 Origin = tuple[str, datetime | None, datetime, Decimal]  # entry ref, since, ts, quantity
 REF_SEP = "\x1f"  # entry ref: kind, meter and cause joined by the ASCII unit separator
 _SESSION_COLUMNS = ("session_id, account_id, service, period_start, period_end, period_label, start_ts, end_ts, "
@@ -93,11 +94,13 @@ def partial_json(p: Partial) -> dict[str, Any]:
 
 def partial_of(d: dict[str, Any]) -> Partial:
     """The partial stored by :func:`partial_json`."""
-    lk = d["lk"]
-    return Partial(aggregation=Aggregation(d["a"]), count=int(d["n"]), total=Decimal(d["t"]),
+    lk, aggregation = d["lk"], Aggregation(d["a"])
+    # Labels matter to a unique count only; states stored before they were kept for it alone still hold them.
+    labels = frozenset(d["lb"]) if aggregation is Aggregation.UNIQUE_COUNT else _NO_LABELS
+    return Partial(aggregation=aggregation, count=int(d["n"]), total=Decimal(d["t"]),
                    minimum=_undec(d["min"]), maximum=_undec(d["max"]), last=_undec(d["last"]),
                    last_key=None if lk is None else (datetime.fromisoformat(lk[0]), lk[1], Decimal(lk[2])),
-                   labels=frozenset(d["lb"]), seconds=Decimal(d["s"]))
+                   labels=labels, seconds=Decimal(d["s"]))
 
 
 def key_json(k: SortKey) -> list[Any]:
