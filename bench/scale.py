@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import inspect
 import os
 import random
 import subprocess
@@ -236,7 +237,11 @@ async def publish(bus: str, url: str, messages: list[Msg], started: Callable[[],
     await router.refresh()
     await pool.close()
     nc, _ = await declare(settings, name="bench-ingest")
-    publisher = BusPublisher(nc, ProfileSet(load_profiles(config.profiles)), settings, router=router)
+    # ``router=`` since 2026-11-28 (routing without decoding); ``key_of=`` lets this bench run an older checkout
+    # (copied into it) back to back with the current one.
+    how = ({"router": router} if "router" in inspect.signature(BusPublisher).parameters
+           else {"key_of": router.key_of})
+    publisher = BusPublisher(nc, ProfileSet(load_profiles(config.profiles)), settings, **how)  # type: ignore[arg-type]
     started()
     cpu0 = time.process_time()
     futures = [await publisher.submit(raw(t, p)) for t, p in messages]
@@ -350,7 +355,7 @@ def wait_ready(logs: list[Path], procs: list[subprocess.Popen[bytes]], timeout_s
     raise SystemExit(f"workers not ready after {timeout_s} s; see {logs}")
 
 
-def run_fleet(server: str, fleet: Fleet, counts: list[int], tmp: Path) -> None:
+def run_fleet(server: str, fleet: Fleet, counts: list[int], tmp: Path, *, spread_too: bool = True) -> None:
     template = seeded_template(server, fleet.seed, tmp)
     print(f"\n{fleet.name}: {len(fleet.messages)} messages ({fleet.distinct} distinct), {PARTITIONS} partitions, "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}", flush=True)
@@ -365,7 +370,8 @@ def run_fleet(server: str, fleet: Fleet, counts: list[int], tmp: Path) -> None:
         total = 1e6 * sum(r.cpu.values()) / max(stored, 1)
         print(f"{r.case:<20}{rate:>9.0f}{p50:>8.0f}{p99:>8.0f}{batches:>8}  {total:>5.0f} = {parts:<44}"
               f"{fleet.exact(r.url)}", flush=True)
-    asyncio.run(spread(results[0].url, fleet, counts))
+    if spread_too:
+        asyncio.run(spread(results[0].url, fleet, counts))
     print(f"worker logs: {tmp}/worker-*.log; load {os.getloadavg()[0]:.1f}")
 
 
@@ -380,6 +386,7 @@ def main() -> None:
     parser.add_argument("--real", default="1x40", help="realistic fleet: WEEKSxACCOUNTS")
     parser.add_argument("--fleets", default="simple,realistic")
     parser.add_argument("--spread-only", action="store_true", help="only the partition spread, no runs")
+    parser.add_argument("--no-spread", action="store_true", help="no partition spread (an older checkout)")
     args = parser.parse_args()
     from usagehub.storage.embedded import embedded_database_url
 
@@ -395,7 +402,7 @@ def main() -> None:
             print(f"\n{fleet.name}:")
             asyncio.run(spread(url, fleet, args.workers or [1, 2]))
             continue
-        run_fleet(server, fleets[name](), args.workers or [1, 2], tmp)
+        run_fleet(server, fleets[name](), args.workers or [1, 2], tmp, spread_too=not args.no_spread)
 
 
 if __name__ == "__main__":

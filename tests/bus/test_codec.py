@@ -6,9 +6,10 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from nats.aio.msg import Msg
 
 from usagehub.bus.codec import bytes_identity, decode, encode, message_identity, partition_of, route
-from usagehub.bus.consumer import owned_partitions
+from usagehub.bus.consumer import _deliveries, owned_partitions
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage, UsageEvent
 from usagehub.runtime.config import SHIPPED_PROFILES
@@ -139,3 +140,10 @@ def test_owned_partitions_cover_each_partition_once() -> None:
     assert sorted(p for o in owned for p in o) == list(range(16))
     with pytest.raises(ValueError):
         owned_partitions(16, 3, 3)
+
+
+@pytest.mark.parametrize("reply", ["$JS.ACK.S.part-0001.3.41.40.1764300000000000000.0",
+                                   "$JS.ACK._.ACCHASH.S.part-0001.3.41.40.1764300000000000000.0.tok"])
+def test_deliveries_read_from_the_reply_subject_as_nats_py_reads_them(reply: str) -> None:
+    msg = Msg(_client=None, subject="usagehub.ingest.1", reply=reply)  # type: ignore[arg-type]
+    assert _deliveries(msg) == msg.metadata.num_delivered == 3
