@@ -182,7 +182,7 @@ def _device_of(message: RawMessage, compiled: CompiledProfile, captures: dict[st
                 return None
             record = records[0]
         found = compiled.device_id.get(record)
-    except Exception:  # noqa: BLE001 — hostile bytes: decoded in full by the caller, which names the reason
+    except Exception:  # hostile bytes: decoded in full by the caller, which names the reason
         return None
     if found is MISSING or found is None or found == "":
         return None
