@@ -11,7 +11,7 @@ Two fleets, each through every case on a fresh copy of its seeded database:
              exact = billed totals per (account, product) = its truth and stored identities = distinct messages
 Reported per case: events/s from the first receive to the last commit, receive → commit p50/p99
 (``ingested_at`` is the storing transaction's start), pipeline batches, CPU µs per event of each part
-(ingest = this process routing and publishing, nats-server, the workers / the direct process, PostgreSQL),
+(ingest = this process routing and publishing once set up, nats-server, the workers / the direct process, PostgreSQL),
 and exactness.
 
   .venv/bin/python bench/scale.py [MESSAGES] [WORKERS...] [--real WEEKSxACCOUNTS] [--fleets simple,realistic]
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import inspect
 import os
 import random
 import subprocess
@@ -215,8 +217,12 @@ async def direct(url: str, messages: list[Msg]) -> float:
     return used
 
 
-async def publish(bus: str, url: str, messages: list[Msg]) -> None:
-    """This process as an ingest node: route by account (as ``serve`` does), publish, wait for every PubAck."""
+async def publish(bus: str, url: str, messages: list[Msg], started: Callable[[], None]) -> float:
+    """This process as an ingest node: route by account (as ``serve`` does), publish, wait for every PubAck.
+
+    ``started`` is called once the ingest node is set up (imports, profiles, bindings, connection), when
+    the measured part begins; returns the CPU seconds of this process from then on.
+    """
     from usagehub.bus.publisher import BusPublisher
     from usagehub.core.decode import ProfileSet
     from usagehub.runtime.profile_files import load_profiles
@@ -231,11 +237,49 @@ async def publish(bus: str, url: str, messages: list[Msg]) -> None:
     await router.refresh()
     await pool.close()
     nc, _ = await declare(settings, name="bench-ingest")
-    publisher = BusPublisher(nc, ProfileSet(load_profiles(config.profiles)), settings, key_of=router.key_of)
+    # ``router=`` since 2026-11-28 (routing without decoding); ``key_of=`` lets this bench run an older checkout
+    # (copied into it) back to back with the current one.
+    how = ({"router": router} if "router" in inspect.signature(BusPublisher).parameters
+           else {"key_of": router.key_of})
+    publisher = BusPublisher(nc, ProfileSet(load_profiles(config.profiles)), settings, **how)  # type: ignore[arg-type]
+    started()
+    cpu0 = time.process_time()
     futures = [await publisher.submit(raw(t, p)) for t, p in messages]
     await asyncio.gather(*futures)
     await publisher.flush()
+    used = time.process_time() - cpu0
     await nc.close()
+    return used
+
+
+async def spread(url: str, fleet: Fleet, counts: list[int]) -> None:
+    """How evenly the fleet's messages fall on partitions and workers: CRC-32 (in use) against a uniform hash."""
+    from usagehub.bus.codec import partition_of, route
+    from usagehub.core.decode import ProfileSet
+    from usagehub.runtime.profile_files import load_profiles
+    from usagehub.runtime.scaleout import AccountRouter
+    from usagehub.storage.pool import open_pool
+
+    pool = await open_pool(url, min_size=1, max_size=1)
+    router = AccountRouter(pool)
+    await router.refresh()
+    await pool.close()
+    profiles = ProfileSet(load_profiles(HubConfig().profiles))
+    keys = [route(raw(t, p), profiles, PARTITIONS, router).key for t, p in fleet.messages]
+    print(f"spread of {len(keys)} messages over {len(set(keys))} keys, {PARTITIONS} partitions "
+          "(busiest share / even share; 1.00 = even):")
+    def blake2b(key: str, partitions: int) -> int:
+        return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % partitions
+
+    for name, fn in (("crc32", partition_of), ("blake2b", blake2b)):
+        parts = [fn(k, PARTITIONS) for k in keys]
+        rows = []
+        for w in sorted({*counts, 2, PARTITIONS} - {1}):
+            load = [0] * w
+            for p in parts:
+                load[p % w] += 1
+            rows.append(f"{w} {'workers' if w < PARTITIONS else 'partitions'} {max(load) * w / len(parts):.2f}")
+        print(f"  {name:<8}" + ", ".join(rows))
 
 
 @dataclass
@@ -274,10 +318,14 @@ def bus_case(server: str, template: str, fleet: Fleet, workers: int, tmp: Path) 
         wait_ready(names, procs)
         pg = postgres_pid(url)
         assert nats.proc is not None
-        before = {"ingest": time.process_time(), "nats-server": cpu_s(nats.proc.pid),
-                  "workers": sum(cpu_s(p.pid) for p in procs), "postgres": cpu_s(pg, reaped=True)}
-        asyncio.run(publish(nats.url, url, fleet.messages))
-        cpu["ingest"] = time.process_time() - before["ingest"]
+        nats_pid = nats.proc.pid
+        before: dict[str, float] = {}
+
+        def started() -> None:  # the ingest node is set up: measure every part from here
+            before.update({"nats-server": cpu_s(nats_pid), "workers": sum(cpu_s(p.pid) for p in procs),
+                           "postgres": cpu_s(pg, reaped=True)})
+
+        cpu["ingest"] = asyncio.run(publish(nats.url, url, fleet.messages, started))
         wait_events(url, fleet.distinct)
         cpu["nats-server"] = cpu_s(nats.proc.pid) - before["nats-server"]
         cpu["workers"] = sum(cpu_s(p.pid) for p in procs) - before["workers"]
@@ -307,7 +355,7 @@ def wait_ready(logs: list[Path], procs: list[subprocess.Popen[bytes]], timeout_s
     raise SystemExit(f"workers not ready after {timeout_s} s; see {logs}")
 
 
-def run_fleet(server: str, fleet: Fleet, counts: list[int], tmp: Path) -> None:
+def run_fleet(server: str, fleet: Fleet, counts: list[int], tmp: Path, *, spread_too: bool = True) -> None:
     template = seeded_template(server, fleet.seed, tmp)
     print(f"\n{fleet.name}: {len(fleet.messages)} messages ({fleet.distinct} distinct), {PARTITIONS} partitions, "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}", flush=True)
@@ -322,6 +370,8 @@ def run_fleet(server: str, fleet: Fleet, counts: list[int], tmp: Path) -> None:
         total = 1e6 * sum(r.cpu.values()) / max(stored, 1)
         print(f"{r.case:<20}{rate:>9.0f}{p50:>8.0f}{p99:>8.0f}{batches:>8}  {total:>5.0f} = {parts:<44}"
               f"{fleet.exact(r.url)}", flush=True)
+    if spread_too:
+        asyncio.run(spread(results[0].url, fleet, counts))
     print(f"worker logs: {tmp}/worker-*.log; load {os.getloadavg()[0]:.1f}")
 
 
@@ -335,6 +385,8 @@ def main() -> None:
     parser.add_argument("workers", nargs="*", type=int, default=[1, 2])
     parser.add_argument("--real", default="1x40", help="realistic fleet: WEEKSxACCOUNTS")
     parser.add_argument("--fleets", default="simple,realistic")
+    parser.add_argument("--spread-only", action="store_true", help="only the partition spread, no runs")
+    parser.add_argument("--no-spread", action="store_true", help="no partition spread (an older checkout)")
     args = parser.parse_args()
     from usagehub.storage.embedded import embedded_database_url
 
@@ -344,7 +396,13 @@ def main() -> None:
     weeks, accounts = (int(x) for x in args.real.split("x"))
     fleets = {"simple": lambda: simple_fleet(args.messages), "realistic": lambda: realistic_fleet(weeks, accounts)}
     for name in args.fleets.split(","):
-        run_fleet(server, fleets[name](), args.workers or [1, 2], tmp)
+        if args.spread_only:
+            fleet = fleets[name]()
+            url = clone(server, seeded_template(server, fleet.seed, tmp))
+            print(f"\n{fleet.name}:")
+            asyncio.run(spread(url, fleet, args.workers or [1, 2]))
+            continue
+        run_fleet(server, fleets[name](), args.workers or [1, 2], tmp, spread_too=not args.no_spread)
 
 
 if __name__ == "__main__":

@@ -37,4 +37,22 @@ async def test_router_keys_by_account_at_event_time_across_tenants(pool: AsyncCo
     assert router.key_of(event("d2", after)) == "account:home2"
     assert router.key_of(event("d3", after)) == "account:shop"
     assert router.key_of(event("unknown", after)) == "device:unknown"
-    assert router.key_of(event("d1", datetime(2025, 1, 1, tzinfo=UTC))) == "device:d1"  # unbound then
+    # Bound to one account only: keyed by it at any time (no event time needed, so no decoding at ingest).
+    assert router.key_of(event("d1", datetime(2025, 1, 1, tzinfo=UTC))) == "account:home"
+    assert router.device_key("d1") == "account:home" and router.device_key("d3") == "account:shop"
+    assert router.device_key("d2") is None  # moved: the key depends on the event's time
+    assert router.key_of(event("d2", datetime(2025, 1, 1, tzinfo=UTC))) == "device:d2"  # unbound then
+    assert router.device_key("unknown") == "device:unknown"
+    # A binding made later counts at the next refresh (the cache of keys starts over).
+    await registry.upsert_device(device_id="late", tenant="t2", profile_id="acme-em340")
+    await registry.bind(device_id="late", account_id="shop", tenant="t2", valid_from=MOVE)
+    assert router.device_key("late") == "device:late"
+    await router.refresh()
+    assert router.device_key("late") == "account:shop"
+
+
+async def test_router_cache_is_bounded(pool: AsyncConnectionPool) -> None:
+    router = AccountRouter(pool, max_cached=3)
+    for i in range(10):
+        assert router.device_key(f"invented-{i}") == f"device:invented-{i}"
+    assert len(router._keys) <= 3

@@ -10,6 +10,14 @@ twice (the stream drops resends inside its duplicate window, PostgreSQL's event
 identity drops everything else). The receipt cannot know what the worker will
 decide later: an unknown device or a duplicate older than the window is still
 "accepted" here and is quarantined or dropped by the worker.
+
+Where a message is decoded: the worker decodes every message (with the device's
+registered profile) and quarantines what does not decode, with its bytes. The
+ingest node routes without decoding (``bus.codec.route``), except for the doors
+whose answer to the device carries the decoder's verdict or counts — HTTP (lines
+accepted, errors), CoAP (4.00 for an undecodable body), imported files and binary
+frames (DC-09 NAK/DUH): those are decoded here too, as before, so their answers
+stay what the single process gives.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from prometheus_client import Counter
 
 from usagehub import metrics
 from usagehub.adapters.base import Outcome, Receipt
-from usagehub.bus.codec import KeyOf, Route, device_key, encode, route
+from usagehub.bus.codec import BY_DEVICE, Route, Router, encode, route
 from usagehub.bus.stream import BusSettings
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
@@ -39,6 +47,8 @@ log = logging.getLogger(__name__)
 
 # Everything NATS raises while a node dies, a leader is elected or we reconnect is worth a retry; these are not.
 _PERMANENT = (MaxPayloadError, BadSubjectError, BadHeaderError)
+# Doors whose reply carries the decoder's verdict (HTTP counts and errors, CoAP 4.00, import summaries, DC-09 NAK).
+DECODED_AT_INGEST = frozenset({"http", "coap", "file", "binary"})
 
 
 @dataclass(slots=True)
@@ -60,9 +70,12 @@ class BusPublisher:
     """
 
     def __init__(self, nc: Client, profiles: ProfileSet, settings: BusSettings, *,
-                 max_inflight: int = 1024, key_of: KeyOf = device_key) -> None:
-        """``key_of``: the partition key of a message's first event (the runtime routes by account)."""
-        self.nc, self.profiles, self.settings, self.key_of = nc, profiles, settings, key_of
+                 max_inflight: int = 1024, router: Router = BY_DEVICE,
+                 decode_at_ingest: frozenset[str] = DECODED_AT_INGEST) -> None:
+        """``router``: partition keys (the runtime routes by account); ``decode_at_ingest``: transports whose
+        messages are decoded here for an exact receipt (the others are routed without decoding)."""
+        self.nc, self.profiles, self.settings, self.router = nc, profiles, settings, router
+        self.decode_at_ingest = decode_at_ingest
         self.max_inflight = max_inflight
         self._pending: dict[str, _Publish] = {}  # reply token -> publish; insertion order = deadline order
         self._room = asyncio.Event()
@@ -81,7 +94,8 @@ class BusPublisher:
 
     async def submit(self, message: RawMessage) -> asyncio.Future[Receipt]:
         """Publish ``message`` (waits while ``max_inflight`` publishes are unanswered); resolves on PubAck."""
-        where = route(message, self.profiles, self.settings.partitions, self.key_of)
+        where = route(message, self.profiles, self.settings.partitions, self.router,
+                      full=message.transport in self.decode_at_ingest)
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         self._unanswered.add(future)
         future.add_done_callback(self._unanswered.discard)
@@ -199,6 +213,7 @@ class BusPublisher:
 def _receipt(where: Route, duplicate: bool) -> Receipt:
     if where.reason is not None:
         return Receipt(outcome=Outcome.QUARANTINED, reason=where.reason, device_id=where.device_id)
+    # Routed without decoding (where.decoded False): events counted 0, the worker decides what it holds.
     if duplicate:
         return Receipt(outcome=Outcome.DUPLICATE, duplicates=where.events, device_id=where.device_id)
     return Receipt(outcome=Outcome.ACCEPTED, accepted=where.events, device_id=where.device_id)

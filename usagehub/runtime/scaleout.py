@@ -21,7 +21,6 @@ from pathlib import Path
 from psycopg_pool import AsyncConnectionPool
 
 from usagehub.adapters.link import Link
-from usagehub.bus.codec import device_key
 from usagehub.bus.publisher import BusPublisher
 from usagehub.core.binding import BindingIndex
 from usagehub.core.decode import ProfileSet
@@ -56,27 +55,50 @@ def worker_environment(config: HubConfig, bus_url: str) -> dict[str, str]:
 
 
 class AccountRouter:
-    """Partition key of an event: the account holding its device at event time, else the device.
+    """Partition key of a message: the account of its device, else the device (``bus.codec.Router``).
 
     All devices of one account then land in one partition, so one worker holds an
     account's session state and workers never queue on each other's account locks.
-    The bindings are re-read every ``refresh_s``: during a stale moment a message may
-    go to the device's or the old account's partition, which costs contention, not
-    correctness (see runtime/worker.py for what makes concurrent writers safe).
+    A device bound to one account only (the usual case) is keyed by it whatever the
+    event's time, so the ingest node routes its messages without decoding them (a cache
+    of device -> key); only a device that moved between accounts needs the event's time
+    (``key_of`` a decoded event). The bindings are re-read every ``refresh_s``: during a
+    stale moment a message may go to the device's or the old account's partition, which
+    costs contention, not correctness (see runtime/worker.py for what makes concurrent
+    writers safe).
     """
 
-    def __init__(self, pool: AsyncConnectionPool, refresh_s: float = 10.0) -> None:
-        self.pool, self.refresh_s = pool, refresh_s
+    def __init__(self, pool: AsyncConnectionPool, refresh_s: float = 10.0, max_cached: int = 500_000) -> None:
+        self.pool, self.refresh_s, self.max_cached = pool, refresh_s, max_cached
         self.index = BindingIndex()
+        self._keys: dict[str, str | None] = {}
+
+    def device_key(self, device_id: str) -> str | None:
+        """``account:<id>`` if the device was only ever bound to that account, ``device:<id>`` if never bound,
+        None if it moved (the key then depends on the event's time)."""
+        try:
+            return self._keys[device_id]
+        except KeyError:
+            pass
+        accounts = {b.account_id for b in self.index.bindings_of(device_id)}
+        key = (f"account:{accounts.pop()}" if len(accounts) == 1 else None) if accounts else f"device:{device_id}"
+        if len(self._keys) >= self.max_cached:  # a flood of invented device ids must not grow memory
+            self._keys.clear()
+        self._keys[device_id] = key
+        return key
 
     def key_of(self, event: UsageEvent) -> str:
-        """The partition key of ``event``."""
+        """The key of a decoded ``event``: its device's only account, else the account holding it at event time."""
+        key = self.device_key(event.device_id)
+        if key is not None:
+            return key
         account = self.index.account_at(event.device_id, event.ts)
-        return f"account:{account}" if account is not None else device_key(event)
+        return f"account:{account}" if account is not None else f"device:{event.device_id}"
 
     async def refresh(self) -> None:
         """Re-read every binding."""
-        self.index = await binding_index(self.pool)
+        index = await binding_index(self.pool)
+        self.index, self._keys = index, {}
 
     async def run(self) -> None:
         """Refresh until cancelled; a failed refresh keeps the previous index."""
@@ -164,7 +186,7 @@ async def ingest_bus(config: HubConfig, profiles: list[Profile], pool: AsyncConn
                 await workers.stop()
 
             stack.push_async_callback(stop_workers)
-        publisher = BusPublisher(nc, ProfileSet(profiles), settings, key_of=router.key_of)
+        publisher = BusPublisher(nc, ProfileSet(profiles), settings, router=router)
         log.info("ingest over the bus (%d servers): %d partitions, %d local workers", len(settings.servers),
                  settings.partitions, config.workers)
         try:
