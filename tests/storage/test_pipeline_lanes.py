@@ -7,9 +7,11 @@ id); m1 and ax share account a1, so the lanes meet on its locks.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from psycopg_pool import AsyncConnectionPool
 
 from tests.storage.test_session_queue import _derived, _fleet, _seed, second_pool  # noqa: F401
@@ -89,16 +91,66 @@ async def test_lanes_overlap_and_keep_each_device_in_one_lane(pool: AsyncConnect
     assert seen_together == 0
 
 
-def test_gateway_messages_take_the_first_lane(pool: AsyncConnectionPool) -> None:
-    """A gateway's readings name their devices in the payload: never spread over lanes by topic."""
+def test_gateway_messages_go_by_their_gateway(pool: AsyncConnectionPool) -> None:
+    """A gateway's readings name their devices in the payload: its messages keep their order in one lane,
+    chosen by the gateway (its topic, or the identity its door authenticated)."""
     pipeline = _with_lanes(pool, 2)
     gateway = RawMessage(transport="mqtt", topic="gateways/g3/batch", payload=b"{}", received_at=NOW)
     meter = RawMessage(transport="mqtt", topic="meters/m1/reading", payload=b"{}", received_at=NOW)
-    assert lane_index(gateway.topic, 2) == 1 and lane_index("m1", 2) == 1  # by the topic: the second lane
-    assert pipeline.identity.lane_key(gateway) is None  # the first lane
+    assert pipeline.identity.lane_key(gateway) == "gateways/g3/batch"
     assert pipeline.identity.lane_key(meter) == "m1"
     assert pipeline.identity.names_devices_in_payload(gateway)
     assert not pipeline.identity.names_devices_in_payload(meter)
     http = RawMessage(transport="http", topic="ingest", payload=b"{}", received_at=NOW,
                       meta={"device_id": "g3", "profile": "acme-http-gateway"})
     assert pipeline.identity.names_devices_in_payload(http)
+    assert pipeline.identity.lane_key(http) == "g3"
+
+
+_GATEWAYS = {"m1": ("gateways/gw-f1/batch", "gateways/gw-f2/batch"),
+             "m2": ("gateways/gw-b1/batch", "gateways/gw-b2/batch")}
+
+
+def _through_gateways(rng: random.Random) -> list[RawMessage]:
+    """The fleet's meter readings relayed by two gateways per meter (each reading by either), a few per
+    message, in the fleet's shuffled, duplicated and late order; the panel's alarms as they are."""
+    out: list[RawMessage] = []
+    pending: dict[str, list[dict[str, Any]]] = {}
+    for m in (m for chunk in _fleet() for m in chunk):
+        if not m.topic.startswith("meters/"):
+            out.append(m)
+            continue
+        device = m.topic.split("/")[1]
+        topic = rng.choice(_GATEWAYS[device])
+        pending.setdefault(topic, []).append({"meter": device, **orjson.loads(m.payload)})
+        if len(pending[topic]) >= rng.randint(1, 6):
+            body = {"readings": pending.pop(topic)}
+            out.append(RawMessage(transport="mqtt", topic=topic, payload=orjson.dumps(body), received_at=NOW))
+    out += [RawMessage(transport="mqtt", topic=topic, payload=orjson.dumps({"readings": rows}), received_at=NOW)
+            for topic, rows in pending.items()]
+    return out
+
+
+async def _seed_gateways(pool: AsyncConnectionPool) -> None:
+    reg = await _seed(pool)
+    for device, tenant in (("m1", "t1"), ("m2", "t2")):  # decoded by the gateway's profile: registered so
+        await reg.upsert_device(device_id=device, profile_id="acme-dc100-gateway", tenant=tenant)
+        for topic in _GATEWAYS[device]:
+            gateway = topic.split("/")[1]
+            await reg.upsert_device(device_id=gateway, profile_id="acme-dc100-gateway", tenant=tenant)
+            await reg.attach_to_gateway(gateway_id=gateway, device_ids=[device], tenant=tenant)
+
+
+async def test_two_lanes_store_what_one_lane_stores_when_two_gateways_relay_one_meter(
+        pool: AsyncConnectionPool, second_pool: AsyncConnectionPool) -> None:  # noqa: F811
+    messages = _through_gateways(random.Random(5))
+    lanes = {topic: lane_index(topic, 2) for pair in _GATEWAYS.values() for topic in pair}
+    assert all(lanes[a] != lanes[b] for a, b in _GATEWAYS.values())  # each meter is written by both lanes
+    await _seed_gateways(second_pool)
+    await feed(_with_lanes(second_pool, 1), messages)
+    expected = await _stored(second_pool)
+    await _seed_gateways(pool)
+    await feed(_with_lanes(pool, 2), messages)  # all at once: both lanes hold batches of m1 and m2
+    assert await _stored(pool) == expected
+    assert expected["events"][0][0] > 400 and expected["records"]
+    assert expected["totals"][0][3] == 0  # every gateway was entitled to its meter: nothing quarantined

@@ -132,10 +132,8 @@ class Entitlements:
         return tuple(found)
 
     def lane_key(self, message: RawMessage) -> str | None:
-        """What a commit lane is chosen by: None for a message whose devices its payload names (a gateway's);
-        else its authenticated device, or the device its topic names, or the topic."""
-        if self.names_devices_in_payload(message):
-            return None
+        """What a commit lane is chosen by: the authenticated sender (device or gateway), or the device its
+        topic names, or the topic (a gateway's: its messages keep their order in one lane)."""
         if "device_id" in message.meta:
             return message.meta["device_id"]
         return self._topic_facts(self.profiles.version, message.transport, message.topic)[1] or message.topic

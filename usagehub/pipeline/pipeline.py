@@ -7,10 +7,11 @@ which is when adapters acknowledge their senders.
 
 Messages are spread over ``commit_lanes`` lanes by sender (device, else topic; ``lane_key``), each
 with its own queue and one batch in flight, so one lane's Python work overlaps the
-other's round trips to PostgreSQL. Messages whose devices are named in the payload
-(gateways) all take the first lane: their devices are not known before decoding, and
-two lanes holding one meter would wait for each other's locks. Lanes take their locks in one order (devices,
-meters, accounts, balances; each sorted), as two hubs on one database do.
+other's round trips to PostgreSQL. A gateway's messages (devices named in the payload) go by the
+gateway: its messages keep their order in one lane, and gateways spread over the lanes. A meter
+reached through two gateways may then be written by two lanes: they wait for each other's locks,
+never deadlock, since lanes take their locks in one order (devices, meters, accounts, balances;
+each sorted), as two hubs on one database do.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class Pipeline:
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         lanes = self._lanes
         if len(lanes) == 1 or (key := self.identity.lane_key(message)) is None:
-            lane = lanes[0]  # a gateway's readings name many devices: one lane, in order, never contended
+            lane = lanes[0]
         else:
             lane = lanes[lane_index(key, len(lanes))]
         if lane.waiting_since is None:
