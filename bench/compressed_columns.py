@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import statistics
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from storage_size import load, scalar
+from storage_size import START, load, scalar
 
 from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.migrations import migrate
@@ -52,10 +54,10 @@ VARIANTS = [
 async def compressed_column_bytes(conn: Any, table: str, rows: int) -> dict[str, float]:
     """Bytes per row of each column of ``table``'s compressed chunks (arrays and their metadata)."""
     chunks = [r[0] for r in await (await conn.execute(
-        "SELECT cc.relid::text FROM _timescaledb_catalog.compression_chunk_size s "
-        "JOIN _timescaledb_catalog.chunk c ON c.id = s.chunk_id JOIN _timescaledb_catalog.chunk cc "
-        "ON cc.id = s.compressed_chunk_id JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id "
-        "WHERE h.table_name = %s",
+        "SELECT s.compress_relid::text FROM _timescaledb_catalog.compression_settings s "
+        "JOIN _timescaledb_catalog.chunk c ON c.relid = s.relid "
+        "JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id "
+        "WHERE h.table_name = %s AND s.compress_relid IS NOT NULL",
         (table,))).fetchall()]
     totals: dict[str, float] = {}
     for chunk in chunks:
@@ -69,16 +71,43 @@ async def compressed_column_bytes(conn: Any, table: str, rows: int) -> dict[str,
     return {c: v / rows for c, v in totals.items()}
 
 
-async def scratch(conn: Any, name: str, select: str) -> None:
-    """A hypertable holding the events as ``select`` represents them, compressed like events."""
+async def scratch(conn: Any, name: str, select: str, *, key: bool = False, sparse: str | None = None) -> None:
+    """A hypertable holding the events as ``select`` represents them, compressed like events.
+
+    ``key`` adds the events' primary key (TimescaleDB then adds a bloom filter over (ts, event_id) to each
+    compressed batch); ``sparse`` sets the sparse indexes explicitly ('' for none).
+    """
     table = f"ev_{name}"
     await conn.execute(f"DROP TABLE IF EXISTS {table}")
     await conn.execute(f"CREATE TABLE {table} AS SELECT {select} FROM events ORDER BY device_id, meter, ts")
+    if key:
+        await conn.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (device_id, meter, ts, event_id)")
     await conn.execute(f"SELECT create_hypertable('{table}', 'ts', chunk_time_interval => interval '7 days', "
                        "migrate_data => true, create_default_indexes => false)")
+    options = "" if sparse is None else f", timescaledb.sparse_index = '{sparse}'"
     await conn.execute(f"ALTER TABLE {table} SET (timescaledb.compress, timescaledb.compress_segmentby = "
-                       "'device_id, meter', timescaledb.compress_orderby = 'ts, event_id')")
+                       f"'device_id, meter', timescaledb.compress_orderby = 'ts, event_id'{options})")
     await conn.execute(f"SELECT count(compress_chunk(c)) FROM show_chunks('{table}') c")
+
+
+# Late events into compressed chunks: new ones (a reading missed, sent again days later) and duplicates.
+LATE = """
+INSERT INTO {table} (device_id, meter, ts, event_id, value, meta_id, received_at, ingested_at)
+SELECT device_id, meter, ts + %(shift)s::interval, event_id || %(suffix)s, value, meta_id, received_at, ingested_at
+FROM events WHERE ts >= %(since)s AND ts < %(since)s + interval '15 minutes' ORDER BY device_id
+ON CONFLICT DO NOTHING"""
+
+
+async def late_inserts(conn: Any, table: str, since: Any, rounds: int = 5) -> tuple[float, float]:
+    """Median ms of inserting one quarter-hour of the fleet again: as new late events, and as duplicates."""
+    new, dup = [], []
+    for i in range(rounds):
+        at = since + timedelta(hours=7 * i)
+        for suffix, shift, out in (("-late", "7 minutes", new), ("", "0", dup)):
+            t0 = time.perf_counter()
+            await conn.execute(LATE.format(table=table), {"since": at, "suffix": suffix, "shift": shift})
+            out.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(new), statistics.median(dup)
 
 
 def show(title: str, columns: dict[str, float]) -> None:
@@ -107,6 +136,15 @@ async def run(devices: int, days: int) -> None:
                 total = int(await scalar(pool, "SELECT hypertable_size('events')"))
                 print(f"{rows} events; events compressed: {total / rows:.2f} B/event (hypertable_size)")
                 show("events as migrated (baseline)", await compressed_column_bytes(conn, "events", rows))
+                for name, key, sparse in (("keyed", True, None), ("keyed_no_sparse", True, "")):
+                    await scratch(conn, name, VARIANTS[0][1], key=key, sparse=sparse)
+                    size = int(await scalar(pool, f"SELECT hypertable_size('ev_{name}')"))
+                    columns = await compressed_column_bytes(conn, f"ev_{name}", rows)
+                    show(f"ev_{name} — the events' key, sparse indexes {'automatic' if sparse is None else 'none'}; "
+                         f"hypertable {size / rows:.2f} B/event", columns)
+                    new, dup = await late_inserts(conn, f"ev_{name}", START + timedelta(days=1, hours=3))
+                    print(f"    late insert of {devices} events into compressed chunks: new {new:.1f} ms, "
+                          f"duplicates {dup:.1f} ms (medians of 5)")
                 for name, select, what in VARIANTS:
                     t0 = time.perf_counter()
                     await scratch(conn, name, select)

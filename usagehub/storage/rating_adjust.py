@@ -50,7 +50,7 @@ SELECT t.product, t.point_id, t.device_id, t.start_ts, t.end_ts, t.value, t.labe
        CASE WHEN %(merge)s THEN date_bin(%(stride)s, t.mh, timestamptz '1970-01-01 00:00:00+00') ELSE t.mh END
 FROM (SELECT p.*, date_bin('1 hour', date_add(p.start_ts, (p.end_ts - p.start_ts) / 2, 'UTC'), %(origin)s) AS mh
       FROM (SELECT product, point_id, device_id, start_ts, end_ts, value, label, aggregation,
-                   sum(value) OVER (PARTITION BY product ORDER BY point_id) AS run
+                   sum(value) OVER (PARTITION BY product COLLATE "C" ORDER BY point_id) AS run
             FROM session_points
             WHERE account_id = %(account)s AND kind = 'usage' AND start_ts >= %(start)s AND start_ts < %(end)s
               AND product = ANY(%(products)s)) p
