@@ -109,13 +109,12 @@ async def measure(pool: AsyncConnectionPool, devices: int, days: int, accounts: 
                 out[f"{name} points (baseline): client CPU ms"].append((time.process_time() - cpu) * 1000)
                 assert kept == every and kept, (account_id, name)
             _, args = sums_query(account_id, jan, zone, bucket_minutes(TOU_HOURLY))
-            billed = adjustments[0].quantity  # any value: the server reads the same rows
+            billed = (await period_records(conn, account_id, jan))[0].quantity  # as the bill had it
             out["server: tail query ms"].append(await explain_ms(
                 conn, TAIL_SQL, args | {"products": ["energy"], "billed": [billed]}))
             out["server: point read ms"].append(await explain_ms(conn, USAGE_POINTS_SQL,
                                                                  (account_id, jan.start, jan.end)))
-            tail = await (await conn.execute(TAIL_SQL, args | {"products": ["energy"], "billed": [
-                (await period_records(conn, account_id, jan))[0].quantity]})).fetchall()
+            tail = await (await conn.execute(TAIL_SQL, args | {"products": ["energy"], "billed": [billed]})).fetchall()
             out["tail points shipped"].append(float(len(tail)))
         if explain:  # the plan of the last account's tail query
             plan = await (await conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {TAIL_SQL}", args | {

@@ -56,7 +56,7 @@ FROM (SELECT p.*, date_bin('1 hour', date_add(p.start_ts, (p.end_ts - p.start_ts
               AND product = ANY(%(products)s)) p
       JOIN unnest(%(products)s::text[], %(billed)s::numeric[]) AS b(product, billed) USING (product)
       WHERE p.run > b.billed) t
-ORDER BY t.product, t.point_id"""
+ORDER BY t.product COLLATE "C", t.point_id"""
 
 
 async def adjustment_lines(conn: Connection, account: Account, period: Period, adjustments: Sequence[BillingRecord],
