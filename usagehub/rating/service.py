@@ -34,9 +34,9 @@ from usagehub.storage import rating_catalog as catalog
 from usagehub.storage import rating_settlement as settlement
 from usagehub.storage.billing import period_by_label
 from usagehub.storage.pool import Connection, mapped_errors
+from usagehub.storage.rating_adjust import adjustment_lines
 from usagehub.storage.rating_sums import summed_usage_items
 from usagehub.storage.rating_usage import (
-    adjustment_lines,
     billing_period,
     period_records,
 )

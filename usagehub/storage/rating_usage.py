@@ -162,29 +162,56 @@ async def _adjusted_before(conn: Connection, target: BillingRecord, before: date
     return Decimal(row[0]) if row else Decimal(0)  # type: ignore[arg-type]
 
 
-async def adjustment_lines(conn: Connection, account: Account, period: Period, adjustments: Sequence[BillingRecord],
-                           book: PlanBook, vat: VatTable) -> list[RatedLine]:
-    """The adjustment lines of ``period``: each adjusted period re-rated with its late usage."""
-    groups: defaultdict[Period, list[tuple[BillingRecord, BillingRecord]]] = defaultdict(list)
+class Adjusted(NamedTuple):
+    """A billed record, the quantity billed for it before this invoice, and its adjustment in this invoice."""
+
+    target: BillingRecord
+    billed: Decimal
+    adjustment: BillingRecord
+
+
+async def adjusted_periods(conn: Connection, period: Period,
+                           adjustments: Sequence[BillingRecord]) -> list[tuple[Period, list[Adjusted]]]:
+    """The adjusted (original) periods of ``period``'s adjustments, in time order, with their records."""
+    groups: defaultdict[Period, list[Adjusted]] = defaultdict(list)
     for adjustment in adjustments:
         target = await _record(conn, adjustment.adjusts or "")
         if target is not None:
-            groups[target.period].append((target, adjustment))
-    lines: list[RatedLine] = []
-    cuts = vat.change_dates(account.market)
-    for original, pairs in sorted(groups.items()):
-        points = await usage_points(conn, account.account_id, original)
-        billed_items: list[UsageItem] = []
-        late_items: list[UsageItem] = []
-        for target, adjustment in pairs:
             billed = target.quantity + await _adjusted_before(conn, target, period.start)
-            own = [p for p in points if p.product == target.product]
-            split = split_at_quantity(own, billed, billed + adjustment.quantity)
-            old, late = split if split else ([], [])
-            billed_items += items_of(old, billed, target, original, anchor_points=own)
-            late_items += items_of(late, adjustment.quantity, adjustment, original, anchor_points=own)
-        bp = billing_period(original)
-        before = rate(billed_items, book, account, bp, split_at=cuts)
-        after = rate([*billed_items, *late_items], book, account, bp, split_at=cuts)
-        lines += diff_lines(before, after, bp, cause=late_items)
+            groups[target.period].append(Adjusted(target, billed, adjustment))
+    return sorted(groups.items())
+
+
+def rated_difference(billed_items: list[UsageItem], late_items: list[UsageItem], account: Account,
+                     original: Period, book: PlanBook, vat: VatTable) -> list[RatedLine]:
+    """The adjustment lines of one original period: its billed usage re-rated with the late usage."""
+    bp, cuts = billing_period(original), vat.change_dates(account.market)
+    before = rate(billed_items, book, account, bp, split_at=cuts)
+    after = rate([*billed_items, *late_items], book, account, bp, split_at=cuts)
+    return diff_lines(before, after, bp, cause=late_items)
+
+
+async def point_adjustment_items(conn: Connection, account_id: str, original: Period,
+                                 pairs: Sequence[Adjusted]) -> tuple[list[UsageItem], list[UsageItem]]:
+    """(billed items, late items) of one original period from every point: the storage-order prefix splits them."""
+    points = await usage_points(conn, account_id, original)
+    billed_items: list[UsageItem] = []
+    late_items: list[UsageItem] = []
+    for target, billed, adjustment in pairs:
+        own = [p for p in points if p.product == target.product]
+        split = split_at_quantity(own, billed, billed + adjustment.quantity)
+        old, late = split if split else ([], [])
+        billed_items += items_of(old, billed, target, original, anchor_points=own)
+        late_items += items_of(late, adjustment.quantity, adjustment, original, anchor_points=own)
+    return billed_items, late_items
+
+
+async def point_adjustment_lines(conn: Connection, account: Account, period: Period,
+                                 adjustments: Sequence[BillingRecord], book: PlanBook,
+                                 vat: VatTable) -> list[RatedLine]:
+    """The adjustment lines of ``period`` read from every point (storage.rating_adjust reads kept sums first)."""
+    lines: list[RatedLine] = []
+    for original, pairs in await adjusted_periods(conn, period, adjustments):
+        billed_items, late_items = await point_adjustment_items(conn, account.account_id, original, pairs)
+        lines += rated_difference(billed_items, late_items, account, original, book, vat)
     return lines

@@ -1,0 +1,165 @@
+"""What each column of ``events`` costs once TimescaleDB compresses it, and what other representations would cost.
+
+Loads the fleet of bench/storage_size.py (15-minute register readings, arrival jitter in microseconds) into a
+fresh embedded TimescaleDB, compresses the chunks with the settings of the migrations, and prints the stored
+bytes per event of every column of the compressed chunks (``pg_column_size`` of the column arrays, so TOAST
+compression included). Then it copies the events into scratch hypertables that differ in one column's
+representation, compresses them the same way, and prints those columns' bytes per event beside the baseline
+(the columns as migrated, measured in the same run).
+
+Run: .venv/bin/python bench/compressed_columns.py --devices 200 --days 14     # ~2 min here
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from storage_size import START, load, scalar
+
+from usagehub.storage.embedded import embedded_database_url
+from usagehub.storage.migrations import migrate
+from usagehub.storage.pool import open_pool
+
+# Scratch copies of events: (name, select list replacing the migrated columns, what it tries).
+VARIANTS = [
+    ("same", "device_id, meter, ts, event_id, value, meta_id, received_at, ingested_at",
+     "the columns as migrated (checks the copy measures like the original)"),
+    ("event_id_bigint", "device_id, meter, ts, event_id::bigint AS event_id, value, meta_id, received_at, ingested_at",
+     "event_id as bigint (a device sequence number is an integer)"),
+    ("arrival_offsets_us", "device_id, meter, ts, event_id, value, meta_id, "
+     "(extract(epoch FROM received_at - ts) * 1000000)::bigint AS received_after_us, "
+     "(extract(epoch FROM ingested_at - received_at) * 1000000)::bigint AS ingested_after_us",
+     "received_at as µs after ts, ingested_at as µs after received_at (exact)"),
+    ("arrival_ms", "device_id, meter, ts, event_id, value, meta_id, date_trunc('milliseconds', received_at) "
+     "AS received_at, date_trunc('milliseconds', ingested_at) AS ingested_at",
+     "received_at and ingested_at truncated to milliseconds (drops precision)"),
+    ("value_scaled", "device_id, meter, ts, event_id, (value * 1000)::bigint AS value_milli, meta_id, received_at, "
+     "ingested_at", "value as a bigint of thousandths (only where the profile's scale allows it)"),
+]
+
+
+async def compressed_column_bytes(conn: Any, table: str, rows: int) -> dict[str, float]:
+    """Bytes per row of each column of ``table``'s compressed chunks (arrays and their metadata)."""
+    chunks = [r[0] for r in await (await conn.execute(
+        "SELECT s.compress_relid::text FROM _timescaledb_catalog.compression_settings s "
+        "JOIN _timescaledb_catalog.chunk c ON c.relid = s.relid "
+        "JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id "
+        "WHERE h.table_name = %s AND s.compress_relid IS NOT NULL",
+        (table,))).fetchall()]
+    totals: dict[str, float] = {}
+    for chunk in chunks:
+        columns = [r[0] for r in await (await conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+            "ORDER BY attnum", (chunk,))).fetchall()]
+        sizes = ", ".join(f'coalesce(sum(pg_column_size("{c}")), 0)' for c in columns)
+        got = await (await conn.execute(f"SELECT {sizes} FROM {chunk}")).fetchone()
+        for c, size in zip(columns, got or (), strict=True):
+            totals[c] = totals.get(c, 0.0) + float(size)
+    return {c: v / rows for c, v in totals.items()}
+
+
+async def scratch(conn: Any, name: str, select: str, *, key: bool = False, sparse: str | None = None) -> None:
+    """A hypertable holding the events as ``select`` represents them, compressed like events.
+
+    ``key`` adds the events' primary key (TimescaleDB then adds a bloom filter over (ts, event_id) to each
+    compressed batch); ``sparse`` sets the sparse indexes explicitly ('' for none).
+    """
+    table = f"ev_{name}"
+    await conn.execute(f"DROP TABLE IF EXISTS {table}")
+    await conn.execute(f"CREATE TABLE {table} AS SELECT {select} FROM events ORDER BY device_id, meter, ts")
+    if key:
+        await conn.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (device_id, meter, ts, event_id)")
+    await conn.execute(f"SELECT create_hypertable('{table}', 'ts', chunk_time_interval => interval '7 days', "
+                       "migrate_data => true, create_default_indexes => false)")
+    options = "" if sparse is None else f", timescaledb.sparse_index = '{sparse}'"
+    await conn.execute(f"ALTER TABLE {table} SET (timescaledb.compress, timescaledb.compress_segmentby = "
+                       f"'device_id, meter', timescaledb.compress_orderby = 'ts, event_id'{options})")
+    await conn.execute(f"SELECT count(compress_chunk(c)) FROM show_chunks('{table}') c")
+
+
+# Late events into compressed chunks: new ones (a reading missed, sent again days later) and duplicates.
+LATE = """
+INSERT INTO {table} (device_id, meter, ts, event_id, value, meta_id, received_at, ingested_at)
+SELECT device_id, meter, ts + %(shift)s::interval, event_id || %(suffix)s, value, meta_id, received_at, ingested_at
+FROM events WHERE ts >= %(since)s AND ts < %(since)s + interval '15 minutes' ORDER BY device_id
+ON CONFLICT DO NOTHING"""
+
+
+async def late_inserts(conn: Any, table: str, since: Any, rounds: int = 5) -> tuple[float, float]:
+    """Median ms of inserting one quarter-hour of the fleet again: as new late events, and as duplicates."""
+    new, dup = [], []
+    for i in range(rounds):
+        at = since + timedelta(hours=7 * i)
+        for suffix, shift, out in (("-late", "7 minutes", new), ("", "0", dup)):
+            t0 = time.perf_counter()
+            await conn.execute(LATE.format(table=table), {"since": at, "suffix": suffix, "shift": shift})
+            out.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(new), statistics.median(dup)
+
+
+def show(title: str, columns: dict[str, float]) -> None:
+    """Print one table's bytes per event by column."""
+    print(f"{title}: {sum(columns.values()):.2f} B/event in column values")
+    for column, size in sorted(columns.items(), key=lambda kv: -kv[1]):
+        print(f"    {column:28s} {size:7.2f}")
+
+
+async def run(devices: int, days: int) -> None:
+    """Load, compress, measure the migrated columns and each variant."""
+    folder = Path(tempfile.mkdtemp(prefix="usagehub-bench-columns-"))
+    folder.chmod(0o755)  # noqa: ASYNC240 — once, before anything runs
+    try:
+        url = await asyncio.to_thread(lambda: embedded_database_url(folder, timescale=True))
+        pool: AsyncConnectionPool = await open_pool(url, max_size=2)
+        try:
+            await migrate(pool)
+            async with pool.connection() as conn:
+                await conn.execute("SELECT alter_job(job_id, scheduled => false) FROM "
+                                   "timescaledb_information.jobs WHERE job_id >= 1000")
+            print(f"load {await load(pool, devices, days, True):.0f} s")
+            rows = int(await scalar(pool, "SELECT count(*) FROM events"))
+            async with pool.connection() as conn:
+                await conn.execute("SELECT count(compress_chunk(c)) FROM show_chunks('events') c")
+                total = int(await scalar(pool, "SELECT hypertable_size('events')"))
+                print(f"{rows} events; events compressed: {total / rows:.2f} B/event (hypertable_size)")
+                show("events as migrated (baseline)", await compressed_column_bytes(conn, "events", rows))
+                for name, key, sparse in (("keyed", True, None), ("keyed_no_sparse", True, "")):
+                    await scratch(conn, name, VARIANTS[0][1], key=key, sparse=sparse)
+                    size = int(await scalar(pool, f"SELECT hypertable_size('ev_{name}')"))
+                    columns = await compressed_column_bytes(conn, f"ev_{name}", rows)
+                    show(f"ev_{name} — the events' key, sparse indexes {'automatic' if sparse is None else 'none'}; "
+                         f"hypertable {size / rows:.2f} B/event", columns)
+                    new, dup = await late_inserts(conn, f"ev_{name}", START + timedelta(days=1, hours=3))
+                    print(f"    late insert of {devices} events into compressed chunks: new {new:.1f} ms, "
+                          f"duplicates {dup:.1f} ms (medians of 5)")
+                for name, select, what in VARIANTS:
+                    t0 = time.perf_counter()
+                    await scratch(conn, name, select)
+                    size = int(await scalar(pool, f"SELECT hypertable_size('ev_{name}')"))
+                    show(f"ev_{name} — {what}; hypertable {size / rows:.2f} B/event, "
+                         f"{time.perf_counter() - t0:.0f} s", await compressed_column_bytes(conn, f"ev_{name}", rows))
+        finally:
+            await pool.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--days", type=int, default=14)
+    args = parser.parse_args()
+    asyncio.run(run(args.devices, args.days))
