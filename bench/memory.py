@@ -88,7 +88,7 @@ def main() -> None:
     tmp.chmod(0o755)
     broker = Broker(tmp)
     url = embedded_database_url(tmp / "db")
-    settings = seed(url, tmp)
+    settings = seed(url, tmp, one_account=False)
     http_port = free_port()
     trace_out = tmp / "trace.txt"
     launcher = ["-c", TRACED_HUB] if args.trace else ["-m", "usagehub"]

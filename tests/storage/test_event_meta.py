@@ -123,8 +123,20 @@ async def test_events_stored_before_the_migration_keep_their_description(empty_d
             timescale = await (await conn.execute(
                 "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'")).fetchone()
             if timescale and timescale[0]:  # an old chunk is compressed: the migration reaches into it too
-                # (the compression policy's background job may have compressed it already: this chunk is old)
-                await conn.execute("SELECT compress_chunk(c, if_not_compressed => true) FROM show_chunks('events') c")
+                # (the compression policy's background job may compress it already, even while we do: this
+                # chunk is old; a chunk it compressed between our check and our lock raises, and is what we want)
+                chunks = await (await conn.execute("SELECT c::text FROM show_chunks('events') c")).fetchall()
+                for (chunk,) in chunks:
+                    try:
+                        async with conn.transaction():
+                            await conn.execute("SELECT compress_chunk(%s::regclass, if_not_compressed => true)",
+                                               (chunk,))
+                    except psycopg.errors.DuplicateObject:
+                        pass
+                compressed = await (await conn.execute(
+                    "SELECT bool_and(is_compressed) FROM timescaledb_information.chunks "
+                    "WHERE hypertable_name = 'events'")).fetchone()
+                assert compressed is not None and compressed[0] is True
         assert [n for n in await migrate(pool) if n < "0025"] == ["0024_event_meta"]
         assert await _rows(pool, DESCRIBED) == sorted(_row(e) for e in older)
         assert await _rows(pool, "SELECT * FROM events_packed") == []  # rewritten: packed again later
