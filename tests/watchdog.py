@@ -90,6 +90,7 @@ def _break_barrier(server_url: str, name: str, waited_s: float) -> None:
 def tasks_of_every_loop() -> str:
     """The stack of every pending asyncio task of every open loop of this process (from any thread)."""
     out = io.StringIO()
+    gc.unfreeze()  # a running pipeline froze what was alive (pipeline.memory): get_objects skips frozen objects
     loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and not o.is_closed()]
     for loop in loops:
         try:
