@@ -51,9 +51,7 @@ class Partial:
             return cls(aggregation=aggregation, seconds=seconds)
         values = [s.value for s in items]
         final = max(items, key=lambda s: (s.at, s.tie, s.value))
-        # Only a unique count needs the distinct labels: kept for every aggregation, they grew with the
-        # session (a month of a meter's distinct values in each partial, mark and stored session).
-        labels = frozenset(_label(s) for s in items) if aggregation is Aggregation.UNIQUE_COUNT else _NO_LABELS
+        labels = kept_labels(aggregation, (_label(s) for s in items))
         return cls(aggregation=aggregation, count=len(items), total=sum(values, _ZERO),
                    minimum=min(values), maximum=max(values), last=final.value,
                    last_key=(final.at, final.tie, final.value), labels=labels, seconds=seconds)
@@ -91,6 +89,15 @@ class Partial:
             case Aggregation.DURATION:
                 return self.seconds
         raise AssertionError(self.aggregation)  # pragma: no cover - the match is exhaustive
+
+
+def kept_labels(aggregation: Aggregation, labels: Iterable[str]) -> frozenset[str]:
+    """The distinct labels a partial of ``aggregation`` keeps: a unique count's only.
+
+    Kept for every aggregation, they grew with the session (a month of a meter's distinct values in
+    each partial, walk mark and stored session); states stored that way are read back through here.
+    """
+    return frozenset(labels) if aggregation is Aggregation.UNIQUE_COUNT else _NO_LABELS
 
 
 def _label(sample: Sample) -> str:

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from usagehub.core.aggregation import Partial
+from usagehub.core.aggregation import Partial, kept_labels
 from usagehub.core.allocation import Point, PointKind
 from usagehub.core.binding import Binding, BindingIndex
 from usagehub.core.counters import UsageEntry
@@ -36,7 +36,6 @@ _POINT_TYPES = ["text", "text", "text", "text", "text", "text", "timestamptz", "
 _ORIGIN_COLUMNS = "entry_ref, entry_since, entry_ts, entry_quantity"
 _ORIGIN_TYPES = ["text", "timestamptz", "timestamptz", "numeric"]
 _NO_ORIGIN = (None, None, None, None)
-_NO_LABELS: frozenset[str] = frozenset()
 Origin = tuple[str, datetime | None, datetime, Decimal]  # entry ref, since, ts, quantity
 REF_SEP = "\x1f"  # entry ref: kind, meter and cause joined by the ASCII unit separator
 _SESSION_COLUMNS = ("session_id, account_id, service, period_start, period_end, period_label, start_ts, end_ts, "
@@ -95,8 +94,7 @@ def partial_json(p: Partial) -> dict[str, Any]:
 def partial_of(d: dict[str, Any]) -> Partial:
     """The partial stored by :func:`partial_json`."""
     lk, aggregation = d["lk"], Aggregation(d["a"])
-    # Labels matter to a unique count only; states stored before they were kept for it alone still hold them.
-    labels = frozenset(d["lb"]) if aggregation is Aggregation.UNIQUE_COUNT else _NO_LABELS
+    labels = kept_labels(aggregation, d["lb"])  # states stored by older releases hold labels of every kind
     return Partial(aggregation=aggregation, count=int(d["n"]), total=Decimal(d["t"]),
                    minimum=_undec(d["min"]), maximum=_undec(d["max"]), last=_undec(d["last"]),
                    last_key=None if lk is None else (datetime.fromisoformat(lk[0]), lk[1], Decimal(lk[2])),
