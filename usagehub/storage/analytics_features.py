@@ -60,11 +60,11 @@ async def _usage_inputs(conn: Connection, as_of: date, window: int) -> tuple[
     lo_ts, hi_ts = datetime(start.year, start.month, start.day), datetime(as_of.year, as_of.month, as_of.day)
     hi_ts += timedelta(days=1)
     cur = await conn.execute(
-        "SELECT r.account_id, r.product, extract(hour FROM r.bucket_start AT TIME ZONE a.timezone)::int, "
-        "sum(r.quantity) FROM rollup_15m r JOIN accounts a ON a.account_id = r.account_id "
-        "WHERE r.bucket_start >= %s::timestamptz AND r.bucket_start < %s::timestamptz "
-        "AND r.bucket_start AT TIME ZONE a.timezone >= %s AND r.bucket_start AT TIME ZONE a.timezone < %s "
-        "AND r.usage_count > 0 GROUP BY 1, 2, 3",
+        "SELECT p.account_id, p.product, extract(hour FROM p.start_ts AT TIME ZONE a.timezone)::int, "
+        "sum(p.value) FROM session_points p JOIN accounts a ON a.account_id = p.account_id "
+        "WHERE p.start_ts >= %s::timestamptz AND p.start_ts < %s::timestamptz "
+        "AND p.start_ts AT TIME ZONE a.timezone >= %s AND p.start_ts AT TIME ZONE a.timezone < %s "
+        "AND p.kind = 'usage' GROUP BY 1, 2, 3",
         ((lo_ts - _SLACK).isoformat() + "+00:00", (hi_ts + _SLACK).isoformat() + "+00:00", lo_ts, hi_ts))
     hours: defaultdict[tuple[str, str], list[Decimal]] = defaultdict(lambda: [Decimal(0)] * 24)
     for account, product, hour, quantity in await fetch_all(cur):

@@ -13,6 +13,8 @@ from usagehub.storage.pool import Connection
 
 # Zone offsets lie within -12..+14 hours: a UTC pre-filter this wide never drops a local bucket.
 _ZONE_SLACK = timedelta(hours=15)
+# The UTC quarter-hour a session point counts in (the quarter of its start).
+QUARTER = "date_bin('15 minutes', p.start_ts, timestamptz '2000-01-01 00:00:00+00')"
 _TRUNC = {Bucket.HOUR: "hour", Bucket.DAY: "day", Bucket.WEEK: "week", Bucket.MONTH: "month"}
 
 
@@ -60,7 +62,7 @@ async def series(conn: Connection, *, tenant: str, scope: Scope, key: str | None
     """Usage in [since, until) local dates per bucket; each account's local buckets are summed by label.
 
     Day, week and month come from the daily rollup (already keyed by local date); 15-minute and
-    hour buckets, and any device series, from the 15-minute rollup regrouped in each account's zone.
+    hour buckets, and any device series, from session_points regrouped in each account's zone.
     """
     if bucket in (Bucket.QUARTER, Bucket.HOUR) or scope is Scope.DEVICE:
         return await _from_quarters(conn, tenant, scope, key, product, bucket, since, until)
@@ -95,14 +97,21 @@ async def _from_fleet(conn: Connection, tenant: str, market: str | None, product
 
 async def _from_quarters(conn: Connection, tenant: str, scope: Scope, key: str | None, product: str | None,
                          bucket: Bucket, since: date, until: date) -> list[SeriesPoint]:
-    extra, params = _filters(scope, key, product, "r")
-    local = "(r.bucket_start AT TIME ZONE a.timezone)"
+    """Quarter-hour and hour buckets (and device series) straight from session_points.
+
+    A point counts in the UTC quarter of its start, regrouped in its account's zone (every real offset is a
+    multiple of 15 minutes); usage points sum quantities, gauge and state points count activity. The covering
+    index on (account_id, start_ts) serves it; unbound points have no account and count nowhere.
+    """
+    extra, params = _filters(scope, key, product, "p")
+    local = f"({QUARTER} AT TIME ZONE a.timezone)"
     label = local if bucket is Bucket.QUARTER else f"date_trunc('{_TRUNC[bucket]}', {local})"
     lo, hi = datetime(since.year, since.month, since.day), datetime(until.year, until.month, until.day)
     cur = await conn.execute(
-        f"SELECT {label} AS label, sum(r.quantity), sum(r.activity_count), count(DISTINCT r.account_id) "
-        "FROM rollup_15m r JOIN accounts a ON a.account_id = r.account_id "
-        f"WHERE r.bucket_start >= %s::timestamptz AND r.bucket_start < %s::timestamptz "
+        f"SELECT {label} AS label, sum(p.value) FILTER (WHERE p.kind = 'usage'), "
+        "count(*) FILTER (WHERE p.kind <> 'usage'), count(DISTINCT p.account_id) "
+        "FROM session_points p JOIN accounts a ON a.account_id = p.account_id "
+        f"WHERE p.start_ts >= %s::timestamptz AND p.start_ts < %s::timestamptz "
         f"AND {local} >= %s AND {local} < %s AND a.tenant = %s{extra} GROUP BY 1 ORDER BY 1",
         [_utc(lo - _ZONE_SLACK), _utc(hi + _ZONE_SLACK), lo, hi, tenant, *params])
     return [_point(row) for row in await fetch_all(cur)]

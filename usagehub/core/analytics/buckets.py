@@ -24,7 +24,7 @@ def floor_quarter(ts: datetime) -> datetime:
 
     Every offset in use today is a multiple of 15 minutes (Nepal +5:45, Chatham
     +12:45), so a UTC quarter is also a local quarter in every real zone: the
-    15-minute rollup can be kept in UTC and regrouped per zone when read.
+    quarter-hour series can be bucketed in UTC and regrouped per zone when read.
     """
     if ts.tzinfo is None:
         raise ValueError("floor_quarter needs an aware datetime")
