@@ -11,6 +11,8 @@ import logging
 
 import aiomqtt
 
+from usagehub.adapters.mqtt.fastpath import BatchedAcks, Received
+
 log = logging.getLogger(__name__)
 
 
@@ -20,9 +22,10 @@ class ManualAck:
     def __init__(self, client: aiomqtt.Client) -> None:
         self._paho = client._client
         self._paho.manual_ack_set(True)
+        self._batched = BatchedAcks(self._paho)
         self.failed = 0
 
-    def ack(self, message: aiomqtt.Message) -> None:
+    def ack(self, message: aiomqtt.Message | Received) -> None:
         """Send the PUBACK of ``message`` on the connection it arrived on.
 
         A message of an earlier connection is never acked on a later one: its
@@ -30,6 +33,9 @@ class ManualAck:
         pipeline's identity check counts it once.
         """
         if message.qos == 0:
+            return
+        if message.qos == 1:  # the PUBACKs of one loop pass leave as one packet
+            self._batched.add(message.mid)
             return
         rc = self._paho.ack(message.mid, message.qos)
         if rc != 0:

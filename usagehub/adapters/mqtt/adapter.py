@@ -17,7 +17,7 @@ from paho.mqtt.properties import Properties
 
 from usagehub.adapters.base import AdapterSettings, Receipt, Sink
 from usagehub.adapters.link import Link
-from usagehub.adapters.mqtt import lean
+from usagehub.adapters.mqtt import fastpath, lean
 from usagehub.adapters.mqtt.ack import ManualAck
 from usagehub.adapters.mqtt.config import MqttConfig
 from usagehub.core.events import RawMessage
@@ -95,7 +95,8 @@ class MqttAdapter:
     async def _session(self, client: aiomqtt.Client, acks: ManualAck, sink: Sink) -> None:
         async with client:
             self.client = client
-            lean.buffer_reads(client)  # one recv serves many PUBLISH packets
+            if lean.buffer_reads(client):  # one recv serves many PUBLISH packets
+                fastpath.install(client)  # ... parsed in one pass, not one by one through paho and aiomqtt
             # A resumed session may deliver a large backlog before the SUBACK:
             # consume it while subscribing, or the SUBACK waits behind it forever.
             pump = asyncio.create_task(self._pump(client, acks, sink), name="mqtt-pump")
@@ -118,7 +119,7 @@ class MqttAdapter:
                 self.link.connected(f"{self.config.host}:{self.config.port}, session resumed")
             payload = message.payload
             raw = RawMessage(
-                transport="mqtt", topic=message.topic.value,
+                transport="mqtt", topic=fastpath.topic_of(message),
                 payload=payload if isinstance(payload, bytes) else str(payload).encode(),
                 received_at=datetime.now(UTC),
             )
@@ -129,7 +130,8 @@ class MqttAdapter:
             del message, payload, raw, future
 
 
-def _ack_when_stored(acks: ManualAck, message: aiomqtt.Message, future: asyncio.Future[Receipt]) -> None:
+def _ack_when_stored(acks: ManualAck, message: aiomqtt.Message | fastpath.Received,
+                     future: asyncio.Future[Receipt]) -> None:
     # A failed or cancelled commit is never acknowledged: the broker redelivers.
     if not future.cancelled() and future.exception() is None:
         acks.ack(message)

@@ -141,6 +141,24 @@ class BufferedReads:
         """Bytes read from the socket and not yet handed to paho."""
         return len(self._buf)
 
+    @property
+    def buffer(self) -> bytearray:
+        """The bytes read and not yet handed out (``fastpath`` parses them in place)."""
+        return self._buf
+
+    def fill(self) -> bool:
+        """One large read into the buffer; False if none came (nothing waiting, closed, or failed)."""
+        try:
+            data = self._sock.recv(65536)
+        except OSError:
+            return False
+        self._buf += data
+        return bool(data)
+
+    def consume(self, size: int) -> None:
+        """Drop the first ``size`` buffered bytes (handed out by a parser of its own)."""
+        del self._buf[:size]
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
