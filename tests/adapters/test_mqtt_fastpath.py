@@ -17,7 +17,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.conftest import Mosquitto
-from usagehub.adapters.base import AdapterSettings, Receipt
+from usagehub.adapters.base import AdapterSettings, Outcome, Receipt
 from usagehub.adapters.mqtt import fastpath
 from usagehub.adapters.mqtt.adapter import MqttAdapter
 from usagehub.adapters.mqtt.config import MqttConfig
@@ -60,7 +60,7 @@ packets = st.one_of(
 
 
 def _stream(items: list[tuple[object, ...]], v5: bool) -> tuple[bytes, list[tuple[str, bytes, int, int] | None]]:
-    out, want = b"", []
+    out, want = b"", list[tuple[str, bytes, int, int] | None]()
     for item in items:
         if item[0] == "ping":
             out += PINGRESP
@@ -152,7 +152,7 @@ class _Sink:
         if message.payload in self.fail:
             future.set_exception(RuntimeError("commit failed"))
         else:
-            future.set_result(Receipt(outcome="accepted", accepted=1))
+            future.set_result(Receipt(outcome=Outcome.ACCEPTED, accepted=1))
         self.got.append(message)
         self.changed.set()
         return future
