@@ -84,11 +84,15 @@ class HubProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    def terminate(self) -> int:
-        """SIGTERM and wait for the clean exit code."""
+    def terminate(self, timeout_s: float = 30) -> int:
+        """SIGTERM and wait for the clean exit code; a stop that hangs fails with the hub's last log lines."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the hub did not stop within {timeout_s} s of SIGTERM; its log ends:\n"
+                                 f"{self.log.read_text()[-4000:]}") from None
 
     def key(self, role: str = "admin") -> str:
         """A new API key, made as ``usagehub keys create`` makes it (that command is tested in tests/api/test_keys.py)
