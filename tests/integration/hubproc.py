@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -38,6 +38,9 @@ def _run_apart(make: Callable[[], Coroutine[Any, Any, str]]) -> str:
 class HubProcess:
     """``usagehub serve`` against a given database and broker."""
 
+    # Every hub started and not yet stopped: a test that fails midway leaves none running (see stop_leftovers).
+    running: ClassVar[set[HubProcess]] = set()
+
     def __init__(self, database_url: str, mqtt_url: str, data_dir: Path, *, extra: list[str] | None = None) -> None:
         self.database_url, self.mqtt_url, self.data_dir = database_url, mqtt_url, data_dir
         self.port = free_port()
@@ -57,6 +60,7 @@ class HubProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "usagehub", "serve", *self.settings, "--http-port", str(self.port),
                  *self.extra], stdout=out, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        HubProcess.running.add(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             exited = self.proc.poll() is not None
@@ -83,13 +87,16 @@ class HubProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+        HubProcess.running.discard(self)
 
     def terminate(self, timeout_s: float = 30) -> int:
         """SIGTERM and wait for the clean exit code; a stop that hangs fails with the hub's last log lines."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout_s)
+            code = self.proc.wait(timeout_s)
+            HubProcess.running.discard(self)
+            return code
         except subprocess.TimeoutExpired:
             raise AssertionError(f"the hub did not stop within {timeout_s} s of SIGTERM; its log ends:\n"
                                  f"{self.log.read_text()[-4000:]}") from None
@@ -129,3 +136,20 @@ class EmbeddedBrokerHub(HubProcess):
     def settings(self) -> list[str]:
         return ["--database-url", self.database_url, "--embedded-broker-port", str(self.broker_port),
                 "--data-dir", str(self.data_dir)]
+
+
+def stop_leftovers() -> list[str]:
+    """Stop every hub a test left running (SIGTERM, then SIGKILL); the command lines of those it found."""
+    found = []
+    for hub in list(HubProcess.running):
+        HubProcess.running.discard(hub)
+        if hub.proc is None or hub.proc.poll() is not None:
+            continue
+        found.append(" ".join(hub.proc.args[2:5]) if isinstance(hub.proc.args, list) else str(hub.proc.args))
+        hub.proc.terminate()
+        try:
+            hub.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            hub.proc.kill()
+            hub.proc.wait(10)
+    return found
