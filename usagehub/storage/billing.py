@@ -1,8 +1,9 @@
 """Billing records in storage: reconcile touched periods, billing runs, markBilled; billed is final.
 
 ``RecordBook.reconcile`` runs inside the ingest (or correction) transaction for
-the (account, period) pairs whose sessions changed: it computes their truth
-(``core.billing.truth_from_sessions``) and writes what ``core.billing.reconcile``
+the (account, period) pairs whose sessions changed: it reads their truth, kept
+per period (``storage.period_truth``: what ``core.billing.truth_from_sessions``
+gives, without reading the sessions), and writes what ``core.billing.reconcile``
 returns. A billed record is never updated (the database refuses it too); late
 data for it becomes an adjustment record in the account's next open period,
 the one after its latest billing run.
@@ -23,12 +24,12 @@ from usagehub.core.billing import (
     bill,
     close_records,
     reconcile,
-    truth_from_sessions,
 )
 from usagehub.core.periods import Period, period_of
 from usagehub.errors import DomainError, StorageError
 from usagehub.storage.pool import Connection
-from usagehub.storage.sessions import Clock, Pair, lock_accounts, sessions_of_pairs, utc
+from usagehub.storage.period_truth import kept_truth
+from usagehub.storage.sessions import Clock, Pair, lock_accounts, utc
 
 RECORD_COLUMNS = ("record_id, account_id, period_start, period_end, period_label, product, quantity, unit, status, "
                   "kind, adjusts, version")
@@ -114,7 +115,7 @@ class RecordBook:
         """Bring the records of ``pairs`` in line with their sessions (caller holds the account locks)."""
         if not pairs:
             return
-        truth = truth_from_sessions(await sessions_of_pairs(conn, pairs))
+        truth = await kept_truth(conn, pairs)  # not every session of the periods: what each keeps
         records = await self._records(conn, pairs)
         accounts = {a for a, _ in pairs}
         opens = await self.open_periods(conn, {a: zones.get(a, ZoneInfo("UTC")) for a in accounts})
