@@ -243,6 +243,8 @@ class Outcome:
     points_read: int = 0
     marks_moved: int = 0  # marks advanced without reading points
     pending: list[datetime] = field(default_factory=list)  # stopped by the budget: rewalk these instants later
+    read: dict[datetime, Mark] = field(default_factory=dict)  # the stored marks the walk replaced (their start)
+    unchanged: int = 0  # marks walked again equal to their stored version (``settle_outcome`` does not write them)
 
 
 _PAGE = 16
@@ -313,6 +315,7 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
                   and queue[0].entry.open is not None and queue[0].entry.open.resume == entry.open.resume
                   and not (todo and todo[0] < queue[0].start)):
                 # Same walk, only the open session's accumulation differs: advance it without points.
+                out.result.read.setdefault(m.start, m)
                 out.result.marks.append(replace(m, entry=entry))
                 out.result.marks_moved += 1
                 entry = replace(queue[0].entry, prefix=entry.prefix.merge(m.piece))
@@ -364,6 +367,7 @@ class _Run:
         self.result.points_read += len(points)
         if old is not None:
             self.result.stale.extend(old.created)
+            self.result.read.setdefault(start, old)
         if not points:
             if old is not None:
                 self.result.dropped.append(start)
@@ -396,13 +400,18 @@ def _merge(result: Outcome, made: int, before: Mark | None, segment: timedelta, 
 
 
 def settle_outcome(outcome: Outcome) -> Outcome:
-    """Keep the last version of each mark and session; stale sessions are those no longer created."""
+    """Keep the last version of each mark and session; stale sessions are those no longer created.
+
+    A mark walked again equal to the stored one it replaces is not written again (``unchanged``).
+    """
     marks = {m.start: m for m in outcome.marks}
-    sessions = {s.resume: s for s in outcome.sessions}
     dropped = sorted(set(outcome.dropped) - set(marks))
+    changed = [m for start, m in sorted(marks.items()) if outcome.read.get(start) != m]
+    sessions = {s.resume: s for s in outcome.sessions}
     created = set(outcome.created)
     stale = sorted({r for r in outcome.stale if r not in created}, key=lambda r: r.key)
-    return Outcome(marks=sorted(marks.values(), key=lambda m: m.start), dropped=dropped,
+    return Outcome(marks=changed, dropped=dropped,
                    sessions=sorted(sessions.values(), key=lambda s: s.resume.key), stale=stale,
                    created=sorted(created, key=lambda r: r.key), points_read=outcome.points_read,
-                   marks_moved=outcome.marks_moved, pending=outcome.pending)
+                   marks_moved=outcome.marks_moved, pending=outcome.pending, read=outcome.read,
+                   unchanged=outcome.unchanged + len(marks) - len(changed))
