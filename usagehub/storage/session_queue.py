@@ -54,12 +54,11 @@ async def claim(conn: Connection, *, limit: int | None, accounts: list[str] | No
     oldest row is younger (a session worker lets batches gather: one replay then covers more of them).
     """
     skip = " SKIP LOCKED" if skip_locked else ""
+    where = "WHERE account_id = ANY(%(acc)s)" if accounts is not None else ""
     seg = "date_bin(%(width)s, q.seg_start, %(epoch)s)"
     cur = await conn.execute(
-        f"WITH RECURSIVE {_ACCOUNTS if accounts is None else _GIVEN}, "
-        "pick AS (SELECT account_id, waited FROM (SELECT a.account_id, (SELECT min(q.queued_at) FROM session_queue q "
-        "WHERE q.account_id = a.account_id) AS waited FROM acc a WHERE a.account_id IS NOT NULL) AS w "
-        "WHERE waited <= now() - make_interval(secs => %(age)s) ORDER BY 2, 1 LIMIT %(limit)s), "
+        f"WITH pick AS (SELECT account_id, min(queued_at) AS waited FROM session_queue {where} GROUP BY account_id "
+        "HAVING min(queued_at) <= now() - make_interval(secs => %(age)s) ORDER BY 2, 1 LIMIT %(limit)s), "
         f"segs AS (SELECT q.account_id, q.service, {seg} AS seg, p.waited FROM session_queue q JOIN pick p "
         "USING (account_id) GROUP BY 1, 2, 3, 4), "
         "firsts AS (SELECT account_id, service, seg FROM segs ORDER BY row_number() OVER (PARTITION BY account_id "
@@ -71,15 +70,6 @@ async def claim(conn: Connection, *, limit: int | None, accounts: list[str] | No
          "age": min_age_s})
     rows: list[Any] = await cur.fetchall()  # LIMIT NULL: every account, every segment
     return [(str(r[0]), str(r[1]), utc(r[2])) for r in rows], [int(r[3]) for r in rows]
-
-
-# The queued accounts, one index probe each (session_queue_segment), and the oldest row of each, one probe
-# each (session_queue_waiting, migration 0031): a GROUP BY over the queue read every queued row on every poll.
-_ACCOUNTS = (
-    "acc AS ((SELECT account_id FROM session_queue ORDER BY account_id LIMIT 1) UNION ALL "
-    "SELECT (SELECT q.account_id FROM session_queue q WHERE q.account_id > acc.account_id ORDER BY q.account_id "
-    "LIMIT 1) FROM acc WHERE acc.account_id IS NOT NULL)")
-_GIVEN = "acc AS (SELECT DISTINCT unnest(%(acc)s::text[]) AS account_id)"
 
 
 async def finish(conn: Connection, ids: Iterable[int]) -> None:

@@ -9,7 +9,3 @@ CREATE TABLE period_truth (
     partials      jsonb NOT NULL,
     PRIMARY KEY (account_id, period_start)
 );
-
--- The session worker's claim finds each queued account's oldest row with one index probe
--- (storage.session_queue.claim) instead of grouping every queued row on every poll.
-CREATE INDEX session_queue_waiting ON session_queue (account_id, queued_at);
