@@ -157,17 +157,15 @@ def _take_back(kept: Partial, removed: Partial, added: Partial | None) -> Partia
     last_key: tuple[datetime, str, Decimal] | None = None
     labels: frozenset[str] = frozenset()
     if agg is Aggregation.MIN:
-        if removed.minimum is not None and (kept.minimum is None or removed.minimum <= kept.minimum):
-            if a.minimum is None or a.minimum > removed.minimum:
-                return None
-        minimum = _least(kept.minimum if removed.minimum is None or kept.minimum is None
-                         or removed.minimum > kept.minimum else None, a.minimum)
+        held = removed.minimum is not None and (kept.minimum is None or removed.minimum <= kept.minimum)
+        if held and (a.minimum is None or removed.minimum is None or a.minimum > removed.minimum):
+            return None
+        minimum = a.minimum if held else _least(kept.minimum, a.minimum)
     elif agg is Aggregation.MAX:
-        if removed.maximum is not None and (kept.maximum is None or removed.maximum >= kept.maximum):
-            if a.maximum is None or a.maximum < removed.maximum:
-                return None
-        maximum = _most(kept.maximum if removed.maximum is None or kept.maximum is None
-                        or removed.maximum < kept.maximum else None, a.maximum)
+        held = removed.maximum is not None and (kept.maximum is None or removed.maximum >= kept.maximum)
+        if held and (a.maximum is None or removed.maximum is None or a.maximum < removed.maximum):
+            return None
+        maximum = a.maximum if held else _most(kept.maximum, a.maximum)
     elif agg is Aggregation.LAST:
         if removed.last_key is not None and (kept.last_key is None or removed.last_key >= kept.last_key):
             if a.last_key is None or a.last_key < removed.last_key:

@@ -27,8 +27,8 @@ from usagehub.core.billing import (
 )
 from usagehub.core.periods import Period, period_of
 from usagehub.errors import DomainError, StorageError
-from usagehub.storage.pool import Connection
 from usagehub.storage.period_truth import kept_truth
+from usagehub.storage.pool import Connection
 from usagehub.storage.sessions import Clock, Pair, lock_accounts, utc
 
 RECORD_COLUMNS = ("record_id, account_id, period_start, period_end, period_label, product, quantity, unit, status, "

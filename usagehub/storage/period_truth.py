@@ -96,7 +96,7 @@ async def _read(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, PeriodPar
     out: dict[Pair, PeriodPartials] = {}
     for account, start, partials in await cur.fetchall():
         pair = wanted[(str(account), utc(start))]
-        out[pair] = {k: partial_of(v) for k, v in orjson.loads(partials).items()}
+        out[pair] = {k: partial_of(v) for k, v in orjson.loads(str(partials)).items()}
     return out
 
 
