@@ -243,7 +243,7 @@ class Outcome:
     points_read: int = 0
     marks_moved: int = 0  # marks advanced without reading points
     pending: list[datetime] = field(default_factory=list)  # stopped by the budget: rewalk these instants later
-    read: dict[datetime, Mark] = field(default_factory=dict)  # the stored marks the walk replaced (their start)
+    read: dict[datetime, Mark] = field(default_factory=dict)  # stored marks the walk read, by start
     unchanged: int = 0  # marks walked again equal to their stored version (``settle_outcome`` does not write them)
 
 
@@ -265,6 +265,7 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
     todo = sorted({ensure_aware(t) for t in changed})
     out = _Run(account_id=account_id, service=service, rules=rules, as_of=as_of, segment=segment, chunk=chunk)
     first: Mark | None = yield MarkBefore(todo[0] if todo else FAR_FUTURE)
+    out.saw(first)
     if first is None and not todo:
         return out.result
     queue: list[Mark] = [first] if first else []
@@ -277,6 +278,7 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
     while True:
         while len(queue) < 2 and not exhausted:
             page: list[Mark] = yield MarksAfter(after, _PAGE)
+            out.saw(*page)
             exhausted = len(page) < _PAGE
             if page:
                 queue += page
@@ -308,6 +310,7 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
             if entry == m.entry:
                 # Nothing differs from here to the next changed segment (or to the end): jump there.
                 target: Mark | None = yield MarkBefore(todo[0] if todo else FAR_FUTURE)
+                out.saw(target)
                 if target is not None and target.start > s:
                     entry, queue, after, exhausted, force = target.entry, [target], target.start, False, True
                     continue
@@ -315,7 +318,6 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
                   and queue[0].entry.open is not None and queue[0].entry.open.resume == entry.open.resume
                   and not (todo and todo[0] < queue[0].start)):
                 # Same walk, only the open session's accumulation differs: advance it without points.
-                out.result.read.setdefault(m.start, m)
                 out.result.marks.append(replace(m, entry=entry))
                 out.result.marks_moved += 1
                 entry = replace(queue[0].entry, prefix=entry.prefix.merge(m.piece))
@@ -333,14 +335,17 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
         fresh = bool(points)
         if appending and len(out.result.marks) - made >= 2 and s > segment_start(s, segment):
             prior: Mark | None = yield MarkBefore(s - timedelta(microseconds=1))
+            out.saw(prior)
             _merge(out.result, made, prior, segment, chunk)
     if not out.finished and visited is not None:
         # The last segment lost all its points (or, with deferred sessions, a changed segment not walked yet
         # holds none): finish after the last mark that remains before it.
         before = visited - timedelta(microseconds=1)
         tail: Mark | None = yield MarkBefore(before)
+        out.saw(tail)
         while tail is not None and tail.start in out.result.dropped:
             tail = yield MarkBefore(tail.start - timedelta(microseconds=1))
+            out.saw(tail)
         walked = [m for m in out.result.marks if m.start <= before]  # this run's versions come first
         if walked and (tail is None or walked[-1].start >= tail.start):
             tail = walked[-1]
@@ -361,13 +366,18 @@ class _Run:
     result: Outcome = field(default_factory=Outcome)
     finished: bool = False
 
+    def saw(self, *marks: Mark | None) -> None:
+        """Note stored marks as read (a mark walked again equal to its stored version is not written)."""
+        for m in marks:
+            if m is not None:
+                self.result.read.setdefault(m.start, m)
+
     def replay(self, start: datetime, old: Mark | None, entry: Entry, points: Sequence[Point], last: bool,
                cut: datetime | None = None) -> Entry:
         """Replay one segment (a chunk starts at ``cut`` too); returns the walk state after it."""
         self.result.points_read += len(points)
         if old is not None:
             self.result.stale.extend(old.created)
-            self.result.read.setdefault(start, old)
         if not points:
             if old is not None:
                 self.result.dropped.append(start)
