@@ -63,9 +63,9 @@ async def write_records(conn: Connection, records: Sequence[BillingRecord], run_
                     strict=True))
     cur = await conn.execute(
         f"INSERT INTO billing_records ({RECORD_COLUMNS}, billing_run, billed_at) "
-        "SELECT *, %s::bigint, CASE WHEN s = 'billed' THEN now() END FROM unnest(%s::text[], %s::text[], "
-        "%s::timestamptz[], %s::timestamptz[], %s::text[], %s::text[], %s::numeric[], %s::text[], %s::text[], "
-        "%s::text[], %s::text[], %s::int[]) AS u(i, a, ps, pe, pl, p, q, un, s, k, adj, v) "
+        "SELECT *, %b::bigint, CASE WHEN s = 'billed' THEN now() END FROM unnest(%b::text[], %b::text[], "
+        "%b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[], %b::numeric[], %b::text[], %b::text[], "
+        "%b::text[], %b::text[], %b::int[]) AS u(i, a, ps, pe, pl, p, q, un, s, k, adj, v) "
         "ON CONFLICT (record_id) DO UPDATE SET quantity = EXCLUDED.quantity, status = EXCLUDED.status, "
         "version = EXCLUDED.version, updated_at = now(), "
         "billing_run = coalesce(EXCLUDED.billing_run, billing_records.billing_run), "
@@ -76,7 +76,7 @@ async def write_records(conn: Connection, records: Sequence[BillingRecord], run_
         raise StorageError("a billing record changed concurrently; the batch is retried")
     await conn.execute(
         "INSERT INTO billing_record_versions (record_id, version, quantity, status) "
-        "SELECT * FROM unnest(%s::text[], %s::int[], %s::numeric[], %s::text[])",
+        "SELECT * FROM unnest(%b::text[], %b::int[], %b::numeric[], %b::text[])",
         ([r.record_id for r in records], [r.version for r in records], [r.quantity for r in records],
          [r.status.value for r in records]))
 
@@ -105,7 +105,7 @@ class RecordBook:
         items = sorted({(a, p.start) for a, p in pairs})
         cur = await conn.execute(
             f"WITH reg AS (SELECT {RECORD_COLUMNS} FROM billing_records WHERE (account_id, period_start) IN "
-            "(SELECT * FROM unnest(%s::text[], %s::timestamptz[]))) "
+            "(SELECT * FROM unnest(%b::text[], %b::timestamptz[]))) "
             f"SELECT * FROM reg UNION SELECT {RECORD_COLUMNS} FROM billing_records "
             "WHERE adjusts IN (SELECT record_id FROM reg)",
             ([a for a, _ in items], [s for _, s in items]))

@@ -80,7 +80,7 @@ async def forget(conn: Connection, pairs: Iterable[Pair]) -> None:
     items = sorted({(a, p.start) for a, p in pairs})
     if items:
         await conn.execute(
-            "DELETE FROM period_truth t USING unnest(%s::text[], %s::timestamptz[]) AS d(a, s) "
+            "DELETE FROM period_truth t USING unnest(%b::text[], %b::timestamptz[]) AS d(a, s) "
             "WHERE t.account_id = d.a AND t.period_start = d.s", ([a for a, _ in items], [s for _, s in items]))
 
 
@@ -91,7 +91,7 @@ async def _read(conn: Connection, pairs: Iterable[Pair]) -> dict[Pair, PeriodPar
     keys = sorted(wanted)
     cur = await conn.execute(
         "SELECT t.account_id, t.period_start, t.partials::text FROM period_truth t "
-        "JOIN unnest(%s::text[], %s::timestamptz[]) AS k(a, s) ON t.account_id = k.a AND t.period_start = k.s",
+        "JOIN unnest(%b::text[], %b::timestamptz[]) AS k(a, s) ON t.account_id = k.a AND t.period_start = k.s",
         ([a for a, _ in keys], [s for _, s in keys]))
     out: dict[Pair, PeriodPartials] = {}
     for account, start, partials in await cur.fetchall():
@@ -107,7 +107,7 @@ async def _write(conn: Connection, kept: Mapping[Pair, PeriodPartials]) -> None:
                    for (a, p), parts in kept.items()), key=lambda r: (r[0], r[1]))
     await conn.execute(
         "INSERT INTO period_truth (account_id, period_start, period_end, period_label, partials) "
-        "SELECT a, s, e, l, p::jsonb FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[], "
-        "%s::text[]) AS u(a, s, e, l, p) "
+        "SELECT a, s, e, l, p::jsonb FROM unnest(%b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[], "
+        "%b::text[]) AS u(a, s, e, l, p) "
         "ON CONFLICT (account_id, period_start) DO UPDATE SET partials = excluded.partials",
         [list(c) for c in zip(*rows, strict=True)])
