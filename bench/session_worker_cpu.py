@@ -2,11 +2,12 @@
 
 A month of ACCOUNTS accounts (Berlin), each with an electricity meter every 15 minutes and an alarm panel
 armed and disarmed in turn every 40 minutes (a session per arming: the sessions of a period grow with the
-month, as an alarm panel's do), ingested in order in batches of 6 hours of event time with deferred sessions; after each batch a
-SessionWorker drains the queue in this process and ``time.process_time`` around the drain is the worker's
-Python CPU (PostgreSQL's is not in it). Prints the worker's CPU per event and for the first and last quarter
-of the month (a cost that grows with the period shows as last > first). CPU time, not wall time, so a loaded
-machine disturbs it less. To compare with another tree, run the same file with that tree first on the path:
+month, as an alarm panel's do), ingested in order in batches of 6 hours of event time with deferred
+sessions. After each batch a SessionWorker drains the queue in this process; ``time.process_time`` around
+the drain is the worker's Python CPU (PostgreSQL's is not in it). Prints the worker's CPU per event, and for
+the first and last quarter of the month (a cost that grows with the period shows as last > first). CPU
+time, not wall time, so a loaded machine disturbs it less. To compare with another tree, run this file
+with that tree first on the path:
 
     .venv/bin/python bench/session_worker_cpu.py [ACCOUNTS] [DAYS]                  # defaults: 8 accounts, 30 days
     git worktree add /tmp/base main && PYTHONPATH=/tmp/base .venv/bin/python bench/session_worker_cpu.py
