@@ -160,3 +160,20 @@ def test_points_read_for_one_late_event_do_not_grow_with_history(days: int, late
     assert len(out.sessions) <= 2
     assert store.stored() == sessionize([*history, late], account_id="acc", service="power", rules=rules,
                                         as_of=now)
+
+
+@settings(max_examples=60, deadline=None)
+@given(points=point_sets(), seed=st.integers(0, 2**32))
+def test_a_walk_again_over_unchanged_points_writes_no_mark(points: list[Point], seed: int) -> None:
+    """Walking segments again whose points did not change (a segment queued twice) rewrites no mark."""
+    rng = random.Random(seed)
+    store = MemoryStore(SMALL)
+    store.add(points, as_of=AS_OF)
+    before = dict(store.marks)
+    again = [p.start for p in points if rng.random() < 0.5]
+    out = store.walk(again, AS_OF)
+    assert out.marks == [] and out.dropped == []
+    assert out.unchanged >= (1 if again and before else 0)
+    assert store.marks == before
+    assert store.stored() == sessionize(points, account_id="acc", service="power", rules=BERLIN_RULES,
+                                        as_of=AS_OF)

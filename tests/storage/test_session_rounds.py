@@ -118,3 +118,22 @@ async def test_a_worker_lets_young_rows_gather_and_drain_takes_them_all(pool: As
     assert await worker.round(min_age_s=worker.coalesce_s) == 0
     assert await worker.drain() > 0
     assert await _queued(pool) == 0
+
+
+async def test_a_claim_picks_the_longest_waiting_accounts_and_only_those_asked_for(pool: AsyncConnectionPool) -> None:
+    # Queue rows of accounts of two tenants (the queue holds ids only): t2's account waits longest.
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO session_queue (account_id, service, seg_start, queued_at) VALUES "
+            "('t1-a', 'power', %(t)s, now() - interval '5 s'), ('t1-a', 'power', %(t)s, now() - interval '1 s'), "
+            "('t1-b', 'power', %(t)s, now() - interval '3 s'), ('t2-a', 'power', %(t)s, now() - interval '9 s'), "
+            "('t2-b', 'power', %(t)s, now())", {"t": OCT})
+    async with pool.connection() as conn, conn.transaction():
+        rows, ids = await claim(conn, limit=2, min_age_s=2)
+        assert sorted({a for a, _, _ in rows}) == ["t1-a", "t2-a"] and len(ids) == 3  # every row of each
+    async with pool.connection() as conn, conn.transaction():
+        rows, _ = await claim(conn, limit=None, min_age_s=2)
+        assert sorted({a for a, _, _ in rows}) == ["t1-a", "t1-b", "t2-a"]  # t2-b is younger than 2 s
+    async with pool.connection() as conn, conn.transaction():  # a billing run of tenant t1's accounts
+        rows, _ = await claim(conn, limit=None, accounts=["t1-b", "t1-a", "t1-c"], skip_locked=False)
+        assert sorted({a for a, _, _ in rows}) == ["t1-a", "t1-b"]

@@ -16,6 +16,7 @@ from decimal import Decimal
 from enum import StrEnum
 
 from usagehub.core.aggregation import Partial, merge_all
+from usagehub.core.events import Aggregation
 from usagehub.core.periods import Period, ensure_aware
 from usagehub.core.sessions import Session
 from usagehub.errors import DomainError
@@ -80,6 +81,125 @@ def truth_from_sessions(sessions: Iterable[Session]) -> dict[TruthKey, Decimal]:
         value = merge_all(items, items[0].aggregation).result()
         if value is not None:
             truth[key] = value
+    return truth
+
+
+PeriodPartials = dict[str, Partial]  # product -> what a period keeps of its sessions' partials
+
+
+def kept_partial(p: Partial) -> Partial:
+    """What a period keeps of a partial: count, total and seconds, and only the fields its aggregation reads.
+
+    Count, total and seconds can be taken back exactly when a session is rewritten; a minimum, maximum, last
+    value or label set can not always (``fold_partials``), so a period keeps them only where they are billed.
+    """
+    agg = p.aggregation
+    return Partial(aggregation=agg, count=p.count, total=p.total, seconds=p.seconds,
+                   minimum=p.minimum if agg is Aggregation.MIN else None,
+                   maximum=p.maximum if agg is Aggregation.MAX else None,
+                   last=p.last if agg is Aggregation.LAST else None,
+                   last_key=p.last_key if agg is Aggregation.LAST else None,
+                   labels=p.labels if agg is Aggregation.UNIQUE_COUNT else frozenset())
+
+
+def period_partials(sessions: Iterable[Session]) -> dict[tuple[str, Period], PeriodPartials]:
+    """Each (account, period)'s kept partials: the merge of its sessions' partials per product."""
+    out: dict[tuple[str, Period], PeriodPartials] = {}
+    for session in sessions:
+        kept = out.setdefault((session.account_id, session.period), {})
+        for product, partial in session.partials.items():
+            part = kept_partial(partial)
+            kept[product] = kept[product].merge(part) if product in kept else part
+    return out
+
+
+def fold_partials(kept: Mapping[str, Partial], removed: Iterable[Mapping[str, Partial]],
+                  added: Iterable[Mapping[str, Partial]]) -> PeriodPartials | None:
+    """A period's kept partials with sessions ``removed`` (all among those kept) and ``added``, exactly.
+
+    None where that cannot be known without the period's other sessions: the removed sessions held the
+    period's minimum, maximum, last value or a label and the added ones do not reach it (re-read them).
+    """
+    gone, new = _merged(removed), _merged(added)
+    out = dict(kept)
+    for product in gone.keys() | new.keys():
+        base = kept.get(product)
+        r, a = gone.get(product), new.get(product)
+        if r is None:
+            assert a is not None
+            out[product] = a if base is None else base.merge(a)
+            continue
+        if base is None or base.aggregation is not r.aggregation:
+            return None  # the removed sessions were not kept: not this period's state
+        folded = _take_back(base, r, a)
+        if folded is None:
+            return None
+        out[product] = folded
+    return out
+
+
+def _merged(sessions: Iterable[Mapping[str, Partial]]) -> PeriodPartials:
+    out: PeriodPartials = {}
+    for partials in sessions:
+        for product, partial in partials.items():
+            part = kept_partial(partial)
+            out[product] = out[product].merge(part) if product in out else part
+    return out
+
+
+def _take_back(kept: Partial, removed: Partial, added: Partial | None) -> Partial | None:
+    """``kept`` without ``removed`` and with ``added``; None where the extreme it bills is no longer known."""
+    agg = kept.aggregation
+    a = added or Partial(aggregation=agg)
+    if a.aggregation is not agg:
+        return None
+    minimum = maximum = last = None
+    last_key: tuple[datetime, str, Decimal] | None = None
+    labels: frozenset[str] = frozenset()
+    if agg is Aggregation.MIN:
+        held = removed.minimum is not None and (kept.minimum is None or removed.minimum <= kept.minimum)
+        if held and (a.minimum is None or removed.minimum is None or a.minimum > removed.minimum):
+            return None
+        minimum = a.minimum if held else _least(kept.minimum, a.minimum)
+    elif agg is Aggregation.MAX:
+        held = removed.maximum is not None and (kept.maximum is None or removed.maximum >= kept.maximum)
+        if held and (a.maximum is None or removed.maximum is None or a.maximum < removed.maximum):
+            return None
+        maximum = a.maximum if held else _most(kept.maximum, a.maximum)
+    elif agg is Aggregation.LAST:
+        if removed.last_key is not None and (kept.last_key is None or removed.last_key >= kept.last_key):
+            if a.last_key is None or a.last_key < removed.last_key:
+                return None
+            last, last_key = a.last, a.last_key
+        else:
+            last, last_key = kept.last, kept.last_key
+            if a.last_key is not None and (last_key is None or a.last_key > last_key):
+                last, last_key = a.last, a.last_key
+    elif agg is Aggregation.UNIQUE_COUNT:
+        if not removed.labels <= a.labels:
+            return None
+        labels = kept.labels | a.labels
+    return Partial(aggregation=agg, count=kept.count - removed.count + a.count,
+                   total=kept.total - removed.total + a.total, seconds=kept.seconds - removed.seconds + a.seconds,
+                   minimum=minimum, maximum=maximum, last=last, last_key=last_key, labels=labels)
+
+
+def _least(a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _most(a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def truth_from_kept(kept: Mapping[tuple[str, Period], Mapping[str, Partial]]) -> dict[TruthKey, Decimal]:
+    """Each (account, period, product)'s value from the periods' kept partials (as ``truth_from_sessions``)."""
+    truth: dict[TruthKey, Decimal] = {}
+    for (account, period), partials in kept.items():
+        for product, partial in partials.items():
+            value = partial.result()
+            if value is not None:
+                truth[(account, period, product)] = value
     return truth
 
 

@@ -243,6 +243,8 @@ class Outcome:
     points_read: int = 0
     marks_moved: int = 0  # marks advanced without reading points
     pending: list[datetime] = field(default_factory=list)  # stopped by the budget: rewalk these instants later
+    read: dict[datetime, Mark] = field(default_factory=dict)  # stored marks the walk read, by start
+    unchanged: int = 0  # marks walked again equal to their stored version (``settle_outcome`` does not write them)
 
 
 _PAGE = 16
@@ -263,6 +265,7 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
     todo = sorted({ensure_aware(t) for t in changed})
     out = _Run(account_id=account_id, service=service, rules=rules, as_of=as_of, segment=segment, chunk=chunk)
     first: Mark | None = yield MarkBefore(todo[0] if todo else FAR_FUTURE)
+    out.saw(first)
     if first is None and not todo:
         return out.result
     queue: list[Mark] = [first] if first else []
@@ -275,6 +278,7 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
     while True:
         while len(queue) < 2 and not exhausted:
             page: list[Mark] = yield MarksAfter(after, _PAGE)
+            out.saw(*page)
             exhausted = len(page) < _PAGE
             if page:
                 queue += page
@@ -306,6 +310,7 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
             if entry == m.entry:
                 # Nothing differs from here to the next changed segment (or to the end): jump there.
                 target: Mark | None = yield MarkBefore(todo[0] if todo else FAR_FUTURE)
+                out.saw(target)
                 if target is not None and target.start > s:
                     entry, queue, after, exhausted, force = target.entry, [target], target.start, False, True
                     continue
@@ -330,14 +335,17 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
         fresh = bool(points)
         if appending and len(out.result.marks) - made >= 2 and s > segment_start(s, segment):
             prior: Mark | None = yield MarkBefore(s - timedelta(microseconds=1))
+            out.saw(prior)
             _merge(out.result, made, prior, segment, chunk)
     if not out.finished and visited is not None:
         # The last segment lost all its points (or, with deferred sessions, a changed segment not walked yet
         # holds none): finish after the last mark that remains before it.
         before = visited - timedelta(microseconds=1)
         tail: Mark | None = yield MarkBefore(before)
+        out.saw(tail)
         while tail is not None and tail.start in out.result.dropped:
             tail = yield MarkBefore(tail.start - timedelta(microseconds=1))
+            out.saw(tail)
         walked = [m for m in out.result.marks if m.start <= before]  # this run's versions come first
         if walked and (tail is None or walked[-1].start >= tail.start):
             tail = walked[-1]
@@ -357,6 +365,12 @@ class _Run:
     chunk: int | None
     result: Outcome = field(default_factory=Outcome)
     finished: bool = False
+
+    def saw(self, *marks: Mark | None) -> None:
+        """Note stored marks as read (a mark walked again equal to its stored version is not written)."""
+        for m in marks:
+            if m is not None:
+                self.result.read.setdefault(m.start, m)
 
     def replay(self, start: datetime, old: Mark | None, entry: Entry, points: Sequence[Point], last: bool,
                cut: datetime | None = None) -> Entry:
@@ -396,13 +410,18 @@ def _merge(result: Outcome, made: int, before: Mark | None, segment: timedelta, 
 
 
 def settle_outcome(outcome: Outcome) -> Outcome:
-    """Keep the last version of each mark and session; stale sessions are those no longer created."""
+    """Keep the last version of each mark and session; stale sessions are those no longer created.
+
+    A mark walked again equal to the stored one it replaces is not written again (``unchanged``).
+    """
     marks = {m.start: m for m in outcome.marks}
-    sessions = {s.resume: s for s in outcome.sessions}
     dropped = sorted(set(outcome.dropped) - set(marks))
+    changed = [m for start, m in sorted(marks.items()) if outcome.read.get(start) != m]
+    sessions = {s.resume: s for s in outcome.sessions}
     created = set(outcome.created)
     stale = sorted({r for r in outcome.stale if r not in created}, key=lambda r: r.key)
-    return Outcome(marks=sorted(marks.values(), key=lambda m: m.start), dropped=dropped,
+    return Outcome(marks=changed, dropped=dropped,
                    sessions=sorted(sessions.values(), key=lambda s: s.resume.key), stale=stale,
                    created=sorted(created, key=lambda r: r.key), points_read=outcome.points_read,
-                   marks_moved=outcome.marks_moved, pending=outcome.pending)
+                   marks_moved=outcome.marks_moved, pending=outcome.pending, read=outcome.read,
+                   unchanged=outcome.unchanged + len(marks) - len(changed))

@@ -62,6 +62,7 @@ class SessionEngine:
         self._infos: dict[tuple[str, str], tuple[object, MeterInfo | None]] = {}
         self.points_read = 0  # session points replayed since start (a cost signal for benchmarks and tests)
         self.marks_moved = 0  # walk marks advanced without reading points, since start
+        self.marks_unchanged = 0  # walk marks walked again equal to their stored version (not written), since start
         # Deferred: ingest queues the touched segments (storage.session_queue) and session workers replay
         # them (pipeline.session_worker); set by a hub that runs session workers. Inline otherwise.
         self.defer = False
@@ -222,6 +223,7 @@ class SessionEngine:
                 _advance(group, walks[group], ans, asks, outcomes)
         self.points_read += sum(out.points_read for _, out in outcomes)
         self.marks_moved += sum(out.marks_moved for _, out in outcomes)
+        self.marks_unchanged += sum(out.unchanged for _, out in outcomes)
         for (account, service), out in outcomes:
             if out.pending:
                 if left is None:

@@ -1,8 +1,9 @@
 """Billing records in storage: reconcile touched periods, billing runs, markBilled; billed is final.
 
 ``RecordBook.reconcile`` runs inside the ingest (or correction) transaction for
-the (account, period) pairs whose sessions changed: it computes their truth
-(``core.billing.truth_from_sessions``) and writes what ``core.billing.reconcile``
+the (account, period) pairs whose sessions changed: it reads their truth, kept
+per period (``storage.period_truth``: what ``core.billing.truth_from_sessions``
+gives, without reading the sessions), and writes what ``core.billing.reconcile``
 returns. A billed record is never updated (the database refuses it too); late
 data for it becomes an adjustment record in the account's next open period,
 the one after its latest billing run.
@@ -23,12 +24,12 @@ from usagehub.core.billing import (
     bill,
     close_records,
     reconcile,
-    truth_from_sessions,
 )
 from usagehub.core.periods import Period, period_of
 from usagehub.errors import DomainError, StorageError
+from usagehub.storage.period_truth import kept_truth
 from usagehub.storage.pool import Connection
-from usagehub.storage.sessions import Clock, Pair, lock_accounts, sessions_of_pairs, utc
+from usagehub.storage.sessions import Clock, Pair, lock_accounts, utc
 
 RECORD_COLUMNS = ("record_id, account_id, period_start, period_end, period_label, product, quantity, unit, status, "
                   "kind, adjusts, version")
@@ -62,9 +63,9 @@ async def write_records(conn: Connection, records: Sequence[BillingRecord], run_
                     strict=True))
     cur = await conn.execute(
         f"INSERT INTO billing_records ({RECORD_COLUMNS}, billing_run, billed_at) "
-        "SELECT *, %s::bigint, CASE WHEN s = 'billed' THEN now() END FROM unnest(%s::text[], %s::text[], "
-        "%s::timestamptz[], %s::timestamptz[], %s::text[], %s::text[], %s::numeric[], %s::text[], %s::text[], "
-        "%s::text[], %s::text[], %s::int[]) AS u(i, a, ps, pe, pl, p, q, un, s, k, adj, v) "
+        "SELECT *, %b::bigint, CASE WHEN s = 'billed' THEN now() END FROM unnest(%b::text[], %b::text[], "
+        "%b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[], %b::numeric[], %b::text[], %b::text[], "
+        "%b::text[], %b::text[], %b::int[]) AS u(i, a, ps, pe, pl, p, q, un, s, k, adj, v) "
         "ON CONFLICT (record_id) DO UPDATE SET quantity = EXCLUDED.quantity, status = EXCLUDED.status, "
         "version = EXCLUDED.version, updated_at = now(), "
         "billing_run = coalesce(EXCLUDED.billing_run, billing_records.billing_run), "
@@ -75,7 +76,7 @@ async def write_records(conn: Connection, records: Sequence[BillingRecord], run_
         raise StorageError("a billing record changed concurrently; the batch is retried")
     await conn.execute(
         "INSERT INTO billing_record_versions (record_id, version, quantity, status) "
-        "SELECT * FROM unnest(%s::text[], %s::int[], %s::numeric[], %s::text[])",
+        "SELECT * FROM unnest(%b::text[], %b::int[], %b::numeric[], %b::text[])",
         ([r.record_id for r in records], [r.version for r in records], [r.quantity for r in records],
          [r.status.value for r in records]))
 
@@ -104,7 +105,7 @@ class RecordBook:
         items = sorted({(a, p.start) for a, p in pairs})
         cur = await conn.execute(
             f"WITH reg AS (SELECT {RECORD_COLUMNS} FROM billing_records WHERE (account_id, period_start) IN "
-            "(SELECT * FROM unnest(%s::text[], %s::timestamptz[]))) "
+            "(SELECT * FROM unnest(%b::text[], %b::timestamptz[]))) "
             f"SELECT * FROM reg UNION SELECT {RECORD_COLUMNS} FROM billing_records "
             "WHERE adjusts IN (SELECT record_id FROM reg)",
             ([a for a, _ in items], [s for _, s in items]))
@@ -114,7 +115,7 @@ class RecordBook:
         """Bring the records of ``pairs`` in line with their sessions (caller holds the account locks)."""
         if not pairs:
             return
-        truth = truth_from_sessions(await sessions_of_pairs(conn, pairs))
+        truth = await kept_truth(conn, pairs)  # not every session of the periods: what each keeps
         records = await self._records(conn, pairs)
         accounts = {a for a, _ in pairs}
         opens = await self.open_periods(conn, {a: zones.get(a, ZoneInfo("UTC")) for a in accounts})

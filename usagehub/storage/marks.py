@@ -12,6 +12,7 @@ from usagehub.core.aggregation import Partial
 from usagehub.core.events import Aggregation
 from usagehub.core.periods import Period
 from usagehub.core.segments import Acc, Entry, Mark, MarkBefore, MarksAfter, OpenShape, Outcome, Request
+from usagehub.storage.period_truth import Removed, forget, note_changes, removed_of
 from usagehub.storage.pool import Connection
 from usagehub.storage.sessions import (
     POINT_COLUMNS,
@@ -152,13 +153,15 @@ async def save_walks(conn: Connection, outcomes: Sequence[tuple[Group, Outcome]]
     sessions = [s for _, out in outcomes for s in out.sessions]
     ids = [session_id_of(a, sv, r) for (a, sv), out in outcomes for r in out.stale] + [session_id(s) for s in sessions]
     touched: set[Pair] = {(s.account_id, s.period) for s in sessions}
+    removed: list[Removed] = []
     if ids:
         cur = await conn.execute(
             "DELETE FROM sessions WHERE session_id = ANY(%b) RETURNING account_id, period_start, period_end, "
-            "period_label", (ids,))
-        touched |= {(str(r[0]), Period(start=utc(r[1]), end=utc(r[2]), label=str(r[3])))
-                    for r in await cur.fetchall()}
+            "period_label, partials::text", (ids,))
+        removed = [removed_of(r) for r in await cur.fetchall()]
+        touched |= {pair for pair, _ in removed}
     await insert_sessions(conn, sessions)
+    await note_changes(conn, removed, sessions)
     return touched
 
 
@@ -186,4 +189,6 @@ async def drop_sessions(conn: Connection, account: str, service: str) -> set[Pai
     cur = await conn.execute(
         "DELETE FROM sessions WHERE account_id = %s AND service = %s RETURNING account_id, period_start, "
         "period_end, period_label", (account, service))
-    return {(str(r[0]), Period(start=utc(r[1]), end=utc(r[2]), label=str(r[3]))) for r in await cur.fetchall()}
+    pairs = {(str(r[0]), Period(start=utc(r[1]), end=utc(r[2]), label=str(r[3]))) for r in await cur.fetchall()}
+    await forget(conn, pairs)
+    return pairs

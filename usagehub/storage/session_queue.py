@@ -30,7 +30,7 @@ async def queue_segments(conn: Connection, rows: Iterable[Queued]) -> None:
     if items:
         await conn.execute(
             "INSERT INTO session_queue (account_id, service, seg_start) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[])", _columns(items))
+            "SELECT * FROM unnest(%b::text[], %b::text[], %b::timestamptz[])", _columns(items))
 
 
 def _columns(items: list[Queued]) -> tuple[list[str], list[str], list[datetime]]:
@@ -76,7 +76,7 @@ async def finish(conn: Connection, ids: Iterable[int]) -> None:
     """Delete the claimed rows ``ids`` (in the replay's transaction); rows queued since stay."""
     items = sorted(set(ids))
     if items:
-        await conn.execute("DELETE FROM session_queue WHERE queue_id = ANY(%s)", (items,))
+        await conn.execute("DELETE FROM session_queue WHERE queue_id = ANY(%b::bigint[])", (items,))
 
 
 async def queued_accounts(conn: Connection, *, tenant: str, account_id: str | None) -> list[str]:

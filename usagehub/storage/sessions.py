@@ -54,7 +54,7 @@ async def lock_accounts(conn: Connection, accounts: Iterable[str]) -> None:
     if names:
         await conn.execute(
             "SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtextextended('usagehub-account:' || a, 0) AS k "
-            "FROM unnest(%s::text[]) AS a ORDER BY a) AS s", (names,))
+            "FROM unnest(%b::text[]) AS a ORDER BY a) AS s", (names,))
 
 
 async def lock_devices(conn: Connection, devices: Iterable[str]) -> None:
