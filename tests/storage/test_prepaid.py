@@ -325,3 +325,13 @@ async def test_ledger_trigger_refusals_undo_their_update(service: PrepaidService
         assert await cur.fetchone() == (Decimal(0),)
         await conn.commit()
     assert await balance(pool, "p1") == (Decimal(0), Decimal(0), Decimal(0))
+
+
+async def test_batch_functions_keep_generic_plans(pool: AsyncConnectionPool) -> None:
+    """Migration 0032: the batch functions' statements are not re-planned per call (server CPU per batch)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT proname, proconfig FROM pg_proc WHERE proname LIKE 'prepaid_batch_%' "
+                                 "ORDER BY proname")
+        rows = await cur.fetchall()
+    assert rows == [("prepaid_batch_read", ["plan_cache_mode=force_generic_plan"]),
+                    ("prepaid_batch_write", ["plan_cache_mode=force_generic_plan"])]
