@@ -14,6 +14,7 @@ from pathlib import Path
 import aiomqtt
 
 from usagehub.adapters.base import AdapterSettings, Sink
+from usagehub.adapters.mqtt import fastpath
 from usagehub.adapters.mqtt.ack import ManualAck
 from usagehub.adapters.mqtt.adapter import MqttAdapter, _ack_when_stored
 from usagehub.adapters.sparkplug.config import SparkplugConfig
@@ -63,7 +64,7 @@ class SparkplugAdapter(MqttAdapter):
     async def _pump(self, client: aiomqtt.Client, acks: ManualAck, sink: Sink) -> None:
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            topic = message.topic.value
+            topic = fastpath.topic_of(message)  # the MQTT fast path hands a plain str
             verdict = await self._apply(client, topic, payload)
             if verdict is None:
                 if message.qos:
