@@ -106,10 +106,19 @@ class BusPublisher:
         await self._send(_Publish(where, encode(message), future))
         return future
 
-    async def flush(self) -> None:
-        """Wait until every publish so far has its PubAck (at shutdown, before the adapters close)."""
-        while self._unanswered:
-            await asyncio.gather(*list(self._unanswered), return_exceptions=True)
+    async def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until every publish so far has its PubAck (at shutdown, before the adapters close).
+
+        Bounded: what has no PubAck after ``timeout_s`` was never acknowledged to its device either,
+        so the device (or its broker) sends it again to the next start; a stop never hangs on it.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._unanswered:
+                    await asyncio.gather(*list(self._unanswered), return_exceptions=True)
+        except TimeoutError:
+            log.warning("%d publishes without a PubAck %.0f s into the stop: their devices were not "
+                        "acknowledged and send them again", len(self._unanswered), timeout_s)
         await self.close()
 
     async def close(self) -> None:

@@ -143,15 +143,22 @@ class WorkerPool:
                     self.restarts += 1
                     self.start(i)
 
-    async def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM every worker and wait: each commits and acks what it holds."""
+    async def stop(self, timeout_s: float = 12.0) -> None:
+        """SIGTERM every worker and wait: each commits and acks what it holds.
+
+        A worker still running after ``timeout_s`` (its own shutdown is bounded at about 15 s by its
+        timeouts, a quiet one takes well under a second) is killed: what it held unacknowledged is
+        delivered again by the stream, so a hub's clean stop stays bounded and loses nothing.
+        """
         live = [p for p in self.procs if p is not None and p.poll() is None]
         for proc in live:
             proc.terminate()
-        for proc in live:
+        for i, proc in enumerate(live):
             try:
                 await asyncio.to_thread(proc.wait, timeout_s)
             except subprocess.TimeoutExpired:
+                log.warning("%s %d still running %.0f s after SIGTERM: killed (the stream redelivers what it "
+                            "held)", self.command, i, timeout_s)
                 proc.kill()
 
 
