@@ -18,7 +18,7 @@ from paho.mqtt.properties import Properties
 
 from tests.conftest import Mosquitto
 from usagehub.adapters.base import AdapterSettings, Outcome, Receipt
-from usagehub.adapters.mqtt import fastpath
+from usagehub.adapters.mqtt import fastpath, lean
 from usagehub.adapters.mqtt.adapter import MqttAdapter
 from usagehub.adapters.mqtt.config import MqttConfig
 from usagehub.core.events import RawMessage
@@ -207,3 +207,13 @@ async def test_a_backlog_arrives_once_in_order_and_only_committed_messages_are_a
     again = _Sink()
     await _drain(mosquitto.port, client_id, protocol, again, 2, seconds=3)
     assert sorted(m.payload for m in again.got) == [b"13", b"777"]  # only the failed commits come back
+
+
+async def test_a_bounded_incoming_queue_keeps_pahos_reader(mosquitto: Mosquitto) -> None:
+    # aiomqtt drops (and logs) what overflows a bounded queue in its own callback; put_nowait would raise there
+    for bound, expected in ((0, True), (5, False)):
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier=f"fp-bound-{bound}-{uuid.uuid4().hex[:6]}",
+                                  max_queued_incoming_messages=bound) as client:
+            assert lean.buffer_reads(client)
+            assert fastpath.install(client) is expected
+            assert (client._client._packet_read.__name__ == "packet_read") is expected

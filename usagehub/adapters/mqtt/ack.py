@@ -1,8 +1,9 @@
 """Acknowledge QoS 1/2 messages only after their durable commit.
 
 aiomqtt acknowledges on receipt; paho (underneath) can be switched to manual
-acknowledgement. This is the one place that reaches into aiomqtt's private paho
-client; the adapter's tests run it against a real Mosquitto.
+acknowledgement. Acks reach into aiomqtt's private paho client here, as the lean
+reads (``lean.py``) and the PUBLISH fast path (``fastpath.py``) do on the receive
+side; the adapter's tests run all three against a real Mosquitto.
 """
 
 from __future__ import annotations

@@ -114,8 +114,8 @@ def install(client: aiomqtt.Client) -> bool:
     paho = client._client
     sock = paho._sock
     queue: asyncio.Queue[aiomqtt.Message] | None = getattr(client, "_queue", None)
-    if not lean.supported() or not isinstance(sock, lean.BufferedReads) or queue is None:
-        return False
+    if not lean.supported() or not isinstance(sock, lean.BufferedReads) or queue is None or queue.maxsize > 0:
+        return False  # a bounded queue: aiomqtt's own callback handles a full queue, put_nowait would raise
     reads: lean.BufferedReads = sock
     v5 = paho._protocol == paho_client.MQTTv5
     pahos_read = paho._packet_read
