@@ -45,6 +45,9 @@ PREPAID_ANSWER_SECONDS = Histogram("usagehub_prepaid_answer_seconds",
                                    registry=REGISTRY)
 BATCH_RETRIES = Counter("usagehub_batch_retries_total", "Batches retried after a storage failure",
                         registry=REGISTRY)
+EVENT_INSERT_FALLBACKS = Counter("usagehub_event_insert_fallbacks_total",
+                                 "Batches whose direct copy into events met a stored identity (staged insert instead)",
+                                 registry=REGISTRY)
 QUEUE_DEPTH = Gauge("usagehub_pipeline_queue_depth", "Messages waiting for a batch", registry=REGISTRY)
 DOOR_DROPPED = Counter("usagehub_door_dropped_total",
                        "Input dropped at a door before the pipeline (rate limits, slow clients, caps)",

@@ -37,9 +37,9 @@ from usagehub.storage.events import (
     EventKey,
     QuarantineItem,
     event_key,
-    insert_events,
     insert_quarantine,
 )
+from usagehub.storage.events_direct import DirectInserts
 from usagehub.storage.ingest_totals import add_totals, read_totals
 from usagehub.storage.partitions import Partitions
 from usagehub.storage.pool import Connection, mapped_errors
@@ -110,6 +110,7 @@ class Pipeline:
         self.totals = {"messages": 0, "accepted": 0, "duplicates": 0, "quarantined": 0, "batches": 0}
         self._in_counters: dict[str, Any] = {}
         self.identity = Entitlements(pool, profiles)
+        self.inserts = DirectInserts()
         self._totals_loaded = False
         metrics.COMMIT_WAIT.set_function(self.commit_wait_s)
         metrics.STALLED.set_function(lambda: float(self.stalled))
@@ -262,7 +263,7 @@ class Pipeline:
                 # No lock held by a reader or a billing system stalls ingest silently: give up and retry.
                 await conn.execute("SELECT set_config('lock_timeout', %s, true)",
                                    (f"{self.settings.lock_timeout_ms}ms",))
-                new_keys = await insert_events(conn, events)
+                new_keys = await self.inserts.insert(conn, events)
                 new_events = _first_claims(events, new_keys)
                 for hook in self.hooks:
                     await hook(conn, new_events)
@@ -270,6 +271,7 @@ class Pipeline:
                 await add_totals(conn, lane.totals_node, {
                     "messages": len(batch), "accepted": len(new_keys), "duplicates": len(events) - len(new_keys),
                     "quarantined": len(quarantine), "batches": 1})
+        self.inserts.committed(new_keys)
         lane.waiting_since = time.monotonic() if not lane.queue.empty() else None
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(batch))

@@ -1,0 +1,125 @@
+"""Events copied straight into ``events``: the same new identities as the staged insert, whoever stored first."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg_pool import AsyncConnectionPool
+
+from usagehub import metrics
+from usagehub.core.events import MeterKind, UsageEvent
+from usagehub.storage.events import EventKey, event_key, insert_events
+from usagehub.storage.events_direct import DirectInserts
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+DESCRIBED = ("SELECT device_id, meter, ts, event_id, value, unit, kind, profile_id, service, received_at, "
+             "reset_marker, text_value FROM events_described ORDER BY device_id, meter, ts, event_id")
+
+
+def _event(device: str, n: int, *, profile: str = "acme-em340", value: Decimal | None = None) -> UsageEvent:
+    return UsageEvent(device_id=device, event_id=str(n), meter="energy", ts=T0 + timedelta(minutes=15 * n),
+                      value=Decimal(n) / 8 if value is None else value, unit="kWh", kind=MeterKind.CUMULATIVE,
+                      profile_id=profile, service="electricity", received_at=T0 + timedelta(minutes=15 * n, seconds=2),
+                      reset_marker="boot-1" if n % 5 == 2 else None, text_value=None)
+
+
+def _fallbacks() -> float:
+    return metrics.EVENT_INSERT_FALLBACKS._value.get()
+
+
+async def _batch(pool: AsyncConnectionPool, inserts: DirectInserts, events: list[UsageEvent]) -> set[EventKey]:
+    async with pool.connection() as conn, conn.transaction():
+        new = await inserts.insert(conn, events)
+    inserts.committed(new)  # as the pipeline does, after the commit
+    return new
+
+
+async def _stored(pool: AsyncConnectionPool) -> list[tuple[object, ...]]:
+    async with pool.connection() as conn:
+        return await (await conn.execute(DESCRIBED)).fetchall()
+
+
+async def test_copies_within_a_batch_and_of_recent_batches_never_reach_the_database(pool: AsyncConnectionPool) -> None:
+    inserts = DirectInserts()
+    first = [_event("m1", n) for n in range(6)]
+    before = _fallbacks()
+    # the first claim of an identity wins, as in the staged insert: the later copy's value is not stored
+    assert await _batch(pool, inserts, [*first, replace(first[2], value=Decimal(99))]) == {event_key(e) for e in first}
+    later = [_event("m1", n) for n in range(6, 9)]
+    assert await _batch(pool, inserts, [first[0], *later, first[5]]) == {event_key(e) for e in later}
+    assert _fallbacks() == before  # both went straight in
+    stored = await _stored(pool)
+    assert [r[3] for r in stored] == [str(n) for n in range(9)]
+    assert stored[2][4] == Decimal(2) / 8
+    assert await _batch(pool, inserts, [first[1], later[0]]) == set()
+
+
+async def test_an_identity_stored_by_another_process_falls_back_to_the_staged_insert(pool: AsyncConnectionPool) -> None:
+    ours, theirs = DirectInserts(), DirectInserts()  # two processes: each knows only what it committed
+    stored_by_them = [_event("m2", n) for n in range(4)]
+    assert await _batch(pool, theirs, stored_by_them) == {event_key(e) for e in stored_by_them}
+    before = _fallbacks()
+    mixed = [stored_by_them[3], _event("m2", 4), _event("m3", 0)]
+    assert await _batch(pool, ours, mixed) == {event_key(mixed[1]), event_key(mixed[2])}
+    assert _fallbacks() == before + 1
+    assert len(await _stored(pool)) == 6
+    # a process that forgot (only the newest identities are kept) still stores nothing twice
+    small = DirectInserts(keep=2)
+    fresh = [_event("m4", n) for n in range(5)]
+    assert await _batch(pool, small, fresh[:3]) == {event_key(e) for e in fresh[:3]}
+    assert await _batch(pool, small, fresh[3:]) == {event_key(e) for e in fresh[3:]}  # the two kept now
+    assert await _batch(pool, small, [fresh[0], _event("m4", 5)]) == {event_key(_event("m4", 5))}
+    assert _fallbacks() == before + 2
+
+
+async def test_a_new_description_is_added_by_the_staged_insert_then_copied(pool: AsyncConnectionPool) -> None:
+    inserts = DirectInserts()
+    before = _fallbacks()
+    assert await _batch(pool, inserts, [_event("m5", 0, profile="brand-new")]) == {event_key(_event("m5", 0))}
+    assert await _batch(pool, inserts, [_event("m5", 1, profile="brand-new")]) == {event_key(_event("m5", 1))}
+    rows = await _stored(pool)
+    assert [(r[3], r[7]) for r in rows if r[0] == "m5"] == [("0", "brand-new"), ("1", "brand-new")]
+    assert _fallbacks() == before  # a missing description is not a conflict
+
+
+async def test_a_rolled_back_batch_is_not_remembered(pool: AsyncConnectionPool) -> None:
+    inserts = DirectInserts()
+    events = [_event("m6", n) for n in range(3)]
+    async with pool.connection() as conn, conn.transaction(force_rollback=True):
+        assert await inserts.insert(conn, events) == {event_key(e) for e in events}
+    assert await _batch(pool, inserts, events) == {event_key(e) for e in events}  # stored now, once
+    assert len([r for r in await _stored(pool) if r[0] == "m6"]) == 3
+
+
+batches = st.lists(st.lists(st.tuples(st.sampled_from(["d1", "d2"]), st.integers(0, 12)), max_size=12),
+                   min_size=1, max_size=6)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=batches, who=st.lists(st.booleans(), min_size=6, max_size=6), keep=st.sampled_from([1, 4, 100]))
+async def test_new_identities_are_what_the_staged_insert_finds(
+        pool: AsyncConnectionPool, batches: list[list[tuple[str, int]]], who: list[bool], keep: int) -> None:
+    # Two processes (or a process and the staged insert alone) write batches with copies inside and across
+    # batches; each batch's new identities are exactly those never stored before, and each is stored once.
+    run = f"r{uuid.uuid4().hex[:8]}-"
+    a, b = DirectInserts(keep=keep), DirectInserts(keep=keep)
+    seen: set[EventKey] = set()
+    for i, batch in enumerate(batches):
+        events = [_event(run + dev, n) for dev, n in batch]
+        expected = {event_key(e) for e in events} - seen
+        if i % 3 == 2:  # the staged insert alone, as before this module
+            async with pool.connection() as conn, conn.transaction():
+                got = await insert_events(conn, events)
+        else:
+            got = await _batch(pool, a if who[i] else b, events)
+        assert got == expected
+        seen |= expected
+    async with pool.connection() as conn:
+        rows = await (await conn.execute("SELECT device_id, meter, ts, event_id FROM events WHERE device_id LIKE %s",
+                                         (run + "%",))).fetchall()
+    assert sorted(rows) == sorted(seen)

@@ -1,0 +1,98 @@
+"""Events straight into ``events`` when none of them can be stored already, else the staged insert.
+
+The staged insert (``events.insert_events``) copies a batch into a temporary table and inserts what is
+new with ``ON CONFLICT DO NOTHING``: two statements over every event, so that a redelivery or a resend
+is found by the primary key. Most batches hold no event the database has: their duplicates are copies
+inside the batch or of a batch this process committed moments ago (a redelivery after a reconnect, a
+device repeating itself). So a pipeline keeps the identities it committed recently and the meta ids
+of ``event_meta``; a batch keeps the first claim of each identity (as the staged insert does), leaves
+out the identities it committed recently, and copies the rest into ``events`` directly, in a
+savepoint. An identity stored by anyone else (another process, a lane's batch committed meanwhile, an
+identity older than the ones kept) makes the copy fail on the primary key: the savepoint is rolled
+back and the batch takes the staged insert. The database stays the judge; what is kept here only
+saves it work.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+
+from psycopg import errors
+
+from usagehub import metrics
+from usagehub.core.events import UsageEvent
+from usagehub.storage.events import EventKey, insert_events
+from usagehub.storage.pool import Connection
+
+_COLUMNS = "device_id, meter, ts, event_id, value, meta_id, received_at, reset_marker, text_value"
+_TYPES = ("text", "text", "timestamptz", "text", "numeric", "int4", "timestamptz", "text", "text")
+Meta = tuple[str, str, str, str]  # unit, kind, profile id, service
+
+
+class DirectInserts:
+    """Inserts a pipeline's events, directly when it can (see the module docstring)."""
+
+    def __init__(self, keep: int = 65_536) -> None:
+        self.keep = keep
+        self._recent: OrderedDict[EventKey, None] = OrderedDict()
+        self._meta: dict[Meta, int] = {}
+
+    def committed(self, keys: Iterable[EventKey]) -> None:
+        """Remember identities whose batch committed (only then are they duplicates for sure)."""
+        recent = self._recent
+        for key in keys:
+            recent[key] = None
+        while len(recent) > self.keep:
+            recent.popitem(last=False)
+
+    async def insert(self, conn: Connection, events: Sequence[UsageEvent]) -> set[EventKey]:
+        """Insert the events not stored yet; return the identities that are new (as ``insert_events``)."""
+        fresh: list[UsageEvent] = []
+        claimed: set[EventKey] = set()
+        recent = self._recent
+        for e in events:
+            key = (e.device_id, e.meter, e.ts, e.event_id)
+            if key in claimed or key in recent:
+                continue
+            claimed.add(key)
+            fresh.append(e)
+        if not fresh:
+            return set()
+        meta = await self._meta_ids(conn, fresh)
+        if meta is not None:
+            try:
+                async with conn.transaction():  # a savepoint: a key stored already undoes only the copy
+                    await _copy(conn, fresh, meta)
+                return claimed
+            except errors.UniqueViolation:
+                metrics.EVENT_INSERT_FALLBACKS.inc()
+        return await insert_events(conn, events)
+
+    async def _meta_ids(self, conn: Connection, events: Sequence[UsageEvent]) -> list[int] | None:
+        """Each event's meta id, or None when a combination is not in ``event_meta`` yet (staged insert adds it)."""
+        known = self._meta
+        combos = {(e.unit, e.kind.value, e.profile_id, e.service) for e in events}
+        missing = [c for c in combos if c not in known]
+        if missing:
+            async with conn.cursor() as cur:
+                await cur.execute(
+                    "SELECT m.meta_id, m.unit, m.kind, m.profile_id, m.service FROM event_meta m "
+                    "JOIN unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS k(u, k, p, s) "
+                    "ON (m.unit, m.kind, m.profile_id, m.service) = (k.u, k.k, k.p, k.s)",
+                    [list(c) for c in zip(*missing, strict=True)])
+                for row in await cur.fetchall():
+                    known[(str(row[1]), str(row[2]), str(row[3]), str(row[4]))] = int(str(row[0]))
+            if any(c not in known for c in missing):
+                return None
+        return [known[(e.unit, e.kind.value, e.profile_id, e.service)] for e in events]
+
+
+async def _copy(conn: Connection, events: Sequence[UsageEvent], meta: Sequence[int]) -> None:
+    async with conn.cursor() as cur, cur.copy(f"COPY events ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(list(_TYPES))
+        write = copy.write_row
+        for e, meta_id in zip(events, meta, strict=True):
+            await write((e.device_id, e.meter, e.ts, e.event_id, e.value, meta_id, e.received_at, e.reset_marker,
+                         e.text_value))
+
