@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
+import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
@@ -187,3 +189,37 @@ async def test_batches_straddling_the_latest_reading_split_exactly_and_read_back
         got = await stored_neighbourhoods(conn, {("m1", "energy"): batch}, {("m1", "energy"): capped})
         # Nothing past the latest reading but its successor (which a real batch would have stored itself).
         assert [r.event_id for r in got[("m1", "energy")]] == ["24", "26", "27", "28", "29", "30"]
+
+
+async def test_offer_calls_back_once_each_only_after_its_batch_committed(pipeline: Pipeline,
+                                                                         pool: AsyncConnectionPool) -> None:
+    # The MQTT adapter's way in: no future per message; the callback is its PUBACK.
+    msgs = [reading("m2", i, 15 * i, 1000 + 10 * i) for i in range(6)]
+    junk = RawMessage(transport="mqtt", topic="meters/m2/reading", payload=b"\xff not json", received_at=NOW)
+    seen: list[tuple[int, int]] = []  # (message, m2's events visible to another connection at the callback)
+
+    def stored(i: int) -> None:
+        with psycopg.connect(pool.conninfo) as conn:  # another session sees only what is committed
+            row = conn.execute("SELECT count(*) FROM events WHERE device_id = 'm2'").fetchone()
+        assert row is not None
+        seen.append((i, int(row[0])))
+        if len(seen) == 8:
+            all_in.set()
+
+    all_in = asyncio.Event()
+    for i, m in enumerate([*msgs, msgs[1], junk]):  # six new, a duplicate, a quarantined message
+        await pipeline.offer(m, functools.partial(stored, i))
+    assert seen == []  # nothing committed yet: the pipeline has not run
+    task = asyncio.create_task(pipeline.run())
+    try:
+        async with asyncio.timeout(20):
+            await all_in.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await pipeline.drain()
+    assert sorted(seen) == [(i, 6) for i in range(8)]  # each once, after the commit of all six
+    async with pool.connection() as conn:
+        row = await (await conn.execute("SELECT count(*) FROM quarantine WHERE topic = 'meters/m2/reading'")
+                     ).fetchone()
+    assert row is not None and row[0] == 1

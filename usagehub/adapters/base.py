@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -54,6 +54,15 @@ class Sink(Protocol):
 
     async def submit(self, message: RawMessage) -> asyncio.Future[Receipt]:
         """Enqueue ``message`` (waits while the pipeline is full); the future resolves after commit."""
+        ...
+
+
+@runtime_checkable
+class OfferSink(Protocol):
+    """A sink that can also call back once a message is stored, for adapters that need no receipt."""
+
+    async def offer(self, message: RawMessage, stored: Callable[[], None] | None) -> None:
+        """Enqueue ``message``; ``stored`` is called after its commit (never if it did not commit)."""
         ...
 
 

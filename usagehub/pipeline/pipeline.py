@@ -2,8 +2,9 @@
 
 A batch is written in one transaction — new events (identity-checked), what
 later stages derive from them (batch hooks: usage, sessions, balances) and the
-quarantine rows — and only after COMMIT does each submitter's future resolve,
-which is when adapters acknowledge their senders.
+quarantine rows — and only after COMMIT does each submitter's future resolve
+(``submit``) or its callback run (``offer``, the MQTT adapter's PUBACK), which is
+when adapters acknowledge their senders.
 
 Messages are spread over ``commit_lanes`` lanes by sender (device, else topic; ``lane_key``), each
 with its own queue and one batch in flight, so one lane's Python work overlaps the
@@ -54,7 +55,8 @@ Listener = Callable[[Sequence[UsageEvent]], None]
 @dataclass(slots=True)
 class _Item:
     message: RawMessage
-    future: asyncio.Future[Receipt]
+    future: asyncio.Future[Receipt] | None  # submit(): resolved with the receipt after commit
+    stored: Callable[[], None] | None = None  # offer(): called after commit instead (no receipt built)
     events: list[UsageEvent] = field(default_factory=list)
     quarantine: QuarantineItem | None = None
 
@@ -128,6 +130,19 @@ class Pipeline:
     async def submit(self, message: RawMessage) -> asyncio.Future[Receipt]:
         """Enqueue ``message``; the future resolves with its receipt after the batch commits."""
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        await self._enqueue(_Item(message, future))
+        return future
+
+    async def offer(self, message: RawMessage, stored: Callable[[], None] | None) -> None:
+        """Enqueue ``message``; ``stored`` is called once its batch has committed (never if it did not).
+
+        For adapters that only need to know when to acknowledge (MQTT): no future, no receipt and no
+        loop callback per message; ``stored`` runs inside the pipeline right after the commit.
+        """
+        await self._enqueue(_Item(message, None, stored))
+
+    async def _enqueue(self, item: _Item) -> None:
+        message = item.message
         lanes = self._lanes
         if len(lanes) == 1 or (key := self.identity.lane_key(message)) is None:
             lane = lanes[0]
@@ -135,12 +150,11 @@ class Pipeline:
             lane = lanes[lane_index(key, len(lanes))]
         if lane.waiting_since is None:
             lane.waiting_since = time.monotonic()
-        await lane.queue.put(_Item(message, future))
+        await lane.queue.put(item)
         counter = self._in_counters.get(message.transport)
         if counter is None:
             counter = self._in_counters[message.transport] = metrics.MESSAGES_IN.labels(message.transport)
         counter.inc()
-        return future
 
     async def run(self) -> None:
         """Commit batches until cancelled; on cancel, the batch in hand is finished first."""
@@ -285,25 +299,29 @@ class Pipeline:
         q_iter = iter(q_ids)
         accepted = duplicates = quarantined = 0
         for item in batch:
+            future = item.future
             if item.quarantine is not None:
-                receipt = Receipt(outcome=Outcome.QUARANTINED, reason=item.quarantine.reason,
-                                  quarantine_id=next(q_iter), device_id=item.quarantine.device_id)
+                q_id = next(q_iter)
                 metrics.QUARANTINED.labels(item.quarantine.reason).inc()
                 quarantined += 1
+                if future is not None and not future.done():
+                    future.set_result(Receipt(outcome=Outcome.QUARANTINED, reason=item.quarantine.reason,
+                                              quarantine_id=q_id, device_id=item.quarantine.device_id))
             else:
                 fresh = 0
                 for e in item.events:  # the first claim of a new key is the new one; later copies are dups
-                    key = event_key(e)
+                    key = (e.device_id, e.meter, e.ts, e.event_id)
                     if key in new_keys:
                         new_keys.discard(key)
                         fresh += 1
                 dup = len(item.events) - fresh
-                receipt = Receipt(outcome=Outcome.ACCEPTED if fresh else Outcome.DUPLICATE,
-                                  accepted=fresh, duplicates=dup, device_id=item.events[0].device_id)
                 accepted += fresh
                 duplicates += dup
-            if not item.future.done():
-                item.future.set_result(receipt)
+                if future is not None and not future.done():
+                    future.set_result(Receipt(outcome=Outcome.ACCEPTED if fresh else Outcome.DUPLICATE,
+                                              accepted=fresh, duplicates=dup, device_id=item.events[0].device_id))
+            if item.stored is not None:
+                item.stored()
         metrics.EVENTS_ACCEPTED.inc(accepted)
         metrics.EVENTS_DUPLICATE.inc(duplicates)
         totals = self.totals

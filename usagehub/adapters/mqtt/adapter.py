@@ -15,7 +15,7 @@ from paho.mqtt import client as paho_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from usagehub.adapters.base import AdapterSettings, Receipt, Sink
+from usagehub.adapters.base import AdapterSettings, OfferSink, Receipt, Sink
 from usagehub.adapters.link import Link
 from usagehub.adapters.mqtt import fastpath, lean
 from usagehub.adapters.mqtt.ack import ManualAck
@@ -113,6 +113,7 @@ class MqttAdapter:
                 await asyncio.gather(pump, return_exceptions=True)
 
     async def _pump(self, client: aiomqtt.Client, acks: ManualAck, sink: Sink) -> None:
+        offer = sink.offer if isinstance(sink, OfferSink) else None
         async for message in lean.messages(client):
             if not self.link.is_up:
                 # A resumed session delivers its backlog before the SUBACK: its subscriptions exist already.
@@ -123,11 +124,15 @@ class MqttAdapter:
                 payload=payload if isinstance(payload, bytes) else str(payload).encode(),
                 received_at=datetime.now(UTC),
             )
-            future = await sink.submit(raw)
-            if message.qos:
-                future.add_done_callback(functools.partial(_ack_when_stored, acks, message))
+            if offer is not None:  # the pipeline: acked right after the commit, no future per message
+                await offer(raw, functools.partial(acks.ack, message) if message.qos else None)
+            else:
+                future = await sink.submit(raw)
+                if message.qos:
+                    future.add_done_callback(functools.partial(_ack_when_stored, acks, message))
+                del future
             # While the loop waits for the next message, the last one (maybe many MB) must not stay alive here.
-            del message, payload, raw, future
+            del message, payload, raw
 
 
 def _ack_when_stored(acks: ManualAck, message: aiomqtt.Message | fastpath.Received,
