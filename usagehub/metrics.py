@@ -19,6 +19,9 @@ ADAPTER_OUTAGES = Counter("usagehub_adapter_outages_total", "Connection losses (
                           ["adapter"], registry=REGISTRY)
 ADAPTER_RECOVERIES = Counter("usagehub_adapter_recoveries_total", "Connections restored after an outage",
                              ["adapter"], registry=REGISTRY)
+ADAPTER_READ_PAUSES = Counter("usagehub_adapter_read_pauses_total",
+                              "Times an adapter stopped reading its connection while received messages waited",
+                              ["adapter"], registry=REGISTRY)
 COMMIT_WAIT = Gauge("usagehub_pipeline_commit_wait_seconds",
                     "Seconds messages have waited with no commit (0 when nothing waits)", registry=REGISTRY)
 STALLED = Gauge("usagehub_pipeline_stalled", "1 while messages wait longer than the stall threshold",

@@ -19,6 +19,7 @@ from usagehub.adapters.base import AdapterSettings, OfferSink, Receipt, Sink
 from usagehub.adapters.link import Link
 from usagehub.adapters.mqtt import fastpath, lean
 from usagehub.adapters.mqtt.ack import ManualAck
+from usagehub.adapters.mqtt.backpressure import ReadPause
 from usagehub.adapters.mqtt.config import MqttConfig
 from usagehub.core.events import RawMessage
 
@@ -95,11 +96,15 @@ class MqttAdapter:
     async def _session(self, client: aiomqtt.Client, acks: ManualAck, sink: Sink) -> None:
         async with client:
             self.client = client
+            pause = None
             if lean.buffer_reads(client):  # one recv serves many PUBLISH packets
-                fastpath.install(client)  # ... parsed in one pass, not one by one through paho and aiomqtt
+                pause = ReadPause(client, high_messages=self.config.read_ahead_messages,
+                                  high_bytes=self.config.read_ahead_mb << 20)  # bounded memory when behind
+                if not fastpath.install(client, pause):  # ... parsed in one pass, not one by one through paho
+                    pause = None
             # A resumed session may deliver a large backlog before the SUBACK:
             # consume it while subscribing, or the SUBACK waits behind it forever.
-            pump = asyncio.create_task(self._pump(client, acks, sink), name="mqtt-pump")
+            pump = asyncio.create_task(self._pump(client, acks, sink, pause), name="mqtt-pump")
             try:
                 await client.subscribe([(t, self.config.qos) for t in self.topics],
                                        timeout=self.config.subscribe_timeout_s)
@@ -112,9 +117,12 @@ class MqttAdapter:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
 
-    async def _pump(self, client: aiomqtt.Client, acks: ManualAck, sink: Sink) -> None:
+    async def _pump(self, client: aiomqtt.Client, acks: ManualAck, sink: Sink,
+                    pause: ReadPause | None = None) -> None:
         offer = sink.offer if isinstance(sink, OfferSink) else None
         async for message in lean.messages(client):
+            if pause is not None:
+                pause.taken(len(message.payload) + 8)
             if not self.link.is_up:
                 # A resumed session delivers its backlog before the SUBACK: its subscriptions exist already.
                 self.link.connected(f"{self.config.host}:{self.config.port}, session resumed")

@@ -20,6 +20,10 @@ class MqttConfig(BaseModel):
     reconnect_max_s: float = Field(30.0, gt=0)
     subscribe_timeout_s: float = Field(120.0, gt=0)
     protocol: str = Field("5", pattern="^(3.1.1|5)$")
+    # Received messages that may wait in memory before the adapter stops reading (backpressure.py); the
+    # rest stays with the broker, unacknowledged. Reading resumes below half of both.
+    read_ahead_messages: int = Field(20_000, ge=100)
+    read_ahead_mb: int = Field(64, ge=1)
 
     @field_validator("url")
     @classmethod

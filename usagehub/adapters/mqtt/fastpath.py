@@ -31,6 +31,7 @@ from paho.mqtt import client as paho_client
 from paho.mqtt.enums import MQTTErrorCode
 
 from usagehub.adapters.mqtt import lean
+from usagehub.adapters.mqtt.backpressure import ReadPause
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,11 @@ def take_publishes(buf: bytearray, v5: bool, put: Callable[[Received], None]) ->
     return pos
 
 
-def install(client: aiomqtt.Client) -> bool:
-    """Give a connected client (plain TCP, buffered reads) the fast PUBLISH reader; False, unchanged, otherwise."""
+def install(client: aiomqtt.Client, pause: ReadPause | None = None) -> bool:
+    """Give a connected client (plain TCP, buffered reads) the fast PUBLISH reader; False, unchanged, otherwise.
+
+    With ``pause``, each read pass tells it what it queued (it stops reading while too much waits).
+    """
     paho = client._client
     sock = paho._sock
     queue: asyncio.Queue[aiomqtt.Message] | None = getattr(client, "_queue", None)
@@ -130,6 +134,8 @@ def install(client: aiomqtt.Client) -> bool:
         if not taken:
             return pahos_read()
         reads.consume(taken)
+        if pause is not None:
+            pause.read(taken)
         with paho._msgtime_mutex:
             paho._last_bytes_received = paho_client.time_func()
         return MQTTErrorCode.MQTT_ERR_SUCCESS

@@ -117,16 +117,20 @@ class BufferedReads:
     each (three or more system calls per packet, the largest cost of a small
     request/response exchange on this machine). ``pending()`` is the hook aiomqtt's
     reader already calls for TLS sockets: it keeps reading while buffered bytes remain.
+    ``held`` (``backpressure.ReadPause``) makes it read as if nothing waited, buffered bytes included.
     """
 
-    __slots__ = ("_buf", "_sock")
+    __slots__ = ("_buf", "_sock", "held")
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
         self._buf = bytearray()
+        self.held = False
 
     def recv(self, size: int) -> bytes:
         """Up to ``size`` bytes, from the buffer or one large read (BlockingIOError when none wait)."""
+        if self.held:
+            raise BlockingIOError
         buf = self._buf
         if not buf:
             data = self._sock.recv(max(size, 65536))
@@ -138,8 +142,8 @@ class BufferedReads:
         return out
 
     def pending(self) -> int:
-        """Bytes read from the socket and not yet handed to paho."""
-        return len(self._buf)
+        """Bytes read from the socket and not yet handed to paho (0 while held)."""
+        return 0 if self.held else len(self._buf)
 
     @property
     def buffer(self) -> bytearray:
@@ -147,7 +151,9 @@ class BufferedReads:
         return self._buf
 
     def fill(self) -> bool:
-        """One large read into the buffer; False if none came (nothing waiting, closed, or failed)."""
+        """One large read into the buffer; False if none came (nothing waiting, closed, failed, or held)."""
+        if self.held:
+            return False
         try:
             data = self._sock.recv(65536)
         except OSError:

@@ -17,6 +17,7 @@ from usagehub.adapters.base import AdapterSettings, Sink
 from usagehub.adapters.mqtt import fastpath
 from usagehub.adapters.mqtt.ack import ManualAck
 from usagehub.adapters.mqtt.adapter import MqttAdapter, _ack_when_stored
+from usagehub.adapters.mqtt.backpressure import ReadPause
 from usagehub.adapters.sparkplug.config import SparkplugConfig
 from usagehub.core.codecs.sparkplug_session import NAMESPACE, SparkplugSessions, Verdict, parse_topic, rebirth_command
 from usagehub.core.events import RawMessage
@@ -61,9 +62,12 @@ class SparkplugAdapter(MqttAdapter):
             self.save_state()
         await super().__aexit__(None, None, None)
 
-    async def _pump(self, client: aiomqtt.Client, acks: ManualAck, sink: Sink) -> None:
+    async def _pump(self, client: aiomqtt.Client, acks: ManualAck, sink: Sink,
+                    pause: ReadPause | None = None) -> None:
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            if pause is not None:  # the MQTT adapter's read-ahead bound (adapters/mqtt/backpressure.py)
+                pause.taken(len(payload) + 8)
             topic = fastpath.topic_of(message)  # the MQTT fast path hands a plain str
             verdict = await self._apply(client, topic, payload)
             if verdict is None:
