@@ -107,23 +107,41 @@ class _Open:
     resume: Resume
     count: int = 0
     devices: set[str] = field(default_factory=set)
-    samples: dict[str, list[Sample]] = field(default_factory=dict)
+    samples: dict[str, list[Point]] = field(default_factory=dict)  # points fed, per product (see samples_of)
     aggregations: dict[str, Aggregation] = field(default_factory=dict)
     seconds: dict[str, Decimal] = field(default_factory=dict)
     base: dict[str, Partial] = field(default_factory=dict)   # partials carried in by continue_open
     last_key: SortKey | None = None
+    last_point: Point | None = None  # the last point fed: its sort key is the walk's last key (computed when read)
+
+    def key(self) -> SortKey | None:
+        """The sort key of the last point fed (else the key the session was restored with)."""
+        return self.last_key if self.last_point is None else sort_key(self.last_point)
 
     def partials(self) -> dict[str, Partial]:
         """Each product's partial so far (carried-in base merged with the samples fed since)."""
         out = {}
         for product, agg in self.aggregations.items():
-            part = Partial.of(agg, self.samples.get(product, ()), self.seconds.get(product, Decimal(0)))
+            part = Partial.of(agg, samples_of(self.samples.get(product, ())), self.seconds.get(product, Decimal(0)))
             out[product] = self.base[product].merge(part) if product in self.base else part
         return out
 
     def add_seconds(self, product: str, seconds: Decimal, aggregation: Aggregation) -> None:
         self.aggregations.setdefault(product, aggregation)
         self.seconds[product] = self.seconds.get(product, Decimal(0)) + seconds
+
+
+def samples_of(points: Sequence[Point]) -> list[Sample]:
+    """The samples of points fed to a session, as ``Partial.of`` takes them.
+
+    Only a ``last`` compares ties, and only between samples at the latest instant: the others get none (the
+    tie's ISO time was a tenth of the walk's cost per point), which gives the same partial.
+    """
+    if not points:
+        return []
+    latest = max(p.end for p in points)
+    return [Sample(at=p.end, value=p.value, label=p.label,
+                   tie=f"{p.start.isoformat()}|{p.device_id}|{p.tie}" if p.end == latest else "") for p in points]
 
 
 class _Machine:
@@ -165,11 +183,9 @@ class _Machine:
         cur = self.cur
         assert cur is not None
         cur.aggregations.setdefault(point.product, point.aggregation)
-        cur.samples.setdefault(point.product, []).append(
-            Sample(at=point.end, value=point.value, label=point.label,
-                   tie=f"{point.start.isoformat()}|{point.device_id}|{point.tie}"))
+        cur.samples.setdefault(point.product, []).append(point)
         cur.devices.add(point.device_id)
-        cur.last_key = sort_key(point)
+        cur.last_point = point
         if activity:
             cur.count += 1
             # Allocation splits spans at period boundaries; clamp anyway so a session never leaves its period.
@@ -237,7 +253,7 @@ class _Machine:
 
     def snapshot(self, cur: _Open) -> Carry:
         """The walk state after the last point fed (before any provisional settling)."""
-        return Carry(last_key=cur.last_key or cur.resume.key, last=cur.last, base=cur.partials(),
+        return Carry(last_key=cur.key() or cur.resume.key, last=cur.last, base=cur.partials(),
                      active=tuple(sorted((d, p, since, agg) for (d, p), (since, agg) in self.active.items())))
 
     def finish(self, as_of: datetime) -> None:

@@ -17,7 +17,7 @@ from usagehub.storage.pool import Connection
 from usagehub.storage.sessions import (
     POINT_COLUMNS,
     Pair,
-    insert_sessions,
+    insert_session_rows,
     key_json,
     key_of,
     partial_json,
@@ -25,8 +25,8 @@ from usagehub.storage.sessions import (
     point_of,
     resume_json,
     resume_of,
-    session_id,
     session_id_of,
+    session_row,
     utc,
 )
 
@@ -151,7 +151,8 @@ async def save_walks(conn: Connection, outcomes: Sequence[tuple[Group, Outcome]]
             "piece = excluded.piece, created = excluded.created, points = excluded.points",
             [list(c) for c in zip(*marks, strict=True)])
     sessions = [s for _, out in outcomes for s in out.sessions]
-    ids = [session_id_of(a, sv, r) for (a, sv), out in outcomes for r in out.stale] + [session_id(s) for s in sessions]
+    rows = [session_row(s) for s in sessions]
+    ids = [session_id_of(a, sv, r) for (a, sv), out in outcomes for r in out.stale] + [r[0] for r in rows]
     touched: set[Pair] = {(s.account_id, s.period) for s in sessions}
     removed: list[Removed] = []
     if ids:
@@ -160,7 +161,7 @@ async def save_walks(conn: Connection, outcomes: Sequence[tuple[Group, Outcome]]
             "period_label, partials::text", (ids,))
         removed = [removed_of(r) for r in await cur.fetchall()]
         touched |= {pair for pair, _ in removed}
-    await insert_sessions(conn, sessions)
+    await insert_session_rows(conn, rows)
     await note_changes(conn, removed, sessions)
     return touched
 
