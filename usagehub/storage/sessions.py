@@ -161,12 +161,17 @@ def session_of(row: Sequence[Any]) -> Session:
                    carry=None if carry is None else carry_of(carry))
 
 
+def text_array(items: Iterable[str]) -> str:
+    """A PostgreSQL array literal of ``items`` (each quoted): a ragged text[] column through one unnest."""
+    return "{" + ",".join('"' + x.replace("\\", "\\\\").replace('"', '\\"') + '"' for x in items) + "}"
+
+
 def session_row(s: Session) -> tuple[Any, ...]:
     """A session as the row ``insert_session_rows`` stores; its id first (the resume serialised once)."""
     resume = resume_json(s.resume)
     return (_hashed_id(s.account_id, s.service, resume), s.account_id, s.service, s.period.start, s.period.end,
             s.period.label, s.start, s.end, s.closed_reason.value if s.closed_reason else None, s.activity_count,
-            orjson.dumps(sorted(s.devices)).decode(),
+            text_array(sorted(s.devices)),
             orjson.dumps({k: partial_json(v) for k, v in s.partials.items()}).decode(),
             orjson.dumps(resume).decode(), s.resume.key[0], s.expires_at,
             None if s.carry is None else orjson.dumps(carry_json(s.carry)).decode())
@@ -212,7 +217,7 @@ async def insert_session_rows(conn: Connection, rows: Sequence[tuple[Any, ...]])
     cols = [list(c) for c in zip(*rows, strict=True)]
     await conn.execute(
         f"INSERT INTO sessions ({_SESSION_COLUMNS}) SELECT i, a, sv, ps, pe, pl, st, en, r, n, "
-        "ARRAY(SELECT jsonb_array_elements_text(d::jsonb)), p::jsonb, rs::jsonb, rt, x, c::jsonb "
+        "d::text[], p::jsonb, rs::jsonb, rt, x, c::jsonb "
         "FROM unnest(%b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[], "
         "%b::timestamptz[], %b::timestamptz[], %b::text[], %b::int[], %b::text[], %b::text[], %b::text[], "
         "%b::timestamptz[], %b::timestamptz[], %b::text[]) "
