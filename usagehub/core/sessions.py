@@ -122,7 +122,7 @@ class _Open:
         """Each product's partial so far (carried-in base merged with the samples fed since)."""
         out = {}
         for product, agg in self.aggregations.items():
-            part = Partial.of(agg, samples_of(self.samples.get(product, ())), self.seconds.get(product, Decimal(0)))
+            part = partial_of_points(agg, self.samples.get(product, ()), self.seconds.get(product, Decimal(0)))
             out[product] = self.base[product].merge(part) if product in self.base else part
         return out
 
@@ -141,7 +141,26 @@ def samples_of(points: Sequence[Point]) -> list[Sample]:
         return []
     latest = max(p.end for p in points)
     return [Sample(at=p.end, value=p.value, label=p.label,
-                   tie=f"{p.start.isoformat()}|{p.device_id}|{p.tie}" if p.end == latest else "") for p in points]
+                   tie=_tie(p) if p.end == latest else "") for p in points]
+
+
+def _tie(p: Point) -> str:
+    return f"{p.start.isoformat()}|{p.device_id}|{p.tie}"
+
+
+def partial_of_points(aggregation: Aggregation, points: Sequence[Point], seconds: Decimal = Decimal(0)) -> Partial:
+    """``Partial.of`` over the samples of points fed to a session, without building the samples.
+
+    A unique count (its labels) goes through ``Partial.of``; the others need values, and for the last one
+    the tie of the points at the latest instant only.
+    """
+    if not points or aggregation is Aggregation.UNIQUE_COUNT:
+        return Partial.of(aggregation, samples_of(points), seconds)
+    values = [p.value for p in points]
+    latest = max(p.end for p in points)
+    final = max((_tie(p), p.value) for p in points if p.end == latest)
+    return Partial(aggregation=aggregation, count=len(values), total=sum(values, Decimal(0)), minimum=min(values),
+                   maximum=max(values), last=final[1], last_key=(latest, final[0], final[1]), seconds=seconds)
 
 
 class _Machine:
