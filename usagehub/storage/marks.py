@@ -30,7 +30,8 @@ from usagehub.storage.sessions import (
     utc,
 )
 
-_MARK_COLUMNS = "seg_start, entry::text, piece::text, created::text, points"  # parsed by orjson
+_MARK_COLUMNS = "seg_start, entry, piece, created, points"  # JSON text (migration 0034), parsed by orjson
+_SORTED = orjson.OPT_SORT_KEYS  # a mark's text is a function of its value (jsonb ordered keys before 0034)
 
 
 def acc_json(acc: Acc) -> dict[str, Any]:
@@ -138,14 +139,14 @@ async def save_walks(conn: Connection, outcomes: Sequence[tuple[Group, Outcome]]
             "DELETE FROM session_marks m USING unnest(%b::text[], %b::text[], %b::timestamptz[]) AS d(a, s, t) "
             "WHERE m.account_id = d.a AND m.service = d.s AND m.seg_start = d.t",
             [list(c) for c in zip(*dropped, strict=True)])
-    marks = [(a, s, m.start, orjson.dumps(entry_json(m.entry)).decode(),
-              None if m.piece is None else orjson.dumps(acc_json(m.piece)).decode(),
-              orjson.dumps([resume_json(r) for r in m.created]).decode(), m.points)
+    marks = [(a, s, m.start, orjson.dumps(entry_json(m.entry), option=_SORTED).decode(),
+              None if m.piece is None else orjson.dumps(acc_json(m.piece), option=_SORTED).decode(),
+              orjson.dumps([resume_json(r) for r in m.created], option=_SORTED).decode(), m.points)
              for (a, s), out in outcomes for m in out.marks]
     if marks:
         await conn.execute(
             "INSERT INTO session_marks (account_id, service, seg_start, entry, piece, created, points) "
-            "SELECT a, s, t, e::jsonb, p::jsonb, c::jsonb, n FROM unnest(%b::text[], %b::text[], %b::timestamptz[], "
+            "SELECT a, s, t, e, p, c, n FROM unnest(%b::text[], %b::text[], %b::timestamptz[], "
             "%b::text[], %b::text[], %b::text[], %b::int[]) AS u(a, s, t, e, p, c, n) "
             "ON CONFLICT (account_id, service, seg_start) DO UPDATE SET entry = excluded.entry, "
             "piece = excluded.piece, created = excluded.created, points = excluded.points",
