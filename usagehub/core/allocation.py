@@ -128,19 +128,23 @@ def net_points(points: Iterable[Point]) -> list[Point]:
     The result depends only on the set of deltas of the true series, never on
     arrival order, which is what makes sessions deterministic.
     """
-    sums: defaultdict[tuple[object, ...], Decimal] = defaultdict(Decimal)
     first: dict[tuple[object, ...], Point] = {}
+    sums: dict[tuple[object, ...], Decimal] = {}  # only spans met more than once (most are met once)
     others: dict[Point, None] = {}   # gauge/state points are events: a duplicate counts once
+    usage = PointKind.USAGE
     for point in points:
-        if point.kind is not PointKind.USAGE:
+        if point.kind is not usage:
             others[point] = None
             continue
         key = (point.account_id, point.service, point.device_id, point.product, point.start,
                point.end, point.label, point.aggregation)
-        sums[key] += point.value
-        first.setdefault(key, point)
-    return [*others, *(first[k] if first[k].value == total else replace(first[k], value=total)
-                       for k, total in sums.items())]
+        seen = first.get(key)
+        if seen is None:
+            first[key] = point
+        else:  # the same span again (a retraction, a re-add; the same object twice counts twice too)
+            sums[key] = sums.get(key, seen.value) + point.value
+    return [*others, *(p if (total := sums.get(k)) is None or p.value == total else replace(p, value=total)
+                       for k, p in first.items())]
 
 
 def by_account(points: Iterable[Point]) -> dict[tuple[str | None, str], list[Point]]:

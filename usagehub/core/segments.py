@@ -30,7 +30,7 @@ from usagehub.core.aggregation import Partial
 from usagehub.core.allocation import Point, net_points
 from usagehub.core.events import Aggregation
 from usagehub.core.periods import Period, ensure_aware
-from usagehub.core.sessions import Machine, Open, Resume, Session, SessionRules, SortKey, sort_key
+from usagehub.core.sessions import Machine, Open, Resume, Session, SessionRules, SortKey, partial_of_points, sort_key
 
 SEGMENT = timedelta(hours=3)
 # A segment holding more points than this is cut into chunks, each with its own mark (at the instant of its
@@ -138,7 +138,8 @@ class _SegmentMachine(Machine):
         if cur is None:
             return Entry(active=active), None
         fed = cur.samples.keys() | cur.seconds.keys()  # a piece holds only what this segment fed
-        piece_partials = {product: Partial.of(agg, cur.samples.get(product, ()), cur.seconds.get(product, Decimal(0)))
+        piece_partials = {product: partial_of_points(agg, cur.samples.get(product, ()),
+                                                     cur.seconds.get(product, Decimal(0)))
                           for product, agg in cur.aggregations.items() if product in fed}
         piece = None
         if cur.resume == self.entry_resume:
@@ -148,7 +149,7 @@ class _SegmentMachine(Machine):
                                    for p, part in piece_partials.items()}}
         cur.samples, cur.seconds = {}, {}
         shape = OpenShape(period=cur.period, start=cur.start, last=cur.last, resume=cur.resume,
-                          last_key=cur.last_key)
+                          last_key=cur.key())
         return Entry(open=shape, active=active,
                      prefix=Acc(count=cur.count, devices=frozenset(cur.devices), partials=dict(cur.base))), piece
 

@@ -107,23 +107,60 @@ class _Open:
     resume: Resume
     count: int = 0
     devices: set[str] = field(default_factory=set)
-    samples: dict[str, list[Sample]] = field(default_factory=dict)
+    samples: dict[str, list[Point]] = field(default_factory=dict)  # points fed, per product (see samples_of)
     aggregations: dict[str, Aggregation] = field(default_factory=dict)
     seconds: dict[str, Decimal] = field(default_factory=dict)
     base: dict[str, Partial] = field(default_factory=dict)   # partials carried in by continue_open
     last_key: SortKey | None = None
+    last_point: Point | None = None  # the last point fed: its sort key is the walk's last key (computed when read)
+
+    def key(self) -> SortKey | None:
+        """The sort key of the last point fed (else the key the session was restored with)."""
+        return self.last_key if self.last_point is None else sort_key(self.last_point)
 
     def partials(self) -> dict[str, Partial]:
         """Each product's partial so far (carried-in base merged with the samples fed since)."""
         out = {}
         for product, agg in self.aggregations.items():
-            part = Partial.of(agg, self.samples.get(product, ()), self.seconds.get(product, Decimal(0)))
+            part = partial_of_points(agg, self.samples.get(product, ()), self.seconds.get(product, Decimal(0)))
             out[product] = self.base[product].merge(part) if product in self.base else part
         return out
 
     def add_seconds(self, product: str, seconds: Decimal, aggregation: Aggregation) -> None:
         self.aggregations.setdefault(product, aggregation)
         self.seconds[product] = self.seconds.get(product, Decimal(0)) + seconds
+
+
+def samples_of(points: Sequence[Point]) -> list[Sample]:
+    """The samples of points fed to a session, as ``Partial.of`` takes them.
+
+    Only a ``last`` compares ties, and only between samples at the latest instant: the others get none (the
+    tie's ISO time was a tenth of the walk's cost per point), which gives the same partial.
+    """
+    if not points:
+        return []
+    latest = max(p.end for p in points)
+    return [Sample(at=p.end, value=p.value, label=p.label,
+                   tie=_tie(p) if p.end == latest else "") for p in points]
+
+
+def _tie(p: Point) -> str:
+    return f"{p.start.isoformat()}|{p.device_id}|{p.tie}"
+
+
+def partial_of_points(aggregation: Aggregation, points: Sequence[Point], seconds: Decimal = Decimal(0)) -> Partial:
+    """``Partial.of`` over the samples of points fed to a session, without building the samples.
+
+    A unique count (its labels) goes through ``Partial.of``; the others need values, and for the last one
+    the tie of the points at the latest instant only.
+    """
+    if not points or aggregation is Aggregation.UNIQUE_COUNT:
+        return Partial.of(aggregation, samples_of(points), seconds)
+    values = [p.value for p in points]
+    latest = max(p.end for p in points)
+    final = max((_tie(p), p.value) for p in points if p.end == latest)
+    return Partial(aggregation=aggregation, count=len(values), total=sum(values, Decimal(0)), minimum=min(values),
+                   maximum=max(values), last=final[1], last_key=(latest, final[0], final[1]), seconds=seconds)
 
 
 class _Machine:
@@ -165,11 +202,9 @@ class _Machine:
         cur = self.cur
         assert cur is not None
         cur.aggregations.setdefault(point.product, point.aggregation)
-        cur.samples.setdefault(point.product, []).append(
-            Sample(at=point.end, value=point.value, label=point.label,
-                   tie=f"{point.start.isoformat()}|{point.device_id}|{point.tie}"))
+        cur.samples.setdefault(point.product, []).append(point)
         cur.devices.add(point.device_id)
-        cur.last_key = sort_key(point)
+        cur.last_point = point
         if activity:
             cur.count += 1
             # Allocation splits spans at period boundaries; clamp anyway so a session never leaves its period.
@@ -237,7 +272,7 @@ class _Machine:
 
     def snapshot(self, cur: _Open) -> Carry:
         """The walk state after the last point fed (before any provisional settling)."""
-        return Carry(last_key=cur.last_key or cur.resume.key, last=cur.last, base=cur.partials(),
+        return Carry(last_key=cur.key() or cur.resume.key, last=cur.last, base=cur.partials(),
                      active=tuple(sorted((d, p, since, agg) for (d, p), (since, agg) in self.active.items())))
 
     def finish(self, as_of: datetime) -> None:

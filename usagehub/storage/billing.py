@@ -61,8 +61,10 @@ async def write_records(conn: Connection, records: Sequence[BillingRecord], run_
     cols = list(zip(*[(r.record_id, r.account_id, r.period.start, r.period.end, r.period.label, r.product,
                        r.quantity, r.unit, r.status.value, r.kind.value, r.adjusts, r.version) for r in records],
                     strict=True))
+    # One statement: the versions are those of the rows the upsert wrote (its RETURNING), so a record changed
+    # concurrently (its version already there) writes no version either, and the count says so.
     cur = await conn.execute(
-        f"INSERT INTO billing_records ({RECORD_COLUMNS}, billing_run, billed_at) "
+        f"WITH w AS (INSERT INTO billing_records ({RECORD_COLUMNS}, billing_run, billed_at) "
         "SELECT *, %b::bigint, CASE WHEN s = 'billed' THEN now() END FROM unnest(%b::text[], %b::text[], "
         "%b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[], %b::numeric[], %b::text[], %b::text[], "
         "%b::text[], %b::text[], %b::int[]) AS u(i, a, ps, pe, pl, p, q, un, s, k, adj, v) "
@@ -70,15 +72,11 @@ async def write_records(conn: Connection, records: Sequence[BillingRecord], run_
         "version = EXCLUDED.version, updated_at = now(), "
         "billing_run = coalesce(EXCLUDED.billing_run, billing_records.billing_run), "
         "billed_at = coalesce(billing_records.billed_at, EXCLUDED.billed_at) "
-        "WHERE billing_records.version < EXCLUDED.version",
+        "WHERE billing_records.version < EXCLUDED.version RETURNING record_id, version, quantity, status) "
+        "INSERT INTO billing_record_versions (record_id, version, quantity, status) SELECT * FROM w",
         (run_id, *[list(c) for c in cols]))
     if cur.rowcount != len(records):
         raise StorageError("a billing record changed concurrently; the batch is retried")
-    await conn.execute(
-        "INSERT INTO billing_record_versions (record_id, version, quantity, status) "
-        "SELECT * FROM unnest(%b::text[], %b::int[], %b::numeric[], %b::text[])",
-        ([r.record_id for r in records], [r.version for r in records], [r.quantity for r in records],
-         [r.status.value for r in records]))
 
 
 class RecordBook:

@@ -17,7 +17,7 @@ from usagehub.storage.pool import Connection
 from usagehub.storage.sessions import (
     POINT_COLUMNS,
     Pair,
-    insert_sessions,
+    insert_session_rows,
     key_json,
     key_of,
     partial_json,
@@ -25,12 +25,13 @@ from usagehub.storage.sessions import (
     point_of,
     resume_json,
     resume_of,
-    session_id,
     session_id_of,
+    session_row,
     utc,
 )
 
-_MARK_COLUMNS = "seg_start, entry::text, piece::text, created::text, points"  # parsed by orjson
+_MARK_COLUMNS = "seg_start, entry, piece, created, points"  # JSON text (migration 0034), parsed by orjson
+_SORTED = orjson.OPT_SORT_KEYS  # a mark's text is a function of its value (jsonb ordered keys before 0034)
 
 
 def acc_json(acc: Acc) -> dict[str, Any]:
@@ -138,20 +139,21 @@ async def save_walks(conn: Connection, outcomes: Sequence[tuple[Group, Outcome]]
             "DELETE FROM session_marks m USING unnest(%b::text[], %b::text[], %b::timestamptz[]) AS d(a, s, t) "
             "WHERE m.account_id = d.a AND m.service = d.s AND m.seg_start = d.t",
             [list(c) for c in zip(*dropped, strict=True)])
-    marks = [(a, s, m.start, orjson.dumps(entry_json(m.entry)).decode(),
-              None if m.piece is None else orjson.dumps(acc_json(m.piece)).decode(),
-              orjson.dumps([resume_json(r) for r in m.created]).decode(), m.points)
+    marks = [(a, s, m.start, orjson.dumps(entry_json(m.entry), option=_SORTED).decode(),
+              None if m.piece is None else orjson.dumps(acc_json(m.piece), option=_SORTED).decode(),
+              orjson.dumps([resume_json(r) for r in m.created], option=_SORTED).decode(), m.points)
              for (a, s), out in outcomes for m in out.marks]
     if marks:
         await conn.execute(
             "INSERT INTO session_marks (account_id, service, seg_start, entry, piece, created, points) "
-            "SELECT a, s, t, e::jsonb, p::jsonb, c::jsonb, n FROM unnest(%b::text[], %b::text[], %b::timestamptz[], "
+            "SELECT a, s, t, e, p, c, n FROM unnest(%b::text[], %b::text[], %b::timestamptz[], "
             "%b::text[], %b::text[], %b::text[], %b::int[]) AS u(a, s, t, e, p, c, n) "
             "ON CONFLICT (account_id, service, seg_start) DO UPDATE SET entry = excluded.entry, "
             "piece = excluded.piece, created = excluded.created, points = excluded.points",
             [list(c) for c in zip(*marks, strict=True)])
     sessions = [s for _, out in outcomes for s in out.sessions]
-    ids = [session_id_of(a, sv, r) for (a, sv), out in outcomes for r in out.stale] + [session_id(s) for s in sessions]
+    rows = [session_row(s) for s in sessions]
+    ids = [session_id_of(a, sv, r) for (a, sv), out in outcomes for r in out.stale] + [r[0] for r in rows]
     touched: set[Pair] = {(s.account_id, s.period) for s in sessions}
     removed: list[Removed] = []
     if ids:
@@ -160,7 +162,7 @@ async def save_walks(conn: Connection, outcomes: Sequence[tuple[Group, Outcome]]
             "period_label, partials::text", (ids,))
         removed = [removed_of(r) for r in await cur.fetchall()]
         touched |= {pair for pair, _ in removed}
-    await insert_sessions(conn, sessions)
+    await insert_session_rows(conn, rows)
     await note_changes(conn, removed, sessions)
     return touched
 

@@ -142,8 +142,11 @@ def session_id(s: Session) -> str:
 
 def session_id_of(account: str, service: str, resume: Resume) -> str:
     """The id of the session of ``account`` and ``service`` that resumes at ``resume``."""
-    raw = orjson.dumps([account, service, resume_json(resume)])
-    return hashlib.blake2b(raw, digest_size=10).hexdigest()
+    return _hashed_id(account, service, resume_json(resume))
+
+
+def _hashed_id(account: str, service: str, resume: dict[str, Any]) -> str:
+    return hashlib.blake2b(orjson.dumps([account, service, resume]), digest_size=10).hexdigest()
 
 
 def session_of(row: Sequence[Any]) -> Session:
@@ -158,11 +161,19 @@ def session_of(row: Sequence[Any]) -> Session:
                    carry=None if carry is None else carry_of(carry))
 
 
-def _session_row(s: Session) -> tuple[Any, ...]:
-    return (session_id(s), s.account_id, s.service, s.period.start, s.period.end, s.period.label, s.start, s.end,
-            s.closed_reason.value if s.closed_reason else None, s.activity_count, sorted(s.devices),
+def text_array(items: Iterable[str]) -> str:
+    """A PostgreSQL array literal of ``items`` (each quoted): a ragged text[] column through one unnest."""
+    return "{" + ",".join('"' + x.replace("\\", "\\\\").replace('"', '\\"') + '"' for x in items) + "}"
+
+
+def session_row(s: Session) -> tuple[Any, ...]:
+    """A session as the row ``insert_session_rows`` stores; its id first (the resume serialised once)."""
+    resume = resume_json(s.resume)
+    return (_hashed_id(s.account_id, s.service, resume), s.account_id, s.service, s.period.start, s.period.end,
+            s.period.label, s.start, s.end, s.closed_reason.value if s.closed_reason else None, s.activity_count,
+            text_array(sorted(s.devices)),
             orjson.dumps({k: partial_json(v) for k, v in s.partials.items()}).decode(),
-            orjson.dumps(resume_json(s.resume)).decode(), s.resume.key[0], s.expires_at,
+            orjson.dumps(resume).decode(), s.resume.key[0], s.expires_at,
             None if s.carry is None else orjson.dumps(carry_json(s.carry)).decode())
 
 
@@ -195,11 +206,23 @@ async def copy_points(conn: Connection, points: Sequence[tuple[Point, Origin | N
 
 
 async def insert_sessions(conn: Connection, sessions: Sequence[Session]) -> None:
-    rows = [_session_row(s) for s in sessions]
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-            "%s::jsonb, %s::jsonb, %s, %s, %s::jsonb)", rows)
+    """Insert ``sessions``."""
+    await insert_session_rows(conn, [session_row(s) for s in sessions])
+
+
+async def insert_session_rows(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert sessions (``session_row``) in one statement (``executemany`` cost a statement per session)."""
+    if not rows:
+        return
+    cols = [list(c) for c in zip(*rows, strict=True)]
+    await conn.execute(
+        f"INSERT INTO sessions ({_SESSION_COLUMNS}) SELECT i, a, sv, ps, pe, pl, st, en, r, n, "
+        "d::text[], p::jsonb, rs::jsonb, rt, x, c::jsonb "
+        "FROM unnest(%b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[], "
+        "%b::timestamptz[], %b::timestamptz[], %b::text[], %b::int[], %b::text[], %b::text[], %b::text[], "
+        "%b::timestamptz[], %b::timestamptz[], %b::text[]) "
+        "AS u(i, a, sv, ps, pe, pl, st, en, r, n, d, p, rs, rt, x, c)",
+        cols)
 
 
 async def sessions_of_pairs(conn: Connection, pairs: Iterable[Pair]) -> list[Session]:
