@@ -17,6 +17,7 @@ from usagehub.adapters.base import Outcome
 from usagehub.core.counters import Reading
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
+from usagehub.errors import StorageUnavailable
 from usagehub.pipeline.pipeline import Pipeline, PipelineSettings
 from usagehub.pipeline.usage import UsageWriter
 from usagehub.runtime.config import SHIPPED_PROFILES
@@ -223,3 +224,19 @@ async def test_offer_calls_back_once_each_only_after_its_batch_committed(pipelin
         row = await (await conn.execute("SELECT count(*) FROM quarantine WHERE topic = 'meters/m2/reading'")
                      ).fetchone()
     assert row is not None and row[0] == 1
+
+
+async def test_a_stop_waits_for_storage_only_so_long_and_acknowledges_nothing_uncommitted(
+        pipeline: Pipeline) -> None:
+    async def storage_gone(conn: object, events: object) -> None:
+        raise StorageUnavailable("the database does not answer")
+
+    pipeline.hooks.append(storage_gone)  # type: ignore[arg-type]
+    acked: list[int] = []
+    for i in range(3):
+        await pipeline.offer(reading("m1", 100 + i, 15 * i, 10 * i), functools.partial(acked.append, i))
+    started = asyncio.get_running_loop().time()
+    left = await pipeline.drain(timeout_s=1.0)
+    assert left == 3
+    assert asyncio.get_running_loop().time() - started < 5
+    assert acked == []  # never committed, never acknowledged: delivered again after the restart

@@ -114,6 +114,7 @@ class Pipeline:
         self.identity = Entitlements(pool, profiles)
         self.inserts = DirectInserts()
         self._totals_loaded = False
+        self._in_flight = 0  # messages of batches being committed (retried) now
         metrics.COMMIT_WAIT.set_function(self.commit_wait_s)
         metrics.STALLED.set_function(lambda: float(self.stalled))
 
@@ -191,9 +192,22 @@ class Pipeline:
             self.totals[kind] = value
             metrics.STORED_TOTAL.labels(kind).set(self.totals[kind])
 
-    async def drain(self) -> None:
-        """Commit everything received so far (at shutdown, after adapters stop and ``run`` is cancelled)."""
-        await asyncio.gather(*(self._drain_lane(lane) for lane in self._lanes))
+    async def drain(self, timeout_s: float | None = None) -> int:
+        """Commit everything received so far (at shutdown, after adapters stop and ``run`` is cancelled).
+
+        With ``timeout_s``, give up after that long (a database that does not come back must not keep a
+        stopping process alive): what was not committed is not acknowledged, so senders and brokers
+        deliver it again. Returns the number of messages left uncommitted.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(*(self._drain_lane(lane) for lane in self._lanes))
+        except TimeoutError:
+            left = sum(len(lane.pending) + lane.queue.qsize() for lane in self._lanes) + self._in_flight
+            log.warning("stopping with about %d messages not stored after %.0f s (storage does not answer); they were "
+                        "not acknowledged and will be delivered again", left, timeout_s)
+            return left
+        return 0
 
     async def _drain_lane(self, lane: _Lane) -> None:
         if lane.inflight is not None:
@@ -242,6 +256,11 @@ class Pipeline:
         return batch
 
     async def _commit_with_retry(self, lane: _Lane, batch: list[_Item]) -> None:
+        self._in_flight += len(batch)
+        await self._commit_batch(lane, batch)
+        self._in_flight -= len(batch)  # not when cancelled (a stop): then they stay counted as left
+
+    async def _commit_batch(self, lane: _Lane, batch: list[_Item]) -> None:
         delay = 0.2
         while True:
             try:
@@ -259,8 +278,8 @@ class Pipeline:
                     return
                 # One message the database refuses must not hold back the others: split and retry.
                 half = len(batch) // 2
-                await self._commit_with_retry(lane, batch[:half])
-                await self._commit_with_retry(lane, batch[half:])
+                await self._commit_batch(lane, batch[:half])
+                await self._commit_batch(lane, batch[half:])
                 return
 
     async def _decode(self, batch: list[_Item]) -> None:
@@ -337,7 +356,7 @@ class Pipeline:
         item.quarantine = QuarantineItem(message=item.message, reason="refused by storage", detail=str(err),
                                          device_id=item.events[0].device_id if item.events else None)
         item.events = []
-        await self._commit_with_retry(lane, [item])
+        await self._commit_batch(lane, [item])
 
 
 def lane_index(key: str, lanes: int) -> int:

@@ -44,6 +44,9 @@ from usagehub.web.app import create_app
 log = logging.getLogger(__name__)
 # Adapters that only bind a port: a failure at start names the port; one that dies later is rebound.
 BIND_ONLY = frozenset({"coap", "http", "binary", "snmp"})
+# At stop, what was received is committed; a database that does not answer within this long ends the wait
+# (nothing uncommitted was acknowledged: senders and brokers deliver it again).
+STOP_DRAIN_S = 30.0
 
 
 @dataclass
@@ -312,7 +315,7 @@ async def _shutdown(hub: Hub, server: uvicorn.Server, pipeline_task: asyncio.Tas
     await asyncio.gather(*hub.background, *adapter_tasks, return_exceptions=True)
     pipeline_task.cancel()  # the batch being committed is shielded and completes
     await asyncio.gather(pipeline_task, return_exceptions=True)
-    await hub.pipeline.drain()
+    await hub.pipeline.drain(timeout_s=STOP_DRAIN_S)  # a database that is gone must not keep the hub alive
     await asyncio.sleep(0.05)  # let the last PUBACKs leave before the connection closes
     server.should_exit = True
     await asyncio.gather(web_task, return_exceptions=True)

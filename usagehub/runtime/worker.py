@@ -163,7 +163,7 @@ async def _shutdown(pipeline: Pipeline, pipeline_task: asyncio.Task[None], fetch
     await asyncio.gather(*fetchers, return_exceptions=True)
     pipeline_task.cancel()  # the batch being committed is shielded and completes
     await asyncio.gather(pipeline_task, return_exceptions=True)
-    await pipeline.drain()
+    await pipeline.drain(timeout_s=30)  # a database that is gone must not keep the worker alive (unacked: redelivered)
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(10):
             await asyncio.gather(*(c.settled() for c in consumers))
