@@ -298,3 +298,26 @@ async def test_meter_in_local_time_without_deviation(tmp_path: Path) -> None:
         first = next(r["range"] for r in meter.requests() if r.get("range"))
         berlin = (clock - timedelta(seconds=86_400)).astimezone(ZoneInfo("Europe/Berlin"))
         assert first[0].startswith(berlin.strftime("%Y-%m-%dT%H:%M"))  # asked in its wall time
+
+
+def test_a_meter_that_hangs_up_first_leaves_no_socket_open() -> None:
+    """shutdown() fails on a connection the meter already reset; the socket is closed all the same."""
+    import socket
+
+    from dlms_cosem.exceptions import CommunicationError
+
+    from usagehub.adapters.dlms.client import _TcpIO
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        io = _TcpIO(host="127.0.0.1", port=server.getsockname()[1], timeout=2)
+        io.connect()
+        accepted, _ = server.accept()
+        accepted.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        accepted.close()  # a reset, as a meter that drops the line
+        sock = io.tcp_socket
+        assert sock is not None
+        with pytest.raises(CommunicationError):
+            io.recv(1)
+        io.disconnect()
+        assert sock.fileno() == -1 and io.tcp_socket is None
+        io.disconnect()  # twice is harmless

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -80,6 +81,19 @@ class _TcpIO(BlockingTcpIO):  # type: ignore[misc]  # attrs class without type h
             data += chunk
         return data
 
+    def disconnect(self) -> None:
+        """Close the socket even when the meter hung up first (the library leaks it when shutdown fails)."""
+        sock: socket.socket | None = self.tcp_socket  # type: ignore[has-type]  # attrs field, untyped library
+        self.tcp_socket = None
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError as err:
+            log.debug("shutdown of %s:%s: %s", self.host, self.port, err)
+        finally:
+            sock.close()
+
 
 def _obis(text: str) -> cosem.Obis:
     return cosem.Obis(*(int(p) for p in text.split(".")))
@@ -133,6 +147,7 @@ def session(options: DlmsPollOptions, target: Target) -> Iterator[DlmsClient]:
     try:
         client.connect()
     except (exceptions.CommunicationError, OSError) as err:
+        client.transport.io.disconnect()  # HDLC opens the socket before its SNRM/UA exchange
         raise PollFailed(f"cannot connect to {target.host}:{target.port}: {err.__cause__ or err}") from err
     try:
         try:
@@ -161,6 +176,8 @@ def session(options: DlmsPollOptions, target: Target) -> Iterator[DlmsClient]:
             client.disconnect()
         except Exception as err:  # already closed by the meter
             log.debug("disconnect from %s: %s", target.host, err)
+        finally:  # HDLC's disconnect waits for the meter's UA first and leaves the socket open when that fails
+            client.transport.io.disconnect()
 
 
 def _parsed(data: bytes) -> Any:
