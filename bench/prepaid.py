@@ -50,6 +50,7 @@ from usagehub.storage.embedded import embedded_database_url  # noqa: E402
 
 DEVICES, ACCOUNTS = 400, 40
 QOS = int(os.environ.get("BENCH_QOS", "1"))
+FLEET = int(os.environ.get("BENCH_FLEET", "0"))  # idle bound devices beside the DEVICES the clients use
 
 
 def setup_db(server: str, tmp: Path) -> str:
@@ -66,9 +67,22 @@ def setup_db(server: str, tmp: Path) -> str:
                               for i in range(DEVICES)]
     (tmp / "seed.yaml").write_text("\n".join(lines) + "\n")
     run("seed", str(tmp / "seed.yaml"), "--database-url", url)
+    bind_idle_fleet(url)
     asyncio.run(load_plan(url))
     asyncio.run(top_up_all(url))
     return url
+
+
+def bind_idle_fleet(url: str) -> None:
+    """FLEET more devices bound now, never used by the clients: what grows with the fleet shows."""
+    if not FLEET:
+        return
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO devices (device_id, profile_id) "
+                     "SELECT 'idle' || i, 'acme-em340' FROM generate_series(1, %s) i", (FLEET,))
+        conn.execute("INSERT INTO bindings (device_id, account_id, valid) SELECT 'idle' || i, 'a' || (i %% %s), "
+                     "tstzrange('2026-01-01T00:00:00Z', NULL) FROM generate_series(1, %s) i", (ACCOUNTS, FLEET))
+        conn.execute("ANALYZE devices, bindings")
 
 
 async def top_up_all(url: str) -> None:
