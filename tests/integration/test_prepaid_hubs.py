@@ -98,10 +98,14 @@ async def sequence(api: Api, rng: random.Random, outcomes: list[str]) -> None:
         assert decision["reason"] in REASONS and decision["detail"], decision  # every denial has its reason
         outcomes.append(decision["reason"])
         return
+    nth = outcomes.count("granted")
+    outcomes.append("granted")
     await asyncio.sleep(rng.uniform(0, 0.02))
     rid = decision["reservationId"]
     repeat = rng.random() < 0.25  # repeats must change nothing (idempotent)
-    if rng.random() < 0.3:
+    # every third grant is released: a few grants per round only (the account blocks when spent), so a coin
+    # could leave the run without a release
+    if nth % 3 == 0:
         first = (await api(RELEASE, r=rid))["releaseReservation"]
         again = (await api(RELEASE, r=rid))["releaseReservation"] if repeat else first
         assert first == again and first["state"] == "released"
@@ -158,7 +162,8 @@ def test_two_hubs_concurrent_authorize_commit(database_url: str, mosquitto: Mosq
             return outcomes, reported
 
         outcomes, reported = asyncio.run(run())
-        assert len(outcomes) == 600
+        grants = outcomes.count("granted")
+        assert len(outcomes) - grants == 600
         assert {"committed", "released", "INSUFFICIENT_BALANCE"} <= set(outcomes)
         facts = audit(database_url, overdraft)
         assert facts["sum"] == facts["balance"] == Decimal(reported["balance"])  # ledger sum is the balance
