@@ -30,7 +30,7 @@ from usagehub.bus.consumer import owned_partitions
 from usagehub.bus.publisher import BusPublisher
 from usagehub.core.decode import ProfileSet
 from usagehub.runtime.config import HubConfig
-from usagehub.runtime.natsd import NatsServer, cluster
+from usagehub.runtime.natsd import NatsServer, cluster, start_all
 from usagehub.runtime.profile_files import load_profiles
 from usagehub.runtime.seed import apply_seed, parse_seed
 from usagehub.runtime.worker import bus_settings, declare
@@ -74,6 +74,19 @@ def _wait(predicate: object, timeout: float) -> bool:
     return bool(predicate())  # type: ignore[operator]
 
 
+async def _start_cluster(tmp: Path) -> list[NatsServer]:
+    """Three nodes on fresh ports; a second try if one fails (a port taken meanwhile), none left running."""
+    for attempt in range(2):
+        nodes = cluster(tmp / f"nats{attempt}", 3)
+        try:
+            await asyncio.to_thread(start_all, nodes, tmp / f"nats{attempt}")
+            return nodes
+        except RuntimeError:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
 async def test_cluster_node_and_worker_sigkilled_bills_exactly(database_url: str, tmp_path: Path) -> None:
     nats_binary()
     fleet = build(devices=40, readings=60)
@@ -82,17 +95,17 @@ async def test_cluster_node_and_worker_sigkilled_bills_exactly(database_url: str
         await apply_seed(Registry(pool), parse_seed(fleet.seed_yaml(tmp_path / "seed.yaml")))
     finally:
         await pool.close()
-    nodes: list[NatsServer] = cluster(tmp_path / "nats", 3)
-    for node in nodes:
-        await asyncio.to_thread(node.start, log_file=tmp_path / f"{node.name}.log")
+    nodes = await _start_cluster(tmp_path)
     bus = ",".join(n.url for n in nodes)
     config = HubConfig(database_url=database_url, data_dir=tmp_path, bus=bus, bus_partitions=PARTITIONS,
                        bus_replicas=3, bus_ack_wait_s=3)
 
     settings = dataclasses.replace(bus_settings(config), publish_timeout_s=1.5)
-    nc, js = await declare(settings, name="test-ingest")
-    workers = [Worker(database_url, bus, tmp_path, i, 2, f"worker{i}") for i in range(2)]
+    workers: list[Worker] = []
+    nc = None
     try:
+        nc, js = await declare(settings, name="test-ingest")
+        workers += [Worker(database_url, bus, tmp_path, i, 2, f"worker{i}") for i in range(2)]
         publisher = BusPublisher(nc, ProfileSet(load_profiles(config.profiles)), settings, max_inflight=512)
         n = len(fleet.messages)
         t0, marks = time.monotonic(), []
@@ -168,7 +181,8 @@ async def test_cluster_node_and_worker_sigkilled_bills_exactly(database_url: str
                 w.proc.wait(20)
             except subprocess.TimeoutExpired:
                 w.proc.kill()
-        await nc.close()
+        if nc is not None:
+            await nc.close()
         for node in nodes:
             node.stop()
     assert workers[0].proc.returncode == 0, workers[0].tail()

@@ -98,14 +98,16 @@ class NatsServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server {self.name} exited with {self.proc.returncode}")
+                raise RuntimeError(f"nats-server {self.name} exited with {self.proc.returncode}"
+                                   f"{_tail(log_file)}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 log.info("nats-server %s listening on %s", self.name, self.url)
                 return
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError(f"nats-server {self.name} did not start")
+        self.kill()  # not left running behind the error
+        raise RuntimeError(f"nats-server {self.name} did not start within {timeout_s:g} s{_tail(log_file)}")
 
     def kill(self) -> None:
         """SIGKILL: what a crash looks like."""
@@ -121,6 +123,24 @@ class NatsServer:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def _tail(log_file: Path | None) -> str:
+    """The end of a server's log, for an error message."""
+    if log_file is None or not log_file.exists():
+        return ""
+    return ": " + log_file.read_text(errors="replace")[-600:].strip()
+
+
+def start_all(servers: list[NatsServer], log_dir: Path) -> None:
+    """Start every server, each logging to ``log_dir/NAME.log``; if one fails, the started ones are stopped."""
+    try:
+        for server in servers:
+            server.start(log_file=log_dir / f"{server.name}.log")
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
 
 
 def cluster(base: Path, size: int = 3) -> list[NatsServer]:
