@@ -39,6 +39,9 @@ class _SlowSink:
         if len(self.got) >= self.expected:
             self.done.set()
 
+    def offer_nowait(self, message: RawMessage, stored: Callable[[], None] | None) -> bool:
+        return False  # a slow consumer: every message waits in offer()
+
     async def submit(self, message: RawMessage) -> asyncio.Future[object]:
         raise AssertionError("the MQTT adapter offers")
 

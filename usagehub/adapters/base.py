@@ -65,6 +65,10 @@ class OfferSink(Protocol):
         """Enqueue ``message``; ``stored`` is called after its commit (never if it did not commit)."""
         ...
 
+    def offer_nowait(self, message: RawMessage, stored: Callable[[], None] | None) -> bool:
+        """``offer`` when it need not wait (True); False, with nothing enqueued, when the caller must ``offer``."""
+        ...
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceEndpoint:

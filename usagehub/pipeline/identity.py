@@ -62,7 +62,7 @@ class Decodable(Protocol):
     """A pipeline item: the message in, events or a quarantine entry out."""
 
     message: RawMessage
-    events: list[UsageEvent]
+    events: Sequence[UsageEvent]
     quarantine: QuarantineItem | None
 
 
@@ -131,7 +131,7 @@ class Entitlements:
                 found.append((compiled, m.groupdict()))
         return tuple(found)
 
-    def lane_key(self, message: RawMessage) -> str | None:
+    def lane_key(self, message: RawMessage) -> str:
         """What a commit lane is chosen by: the authenticated sender (device or gateway), or the device its
         topic names, or the topic (a gateway's: its messages keep their order in one lane)."""
         if "device_id" in message.meta:

@@ -52,12 +52,15 @@ BatchHook = Callable[[Connection, Sequence[UsageEvent]], Awaitable[None]]
 Listener = Callable[[Sequence[UsageEvent]], None]
 
 
+_TOPIC_LANES_MAX = 65_536  # topics whose lane is remembered (emptied when full: invented topics)
+
+
 @dataclass(slots=True)
 class _Item:
     message: RawMessage
     future: asyncio.Future[Receipt] | None  # submit(): resolved with the receipt after commit
     stored: Callable[[], None] | None = None  # offer(): called after commit instead (no receipt built)
-    events: list[UsageEvent] = field(default_factory=list)
+    events: Sequence[UsageEvent] = ()  # set by decoding
     quarantine: QuarantineItem | None = None
 
 
@@ -111,6 +114,9 @@ class Pipeline:
         self.listeners: list[Listener] = []
         self.totals = {"messages": 0, "accepted": 0, "duplicates": 0, "quarantined": 0, "batches": 0}
         self._in_counters: dict[str, Any] = {}
+        self._in_counts: dict[str, int] = {}  # received since the last batch was taken
+        self._topic_lanes: dict[str, dict[str, _Lane]] = {}  # transport -> topic -> lane (messages without meta)
+        self._topic_lanes_version = profiles.version
         self.identity = Entitlements(pool, profiles)
         self.inserts = DirectInserts()
         self._totals_loaded = False
@@ -142,20 +148,60 @@ class Pipeline:
         """
         await self._enqueue(_Item(message, None, stored))
 
-    async def _enqueue(self, item: _Item) -> None:
-        message = item.message
+    def offer_nowait(self, message: RawMessage, stored: Callable[[], None] | None) -> bool:
+        """``offer`` without waiting: False (nothing enqueued) when the message's lane is full, then ``offer``.
+
+        The receive path's common case, with no coroutine per message.
+        """
+        lane = self._lane_of(message)
+        if lane.queue.full():
+            return False
+        self._put(lane, _Item(message, None, stored))
+        return True
+
+    def _lane_of(self, message: RawMessage) -> _Lane:
         lanes = self._lanes
-        if len(lanes) == 1 or (key := self.identity.lane_key(message)) is None:
-            lane = lanes[0]
+        if len(lanes) == 1:
+            return lanes[0]
+        if message.meta:  # an authenticated sender, or metadata a profile reads: no cache
+            return lanes[lane_index(self.identity.lane_key(message), len(lanes))]
+        cache = self._topic_lanes.get(message.transport)
+        lane = cache.get(message.topic) if cache is not None else None
+        if lane is None or self._topic_lanes_version != self.profiles.version:
+            if self._topic_lanes_version != self.profiles.version:  # meter types changed: topics may move
+                self._topic_lanes.clear()
+                self._topic_lanes_version = self.profiles.version
+            if cache is None or len(cache) >= _TOPIC_LANES_MAX:  # a flood of invented topics must not grow memory
+                cache = self._topic_lanes[message.transport] = {}
+            lane = cache[message.topic] = lanes[lane_index(self.identity.lane_key(message), len(lanes))]
+        return lane
+
+    async def _enqueue(self, item: _Item) -> None:
+        lane = self._lane_of(item.message)
+        if lane.queue.full():
+            await lane.queue.put(item)  # waits for room
+            self._count_in(lane, item.message.transport)
         else:
-            lane = lanes[lane_index(key, len(lanes))]
+            self._put(lane, item)
+
+    def _put(self, lane: _Lane, item: _Item) -> None:
+        lane.queue.put_nowait(item)
+        self._count_in(lane, item.message.transport)
+
+    def _count_in(self, lane: _Lane, transport: str) -> None:
         if lane.waiting_since is None:
             lane.waiting_since = time.monotonic()
-        await lane.queue.put(item)
-        counter = self._in_counters.get(message.transport)
-        if counter is None:
-            counter = self._in_counters[message.transport] = metrics.MESSAGES_IN.labels(message.transport)
-        counter.inc()
+        counts = self._in_counts
+        counts[transport] = counts.get(transport, 0) + 1  # to /metrics once per batch (_flush_counts)
+
+    def _flush_counts(self) -> None:
+        counts = self._in_counts
+        for transport, n in counts.items():
+            counter = self._in_counters.get(transport)
+            if counter is None:
+                counter = self._in_counters[transport] = metrics.MESSAGES_IN.labels(transport)
+            counter.inc(n)
+        counts.clear()
 
     async def run(self) -> None:
         """Commit batches until cancelled; on cancel, the batch in hand is finished first."""
@@ -253,6 +299,7 @@ class Pipeline:
             batch.append(item)
             size += len(item.message.payload)
         metrics.QUEUE_DEPTH.set(self.queue_depth())
+        self._flush_counts()
         return batch
 
     async def _commit_with_retry(self, lane: _Lane, batch: list[_Item]) -> None:

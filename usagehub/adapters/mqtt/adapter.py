@@ -119,7 +119,7 @@ class MqttAdapter:
 
     async def _pump(self, client: aiomqtt.Client, acks: ManualAck, sink: Sink,
                     pause: ReadPause | None = None) -> None:
-        offer = sink.offer if isinstance(sink, OfferSink) else None
+        offer, offer_nowait = (sink.offer, sink.offer_nowait) if isinstance(sink, OfferSink) else (None, None)
         async for message in lean.messages(client):
             if pause is not None:
                 pause.taken(len(message.payload) + 8)
@@ -133,7 +133,10 @@ class MqttAdapter:
                 received_at=datetime.now(UTC),
             )
             if offer is not None:  # the pipeline: acked right after the commit, no future per message
-                await offer(raw, functools.partial(acks.ack, message) if message.qos else None)
+                stored = functools.partial(acks.ack, message) if message.qos else None
+                if not offer_nowait(raw, stored):  # type: ignore[misc]  # set with offer
+                    await offer(raw, stored)
+                del stored
             else:
                 future = await sink.submit(raw)
                 if message.qos:
