@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -37,3 +38,36 @@ def test_a_stop_on_purpose_is_not_an_outage() -> None:
     link.connected("x")
     link.down()
     assert not link.is_up and _sample("usagehub_adapter_outages_total", "test-stop") == 0
+
+
+async def test_a_failure_during_the_cancel_stops_the_reconnect_loop() -> None:
+    """aiomqtt's ``__aexit__`` raises when the disconnect at a cancel fails, replacing the CancelledError: the
+    reconnect loop must end, not take it for an outage (a soak's hub reconnected for ever after SIGTERM)."""
+    link = Link("test-cancel", first_delay_s=0.01, max_delay_s=0.01)
+    sessions = 0
+
+    async def session() -> None:
+        nonlocal sessions
+        sessions += 1
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            raise ConnectionError("the disconnect failed")  # as a client's exit does on a dead connection
+
+    async def reconnecting() -> None:
+        while True:
+            try:
+                await session()
+            except ConnectionError as err:
+                await asyncio.sleep(link.lost(err))
+
+    task = asyncio.create_task(reconnecting())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=2)
+    assert done and task.cancelled()
+    assert sessions == 1 and link.outages == 0  # a stop is not an outage
+    # outside a cancel, a failure is an outage and the loop reconnects
+    with pytest.raises(ConnectionError) as caught:
+        raise ConnectionError("reset by peer")
+    assert link.lost(caught.value) == pytest.approx(0.01, rel=0.5) and link.outages == 1

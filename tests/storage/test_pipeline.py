@@ -185,11 +185,36 @@ async def test_batches_straddling_the_latest_reading_split_exactly_and_read_back
                  for i in (25, *range(31, 41))]
         latest = Reading(ts=T0 + timedelta(minutes=15 * 59), value=Decimal(0), event_id="59")
         got = await stored_neighbourhoods(conn, {("m1", "energy"): batch}, {("m1", "energy"): latest})
-        assert [r.event_id for r in got[("m1", "energy")]] == ["24", "26", "27", "28", "29", "30", "41"]
+        # Each late reading's stored neighbours and the latest: not the readings between them (27-29).
+        assert [r.event_id for r in got[("m1", "energy")]] == ["24", "26", "30", "41", "59"]
         capped = Reading(ts=T0 + timedelta(minutes=15 * 29), value=Decimal(0), event_id="29")
         got = await stored_neighbourhoods(conn, {("m1", "energy"): batch}, {("m1", "energy"): capped})
-        # Nothing past the latest reading but its successor (which a real batch would have stored itself).
-        assert [r.event_id for r in got[("m1", "energy")]] == ["24", "26", "27", "28", "29", "30"]
+        # Nothing past the latest reading: the batch's readings after it follow it.
+        assert [r.event_id for r in got[("m1", "energy")]] == ["24", "26", "29"]
+
+
+async def test_a_reading_days_late_reads_its_neighbours_only_whatever_the_history(
+        pipeline: Pipeline, pool: AsyncConnectionPool) -> None:
+    """The stored readings read for a late reading are its neighbours and the latest: as many after 40 readings
+    as after 600 (the read once spanned everything from the late reading to the latest)."""
+    def wh(i: int) -> int:
+        return 1000 + 40 * i + (i * 7) % 13
+
+    for device, n in (("m1", 600), ("m2", 40)):
+        await feed(pipeline, [reading(device, i, 15 * i, wh(i)) for i in range(n) if i != 5])  # 5 arrives late
+    async with pool.connection() as conn:
+        for device, n in (("m1", 600), ("m2", 40)):
+            late = Reading(ts=T0 + timedelta(minutes=75), value=Decimal(wh(5)) / 1000, event_id="5")
+            newer = Reading(ts=T0 + timedelta(minutes=15 * n), value=Decimal(wh(n)) / 1000, event_id=str(n))
+            latest = Reading(ts=T0 + timedelta(minutes=15 * (n - 1)), value=Decimal(0), event_id=str(n - 1))
+            got = await stored_neighbourhoods(conn, {(device, "energy"): [late, newer]}, {(device, "energy"): latest})
+            assert [r.event_id for r in got[(device, "energy")]] == ["4", "6", str(n - 1)]
+    await feed(pipeline, [reading("m1", 5, 75, wh(5)), reading("m1", 600, 15 * 600, wh(600))])
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT ts, sum(quantity) FROM usage_entries WHERE device_id = 'm1' "
+                                 "GROUP BY 1 HAVING sum(quantity) <> 0 ORDER BY 1")
+        deltas = [r[1] for r in await cur.fetchall()]
+    assert deltas == [Decimal(wh(i) - wh(i - 1)) / 1000 for i in range(1, 601)]
 
 
 async def test_offer_calls_back_once_each_only_after_its_batch_committed(pipeline: Pipeline,

@@ -48,7 +48,18 @@ class Link:
         metrics.ADAPTER_UP.labels(self.name).set(1)
 
     def lost(self, err: BaseException) -> float:
-        """The connection failed or was lost: log it once per outage; return the jittered delay to wait."""
+        """The connection failed or was lost: log it once per outage; return the jittered delay to wait.
+
+        Raises CancelledError when the calling task is being cancelled: a failure then is the stop's own
+        (a disconnect that fails during the cancel replaces the CancelledError, as aiomqtt's ``__aexit__``
+        does), and a reconnect loop that took it for an outage would swallow the stop and run for ever.
+        """
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # called outside an event loop (a callback of a thread)
+            task = None
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError(f"{self.name} stopping") from err
         self.up.clear()
         metrics.ADAPTER_UP.labels(self.name).set(0)
         if self._down_since is None:

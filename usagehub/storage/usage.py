@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from itertools import pairwise
 
 from usagehub.core.counters import Reading, UsageEntry
 from usagehub.core.events import UsageEvent
@@ -37,44 +39,73 @@ async def save_meter_state(conn: Connection, new_state: Sequence[tuple[MeterKey,
                                          for k, r in new_state], strict=True)))
 
 
+# Open ends of a probe: before and after any reading.
+_FIRST = (datetime.min.replace(tzinfo=UTC), "")
+_LAST = (datetime.max.replace(tzinfo=UTC), "")
+
+_NEIGHBOURS_SQL = (
+    "SELECT k.i, e.ts, e.value, e.event_id, e.reset_marker "
+    "FROM unnest(%s::int[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::timestamptz[], %s::text[], "
+    "            %s::bool[]) AS k(i, device_id, meter, lo_ts, lo_id, hi_ts, hi_id, down) "
+    "CROSS JOIN LATERAL ("
+    " (SELECT ts, value, event_id, reset_marker FROM events WHERE k.down AND device_id = k.device_id "
+    "  AND meter = k.meter AND (ts, event_id) > (k.lo_ts, k.lo_id) AND (ts, event_id) < (k.hi_ts, k.hi_id) "
+    "  ORDER BY ts DESC, event_id DESC LIMIT 1) "
+    " UNION ALL (SELECT ts, value, event_id, reset_marker FROM events WHERE NOT k.down AND device_id = k.device_id "
+    "  AND meter = k.meter AND (ts, event_id) > (k.lo_ts, k.lo_id) AND (ts, event_id) < (k.hi_ts, k.hi_id) "
+    "  ORDER BY ts, event_id LIMIT 1)) AS e")
+
+
+def _probes(readings: Sequence[Reading], latest: Reading | None) -> list[tuple[tuple[datetime, str],
+                                                                               tuple[datetime, str], bool]]:
+    """(after, before, downwards) ranges whose nearest stored reading is a neighbour of a late reading.
+
+    Only the batch's readings up to ``latest`` need stored neighbours (later ones follow ``latest``). Between
+    two consecutive such readings lie stored readings only (the batch's others are outside), so the nearest
+    one on each side of the gap is a neighbour; before the first and after the last, the nearest one too.
+    Two index probes per late reading, whatever the length of the history around it.
+    """
+    late = [r.key for r in readings if latest is None or r.key <= latest.key]
+    if not late:
+        return []
+    out = [(_FIRST, late[0], True)]
+    for lo, hi in pairwise(late):
+        out += [(lo, hi, False), (lo, hi, True)]
+    out.append((late[-1], _LAST, False))
+    return out
+
+
 async def stored_neighbourhoods(conn: Connection, batches: Mapping[MeterKey, list[Reading]],
                                 latest: Mapping[MeterKey, Reading] | None = None) -> dict[MeterKey, list[Reading]]:
-    """For each register with late data in the batch: the stored predecessor, those in between, the successor.
+    """For each register with late data in the batch: the stored predecessor and successor of each late reading.
 
-    One round trip for all registers. The batch's own events are already in the table (same transaction)
-    and are left out, so ``apply_batch`` sees only what was known before. ``latest`` (each register's
-    latest reading before the batch) bounds the range read: nothing stored earlier lies past it, so the
-    batch's own readings after it are not read back (with local shuffles they are most of the batch).
+    ``batches`` holds each register's batch readings sorted by key. One round trip for all registers. The
+    batch's own events are already in the table (same transaction) and are never read back. ``latest`` (each
+    register's latest reading before the batch) is included: the batch's readings after it follow it. What is
+    read is bounded by the late readings, not by how much history lies between them and the latest
+    (a reading days late costs what a reading one slot late costs).
     """
     keys = list(batches)
     if not keys:
         return {}
-    los = [batches[k][0].key for k in keys]
-    his = [batches[k][-1].key for k in keys]
-    if latest:
-        his = [min(hi, last.key) if (last := latest.get(k)) is not None else hi
-               for k, hi in zip(keys, his, strict=True)]
-    cur = await conn.execute(
-        "SELECT k.i, e.ts, e.value, e.event_id, e.reset_marker "
-        "FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::timestamptz[], %s::text[]) "
-        "  WITH ORDINALITY AS k(device_id, meter, lo_ts, lo_id, hi_ts, hi_id, i) "
-        "CROSS JOIN LATERAL ("
-        " (SELECT ts, value, event_id, reset_marker FROM events WHERE device_id = k.device_id "
-        "  AND meter = k.meter AND (ts, event_id) < (k.lo_ts, k.lo_id) ORDER BY ts DESC, event_id DESC LIMIT 1) "
-        " UNION ALL (SELECT ts, value, event_id, reset_marker FROM events WHERE device_id = k.device_id "
-        "  AND meter = k.meter AND (ts, event_id) BETWEEN (k.lo_ts, k.lo_id) AND (k.hi_ts, k.hi_id)) "
-        " UNION ALL (SELECT ts, value, event_id, reset_marker FROM events WHERE device_id = k.device_id "
-        "  AND meter = k.meter AND (ts, event_id) > (k.hi_ts, k.hi_id) ORDER BY ts, event_id LIMIT 1)) AS e",
-        ([k[0] for k in keys], [k[1] for k in keys], [lo[0] for lo in los], [lo[1] for lo in los],
-         [hi[0] for hi in his], [hi[1] for hi in his]))
-    stored: dict[MeterKey, list[Reading]] = {k: [] for k in keys}
-    for r in await cur.fetchall():
-        key = keys[int(r[0]) - 1]  # type: ignore[call-overload]
-        stored[key].append(Reading(ts=r[1], value=r[2], event_id=r[3], reset_marker=r[4]))  # type: ignore[arg-type]
+    cols: tuple[list[object], ...] = ([], [], [], [], [], [], [], [])
+    for i, key in enumerate(keys, 1):
+        for lo, hi, down in _probes(batches[key], (latest or {}).get(key)):
+            for col, value in zip(cols, (i, key[0], key[1], lo[0], lo[1], hi[0], hi[1], down), strict=True):
+                col.append(value)
+    found: dict[MeterKey, dict[tuple[datetime, str], Reading]] = {k: {} for k in keys}
+    if cols[0]:
+        cur = await conn.execute(_NEIGHBOURS_SQL, cols)
+        for r in await cur.fetchall():
+            reading = Reading(ts=r[1], value=r[2], event_id=r[3], reset_marker=r[4])  # type: ignore[arg-type]
+            found[keys[int(r[0]) - 1]][reading.key] = reading  # type: ignore[call-overload]
     out: dict[MeterKey, list[Reading]] = {}
-    for key, found in stored.items():
-        fresh = {r.key for r in batches[key]}
-        out[key] = sorted((r for r in found if r.key not in fresh), key=lambda r: r.key)
+    for key, near in found.items():
+        last = (latest or {}).get(key)
+        if last is not None:
+            near[last.key] = last
+        fresh = {r.key for r in batches[key]}  # never a neighbour (the probes skip them): a safety net
+        out[key] = sorted((r for k, r in near.items() if k not in fresh), key=lambda r: r.key)
     return out
 
 
