@@ -17,7 +17,6 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 import orjson
-from psycopg import AsyncClientCursor
 
 from usagehub.core import prepaid as core
 from usagehub.core.prepaid import (
@@ -160,25 +159,26 @@ class NoPrice(Exception):
 
 
 async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: datetime, ttl: timedelta,
-                  expire: frozenset[str] = frozenset(), own_transaction: bool = False) -> list[Result]:
+                  expire: frozenset[str] = frozenset()) -> list[Result]:
     """Decide and write ``ops`` in the caller's transaction; results in the same order.
 
     ``expire`` names more accounts whose expired reservations are released (the sweep).
     Two statements whatever the batch holds: ``prepaid_batch_read`` (reads, lock, reservations,
     rating's accounts and generation) and ``prepaid_batch_write``; a third and a fourth only when
     tiered prices need the period to date or an account's block state changes.
-    ``own_transaction``: ``conn`` is in autocommit and the batch is its own transaction, whose ``BEGIN``
-    travels with the read and ``COMMIT`` with the write (two round trips instead of four); on an error
-    the caller rolls back.
     """
     requests = [op.request for op in ops if isinstance(op, AuthorizeOp)]
     wanted = sorted({op.reservation_id for op in ops if not isinstance(op, AuthorizeOp)})
     keys = [(r.device_id, r.request_id) for r in requests if r.request_id]
     # One statement: the reads, the lock of every account they may name (account order), then the
     # reservations and the rating data under that lock.
-    read = orjson.loads(await _read(conn, own_transaction, (
-        sorted({r.device_id for r in requests}), now, sorted({r.card_id for r in requests if r.card_id}),
-        [k[0] for k in keys], [k[1] for k in keys], wanted, sorted(expire))))
+    cur = await conn.execute(
+        "SELECT prepaid_batch_read(%s, %s, %s, %s, %s, %s, %s)::text",
+        (sorted({r.device_id for r in requests}), now, sorted({r.card_id for r in requests if r.card_id}),
+         [k[0] for k in keys], [k[1] for k in keys], wanted, sorted(expire)))
+    row = await cur.fetchone()
+    assert row is not None
+    read = orjson.loads(str(row[0]))
     devices = {str(r[0]): r[1] for r in read["devices"]}
     tenants = {str(r[0]): str(r[2]) for r in read["devices"]}
     cards = {str(r[0]): (str(r[1]), bool(r[2]), r[3], str(r[4])) for r in read["cards"]}
@@ -202,25 +202,9 @@ async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: d
             results.append(await _commit(batch, op))
         else:
             results.append(_release(batch, op))
-    await settle(conn, before, batch.states)  # before the write, so that the write can carry the COMMIT
-    await _write(batch, commit=own_transaction)
+    await _write(batch)
+    await settle(conn, before, batch.states)
     return results
-
-
-_READ = "SELECT prepaid_batch_read(%s, %s, %s, %s, %s, %s, %s)::text"
-
-
-async def _read(conn: Connection, own_transaction: bool, params: tuple[Any, ...]) -> str:
-    """The batch read's JSON; with ``own_transaction`` the ``BEGIN`` goes in the same simple query."""
-    if not own_transaction:
-        cur = await conn.execute(_READ, params)
-    else:  # client-side binding: two statements in one query string, one round trip
-        cur = AsyncClientCursor(conn)
-        await cur.execute("BEGIN; " + _READ, params)
-        cur.nextset()
-    row = await cur.fetchone()
-    assert row is not None
-    return str(row[0])
 
 
 def _price_keys(ops: Sequence[Op], targets: list[str | Denial], batch: _Batch) -> set[tuple[str, str, Decimal]]:
@@ -376,17 +360,15 @@ def _text(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
 
 
-async def _write(batch: _Batch, *, commit: bool = False) -> None:
+async def _write(batch: _Batch) -> None:
     """The batch's ledger entries, reservations and card attempts in one statement (``prepaid_batch_write``).
 
     One JSON parameter, numbers as exact decimal text: dumping a dozen typed arrays cost more than the
-    statement itself. ``commit``: the ``COMMIT`` follows in the same simple query.
+    statement itself.
     """
     created = {r.reservation_id for r, _, _ in batch.created}
     changed = [r for r in batch.reservations.values() if r.dirty and r.reservation_id not in created]
     if not (batch.ledger or batch.created or changed or batch.attempts):
-        if commit:
-            await batch.conn.execute("COMMIT")
         return
     doc = {
         "ledger": [[e.account_id, e.entry.kind.value, str(e.entry.amount), e.currency, e.vendor_id, e.payment_ref,
@@ -397,8 +379,4 @@ async def _write(batch: _Batch, *, commit: bool = False) -> None:
         "changed": [[r.reservation_id, r.state.value, _text(r.used_units), _text(r.charged)] for r in changed],
         "attempts": [list(a) for a in batch.attempts],
     }
-    params = (batch.now, orjson.dumps(doc).decode())
-    if commit:  # client-side binding: the write and the COMMIT in one round trip
-        await AsyncClientCursor(batch.conn).execute("SELECT prepaid_batch_write(%s, %s::jsonb); COMMIT", params)
-    else:
-        await batch.conn.execute("SELECT prepaid_batch_write(%s, %s::jsonb)", params)
+    await batch.conn.execute("SELECT prepaid_batch_write(%s, %s::jsonb)", (batch.now, orjson.dumps(doc).decode()))
