@@ -44,10 +44,21 @@ class PrepaidEventHub:
         self._pending: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        """Listen until cancelled; reconnects after a lost connection."""
+        """Listen until cancelled; reconnects after a lost connection. Cancelled, it stops its handlers too.
+
+        A handler still running at a stop (a dispatch sending block/restore commands to many devices)
+        would go on publishing into a closing connection, a failure per device; cancelled, its
+        transaction rolls back, the event stays unsent and the sweep of the next start sends it.
+        """
         self.listening.clear()
-        await listen_forever(self.conninfo, CHANNEL, lambda payload: self.publish(event_of(payload)),
-                             on_connect=self.listening.set)
+        try:
+            await listen_forever(self.conninfo, CHANNEL, lambda payload: self.publish(event_of(payload)),
+                                 on_connect=self.listening.set)
+        finally:
+            pending = list(self._pending)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def publish(self, event: PrepaidEvent) -> None:
         """Give ``event`` to every subscriber (a full queue drops its oldest) and every handler."""

@@ -100,8 +100,11 @@ async def read_state(conn: Connection, account: str) -> Locked | None:
 
 
 async def append(conn: Connection, rows: Sequence[LedgerRow], *, returning: bool = True) -> list[int]:
-    """Append entries in order (one statement); the trigger checks and applies each. Returns entry ids.
+    """Append entries in order (one statement); the ledger triggers check and apply them. Returns entry ids.
 
+    Each entry carries its ``balance_after`` (the account's balance plus the running sum, in order), so
+    the ledger applies the statement with one account update each (migration 0035); the caller holds
+    the accounts' locks (:func:`lock_states`), else a concurrent entry makes the check refuse the statement.
     ``returning=False`` reads nothing back (an empty list), so a pipeline need not wait for it.
     """
     if not rows:
@@ -114,10 +117,12 @@ async def append(conn: Connection, rows: Sequence[LedgerRow], *, returning: bool
     ]
     cur = await conn.execute(
         "INSERT INTO ledger_entries (account_id, kind, amount, currency, vendor_id, payment_ref, card_id, "
-        "reservation_id, device_id, product, quantity) "
-        "SELECT a, k, m, c, v, p, cd, r, d, pr, q FROM unnest(%s::text[], %s::text[], %s::numeric[], %s::text[], "
+        "reservation_id, device_id, product, quantity, balance_after) "
+        "SELECT a, k, m, c, v, p, cd, r, d, pr, q, pa.balance + sum(m) OVER (PARTITION BY a ORDER BY n) "
+        "FROM unnest(%s::text[], %s::text[], %s::numeric[], %s::text[], "
         "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::numeric[]) "
-        "WITH ORDINALITY AS u(a, k, m, c, v, p, cd, r, d, pr, q, n) ORDER BY n"
+        "WITH ORDINALITY AS u(a, k, m, c, v, p, cd, r, d, pr, q, n) "
+        "LEFT JOIN prepaid_accounts pa ON pa.account_id = u.a ORDER BY n"
         + (" RETURNING entry_id" if returning else ""), columns)
     return [int(r[0]) for r in _rows(await cur.fetchall())] if returning else []
 
