@@ -165,14 +165,14 @@ class Pipeline:
             return lanes[0]
         if message.meta:  # an authenticated sender, or metadata a profile reads: no cache
             return lanes[lane_index(self.identity.lane_key(message), len(lanes))]
+        if self._topic_lanes_version != self.profiles.version:  # meter types changed: topics may move
+            self._topic_lanes.clear()
+            self._topic_lanes_version = self.profiles.version
         cache = self._topic_lanes.get(message.transport)
-        lane = cache.get(message.topic) if cache is not None else None
-        if lane is None or self._topic_lanes_version != self.profiles.version:
-            if self._topic_lanes_version != self.profiles.version:  # meter types changed: topics may move
-                self._topic_lanes.clear()
-                self._topic_lanes_version = self.profiles.version
-            if cache is None or len(cache) >= _TOPIC_LANES_MAX:  # a flood of invented topics must not grow memory
-                cache = self._topic_lanes[message.transport] = {}
+        if cache is None or len(cache) >= _TOPIC_LANES_MAX:  # a flood of invented topics must not grow memory
+            cache = self._topic_lanes[message.transport] = {}
+        lane = cache.get(message.topic)
+        if lane is None:
             lane = cache[message.topic] = lanes[lane_index(self.identity.lane_key(message), len(lanes))]
         return lane
 
@@ -180,15 +180,16 @@ class Pipeline:
         lane = self._lane_of(item.message)
         if lane.queue.full():
             await lane.queue.put(item)  # waits for room
-            self._count_in(lane, item.message.transport)
+            self._received(lane, item.message.transport)
         else:
             self._put(lane, item)
 
     def _put(self, lane: _Lane, item: _Item) -> None:
         lane.queue.put_nowait(item)
-        self._count_in(lane, item.message.transport)
+        self._received(lane, item.message.transport)
 
-    def _count_in(self, lane: _Lane, transport: str) -> None:
+    def _received(self, lane: _Lane, transport: str) -> None:
+        """A message joined ``lane``: its wait starts (if none did), and it is counted in."""
         if lane.waiting_since is None:
             lane.waiting_since = time.monotonic()
         counts = self._in_counts

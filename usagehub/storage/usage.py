@@ -88,9 +88,10 @@ async def stored_neighbourhoods(conn: Connection, batches: Mapping[MeterKey, lis
     keys = list(batches)
     if not keys:
         return {}
+    latest = latest or {}
     cols: tuple[list[object], ...] = ([], [], [], [], [], [], [], [])
     for i, key in enumerate(keys, 1):
-        for lo, hi, down in _probes(batches[key], (latest or {}).get(key)):
+        for lo, hi, down in _probes(batches[key], latest.get(key)):
             for col, value in zip(cols, (i, key[0], key[1], lo[0], lo[1], hi[0], hi[1], down), strict=True):
                 col.append(value)
     found: dict[MeterKey, dict[tuple[datetime, str], Reading]] = {k: {} for k in keys}
@@ -101,7 +102,7 @@ async def stored_neighbourhoods(conn: Connection, batches: Mapping[MeterKey, lis
             found[keys[int(r[0]) - 1]][reading.key] = reading  # type: ignore[call-overload]
     out: dict[MeterKey, list[Reading]] = {}
     for key, near in found.items():
-        last = (latest or {}).get(key)
+        last = latest.get(key)
         if last is not None:
             near[last.key] = last
         fresh = {r.key for r in batches[key]}  # never a neighbour (the probes skip them): a safety net

@@ -119,7 +119,7 @@ class MqttAdapter:
 
     async def _pump(self, client: aiomqtt.Client, acks: ManualAck, sink: Sink,
                     pause: ReadPause | None = None) -> None:
-        offer, offer_nowait = (sink.offer, sink.offer_nowait) if isinstance(sink, OfferSink) else (None, None)
+        offering = sink if isinstance(sink, OfferSink) else None
         async for message in lean.messages(client):
             if pause is not None:
                 pause.taken(len(message.payload) + 8)
@@ -132,10 +132,10 @@ class MqttAdapter:
                 payload=payload if isinstance(payload, bytes) else str(payload).encode(),
                 received_at=datetime.now(UTC),
             )
-            if offer is not None:  # the pipeline: acked right after the commit, no future per message
+            if offering is not None:  # the pipeline: acked right after the commit, no future per message
                 stored = functools.partial(acks.ack, message) if message.qos else None
-                if not offer_nowait(raw, stored):  # type: ignore[misc]  # set with offer
-                    await offer(raw, stored)
+                if not offering.offer_nowait(raw, stored):  # the lane is full: wait for room
+                    await offering.offer(raw, stored)
                 del stored
             else:
                 future = await sink.submit(raw)
