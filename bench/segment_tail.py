@@ -28,6 +28,7 @@ from usagehub.core.allocation import Point, PointKind
 from usagehub.core.events import Aggregation
 from usagehub.core.segments import (
     SEGMENT,
+    Listed,
     Mark,
     MarkBefore,
     MarksAfter,
@@ -58,6 +59,10 @@ class Store:
         if isinstance(req, MarksAfter):
             i = bisect.bisect_right(keys, req.after)
             return [self.marks[k] for k in keys[i:i + req.limit]]
+        if isinstance(req, Listed):
+            last = keys[-1] if keys else None
+            return {r for k in keys if k not in req.skip and (k >= req.since or k == last)
+                    for r in self.marks[k].created if r in req.resumes}
         assert isinstance(req, PointsIn)
         return self.points[bisect.bisect_left(self.starts, req.start):bisect.bisect_left(self.starts, req.end)]
 

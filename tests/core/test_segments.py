@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tests.core.test_sessions import AS_OF, BERLIN, BERLIN_RULES, HOUR, _arrivals, point_sets, usage
 from usagehub.core.allocation import Point
 from usagehub.core.segments import (
+    Listed,
     Mark,
     MarkBefore,
     MarksAfter,
@@ -42,6 +43,10 @@ class MemoryStore:
         if isinstance(request, MarksAfter):
             return sorted((m for s, m in self.marks.items() if s > request.after),
                           key=lambda m: m.start)[:request.limit]
+        if isinstance(request, Listed):
+            last = max(self.marks, default=None)
+            return {r for s, m in self.marks.items() if s not in request.skip and (s >= request.since or s == last)
+                    for r in m.created if r in request.resumes}
         assert isinstance(request, PointsIn)
         return [p for p in self.points if request.start <= p.start < request.end]
 

@@ -229,7 +229,18 @@ class PointsIn:
     end: datetime
 
 
-Request = MarkBefore | MarksAfter | PointsIn
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """Request: which of ``resumes`` a stored mark lists as created, among the marks whose start is not in
+    ``skip`` and is at or after ``since`` (a session opens in the segment of its key or later) or is the
+    last stored mark (a session opened by ``as_of``). Answered with a set of resumes."""
+
+    resumes: frozenset[Resume]
+    since: datetime
+    skip: frozenset[datetime]
+
+
+Request = MarkBefore | MarksAfter | PointsIn | Listed
 
 
 @dataclass(slots=True, kw_only=True)
@@ -262,7 +273,26 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
     it, at the next segment or chunk, and says what is left (``Outcome.pending``): rewalking those instants
     later gives what an unbounded walk would. ``append`` gives points appended to the end of a segment a
     chunk of their own (False: the whole last chunk is read again, as before; for benchmarks).
+
+    A session is stored while a stored mark lists it as created: one that a replayed mark no longer creates
+    is stale only if no mark this walk left in place lists it (a walk cut by its budget may have moved its
+    creation to an earlier mark in a previous round, before the later mark that listed it is replayed).
     """
+    result: Outcome = yield from _walk(account_id=account_id, service=service, rules=rules, as_of=as_of,
+                                       changed=changed, segment=segment, chunk=chunk, budget=budget, append=append)
+    orphans = frozenset(result.stale) - frozenset(result.created)
+    if orphans:
+        listed: set[Resume] = yield Listed(
+            resumes=orphans, since=min(segment_start(r.key[0], segment) for r in orphans),
+            skip=frozenset(m.start for m in result.marks) | frozenset(result.dropped))
+        result.stale = [r for r in result.stale if r not in listed]
+    return result
+
+
+def _walk(*, account_id: str, service: str, rules: SessionRules, as_of: datetime, changed: Iterable[datetime],
+          segment: timedelta, chunk: int | None, budget: int | None,
+          append: bool) -> Generator[Request, Any, Outcome]:
+    """The walk of :func:`rewalk`, before its check of stale sessions."""
     todo = sorted({ensure_aware(t) for t in changed})
     out = _Run(account_id=account_id, service=service, rules=rules, as_of=as_of, segment=segment, chunk=chunk)
     first: Mark | None = yield MarkBefore(todo[0] if todo else FAR_FUTURE)
@@ -320,6 +350,7 @@ def rewalk(*, account_id: str, service: str, rules: SessionRules, as_of: datetim
                   and not (todo and todo[0] < queue[0].start)):
                 # Same walk, only the open session's accumulation differs: advance it without points.
                 out.result.marks.append(replace(m, entry=entry))
+                out.result.created.extend(m.created)  # the same walk creates the same sessions
                 out.result.marks_moved += 1
                 entry = replace(queue[0].entry, prefix=entry.prefix.merge(m.piece))
                 fresh = True

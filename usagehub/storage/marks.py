@@ -11,7 +11,7 @@ import orjson
 from usagehub.core.aggregation import Partial
 from usagehub.core.events import Aggregation
 from usagehub.core.periods import Period
-from usagehub.core.segments import Acc, Entry, Mark, MarkBefore, MarksAfter, OpenShape, Outcome, Request
+from usagehub.core.segments import Acc, Entry, Listed, Mark, MarkBefore, MarksAfter, OpenShape, Outcome, Request
 from usagehub.storage.period_truth import Removed, forget, note_changes, removed_of
 from usagehub.storage.pool import Connection
 from usagehub.storage.sessions import (
@@ -99,6 +99,14 @@ async def answer(conn: Connection, asks: Sequence[tuple[Group, Request]]) -> lis
                 out[i] = []
             for row in rows:
                 out[idx[row[0]]].append(mark_of(row[1:]))
+        elif kind is Listed:
+            rows = await _fetch(conn, _LISTED, [*cols, [r.since for r in reqs]])  # type: ignore[union-attr]
+            for i in idx:
+                out[i] = set()
+            for row in rows:
+                req = reqs[row[0]]
+                if utc(row[1]) not in req.skip:
+                    out[idx[row[0]]] |= {resume_of(r) for r in orjson.loads(row[2])} & req.resumes
         else:
             rows = await _fetch(conn, _POINTS_IN, [*cols, [r.start for r in reqs],  # type: ignore[union-attr]
                                                    [r.end for r in reqs]])  # type: ignore[union-attr]
@@ -123,6 +131,11 @@ _MARKS_AFTER = (
     f"SELECT k.i, m.* FROM {_ASKS.format(extra=', %b::int[]', extra_col=', n')} CROSS JOIN LATERAL "
     f"(SELECT {_MARK_COLUMNS} FROM session_marks WHERE account_id = k.a AND service = k.s AND seg_start > k.t "
     "ORDER BY seg_start LIMIT k.n) AS m ORDER BY k.i, m.seg_start")
+_LISTED = (  # the marks that may list a session as created: from its segment on, and the last one
+    f"SELECT k.i, m.seg_start, m.created FROM {_ASKS.format(extra='', extra_col='')} CROSS JOIN LATERAL "
+    "(SELECT seg_start, created FROM session_marks WHERE account_id = k.a AND service = k.s AND seg_start >= k.t "
+    "AND created <> '[]' UNION ALL (SELECT seg_start, created FROM session_marks WHERE account_id = k.a "
+    "AND service = k.s ORDER BY seg_start DESC LIMIT 1)) AS m")
 # LATERAL with ORDER BY (not a join the planner may flatten): one index range per walk, so a round costs
 # the segments it reads, not a scan of the whole table (a hash join over it grew with the table in the soak).
 _POINTS_IN = (
