@@ -54,12 +54,17 @@ async def connect(settings: BusSettings, *, name: str, on_state: Callable[[bool]
     """A client that reconnects for ever across the listed servers (a cluster node may die).
 
     ``on_state(False)`` once when the connection is lost, ``on_state(True)`` once it is back (then it logs
-    and counts the outage instead of this module).
+    and counts the outage instead of this module). Closing the client is not a loss: nats-py calls the
+    disconnect callback at ``close()`` too, with the client already closed.
     """
+    client: list[Client] = []
+
     async def on_error(err: Exception) -> None:
         log.debug("nats: %r", err)
 
     async def on_disconnect() -> None:
+        if client and client[0].is_closed:
+            return
         if on_state is not None:
             on_state(False)
         else:
@@ -71,9 +76,10 @@ async def connect(settings: BusSettings, *, name: str, on_state: Callable[[bool]
         else:
             log.info("nats: reconnected")
 
-    return await nats.connect(servers=list(settings.servers), name=name, max_reconnect_attempts=-1,
-                              reconnect_time_wait=0.5, connect_timeout=2, allow_reconnect=True,
-                              error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect)
+    client.append(await nats.connect(servers=list(settings.servers), name=name, max_reconnect_attempts=-1,
+                                     reconnect_time_wait=0.5, connect_timeout=2, allow_reconnect=True,
+                                     error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect))
+    return client[0]
 
 
 async def ensure_stream(js: JetStreamContext, settings: BusSettings) -> None:
