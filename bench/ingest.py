@@ -5,7 +5,9 @@ In one run, on one Mosquitto and one embedded PostgreSQL, with the same messages
   2. bare COPY (binary) of the same rows                                          — the database limit
   3. ../shared/baselines/glue_batch.py (500 rows/transaction, acks BEFORE commit) — what people write
   4. usagehub serve (acks AFTER commit, identity-checked, usage derived)          — us
-  5. usagehub with gateway messages of 50 readings each
+  5. usagehub with gateway messages of 50 readings each: each meter behind one of 50 gateways (a data
+     concentrator relays its own meters), and the worst case, each meter's readings spread over all 50
+     gateways (so over both commit lanes: most batches carry readings older than the other lane's)
 Each case runs REPEAT times on a fresh database; medians are printed, with ratios.
 Usage: .venv/bin/python bench/ingest.py [N] [REPEAT]
 """
@@ -36,8 +38,16 @@ BASELINES = ROOT.parent / "shared" / "baselines"
 METERS = 1000
 
 
-def messages(n: int, gateway: int = 0) -> list[tuple[bytes, bytes]]:
-    """N single readings for 1,000 meters (or N/gateway gateway messages), stamped now."""
+GATEWAYS = 50
+
+
+def messages(n: int, gateway: int = 0, spread: bool = False) -> list[tuple[bytes, bytes]]:
+    """N single readings for 1,000 meters (or N/gateway gateway messages), stamped now.
+
+    Gateway messages: meter ``d`` is behind gateway ``d % 50``, which sends its meters' readings in order,
+    ``gateway`` at a time; with ``spread``, consecutive messages go round the 50 gateways whatever meters
+    they hold (each meter's readings through every gateway).
+    """
     now = datetime.now(UTC) - timedelta(hours=1)
     rows = []
     for k in range(n):
@@ -47,9 +57,19 @@ def messages(n: int, gateway: int = 0) -> list[tuple[bytes, bytes]]:
     if not gateway:
         return [(f"meters/{dev}/reading".encode(), orjson.dumps(body)) for dev, body in rows]
     out = []
-    for i in range(0, n, gateway):
-        chunk = [{"meter": dev, **body} for dev, body in rows[i:i + gateway]]
-        out.append((f"gateways/g{i // gateway % 50:02d}/batch".encode(), orjson.dumps({"readings": chunk})))
+    if spread:
+        for i in range(0, n, gateway):
+            chunk = [{"meter": dev, **body} for dev, body in rows[i:i + gateway]]
+            out.append((f"gateways/g{i // gateway % GATEWAYS:02d}/batch".encode(), orjson.dumps({"readings": chunk})))
+        return out
+    held: dict[int, list[dict[str, object]]] = {g: [] for g in range(GATEWAYS)}
+    for dev, body in rows:
+        g = int(dev[1:]) % GATEWAYS
+        held[g].append({"meter": dev, **body})
+        if len(held[g]) == gateway:
+            out.append((f"gateways/g{g:02d}/batch".encode(), orjson.dumps({"readings": held[g]})))
+            held[g] = []
+    out += [(f"gateways/g{g:02d}/batch".encode(), orjson.dumps({"readings": rest})) for g, rest in held.items() if rest]
     return out
 
 
@@ -164,7 +184,7 @@ def usagehub_run(url: str, port: int, msgs: list[tuple[bytes, bytes]], events: i
     profile = "" if via_gateway else ", profile: acme-em340"
     lines = ["accounts: [{id: a}]", "devices:"] + [f"  - {{id: m{d:04d}{profile}}}" for d in range(METERS)]
     if via_gateway:
-        lines += [f"  - {{id: g{g:02d}, profile: acme-dc100-gateway}}" for g in range(50)]
+        lines += [f"  - {{id: g{g:02d}, profile: acme-dc100-gateway}}" for g in range(GATEWAYS)]
     seed.write_text("\n".join(lines) + "\n")
     settings = ["--database-url", url, "--mqtt-url", f"mqtt://127.0.0.1:{port}", "--data-dir", str(tmp),
                 "--log-level", "WARNING"]
@@ -221,9 +241,9 @@ def main() -> None:
     os.chmod(tmp, 0o755)
     server = embedded_database_url(tmp / "db")
     broker = Broker(tmp)
-    single, gateway = messages(n), messages(n, gateway=50)
+    single, gateway, spread = messages(n), messages(n, gateway=50), messages(n, gateway=50, spread=True)
     results: dict[str, list[float]] = {k: [] for k in ("bare_sub", "copy", "glue", "hub", "hub_p50", "hub_p99",
-                                                       "gw", "gw_p50", "gw_p99")}
+                                                       "gw", "gw_p50", "gw_p99", "sp", "sp_p50", "sp_p99")}
     try:
         for r in range(repeat):
             results["bare_sub"].append(asyncio.run(bare_subscriber(broker.port, single)))
@@ -238,6 +258,10 @@ def main() -> None:
             results["gw"].append(rate)
             results["gw_p50"].append(p50)
             results["gw_p99"].append(p99)
+            rate, p50, p99 = usagehub_run(new_db(server), broker.port, spread, n, tmp / f"s{r}")
+            results["sp"].append(rate)
+            results["sp_p50"].append(p50)
+            results["sp_p99"].append(p99)
             print(f"run {r + 1}: " + ", ".join(f"{k}={v[-1]:.0f}" for k, v in results.items() if v), flush=True)
     finally:
         broker.proc.terminate()
@@ -251,8 +275,11 @@ def main() -> None:
           f"receive->store p50 {med['hub_p50']:.1f} ms p99 {med['hub_p99']:.1f} ms")
     print(f"  usagehub, gateway messages of 50 readings      {med['gw']:>10,.0f} events/s  "
           f"receive->store p50 {med['gw_p50']:.1f} ms p99 {med['gw_p99']:.1f} ms")
+    print(f"  ... each meter through all 50 gateways         {med['sp']:>10,.0f} events/s  "
+          f"receive->store p50 {med['sp_p50']:.1f} ms p99 {med['sp_p99']:.1f} ms")
     print(f"  ratios: usagehub/bare subscriber {med['hub'] / med['bare_sub']:.2f}"
-          + (f", usagehub/glue_batch {med['hub'] / med['glue']:.2f}" if "glue" in med else ""))
+          + (f", usagehub/glue_batch {med['hub'] / med['glue']:.2f}, gateways/glue_batch "
+             f"{med['gw'] / med['glue']:.2f} (spread {med['sp'] / med['glue']:.2f})" if "glue" in med else ""))
 
 
 if __name__ == "__main__":
