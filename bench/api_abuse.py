@@ -16,10 +16,8 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing as mp
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,10 +28,10 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from coap_ingest import FastSink
 from http_ingest import TOKEN, Directory
 
+from bench.scratch import scratch
 from tests.peers import free_port
 from usagehub.adapters.http import HttpConfig, ingest_routes
 from usagehub.graphql.context import Services
@@ -150,8 +148,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--attackers", type=int, default=2)
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="usagehub-bench-"))
-    os.chmod(folder, 0o755)
+    folder = scratch("usagehub-bench-")
     pool = await open_pool(await asyncio.to_thread(embedded_database_url, folder), max_size=8)
     await migrate(pool)
     registry = Registry(pool)

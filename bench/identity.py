@@ -12,10 +12,8 @@ Run: .venv/bin/python bench/identity.py [MESSAGES]
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,7 +23,7 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
+from bench.scratch import scratch  # noqa: E402
 from usagehub.core.decode import ProfileSet  # noqa: E402
 from usagehub.core.events import RawMessage, UsageEvent  # noqa: E402
 from usagehub.pipeline.identity import Entitlements  # noqa: E402
@@ -99,8 +97,7 @@ async def run(messages: list[RawMessage], check: Entitlements | None, profiles: 
 
 async def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 40_000
-    tmp = Path(tempfile.mkdtemp(prefix="usagehub-bench-identity-"))
-    os.chmod(tmp, 0o755)
+    tmp = scratch("usagehub-bench-identity-")
     pool = await open_pool(embedded_database_url(tmp / "db"), max_size=2)
     await migrate(pool)
     await setup(pool)

@@ -19,7 +19,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -32,6 +31,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.rawpub import publish  # noqa: E402
+from bench.scratch import scratch  # noqa: E402
 from usagehub.storage.embedded import embedded_database_url  # noqa: E402
 
 BASELINES = ROOT.parent / "shared" / "baselines"
@@ -237,8 +237,7 @@ def latencies(url: str) -> tuple[float, float]:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
     repeat = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    tmp = Path(tempfile.mkdtemp(prefix="usagehub-bench-"))
-    os.chmod(tmp, 0o755)
+    tmp = scratch("usagehub-bench-")
     server = embedded_database_url(tmp / "db")
     broker = Broker(tmp)
     single, gateway, spread = messages(n), messages(n, gateway=50), messages(n, gateway=50, spread=True)

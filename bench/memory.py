@@ -19,7 +19,6 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.ingest import Broker, count, wait_count  # noqa: E402
 from bench.rawpub import publish  # noqa: E402
+from bench.scratch import scratch  # noqa: E402
 from bench.soak import Fleet, free_port, seed  # noqa: E402
 from usagehub.storage.embedded import embedded_database_url  # noqa: E402
 
@@ -84,8 +84,7 @@ def main() -> None:
     ap.add_argument("--settle-s", type=float, default=5)
     ap.add_argument("--trace", action="store_true", help="run the hub under tracemalloc, print what stays")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="usagehub-mem-"))
-    tmp.chmod(0o755)
+    tmp = scratch("usagehub-mem-")
     broker = Broker(tmp)
     url = embedded_database_url(tmp / "db")
     settings = seed(url, tmp, one_account=False)

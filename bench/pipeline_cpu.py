@@ -18,7 +18,6 @@ import cProfile
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.fleet import fleet  # noqa: E402
+from bench.scratch import scratch  # noqa: E402
 from usagehub.core.events import RawMessage  # noqa: E402
 from usagehub.pipeline.session_worker import SessionWorker  # noqa: E402
 from usagehub.pipeline.sessions import SessionEngine  # noqa: E402
@@ -107,7 +107,7 @@ def main() -> None:
     accounts = int(args[1]) if len(args) > 1 else 20
     profile = sys.argv[sys.argv.index("--profile") + 1] if "--profile" in sys.argv else None
     msgs, _truth, seed = fleet(weeks, accounts)
-    tmp = Path(tempfile.mkdtemp(prefix="usagehub-pipe-"))
+    tmp = scratch("usagehub-pipe-")
     url = embedded_database_url(tmp / "db")
     (tmp / "seed.yaml").write_text(seed)
     subprocess.run([sys.executable, "-m", "usagehub", "seed", str(tmp / "seed.yaml"), "--database-url", url,

@@ -16,7 +16,6 @@ import asyncio
 import cProfile
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from bench.fleet import fleet  # noqa: E402
 from bench.ingest import Broker, forget_session  # noqa: E402
 from bench.rawpub import publish  # noqa: E402
+from bench.scratch import scratch  # noqa: E402
 from usagehub.adapters.base import AdapterSettings, Receipt  # noqa: E402
 from usagehub.adapters.mqtt.adapter import MqttAdapter  # noqa: E402
 from usagehub.adapters.mqtt.config import MqttConfig  # noqa: E402
@@ -131,7 +131,7 @@ def main() -> None:
         if len(MSGS) >= n:
             break
         weeks += 1
-    broker = Broker(Path(tempfile.mkdtemp(prefix="usagehub-recv-")))
+    broker = Broker(scratch("usagehub-recv-"))
     hub, bare = [], []
     try:
         for r in range(rounds):

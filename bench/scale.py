@@ -28,7 +28,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -44,6 +43,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench import fleet as realistic  # noqa: E402
+from bench.scratch import scratch  # noqa: E402
 from usagehub.core.events import RawMessage  # noqa: E402
 from usagehub.runtime.config import HubConfig  # noqa: E402
 
@@ -372,7 +372,7 @@ def run_fleet(server: str, fleet: Fleet, counts: list[int], tmp: Path, *, spread
               f"{fleet.exact(r.url)}", flush=True)
     if spread_too:
         asyncio.run(spread(results[0].url, fleet, counts))
-    print(f"worker logs: {tmp}/worker-*.log; load {os.getloadavg()[0]:.1f}")
+    print(f"worker logs: {tmp}/worker-*.log (kept with BENCH_KEEP=1); load {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:
@@ -390,8 +390,7 @@ def main() -> None:
     args = parser.parse_args()
     from usagehub.storage.embedded import embedded_database_url
 
-    tmp = Path(tempfile.mkdtemp(prefix="usagehub-scale-"))
-    os.chmod(tmp, 0o755)
+    tmp = scratch("usagehub-scale-")
     server = embedded_database_url(tmp / "db")
     weeks, accounts = (int(x) for x in args.real.split("x"))
     fleets = {"simple": lambda: simple_fleet(args.messages), "realistic": lambda: realistic_fleet(weeks, accounts)}

@@ -26,7 +26,6 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -42,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.ingest import Broker, count, wait_count  # noqa: E402
 from bench.rawpub import Publisher, publish  # noqa: E402
+from bench.scratch import scratch  # noqa: E402
 from usagehub.pipeline.session_worker import ROUND_NAME  # noqa: E402
 from usagehub.storage.embedded import embedded_database_url  # noqa: E402
 
@@ -224,8 +224,7 @@ def main() -> None:
     ap.add_argument("--one-account", action="store_true",
                     help="every meter on one account (session rounds of one huge account; see docs/faults.md)")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="usagehub-soak-"))
-    tmp.chmod(0o755)
+    tmp = scratch("usagehub-soak-")
     broker = Broker(tmp)
     url = embedded_database_url(tmp / "db")
     settings = seed(url, tmp, args.one_account)
