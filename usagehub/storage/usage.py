@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from itertools import pairwise
+from datetime import datetime
 
 from usagehub.core.counters import Reading, UsageEntry
 from usagehub.core.events import UsageEvent
@@ -39,40 +38,27 @@ async def save_meter_state(conn: Connection, new_state: Sequence[tuple[MeterKey,
                                          for k, r in new_state], strict=True)))
 
 
-# Open ends of a probe: before and after any reading.
-_FIRST = (datetime.min.replace(tzinfo=UTC), "")
-_LAST = (datetime.max.replace(tzinfo=UTC), "")
-
+# The probes are built in SQL from each register's late readings (in key order): for each one, the nearest
+# stored reading below it and above the late reading before it, and above the gap before it (both ends of
+# every gap between late readings), and the nearest above the last one. The client sends three values per
+# late reading, not sixteen: binding the arrays was most of the client's cost.
 _NEIGHBOURS_SQL = (
-    "SELECT k.i, e.ts, e.value, e.event_id, e.reset_marker "
-    "FROM unnest(%s::int[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::timestamptz[], %s::text[], "
-    "            %s::bool[]) AS k(i, device_id, meter, lo_ts, lo_id, hi_ts, hi_id, down) "
+    "WITH r AS (SELECT * FROM unnest(%b::int[], %b::text[], %b::text[]) AS r(i, device_id, meter)), "
+    "l AS (SELECT u.i, u.ts, u.id, lag(u.ts) OVER w AS p_ts, lag(u.id) OVER w AS p_id, "
+    "      lead(u.ts) OVER w IS NULL AS last FROM unnest(%b::int[], %b::timestamptz[], %b::text[]) "
+    "      WITH ORDINALITY AS u(i, ts, id, o) WINDOW w AS (PARTITION BY u.i ORDER BY u.o)), "
+    "k AS (SELECT i, coalesce(p_ts, '-infinity') AS lo_ts, coalesce(p_id, '') AS lo_id, ts AS hi_ts, id AS hi_id, "
+    "      true AS down FROM l "
+    "      UNION ALL SELECT i, p_ts, p_id, ts, id, false FROM l WHERE p_ts IS NOT NULL "
+    "      UNION ALL SELECT i, ts, id, 'infinity', '', false FROM l WHERE last) "
+    "SELECT k.i, e.ts, e.value, e.event_id, e.reset_marker FROM k JOIN r USING (i) "
     "CROSS JOIN LATERAL ("
-    " (SELECT ts, value, event_id, reset_marker FROM events WHERE k.down AND device_id = k.device_id "
-    "  AND meter = k.meter AND (ts, event_id) > (k.lo_ts, k.lo_id) AND (ts, event_id) < (k.hi_ts, k.hi_id) "
+    " (SELECT ts, value, event_id, reset_marker FROM events WHERE k.down AND device_id = r.device_id "
+    "  AND meter = r.meter AND (ts, event_id) > (k.lo_ts, k.lo_id) AND (ts, event_id) < (k.hi_ts, k.hi_id) "
     "  ORDER BY ts DESC, event_id DESC LIMIT 1) "
-    " UNION ALL (SELECT ts, value, event_id, reset_marker FROM events WHERE NOT k.down AND device_id = k.device_id "
-    "  AND meter = k.meter AND (ts, event_id) > (k.lo_ts, k.lo_id) AND (ts, event_id) < (k.hi_ts, k.hi_id) "
+    " UNION ALL (SELECT ts, value, event_id, reset_marker FROM events WHERE NOT k.down AND device_id = r.device_id "
+    "  AND meter = r.meter AND (ts, event_id) > (k.lo_ts, k.lo_id) AND (ts, event_id) < (k.hi_ts, k.hi_id) "
     "  ORDER BY ts, event_id LIMIT 1)) AS e")
-
-
-def _probes(readings: Sequence[Reading], latest: Reading | None) -> list[tuple[tuple[datetime, str],
-                                                                               tuple[datetime, str], bool]]:
-    """(after, before, downwards) ranges whose nearest stored reading is a neighbour of a late reading.
-
-    Only the batch's readings up to ``latest`` need stored neighbours (later ones follow ``latest``). Between
-    two consecutive such readings lie stored readings only (the batch's others are outside), so the nearest
-    one on each side of the gap is a neighbour; before the first and after the last, the nearest one too.
-    Two index probes per late reading, whatever the length of the history around it.
-    """
-    late = [r.key for r in readings if latest is None or r.key <= latest.key]
-    if not late:
-        return []
-    out = [(_FIRST, late[0], True)]
-    for lo, hi in pairwise(late):
-        out += [(lo, hi, False), (lo, hi, True)]
-    out.append((late[-1], _LAST, False))
-    return out
 
 
 async def stored_neighbourhoods(conn: Connection, batches: Mapping[MeterKey, list[Reading]],
@@ -89,14 +75,22 @@ async def stored_neighbourhoods(conn: Connection, batches: Mapping[MeterKey, lis
     if not keys:
         return {}
     latest = latest or {}
-    cols: tuple[list[object], ...] = ([], [], [], [], [], [], [], [])
+    regs: tuple[list[int], list[str], list[str]] = ([], [], [])
+    late: tuple[list[int], list[datetime], list[str]] = ([], [], [])
     for i, key in enumerate(keys, 1):
-        for lo, hi, down in _probes(batches[key], latest.get(key)):
-            for col, value in zip(cols, (i, key[0], key[1], lo[0], lo[1], hi[0], hi[1], down), strict=True):
-                col.append(value)
+        last = latest.get(key)
+        # Only the batch's readings up to ``latest`` need stored neighbours (later ones follow ``latest``).
+        ahead = [r for r in batches[key] if last is None or r.key <= last.key]
+        if ahead:
+            regs[0].append(i)
+            regs[1].append(key[0])
+            regs[2].append(key[1])
+            late[0].extend([i] * len(ahead))
+            late[1].extend(r.ts for r in ahead)
+            late[2].extend(r.event_id for r in ahead)
     found: dict[MeterKey, dict[tuple[datetime, str], Reading]] = {k: {} for k in keys}
-    if cols[0]:
-        cur = await conn.execute(_NEIGHBOURS_SQL, cols)
+    if late[0]:
+        cur = await conn.execute(_NEIGHBOURS_SQL, (*regs, *late))
         for r in await cur.fetchall():
             reading = Reading(ts=r[1], value=r[2], event_id=r[3], reset_marker=r[4])  # type: ignore[arg-type]
             found[keys[int(r[0]) - 1]][reading.key] = reading  # type: ignore[call-overload]
