@@ -38,10 +38,11 @@ async def save_meter_state(conn: Connection, new_state: Sequence[tuple[MeterKey,
                                          for k, r in new_state], strict=True)))
 
 
-# The probes are built in SQL from each register's late readings (in key order): for each one, the nearest
-# stored reading below it and above the late reading before it, and above the gap before it (both ends of
-# every gap between late readings), and the nearest above the last one. The client sends three values per
-# late reading, not sixteen: binding the arrays was most of the client's cost.
+# The probes are built in SQL from each register's late readings (in key order). The late readings cut the
+# register's history into gaps that hold stored readings only: the nearest stored reading at each end of each
+# gap is a neighbour (below the first late reading: the nearest one down; above the last: the nearest one up).
+# The client sends three values per late reading, not the sixteen of a probe pair: binding those arrays was
+# most of the client's cost.
 _NEIGHBOURS_SQL = (
     "WITH r AS (SELECT * FROM unnest(%b::int[], %b::text[], %b::text[]) AS r(i, device_id, meter)), "
     "l AS (SELECT u.i, u.ts, u.id, lag(u.ts) OVER w AS p_ts, lag(u.id) OVER w AS p_id, "
@@ -80,14 +81,14 @@ async def stored_neighbourhoods(conn: Connection, batches: Mapping[MeterKey, lis
     for i, key in enumerate(keys, 1):
         last = latest.get(key)
         # Only the batch's readings up to ``latest`` need stored neighbours (later ones follow ``latest``).
-        ahead = [r for r in batches[key] if last is None or r.key <= last.key]
-        if ahead:
+        older = [r for r in batches[key] if last is None or r.key <= last.key]
+        if older:
             regs[0].append(i)
             regs[1].append(key[0])
             regs[2].append(key[1])
-            late[0].extend([i] * len(ahead))
-            late[1].extend(r.ts for r in ahead)
-            late[2].extend(r.event_id for r in ahead)
+            late[0].extend([i] * len(older))
+            late[1].extend(r.ts for r in older)
+            late[2].extend(r.event_id for r in older)
     found: dict[MeterKey, dict[tuple[datetime, str], Reading]] = {k: {} for k in keys}
     if late[0]:
         cur = await conn.execute(_NEIGHBOURS_SQL, (*regs, *late))
