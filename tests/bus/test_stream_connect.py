@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import pytest
+from nats.aio.client import Client
 
 from usagehub.bus.stream import BusSettings, connect
 from usagehub.runtime.natsd import NatsServer
@@ -13,12 +14,19 @@ from usagehub.runtime.natsd import NatsServer
 pytestmark = pytest.mark.integration
 
 
+async def _two_clients(server: NatsServer, states: list[bool],
+                       caplog: pytest.LogCaptureFixture) -> tuple[Client, Client]:
+    """One client that logs its outages, one that reports them to ``states``."""
+    caplog.set_level(logging.INFO, logger="usagehub.bus.stream")
+    quiet = await connect(BusSettings(servers=(server.url,)), name="quiet")
+    counted = await connect(BusSettings(servers=(server.url,)), name="counted", on_state=states.append)
+    return quiet, counted
+
+
 async def test_closing_the_client_reports_no_outage(nats_server: NatsServer,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     states: list[bool] = []
-    caplog.set_level(logging.INFO, logger="usagehub.bus.stream")
-    quiet = await connect(BusSettings(servers=(nats_server.url,)), name="quiet")
-    counted = await connect(BusSettings(servers=(nats_server.url,)), name="counted", on_state=states.append)
+    quiet, counted = await _two_clients(nats_server, states, caplog)
     await quiet.close()
     await counted.close()
     assert states == []
@@ -28,9 +36,7 @@ async def test_closing_the_client_reports_no_outage(nats_server: NatsServer,
 async def test_a_server_that_stops_is_reported_once_as_lost(nats_server: NatsServer,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     states: list[bool] = []
-    caplog.set_level(logging.INFO, logger="usagehub.bus.stream")
-    quiet = await connect(BusSettings(servers=(nats_server.url,)), name="quiet")
-    counted = await connect(BusSettings(servers=(nats_server.url,)), name="counted", on_state=states.append)
+    quiet, counted = await _two_clients(nats_server, states, caplog)
     try:
         nats_server.stop()
         for _ in range(100):
