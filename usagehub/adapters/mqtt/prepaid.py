@@ -126,6 +126,8 @@ class PrepaidMqtt:
         finally:
             self.connected.clear()
             self.link.down()
+            if self.stages is not None:
+                self.stages.unlisten()
 
     async def _session(self) -> None:
         receiving, publishing = self._client("rx"), self._client("tx")

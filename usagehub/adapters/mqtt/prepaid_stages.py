@@ -65,6 +65,12 @@ class StageRecord:
         loop.add_signal_handler(signal.SIGUSR1, self.dump)
         loop.add_signal_handler(signal.SIGUSR2, self.reset)
 
+    def unlisten(self) -> None:
+        """Give the signals back (the adapter stopped)."""
+        loop = asyncio.get_running_loop()
+        loop.remove_signal_handler(signal.SIGUSR1)
+        loop.remove_signal_handler(signal.SIGUSR2)
+
 
 def _quantiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
