@@ -12,6 +12,7 @@ Usage: [BENCH_QOS=0|1] .venv/bin/python bench/prepaid.py [N] [REPEAT] [CONCURREN
 The device side beside the service alone: .venv/bin/python bench/prepaid.py 3000 3 32 mqtt,service-rating
 BENCH_PYSPY=/tmp/hub.txt samples the hub with py-spy (collapsed stacks; py-spy on PATH);
 BENCH_PGSS=12 prints the 12 costliest PostgreSQL statements (pg_stat_statements, nested ones too).
+BENCH_STAGES=1 prints where a device request waits in the hub (medians/p99 per stage, measured runs only).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ FLEET = int(os.environ.get("BENCH_FLEET", "0"))  # idle bound devices beside the
 # The devices' MQTT client: raw (one raw socket, the default: 0.03 ms of CPU per authorization), lean (paho
 # with the hub's lean reads and coalesced writes: 0.13 ms) or aiomqtt (one awaited publish per request).
 CLIENT = os.environ.get("BENCH_CLIENT", "raw")
+STAGES = bool(os.environ.get("BENCH_STAGES"))
 
 
 def setup_db(server: str, tmp: Path) -> str:
@@ -133,7 +135,8 @@ def start_hub(url: str, broker: Broker, tmp: Path) -> tuple[subprocess.Popen[byt
     settings = ["--database-url", url, "--mqtt-url", f"mqtt://127.0.0.1:{broker.port}", "--data-dir", str(tmp)]
     proc = subprocess.Popen([sys.executable, "-m", "usagehub", "serve", *settings, "--http-port", str(port),
                              "--log-level", "WARNING"], cwd=ROOT,
-                            env={**os.environ, "USAGEHUB_MQTT_CLIENT_ID": "bench"})
+                            env={**os.environ, "USAGEHUB_MQTT_CLIENT_ID": "bench"}
+                            | ({"USAGEHUB_PREPAID_STAGES": str(tmp.parent / "stages.json")} if STAGES else {}))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -405,6 +408,22 @@ def histogram_quantile(text: str, name: str, q: float) -> float:
     return next((b for b, count in buckets if total and count >= q * total), float("nan"))
 
 
+def print_stages(hub: subprocess.Popen[bytes], path: Path) -> None:
+    """Where a device request waited in the hub: each stage's wait after the previous one (BENCH_STAGES)."""
+    hub.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not path.exists():
+        print("  hub stages: no record")
+        return
+    doc = orjson.loads(path.read_bytes())
+    print(f"  hub stages of {doc.get('requests', 0)} requests (wait after the previous stage, p50 / p99 ms):")
+    for name, q in doc.items():
+        if isinstance(q, dict):
+            print(f"    {name:10s} {q['p50_ms']:7.2f} {q['p99_ms']:7.2f}")
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
     repeat = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -439,6 +458,8 @@ def main() -> None:
         for path in paths:
             once(path, 500)  # warm-up
         reset_statement_stats(url)
+        if STAGES:
+            hub.send_signal(signal.SIGUSR2)  # forget the warm-up's stages
         results: dict[str, list[tuple[float, float, float]]] = {p: [] for p in paths}
         costs: dict[str, list[tuple[float, float, float, float, float]]] = {p: [] for p in paths}
         for _ in range(repeat):
@@ -474,6 +495,8 @@ def main() -> None:
                 q50, q99 = (histogram_quantile(text, name, q) for q in (0.5, 0.99))
                 print(f"  hub {name.removeprefix('usagehub_prepaid_')}: p50 <= {q50 * 1000:.1f} ms, "
                       f"p99 <= {q99 * 1000:.1f} ms")
+        if STAGES:
+            print_stages(hub, tmp / "stages.json")
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)

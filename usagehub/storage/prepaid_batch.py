@@ -9,6 +9,7 @@ the locked accounts are released first (lazy expiry).
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -159,8 +160,10 @@ class NoPrice(Exception):
 
 
 async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: datetime, ttl: timedelta,
-                  expire: frozenset[str] = frozenset()) -> list[Result]:
+                  expire: frozenset[str] = frozenset(), marks: list[float] | None = None) -> list[Result]:
     """Decide and write ``ops`` in the caller's transaction; results in the same order.
+
+    ``marks`` (a bench's stage record) gets the times the read and the write returned.
 
     ``expire`` names more accounts whose expired reservations are released (the sweep).
     Two statements whatever the batch holds: ``prepaid_batch_read`` (reads, lock, reservations,
@@ -178,6 +181,8 @@ async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: d
          [k[0] for k in keys], [k[1] for k in keys], wanted, sorted(expire)))
     row = await cur.fetchone()
     assert row is not None
+    if marks is not None:
+        marks.append(time.perf_counter())
     read = orjson.loads(str(row[0]))
     devices = {str(r[0]): r[1] for r in read["devices"]}
     tenants = {str(r[0]): str(r[2]) for r in read["devices"]}
@@ -204,6 +209,8 @@ async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: d
             results.append(_release(batch, op))
     await _write(batch)
     await settle(conn, before, batch.states)
+    if marks is not None:
+        marks.append(time.perf_counter())
     return results
 
 

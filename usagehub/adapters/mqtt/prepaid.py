@@ -36,7 +36,7 @@ from paho.mqtt.properties import Properties
 
 from usagehub import metrics
 from usagehub.adapters.link import Link
-from usagehub.adapters.mqtt import lean
+from usagehub.adapters.mqtt import lean, prepaid_stages
 from usagehub.adapters.mqtt.ack import ManualAck
 from usagehub.adapters.mqtt.coalesce import coalesce_writes
 from usagehub.adapters.mqtt.config import MqttConfig
@@ -68,10 +68,10 @@ class PrepaidMqttSettings:
     answer_qos: int = 1  # a device that misses an answer asks again with the same request id
 
 
-# A request waiting for its decision: (message, request id to echo, request, received at).
-_Pending = tuple[aiomqtt.Message, "str | int | None", DeviceRequest, float]
-# An answer waiting for the publisher: (topic, payload, MQTT 5 properties, received at).
-_Answer = tuple[str, bytes, "Properties | None", float]
+# A request waiting for its decision: (message, request id to echo, request, received at, queued at).
+_Pending = tuple[aiomqtt.Message, "str | int | None", DeviceRequest, float, float]
+# An answer waiting for the publisher: (topic, payload, MQTT 5 properties, received at, stage marks or None).
+_Answer = tuple[str, bytes, "Properties | None", float, "tuple[float, ...] | None"]
 
 
 class PrepaidMqtt:
@@ -89,6 +89,7 @@ class PrepaidMqtt:
         self._arrived = asyncio.Event()
         self._answers: asyncio.Queue[_Answer] = asyncio.Queue()
         self._room = asyncio.Semaphore(self.settings.max_in_flight)
+        self.stages = prepaid_stages.from_environment()  # bench only: where a request waits
 
     def filters(self) -> list[str]:
         """The subscriptions: one per operation."""
@@ -110,6 +111,8 @@ class PrepaidMqtt:
 
     async def run(self) -> None:
         """Serve until cancelled; any lost connection is retried with jittered backoff."""
+        if self.stages is not None:
+            self.stages.listen()
         try:
             while True:
                 try:
@@ -123,6 +126,8 @@ class PrepaidMqtt:
         finally:
             self.connected.clear()
             self.link.down()
+            if self.stages is not None:
+                self.stages.unlisten()
 
     async def _session(self) -> None:
         receiving, publishing = self._client("rx"), self._client("tx")
@@ -167,11 +172,11 @@ class PrepaidMqtt:
                 request = parse(operation, device_id, doc)
             except BadRequest as err:
                 self.refused += 1
-                self._queue_answer(message, device_id, for_device, refusal_doc(req, err), received)
+                self._queue_answer(message, device_id, for_device, refusal_doc(req, err), received, None)
                 acks.ack(message)  # nothing to store: the refusal is the whole answer
                 continue
             await self._room.acquire()  # bounded: a flood waits at the broker, not in memory
-            self._pending.append((message, req, request, received))
+            self._pending.append((message, req, request, received, time.perf_counter()))
             self._arrived.set()
 
     async def _decide(self, acks: ManualAck, group: asyncio.TaskGroup) -> None:
@@ -189,21 +194,24 @@ class PrepaidMqtt:
                 in_flight.release()
 
     async def _answer(self, batch: list[_Pending], acks: ManualAck, in_flight: asyncio.Semaphore) -> None:
+        trace: list[float] | None = None if self.stages is None else [time.perf_counter()]
         try:
-            results = await self._results([p[2] for p in batch])
+            results = await self._results([p[2] for p in batch], trace)
         finally:
             in_flight.release()
             for _ in batch:
                 self._room.release()
         decided = time.perf_counter()
         prefix = self.settings.prefix
-        for (message, req, request, received), result in zip(batch, results, strict=True):
+        full = trace is not None and len(trace) == 5  # handed, tx start, read, write, COMMIT returned
+        for (message, req, request, received, queued), result in zip(batch, results, strict=True):
             metrics.PREPAID_DECIDE_SECONDS.observe(decided - received)
             if result is not None:
                 acks.ack(message)  # durable now: the broker may forget the request
-                self._queue_answer(message, request.device_id, prefix, answer_doc(req, result), received)
+                marks = (queued, *trace, decided) if full and trace is not None else None
+                self._queue_answer(message, request.device_id, prefix, answer_doc(req, result), received, marks)
 
-    async def _results(self, requests: list[DeviceRequest]) -> list[Any]:
+    async def _results(self, requests: list[DeviceRequest], trace: list[float] | None = None) -> list[Any]:
         """The decisions of a batch: in one call when the port batches, else (or on failure) one by one.
 
         A request whose decision fails gets no answer and no ack: the broker redelivers it
@@ -212,7 +220,7 @@ class PrepaidMqtt:
         decide = getattr(self.port, "decide", None)
         if decide is not None:
             try:
-                return list(await decide(requests))
+                return list(await (decide(requests) if trace is None else decide(requests, trace=trace)))
             except Exception as err:  # a storage failure: try each alone, so one bad request fails alone
                 log.warning("prepaid batch of %d failed (%s); deciding one by one", len(requests), err)
         out: list[Any] = []
@@ -232,32 +240,35 @@ class PrepaidMqtt:
         return await self.port.release(request.reservation_id, device_id=request.device_id)
 
     def _queue_answer(self, message: aiomqtt.Message, device_id: str, prefix: str, answer: dict[str, Any],
-                      received: float) -> None:
+                      received: float, marks: tuple[float, ...] | None) -> None:
         props = message.properties
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         if not response_topic:
-            self._answers.put_nowait((f"{prefix}/{device_id}/response", orjson.dumps(answer), None, received))
+            self._answers.put_nowait((f"{prefix}/{device_id}/response", orjson.dumps(answer), None, received, marks))
             return
         out = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         correlation = getattr(props, "CorrelationData", None)
         if correlation is not None:
             out.CorrelationData = correlation
-        self._answers.put_nowait((str(response_topic), orjson.dumps(answer), out, received))
+        self._answers.put_nowait((str(response_topic), orjson.dumps(answer), out, received, marks))
 
     async def _publish(self, client: aiomqtt.Client) -> None:
         """Write queued answers on the publishing connection, without a wait per answer."""
-        paho, qos, answers = client._client, self.settings.answer_qos, self._answers
+        paho, qos, answers, stages = client._client, self.settings.answer_qos, self._answers, self.stages
         while True:
-            topic, payload, props, received = await answers.get()
+            topic, payload, props, received, marks = await answers.get()
             while True:
                 info = paho.publish(topic, payload, qos, False, props)
                 if info.rc != 0:
                     raise aiomqtt.MqttCodeError(info.rc, "could not publish a prepaid answer")
-                metrics.PREPAID_ANSWER_SECONDS.observe(time.perf_counter() - received)
+                published = time.perf_counter()
+                metrics.PREPAID_ANSWER_SECONDS.observe(published - received)
+                if stages is not None and marks is not None:
+                    stages.add(received, (*marks, published))
                 self.answered += 1
                 if answers.empty():
                     break
-                topic, payload, props, received = answers.get_nowait()
+                topic, payload, props, received, marks = answers.get_nowait()
 
     async def publish(self, topic: str, payload: bytes) -> None:
         """Publish a device command (QoS 1, confirmed by the broker); raises if not connected."""
