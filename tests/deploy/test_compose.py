@@ -43,6 +43,7 @@ def test_hub_settings_are_settings_the_hub_reads_and_point_at_the_services() -> 
 def test_mosquitto_config_lets_the_hub_ack_after_commit() -> None:
     conf = (ROOT / "deploy" / "mosquitto.conf").read_text()
     assert "max_inflight_messages 0" in conf and "persistence true" in conf and "allow_anonymous false" in conf
+    assert "set_tcp_nodelay true" in conf  # prepaid answers are not held back by Nagle and delayed ACKs
     mounted = [v.split(":")[0] for v in compose()["services"]["mosquitto"]["volumes"]]
     assert "./deploy/mosquitto.conf" in mounted and "./deploy/acl" in mounted
 
