@@ -13,6 +13,12 @@ under seven variants alternated batch by batch (so all see the same load):
   heap + pkey only     both of the above, no triggers.
 Prints the median and minimum ms per batch and us per point of each. Plain PostgreSQL.
 
+``--updates N``: then the rating_sums fillfactor (migration 0038) on committed batches that update its rows:
+each batch holds one quarter-hour of every hour of a day for every account (960 points, one per hour row),
+so a day's first batch inserts the hour rows and its three later batches update them. For fillfactor 100
+(before 0038) and 70, alternated N times on emptied tables, N days each: ms per updating batch (median) and
+the share of rating_sums updates that were HOT.
+
 Run: nice -n 15 .venv/bin/python bench/point_copy.py --batches 15 --preload 200000
 """
 
@@ -60,11 +66,11 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def day_points(day: int) -> list[tuple[Point, Origin | None]]:
+def day_points(day: int, quarters: range = range(PER_DAY)) -> list[tuple[Point, Origin | None]]:
     """A day of 15-minute usage pieces of one meter per account (the fleet's bulk)."""
     out: list[tuple[Point, Origin | None]] = []
     for a in range(ACCOUNTS):
-        for q in range(PER_DAY):
+        for q in quarters:
             start = START + timedelta(days=day, minutes=15 * q)
             end = start + timedelta(minutes=15)
             point = Point(account_id=f"a{a:02d}", service="electricity", device_id=f"m{a:02d}", product="energy",
@@ -87,7 +93,40 @@ async def timed(conn: Connection, points: list[tuple[Point, Origin | None]], set
         await conn.execute("ROLLBACK")
 
 
-async def main(batches: int, preload: int) -> None:
+async def updates(conn: Connection, rounds: int, days: int) -> dict[int, tuple[list[float], float]]:
+    """ms per updating batch and the HOT share of rating_sums updates, per fillfactor."""
+    out: dict[int, tuple[list[float], float]] = {100: ([], 0.0), 70: ([], 0.0)}
+    hot = {100: [0, 0], 70: [0, 0]}
+    for _ in range(rounds):
+        for ff in out:
+            await conn.execute("TRUNCATE session_points, rating_sums, rollup_daily, rollup_fleet_daily")
+            await conn.execute(f"ALTER TABLE rating_sums SET (fillfactor = {ff})")
+            before = await _upd(conn)
+            for day in range(days):
+                for k in range(4):
+                    points = day_points(day, range(k, PER_DAY, 4))
+                    t0 = time.perf_counter()
+                    async with conn.transaction():
+                        await copy_points(conn, points)
+                    if k:
+                        out[ff][0].append((time.perf_counter() - t0) * 1000)
+            after = await _upd(conn)
+            hot[ff][0] += after[0] - before[0]
+            hot[ff][1] += after[1] - before[1]
+    return {ff: (ms, hot[ff][1] / max(hot[ff][0], 1)) for ff, (ms, _) in out.items()}
+
+
+async def _upd(conn: Connection) -> tuple[int, int]:
+    await asyncio.sleep(0.7)  # stats flush: pgstat_report_stat runs at most every PGSTAT_MIN_INTERVAL (1 s)
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = await (await conn.execute(
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'rating_sums'")).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+async def main(batches: int, preload: int, rounds: int) -> None:
     folder = Path(tempfile.mkdtemp(prefix="usagehub-bench-pointcopy-"))
     folder.chmod(0o755)  # noqa: ASYNC240 — once, before anything runs
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
@@ -110,6 +149,7 @@ async def main(batches: int, preload: int) -> None:
                     points = day_points(1000 + n)
                     for name, setup in VARIANTS.items():
                         times[name].append(await timed(conn, points, setup))
+                upd = await updates(conn, rounds, 14) if rounds else {}
         finally:
             await pool.close()
     finally:
@@ -118,11 +158,15 @@ async def main(batches: int, preload: int) -> None:
     for name, ms in times.items():
         med = statistics.median(ms)
         print(f"  {name:22s} median {med:7.1f} ms ({1000 * med / size:5.1f} us/point)   min {min(ms):7.1f} ms")
+    for ff, (ms, share) in upd.items():
+        print(f"  rating_sums fillfactor {ff:3d}: updating batch of {ACCOUNTS * 24} points median "
+              f"{statistics.median(ms):6.1f} ms, min {min(ms):6.1f} ms ({len(ms)} batches), HOT updates {share:.0%}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=15)
     parser.add_argument("--preload", type=int, default=200_000)
+    parser.add_argument("--updates", type=int, default=0)
     ns = parser.parse_args()
-    asyncio.run(main(ns.batches, ns.preload))
+    asyncio.run(main(ns.batches, ns.preload, ns.updates))
