@@ -225,3 +225,28 @@ async def test_a_zone_with_a_quarter_hour_offset_reads_kept_sums_and_a_stale_zon
     assert _rated(summed, TOU_GB_TEXT, "n", "Asia/Kolkata", kolkata) == \
         _rated(every, TOU_GB_TEXT, "n", "Asia/Kolkata", kolkata)
     assert len(summed) == len(points) == 2 * 2976 - 2  # the last point of each meter ends after the period
+
+
+async def test_later_quarter_hours_update_their_hour_rows_in_place_and_stay_exact(pool: AsyncConnectionPool) -> None:
+    """Migration 0038: rating_sums pages keep room, so a batch updating hour rows written earlier is mostly HOT."""
+    async with pool.connection() as conn:
+        await conn.execute("INSERT INTO accounts (account_id, tenant, timezone) VALUES "
+                           "('acc-berlin', 't1', 'Europe/Berlin'), ('acc-utc', 't2', 'UTC')")
+    hours = range(1500)  # ~3,000 hour rows: dozens of pages, filled to the fillfactor by the first batch
+    await copy_points(pool, [(a, "d1", "usage", "sum", 60 * h, 15, 7)
+                             for a in ("acc-berlin", "acc-utc") for h in hours])
+    async with pool.connection() as conn, conn.transaction():
+        async with conn.cursor() as cur, cur.copy(f"COPY session_points ({POINT_COLUMNS}) FROM STDIN") as copy:
+            for account in ("acc-berlin", "acc-utc"):
+                for h in hours:
+                    start = BASE + timedelta(minutes=60 * h + 15)
+                    await copy.write_row((account, "electricity", "d1", "energy", "usage", "sum", start,
+                                          start + timedelta(minutes=15), Decimal(5) / 1000))
+        row = await (await conn.execute(
+            "SELECT pg_stat_get_xact_tuples_updated('rating_sums'::regclass), "
+            "pg_stat_get_xact_tuples_hot_updated('rating_sums'::regclass)")).fetchone()
+    assert row is not None
+    updated, hot = row
+    assert updated == 2 * len(hours)  # every hour row was updated, none inserted twice
+    assert hot > updated // 4  # with every page full (fillfactor 100) about 1 % were
+    await assert_exact(pool)
