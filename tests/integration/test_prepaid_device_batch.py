@@ -4,6 +4,7 @@ device, malformed requests, bursts decided together, replays answered the same w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -55,9 +56,11 @@ class Devices:
         return (await self.answer(payload["req"]))[-1]
 
 
-@pytest.fixture
-async def world(pool: AsyncConnectionPool, mosquitto: Mosquitto) -> AsyncIterator[tuple[Devices, PrepaidService]]:
-    """Tenant ta: account A with meter dA; tenant tb: account B with meter dB and card cB; 10.00 EUR each."""
+@contextlib.asynccontextmanager
+async def serving(pool: AsyncConnectionPool,
+                  mosquitto: Mosquitto) -> AsyncIterator[tuple[Devices, PrepaidService, PrepaidMqtt]]:
+    """Tenant ta: account A with meter dA; tenant tb: account B with meter dB and card cB; 10.00 EUR each;
+    the hub's MQTT device side serving them, and the devices on one connection."""
     reg = Registry(pool)
     for tenant, account, device in (("ta", "A", "dA"), ("tb", "B", "dB")):
         await reg.upsert_account(account_id=account, tenant=tenant, prepaid=True)
@@ -69,7 +72,7 @@ async def world(pool: AsyncConnectionPool, mosquitto: Mosquitto) -> AsyncIterato
     await service.register_card(card_id="cB", account_id="B")
     config = MqttConfig(url=f"mqtt://127.0.0.1:{mosquitto.port}", client_id="test")
     hub = PrepaidMqtt(config, service, PrepaidMqttSettings(share_group=None))
-    serving = asyncio.create_task(hub.run())
+    serving_task = asyncio.create_task(hub.run())
     async with asyncio.timeout(10):
         await hub.connected.wait()
     async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="devices", max_inflight_messages=200) as client:
@@ -77,12 +80,19 @@ async def world(pool: AsyncConnectionPool, mosquitto: Mosquitto) -> AsyncIterato
         devices = Devices(client)
         pumping = asyncio.create_task(devices.pump())
         try:
-            yield devices, service
+            yield devices, service, hub
         finally:
             pumping.cancel()
-            serving.cancel()
-            await asyncio.gather(pumping, serving, return_exceptions=True)
+            serving_task.cancel()
+            await asyncio.gather(pumping, serving_task, return_exceptions=True)
             await service.close()
+
+
+@pytest.fixture
+async def world(pool: AsyncConnectionPool, mosquitto: Mosquitto) -> AsyncIterator[tuple[Devices, PrepaidService]]:
+    """The two tenants' accounts and devices, served (``serving``)."""
+    async with serving(pool, mosquitto) as (devices, service, _):
+        yield devices, service
 
 
 async def money(pool: AsyncConnectionPool, account: str) -> tuple[Decimal, Decimal]:

@@ -7,27 +7,21 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import orjson
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from tests.conftest import Mosquitto
-from tests.integration.test_prepaid_device_batch import Devices, money
+from tests.integration.test_prepaid_device_batch import Devices, money, serving
 from usagehub.adapters.mqtt import prepaid_stages
-from usagehub.adapters.mqtt.config import MqttConfig
-from usagehub.adapters.mqtt.prepaid import PrepaidMqtt, PrepaidMqttSettings
+from usagehub.adapters.mqtt.prepaid import PrepaidMqtt
 from usagehub.adapters.mqtt.prepaid_stages import STAGES, StageRecord
-from usagehub.prepaid.service import FlatPricer, PrepaidService
-from usagehub.storage.registry import Registry
 
 pytestmark = [pytest.mark.integration]
-T0 = datetime.now(UTC) - timedelta(days=1)
 
 
 def test_the_summary_gives_each_stage_its_wait_after_the_previous_one(tmp_path: Path) -> None:
@@ -61,33 +55,10 @@ def test_off_unless_the_environment_names_a_file(monkeypatch: pytest.MonkeyPatch
 @pytest.fixture
 async def traced(pool: AsyncConnectionPool, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch,
                  tmp_path: Path) -> AsyncIterator[tuple[Devices, PrepaidMqtt]]:
-    """Tenant ta: account A with meter dA; tenant tb: account B with meter dB and card cB; 10.00 EUR each."""
-    reg = Registry(pool)
-    for tenant, account, device in (("ta", "A", "dA"), ("tb", "B", "dB")):
-        await reg.upsert_account(account_id=account, tenant=tenant, prepaid=True)
-        await reg.upsert_device(device_id=device, tenant=tenant, profile_id="acme-em340")
-        await reg.bind(device_id=device, account_id=account, valid_from=T0, tenant=tenant)
-    service = PrepaidService(pool, FlatPricer({"energy": Decimal("0.25")}))
-    for account in ("A", "B"):
-        await service.top_up(account_id=account, amount=Decimal("10.00"), payment_ref=f"pay-{account}")
-    await service.register_card(card_id="cB", account_id="B")
+    """The two tenants of ``serving``, with the stage record on."""
     monkeypatch.setenv("USAGEHUB_PREPAID_STAGES", str(tmp_path / "stages.json"))
-    config = MqttConfig(url=f"mqtt://127.0.0.1:{mosquitto.port}", client_id="test")
-    hub = PrepaidMqtt(config, service, PrepaidMqttSettings(share_group=None))
-    serving = asyncio.create_task(hub.run())
-    async with asyncio.timeout(10):
-        await hub.connected.wait()
-    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="devices", max_inflight_messages=200) as client:
-        await client.subscribe("prepaid/+/response", qos=1)
-        devices = Devices(client)
-        pumping = asyncio.create_task(devices.pump())
-        try:
-            yield devices, hub
-        finally:
-            pumping.cancel()
-            serving.cancel()
-            await asyncio.gather(pumping, serving, return_exceptions=True)
-            await service.close()
+    async with serving(pool, mosquitto) as (devices, _, hub):
+        yield devices, hub
 
 
 async def test_traced_bursts_stay_exact_and_each_decided_request_has_its_stages_in_order(
