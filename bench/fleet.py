@@ -144,8 +144,8 @@ async def bare_subscriber(port: int, msgs: list[Msg]) -> float:
         return len(msgs) / (time.monotonic() - t0)
 
 
-def glue(url: str, port: int, msgs: list[Msg]) -> float:
-    """Messages per second glue_batch.py stores (meter messages only: it knows no other)."""
+def glue(url: str, port: int, msgs: list[Msg], broker_pid: int) -> tuple[float, dict[str, float]]:
+    """Messages per second glue_batch.py stores (meter messages only: it knows no other), CPU s per message."""
     meters = [m for m in msgs if m[0].startswith(b"meters/")]
     distinct = len(set(meters))
     env = {**os.environ, "BASELINE_DSN": url, "BASELINE_MQTT_PORT": str(port), "BASELINE_N": str(distinct)}
@@ -155,6 +155,7 @@ def glue(url: str, port: int, msgs: list[Msg]) -> float:
     proc = subprocess.Popen([sys.executable, str(BASELINES / "glue_batch.py")], cwd=BASELINES, env=env)
     try:
         wait_rows(url, "SELECT count(*) FROM readings", GLUE_PROBE, port)  # subscribed
+        meter = CpuMeter(url, broker_pid, proc.pid)
         t0 = time.time()
         asyncio.run(publish(meters, port))
         deadline = time.monotonic() + 1800
@@ -162,14 +163,31 @@ def glue(url: str, port: int, msgs: list[Msg]) -> float:
         # (counting a growing table 20 times a second took a fifth of a core from the program measured).
         while count(url, "SELECT count(*) FROM readings") < distinct + 1 and time.monotonic() < deadline:
             time.sleep(0.5)
+        cpu = meter.spent()
         with psycopg.connect(url) as conn:
             row = conn.execute("SELECT extract(epoch FROM max(stored_at)) FROM readings").fetchone()
         assert row is not None
-        return len(meters) / (float(row[0]) - t0)
+        return len(meters) / (float(row[0]) - t0), {k: v / len(meters) for k, v in cpu.items()}
     finally:
         proc.terminate()
         proc.wait(10)
         asyncio.run(forget_session(port, "baseline-batch"))
+
+
+class CpuMeter:
+    """CPU seconds of each part of one run (the program measured, PostgreSQL, the broker, this bench's publisher).
+
+    Rates on a shared 2-core machine move with the load; CPU per message moves much less, so the run also
+    prints both programs' CPU per stored message, all parts counted, and their ratio.
+    """
+
+    def __init__(self, url: str, broker_pid: int, program_pid: int) -> None:
+        self.parts = {"program": lambda: tree_cpu_s(program_pid), "PostgreSQL": lambda: postgres_cpu_s(url),
+                      "broker": lambda: tree_cpu_s(broker_pid), "publisher": time.process_time}
+        self.start = {k: f() for k, f in self.parts.items()}
+
+    def spent(self) -> dict[str, float]:
+        return {k: f() - self.start[k] for k, f in self.parts.items()}
 
 
 def tree_cpu_s(pid: int, *, children: bool = True) -> float:
@@ -240,8 +258,9 @@ def reset_statement_stats(url: str) -> None:
             conn.execute("SELECT pg_stat_statements_reset()")
 
 
-def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path) -> tuple[float, int, float, float, Truth]:
-    """events/s, events, p50/p99 receive->billable (ms) and billed totals of ``usagehub serve``."""
+def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path,
+        broker_pid: int) -> tuple[float, int, float, float, Truth, dict[str, float]]:
+    """events/s, events, p50/p99 receive->billable (ms), billed totals and CPU s per event of ``usagehub serve``."""
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "seed.yaml").write_text(seed)
     settings = ["--database-url", url, "--mqtt-url", f"mqtt://127.0.0.1:{port}", "--data-dir", str(tmp),
@@ -258,6 +277,7 @@ def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path) -> tuple[flo
         spy = profiler(proc.pid)
         reset_statement_stats(url)
         hub0, pg0, own0 = tree_cpu_s(proc.pid), postgres_cpu_s(url), tree_cpu_s(proc.pid, children=False)
+        meter = CpuMeter(url, broker_pid, proc.pid)
         t0 = time.time()
         asyncio.run(publish(msgs, port))
         distinct = len(set(msgs))  # one identity (device, seq or id) per distinct message
@@ -274,6 +294,7 @@ def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path) -> tuple[flo
         while time.monotonic() < deadline and count(url, "SELECT count(*) FROM session_queue") > 0:
             time.sleep(0.2)
         billed_at = time.time()
+        cpu = meter.spent()
         hub_cpu, pg_cpu = tree_cpu_s(proc.pid) - hub0, postgres_cpu_s(url) - pg0
         own_cpu = tree_cpu_s(proc.pid, children=False) - own0
         print(f"  hub: all stored after {stored_at - t0:.1f} s, all billed after {billed_at - t0:.1f} s")
@@ -294,7 +315,7 @@ def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path) -> tuple[flo
             spy.wait(60)
         print_statement_stats(url)
         p50, p99 = latencies(url)
-        return last / (billed_at - t0), last, p50, p99, billed
+        return last / (billed_at - t0), last, p50, p99, billed, {k: v / last for k, v in cpu.items()}
     finally:
         proc.terminate()
         proc.wait(60)
@@ -318,8 +339,10 @@ def main() -> None:
     broker = Broker(tmp)
     try:
         bare = asyncio.run(bare_subscriber(broker.port, msgs))
-        glue_rate = glue(new_db(server), broker.port, msgs) if (BASELINES / "glue_batch.py").exists() else 0.0
-        rate, events, p50, p99, billed = hub(new_db(server), broker.port, msgs, seed, tmp / "hub")
+        glue_rate, glue_cpu = (glue(new_db(server), broker.port, msgs, broker.proc.pid)
+                               if (BASELINES / "glue_batch.py").exists() else (0.0, {}))
+        rate, events, p50, p99, billed, hub_cpu = hub(new_db(server), broker.port, msgs, seed, tmp / "hub",
+                                                      broker.proc.pid)
     finally:
         broker.proc.terminate()
     wrong = {k: (billed.get(k, Decimal(0)), v) for k, v in truth.items() if billed.get(k, Decimal(0)) != v}
@@ -332,8 +355,21 @@ def main() -> None:
           f"receive->billable p50 {p50:.0f} ms p99 {p99:.0f} ms")
     print(f"  ratios: usagehub/bare {rate / bare:.2f}" + (f", usagehub/glue_batch {rate / glue_rate:.2f}"
                                                            if glue_rate else ""))
+    print_cpu(glue_cpu, hub_cpu)
     print(f"  billed totals vs truth: {len(truth) - len(wrong)}/{len(truth)} keys exact"
           + ("" if not wrong else f"; wrong: {sorted(wrong.items())[:5]}"))
+
+
+def print_cpu(glue_cpu: dict[str, float], hub_cpu: dict[str, float]) -> None:
+    """CPU us per stored message of each part, glue_batch.py beside the hub, and the ratio (load moves it little)."""
+    if not glue_cpu:
+        return
+    print("  CPU us per stored message      " + "  ".join(f"{k:>10}" for k in [*hub_cpu, "all"]))
+    for name, cpu in (("glue_batch.py", glue_cpu), ("usagehub serve (+ workers)", hub_cpu)):
+        print(f"  {name:<30}" + "  ".join(f"{1e6 * v:>10.1f}" for v in [*cpu.values(), sum(cpu.values())]))
+    ours, theirs = sum(hub_cpu.values()) - hub_cpu["publisher"], sum(glue_cpu.values()) - glue_cpu["publisher"]
+    print(f"  CPU per message without the publisher: usagehub/glue_batch {ours / theirs:.2f} "
+          "(the glue's PostgreSQL part counts its own rows only)")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ class MqttAdapter:
             tls_params=aiomqtt.TLSParameters() if self.config.tls else None,
         )
         lean.lean_client(client._client)
-        return client, ManualAck(client)
+        return client, ManualAck(client, hold_s=self.config.ack_hold_s)
 
     async def run(self, sink: Sink) -> None:
         """Receive until cancelled; any lost connection is retried with jittered backoff."""
@@ -133,7 +133,8 @@ class MqttAdapter:
                 received_at=datetime.now(UTC),
             )
             if offering is not None:  # the pipeline: acked right after the commit, no future per message
-                stored = functools.partial(acks.ack, message) if message.qos else None
+                stored = (functools.partial(acks.ack_in_order, acks.received(message), message) if message.qos == 1
+                          else functools.partial(acks.ack, message) if message.qos else None)
                 if not offering.offer_nowait(raw, stored):  # the lane is full: wait for room
                     await offering.offer(raw, stored)
                 del stored

@@ -24,6 +24,9 @@ class MqttConfig(BaseModel):
     # rest stays with the broker, unacknowledged. Reading resumes below half of both.
     read_ahead_messages: int = Field(20_000, ge=100)
     read_ahead_mb: int = Field(64, ge=1)
+    # PUBACKs leave in the order the messages arrived (the broker's cheapest); a committed message's ack
+    # waits for older ones at most this long (ack.py).
+    ack_hold_s: float = Field(2.0, gt=0, le=60)
 
     @field_validator("url")
     @classmethod
