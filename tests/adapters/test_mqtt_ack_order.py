@@ -27,21 +27,24 @@ class _Lanes:
 
     def __init__(self) -> None:
         self.got: list[tuple[RawMessage, Callable[[], None] | None]] = []
+        self.changed = asyncio.Event()
 
     async def submit(self, message: RawMessage) -> asyncio.Future[object]:
         raise AssertionError("the adapter offers to a pipeline")
 
     async def offer(self, message: RawMessage, stored: Callable[[], None] | None) -> None:
-        self.got.append((message, stored))
+        self.offer_nowait(message, stored)
 
     def offer_nowait(self, message: RawMessage, stored: Callable[[], None] | None) -> bool:
         self.got.append((message, stored))
+        self.changed.set()
         return True
 
     async def wait_for(self, n: int, seconds: float = 20) -> None:
         async with asyncio.timeout(seconds):
             while len(self.got) < n:
-                await asyncio.sleep(0.02)
+                self.changed.clear()
+                await self.changed.wait()
 
     def commit(self, payloads: list[bytes]) -> None:
         by_payload = {m.payload: stored for m, stored in self.got}
