@@ -30,6 +30,7 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.cpu import CpuMeter, print_cpu  # noqa: E402
 from bench.rawpub import publish  # noqa: E402
 from bench.scratch import scratch  # noqa: E402
 from usagehub.storage.embedded import embedded_database_url  # noqa: E402
@@ -159,15 +160,18 @@ def bare_copy(url: str, msgs: list[tuple[bytes, bytes]]) -> float:
         return len(rows) / (time.monotonic() - t0)
 
 
-def glue_batch(url: str, port: int, msgs: list[tuple[bytes, bytes]]) -> float:
+def glue_batch(url: str, port: int, msgs: list[tuple[bytes, bytes]],
+               broker_pid: int) -> tuple[float, dict[str, float]]:
+    """msg/s glue_batch.py stores, and its parts' CPU seconds per message."""
     env = {**os.environ, "BASELINE_DSN": url, "BASELINE_MQTT_PORT": str(port), "BASELINE_N": str(len(msgs))}
     proc = subprocess.Popen([sys.executable, str(BASELINES / "glue_batch.py")], cwd=BASELINES, env=env)
     try:
         wait_rows(url, "SELECT count(*) FROM readings", GLUE_PROBE, port)  # connected and subscribed
+        meter = CpuMeter(url, broker_pid, proc.pid)
         t0 = time.monotonic()
         asyncio.run(publish(msgs, port))
         t1 = wait_count(url, "SELECT count(*) FROM readings", len(msgs) + 1)
-        return len(msgs) / (t1 - t0)
+        return len(msgs) / (t1 - t0), {k: v / len(msgs) for k, v in meter.spent().items()}
     finally:
         proc.terminate()
         proc.wait(10)
@@ -175,7 +179,9 @@ def glue_batch(url: str, port: int, msgs: list[tuple[bytes, bytes]]) -> float:
 
 
 def usagehub_run(url: str, port: int, msgs: list[tuple[bytes, bytes]], events: int, tmp: Path,
-                 ) -> tuple[float, float, float]:
+                 broker_pid: int) -> tuple[float, float, float, dict[str, float]]:
+    """events/s stored, receive->store p50/p99 (ms), and CPU seconds per event of every part (the session
+    worker's included: counted once the session queue is empty, after the rate's end)."""
     tmp.mkdir(parents=True, exist_ok=True)
     seed = tmp / "seed.yaml"
     # The registered profile decodes (docs/security.md): meters as acme-em340; in the gateway case the
@@ -199,11 +205,14 @@ def usagehub_run(url: str, port: int, msgs: list[tuple[bytes, bytes]], events: i
                              "--config", "/dev/null"], cwd=ROOT, env=env)
     try:
         wait_rows(url, "SELECT count(*) FROM quarantine", HUB_PROBE, port)  # subscribed: ready for devices
+        meter = CpuMeter(url, broker_pid, proc.pid)
         t0 = time.monotonic()
         asyncio.run(publish(msgs, port))
         t1 = wait_count(url, "SELECT count(*) FROM events", events)
+        wait_count(url, "SELECT CASE WHEN EXISTS (SELECT 1 FROM session_queue) THEN 0 ELSE 1 END", 1)
+        cpu = {k: v / events for k, v in meter.spent().items()}
         lat = latencies(url)
-        return events / (t1 - t0), lat[0], lat[1]
+        return events / (t1 - t0), lat[0], lat[1], cpu
     finally:
         proc.terminate()
         proc.wait(30)
@@ -243,21 +252,29 @@ def main() -> None:
     single, gateway, spread = messages(n), messages(n, gateway=50), messages(n, gateway=50, spread=True)
     results: dict[str, list[float]] = {k: [] for k in ("bare_sub", "copy", "glue", "hub", "hub_p50", "hub_p99",
                                                        "gw", "gw_p50", "gw_p99", "sp", "sp_p50", "sp_p99")}
+    glue_cpu: list[dict[str, float]] = []
+    hub_cpu: list[dict[str, float]] = []
     try:
         for r in range(repeat):
             results["bare_sub"].append(asyncio.run(bare_subscriber(broker.port, single)))
             results["copy"].append(bare_copy(new_db(server), single))
             if (BASELINES / "glue_batch.py").exists():
-                results["glue"].append(glue_batch(new_db(server), broker.port, single))
-            rate, p50, p99 = usagehub_run(new_db(server), broker.port, single, n, tmp / f"h{r}")
+                rate, cpu = glue_batch(new_db(server), broker.port, single, broker.proc.pid)
+                results["glue"].append(rate)
+                glue_cpu.append(cpu)
+            rate, p50, p99, cpu = usagehub_run(new_db(server), broker.port, single, n, tmp / f"h{r}",
+                                               broker.proc.pid)
+            hub_cpu.append(cpu)
             results["hub"].append(rate)
             results["hub_p50"].append(p50)
             results["hub_p99"].append(p99)
-            rate, p50, p99 = usagehub_run(new_db(server), broker.port, gateway, n, tmp / f"g{r}")
+            rate, p50, p99, _ = usagehub_run(new_db(server), broker.port, gateway, n, tmp / f"g{r}",
+                                             broker.proc.pid)
             results["gw"].append(rate)
             results["gw_p50"].append(p50)
             results["gw_p99"].append(p99)
-            rate, p50, p99 = usagehub_run(new_db(server), broker.port, spread, n, tmp / f"s{r}")
+            rate, p50, p99, _ = usagehub_run(new_db(server), broker.port, spread, n, tmp / f"s{r}",
+                                             broker.proc.pid)
             results["sp"].append(rate)
             results["sp_p50"].append(p50)
             results["sp_p99"].append(p99)
@@ -279,6 +296,9 @@ def main() -> None:
     print(f"  ratios: usagehub/bare subscriber {med['hub'] / med['bare_sub']:.2f}"
           + (f", usagehub/glue_batch {med['hub'] / med['glue']:.2f}, gateways/glue_batch "
              f"{med['gw'] / med['glue']:.2f} (spread {med['sp'] / med['glue']:.2f})" if "glue" in med else ""))
+    if glue_cpu:  # single readings: the same messages through both
+        print_cpu({k: statistics.median(c[k] for c in glue_cpu) for k in glue_cpu[0]},
+                  {k: statistics.median(c[k] for c in hub_cpu) for k in hub_cpu[0]})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""CPU seconds of the parts of a benchmark run, and CPU per message beside the baseline's.
+
+Rates on a shared 2-core machine move with the load; CPU per message moves much less, so the fleet and
+ingest benchmarks also print each part's CPU per stored message for glue_batch.py and the hub.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import psutil
+import psycopg
+
+
+class CpuMeter:
+    """CPU seconds of each part of one run (the program measured, PostgreSQL, the broker, this bench's publisher).
+
+    Rates on a shared 2-core machine move with the load; CPU per message moves much less, so the run also
+    prints both programs' CPU per stored message, all parts counted, and their ratio.
+    """
+
+    def __init__(self, url: str, broker_pid: int, program_pid: int) -> None:
+        self.parts = {"program": lambda: tree_cpu_s(program_pid), "PostgreSQL": lambda: postgres_cpu_s(url),
+                      "broker": lambda: tree_cpu_s(broker_pid), "publisher": time.process_time}
+        self.start = {k: f() for k, f in self.parts.items()}
+
+    def spent(self) -> dict[str, float]:
+        return {k: f() - self.start[k] for k, f in self.parts.items()}
+
+
+def tree_cpu_s(pid: int, *, children: bool = True) -> float:
+    """CPU seconds (user + system) of a process and (unless told otherwise) its live descendants."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *(root.children(recursive=True) if children else [])]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = proc.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def postgres_cpu_s(url: str) -> float:
+    """CPU seconds of the PostgreSQL server behind ``url`` (the postmaster and its backends)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT setting FROM pg_settings WHERE name = 'data_directory'").fetchone()
+    assert row is not None
+    pid = int((Path(str(row[0])) / "postmaster.pid").read_text().split()[0])
+    return tree_cpu_s(pid)
+
+
+def print_cpu(glue_cpu: dict[str, float], hub_cpu: dict[str, float]) -> None:
+    """CPU us per stored message of each part, glue_batch.py beside the hub, and the ratio (load moves it little)."""
+    if not glue_cpu:
+        return
+    print("  CPU us per stored message      " + "  ".join(f"{k:>10}" for k in [*hub_cpu, "all"]))
+    for name, cpu in (("glue_batch.py", glue_cpu), ("usagehub serve (+ workers)", hub_cpu)):
+        print(f"  {name:<30}" + "  ".join(f"{1e6 * v:>10.1f}" for v in [*cpu.values(), sum(cpu.values())]))
+    ours, theirs = sum(hub_cpu.values()) - hub_cpu["publisher"], sum(glue_cpu.values()) - glue_cpu["publisher"]
+    print(f"  CPU per message without the publisher: usagehub/glue_batch {ours / theirs:.2f} "
+          "(the glue's PostgreSQL part counts its own rows only)")
