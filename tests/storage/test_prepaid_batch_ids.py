@@ -1,0 +1,65 @@
+"""Reservation ids drawn once per batch, and exact decisions under concurrent batches (p24's cheaper deciding)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+from psycopg_pool import AsyncConnectionPool
+
+from tests.storage.test_prepaid import PRICES, T0, Clock, balance
+from usagehub.adapters.prepaid_port import CommitRequest, DeviceRequest
+from usagehub.core.prepaid import AuthRequest, Denial, Grant, Reason
+from usagehub.prepaid.service import FlatPricer, PrepaidService
+from usagehub.storage.registry import Registry
+
+
+async def two_tenants(pool: AsyncConnectionPool) -> None:
+    """Account ``ta`` (tenant A, device ``da``), ``tb`` (tenant B, device ``db``) and a card of ``tb``."""
+    reg = Registry(pool)
+    for account, device, tenant in (("ta", "da", "default"), ("tb", "db", "tenant-b")):
+        await reg.upsert_account(account_id=account, prepaid=True, tenant=tenant)
+        await reg.upsert_device(device_id=device, profile_id="acme-em340", tenant=tenant)
+        await reg.bind(device_id=device, account_id=account, valid_from=T0 - timedelta(days=3), tenant=tenant)
+    async with pool.connection() as conn:
+        await conn.execute("INSERT INTO prepaid_cards (card_id, account_id) VALUES ('card-b', 'tb')")
+
+
+async def test_concurrent_batches_grant_unique_uuid4_ids_and_refuse_the_overdraft(pool: AsyncConnectionPool) -> None:
+    """Eight batches on two transactions: every grant has its own version-4 id, each tenant's account holds
+    exactly what it had, the rest is INSUFFICIENT_BALANCE, and a hostile card is refused, not charged."""
+    await two_tenants(pool)
+    svc = PrepaidService(pool, FlatPricer(PRICES), workers=2, clock=Clock())
+    try:
+        await svc.top_up(account_id="ta", amount=Decimal("3.00"), payment_ref="p-a")
+        await svc.top_up(account_id="tb", amount=Decimal("2.00"), payment_ref="p-b")
+        batches: list[list[DeviceRequest]] = [
+            [AuthRequest(device_id="da" if (b + i) % 2 else "db", units=Decimal(1), request_id=f"r{b}-{i}")
+             for i in range(6)]
+            + [AuthRequest(device_id="da", card_id="card-b", units=Decimal(1), request_id=f"h{b}")]  # hostile
+            for b in range(8)]
+        results = await asyncio.gather(*(svc.decide(batch) for batch in batches))
+        flat = [r for batch in results for r in batch]
+        grants = [r for r in flat if isinstance(r, Grant)]
+        ids = [g.reservation_id for g in grants]
+        assert len(set(ids)) == len(ids) == 20  # 3.00 / 0.25 = 12 for ta, 2.00 / 0.25 = 8 for tb
+        assert all(uuid.UUID(i).version == 4 and uuid.UUID(i).hex == i for i in ids)
+        assert sorted(g.account_id for g in grants) == ["ta"] * 12 + ["tb"] * 8
+        refused = [r.reason for r in flat if isinstance(r, Denial)]
+        assert refused.count(Reason.UNKNOWN_CARD) == 8  # tenant B's card does not exist for tenant A's device
+        assert refused.count(Reason.INSUFFICIENT_BALANCE) == len(flat) - 20 - 8
+        assert await balance(pool, "ta") == (Decimal("0.00"), Decimal("3.00"), Decimal("0.00"))
+        assert await balance(pool, "tb") == (Decimal("0.00"), Decimal("2.00"), Decimal("0.00"))
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT reservation_id, account_id FROM prepaid_reservations ORDER BY 1")
+            stored = {str(r[0]): str(r[1]) for r in await cur.fetchall()}
+        assert stored == {g.reservation_id: g.account_id for g in grants}
+        # A device commits another tenant's reservation: unknown to it, nothing moves.
+        foreign = next(g.reservation_id for g in grants if g.account_id == "tb")
+        (hostile,) = await svc.decide([CommitRequest("da", foreign, Decimal(1))])
+        assert hostile.reason is Reason.UNKNOWN_RESERVATION
+        assert await balance(pool, "tb") == (Decimal("0.00"), Decimal("2.00"), Decimal("0.00"))
+    finally:
+        await svc.close()
