@@ -63,3 +63,29 @@ async def test_concurrent_batches_grant_unique_uuid4_ids_and_refuse_the_overdraf
         assert await balance(pool, "tb") == (Decimal("0.00"), Decimal("2.00"), Decimal("0.00"))
     finally:
         await svc.close()
+
+
+async def test_batch_read_plans_stay_on_indexes_as_reservations_grow(database_url: str) -> None:
+    """Migration 0040: a connection whose generic plans were made on an empty reservations table does not
+    scan every reservation once the table has grown (the batch read's cost per call stays flat)."""
+    import psycopg
+
+    reads = ("SELECT prepaid_batch_read(%s, now(), %s, %s, %s, %s, %s)::text",
+             (["d1"], ["c1"], ["d1"], ["q1"], ["00000000000000000000000000000000"], []))
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        plans: list[str] = []
+        conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+        for _ in range(6):  # the generic plans of this connection are made now, on empty tables
+            await conn.execute(*reads)
+        await conn.execute(
+            "INSERT INTO accounts (account_id, prepaid) VALUES ('big', true);"
+            "INSERT INTO prepaid_reservations (reservation_id, account_id, device_id, request_id, product, units, hold,"
+            " state, created_at, expires_at) SELECT 'r' || i, 'big', 'd' || i, 'q' || i, 'energy', 1, 1, 'open',"
+            " now(), now() + interval '1 hour' FROM generate_series(1, 3000) i")
+        for setting in ("LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0",
+                        "SET auto_explain.log_nested_statements = on", "SET client_min_messages = log"):
+            await conn.execute(setting)
+        await conn.execute(*reads)
+    nested = [p for p in plans if "prepaid_reservations" in p]
+    assert len(nested) >= 3  # the lock, the repeats and the reservations statements were explained
+    assert not [p for p in nested if "Seq Scan on prepaid_reservations" in p], nested
