@@ -65,27 +65,40 @@ async def test_concurrent_batches_grant_unique_uuid4_ids_and_refuse_the_overdraf
         await svc.close()
 
 
-async def test_batch_read_plans_stay_on_indexes_as_reservations_grow(database_url: str) -> None:
-    """Migration 0040: a connection whose generic plans were made on an empty reservations table does not
-    scan every reservation once the table has grown (the batch read's cost per call stays flat)."""
+
+async def test_batch_plans_stay_on_indexes_as_reservations_grow(database_url: str) -> None:
+    """Migration 0040: a connection whose generic plans were made on empty tables reads no more reservations
+    than the batch names once the table holds 3,000 (lock, repeats, reservations, the write's update)."""
+    import re
+
     import psycopg
 
-    reads = ("SELECT prepaid_batch_read(%s, now(), %s, %s, %s, %s, %s)::text",
-             (["d1"], ["c1"], ["d1"], ["q1"], ["00000000000000000000000000000000"], []))
+    read = ("SELECT prepaid_batch_read(%s, now(), %s, %s, %s, %s, %s)::text",
+            (["d1"], ["c1"], ["d1", "d2"], ["q1", "q2"], ["r7"], []))
+    write = ("SELECT prepaid_batch_write(now(), %s::jsonb)",
+             ('{"ledger": [], "created": [], "changed": [["r9", "released", null, null]], "attempts": []}',))
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         plans: list[str] = []
         conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
         for _ in range(6):  # the generic plans of this connection are made now, on empty tables
-            await conn.execute(*reads)
+            await conn.execute(*read)
+            await conn.execute(*write)
         await conn.execute(
             "INSERT INTO accounts (account_id, prepaid) VALUES ('big', true);"
             "INSERT INTO prepaid_reservations (reservation_id, account_id, device_id, request_id, product, units, hold,"
             " state, created_at, expires_at) SELECT 'r' || i, 'big', 'd' || i, 'q' || i, 'energy', 1, 1, 'open',"
             " now(), now() + interval '1 hour' FROM generate_series(1, 3000) i")
         for setting in ("LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0",
-                        "SET auto_explain.log_nested_statements = on", "SET client_min_messages = log"):
+                        "SET auto_explain.log_nested_statements = on", "SET auto_explain.log_analyze = on",
+                        "SET client_min_messages = log"):
             await conn.execute(setting)
-        await conn.execute(*reads)
-    nested = [p for p in plans if "prepaid_reservations" in p]
-    assert len(nested) >= 3  # the lock, the repeats and the reservations statements were explained
-    assert not [p for p in nested if "Seq Scan on prepaid_reservations" in p], nested
+        await conn.execute(*read)
+        await conn.execute(*write)
+        cur = await conn.execute("SELECT state FROM prepaid_reservations WHERE reservation_id IN ('r7', 'r9') "
+                                 "ORDER BY reservation_id")
+        assert [r[0] for r in await cur.fetchall()] == ["open", "released"]  # the write found its row
+    nested = [p for p in plans if "prepaid_reservations" in p and "Query Text: SELECT prepaid_batch" not in p]
+    assert len(nested) >= 4  # the repeats, the lock, the reservations statements and the write's update
+    scanned = [(line.strip(), int(float(m.group(1)))) for p in nested for line in p.splitlines()
+               if "prepaid_reservations" in line and (m := re.search(r"actual time=\S+ rows=([\d.]+)", line))]
+    assert scanned and all(rows <= 10 for _, rows in scanned), [s for s in scanned if s[1] > 10]  # not 3,000
