@@ -480,8 +480,8 @@ def main() -> None:
             hub_ms, pg_ms, per_tx, client_ms, broker_ms = (statistics.median(c[i] for c in costs[path])
                                                            for i in range(5))
             print(f"  {path:8s} {rate:8.0f} auth/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   "
-                  f"(runs: {', '.join(f'{r[0]:.0f}' for r in runs)})   CPU per auth: Python {hub_ms:.2f} ms, "
-                  f"PostgreSQL {pg_ms:.2f} ms" + (f", client {client_ms:.2f} ms, Mosquitto {broker_ms:.2f} ms"
+                  f"(runs: {', '.join(f'{r[0]:.0f}' for r in runs)})   CPU per auth: Python {hub_ms:.3f} ms, "
+                  f"PostgreSQL {pg_ms:.3f} ms" + (f", client {client_ms:.2f} ms, Mosquitto {broker_ms:.2f} ms"
                                                      if path == "mqtt" else "")
                   + f"; {per_tx:.1f} grants per transaction")
         with psycopg.connect(url) as conn:  # a transaction's now() is its created_at: holds per transaction

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -104,3 +105,22 @@ def test_no_sequence_goes_beyond_the_overdraft(overdraft: Decimal, start: Decima
                 s = p.apply(s, e)
         s = plan.state
         assert s.balance == total and s.balance >= -overdraft and s.held == sum(holds, D(0)) and s.arrears >= 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(state=st.builds(p.AccountState, account_id=st.text(min_size=1, max_size=3),
+                       currency=st.sampled_from(["EUR", "CHF"]), balance=money, held=money, overdraft=money,
+                       low_threshold=money, arrears=money, blocked=st.booleans()),
+       kind=st.sampled_from(list(EntryKind)), amount=money)
+def test_apply_changes_balance_and_held_only(state: AccountState, kind: EntryKind, amount: Decimal) -> None:
+    """``apply`` builds the next state field by field (p24): every field but balance and held is kept, so a
+    field added to AccountState later and forgotten there fails here."""
+    after = p.apply(state, p.Entry(kind=kind, amount=-amount))
+    assert after.balance == state.balance - amount
+    assert after.held == state.held + (amount if kind in (EntryKind.HOLD, EntryKind.RELEASE) else 0)
+    for f in fields(AccountState):
+        if f.name not in ("balance", "held"):
+            assert getattr(after, f.name) == getattr(state, f.name), f.name
+    final, found = p.notices(state, after)
+    assert final.blocked == (Notice.BLOCKED in found or (after.blocked and Notice.RESTORED not in found))
+    assert replace(final, blocked=after.blocked) == after

@@ -333,5 +333,5 @@ async def test_batch_functions_keep_generic_plans(pool: AsyncConnectionPool) -> 
         cur = await conn.execute("SELECT proname, proconfig FROM pg_proc WHERE proname LIKE 'prepaid_batch_%' "
                                  "ORDER BY proname")
         rows = await cur.fetchall()
-    assert rows == [("prepaid_batch_read", ["plan_cache_mode=force_generic_plan"]),
-                    ("prepaid_batch_write", ["plan_cache_mode=force_generic_plan"])]
+    assert rows == [("prepaid_batch_read", ["plan_cache_mode=force_generic_plan", "enable_seqscan=off"]),
+                    ("prepaid_batch_write", ["plan_cache_mode=force_generic_plan", "enable_seqscan=off"])]

@@ -108,7 +108,11 @@ def apply(state: AccountState, entry: Entry) -> AccountState:
     held = state.held
     if entry.kind in (EntryKind.HOLD, EntryKind.RELEASE):  # a hold (negative) adds to held, a release takes
         held -= entry.amount
-    return replace(state, balance=state.balance + entry.amount, held=held)
+    # Built directly: dataclasses.replace walks the fields by introspection, several times the cost, and a
+    # batch applies an entry per decision (docs/prepaid.md, "p24").
+    return AccountState(account_id=state.account_id, currency=state.currency, balance=state.balance + entry.amount,
+                        held=held, overdraft=state.overdraft, low_threshold=state.low_threshold,
+                        arrears=state.arrears, blocked=state.blocked)
 
 
 def _plan(state: AccountState, entries: list[Entry]) -> Plan:
@@ -188,7 +192,7 @@ def notices(before: AccountState, after: AccountState) -> tuple[AccountState, li
     elif blocked and restorable(after):
         blocked = False
         out.append(Notice.RESTORED)
-    return replace(after, blocked=blocked), out
+    return (after if blocked == after.blocked else replace(after, blocked=blocked)), out
 
 
 def expired(expires_at: datetime, now: datetime) -> bool:

@@ -10,7 +10,7 @@ spend money the account does not have.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -155,8 +155,8 @@ async def settle(conn: Connection, before: dict[str, AccountState],
 
 
 def with_states(locked: dict[str, Locked]) -> dict[str, AccountState]:
-    """The plain states of locked accounts (a copy to mutate while planning)."""
-    return {k: replace(v.state) for k, v in locked.items()}
+    """The plain states of locked accounts (a dict to update while planning; the states are frozen)."""
+    return {k: v.state for k, v in locked.items()}
 
 
 async def ledger_sum(conn: Connection, account: str) -> Decimal:

@@ -9,8 +9,8 @@ the locked accounts are released first (lazy expiry).
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -113,6 +113,17 @@ class _Batch:
     repeats: dict[tuple[str, str], Grant] = field(default_factory=dict)
     prices: dict[tuple[str, str, Decimal], Decimal | DomainError] = field(default_factory=dict)
     known: tuple[int, list[Any]] | None = None  # the catalogue generation and the locked accounts' rating rows
+    random: bytes = b""  # drawn once per batch for its reservation ids (:meth:`new_id`)
+    drawn: int = 0  # how much of ``random`` the ids took
+
+    def new_id(self) -> str:
+        """A random (version 4) UUID's hex for a reservation, from one ``os.urandom`` per batch, not per grant."""
+        if self.drawn + 16 > len(self.random):
+            self.random, self.drawn = os.urandom(16 * 32), 0
+        chunk = bytearray(self.random[self.drawn:self.drawn + 16])
+        self.drawn += 16
+        chunk[6], chunk[8] = (chunk[6] & 0x0F) | 0x40, (chunk[8] & 0x3F) | 0x80  # version 4, RFC 4122 variant
+        return chunk.hex()
 
     def write(self, account: str, plan: core.Plan, **refs: Any) -> None:
         currency = self.states[account].currency
@@ -189,20 +200,21 @@ async def process(conn: Connection, ops: Sequence[Op], *, pricer: Pricer, now: d
     cards = {str(r[0]): (str(r[1]), bool(r[2]), r[3], str(r[4])) for r in read["cards"]}
     repeats = {(r[0], r[1]): Grant(reservation_id=r[2], account_id=r[3], units=Decimal(r[4]), amount=Decimal(r[5]),
                                    currency=r[6], expires_at=datetime.fromisoformat(r[7])) for r in read["repeats"]}
-    targets = [_target(r, devices, _visible(cards, r, tenants)) for r in requests]
+    visible = [_visible(cards, r, tenants) for r in requests]
+    targets = [_target(r, devices, v) for r, v in zip(requests, visible, strict=True)]
     locked = {str(r[0]): state_of([*r[:2], *map(Decimal, r[2:7]), *r[7:]]) for r in read["locked"]}
     batch = _Batch(conn=conn, pricer=pricer, now=now, ttl=ttl, locked=locked, states=with_states(locked),
-                   reservations={}, repeats=repeats, known=(int(read["generation"]), read["accounts"]))
+                   reservations={}, repeats=repeats, known=(int(read["generation"]), read["accounts"]),
+                   random=os.urandom(16 * len(requests)))
     before = dict(batch.states)
     for r in read["reservations"]:
         _loaded(batch, _res_of_json(r))
     await batch.prefetch(_price_keys(ops, targets, batch))
     results: list[Result] = []
-    target_iter = iter(targets)
+    target_iter, visible_iter = iter(targets), iter(visible)
     for op in ops:
         if isinstance(op, AuthorizeOp):
-            results.append(await _authorize(batch, op.request, next(target_iter),
-                                            _visible(cards, op.request, tenants)))
+            results.append(await _authorize(batch, op.request, next(target_iter), next(visible_iter)))
         elif isinstance(op, CommitOp):
             results.append(await _commit(batch, op))
         else:
@@ -302,7 +314,7 @@ async def _authorize(batch: _Batch, r: AuthRequest, target: str | Denial,
     reason = core.refusal(state, cost)
     if reason is not None:
         return Denial(reason=reason, detail=f"needs {cost} {state.currency}, may spend {state.headroom}")
-    res = _Res(reservation_id=uuid.uuid4().hex, account_id=target, device_id=r.device_id, product=r.product,
+    res = _Res(reservation_id=batch.new_id(), account_id=target, device_id=r.device_id, product=r.product,
                units=units, hold=cost, state=ReservationState.OPEN, expires_at=batch.now + batch.ttl)
     batch.write(target, core.plan_hold(state, cost), reservation_id=res.reservation_id, device_id=r.device_id,
                 card_id=r.card_id, product=r.product, quantity=units)
