@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from usagehub.storage.archive import archive_finished_months
 from usagehub.storage.partitions import add_months, existing_months, partitioned
 from usagehub.storage.pool import mapped_errors
 
@@ -66,8 +67,16 @@ async def pack_finished_months(pool: AsyncConnectionPool, now: datetime, *, sett
 
 
 async def pack_daily(pool: AsyncConnectionPool) -> None:
-    """Pack finished months at start and then once a day (a failure is retried the next day)."""
+    """Archive, then pack, finished months at start and then once a day (a failure is retried the next day).
+
+    Archiving (``storage/archive.py``) moves a finished month's rows into ``events_archive`` and leaves an empty
+    partition for late rows; packing then rebuilds the indexes of the months that stay as rows.
+    """
     while True:
+        try:
+            await archive_finished_months(pool, datetime.now(UTC), settle=SETTLE)
+        except Exception:  # ingest is unaffected; the month stays as rows until the next round
+            log.exception("archiving finished event months failed")
         try:
             await pack_finished_months(pool, datetime.now(UTC))
         except Exception:  # ingest is unaffected; the month stays as it is until the next round
