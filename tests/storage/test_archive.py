@@ -36,6 +36,24 @@ from usagehub.storage.usage import stored_neighbourhoods
 AFTER_NOVEMBER = datetime(2026, 12, 1, tzinfo=UTC) + SETTLE
 DESCRIBED = "SELECT * FROM events_described ORDER BY device_id, meter, ts, event_id"
 SINCE, UNTIL = DAY - timedelta(days=3), DAY + timedelta(days=3)
+PAGED = """query($d: String!, $s: DateTime, $u: DateTime, $a: String, $n: Boolean!) { events(deviceId: $d, since: $s,
+  until: $u, first: 2, after: $a, newestFirst: $n) { edges { cursor node { ts meter eventId value unit receivedAt } }
+  pageInfo { hasNextPage } } }"""
+
+
+async def _pages(w: World, who: str, device: str, newest_first: bool) -> list[Any]:
+    """Every page of a bounded events read (one hour in, the last hour out), following the cursors."""
+    pages: list[Any] = []
+    after = None
+    while len(pages) < 10:
+        body = await w.gql(who, PAGED, d=device, s=(DAY + timedelta(hours=1)).isoformat(),
+                           u=(DAY + timedelta(hours=4)).isoformat(), a=after, n=newest_first)
+        pages.append(body)
+        edges = body["data"]["events"]["edges"]
+        if not edges or not body["data"]["events"]["pageInfo"]["hasNextPage"]:
+            break
+        after = edges[-1]["cursor"]
+    return pages
 
 
 @pytest.fixture
@@ -65,8 +83,10 @@ async def _answers(w: World, pool: AsyncConnectionPool) -> dict[str, Any]:
         near = await stored_neighbourhoods(conn, late)
         assurance = {t: await revenue_assurance(conn, tenant=t, since=SINCE, until=UNTIL, account_id=None, limit=100)
                      for t in ("default", "elsewhere")}
+    paged = [await _pages(w, who, d, n) for who, d in (("operator", "m1"), ("b-operator", "m2")) for n in (False, True)]
+    assert [len(p) for p in paged] == [2, 2, 2, 2] and paged[0][0]["data"]["events"]["edges"]  # 3 readings, 2 a page
     return {"graphql": [await w.gql(who, q, d=d) for who, d in (("operator", "m1"), ("b-operator", "m2"))
-                        for q in (OLDEST, RECENT)],
+                        for q in (OLDEST, RECENT)], "paged": paged,
             "described": await _rows(pool, DESCRIBED), "assurance": assurance, "neighbours": near}
 
 
@@ -90,6 +110,7 @@ async def test_an_archived_month_answers_every_reader_as_before(w: World, pool: 
     for who, device in (("b-operator", "m1"), ("operator", "m2")):
         assert (await w.gql(who, RECENT, d=device))["data"]["events"]["edges"] == []
         assert (await w.gql(who, OLDEST, d=device))["data"]["events"]["edges"] == []
+        assert (await _pages(w, who, device, False))[0]["data"]["events"]["edges"] == []
     assert await archive_finished_months(pool, AFTER_NOVEMBER, settle=SETTLE) == []  # once
 
 
