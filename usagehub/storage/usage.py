@@ -64,8 +64,9 @@ _NEIGHBOURS_SQL = (
     # Archived months (storage/archive.py): the nearest archived reading in the gap, the nearer of both wins;
     # a gap that starts after the archived months is not looked up there.
     " UNION ALL SELECT * FROM events_archive_nearest(r.device_id, r.meter, k.lo_ts, k.lo_id, k.hi_ts, k.hi_id, "
-    "  k.down) WHERE k.lo_ts < h.archived_until) c ORDER BY CASE WHEN k.down THEN c.ts END DESC, CASE WHEN k.down THEN c.event_id END DESC, "
-    "  c.ts, c.event_id LIMIT 1) AS e")
+    "  k.down) WHERE k.lo_ts < h.archived_until) c "
+    " ORDER BY CASE WHEN k.down THEN c.ts END DESC, CASE WHEN k.down THEN c.event_id END DESC, c.ts, c.event_id "
+    " LIMIT 1) AS e")
 
 
 async def stored_neighbourhoods(conn: Connection, batches: Mapping[MeterKey, list[Reading]],
