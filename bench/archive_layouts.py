@@ -49,6 +49,18 @@ LAYOUTS = {
         min(meta_id) AS meta_id,
         array_agg((extract(epoch FROM received_at - ts) * 1e6)::bigint {_ORD}) AS received_us,
         array_agg((extract(epoch FROM ingested_at - received_at) * 1e6)::bigint {_ORD}) AS ingested_us {_GROUP}""",
+    # offsets, ts as the step from the previous reading (a running sum to read back): measured, not adopted
+    "offsets_ts_steps": """SELECT device_id, meter, day, array_agg(step ORDER BY ts, event_id) AS ts_step,
+        array_agg(event_id ORDER BY ts, event_id) AS event_id, array_agg(value ORDER BY ts, event_id) AS value,
+        array_agg(meta_id ORDER BY ts, event_id) AS meta_id, array_agg(r ORDER BY ts, event_id) AS received_us,
+        array_agg(g ORDER BY ts, event_id) AS ingested_us
+        FROM (SELECT device_id, meter, (ts AT TIME ZONE 'UTC')::date AS day, ts, event_id, value, meta_id,
+                     (extract(epoch FROM ts - coalesce(lag(ts) OVER w, date_trunc('day', ts, 'UTC'))) * 1e6)::bigint
+                     AS step, (extract(epoch FROM received_at - ts) * 1e6)::bigint AS r,
+                     (extract(epoch FROM ingested_at - received_at) * 1e6)::bigint AS g
+              FROM events WINDOW w AS (PARTITION BY device_id, meter, (ts AT TIME ZONE 'UTC')::date
+                                      ORDER BY ts, event_id)) x
+        GROUP BY device_id, meter, day""",
     # everything as one text blob (pglz finds the repeats across columns)
     "one_text": f"""SELECT device_id, meter, (ts AT TIME ZONE 'UTC')::date AS day,
         string_agg(concat_ws(',', extract(epoch FROM ts - date_trunc('day', ts, 'UTC'))::text, event_id,
