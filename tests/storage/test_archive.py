@@ -175,11 +175,17 @@ async def test_an_interrupted_archive_leaves_the_month_as_it_was(w: World, pool:
         async with pool.connection() as conn:
             pid = conn.info.backend_pid
             task = asyncio.create_task(archive_month(conn, date(2026, 11, 1), lock_timeout_ms=60_000))
-            for _ in range(200):
-                waiting = await holder.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,))
-                if (await waiting.fetchone() or [None])[0] == "Lock":
+            waited = None
+            for _ in range(200):  # until it waits for the partition (to detach it: the rows are copied by then)
+                waiting = await holder.execute(
+                    "SELECT string_agg(mode || ' ' || relation::regclass::text, ', ') FROM pg_locks "
+                    "WHERE pid = %s AND NOT granted AND locktype = 'relation'", (pid,))
+                waited = (await waiting.fetchone() or [None])[0]
+                if waited:
                     break
                 await asyncio.sleep(0.05)
+            assert waited == "AccessExclusiveLock events_2026_11", waited
+            assert (await (await holder.execute("SELECT count(*) FROM events_archive")).fetchone() or [1])[0] == 0
             # …and the hub stops there: its connection ends
             await holder.execute("SELECT pg_terminate_backend(%s)", (pid,))
             with pytest.raises(Exception):  # noqa: B017 — the connection is gone, however psycopg reports it
