@@ -4,6 +4,7 @@ duplicates, an interrupted archive leaves the month as it was. Two tenants and a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
@@ -30,7 +31,7 @@ from usagehub.storage.assurance import revenue_assurance
 from usagehub.storage.events import event_key, insert_events
 from usagehub.storage.events_direct import DirectInserts
 from usagehub.storage.partitions import add_months, partitioned
-from usagehub.storage.retention_pack import SETTLE
+from usagehub.storage.retention_pack import SETTLE, pack_daily
 from usagehub.storage.usage import stored_neighbourhoods
 
 AFTER_NOVEMBER = datetime(2026, 12, 1, tzinfo=UTC) + SETTLE
@@ -235,3 +236,27 @@ async def test_neighbours_across_archived_days_and_late_rows_are_the_nearest(
     stored = sorted(first + later, key=lambda r: r.key)
     assert [r.key for r in got.get(("nb", "energy"), [])] == (_expected(stored, batch, None) if batch else [])
     assert all(r.value == Decimal(int(r.event_id[:3])) for r in got.get(("nb", "energy"), []))
+
+
+async def test_the_housekeeping_loop_archives_finished_months_after_its_first_pause(pool: AsyncConnectionPool) -> None:
+    """pack_daily (the hub's task) packs at start and archives from its second round (here after 0.2 s)."""
+    month = date(2025, 3, 1)  # a month over by the real clock
+    async with pool.connection() as conn:
+        await conn.execute("SELECT ensure_event_partition(%s)", (month,))
+        await conn.execute("INSERT INTO events (device_id, meter, ts, event_id, value, meta_id, received_at) "
+                           "VALUES ('hk', 'energy', '2025-03-05', '1', 1, "
+                           "event_meta_id('kWh', 'cumulative', 'p', 'electricity'), now())")
+    task = asyncio.create_task(pack_daily(pool, first_archive_s=0.2))
+    try:
+        archived: list[tuple[Any, ...]] = []
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            archived = await _rows(pool, "SELECT partition FROM events_archived")
+            if archived:
+                break
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert archived == ([("events_2025_03",)] if await _plain(pool) else [])
+    assert await _rows(pool, "SELECT count(*) FROM events_all WHERE device_id = 'hk'") == [(1,)]
