@@ -23,6 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -31,8 +32,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from usagehub.core.analytics.buckets import Bucket
 from usagehub.core.billing import BillingRecord
+from usagehub.core.counters import Reading
 from usagehub.core.periods import Period
 from usagehub.core.tariffs import parse_plans
+from usagehub.storage.archive import archive_finished_months
 from usagehub.storage.billing import period_by_label
 from usagehub.storage.embedded import embedded_database_url
 from usagehub.storage.migrations import migrate
@@ -41,6 +44,7 @@ from usagehub.storage.rating_sums import KEPT_SUMS_SQL, USAGE_SUMS_SQL, summed_u
 from usagehub.storage.rating_usage import USAGE_POINTS_SQL, usage_points
 from usagehub.storage.retention_pack import SETTLE, pack_finished_months
 from usagehub.storage.rollups import Scope, series
+from usagehub.storage.usage import stored_neighbourhoods
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 RAW_DAILY = ("SELECT (p.start_ts AT TIME ZONE a.timezone)::date AS d, sum(p.value) FROM session_points p "
@@ -231,6 +235,23 @@ async def _measure(pool: AsyncConnectionPool, devices: int, days: int, timescale
     out["rating_sums_bytes_per_point"] = await table_bytes(pool, "rating_sums", False) / n_points
     out["rating_sums_rows_per_point"] = int(await scalar(pool, "SELECT count(*) FROM rating_sums")) / n_points
     out |= await queries(pool, devices, days)
+    if not timescale:  # finished months folded into events_archive (storage/archive.py), then the same reads
+        out |= await event_reads(pool, devices, days, "")
+        t0 = time.perf_counter()
+        archived = await archive_finished_months(pool, START + timedelta(days=days + 31) + SETTLE, settle=SETTLE)
+        out["archive_s"] = time.perf_counter() - t0
+        out["archived_months"] = len(archived)
+        async with pool.connection() as conn:
+            await conn.execute("VACUUM ANALYZE events_archive")
+        kept = await table_bytes(pool, "events", False)
+        archive = await table_bytes(pool, "events_archive", False)
+        out["event_bytes_archived"] = (kept + archive) / n_events
+        out["events_archive_rows"] = int(await scalar(pool, "SELECT count(*) FROM events_archive"))
+        if breakdown:
+            out |= await where_bytes_go(pool, "events_archive", n_events, False)
+        out |= await event_reads(pool, devices, days, " (archived)")
+        out |= {f"{k} (archived)": v for k, v in (await queries(pool, devices, days)).items()
+                if k.startswith(("billing_explain_kept", "fleet30"))}
     out |= await sums_insert_cost(pool, devices, days)
     if timescale:
         out |= await cagg_vs_triggers(pool, devices, days)
@@ -339,6 +360,45 @@ async def queries(pool: AsyncConnectionPool, devices: int, days: int) -> dict[st
         raw = await timed(lambda: conn.execute(RAW_DAILY, (since, until, since, until)), 3)
     return out | {"fleet30_p50_ms": statistics.median(fleet), "fleet30_p99_ms": percentile(fleet, 99),
                   "fleet30_raw_ms": statistics.median(raw)}
+
+
+# A device's events in a time range: through events_described as a session's events are read (billing/service.py),
+# and with the day bounds the GraphQL events read adds (storage/queries.py) so that only those archived days are read.
+DEVICE_READS = {
+    "described": ("SELECT * FROM events_described WHERE device_id = %(d)s AND ts >= %(s)s AND ts < %(u)s "
+                  "ORDER BY ts, meter, event_id LIMIT 200"),
+    "graphql": ("SELECT e.*, m.unit FROM events_all e LEFT JOIN event_meta m USING (meta_id) WHERE e.device_id = %(d)s "
+                "AND e.ts >= %(s)s AND e.day >= events_archive_day(%(s)s) AND e.ts < %(u)s "
+                "AND e.day <= events_archive_day(%(u)s) ORDER BY e.ts, e.meter, e.event_id LIMIT 200"),
+}
+
+
+async def event_reads(pool: AsyncConnectionPool, devices: int, days: int, suffix: str) -> dict[str, float]:
+    """Reads of stored events (as rows, or archived): a device's day and 30 days (the GraphQL events read, p50
+    of 40), and the stored neighbours of one late reading in each of 100 registers (p50 of 10)."""
+    rng = random.Random(11)
+    picks = [(f"dev-{1 + rng.randrange(devices):06d}", START + timedelta(days=rng.randrange(max(1, days - 30))))
+             for _ in range(40)]
+    out: dict[str, float] = {}
+    async with pool.connection() as conn:
+        for read, query in DEVICE_READS.items():
+            for name, span in (("day", timedelta(days=1)), ("30_days", timedelta(days=30))):
+                took = []
+                for device, day in picks:
+                    t0 = time.perf_counter()
+                    await (await conn.execute(query, {"d": device, "s": day, "u": day + span})).fetchall()
+                    took.append((time.perf_counter() - t0) * 1000)
+                out[f"events_{read}_device_{name}_p50_ms{suffix}"] = statistics.median(took)
+        late = {(device, "energy"): [Reading(ts=day + timedelta(hours=5, minutes=7), value=Decimal(1), event_id="x")]
+                for device, day in picks[:100]}
+        took = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            got = await stored_neighbourhoods(conn, late)
+            took.append((time.perf_counter() - t0) * 1000)
+        assert all(len(v) == 2 for v in got.values()), "each late reading has a stored reading on either side"
+        out[f"neighbours_{len(late)}_registers_p50_ms{suffix}"] = statistics.median(took)
+    return out
 
 
 # A pipeline-sized statement: one quarter-hour of 200 meters (100 accounts), as a session batch writes.

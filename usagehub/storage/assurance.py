@@ -5,7 +5,7 @@ Days are the account's local days. Usage is compared per product (units never mi
 records are built from); ``unbound`` is usage of the tenant's devices that no
 binding covered (kept, billable once bound); ``adjustments`` are adjustment
 records written that day. Events and quarantined messages are counted per device
-bound to the account at the time.
+bound to the account at the time; archived events (``events_all``, storage/archive.py) count too.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ WITH acc AS (
     GROUP BY 1, 2, 3
 ), received AS (
     SELECT b.account_id, (e.ts AT TIME ZONE acc.timezone)::date AS day, count(*) AS events
-    FROM events e JOIN bindings b ON b.device_id = e.device_id AND b.valid @> e.ts
+    FROM events_all e JOIN bindings b ON b.device_id = e.device_id AND b.valid @> e.ts
     JOIN acc ON acc.account_id = b.account_id
     WHERE e.ts >= %(since)s AND e.ts < %(until)s
     GROUP BY 1, 2

@@ -37,6 +37,10 @@ _INSERT_NEW = (
     "SELECT DISTINCT ON (s.device_id, s.meter, s.ts, s.event_id) "
     f"{', '.join(('m.' if c == 'meta_id' else 's.') + c for c in _STORED)} "
     f"FROM events_stage s JOIN event_meta m ON {_META} "
+    # An identity in an archived month (storage/archive.py) is a duplicate like a stored row; only rows
+    # before the end of the last archived month are looked up there.
+    "WHERE CASE WHEN s.ts < (SELECT max(month_end) FROM events_archived) "
+    "THEN NOT events_archived_has(s.device_id, s.meter, s.ts, s.event_id) ELSE true END "
     "ORDER BY s.device_id, s.meter, s.ts, s.event_id, s.ord "
     "ON CONFLICT DO NOTHING RETURNING device_id, meter, ts, event_id"
 )

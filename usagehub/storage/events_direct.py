@@ -10,7 +10,9 @@ out the identities it committed recently, and copies the rest into ``events`` di
 savepoint. An identity stored by anyone else (another process, a lane's batch committed meanwhile, an
 identity older than the ones kept) makes the copy fail on the primary key: the savepoint is rolled
 back and the batch takes the staged insert. The database stays the judge; what is kept here only
-saves it work.
+saves it work. An identity of an archived month (``storage/archive.py``) is no row of ``events``: the
+empty partition that replaced the month refuses it with the same unique violation (a trigger), and the
+staged insert leaves it out.
 """
 
 from __future__ import annotations

@@ -40,17 +40,24 @@ class Reads:
     async def events(self, *, tenant: str, device_id: str, meter: str | None, since: datetime | None,
                      until: datetime | None, after: tuple[datetime, str, str] | None,
                      limit: int, newest_first: bool = False) -> list[dict[str, Any]]:
-        """Events of one device in time order (or newest first), keyset-paged on (ts, meter, event_id)."""
+        """Events of one device in time order (or newest first), keyset-paged on (ts, meter, event_id).
+
+        Archived events included (``events_all``, storage/archive.py): the bounds on ``day`` repeat those on
+        ``ts`` so that only the archived days in range are unnested.
+        """
         a_ts, a_meter, a_id = after if after else (None, None, None)
         beyond, order = ("<", "DESC") if newest_first else (">", "ASC")  # fixed tokens, never input
         return await self._rows(
-            "SELECT e.* FROM events_described e JOIN devices d USING (device_id) "
-            "WHERE e.device_id = %s AND d.tenant = %s "
-            "AND (%s::text IS NULL OR e.meter = %s) AND (%s::timestamptz IS NULL OR e.ts >= %s) "
-            "AND (%s::timestamptz IS NULL OR e.ts < %s) "
-            f"AND (%s::timestamptz IS NULL OR (e.ts, e.meter, e.event_id) {beyond} (%s, %s, %s)) "
+            f"SELECT {_DESCRIBED} FROM events_all e LEFT JOIN event_meta m USING (meta_id) "
+            "JOIN devices d ON d.device_id = e.device_id WHERE e.device_id = %s AND d.tenant = %s "
+            "AND (%s::text IS NULL OR e.meter = %s) "
+            "AND (%s::timestamptz IS NULL OR (e.ts >= %s AND e.day >= events_archive_day(%s))) "
+            "AND (%s::timestamptz IS NULL OR (e.ts < %s AND e.day <= events_archive_day(%s))) "
+            f"AND (%s::timestamptz IS NULL OR ((e.ts, e.meter, e.event_id) {beyond} (%s, %s, %s) "
+            f"AND e.day {beyond}= events_archive_day(%s))) "
             f"ORDER BY e.ts {order}, e.meter {order}, e.event_id {order} LIMIT %s",
-            (device_id, tenant, meter, meter, since, since, until, until, a_ts, a_ts, a_meter, a_id, limit))
+            (device_id, tenant, meter, meter, since, since, since, until, until, until, a_ts, a_ts, a_meter, a_id,
+             a_ts, limit))
 
     async def quarantine(self, *, tenant: str, reason: str | None, after: int | None, limit: int,
                          include_replayed: bool = False, device_id: str | None = None,
@@ -121,6 +128,9 @@ class Reads:
             "ORDER BY t.attempt_id DESC LIMIT %s", (card_id, tenant, tenant, limit))
 
 
+# The columns of the view events_described (migration 0024), in its order.
+_DESCRIBED = ("e.device_id, e.meter, e.ts, e.event_id, e.value, m.unit, m.kind, m.profile_id, m.service, "
+              "e.received_at, e.reset_marker, e.text_value, e.ingested_at")
 # Quarantine items belong to the tenant of their device; items without a registered device belong to
 # the hub's own tenant (HUB_TENANT): they may hold any tenant's bytes, so only the operator sees them.
 HUB_TENANT = "default"

@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from usagehub.storage.archive import archive_finished_months
 from usagehub.storage.partitions import add_months, existing_months, partitioned
 from usagehub.storage.pool import mapped_errors
 
@@ -65,11 +66,28 @@ async def pack_finished_months(pool: AsyncConnectionPool, now: datetime, *, sett
     return packed
 
 
-async def pack_daily(pool: AsyncConnectionPool) -> None:
-    """Pack finished months at start and then once a day (a failure is retried the next day)."""
+async def pack_daily(pool: AsyncConnectionPool, *, first_archive_s: float = 3600.0) -> None:
+    """Pack finished months at start; archive, then pack, ``first_archive_s`` later and then once a day.
+
+    Archiving (``storage/archive.py``) moves a finished month's rows into ``events_archive`` and leaves an empty
+    partition for late rows; packing then rebuilds the indexes of the months that stay as rows. Writers wait
+    while a month is archived, so the first round does not run at start, when a restarted hub drains its
+    backlog. A failure is logged and retried the next round.
+    """
+    await _round(pool, archive=False)
+    await asyncio.sleep(first_archive_s)
     while True:
-        try:
-            await pack_finished_months(pool, datetime.now(UTC))
-        except Exception:  # ingest is unaffected; the month stays as it is until the next round
-            log.exception("packing finished event months failed")
+        await _round(pool, archive=True)
         await asyncio.sleep(86400)
+
+
+async def _round(pool: AsyncConnectionPool, *, archive: bool) -> None:
+    if archive:
+        try:
+            await archive_finished_months(pool, datetime.now(UTC), settle=SETTLE)
+        except Exception:  # ingest is unaffected; the month stays as rows until the next round
+            log.exception("archiving finished event months failed")
+    try:
+        await pack_finished_months(pool, datetime.now(UTC))
+    except Exception:  # ingest is unaffected; the month stays as it is until the next round
+        log.exception("packing finished event months failed")

@@ -53,13 +53,20 @@ _NEIGHBOURS_SQL = (
     "      UNION ALL SELECT i, p_ts, p_id, ts, id, false FROM l WHERE p_ts IS NOT NULL "
     "      UNION ALL SELECT i, ts, id, 'infinity', '', false FROM l WHERE last) "
     "SELECT k.i, e.ts, e.value, e.event_id, e.reset_marker FROM k JOIN r USING (i) "
-    "CROSS JOIN LATERAL ("
+    "CROSS JOIN (SELECT max(month_end) AS archived_until FROM events_archived) h "
+    "CROSS JOIN LATERAL (SELECT * FROM ("
     " (SELECT ts, value, event_id, reset_marker FROM events WHERE k.down AND device_id = r.device_id "
     "  AND meter = r.meter AND (ts, event_id) > (k.lo_ts, k.lo_id) AND (ts, event_id) < (k.hi_ts, k.hi_id) "
     "  ORDER BY ts DESC, event_id DESC LIMIT 1) "
     " UNION ALL (SELECT ts, value, event_id, reset_marker FROM events WHERE NOT k.down AND device_id = r.device_id "
     "  AND meter = r.meter AND (ts, event_id) > (k.lo_ts, k.lo_id) AND (ts, event_id) < (k.hi_ts, k.hi_id) "
-    "  ORDER BY ts, event_id LIMIT 1)) AS e")
+    "  ORDER BY ts, event_id LIMIT 1) "
+    # Archived months (storage/archive.py): the nearest archived reading in the gap, the nearer of both wins;
+    # a gap that starts after the archived months is not looked up there.
+    " UNION ALL SELECT * FROM events_archive_nearest(r.device_id, r.meter, k.lo_ts, k.lo_id, k.hi_ts, k.hi_id, "
+    "  k.down) WHERE k.lo_ts < h.archived_until) c "
+    " ORDER BY CASE WHEN k.down THEN c.ts END DESC, CASE WHEN k.down THEN c.event_id END DESC, c.ts, c.event_id "
+    " LIMIT 1) AS e")
 
 
 async def stored_neighbourhoods(conn: Connection, batches: Mapping[MeterKey, list[Reading]],
