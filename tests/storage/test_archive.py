@@ -30,7 +30,7 @@ from usagehub.storage.archive import archive_finished_months, archive_month
 from usagehub.storage.assurance import revenue_assurance
 from usagehub.storage.events import event_key, insert_events
 from usagehub.storage.events_direct import DirectInserts
-from usagehub.storage.partitions import add_months, partitioned
+from usagehub.storage.partitions import add_months, create_month, partitioned
 from usagehub.storage.retention_pack import SETTLE, pack_daily
 from usagehub.storage.usage import stored_neighbourhoods
 
@@ -197,6 +197,40 @@ async def test_an_interrupted_archive_leaves_the_month_as_it_was(w: World, pool:
     assert await _answers(w, pool) == before  # nothing lost, nothing doubled
     assert await archive_finished_months(pool, AFTER_NOVEMBER, settle=SETTLE) == ["events_2026_11"]
     assert await _answers(w, pool) == before
+
+
+async def test_ingest_into_other_months_goes_on_while_a_month_is_archived(w: World,
+                                                                          pool: AsyncConnectionPool) -> None:
+    if not await _plain(pool):
+        return
+    async with pool.connection() as conn:
+        await create_month(conn, date(2026, 12, 1), lock_timeout_ms=5000)
+    current = _event("m1", 501, datetime(2026, 12, 3, 10, tzinfo=UTC))
+    late = _event("m1", 502, DAY + timedelta(minutes=11))  # a new identity in the month being archived
+    async with await psycopg.AsyncConnection.connect(pool.conninfo) as holder:
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT count(*) FROM events_2026_11")  # the archive copies, then waits to empty it
+        async with pool.connection() as conn:
+            pid = conn.info.backend_pid
+            task = asyncio.create_task(archive_month(conn, date(2026, 11, 1), lock_timeout_ms=60_000))
+            for _ in range(200):
+                cur = await holder.execute("SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted", (pid,))
+                if await cur.fetchone():
+                    break
+                await asyncio.sleep(0.05)
+            async with pool.connection() as ingest, ingest.transaction():
+                await ingest.execute("SET LOCAL lock_timeout = '2s'")
+                assert await DirectInserts().insert(ingest, [current]) == {event_key(current)}  # no wait
+            with pytest.raises(psycopg.errors.LockNotAvailable):  # a row of the month itself waits
+                async with pool.connection() as ingest, ingest.transaction():
+                    await ingest.execute("SET LOCAL lock_timeout = '300ms'")
+                    await insert_events(ingest, [late])
+            await holder.execute("ROLLBACK")
+            assert await task
+    async with pool.connection() as conn, conn.transaction():
+        assert await DirectInserts().insert(conn, [late]) == {event_key(late)}  # after it, a late row is stored
+    keys = {(r[0], r[1], r[2], r[3]) for r in await _rows(pool, DESCRIBED)}
+    assert {event_key(current), event_key(late)} <= keys
 
 
 _months = itertools.count()

@@ -3,15 +3,16 @@
 A row per event costs at least ~130 B on plain PostgreSQL (168 B measured after retention_pack);
 a day of one meter per row, its columns as arrays of small integers compressed by TOAST, costs ~29 B
 (migration 0039, ``bench/archive_layouts.py``). Once a month is over plus ``SETTLE`` its partition's
-rows move there and the partition is replaced by an empty one, so late rows of that month still have
-a home. Everything happens in one transaction (rows copied, partition detached and dropped, the empty
-one attached, the month recorded): a hub stopped midway leaves the month as it was, and the next round
-archives it. Ingest of new rows waits while a month is archived (``events`` is locked in EXCLUSIVE mode:
-readers go on); the lock is tried with a timeout and the month retried the next round when not granted.
+rows move there and the partition is emptied (TRUNCATE), so late rows of that month still have
+a home. Everything happens in one transaction (rows copied, the partition emptied and given the guard
+trigger, the month recorded): a hub stopped midway leaves the month as it was, and the next round
+archives it. Only rows of the archived month wait while it is copied (its partition is locked in
+EXCLUSIVE mode: readers go on); ingest into the other months goes on. The lock is tried with a timeout
+and the month retried the next round when not granted.
 
 Readers see archived events through the views ``events_all`` and ``events_described``; the stored
 neighbours of a late reading (``storage/usage.py``) probe the archive too; a late event whose identity
-is archived is a duplicate: the staged insert leaves it out, and the replacement partition's trigger
+is archived is a duplicate: the staged insert leaves it out, and the emptied partition's trigger
 refuses it to the direct COPY (which then takes the staged insert). On TimescaleDB nothing is done.
 """
 
@@ -77,8 +78,9 @@ async def archive_month(conn: Connection, month: date, *, lock_timeout_ms: int =
     part = sql.Identifier(name)
     async with conn.transaction():
         await conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout_ms)}ms",))
-        # Writers wait from here on (no row can enter the month while it is copied); readers go on.
-        await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        # Writers into this month wait from here on (no row can enter it while it is copied); readers go on,
+        # and so does ingest into every other month: rows are routed to a partition, and locked there.
+        await conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(part))
         done = await (await conn.execute("SELECT 1 FROM events_archived WHERE partition = %s", (name,))).fetchone()
         if done is not None or month not in await existing_months(conn):
             return False
@@ -100,13 +102,12 @@ async def archive_month(conn: Connection, month: date, *, lock_timeout_ms: int =
 
 
 async def _replace_partition(conn: Connection, month: date) -> None:
-    """Detach and drop ``month``'s partition; attach an empty one whose trigger refuses archived identities."""
+    """Empty ``month``'s partition (TRUNCATE) and give it the trigger that refuses archived identities.
+
+    TRUNCATE locks the partition alone: detaching it (and attaching a new one) would take an ACCESS
+    EXCLUSIVE lock on ``events`` itself, which waits for every batch in flight and stops every later one.
+    """
     part = sql.Identifier(_partition(month))
-    start, end = _bounds(month)
-    await conn.execute(sql.SQL("ALTER TABLE events DETACH PARTITION {}").format(part))
-    await conn.execute(sql.SQL("DROP TABLE {}").format(part))
-    await conn.execute(sql.SQL("CREATE TABLE {} (LIKE events INCLUDING DEFAULTS)").format(part))
+    await conn.execute(sql.SQL("TRUNCATE {}").format(part))
     await conn.execute(sql.SQL("CREATE TRIGGER events_archive_guard BEFORE INSERT ON {} FOR EACH ROW "
                                "EXECUTE FUNCTION events_archive_guard()").format(part))
-    await conn.execute(sql.SQL("ALTER TABLE events ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})")
-                       .format(part, sql.Literal(start), sql.Literal(end)))
