@@ -73,10 +73,12 @@ async def archive_finished_months(pool: AsyncConnectionPool, now: datetime, *, s
 
 
 async def archive_month(conn: Connection, month: date, *, lock_timeout_ms: int = 2000) -> bool:
-    """Move ``month``'s rows into the archive and replace its partition, in one transaction; False if none."""
+    """Move ``month``'s rows into the archive and empty its partition, in one transaction; False if none."""
     name = _partition(month)
     part = sql.Identifier(name)
     async with conn.transaction():
+        if not await partitioned(conn) or month not in await existing_months(conn):
+            return False  # TimescaleDB (chunks, compressed instead), or no such month
         await conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout_ms)}ms",))
         # Writers into this month wait from here on (no row can enter it while it is copied); readers go on,
         # and so does ingest into every other month: rows are routed to a partition, and locked there.
