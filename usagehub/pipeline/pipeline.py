@@ -83,7 +83,7 @@ class PipelineSettings:
     stall_after_s: float = 30.0
     totals_node: str = "hub"  # the row of ingest_totals this pipeline adds to
     trim_after_bytes: int = 1 << 20  # after a batch this large, freed memory goes back to the OS
-    commit_lanes: int = 2  # batches in flight at once, one per lane; messages of one sender share a lane
+    commit_lanes: int = 4  # batches in flight at once, one per lane; messages of one sender share a lane
 
 
 @dataclass(slots=True)

@@ -40,7 +40,7 @@ class HubConfig(BaseModel):
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     batch_max_messages: int = Field(2000, ge=1, le=100_000)
     batch_max_wait_ms: float = Field(20.0, ge=0, le=10_000)
-    commit_lanes: int = Field(2, ge=1, le=16, description="ingest batches committed at once (messages of one "
+    commit_lanes: int = Field(4, ge=1, le=16, description="ingest batches committed at once (messages of one "
                                                           "sender share a lane)")
     # Sessions off the ingest path (pipeline/session_worker.py): N child processes replay the session queue.
     session_workers: int = Field(1, ge=0, le=64, description="session worker processes; 0: sessions and billing "
