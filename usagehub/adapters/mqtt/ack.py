@@ -29,9 +29,9 @@ class ManualAck:
 
     ``received`` / ``ack_in_order`` send the PUBACKs of QoS 1 messages in the order the messages arrived,
     which is the order of the broker's in-flight list. Mosquitto finds the message a PUBACK names by
-    walking that list from its oldest entry, so acks out of order (two commit lanes each acking its own
-    batch) made every PUBACK walk past the other lane's unacknowledged messages: 11.8-13.1 against 8.0 us
-    of broker CPU per event on ``bench/fleet.py``. A committed message's ack waits for the older ones' at
+    walking that list from its oldest entry, so acks out of order (commit lanes each acking their own
+    batches) made every PUBACK walk past the other lanes' unacknowledged messages: 11.8-13.1 against 8.0 us
+    of broker CPU per event on ``bench/fleet.py`` with two lanes. A committed message's ack waits for the older ones' at
     most ``hold_s``; after that the younger ones go ahead (a slow batch, or a commit that failed and is
     never acked: the broker redelivers that one on the next connection, as before).
     """
