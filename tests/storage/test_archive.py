@@ -37,6 +37,8 @@ from usagehub.storage.usage import stored_neighbourhoods
 AFTER_NOVEMBER = datetime(2026, 12, 1, tzinfo=UTC) + SETTLE
 DESCRIBED = "SELECT * FROM events_described ORDER BY device_id, meter, ts, event_id"
 SINCE, UNTIL = DAY - timedelta(days=3), DAY + timedelta(days=3)
+SESSIONS = """query($a: String!) { sessions(accountId: $a) { edges { node { id events(first: 50) { edges { node {
+  deviceId meter ts eventId value unit } } } } } } }"""
 PAGED = """query($d: String!, $s: DateTime, $u: DateTime, $a: String, $n: Boolean!) { events(deviceId: $d, since: $s,
   until: $u, first: 2, after: $a, newestFirst: $n) { edges { cursor node { ts meter eventId value unit receivedAt } }
   pageInfo { hasNextPage } } }"""
@@ -86,8 +88,10 @@ async def _answers(w: World, pool: AsyncConnectionPool) -> dict[str, Any]:
                      for t in ("default", "elsewhere")}
     paged = [await _pages(w, who, d, n) for who, d in (("operator", "m1"), ("b-operator", "m2")) for n in (False, True)]
     assert [len(p) for p in paged] == [2, 2, 2, 2] and paged[0][0]["data"]["events"]["edges"]  # 3 readings, 2 a page
+    sessions = [await w.gql(who, SESSIONS, a=a) for who, a in (("billing", "a1"), ("b-billing", "b1"))]
+    assert sessions[0]["data"]["sessions"]["edges"][0]["node"]["events"]["edges"]  # a session's events to compare
     return {"graphql": [await w.gql(who, q, d=d) for who, d in (("operator", "m1"), ("b-operator", "m2"))
-                        for q in (OLDEST, RECENT)], "paged": paged,
+                        for q in (OLDEST, RECENT)], "paged": paged, "sessions": sessions,
             "described": await _rows(pool, DESCRIBED), "assurance": assurance, "neighbours": near}
 
 
@@ -107,7 +111,9 @@ async def test_an_archived_month_answers_every_reader_as_before(w: World, pool: 
     assert await _rows(pool, "SELECT partition, events FROM events_archived") == [
         ("events_2026_11", len(before["described"]))]
     assert await _answers(w, pool) == before
-    # a hostile caller reads nothing of the other tenant's archived events
+    # a hostile caller reads nothing of the other tenant's archived events, nor its sessions' events
+    for who, account in (("b-billing", "a1"), ("billing", "b1")):
+        assert (await w.gql(who, SESSIONS, a=account))["data"] == {"sessions": {"edges": []}}
     for who, device in (("b-operator", "m1"), ("operator", "m2")):
         assert (await w.gql(who, RECENT, d=device))["data"]["events"]["edges"] == []
         assert (await w.gql(who, OLDEST, d=device))["data"]["events"]["edges"] == []

@@ -113,13 +113,18 @@ class BillingService:
                 return []
             a = after or (None, None, None, None)
             async with conn.cursor(row_factory=dict_row) as cur:
+                # events_all, not events_described: its day bounds (repeating those on ts) keep a read of an
+                # archived month to the session's days (storage/archive.py), however many days are archived.
                 await cur.execute(
-                    "SELECT * FROM events_described WHERE device_id = ANY(%s) AND service = %s "
-                    "AND ts >= %s AND ts <= %s "
-                    "AND (%s::timestamptz IS NULL OR (ts, device_id, meter, event_id) > (%s, %s, %s, %s)) "
-                    "ORDER BY ts, device_id, meter, event_id LIMIT %s",
-                    (sorted(session.devices), session.service, session.start, session.end, a[0], a[0], a[1], a[2],
-                     a[3], limit))
+                    "SELECT e.device_id, e.meter, e.ts, e.event_id, e.value, m.unit, m.kind, m.profile_id, m.service, "
+                    "e.received_at, e.reset_marker, e.text_value, e.ingested_at "
+                    "FROM events_all e LEFT JOIN event_meta m ON m.meta_id = e.meta_id "
+                    "WHERE e.device_id = ANY(%s) AND m.service = %s AND e.ts >= %s AND e.ts <= %s "
+                    "AND e.day >= events_archive_day(%s) AND e.day <= events_archive_day(%s) "
+                    "AND (%s::timestamptz IS NULL OR (e.ts, e.device_id, e.meter, e.event_id) > (%s, %s, %s, %s)) "
+                    "ORDER BY e.ts, e.device_id, e.meter, e.event_id LIMIT %s",
+                    (sorted(session.devices), session.service, session.start, session.end, session.start,
+                     session.end, a[0], a[0], a[1], a[2], a[3], limit))
                 return await cur.fetchall()
 
     async def mark_billed(self, *, tenant: str, record_ids: list[str], author: str) -> list[BillingRecord]:
