@@ -45,13 +45,17 @@ def tree_cpu_s(pid: int, *, children: bool = True) -> float:
     return total
 
 
-def postgres_cpu_s(url: str) -> float:
-    """CPU seconds of the PostgreSQL server behind ``url`` (the postmaster and its backends)."""
+def postgres_pid(url: str) -> int:
+    """The postmaster's pid of the PostgreSQL server behind ``url``."""
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT setting FROM pg_settings WHERE name = 'data_directory'").fetchone()
     assert row is not None
-    pid = int((Path(str(row[0])) / "postmaster.pid").read_text().split()[0])
-    return tree_cpu_s(pid)
+    return int((Path(str(row[0])) / "postmaster.pid").read_text().split()[0])
+
+
+def postgres_cpu_s(url: str) -> float:
+    """CPU seconds of the PostgreSQL server behind ``url`` (the postmaster and its backends)."""
+    return tree_cpu_s(postgres_pid(url))
 
 
 def print_cpu(glue_cpu: dict[str, float], hub_cpu: dict[str, float]) -> None:

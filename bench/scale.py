@@ -43,6 +43,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench import fleet as realistic  # noqa: E402
+from bench.cpu import postgres_pid  # noqa: E402
 from bench.scratch import scratch  # noqa: E402
 from usagehub.core.events import RawMessage  # noqa: E402
 from usagehub.runtime.config import HubConfig  # noqa: E402
@@ -164,13 +165,6 @@ def cpu_s(pid: int, *, reaped: bool = False) -> float:
         if reaped and proc is root:
             total += t.children_user + t.children_system
     return total
-
-
-def postgres_pid(url: str) -> int:
-    with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT setting FROM pg_settings WHERE name = 'data_directory'").fetchone()
-    assert row is not None
-    return int((Path(str(row[0])) / "postmaster.pid").read_text().split()[0])
 
 
 def measure(url: str) -> tuple[int, float, float, float, int]:

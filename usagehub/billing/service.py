@@ -20,6 +20,7 @@ from usagehub.errors import DomainError
 from usagehub.pipeline.sessions import SessionEngine
 from usagehub.storage.billing import RECORD_COLUMNS, period_by_label, record_of
 from usagehub.storage.pool import mapped_errors
+from usagehub.storage.queries import DESCRIBED_COLUMNS
 from usagehub.storage.session_queue import queued_accounts
 from usagehub.storage.sessions import SESSION_COLUMNS, session_of
 
@@ -116,9 +117,7 @@ class BillingService:
                 # events_all, not events_described: its day bounds (repeating those on ts) keep a read of an
                 # archived month to the session's days (storage/archive.py), however many days are archived.
                 await cur.execute(
-                    "SELECT e.device_id, e.meter, e.ts, e.event_id, e.value, m.unit, m.kind, m.profile_id, m.service, "
-                    "e.received_at, e.reset_marker, e.text_value, e.ingested_at "
-                    "FROM events_all e LEFT JOIN event_meta m ON m.meta_id = e.meta_id "
+                    f"SELECT {DESCRIBED_COLUMNS} FROM events_all e LEFT JOIN event_meta m ON m.meta_id = e.meta_id "
                     "WHERE e.device_id = ANY(%s) AND m.service = %s AND e.ts >= %s AND e.ts <= %s "
                     "AND e.day >= events_archive_day(%s) AND e.day <= events_archive_day(%s) "
                     "AND (%s::timestamptz IS NULL OR (e.ts, e.device_id, e.meter, e.event_id) > (%s, %s, %s, %s)) "

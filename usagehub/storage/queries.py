@@ -48,7 +48,7 @@ class Reads:
         a_ts, a_meter, a_id = after if after else (None, None, None)
         beyond, order = ("<", "DESC") if newest_first else (">", "ASC")  # fixed tokens, never input
         return await self._rows(
-            f"SELECT {_DESCRIBED} FROM events_all e LEFT JOIN event_meta m USING (meta_id) "
+            f"SELECT {DESCRIBED_COLUMNS} FROM events_all e LEFT JOIN event_meta m USING (meta_id) "
             "JOIN devices d ON d.device_id = e.device_id WHERE e.device_id = %s AND d.tenant = %s "
             "AND (%s::text IS NULL OR e.meter = %s) "
             "AND (%s::timestamptz IS NULL OR (e.ts >= %s AND e.day >= events_archive_day(%s))) "
@@ -129,7 +129,8 @@ class Reads:
 
 
 # The columns of the view events_described (migration 0024), in its order.
-_DESCRIBED = ("e.device_id, e.meter, e.ts, e.event_id, e.value, m.unit, m.kind, m.profile_id, m.service, "
+# The columns of events_described, read from events_all e and event_meta m (day bounds need events_all).
+DESCRIBED_COLUMNS = ("e.device_id, e.meter, e.ts, e.event_id, e.value, m.unit, m.kind, m.profile_id, m.service, "
               "e.received_at, e.reset_marker, e.text_value, e.ingested_at")
 # Quarantine items belong to the tenant of their device; items without a registered device belong to
 # the hub's own tenant (HUB_TENANT): they may hold any tenant's bytes, so only the operator sees them.
