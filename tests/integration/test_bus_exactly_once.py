@@ -120,24 +120,36 @@ async def test_cluster_node_and_worker_sigkilled_bills_exactly(database_url: str
         # The second worker dies holding fetched, unacked messages; a new worker owning every partition
         # takes over its partitions and overlaps the survivor's (a move in progress).
         assert _wait(lambda: scalar(database_url, "SELECT count(*) FROM events") > 0, 30), workers[1].tail()
-        third = asyncio.create_task(_publish(publisher, fleet, slice(2 * n // 3, n)))
 
         async def held_by_second() -> int:  # delivered to worker 1 and not acked yet
-            try:
-                return sum([(await js.consumer_info(settings.stream, settings.durable(p), timeout=1)).num_ack_pending
-                            for p in owned_partitions(PARTITIONS, 1, 2)])
-            except nats.errors.Error:  # a consumer still electing its leader after the node's death
-                return 0
+            held = 0
+            for p in owned_partitions(PARTITIONS, 1, 2):
+                try:
+                    held += (await js.consumer_info(settings.stream, settings.durable(p), timeout=1)).num_ack_pending
+                except nats.errors.Error:  # a consumer still electing its leader after the node's death
+                    pass
+            return held
 
-        # Killed while it holds unacked messages (on a loaded machine a fixed sleep could find it holding none,
-        # and the redelivery this test is about would not happen).
-        async with asyncio.timeout(30 * time_scale()):
-            while not await held_by_second():  # noqa: ASYNC110 — polls the server
-                await asyncio.sleep(0.02)
+        # Killed while it holds unacked messages. The last third goes out in small chunks; after each, worker 1
+        # is frozen (SIGSTOP) and its consumers are read: frozen, it cannot ack meanwhile, so what is counted is
+        # what the kill leaves unacked. Holding none (it was quick, or a consumer was electing), it goes on.
+        # (A poll beside a running worker found it holding nothing for 30 s on a loaded CI machine.)
+        pos, held = 2 * n // 3, 0
+        while pos < n and not held:
+            await _publish(publisher, fleet, slice(pos, pos + 40))
+            pos += 40
+            workers[1].proc.send_signal(signal.SIGSTOP)
+            for _ in range(10):  # deliveries to its pending pull still arrive while it is frozen
+                if held := await held_by_second():
+                    break
+                await asyncio.sleep(0.05)
+            if not held:
+                workers[1].proc.send_signal(signal.SIGCONT)
+        assert held, "worker 1 never held an unacked message: no redelivery to check\n" + workers[1].tail()
         workers[1].proc.send_signal(signal.SIGKILL)
         workers[1].proc.wait(10)
         workers.append(Worker(database_url, bus, tmp_path, 0, 1, "worker-takeover"))
-        await third
+        await _publish(publisher, fleet, slice(pos, n))  # the rest while partitions move
         marks.append(time.monotonic())
         await _publish(publisher, fleet, slice(0, n // 3))  # an ingest node retrying: same ids, dropped
         await publisher.flush()
