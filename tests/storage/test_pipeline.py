@@ -1,4 +1,4 @@
-"""The ingest pipeline against a real PostgreSQL: identity, quarantine, usage entries."""
+"""The ingest pipeline against a real PostgreSQL: identity, quarantine, usage (the points' entries)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from usagehub.core.decode import ProfileSet
 from usagehub.core.events import RawMessage
 from usagehub.errors import StorageUnavailable
 from usagehub.pipeline.pipeline import Pipeline, PipelineSettings
+from usagehub.pipeline.sessions import SessionEngine
 from usagehub.pipeline.usage import UsageWriter
 from usagehub.runtime.config import SHIPPED_PROFILES
 from usagehub.runtime.profile_files import load_profiles
@@ -39,7 +40,9 @@ async def pipeline(pool: AsyncConnectionPool) -> Pipeline:
         await registry.bind(device_id=dev, account_id="a1", valid_from=T0 - timedelta(days=30))
     profiles = ProfileSet(load_profiles(SHIPPED_PROFILES))
     p = Pipeline(pool, profiles, KnownDevices(pool), PipelineSettings(batch_max_wait_ms=5))
-    p.hooks.append(UsageWriter(profiles).apply)
+    usage = UsageWriter(profiles)
+    # The entries are stored as the session points' origins (migration 0041): the sessions stage stores them.
+    p.hooks += [usage.apply, SessionEngine(profiles, entries=lambda: usage.last_entries, clock=lambda: NOW).apply]
     return p
 
 
@@ -88,8 +91,10 @@ async def test_late_reading_splits_delta_and_total_is_order_invariant(pipeline: 
     reads = Reads(pool)
     buckets = await reads.usage(tenant="default", account_id="a1", bucket="HOUR", since=T0,
                                 until=T0 + timedelta(hours=3), meter="energy")
-    # Usage lands where the later reading of each interval is: 15-min deltas of 0.25 kWh.
-    assert [b.quantity for b in buckets] == [Decimal("0.750"), Decimal("1.000")]
+    # An interval's usage lands where it starts (as billing and the series count it): 15-min deltas of
+    # 0.25 kWh, four starting in the first hour, three in the second.
+    assert [b.quantity for b in buckets] == [Decimal("1.000"), Decimal("0.750")]
+    assert {b.unit for b in buckets} == {"kWh"}
 
 
 async def test_wrap_and_reset(pipeline: Pipeline, pool: AsyncConnectionPool) -> None:

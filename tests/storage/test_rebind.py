@@ -143,7 +143,7 @@ def test_reallocation_equals_allocating_under_the_new_bindings(
     def zone_of(account: str | None) -> ZoneInfo:
         return ZONES.get(account or "", ZoneInfo("UTC"))
 
-    stored = [(p, origin_of(e)) for e in entries for p in allocate_entry(e, info, BindingIndex(old), zone_of)]
+    stored = [(p, origin_of(e, "kWh")) for e in entries for p in allocate_entry(e, info, BindingIndex(old), zone_of)]
     moved = [(p, o) for p, o in stored if moved_by(p, at)]
     kept = [p for p, o in stored if (p, o) not in moved]
     result = sorted([*kept, *(p for p, _ in reallocate(moved, at, new, zone_of))], key=repr)

@@ -148,9 +148,13 @@ async def test_billing_run_and_period_not_ended(pool: AsyncConnectionPool, regis
     recs = await records(pool, "a1")
     assert recs["a1/2026-10/energy/adj/2026-11"][:3] == (Decimal("-0.2"), "open", "adjustment")
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT entry_kind, reason, author FROM usage_entries WHERE entry_id = %s",
+        cur = await conn.execute("SELECT quantity, reason, author FROM usage_corrections WHERE entry_id = %s",
                                  (entry_id,))
-        assert await cur.fetchone() == ("correction", "meter swap", "k9")
+        assert await cur.fetchone() == (Decimal("-0.2"), "meter swap", "k9")
+        # The usage ledger view shows it once, with its reason, beside the entries of the points.
+        cur = await conn.execute("SELECT entry_kind, quantity, reason FROM usage_entries WHERE device_id = 'm1' "
+                                 "AND entry_kind = 'correction'")
+        assert await cur.fetchall() == [("correction", Decimal("-0.2"), "meter swap")]
     sessions = await billing.sessions(tenant="default", account_id="a1", since=None, until=None, after=None,
                                       limit=50)
     assert {s.service for _, s in sessions} == {"electricity", "security"}

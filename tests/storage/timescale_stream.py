@@ -26,7 +26,6 @@ async def compress_everything(pool: AsyncConnectionPool) -> int:
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT count(compress_chunk(c, if_not_compressed => true)) FROM show_chunks('events') c "
-            "UNION ALL SELECT count(compress_chunk(c, if_not_compressed => true)) FROM show_chunks('usage_entries') c "
             "UNION ALL SELECT count(compress_chunk(c, if_not_compressed => true)) FROM show_chunks('session_points') c")
         return sum(int(str(r[0])) for r in await cur.fetchall())
 

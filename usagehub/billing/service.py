@@ -13,12 +13,13 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from usagehub.core.billing import BillingRecord, RecordKind
-from usagehub.core.counters import CorrectionEvent, EntryKind
+from usagehub.core.counters import CorrectionEvent
 from usagehub.core.periods import period_of
 from usagehub.core.sessions import Session
 from usagehub.errors import DomainError
 from usagehub.pipeline.sessions import SessionEngine
 from usagehub.storage.billing import RECORD_COLUMNS, period_by_label, record_of
+from usagehub.storage.meter_view import device_meters, last_readings, period_usage
 from usagehub.storage.pool import mapped_errors
 from usagehub.storage.queries import DESCRIBED_COLUMNS
 from usagehub.storage.session_queue import queued_accounts
@@ -35,7 +36,7 @@ class MeterView:
     account_id: str | None
     last_value: Decimal
     last_reading_at: datetime
-    last_received_at: datetime
+    last_received_at: datetime  # when the last reading (by device time) was received
     period_label: str
     period_total: Decimal
     last_state: str | None = None  # a state meter's last state name (armed, open…)
@@ -158,10 +159,9 @@ class BillingService:
             unit = compiled.profile.meters[meter].unit
             entry = correction.entry()
             cur = await conn.execute(
-                "INSERT INTO usage_entries (device_id, meter, ts, quantity, unit, service, entry_kind, "
-                "cause_event_id, reason, author) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING entry_id",
-                (device_id, meter, entry.ts, quantity, unit, info.service, EntryKind.CORRECTION.value,
-                 correction.correction_id, reason, author))
+                "INSERT INTO usage_corrections (device_id, meter, ts, quantity, unit, service, correction_id, "
+                "reason, author) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING entry_id",
+                (device_id, meter, entry.ts, quantity, unit, info.service, correction.correction_id, reason, author))
             got = await cur.fetchone()
             assert got is not None
             await self.engine.absorb(conn, [(entry, info)], [])
@@ -177,32 +177,27 @@ class BillingService:
 
     async def inspect(self, *, tenant: str, device_id: str | None, account_id: str | None,
                       search: str | None, limit: int = 50) -> list[MeterView]:
-        """Last reading, current-period total and last event time of each meter of the chosen devices."""
+        """Last reading (and when it was received) and current-period total of each meter of the chosen devices."""
         now = self.engine.clock()
         async with mapped_errors(), self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT d.device_id, b.account_id, a.timezone FROM devices d LEFT JOIN bindings b "
+                "SELECT d.device_id, b.account_id, a.timezone, d.profile_id FROM devices d LEFT JOIN bindings b "
                 "ON b.device_id = d.device_id AND b.valid @> %s::timestamptz "
                 "LEFT JOIN accounts a ON a.account_id = b.account_id WHERE d.tenant = %s "
                 "AND (%s::text IS NULL OR d.device_id = %s) AND (%s::text IS NULL OR b.account_id = %s) "
                 "AND (%s::text IS NULL OR d.device_id ILIKE %s OR d.name ILIKE %s OR b.account_id ILIKE %s "
                 "OR a.name ILIKE %s) ORDER BY d.device_id LIMIT %s",  # quick search: device, serial or account
                 (now, tenant, device_id, device_id, account_id, account_id, search, *[f"%{search}%"] * 4, limit))
-            devices = [(str(r[0]), r[1], ZoneInfo(str(r[2] or "UTC"))) for r in await cur.fetchall()]
+            devices = [(str(r[0]), r[1], ZoneInfo(str(r[2] or "UTC")), str(r[3])) for r in await cur.fetchall()]
             out: list[MeterView] = []
-            for dev, account, zone in devices:
+            for dev, account, zone, profile_id in devices:
                 period = period_of(now, zone)
-                cur = await conn.execute(
-                    "SELECT DISTINCT ON (e.meter) e.meter, e.value, e.unit, e.ts, "
-                    "max(e.received_at) OVER (PARTITION BY e.meter), e.profile_id, e.text_value "
-                    "FROM events_described e "
-                    "WHERE e.device_id = %s ORDER BY e.meter, e.ts DESC, e.event_id DESC", (dev,))
-                last = await cur.fetchall()
-                cur = await conn.execute(
-                    "SELECT meter, sum(quantity) FROM usage_entries WHERE device_id = %s AND ts > %s AND ts <= %s "
-                    "GROUP BY meter", (dev, period.start, period.end))
-                totals = {str(r[0]): r[1] for r in await cur.fetchall()}
-                # Gauges and states leave no usage entries: their period value is the billing record's
+                compiled = self.engine.profiles.by_id.get(profile_id)
+                meters = [*(compiled.profile.meters if compiled else ()), *await device_meters(conn, dev)]
+                last = [(r["meter"], r["value"], r["unit"], r["ts"], r["received_at"], r["profile_id"],
+                         r["text_value"]) for r in await last_readings(conn, dev, meters)]
+                totals = await period_usage(conn, dev, period.start, period.end)
+                # Gauges and states leave no usage points: their period value is the billing record's
                 # (max kW, seconds armed…), which merges the account's devices of that product.
                 for m, _v, _u, _ts, _rec, profile, _state in last:
                     product = self._record_product(str(profile), str(m))

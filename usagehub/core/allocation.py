@@ -68,12 +68,13 @@ class MeterInfo:
     product: str
     aggregation: Aggregation
     active_values: tuple[str, ...] = ("true", "1", "on", "active", "armed", "open")
+    unit: str = ""  # the meter's unit: a usage point carries it (the usage query and meter view read it)
 
     @classmethod
     def of(cls, name: str, spec: MeterSpec, service: str) -> MeterInfo:
         """The allocation facts of profile meter ``name``; its product defaults to its name."""
         return cls(service=service, product=spec.product or name, aggregation=spec.aggregation,
-                   active_values=tuple(str(v).lower() for v in spec.active_values))
+                   active_values=tuple(str(v).lower() for v in spec.active_values), unit=spec.unit)
 
 
 def _segments(entry: UsageEntry, since: datetime, bindings: BindingIndex,

@@ -39,7 +39,7 @@ _UTC = ZoneInfo("UTC")
 
 
 def _entry_of(point: Point, origin: Origin) -> UsageEntry:
-    ref, since, ts, quantity = origin
+    ref, since, ts, quantity, _unit = origin
     kind, meter, cause = ref.split(REF_SEP, 2)
     return UsageEntry(device_id=point.device_id, meter=meter, ts=ts, quantity=quantity, cause=cause,
                       kind=EntryKind(kind), since=since, label=point.label)
@@ -67,7 +67,8 @@ def reallocate(rows: Sequence[tuple[Point, Origin | None]], at: datetime, bindin
         elif origin not in tails or point.start < tails[origin][1]:
             tails[origin] = (point, point.start)
     for origin, (point, tail_start) in tails.items():
-        info = MeterInfo(service=point.service, product=point.product, aggregation=point.aggregation)
+        info = MeterInfo(service=point.service, product=point.product, aggregation=point.aggregation,
+                         unit=origin[4])
         pieces = allocate_entry(_entry_of(point, origin), info, bindings, zone_of)
         out.extend((p, origin) for p in pieces if p.start >= tail_start)
     return out
@@ -78,7 +79,7 @@ async def rebind(engine: SessionEngine, conn: Connection, device_id: str, at: da
     await lock_devices(conn, [device_id])
     cur = await conn.execute(
         "SELECT point_id, account_id, service, device_id, product, kind, aggregation, start_ts, end_ts, value, "
-        "active, label, tie, entry_ref, entry_since, entry_ts, entry_quantity FROM session_points "
+        "active, label, tie, entry_ref, entry_since, entry_ts, entry_quantity, entry_unit FROM session_points "
         "WHERE device_id = %s AND (end_ts > %s OR (start_ts = end_ts AND start_ts >= %s))",
         (device_id, at, at))
     found = await cur.fetchall()
@@ -87,7 +88,8 @@ async def rebind(engine: SessionEngine, conn: Connection, device_id: str, at: da
     rows: list[tuple[Point, Origin | None]] = []
     for r in found:
         origin: Origin | None = None if r[13] is None else (
-            str(r[13]), None if r[14] is None else utc(r[14]), utc(r[15]), Decimal(str(r[16])))
+            str(r[13]), None if r[14] is None else utc(r[14]), utc(r[15]), Decimal(str(r[16])),
+            str(r[17] or ""))
         rows.append((point_of(r[1:13]), origin))
     bindings, zones = await engine.bindings_for(conn, {device_id})
     fresh = reallocate(rows, at, bindings, lambda a: zones.get(a, _UTC) if a else _UTC)

@@ -129,7 +129,7 @@ class SessionEngine:
 
         stored: list[tuple[Point, Origin | None]] = []
         for entry, info in entries:
-            origin = origin_of(entry)
+            origin = origin_of(entry, info.unit)
             stored.extend((p, origin) for p in allocate_entry(entry, info, bindings, zone_of))
         for event, info in instants:
             stored.append((event_point(event, info, bindings, state=event.kind is MeterKind.STATE), None))

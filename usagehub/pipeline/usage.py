@@ -1,4 +1,8 @@
-"""The usage stage: derive append-only usage entries from a batch's new events, in the batch's transaction."""
+"""The usage stage: derive usage entries from a batch's new events, in the batch's transaction.
+
+The entries are stored by the next stage as the session points' origins (``pipeline.sessions``; migration
+0041): a point carries the entry it came from, so no row per entry is written here.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +20,14 @@ from usagehub.storage.usage import (
     lock_meter_state,
     save_meter_state,
     stored_neighbourhoods,
-    write_entries,
 )
 
 
 class UsageWriter:
-    """Batch hook: registers become deltas (wrap, reset, late readings), deltas and events become entries."""
+    """Batch hook: registers become deltas (wrap, reset, late readings), deltas and events become entries.
+
+    It writes the register state (``meter_state``); the entries go on to the sessions stage.
+    """
 
     def __init__(self, profiles: ProfileSet) -> None:
         self.profiles = profiles
@@ -41,7 +47,7 @@ class UsageWriter:
                            wrap_modulus=modulus_of(meter.wrap_bits, meter.scale))
 
     async def apply(self, conn: Connection, events: Sequence[UsageEvent]) -> None:
-        """Append the usage entries of ``events`` (already identity-checked as new); see ``last_entries``."""
+        """Derive the usage entries of ``events`` (already identity-checked as new); see ``last_entries``."""
         entries: list[tuple[UsageEntry, UsageEvent]] = []
         registers: dict[MeterKey, list[UsageEvent]] = defaultdict(list)
         for event in events:
@@ -51,8 +57,7 @@ class UsageWriter:
                 entries.append((entry, event))
         if registers:
             entries.extend(await self._registers(conn, registers))
-        self._last.set(entries)
-        await write_entries(conn, entries)
+        self._last.set(entries)  # stored as the session points' origins (migration 0041), not as rows
 
     async def _registers(self, conn: Connection,
                          registers: dict[MeterKey, list[UsageEvent]]) -> list[tuple[UsageEntry, UsageEvent]]:

@@ -86,16 +86,18 @@ class Reads:
                     meter: str | None) -> list[UsageBucket]:
         """Usage of an account per meter and bucket, in the account's time zone.
 
-        Usage belongs to the account that held the device at the usage's time;
-        usage of a device bound later becomes visible then (nothing is dropped).
+        Read from the account's usage points (migration 0041), as billing and the analytics series read
+        them: usage belongs to the account that held the device when it was used (an entry across a
+        binding change is split), and an interval's usage lands in the bucket where it starts. Usage of
+        a device bound later becomes visible then (nothing is dropped). Corrections are included.
         """
         rows = await self._rows(
-            "SELECT date_trunc(%s, u.ts AT TIME ZONE a.timezone) AT TIME ZONE a.timezone AS start, u.meter, "
-            "sum(u.quantity) AS quantity, max(u.unit) AS unit, max(a.timezone) AS tz "
-            "FROM usage_entries u JOIN bindings b ON b.device_id = u.device_id AND b.valid @> u.ts "
-            "JOIN accounts a ON a.account_id = b.account_id "
-            "WHERE b.account_id = %s AND a.tenant = %s AND u.ts >= %s AND u.ts < %s "
-            "AND (%s::text IS NULL OR u.meter = %s) GROUP BY 1, 2 ORDER BY 1, 2",
+            "SELECT date_trunc(%s, p.start_ts AT TIME ZONE a.timezone) AT TIME ZONE a.timezone AS start, "
+            f"{POINT_METER} AS meter, sum(p.value) AS quantity, max(p.entry_unit) AS unit, "
+            "max(a.timezone) AS tz FROM session_points p JOIN accounts a ON a.account_id = p.account_id "
+            "WHERE p.account_id = %s AND a.tenant = %s AND p.start_ts >= %s AND p.start_ts < %s "
+            f"AND p.kind = 'usage' AND p.entry_ref IS NOT NULL AND (%s::text IS NULL OR {POINT_METER} = %s) "
+            "GROUP BY 1, 2 ORDER BY 1, 2",
             (BUCKETS[bucket], account_id, tenant, since, until, meter, meter))
         return [UsageBucket(start=r["start"].astimezone(ZoneInfo(r["tz"])), meter=r["meter"],
                             quantity=r["quantity"], unit=r["unit"]) for r in rows]
@@ -130,6 +132,8 @@ class Reads:
 
 # The columns of the view events_described (migration 0024), in its order.
 # The columns of events_described, read from events_all e and event_meta m (day bounds need events_all).
+# The meter of a usage point: the second field of its entry reference (kind, meter, cause; storage.sessions).
+POINT_METER = "split_part(p.entry_ref, E'\\x1f', 2)"
 DESCRIBED_COLUMNS = ("e.device_id, e.meter, e.ts, e.event_id, e.value, m.unit, m.kind, m.profile_id, m.service, "
               "e.received_at, e.reset_marker, e.text_value, e.ingested_at")
 # Quarantine items belong to the tenant of their device; items without a registered device belong to
@@ -144,3 +148,4 @@ _OWNER = {
                    "WHERE r.reservation_id = %s",
     "quarantine": f"SELECT {_QUARANTINE_TENANT} AS tenant FROM quarantine q WHERE q.quarantine_id = %s::bigint",
 }
+

@@ -33,10 +33,10 @@ _POINT_COLUMNS = ("account_id, service, device_id, product, kind, aggregation, s
                   "label, tie")
 _POINT_TYPES = ["text", "text", "text", "text", "text", "text", "timestamptz", "timestamptz", "numeric", "bool",
                 "text", "text"]
-_ORIGIN_COLUMNS = "entry_ref, entry_since, entry_ts, entry_quantity"
-_ORIGIN_TYPES = ["text", "timestamptz", "timestamptz", "numeric"]
-_NO_ORIGIN = (None, None, None, None)
-Origin = tuple[str, datetime | None, datetime, Decimal]  # entry ref, since, ts, quantity
+_ORIGIN_COLUMNS = "entry_ref, entry_since, entry_ts, entry_quantity, entry_unit"
+_ORIGIN_TYPES = ["text", "timestamptz", "timestamptz", "numeric", "text"]
+_NO_ORIGIN = (None, None, None, None, None)
+Origin = tuple[str, datetime | None, datetime, Decimal, str]  # entry ref, since, ts, quantity, unit
 REF_SEP = "\x1f"  # entry ref: kind, meter and cause joined by the ASCII unit separator
 _SESSION_COLUMNS = ("session_id, account_id, service, period_start, period_end, period_label, start_ts, end_ts, "
                     "closed_reason, activity_count, devices, partials, resume, resume_ts, expires_at, carry")
@@ -189,9 +189,13 @@ def point_of(row: Sequence[Any]) -> Point:
                  label=label, tie=tie)
 
 
-def origin_of(entry: UsageEntry) -> Origin:
-    """Where a usage point came from: the entry's reference, interval and quantity."""
-    return (REF_SEP.join((entry.kind.value, entry.meter, entry.cause)), entry.since, entry.ts, entry.quantity)
+def origin_of(entry: UsageEntry, unit: str) -> Origin:
+    """Where a usage point came from: the entry's reference, interval, quantity and unit.
+
+    The points are the usage ledger (migration 0041): the view ``usage_entries`` sums an entry's points.
+    """
+    return (REF_SEP.join((entry.kind.value, entry.meter, entry.cause)), entry.since, entry.ts, entry.quantity,
+            unit)
 
 
 async def copy_points(conn: Connection, points: Sequence[tuple[Point, Origin | None]]) -> None:

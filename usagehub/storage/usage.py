@@ -1,17 +1,14 @@
-"""Usage SQL: register state (locked per meter), stored neighbourhoods of late readings, entries by COPY."""
+"""Usage SQL: register state (locked per meter), stored neighbourhoods of late readings."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from usagehub.core.counters import Reading, UsageEntry
-from usagehub.core.events import UsageEvent
+from usagehub.core.counters import Reading
 from usagehub.storage.pool import Connection
 
 MeterKey = tuple[str, str]
-_ENTRY_COLUMNS = "device_id, meter, ts, quantity, unit, service, entry_kind, cause_event_id, reason, author"
-_ENTRY_TYPES = ["text", "text", "timestamptz", "numeric", "text", "text", "text", "text", "text", "text"]
 
 
 async def lock_meter_state(conn: Connection, keys: Sequence[MeterKey]) -> dict[MeterKey, Reading]:
@@ -110,18 +107,3 @@ async def stored_neighbourhoods(conn: Connection, batches: Mapping[MeterKey, lis
         fresh = {r.key for r in batches[key]}  # never a neighbour (the probes skip them): a safety net
         out[key] = sorted((r for k, r in near.items() if k not in fresh), key=lambda r: r.key)
     return out
-
-
-async def write_entries(conn: Connection, entries: Sequence[tuple[UsageEntry, UsageEvent]],
-                        reason: str | None = None, author: str | None = None) -> None:
-    """Append entries with COPY; the event gives unit and service."""
-    if not entries:
-        return
-    async with conn.cursor() as cur, cur.copy(
-            f"COPY usage_entries ({_ENTRY_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(_ENTRY_TYPES)
-        for entry, event in entries:
-            await copy.write_row((entry.device_id, entry.meter, entry.ts, entry.quantity, event.unit,
-                                  event.service, entry.kind.value, entry.cause, reason, author))
-
-
