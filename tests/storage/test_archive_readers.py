@@ -9,15 +9,18 @@ reads with the statement's snapshot), and REPEATABLE READ transactions (a report
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import psycopg
+import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from tests.storage.test_archive import AFTER_NOVEMBER, DESCRIBED, SINCE, UNTIL, _plain, w  # noqa: F401 — fixture
-from tests.storage.test_operations import DAY, World
+from tests.storage.test_archive import AFTER_NOVEMBER, DESCRIBED, SINCE, UNTIL, _plain
+from tests.storage.test_operations import DAY, World, build
 from usagehub.core.counters import Reading
 from usagehub.storage.archive import archive_finished_months
 from usagehub.storage.archive_late import settle_archived_months, truncate_emptied
@@ -26,6 +29,14 @@ from usagehub.storage.retention_pack import SETTLE
 from usagehub.storage.usage import stored_neighbourhoods
 
 GATE = 4525  # the advisory lock the held statement waits for
+
+
+@pytest.fixture
+async def w(pool: AsyncConnectionPool) -> AsyncIterator[World]:
+    """The fixture of test_archive.py: two tenants' meters and panels, readings of November."""
+    app, tokens, ops = await build(pool)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as client:
+        yield World(client, tokens, ops)
 
 # A statement's snapshot is taken before it runs; a function it calls reads with that snapshot (STABLE), and
 # locks and reads the partition only when it gets there: after the wait.
@@ -62,7 +73,7 @@ async def _waiting(pool: AsyncConnectionPool, pid: int) -> bool:
         return await cur.fetchone() is not None
 
 
-async def test_a_snapshot_taken_before_the_archive_reads_the_month_once(w: World,  # noqa: F811
+async def test_a_snapshot_taken_before_the_archive_reads_the_month_once(w: World,
                                                                        pool: AsyncConnectionPool) -> None:
     async with await psycopg.AsyncConnection.connect(pool.conninfo) as fresh:
         before = await _read(fresh)
