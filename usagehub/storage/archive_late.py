@@ -29,6 +29,7 @@ from usagehub.storage.pool import Connection, mapped_errors
 
 log = logging.getLogger(__name__)
 
+TRUNCATE_WAIT_MS = 500  # the longest the round waits for the partition's ACCESS EXCLUSIVE lock
 _COLUMNS = "t, event_id, value, meta_id, r, g, reset_marker, text_value"
 _MERGE = """
 WITH late AS (
@@ -95,7 +96,9 @@ async def settle_archived_months(pool: AsyncConnectionPool, *,
             async with mapped_errors(), pool.connection() as conn:
                 if await fold_late_rows(conn, month, lock_timeout_ms=lock_timeout_ms):
                     folded.append(_partition(month))
-                if await truncate_emptied(conn, month, lock_timeout_ms=lock_timeout_ms):
+                # While the TRUNCATE's lock request waits, every new statement on the partition (any read of
+                # events not pruned at plan time) queues behind it: a short wait, the next round tries again.
+                if await truncate_emptied(conn, month, lock_timeout_ms=min(lock_timeout_ms, TRUNCATE_WAIT_MS)):
                     truncated.append(_partition(month))
         except StorageError as err:  # a lock not granted in time, most often: the next round tries again
             log.warning("archived event partition %s not settled this round: %s", _partition(month), err)
