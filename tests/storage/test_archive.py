@@ -289,7 +289,8 @@ async def test_neighbours_across_archived_days_and_late_rows_are_the_nearest(
 
 
 async def test_the_housekeeping_loop_archives_finished_months_after_its_first_pause(pool: AsyncConnectionPool) -> None:
-    """pack_daily (the hub's task) packs at start and archives from its second round (here after 0.2 s)."""
+    """pack_daily (the hub's task) packs at start and archives (and truncates) from its second round (here after
+    0.2 s)."""
     month = date(2025, 3, 1)  # a month over by the real clock
     async with pool.connection() as conn:
         await conn.execute("SELECT ensure_event_partition(%s)", (month,))
@@ -301,12 +302,13 @@ async def test_the_housekeeping_loop_archives_finished_months_after_its_first_pa
         archived: list[tuple[Any, ...]] = []
         for _ in range(100):
             await asyncio.sleep(0.05)
-            archived = await _rows(pool, "SELECT partition FROM events_archived")
-            if archived:
+            archived = await _rows(pool, "SELECT partition, truncated_at IS NOT NULL FROM events_archived")
+            if archived and archived[0][1]:
                 break
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    assert archived == ([("events_2025_03",)] if await _plain(pool) else [])
+    # archived, then truncated in the same round (no snapshot older than the archive's DELETE was left)
+    assert archived == ([("events_2025_03", True)] if await _plain(pool) else [])
     assert await _rows(pool, "SELECT count(*) FROM events_all WHERE device_id = 'hk'") == [(1,)]

@@ -5,13 +5,18 @@ stopped midway leaves everything as it was. Every reader answers the same; two t
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from tests.storage.test_archive import (
@@ -22,12 +27,16 @@ from tests.storage.test_archive import (
     held_at_last_statement,
     hostile_reads_nothing,
 )
+from tests.storage.test_neighbourhoods import _expected
 from tests.storage.test_operations import DAY, World, build
 from tests.storage.test_rating_support import reading, wired
 from tests.storage.test_sessions_billing import feed
-from usagehub.storage.archive import archive_finished_months
+from usagehub.core.counters import Reading
+from usagehub.storage.archive import archive_finished_months, archive_month
 from usagehub.storage.archive_late import fold_late_rows, settle_archived_months
+from usagehub.storage.partitions import add_months, partitioned
 from usagehub.storage.retention_pack import SETTLE
+from usagehub.storage.usage import stored_neighbourhoods
 
 NOVEMBER = date(2026, 11, 1)
 ARCHIVE = "SELECT device_id, meter, day, ts_us, event_id, value FROM events_archive ORDER BY device_id, meter, day"
@@ -126,3 +135,78 @@ async def test_a_fold_waits_for_nobody_but_writers_of_its_month(w: World, pool: 
         await reader.rollback()
     assert await _rows(pool, "SELECT count(*) FROM events_all WHERE day < '2026-12-01'") == got
     assert await settle_archived_months(pool) == ([], ["events_2026_11"])
+
+
+_months = itertools.count()
+slots = st.sets(st.tuples(st.integers(0, 40), st.sampled_from(["a", "b"])), max_size=30)
+_INSERT = ("INSERT INTO events (device_id, meter, ts, event_id, value, meta_id, received_at) VALUES "
+           "('nf', 'energy', %s, %s, %s, event_meta_id('kWh', 'cumulative', 'p', 'electricity'), %s)")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(archived=slots, late=slots, batch_slots=slots)
+async def test_a_fold_keeps_each_identity_once_in_key_order_and_every_neighbour(
+        pool: AsyncConnectionPool, archived: set[tuple[int, str]], late: set[tuple[int, str]],
+        batch_slots: set[tuple[int, str]]) -> None:
+    """Readings 3 h apart over five days: some archived, then late rows of the archived month, some of them
+    duplicates of archived identities with another value (slipped past the guard trigger). After the fold each
+    day's arrays hold each identity once in key order, the archived copy wins, and a batch's neighbours are the
+    nearest stored readings, wherever they were kept."""
+    month = add_months(date(2041, 1, 1), next(_months))
+    t0 = datetime(month.year, month.month, 1, 22, tzinfo=UTC)  # across UTC midnights
+
+    def at(slot: int, event_id: str, value: int | None = None) -> Reading:
+        return Reading(ts=t0 + timedelta(hours=3 * slot), value=Decimal(slot if value is None else value),
+                       event_id=f"{slot:03d}{event_id}")
+
+    first = sorted((at(*s) for s in archived - batch_slots), key=lambda r: r.key)
+    async with pool.connection() as conn:
+        if not await partitioned(conn):
+            return
+        try:
+            new, got, batch = await _fold_and_probe(conn, month, at, first, archived, late, batch_slots)
+        finally:  # the next example starts from nothing stored
+            await conn.execute("DELETE FROM events WHERE device_id = 'nf'")
+            await conn.execute("DELETE FROM events_archive WHERE device_id = 'nf'")
+    if not first:
+        return
+    stored = sorted(first + new, key=lambda r: r.key)
+    assert [r.key for r in got.get(("nf", "energy"), [])] == (_expected(stored, batch, None) if batch else [])
+
+
+async def _fold_and_probe(conn: Any, month: date, at: Any, first: list[Reading], archived: set[tuple[int, str]],
+                          late: set[tuple[int, str]], batch_slots: set[tuple[int, str]]
+                          ) -> tuple[list[Reading], dict[Any, list[Reading]], list[Reading]]:
+    """Archive ``first``, store the late rows (new ones and duplicates), fold, check the day rows; then the
+    neighbours of the batch (stored in a transaction rolled back)."""
+    await conn.execute("SELECT ensure_event_partition(%s)", (month,))
+    for r in first:
+        await conn.execute(_INSERT, (r.ts, r.event_id, r.value, r.ts))
+    if not first:
+        return [], {}, []
+    assert await archive_month(conn, month)
+    new = [at(*s) for s in late - archived - batch_slots]
+    dups = [at(*s, value=999) for s in late & (archived - batch_slots)]
+    async with conn.transaction():
+        await conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER events_archive_guard").format(
+            sql.Identifier(f"events_{month:%Y_%m}")))
+        for r in new + dups:
+            await conn.execute(_INSERT, (r.ts, r.event_id, r.value, r.ts))
+        await conn.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER events_archive_guard").format(
+            sql.Identifier(f"events_{month:%Y_%m}")))
+    assert await fold_late_rows(conn, month) == len(new) + len(dups)
+    cur = await conn.execute("SELECT day, ts_us, event_id, value FROM events_archive WHERE device_id = 'nf' "
+                             "AND day >= %s AND day < %s ORDER BY day", (month, add_months(month, 1)))
+    days = await cur.fetchall()
+    kept = [(d, *k) for d, ts_us, ids, _ in days for k in zip(ts_us, ids, strict=True)]
+    for _, ts_us, ids, _ in days:
+        assert list(zip(ts_us, ids, strict=True)) == sorted(zip(ts_us, ids, strict=True))
+    assert len(kept) == len(set(kept)) == len(first) + len(new)
+    assert all(v == Decimal(int(i[:3])) for _, _, eids, vals in days for i, v in zip(eids, vals, strict=True))
+    batch = sorted((at(*s) for s in batch_slots), key=lambda r: r.key)
+    async with conn.transaction():
+        for r in batch:
+            await conn.execute(_INSERT, (r.ts, r.event_id, r.value, r.ts))
+        got = await stored_neighbourhoods(conn, {("nf", "energy"): batch} if batch else {})
+        raise psycopg.Rollback()
+    return new, got, batch
