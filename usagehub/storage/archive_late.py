@@ -9,10 +9,11 @@ of that month. Each housekeeping round then, per archived month:
   that month wait, readers go on): a pass stopped midway leaves everything as it was, and folded rows are
   deleted by it, so nothing is folded twice. A snapshot older than the fold reads the rows and the old day
   rows; a newer one the merged day rows.
-* **truncates the partition** (``truncate_emptied``) once it holds no live row and no snapshot older than the
-  last DELETE (archive or fold) can exist: checked under its ACCESS EXCLUSIVE lock (tried with a timeout),
-  with the ``backend_xmin`` of every backend of the database (``pg_stat_activity``; a backend whose xmin this
-  role may not read counts as older). Until then the deleted rows keep their space (heap and indexes).
+* **truncates the partition** (``truncate_emptied``) once it holds no live row (checked under its EXCLUSIVE
+  lock: writers wait, readers go on) and no snapshot older than the last DELETE (archive or fold) can exist
+  (the ``backend_xmin`` of every backend of the database, ``pg_stat_activity``; a backend whose xmin this role
+  may not read counts as older), then takes its ACCESS EXCLUSIVE lock, with a timeout. Until then the deleted
+  rows keep their space (heap and indexes).
 """
 
 from __future__ import annotations
@@ -142,17 +143,20 @@ async def truncate_emptied(conn: Connection, month: date, *, lock_timeout_ms: in
         own = int(str((await (await conn.execute("SELECT pg_current_xact_id()::text::bigint")).fetchone()
                        or [0])[0]))
         await conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout_ms)}ms",))
-        await conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(part))
+        # EXCLUSIVE first: no row can enter from here on, and readers go on while the deleted rows are scanned.
+        await conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(part))
         emptied = ((await (await conn.execute(pending, (name,))).fetchone()) or [None])[0]
         if emptied is None:
             return False
         if await (await conn.execute(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(part))).fetchone() is not None:
             return False  # late rows, committed: folded first, by the next round
-        # Read after the lock is granted (pg_stat_activity is read once per transaction): a snapshot taken from
-        # here on is newer than the DELETE's commit.
+        # Any time after the DELETE committed will do: a snapshot taken after this check is newer than it.
         older = await (await conn.execute(_OLDER_SNAPSHOTS, {"own": own, "x": int(str(emptied))})).fetchone()
         if older is None or int(str(older[0])) > 0:
             return False
+        # TRUNCATE's lock, asked explicitly under the timeout: readers of the partition are waited for, and new
+        # statements on it queue behind the request meanwhile.
+        await conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(part))
         await conn.execute(sql.SQL("TRUNCATE {}").format(part))
         await conn.execute("UPDATE events_archived SET emptied_xid = NULL, truncated_at = now() WHERE partition = %s",
                            (name,))
