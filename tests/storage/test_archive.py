@@ -111,14 +111,18 @@ async def test_an_archived_month_answers_every_reader_as_before(w: World, pool: 
     assert await _rows(pool, "SELECT partition, events FROM events_archived") == [
         ("events_2026_11", len(before["described"]))]
     assert await _answers(w, pool) == before
-    # a hostile caller reads nothing of the other tenant's archived events, nor its sessions' events
+    await hostile_reads_nothing(w)
+    assert await archive_finished_months(pool, AFTER_NOVEMBER, settle=SETTLE) == []  # once
+
+
+async def hostile_reads_nothing(w: World) -> None:
+    """A hostile caller reads nothing of the other tenant's (archived) events, nor its sessions' events."""
     for who, account in (("b-billing", "a1"), ("billing", "b1")):
         assert (await w.gql(who, SESSIONS, a=account))["data"] == {"sessions": {"edges": []}}
     for who, device in (("b-operator", "m1"), ("operator", "m2")):
         assert (await w.gql(who, RECENT, d=device))["data"]["events"]["edges"] == []
         assert (await w.gql(who, OLDEST, d=device))["data"]["events"]["edges"] == []
         assert (await _pages(w, who, device, False))[0]["data"]["events"]["edges"] == []
-    assert await archive_finished_months(pool, AFTER_NOVEMBER, settle=SETTLE) == []  # once
 
 
 def _event(device: str, n: int, ts: datetime) -> UsageEvent:
@@ -170,36 +174,47 @@ async def test_a_late_reading_of_an_archived_month_is_billed_between_its_archive
         assert await _rows(pool, "SELECT count(*) FROM events_2026_11") == [(1,)]
 
 
+async def held_at_last_statement(holder: psycopg.AsyncConnection[Any], pid: int, statement: str) -> None:
+    """Wait until backend ``pid`` waits for ``holder``'s transaction (which wrote or locked what ``statement``,
+    the last statement of an archive or a fold, writes)."""
+    waited = None
+    for _ in range(200):
+        cur = await holder.execute("SELECT string_agg(locktype, ', ') FROM pg_locks WHERE pid = %s AND NOT granted",
+                                   (pid,))
+        waited = (await cur.fetchone() or [None])[0]
+        if waited:
+            break
+        await asyncio.sleep(0.05)
+    assert waited == "transactionid", (statement, waited)
+
+
+async def _record_november(holder: psycopg.AsyncConnection[Any]) -> None:
+    """In ``holder``'s open transaction, the row archive_month writes last: archive_month waits for it there."""
+    await holder.execute("INSERT INTO events_archived (partition, month_start, month_end, events, rows, bytes_before, "
+                         "bytes_after) VALUES ('events_2026_11', '2026-11-01Z', '2026-12-01Z', 0, 0, 0, 0)")
+
+
 async def test_an_interrupted_archive_leaves_the_month_as_it_was(w: World, pool: AsyncConnectionPool) -> None:
     if not await _plain(pool):
         assert await archive_finished_months(pool, AFTER_NOVEMBER, settle=SETTLE) == []
         return
     before = await _answers(w, pool)
     async with await psycopg.AsyncConnection.connect(pool.conninfo) as holder:
-        # a long reader of the partition: the archive copies the rows, then waits to detach it…
-        await holder.execute("BEGIN")
-        await holder.execute("SELECT count(*) FROM events_2026_11")
+        await _record_november(holder)
         async with pool.connection() as conn:
             pid = conn.info.backend_pid
             task = asyncio.create_task(archive_month(conn, date(2026, 11, 1), lock_timeout_ms=60_000))
-            waited = None
-            for _ in range(200):  # until it waits for the partition (to detach it: the rows are copied by then)
-                waiting = await holder.execute(
-                    "SELECT string_agg(mode || ' ' || relation::regclass::text, ', ') FROM pg_locks "
-                    "WHERE pid = %s AND NOT granted AND locktype = 'relation'", (pid,))
-                waited = (await waiting.fetchone() or [None])[0]
-                if waited:
-                    break
-                await asyncio.sleep(0.05)
-            assert waited == "AccessExclusiveLock events_2026_11", waited
+            # the archive copied the rows and deleted them from the partition, and waits to record the month…
+            await held_at_last_statement(holder, pid, "INSERT INTO events_archived")
             assert (await (await holder.execute("SELECT count(*) FROM events_archive")).fetchone() or [1])[0] == 0
             # …and the hub stops there: its connection ends
             await holder.execute("SELECT pg_terminate_backend(%s)", (pid,))
             with pytest.raises(Exception):  # noqa: B017 — the connection is gone, however psycopg reports it
                 await task
-        await holder.execute("ROLLBACK")
+        await holder.rollback()
     assert await _rows(pool, "SELECT count(*) FROM events_archive") == [(0,)]
     assert await _rows(pool, "SELECT count(*) FROM events_archived") == [(0,)]
+    assert await _rows(pool, "SELECT count(*) FROM events_2026_11") == [(len(before["described"]),)]
     assert await _answers(w, pool) == before  # nothing lost, nothing doubled
     assert await archive_finished_months(pool, AFTER_NOVEMBER, settle=SETTLE) == ["events_2026_11"]
     assert await _answers(w, pool) == before
@@ -214,16 +229,11 @@ async def test_ingest_into_other_months_goes_on_while_a_month_is_archived(w: Wor
     current = _event("m1", 501, datetime(2026, 12, 3, 10, tzinfo=UTC))
     late = _event("m1", 502, DAY + timedelta(minutes=11))  # a new identity in the month being archived
     async with await psycopg.AsyncConnection.connect(pool.conninfo) as holder:
-        await holder.execute("BEGIN")
-        await holder.execute("SELECT count(*) FROM events_2026_11")  # the archive copies, then waits to empty it
+        await _record_november(holder)  # the archive copies and deletes the rows, then waits (partition locked)
         async with pool.connection() as conn:
             pid = conn.info.backend_pid
             task = asyncio.create_task(archive_month(conn, date(2026, 11, 1), lock_timeout_ms=60_000))
-            for _ in range(200):
-                cur = await holder.execute("SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted", (pid,))
-                if await cur.fetchone():
-                    break
-                await asyncio.sleep(0.05)
+            await held_at_last_statement(holder, pid, "INSERT INTO events_archived")
             async with pool.connection() as ingest, ingest.transaction():
                 await ingest.execute("SET LOCAL lock_timeout = '2s'")
                 assert await DirectInserts().insert(ingest, [current]) == {event_key(current)}  # no wait
@@ -231,7 +241,7 @@ async def test_ingest_into_other_months_goes_on_while_a_month_is_archived(w: Wor
                 async with pool.connection() as ingest, ingest.transaction():
                     await ingest.execute("SET LOCAL lock_timeout = '300ms'")
                     await insert_events(ingest, [late])
-            await holder.execute("ROLLBACK")
+            await holder.rollback()
             assert await task
     async with pool.connection() as conn, conn.transaction():
         assert await DirectInserts().insert(conn, [late]) == {event_key(late)}  # after it, a late row is stored
@@ -279,7 +289,8 @@ async def test_neighbours_across_archived_days_and_late_rows_are_the_nearest(
 
 
 async def test_the_housekeeping_loop_archives_finished_months_after_its_first_pause(pool: AsyncConnectionPool) -> None:
-    """pack_daily (the hub's task) packs at start and archives from its second round (here after 0.2 s)."""
+    """pack_daily (the hub's task) packs at start and archives (and truncates) from its second round (here after
+    0.2 s)."""
     month = date(2025, 3, 1)  # a month over by the real clock
     async with pool.connection() as conn:
         await conn.execute("SELECT ensure_event_partition(%s)", (month,))
@@ -291,12 +302,13 @@ async def test_the_housekeeping_loop_archives_finished_months_after_its_first_pa
         archived: list[tuple[Any, ...]] = []
         for _ in range(100):
             await asyncio.sleep(0.05)
-            archived = await _rows(pool, "SELECT partition FROM events_archived")
-            if archived:
+            archived = await _rows(pool, "SELECT partition, truncated_at IS NOT NULL FROM events_archived")
+            if archived and archived[0][1]:
                 break
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    assert archived == ([("events_2025_03",)] if await _plain(pool) else [])
+    # archived, then truncated in the same round (no snapshot older than the archive's DELETE was left)
+    assert archived == ([("events_2025_03", True)] if await _plain(pool) else [])
     assert await _rows(pool, "SELECT count(*) FROM events_all WHERE device_id = 'hk'") == [(1,)]

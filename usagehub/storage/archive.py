@@ -3,17 +3,23 @@
 A row per event costs at least ~130 B on plain PostgreSQL (168 B measured after retention_pack);
 a day of one meter per row, its columns as arrays of small integers compressed by TOAST, costs ~29 B
 (migration 0039, ``bench/archive_layouts.py``). Once a month is over plus ``SETTLE`` its partition's
-rows move there and the partition is emptied (TRUNCATE), so late rows of that month still have
-a home. Everything happens in one transaction (rows copied, the partition emptied and given the guard
-trigger, the month recorded): a hub stopped midway leaves the month as it was, and the next round
+rows move there and are deleted from the partition, so late rows of that month still have a home.
+Everything happens in one transaction (rows copied, deleted from the partition, the partition given the
+guard trigger, the month recorded): a hub stopped midway leaves the month as it was, and the next round
 archives it. Only rows of the archived month wait while it is copied (its partition is locked in
 EXCLUSIVE mode: readers go on); ingest into the other months goes on. The lock is tried with a timeout
 and the month retried the next round when not granted.
 
+DELETE, not TRUNCATE (migration 0045): TRUNCATE is not MVCC-safe, so a statement whose snapshot predates the
+archive and that reached the partition after it saw the month neither as rows nor archived. After a DELETE a
+snapshot older than the archive reads the rows and a newer one the archive, exactly. The partition's space is
+given back by a later round (``storage/archive_late.py``: TRUNCATE once no snapshot older than the DELETE can
+exist), which also folds the month's late rows into the archive.
+
 Readers see archived events through the views ``events_all`` and ``events_described``; the stored
 neighbours of a late reading (``storage/usage.py``) probe the archive too; a late event whose identity
-is archived is a duplicate: the staged insert leaves it out, and the emptied partition's trigger
-refuses it to the direct COPY (which then takes the staged insert). On TimescaleDB nothing is done.
+is archived is a duplicate: the staged insert leaves it out, and the partition's trigger refuses it to the
+direct COPY (which then takes the staged insert). On TimescaleDB nothing is done.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from datetime import UTC, date, datetime, timedelta
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from usagehub.errors import StorageError
 from usagehub.storage.partitions import add_months, existing_months, partitioned
 from usagehub.storage.pool import Connection, mapped_errors
 
@@ -95,21 +102,27 @@ async def archive_month(conn: Connection, month: date, *, lock_timeout_ms: int =
         rows = (await conn.execute(sql.SQL(_FOLD).format(part=part))).rowcount
         grown = await (await conn.execute("SELECT pg_total_relation_size('events_archive')")).fetchone()
         after = int(str((grown or [0])[0])) - archive_before  # the archive's growth: heap, TOAST and key
-        await _replace_partition(conn, month)
+        await _empty_partition(conn, month, events)
         await conn.execute(
-            "INSERT INTO events_archived (partition, month_start, month_end, events, rows, bytes_before, bytes_after) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s)", (name, *_bounds(month), events, rows, before, after))
+            "INSERT INTO events_archived (partition, month_start, month_end, events, rows, bytes_before, bytes_after, "
+            "emptied_xid) VALUES (%s, %s, %s, %s, %s, %s, %s, pg_current_xact_id())",
+            (name, *_bounds(month), events, rows, before, after))
     log.info("event partition %s archived: %d events in %d rows, %d -> %d bytes", name, events, rows, before, after)
     return True
 
 
-async def _replace_partition(conn: Connection, month: date) -> None:
-    """Empty ``month``'s partition (TRUNCATE) and give it the trigger that refuses archived identities.
+async def _empty_partition(conn: Connection, month: date, events: int) -> None:
+    """Delete ``month``'s rows (all of them were copied) and give the partition the trigger that refuses
+    archived identities.
 
-    TRUNCATE locks the partition alone: detaching it (and attaching a new one) would take an ACCESS
-    EXCLUSIVE lock on ``events`` itself, which waits for every batch in flight and stops every later one.
+    DELETE, not TRUNCATE: a snapshot taken before this transaction commits still reads the rows (see the module
+    docstring); the space is reclaimed later (``archive_late.truncate_emptied``). Both lock the partition
+    alone: detaching it would take an ACCESS EXCLUSIVE lock on ``events`` itself, which waits for every batch in
+    flight and stops every later one.
     """
     part = sql.Identifier(_partition(month))
-    await conn.execute(sql.SQL("TRUNCATE {}").format(part))
+    deleted = (await conn.execute(sql.SQL("DELETE FROM {}").format(part))).rowcount
+    if deleted != events:  # the partition is locked against writers: never, but never lose a row silently
+        raise StorageError(f"{_partition(month)}: {deleted} rows deleted, {events} copied")
     await conn.execute(sql.SQL("CREATE TRIGGER events_archive_guard BEFORE INSERT ON {} FOR EACH ROW "
                                "EXECUTE FUNCTION events_archive_guard()").format(part))

@@ -19,6 +19,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from usagehub.storage.archive import archive_finished_months
+from usagehub.storage.archive_late import settle_archived_months
 from usagehub.storage.partitions import add_months, existing_months, partitioned
 from usagehub.storage.pool import mapped_errors
 
@@ -36,7 +37,9 @@ async def pack_finished_months(pool: AsyncConnectionPool, now: datetime, *, sett
     async with mapped_errors(), pool.connection() as conn:
         if not await partitioned(conn):
             return []
-        cur = await conn.execute("SELECT partition FROM events_packed")
+        # An archived month's partition holds only its late rows (rows deleted by the archive until truncated by
+        # storage/archive_late.py): rebuilding its indexes would be wasted work.
+        cur = await conn.execute("SELECT partition FROM events_packed UNION SELECT partition FROM events_archived")
         done = {str(r[0]) for r in await cur.fetchall()}
         months = sorted(m for m in await existing_months(conn)
                         if datetime(*add_months(m, 1).timetuple()[:3], tzinfo=UTC) <= now - settle
@@ -70,9 +73,10 @@ async def pack_daily(pool: AsyncConnectionPool, *, first_archive_s: float = 3600
     """Pack finished months at start; archive, then pack, ``first_archive_s`` later and then once a day.
 
     Archiving (``storage/archive.py``) moves a finished month's rows into ``events_archive`` and leaves an empty
-    partition for late rows; packing then rebuilds the indexes of the months that stay as rows. Writers wait
-    while a month is archived, so the first round does not run at start, when a restarted hub drains its
-    backlog. A failure is logged and retried the next round.
+    partition for late rows; the same round folds late rows of archived months in and truncates emptied
+    partitions (``storage/archive_late.py``); packing then rebuilds the indexes of the months that stay as rows.
+    Writers wait while a month is archived, so the first round does not run at start, when a restarted hub drains
+    its backlog. A failure is logged and retried the next round.
     """
     await _round(pool, archive=False)
     await asyncio.sleep(first_archive_s)
@@ -85,6 +89,8 @@ async def _round(pool: AsyncConnectionPool, *, archive: bool) -> None:
     if archive:
         try:
             await archive_finished_months(pool, datetime.now(UTC), settle=SETTLE)
+            # late rows of archived months folded in, emptied partitions truncated once no older snapshot exists
+            await settle_archived_months(pool)
         except Exception:  # ingest is unaffected; the month stays as rows until the next round
             log.exception("archiving finished event months failed")
     try:
