@@ -2,8 +2,8 @@
 --
 -- A row per event costs ~130 B at least on plain PostgreSQL (tuple header, the identity in heap and key);
 -- 168 B per event after retention_pack. storage/archive.py moves a finished month's rows here, a day of one
--- meter per row, each column an array in (ts, event_id) order, and replaces the month's partition by an empty
--- one. Times are integer microseconds (exact): ts after the day's UTC midnight, received_at after ts,
+-- meter per row, each column an array in (ts, event_id) order, and empties the month's partition (0045: by
+-- DELETE, truncated once no older snapshot can read it; late rows are folded in later). Times are integer microseconds (exact): ts after the day's UTC midnight, received_at after ts,
 -- ingested_at after received_at; small integers that pglz (TOAST) compresses well. Measured on the
 -- storage_size fleet (bench/archive_layouts.py, 595K events): 29.4 B per event, against 37.6 B with the
 -- timestamps as timestamptz[] and 213.8 B as rows. reset_marker and text_value are NULL when no reading of
