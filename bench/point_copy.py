@@ -99,7 +99,7 @@ async def updates(conn: Connection, rounds: int, days: int) -> dict[int, tuple[l
     hot = {100: [0, 0], 70: [0, 0]}
     for _ in range(rounds):
         for ff in out:
-            await conn.execute("TRUNCATE session_points, rating_sums, rollup_daily, rollup_fleet_daily")
+            await conn.execute("TRUNCATE session_points, rating_sums, rollup_daily, rollup_fleet_slots")
             await conn.execute(f"ALTER TABLE rating_sums SET (fillfactor = {ff})")
             before = await _upd(conn)
             for day in range(days):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
+import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
@@ -132,3 +134,33 @@ async def test_series_buckets_follow_each_accounts_zone(pool: AsyncConnectionPoo
     assert sum(p.quantity for p in days) == sum(v for a, *_, ts, v in rows if a == "acc-berlin"
                                                  and ts.astimezone(ZoneInfo("Europe/Berlin")).date()
                                                  == date(2026, 10, 25))
+
+
+async def test_two_writers_of_one_day_do_not_wait_for_each_other(database_url: str, pool: AsyncConnectionPool) -> None:
+    """The fleet's day row is kept in slots (migration 0046): a lane never waits for another lane's COMMIT."""
+    await add_accounts(pool, ZONES)
+    conns = [await psycopg.AsyncConnection.connect(database_url) for _ in range(2)]
+    try:
+        # Two connections in different slots (the backend pid modulo 64); a third if the first two share one.
+        async def slot(c: psycopg.AsyncConnection[Any]) -> int:
+            return int((await (await c.execute("SELECT pg_backend_pid() % 64")).fetchone())[0])  # type: ignore[index]
+
+        while await slot(conns[0]) == await slot(conns[-1]):
+            conns.append(await psycopg.AsyncConnection.connect(database_url))
+        first, second = conns[0], conns[-1]
+        noon = BASE + timedelta(hours=12)  # the same local day (24 October) in Berlin and Kathmandu
+        insert = ("INSERT INTO session_points (account_id, service, device_id, product, kind, aggregation, "
+                  "start_ts, end_ts, value) VALUES (%s, 'electricity', %s, 'energy', 'usage', 'sum', %s, %s, %s)")
+        await first.execute(insert, ("acc-berlin", "d1", noon, noon, Decimal("1.5")))  # not committed yet
+        await second.execute("SET lock_timeout = '3s'")  # before 0046 it waited here for the first's COMMIT
+        await second.execute(insert, ("acc-nepal", "d2", noon, noon, Decimal("2.25")))
+        await second.commit()
+        await first.commit()
+    finally:
+        for c in conns:
+            await c.close()
+    await _assert_exact(pool)
+    async with pool.connection() as conn:
+        row = await (await conn.execute("SELECT count(*), sum(quantity) FROM rollup_fleet_slots")).fetchone()
+        fleet = await (await conn.execute("SELECT quantity, accounts FROM rollup_fleet_daily")).fetchall()
+    assert row == (2, Decimal("3.75")) and fleet == [(Decimal("3.75"), 2)]
