@@ -1,11 +1,12 @@
 """What each column of ``events`` costs once TimescaleDB compresses it, and what other representations would cost.
 
 Loads the fleet of bench/storage_size.py (15-minute register readings, arrival jitter in microseconds) into a
-fresh embedded TimescaleDB, compresses the chunks with the settings of the migrations, and prints the stored
-bytes per event of every column of the compressed chunks (``pg_column_size`` of the column arrays, so TOAST
-compression included). Then it copies the events into scratch hypertables that differ in one column's
-representation, compresses them the same way, and prints those columns' bytes per event beside the baseline
-(the columns as migrated, measured in the same run).
+fresh embedded TimescaleDB, compresses the chunks as the hub does (``events_compress_chunk``: compact forms of
+ids and values, migration 0044; no bloom filter, 0043), and prints the stored bytes per event of every column
+of the compressed chunks (``pg_column_size`` of the column arrays, so TOAST compression included). Then it
+copies the events into scratch hypertables: the layout before 0043/0044 (text ids, numeric values, the primary
+key and its automatic bloom filter), that layout with each sparse-index choice, and copies that differ in one
+column's representation, compresses them the same way, and prints their bytes per event, all in the same run.
 
 Run: .venv/bin/python bench/compressed_columns.py --devices 200 --days 14     # ~2 min here
 """
@@ -48,7 +49,16 @@ VARIANTS = [
      "received_at and ingested_at truncated to milliseconds (drops precision)"),
     ("value_scaled", "device_id, meter, ts, event_id, (value * 1000)::bigint AS value_milli, meta_id, received_at, "
      "ingested_at", "value as a bigint of thousandths (only where the profile's scale allows it)"),
+    ("arrival_ms_offsets", "device_id, meter, ts, event_id, value, meta_id, "
+     "(extract(epoch FROM received_at - ts) * 1000)::bigint AS received_after_ms, "
+     "(extract(epoch FROM ingested_at - received_at) * 1000)::bigint AS ingested_after_ms",
+     "received_at as ms after ts, ingested_at as ms after received_at (drops the microseconds)"),
 ]
+# The layout before migrations 0043/0044 (the events' primary key: TimescaleDB adds its bloom filter), and with
+# each sparse-index choice: (name, sparse_index or None for the automatic set, what it is).
+KEYED = [("keyed", None, "before 0043/0044: text ids, numeric values, the key's automatic bloom filter"),
+         ("keyed_minmax_ts", "minmax(ts)", "0043 alone: sparse index minmax(ts), no bloom filter"),
+         ("keyed_no_sparse", "", "no sparse index at all (crashes the neighbours query, not adopted)")]
 
 
 async def compressed_column_bytes(conn: Any, table: str, rows: int) -> dict[str, float]:
@@ -79,7 +89,7 @@ async def scratch(conn: Any, name: str, select: str, *, key: bool = False, spars
     """
     table = f"ev_{name}"
     await conn.execute(f"DROP TABLE IF EXISTS {table}")
-    await conn.execute(f"CREATE TABLE {table} AS SELECT {select} FROM events ORDER BY device_id, meter, ts")
+    await conn.execute(f"CREATE TABLE {table} AS SELECT {select} FROM events_rows ORDER BY device_id, meter, ts")
     if key:
         await conn.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (device_id, meter, ts, event_id)")
     await conn.execute(f"SELECT create_hypertable('{table}', 'ts', chunk_time_interval => interval '7 days', "
@@ -94,7 +104,7 @@ async def scratch(conn: Any, name: str, select: str, *, key: bool = False, spars
 LATE = """
 INSERT INTO {table} (device_id, meter, ts, event_id, value, meta_id, received_at, ingested_at)
 SELECT device_id, meter, ts + %(shift)s::interval, event_id || %(suffix)s, value, meta_id, received_at, ingested_at
-FROM events WHERE ts >= %(since)s AND ts < %(since)s + interval '15 minutes' ORDER BY device_id
+FROM events_rows WHERE ts >= %(since)s AND ts < %(since)s + interval '15 minutes' ORDER BY device_id
 ON CONFLICT DO NOTHING"""
 
 
@@ -108,6 +118,13 @@ async def late_inserts(conn: Any, table: str, since: Any, rounds: int = 5) -> tu
             await conn.execute(LATE.format(table=table), {"since": at, "suffix": suffix, "shift": shift})
             out.append((time.perf_counter() - t0) * 1000)
     return statistics.median(new), statistics.median(dup)
+
+
+async def late(conn: Any, table: str, devices: int) -> None:
+    """Print the medians of :func:`late_inserts` into ``table``."""
+    new, dup = await late_inserts(conn, table, START + timedelta(days=1, hours=3))
+    print(f"    late insert of {devices} events into compressed chunks: new {new:.1f} ms, duplicates {dup:.1f} ms "
+          "(medians of 5)")
 
 
 def show(title: str, columns: dict[str, float]) -> None:
@@ -132,25 +149,26 @@ async def run(devices: int, days: int) -> None:
             print(f"load {await load(pool, devices, days, True):.0f} s")
             rows = int(await scalar(pool, "SELECT count(*) FROM events"))
             async with pool.connection() as conn:
-                await conn.execute("SELECT count(compress_chunk(c)) FROM show_chunks('events') c")
+                await conn.execute("SELECT count(events_compress_chunk(c)) FROM show_chunks('events') c")
                 total = int(await scalar(pool, "SELECT hypertable_size('events')"))
-                print(f"{rows} events; events compressed: {total / rows:.2f} B/event (hypertable_size)")
-                show("events as migrated (baseline)", await compressed_column_bytes(conn, "events", rows))
-                for name, key, sparse in (("keyed", True, None), ("keyed_no_sparse", True, "")):
-                    await scratch(conn, name, VARIANTS[0][1], key=key, sparse=sparse)
+                print(f"{rows} events; events compressed as the hub does (0043, 0044): {total / rows:.2f} B/event "
+                      "(hypertable_size)")
+                show("events compact (0043, 0044)", await compressed_column_bytes(conn, "events", rows))
+                for name, sparse, what in KEYED:
+                    await scratch(conn, name, VARIANTS[0][1], key=True, sparse=sparse)
                     size = int(await scalar(pool, f"SELECT hypertable_size('ev_{name}')"))
-                    columns = await compressed_column_bytes(conn, f"ev_{name}", rows)
-                    show(f"ev_{name} — the events' key, sparse indexes {'automatic' if sparse is None else 'none'}; "
-                         f"hypertable {size / rows:.2f} B/event", columns)
-                    new, dup = await late_inserts(conn, f"ev_{name}", START + timedelta(days=1, hours=3))
-                    print(f"    late insert of {devices} events into compressed chunks: new {new:.1f} ms, "
-                          f"duplicates {dup:.1f} ms (medians of 5)")
+                    show(f"ev_{name} — {what}; hypertable {size / rows:.2f} B/event",
+                         await compressed_column_bytes(conn, f"ev_{name}", rows))
+                    if sparse != "":
+                        await late(conn, f"ev_{name}", devices)
                 for name, select, what in VARIANTS:
                     t0 = time.perf_counter()
                     await scratch(conn, name, select)
                     size = int(await scalar(pool, f"SELECT hypertable_size('ev_{name}')"))
                     show(f"ev_{name} — {what}; hypertable {size / rows:.2f} B/event, "
                          f"{time.perf_counter() - t0:.0f} s", await compressed_column_bytes(conn, f"ev_{name}", rows))
+                print("events compact (0043, 0044), last: its late rows stay in the chunks")
+                await late(conn, "events", devices)
         finally:
             await pool.close()
     finally:

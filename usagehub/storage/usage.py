@@ -42,7 +42,10 @@ async def save_meter_state(conn: Connection, new_state: Sequence[tuple[MeterKey,
 # register's history into gaps that hold stored readings only: the nearest stored reading at each end of each
 # gap is a neighbour (below the first late reading: the nearest one down; above the last: the nearest one up).
 # The client sends three values per late reading, not the sixteen of a probe pair: binding those arrays was
-# most of the client's cost.
+# most of the client's cost. Rows are read through events_rows: on TimescaleDB ids and values may be stored in
+# compact forms (migration 0044) and the view gives the text and numeric back; on plain PostgreSQL it is events
+# itself. The bounds on ts alone repeat the row comparisons' (which on TimescaleDB compare the view's id
+# expression, which no index holds), so the time index and chunk exclusion bound the scan.
 _NEIGHBOURS_SQL = (
     "WITH r AS (SELECT * FROM unnest(%b::int[], %b::text[], %b::text[]) AS r(i, device_id, meter)), "
     "l AS (SELECT u.i, u.ts, u.id, lag(u.ts) OVER w AS p_ts, lag(u.id) OVER w AS p_id, "
@@ -55,12 +58,13 @@ _NEIGHBOURS_SQL = (
     "SELECT k.i, e.ts, e.value, e.event_id, e.reset_marker FROM k JOIN r USING (i) "
     "CROSS JOIN (SELECT max(month_end) AS archived_until FROM events_archived) h "
     "CROSS JOIN LATERAL (SELECT * FROM ("
-    " (SELECT ts, value, event_id, reset_marker FROM events WHERE k.down AND device_id = r.device_id "
+    " (SELECT ts, value, event_id, reset_marker FROM events_rows WHERE k.down AND device_id = r.device_id "
     "  AND meter = r.meter AND (ts, event_id) > (k.lo_ts, k.lo_id) AND (ts, event_id) < (k.hi_ts, k.hi_id) "
-    "  ORDER BY ts DESC, event_id DESC LIMIT 1) "
-    " UNION ALL (SELECT ts, value, event_id, reset_marker FROM events WHERE NOT k.down AND device_id = r.device_id "
-    "  AND meter = r.meter AND (ts, event_id) > (k.lo_ts, k.lo_id) AND (ts, event_id) < (k.hi_ts, k.hi_id) "
-    "  ORDER BY ts, event_id LIMIT 1) "
+    "  AND ts BETWEEN k.lo_ts AND k.hi_ts ORDER BY ts DESC, event_id DESC LIMIT 1) "
+    " UNION ALL (SELECT ts, value, event_id, reset_marker FROM events_rows WHERE NOT k.down "
+    "  AND device_id = r.device_id AND meter = r.meter "
+    "  AND (ts, event_id) > (k.lo_ts, k.lo_id) AND (ts, event_id) < (k.hi_ts, k.hi_id) "
+    "  AND ts BETWEEN k.lo_ts AND k.hi_ts ORDER BY ts, event_id LIMIT 1) "
     # Archived months (storage/archive.py): the nearest archived reading in the gap, the nearer of both wins;
     # a gap that starts after the archived months is not looked up there.
     " UNION ALL SELECT * FROM events_archive_nearest(r.device_id, r.meter, k.lo_ts, k.lo_id, k.hi_ts, k.hi_id, "
