@@ -8,6 +8,11 @@ copies the events into scratch hypertables: the layout before 0043/0044 (text id
 key and its automatic bloom filter), that layout with each sparse-index choice, and copies that differ in one
 column's representation, compresses them the same way, and prints their bytes per event, all in the same run.
 
+``--insert-only`` times the hub's event writers on TimescaleDB instead (storage.events_direct, falling back to
+storage.events for duplicates): batches of a fleet's new readings and the same batches again, medians. It uses
+nothing of 0043/0044, so a base checkout's code can run it for a before/after pair:
+``PYTHONPATH=<base worktree> .venv/bin/python bench/compressed_columns.py --insert-only``.
+
 Run: .venv/bin/python bench/compressed_columns.py --devices 200 --days 14     # ~2 min here
 """
 
@@ -21,6 +26,7 @@ import sys
 import tempfile
 import time
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from storage_size import START, load, scalar
 
+from usagehub.core.events import MeterKind, UsageEvent
 from usagehub.storage.embedded import embedded_database_url
+from usagehub.storage.events import CANONICAL_ID
+from usagehub.storage.events_direct import DirectInserts
 from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
 
@@ -101,11 +110,18 @@ async def scratch(conn: Any, name: str, select: str, *, key: bool = False, spars
 
 
 # Late events into compressed chunks: new ones (a reading missed, sent again days later) and duplicates.
+# Into events (0044) the ids go in the form the hub writes (storage/events.py): canonical integers as event_seq.
 LATE = """
-INSERT INTO {table} (device_id, meter, ts, event_id, value, meta_id, received_at, ingested_at)
-SELECT device_id, meter, ts + %(shift)s::interval, event_id || %(suffix)s, value, meta_id, received_at, ingested_at
+INSERT INTO {table} (device_id, meter, ts, {ids}, value, meta_id, received_at, ingested_at)
+SELECT device_id, meter, ts + %(shift)s::interval, {values}, value, meta_id, received_at, ingested_at
 FROM events_rows WHERE ts >= %(since)s AND ts < %(since)s + interval '15 minutes' ORDER BY device_id
 ON CONFLICT DO NOTHING"""
+
+
+LATE_IDS = {False: {"ids": "event_id", "values": "event_id || %(suffix)s"},
+            True: {"ids": "event_id, event_seq", "values": (
+                f"CASE WHEN event_id || %(suffix)s ~ '{CANONICAL_ID}' THEN NULL ELSE event_id || %(suffix)s END, "
+                f"CASE WHEN event_id || %(suffix)s ~ '{CANONICAL_ID}' THEN event_id::bigint END")}}
 
 
 async def late_inserts(conn: Any, table: str, since: Any, rounds: int = 5) -> tuple[float, float]:
@@ -115,7 +131,8 @@ async def late_inserts(conn: Any, table: str, since: Any, rounds: int = 5) -> tu
         at = since + timedelta(hours=7 * i)
         for suffix, shift, out in (("-late", "7 minutes", new), ("", "0", dup)):
             t0 = time.perf_counter()
-            await conn.execute(LATE.format(table=table), {"since": at, "suffix": suffix, "shift": shift})
+            await conn.execute(LATE.format(table=table, **LATE_IDS[table == "events"]),
+                               {"since": at, "suffix": suffix, "shift": shift})
             out.append((time.perf_counter() - t0) * 1000)
     return statistics.median(new), statistics.median(dup)
 
@@ -134,7 +151,27 @@ def show(title: str, columns: dict[str, float]) -> None:
         print(f"    {column:28s} {size:7.2f}")
 
 
-async def run(devices: int, days: int) -> None:
+async def insert_cost(pool: AsyncConnectionPool, devices: int, batches: int) -> None:
+    """Median ms per batch of ``devices`` new readings through DirectInserts, and of the same batch resent."""
+    new, dup = [], []
+    for n in range(batches):
+        at = START + timedelta(minutes=15 * n)
+        events = [UsageEvent(device_id=f"dev-{d:06d}", event_id=str(n), meter="energy", ts=at,
+                             value=Decimal(n * 200 + d % 97) / 1000, unit="kWh", kind=MeterKind.CUMULATIVE,
+                             profile_id="acme-em340", service="electricity", received_at=at + timedelta(seconds=2))
+                  for d in range(devices)]
+        for out in (new, dup):  # a fresh pipeline resends: the copy meets the stored rows, the staged insert runs
+            async with pool.connection() as conn:
+                t0 = time.perf_counter()
+                async with conn.transaction():
+                    got = await DirectInserts().insert(conn, events)
+                out.append((time.perf_counter() - t0) * 1000)
+                assert len(got) == (devices if out is new else 0)
+    print(f"{batches} batches of {devices} readings: new {statistics.median(new):.1f} ms, "
+          f"resent {statistics.median(dup):.1f} ms per batch (medians)")
+
+
+async def run(devices: int, days: int, insert_only: bool) -> None:
     """Load, compress, measure the migrated columns and each variant."""
     folder = Path(tempfile.mkdtemp(prefix="usagehub-bench-columns-"))
     folder.chmod(0o755)  # noqa: ASYNC240 — once, before anything runs
@@ -146,6 +183,9 @@ async def run(devices: int, days: int) -> None:
             async with pool.connection() as conn:
                 await conn.execute("SELECT alter_job(job_id, scheduled => false) FROM "
                                    "timescaledb_information.jobs WHERE job_id >= 1000")
+            if insert_only:
+                await insert_cost(pool, devices, 60)
+                return
             print(f"load {await load(pool, devices, days, True):.0f} s")
             rows = int(await scalar(pool, "SELECT count(*) FROM events"))
             async with pool.connection() as conn:
@@ -179,5 +219,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--days", type=int, default=14)
+    parser.add_argument("--insert-only", action="store_true", help="time the event writers instead (see above)")
     args = parser.parse_args()
-    asyncio.run(run(args.devices, args.days))
+    asyncio.run(run(args.devices, args.days, args.insert_only))
