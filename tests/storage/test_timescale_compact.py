@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -11,12 +12,14 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from tests.conftest import _with_db, drop_database
 from tests.storage import timescale_stream
 from tests.storage.timescale_stream import answers, play
 from usagehub.core.counters import Reading
 from usagehub.core.events import MeterKind, UsageEvent
 from usagehub.storage.events import event_key, insert_events
 from usagehub.storage.events_direct import DirectInserts
+from usagehub.storage.migrations import _migrations, migrate
 from usagehub.storage.pool import open_pool
 from usagehub.storage.usage import stored_neighbourhoods
 
@@ -262,3 +265,43 @@ async def test_both_storages_give_identical_graphql_answers_with_compact_chunks(
     assert sum(len(str(v)) for v in plain.values()) > 20_000
     for query, answer in plain.items():
         assert timescale[query] == answer, query
+
+
+@pytest.fixture
+def ts_empty_url(timescale_server_url: str) -> Iterator[str]:
+    """A TimescaleDB database with no migration applied."""
+    name = f"uh_compact_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(timescale_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield _with_db(timescale_server_url, name)
+    drop_database(timescale_server_url, name)
+
+
+async def test_the_migration_converts_a_database_with_compressed_chunks(ts_empty_url: str) -> None:
+    pool = await open_pool(ts_empty_url, min_size=1, max_size=2)
+    try:
+        async with pool.connection() as conn:  # the database as the release before 0043 left it
+            await conn.execute("CREATE TABLE schema_migrations (name text PRIMARY KEY, "
+                               "applied_at timestamptz NOT NULL DEFAULT now())")
+            for name, sql in _migrations():
+                if name < "0043":
+                    await conn.execute(sql.encode())
+                    await conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
+            await conn.execute("SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs "
+                               "WHERE job_id >= 1000")
+        events = _stream()
+        assert await _store(pool, events) == {event_key(e) for e in events}
+        async with pool.connection() as conn:
+            await conn.execute("SELECT count(compress_chunk(c)) FROM show_chunks('events') c")
+        before = await _rows(pool, DESCRIBED)
+        assert await migrate(pool) == ["0043_events_no_bloom", "0044_events_compact"]
+        assert await _rows(pool, DESCRIBED) == before
+        assert await _rows(pool, "SELECT count(event_seq) FROM events") == [(2 * (len(SEQ_IDS) + 2) + 667,)]
+        assert await _store(pool, events) == set()
+        async with pool.connection() as conn:
+            await conn.execute("CALL events_compress_job(0, %s)", ('{"after": "1 day"}',))
+        assert await _rows(pool, DESCRIBED) == before
+        assert await _store(pool, events) == set()
+        assert await _uncompressed_rows(pool) == 0
+    finally:
+        await pool.close()

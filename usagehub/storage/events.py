@@ -69,15 +69,22 @@ def compact_id(event_id: str) -> int | None:
 
 
 async def compact_ids(conn: Connection) -> bool:
-    """Whether this database stores canonical integer ids as event_seq (migration 0044 on TimescaleDB)."""
+    """Whether this database stores canonical integer ids as event_seq (migration 0044 on TimescaleDB).
+
+    Known for good once 0044 is applied (then remembered per database); before it, asked again each time.
+    """
     info = conn.info
     key = (info.host, info.port, info.dbname)
-    if key not in _COMPACT_IDS:
-        cur = await conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'events'::regclass "
-                                 "AND attname = 'event_seq' AND NOT attisdropped")
-        row = await cur.fetchone()
-        _COMPACT_IDS[key] = row is not None and int(str(row[0])) > 0
-    return _COMPACT_IDS[key]
+    if key in _COMPACT_IDS:
+        return _COMPACT_IDS[key]
+    cur = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events'::regclass AND attname = 'event_seq' "
+        "AND NOT attisdropped), EXISTS (SELECT 1 FROM schema_migrations WHERE name = '0044_events_compact')")
+    row = await cur.fetchone()
+    compact, final = (bool(row[0]), bool(row[1])) if row else (False, False)
+    if final:
+        _COMPACT_IDS[key] = compact
+    return compact
 
 EventKey = tuple[str, str, datetime, str]
 
