@@ -34,7 +34,7 @@ from psycopg_pool import AsyncConnectionPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from storage_size import START, load, scalar
+from storage_size import START, compressed_parts, load, scalar
 
 from usagehub.core.events import MeterKind, UsageEvent
 from usagehub.storage.embedded import embedded_database_url
@@ -194,6 +194,9 @@ async def run(devices: int, days: int, insert_only: bool) -> None:
                 print(f"{rows} events; events compressed as the hub does (0043, 0044): {total / rows:.2f} B/event "
                       "(hypertable_size)")
                 show("events compact (0043, 0044)", await compressed_column_bytes(conn, "events", rows))
+                parts = await compressed_parts(pool, "events", rows)
+                print("    compressed chunks: " + ", ".join(f"{k.removeprefix('events.')} {v:.2f}"
+                                                          for k, v in parts.items()))
                 for name, sparse, what in KEYED:
                     await scratch(conn, name, VARIANTS[0][1], key=True, sparse=sparse)
                     size = int(await scalar(pool, f"SELECT hypertable_size('ev_{name}')"))
