@@ -17,7 +17,7 @@ from tests.storage import timescale_stream
 from tests.storage.timescale_stream import answers, play
 from usagehub.core.counters import Reading
 from usagehub.core.events import MeterKind, UsageEvent
-from usagehub.storage.events import event_key, insert_events
+from usagehub.storage.events import CANONICAL_ID, compact_id, event_key, insert_events
 from usagehub.storage.events_direct import DirectInserts
 from usagehub.storage.migrations import _migrations, migrate
 from usagehub.storage.pool import open_pool
@@ -305,3 +305,18 @@ async def test_the_migration_converts_a_database_with_compressed_chunks(ts_empty
         assert await _uncompressed_rows(pool) == 0
     finally:
         await pool.close()
+
+
+async def test_the_writers_and_the_trigger_agree_on_which_ids_are_compact(ts_pool: AsyncConnectionPool) -> None:
+    # The direct COPY decides in Python, the staged insert and the trigger in SQL: one answer for every id.
+    ids = [*TEXT_IDS, *SEQ_IDS, "5\n", "\n5", "1" * 18, "0" * 18, "1" * 17 + "0", "10" * 9, "12\u0663"]
+    got = await _rows(ts_pool, f"SELECT i, i ~ '{CANONICAL_ID}' FROM unnest(%s::text[]) AS i", ids)
+    assert [(i, compact_id(i) is not None) for i in ids] == got
+    assert {i for i, canonical in got if canonical} == set(SEQ_IDS) | {"1" * 18, "1" * 17 + "0", "10" * 9}
+    # And the direct COPY stores each in that form.
+    events = [_event("cp", event_id, slot, "1.5") for slot, event_id in enumerate(ids)]
+    async with ts_pool.connection() as conn, conn.transaction():
+        assert await DirectInserts().insert(conn, events) == {event_key(e) for e in events}
+    stored = await _rows(ts_pool, "SELECT event_seq, event_id FROM events WHERE device_id = 'cp'")
+    assert sorted(str(seq) if seq is not None else str(text) for seq, text in stored) == sorted(ids)
+    assert {str(seq) for seq, _ in stored if seq is not None} == {i for i, canonical in got if canonical}
