@@ -137,6 +137,25 @@ async def late_inserts(conn: Any, table: str, since: Any, rounds: int = 5) -> tu
     return statistics.median(new), statistics.median(dup)
 
 
+async def chunk_intervals(conn: Any, pool: AsyncConnectionPool, rows: int) -> None:
+    """The compact events in hypertables of other chunk intervals (a batch holds a meter's readings of a chunk,
+    at most 1,000): hypertable bytes per event. Meaningful when the data spans several of the longest chunks."""
+    for days in (7, 10, 14, 21):
+        table = f"ev_chunk_{days}d"
+        await conn.execute(f"CREATE TABLE {table} AS SELECT device_id, meter, ts, event_id, event_seq, value, "
+                           "value_int, value_scale, meta_id, received_at, ingested_at FROM events "
+                           "ORDER BY device_id, meter, ts")
+        await conn.execute(f"SELECT create_hypertable('{table}', 'ts', chunk_time_interval => interval '{days} days', "
+                           "migrate_data => true, create_default_indexes => false)")
+        await conn.execute(f"ALTER TABLE {table} SET (timescaledb.compress, timescaledb.compress_segmentby = "
+                           "'device_id, meter', timescaledb.compress_orderby = 'ts', timescaledb.sparse_index = "
+                           "'minmax(ts)')")
+        await conn.execute(f"SELECT count(compress_chunk(c)) FROM show_chunks('{table}') c")
+        size = int(await scalar(pool, f"SELECT hypertable_size('{table}')"))
+        print(f"events compact in {days}-day chunks: hypertable {size / rows:.2f} B/event")
+        await conn.execute(f"DROP TABLE {table}")
+
+
 async def late(conn: Any, table: str, devices: int) -> None:
     """Print the medians of :func:`late_inserts` into ``table``."""
     new, dup = await late_inserts(conn, table, START + timedelta(days=1, hours=3))
@@ -210,6 +229,7 @@ async def run(devices: int, days: int, insert_only: bool) -> None:
                     size = int(await scalar(pool, f"SELECT hypertable_size('ev_{name}')"))
                     show(f"ev_{name} — {what}; hypertable {size / rows:.2f} B/event, "
                          f"{time.perf_counter() - t0:.0f} s", await compressed_column_bytes(conn, f"ev_{name}", rows))
+                await chunk_intervals(conn, pool, rows)
                 print("events compact (0043, 0044), last: its late rows stay in the chunks")
                 await late(conn, "events", devices)
         finally:

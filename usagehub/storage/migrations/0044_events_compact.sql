@@ -7,12 +7,13 @@
 --     digits: '0', '7', '123'; never '007', '+7', ' 7', '٣' or 19+ digits) is stored as event_seq bigint with
 --     event_id NULL, so event_seq::text gives back exactly the text the device sent; any other id stays text with
 --     event_seq NULL. The hub's writers store that form (storage/events.py, storage/events_direct.py); a trigger
---     converts other writers' rows (below). Every row has the one
---     form of its id, so the identity (DESIGN 1) is the unique index (device_id, meter, ts, event_id, event_seq)
---     NULLS NOT DISTINCT: the staged insert's ON CONFLICT DO NOTHING and the direct COPY's unique violation
---     (storage/events.py, storage/events_direct.py) find a stored id in either form, in compressed chunks too,
---     without decompressing them (an index on coalesce(event_id, event_seq::text) made TimescaleDB 2.29.2
---     decompress a batch per inserted row: 200 late rows of a fleet hit its limit of 100,000 tuples).
+--     converts other writers' rows (below). Every row has the one form of its id, so the identity (DESIGN 1) is
+--     the unique index (device_id, meter, ts, event_id, event_seq) NULLS NOT DISTINCT: the staged insert's
+--     ON CONFLICT DO NOTHING and the direct COPY's unique violation find a stored id in either form, in
+--     compressed chunks too, without decompressing them (an index on coalesce(event_id, event_seq::text) made
+--     TimescaleDB 2.29.2 decompress a batch per inserted row: 200 late rows of a fleet hit its limit of 100,000
+--     tuples). compress_orderby is ts alone: per-batch min/max of event_id or event_seq (NULL in some rows)
+--     made TimescaleDB skip the batch when checking a duplicate.
 --   * a value is converted when its chunk is compressed (events_compress_chunk, run by events_compress_job in
 --     place of the compression policy): value_int bigint and value_scale smallint with value NULL, when
 --     value * 10^scale(value) is an integer below 10^18 in magnitude with 0 <= scale <= 18 (NaN and infinities
@@ -29,8 +30,7 @@
 
 -- Convert the values of an uncompressed chunk of events to the compact form (above) and compress it; a chunk
 -- compressed already (late rows since: partially compressed) is compressed again as it is, its late rows' values
--- numeric.
--- Returns the chunk. The only caller of compress_chunk for events (the job below, benchmarks, tests).
+-- numeric. Returns the chunk. The only caller of compress_chunk for events (the job below, benchmarks, tests).
 CREATE OR REPLACE FUNCTION events_compress_chunk(chunk regclass) RETURNS regclass
 LANGUAGE plpgsql AS $$
 DECLARE
