@@ -70,7 +70,7 @@ def _event(device: str, event_id: str, slot: int, value: str | Decimal, *, late_
 
 
 def _stream() -> list[UsageEvent]:
-    """Two tenants' devices, every id and value form, two events at one instant ordered by text ('10' < '9')."""
+    """Two meters with every id and value form, two events at one instant ordered by text ('10' < '9')."""
     events: list[UsageEvent] = []
     ids = TEXT_IDS + SEQ_IDS
     values = VALUES + BIG_VALUES
@@ -104,7 +104,7 @@ async def test_ids_and_values_read_back_exactly_from_compact_compressed_chunks(t
     assert await _store(ts_pool, events) == {event_key(e) for e in events}
     before = await _rows(ts_pool, DESCRIBED)
     assert len(before) == len(events)
-    # Ids take their compact form on insert (the trigger), values when their chunk is compressed.
+    # Ids take their compact form on insert (the hub's staged insert), values when their chunk is compressed.
     assert await _rows(ts_pool, "SELECT count(event_seq), count(value_int) FROM events") == [
         (2 * (len(SEQ_IDS) + 2) + 667, 0)]
     assert await _compress_compact(ts_pool) >= 3
