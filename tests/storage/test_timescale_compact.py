@@ -295,6 +295,9 @@ async def test_the_migration_converts_a_database_with_compressed_chunks(ts_empty
             await conn.execute("SELECT count(compress_chunk(c)) FROM show_chunks('events') c")
         before = await _rows(pool, DESCRIBED)
         assert await migrate(pool) == ["0043_events_no_bloom", "0044_events_compact"]
+        async with pool.connection() as conn:  # 0044 adds events_compress_job: this test runs it itself
+            await conn.execute("SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs "
+                               "WHERE job_id >= 1000")
         assert await _rows(pool, DESCRIBED) == before
         assert await _rows(pool, "SELECT count(event_seq) FROM events") == [(2 * (len(SEQ_IDS) + 2) + 667,)]
         assert await _store(pool, events) == set()
