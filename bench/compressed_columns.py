@@ -38,7 +38,6 @@ from storage_size import START, compressed_parts, load, scalar
 
 from usagehub.core.events import MeterKind, UsageEvent
 from usagehub.storage.embedded import embedded_database_url
-from usagehub.storage.events import CANONICAL_ID
 from usagehub.storage.events_direct import DirectInserts
 from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
@@ -111,6 +110,8 @@ async def scratch(conn: Any, name: str, select: str, *, key: bool = False, spars
 
 # Late events into compressed chunks: new ones (a reading missed, sent again days later) and duplicates.
 # Into events (0044) the ids go in the form the hub writes (storage/events.py): canonical integers as event_seq.
+# (The pattern is repeated here, not imported, so that --insert-only runs with a base checkout's code.)
+CANONICAL_ID = "^(0|[1-9][0-9]{0,17})$"
 LATE = """
 INSERT INTO {table} (device_id, meter, ts, {ids}, value, meta_id, received_at, ingested_at)
 SELECT device_id, meter, ts + %(shift)s::interval, {values}, value, meta_id, received_at, ingested_at
