@@ -1,11 +1,17 @@
 """What each column of ``events`` costs once TimescaleDB compresses it, and what other representations would cost.
 
 Loads the fleet of bench/storage_size.py (15-minute register readings, arrival jitter in microseconds) into a
-fresh embedded TimescaleDB, compresses the chunks with the settings of the migrations, and prints the stored
-bytes per event of every column of the compressed chunks (``pg_column_size`` of the column arrays, so TOAST
-compression included). Then it copies the events into scratch hypertables that differ in one column's
-representation, compresses them the same way, and prints those columns' bytes per event beside the baseline
-(the columns as migrated, measured in the same run).
+fresh embedded TimescaleDB, compresses the chunks as the hub does (``events_compress_chunk``: compact forms of
+ids and values, migration 0044; no bloom filter, 0043), and prints the stored bytes per event of every column
+of the compressed chunks (``pg_column_size`` of the column arrays, so TOAST compression included). Then it
+copies the events into scratch hypertables: the layout before 0043/0044 (text ids, numeric values, the primary
+key and its automatic bloom filter), that layout with each sparse-index choice, and copies that differ in one
+column's representation, compresses them the same way, and prints their bytes per event, all in the same run.
+
+``--insert-only`` times the hub's event writers on TimescaleDB instead (storage.events_direct, falling back to
+storage.events for duplicates): batches of a fleet's new readings and the same batches again, medians. It uses
+nothing of 0043/0044, so a base checkout's code can run it for a before/after pair:
+``PYTHONPATH=<base worktree> .venv/bin/python bench/compressed_columns.py --insert-only``.
 
 Run: .venv/bin/python bench/compressed_columns.py --devices 200 --days 14     # ~2 min here
 """
@@ -20,6 +26,7 @@ import sys
 import tempfile
 import time
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +34,11 @@ from psycopg_pool import AsyncConnectionPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from storage_size import START, load, scalar
+from storage_size import START, compressed_parts, load, scalar
 
+from usagehub.core.events import MeterKind, UsageEvent
 from usagehub.storage.embedded import embedded_database_url
+from usagehub.storage.events_direct import DirectInserts
 from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
 
@@ -48,7 +57,16 @@ VARIANTS = [
      "received_at and ingested_at truncated to milliseconds (drops precision)"),
     ("value_scaled", "device_id, meter, ts, event_id, (value * 1000)::bigint AS value_milli, meta_id, received_at, "
      "ingested_at", "value as a bigint of thousandths (only where the profile's scale allows it)"),
+    ("arrival_ms_offsets", "device_id, meter, ts, event_id, value, meta_id, "
+     "(extract(epoch FROM received_at - ts) * 1000)::bigint AS received_after_ms, "
+     "(extract(epoch FROM ingested_at - received_at) * 1000)::bigint AS ingested_after_ms",
+     "received_at as ms after ts, ingested_at as ms after received_at (drops the microseconds)"),
 ]
+# The layout before migrations 0043/0044 (the events' primary key: TimescaleDB adds its bloom filter), and with
+# each sparse-index choice: (name, sparse_index or None for the automatic set, what it is).
+KEYED = [("keyed", None, "before 0043/0044: text ids, numeric values, the key's automatic bloom filter"),
+         ("keyed_minmax_ts", "minmax(ts)", "0043 alone: sparse index minmax(ts), no bloom filter"),
+         ("keyed_no_sparse", "", "no sparse index at all (crashes the neighbours query, not adopted)")]
 
 
 async def compressed_column_bytes(conn: Any, table: str, rows: int) -> dict[str, float]:
@@ -79,7 +97,7 @@ async def scratch(conn: Any, name: str, select: str, *, key: bool = False, spars
     """
     table = f"ev_{name}"
     await conn.execute(f"DROP TABLE IF EXISTS {table}")
-    await conn.execute(f"CREATE TABLE {table} AS SELECT {select} FROM events ORDER BY device_id, meter, ts")
+    await conn.execute(f"CREATE TABLE {table} AS SELECT {select} FROM events_rows ORDER BY device_id, meter, ts")
     if key:
         await conn.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (device_id, meter, ts, event_id)")
     await conn.execute(f"SELECT create_hypertable('{table}', 'ts', chunk_time_interval => interval '7 days', "
@@ -91,11 +109,20 @@ async def scratch(conn: Any, name: str, select: str, *, key: bool = False, spars
 
 
 # Late events into compressed chunks: new ones (a reading missed, sent again days later) and duplicates.
+# Into events (0044) the ids go in the form the hub writes (storage/events.py): canonical integers as event_seq.
+# (The pattern is repeated here, not imported, so that --insert-only runs with a base checkout's code.)
+CANONICAL_ID = "^(0|[1-9][0-9]{0,17})$"
 LATE = """
-INSERT INTO {table} (device_id, meter, ts, event_id, value, meta_id, received_at, ingested_at)
-SELECT device_id, meter, ts + %(shift)s::interval, event_id || %(suffix)s, value, meta_id, received_at, ingested_at
-FROM events WHERE ts >= %(since)s AND ts < %(since)s + interval '15 minutes' ORDER BY device_id
+INSERT INTO {table} (device_id, meter, ts, {ids}, value, meta_id, received_at, ingested_at)
+SELECT device_id, meter, ts + %(shift)s::interval, {values}, value, meta_id, received_at, ingested_at
+FROM events_rows WHERE ts >= %(since)s AND ts < %(since)s + interval '15 minutes' ORDER BY device_id
 ON CONFLICT DO NOTHING"""
+
+
+LATE_IDS = {False: {"ids": "event_id", "values": "event_id || %(suffix)s"},
+            True: {"ids": "event_id, event_seq", "values": (
+                f"CASE WHEN event_id || %(suffix)s ~ '{CANONICAL_ID}' THEN NULL ELSE event_id || %(suffix)s END, "
+                f"CASE WHEN event_id || %(suffix)s ~ '{CANONICAL_ID}' THEN event_id::bigint END")}}
 
 
 async def late_inserts(conn: Any, table: str, since: Any, rounds: int = 5) -> tuple[float, float]:
@@ -105,9 +132,36 @@ async def late_inserts(conn: Any, table: str, since: Any, rounds: int = 5) -> tu
         at = since + timedelta(hours=7 * i)
         for suffix, shift, out in (("-late", "7 minutes", new), ("", "0", dup)):
             t0 = time.perf_counter()
-            await conn.execute(LATE.format(table=table), {"since": at, "suffix": suffix, "shift": shift})
+            await conn.execute(LATE.format(table=table, **LATE_IDS[table == "events"]),
+                               {"since": at, "suffix": suffix, "shift": shift})
             out.append((time.perf_counter() - t0) * 1000)
     return statistics.median(new), statistics.median(dup)
+
+
+async def chunk_intervals(conn: Any, pool: AsyncConnectionPool, rows: int) -> None:
+    """The compact events in hypertables of other chunk intervals (a batch holds a meter's readings of a chunk,
+    at most 1,000): hypertable bytes per event. Meaningful when the data spans several of the longest chunks."""
+    for days in (7, 10, 14, 21):
+        table = f"ev_chunk_{days}d"
+        await conn.execute(f"CREATE TABLE {table} AS SELECT device_id, meter, ts, event_id, event_seq, value, "
+                           "value_int, value_scale, meta_id, received_at, ingested_at FROM events "
+                           "ORDER BY device_id, meter, ts")
+        await conn.execute(f"SELECT create_hypertable('{table}', 'ts', chunk_time_interval => interval '{days} days', "
+                           "migrate_data => true, create_default_indexes => false)")
+        await conn.execute(f"ALTER TABLE {table} SET (timescaledb.compress, timescaledb.compress_segmentby = "
+                           "'device_id, meter', timescaledb.compress_orderby = 'ts', timescaledb.sparse_index = "
+                           "'minmax(ts)')")
+        await conn.execute(f"SELECT count(compress_chunk(c)) FROM show_chunks('{table}') c")
+        size = int(await scalar(pool, f"SELECT hypertable_size('{table}')"))
+        print(f"events compact in {days}-day chunks: hypertable {size / rows:.2f} B/event")
+        await conn.execute(f"DROP TABLE {table}")
+
+
+async def late(conn: Any, table: str, devices: int) -> None:
+    """Print the medians of :func:`late_inserts` into ``table``."""
+    new, dup = await late_inserts(conn, table, START + timedelta(days=1, hours=3))
+    print(f"    late insert of {devices} events into compressed chunks: new {new:.1f} ms, duplicates {dup:.1f} ms "
+          "(medians of 5)")
 
 
 def show(title: str, columns: dict[str, float]) -> None:
@@ -117,7 +171,27 @@ def show(title: str, columns: dict[str, float]) -> None:
         print(f"    {column:28s} {size:7.2f}")
 
 
-async def run(devices: int, days: int) -> None:
+async def insert_cost(pool: AsyncConnectionPool, devices: int, batches: int) -> None:
+    """Median ms per batch of ``devices`` new readings through DirectInserts, and of the same batch resent."""
+    new, dup = [], []
+    for n in range(batches):
+        at = START + timedelta(minutes=15 * n)
+        events = [UsageEvent(device_id=f"dev-{d:06d}", event_id=str(n), meter="energy", ts=at,
+                             value=Decimal(n * 200 + d % 97) / 1000, unit="kWh", kind=MeterKind.CUMULATIVE,
+                             profile_id="acme-em340", service="electricity", received_at=at + timedelta(seconds=2))
+                  for d in range(devices)]
+        for out in (new, dup):  # a fresh pipeline resends: the copy meets the stored rows, the staged insert runs
+            async with pool.connection() as conn:
+                t0 = time.perf_counter()
+                async with conn.transaction():
+                    got = await DirectInserts().insert(conn, events)
+                out.append((time.perf_counter() - t0) * 1000)
+                assert len(got) == (devices if out is new else 0)
+    print(f"{batches} batches of {devices} readings: new {statistics.median(new):.1f} ms, "
+          f"resent {statistics.median(dup):.1f} ms per batch (medians)")
+
+
+async def run(devices: int, days: int, insert_only: bool) -> None:
     """Load, compress, measure the migrated columns and each variant."""
     folder = Path(tempfile.mkdtemp(prefix="usagehub-bench-columns-"))
     folder.chmod(0o755)  # noqa: ASYNC240 — once, before anything runs
@@ -129,28 +203,36 @@ async def run(devices: int, days: int) -> None:
             async with pool.connection() as conn:
                 await conn.execute("SELECT alter_job(job_id, scheduled => false) FROM "
                                    "timescaledb_information.jobs WHERE job_id >= 1000")
+            if insert_only:
+                await insert_cost(pool, devices, 60)
+                return
             print(f"load {await load(pool, devices, days, True):.0f} s")
             rows = int(await scalar(pool, "SELECT count(*) FROM events"))
             async with pool.connection() as conn:
-                await conn.execute("SELECT count(compress_chunk(c)) FROM show_chunks('events') c")
+                await conn.execute("SELECT count(events_compress_chunk(c)) FROM show_chunks('events') c")
                 total = int(await scalar(pool, "SELECT hypertable_size('events')"))
-                print(f"{rows} events; events compressed: {total / rows:.2f} B/event (hypertable_size)")
-                show("events as migrated (baseline)", await compressed_column_bytes(conn, "events", rows))
-                for name, key, sparse in (("keyed", True, None), ("keyed_no_sparse", True, "")):
-                    await scratch(conn, name, VARIANTS[0][1], key=key, sparse=sparse)
+                print(f"{rows} events; events compressed as the hub does (0043, 0044): {total / rows:.2f} B/event "
+                      "(hypertable_size)")
+                show("events compact (0043, 0044)", await compressed_column_bytes(conn, "events", rows))
+                parts = await compressed_parts(pool, "events", rows)
+                print("    compressed chunks: " + ", ".join(f"{k.removeprefix('events.')} {v:.2f}"
+                                                          for k, v in parts.items()))
+                for name, sparse, what in KEYED:
+                    await scratch(conn, name, VARIANTS[0][1], key=True, sparse=sparse)
                     size = int(await scalar(pool, f"SELECT hypertable_size('ev_{name}')"))
-                    columns = await compressed_column_bytes(conn, f"ev_{name}", rows)
-                    show(f"ev_{name} — the events' key, sparse indexes {'automatic' if sparse is None else 'none'}; "
-                         f"hypertable {size / rows:.2f} B/event", columns)
-                    new, dup = await late_inserts(conn, f"ev_{name}", START + timedelta(days=1, hours=3))
-                    print(f"    late insert of {devices} events into compressed chunks: new {new:.1f} ms, "
-                          f"duplicates {dup:.1f} ms (medians of 5)")
+                    show(f"ev_{name} — {what}; hypertable {size / rows:.2f} B/event",
+                         await compressed_column_bytes(conn, f"ev_{name}", rows))
+                    if sparse != "":
+                        await late(conn, f"ev_{name}", devices)
                 for name, select, what in VARIANTS:
                     t0 = time.perf_counter()
                     await scratch(conn, name, select)
                     size = int(await scalar(pool, f"SELECT hypertable_size('ev_{name}')"))
                     show(f"ev_{name} — {what}; hypertable {size / rows:.2f} B/event, "
                          f"{time.perf_counter() - t0:.0f} s", await compressed_column_bytes(conn, f"ev_{name}", rows))
+                await chunk_intervals(conn, pool, rows)
+                print("events compact (0043, 0044), last: its late rows stay in the chunks")
+                await late(conn, "events", devices)
         finally:
             await pool.close()
     finally:
@@ -161,5 +243,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--days", type=int, default=14)
+    parser.add_argument("--insert-only", action="store_true", help="time the event writers instead (see above)")
     args = parser.parse_args()
-    asyncio.run(run(args.devices, args.days))
+    asyncio.run(run(args.devices, args.days, args.insert_only))

@@ -122,8 +122,9 @@ async def test_new_identities_are_what_the_staged_insert_finds(
         assert got == expected
         seen |= expected
     async with pool.connection() as conn:
-        rows = await (await conn.execute("SELECT device_id, meter, ts, event_id FROM events WHERE device_id LIKE %s",
-                                         (run + "%",))).fetchall()
+        # events_rows: on TimescaleDB a canonical integer id is stored as event_seq (migration 0044)
+        rows = await (await conn.execute("SELECT device_id, meter, ts, event_id FROM events_rows "
+                                         "WHERE device_id LIKE %s", (run + "%",))).fetchall()
     assert sorted(rows) == sorted(seen)
 
 
@@ -139,7 +140,7 @@ async def test_an_identity_in_a_compressed_chunk_is_found_too(pool: AsyncConnect
             for (chunk,) in await (await conn.execute("SELECT c::text FROM show_chunks('events') c")).fetchall():
                 with contextlib.suppress(psycopg.errors.DuplicateObject):  # the policy's job may be first
                     async with conn.transaction():
-                        await conn.execute("SELECT compress_chunk(%s::regclass, if_not_compressed => true)", (chunk,))
+                        await conn.execute("SELECT events_compress_chunk(%s::regclass)", (chunk,))
             done = await (await conn.execute("SELECT bool_and(is_compressed) FROM timescaledb_information.chunks "
                                              "WHERE hypertable_name = 'events'")).fetchone()
             assert done is not None and done[0] is True

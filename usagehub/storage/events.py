@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,18 +33,58 @@ _INSERT_META = (
     f"WHERE NOT EXISTS (SELECT 1 FROM event_meta m WHERE {_META}) ORDER BY 1, 2, 3, 4 ON CONFLICT DO NOTHING"
 )
 _STORED = ("device_id", "meter", "ts", "event_id", "value", "meta_id", "received_at", "reset_marker", "text_value")
-_INSERT_NEW = (
-    f"INSERT INTO events ({', '.join(_STORED)}) "
-    "SELECT DISTINCT ON (s.device_id, s.meter, s.ts, s.event_id) "
-    f"{', '.join(('m.' if c == 'meta_id' else 's.') + c for c in _STORED)} "
-    f"FROM events_stage s JOIN event_meta m ON {_META} "
-    # An identity in an archived month (storage/archive.py) is a duplicate like a stored row; only rows
-    # before the end of the last archived month are looked up there.
-    "WHERE CASE WHEN s.ts < (SELECT max(month_end) FROM events_archived) "
-    "THEN NOT events_archived_has(s.device_id, s.meter, s.ts, s.event_id) ELSE true END "
-    "ORDER BY s.device_id, s.meter, s.ts, s.event_id, s.ord "
-    "ON CONFLICT DO NOTHING RETURNING device_id, meter, ts, event_id"
-)
+# On TimescaleDB (migration 0044) an id that is the canonical decimal of an integer below 10^18 is stored as
+# event_seq with event_id NULL. Writers store that form themselves: TimescaleDB 2.29.2 checks a row against
+# compressed chunks as it was before BEFORE triggers, so the table's trigger (for other writers) is not enough.
+CANONICAL_ID = "^(0|[1-9][0-9]{0,17})$"  # as in migration 0044
+_CANONICAL = re.compile(CANONICAL_ID[1:-1])
+_SELECTED = {"meta_id": "m.meta_id", "event_id": (
+    f"CASE WHEN s.event_id ~ '{CANONICAL_ID}' THEN NULL ELSE s.event_id END, "
+    f"CASE WHEN s.event_id ~ '{CANONICAL_ID}' THEN s.event_id::bigint END")}
+
+
+def _insert_new(compact: bool) -> str:
+    stored = [c + (", event_seq" if compact and c == "event_id" else "") for c in _STORED]
+    selected = [_SELECTED[c] if c == "meta_id" or (compact and c == "event_id") else "s." + c for c in _STORED]
+    return (
+        f"INSERT INTO events ({', '.join(stored)}) "
+        f"SELECT DISTINCT ON (s.device_id, s.meter, s.ts, s.event_id) {', '.join(selected)} "
+        f"FROM events_stage s JOIN event_meta m ON {_META} "
+        # An identity in an archived month (storage/archive.py) is a duplicate like a stored row; only rows
+        # before the end of the last archived month are looked up there.
+        "WHERE CASE WHEN s.ts < (SELECT max(month_end) FROM events_archived) "
+        "THEN NOT events_archived_has(s.device_id, s.meter, s.ts, s.event_id) ELSE true END "
+        "ORDER BY s.device_id, s.meter, s.ts, s.event_id, s.ord "
+        "ON CONFLICT DO NOTHING RETURNING device_id, meter, ts, "
+        + ("coalesce(event_id, event_seq::text)" if compact else "event_id"))
+
+
+_INSERT_NEW = {compact: _insert_new(compact) for compact in (False, True)}
+_COMPACT_IDS: dict[tuple[str, int, str], bool] = {}
+
+
+def compact_id(event_id: str) -> int | None:
+    """The event_seq that stores ``event_id`` where ids are compact (TimescaleDB, migration 0044), else None."""
+    return int(event_id) if _CANONICAL.fullmatch(event_id) else None
+
+
+async def compact_ids(conn: Connection) -> bool:
+    """Whether this database stores canonical integer ids as event_seq (migration 0044 on TimescaleDB).
+
+    Known for good once 0044 is applied (then remembered per database); before it, asked again each time.
+    """
+    info = conn.info
+    key = (info.host, info.port, info.dbname)
+    if key in _COMPACT_IDS:
+        return _COMPACT_IDS[key]
+    cur = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events'::regclass AND attname = 'event_seq' "
+        "AND NOT attisdropped), EXISTS (SELECT 1 FROM schema_migrations WHERE name = '0044_events_compact')")
+    row = await cur.fetchone()
+    compact, final = (bool(row[0]), bool(row[1])) if row else (False, False)
+    if final:
+        _COMPACT_IDS[key] = compact
+    return compact
 
 EventKey = tuple[str, str, datetime, str]
 
@@ -80,7 +121,7 @@ async def insert_events(conn: Connection, events: Sequence[UsageEvent]) -> set[E
                 await copy.write_row((e.device_id, e.meter, e.ts, e.event_id, e.value, e.unit, e.kind.value,
                                       e.profile_id, e.service, e.received_at, e.reset_marker, e.text_value, i))
         await cur.execute(_INSERT_META)
-        await cur.execute(_INSERT_NEW)
+        await cur.execute(_INSERT_NEW[await compact_ids(conn)])
         rows = await cur.fetchall()
     return {(str(r[0]), str(r[1]), r[2], str(r[3])) for r in rows}  # type: ignore[misc]
 

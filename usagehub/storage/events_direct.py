@@ -24,11 +24,14 @@ from psycopg import errors
 
 from usagehub import metrics
 from usagehub.core.events import UsageEvent
-from usagehub.storage.events import EventKey, insert_events
+from usagehub.storage.events import EventKey, compact_id, compact_ids, insert_events
 from usagehub.storage.pool import Connection
 
 _COLUMNS = "device_id, meter, ts, event_id, value, meta_id, received_at, reset_marker, text_value"
 _TYPES = ("text", "text", "timestamptz", "text", "numeric", "int4", "timestamptz", "text", "text")
+# Where ids are compact (TimescaleDB, migration 0044): a canonical integer id as event_seq, event_id NULL.
+_COMPACT_COLUMNS = _COLUMNS + ", event_seq"
+_COMPACT_TYPES = (*_TYPES, "int8")
 Meta = tuple[str, str, str, str]  # unit, kind, profile id, service
 
 
@@ -65,7 +68,7 @@ class DirectInserts:
         if meta is not None:
             try:
                 async with conn.transaction():  # a savepoint: a key stored already undoes only the copy
-                    await _copy(conn, fresh, meta)
+                    await _copy(conn, fresh, meta, compact=await compact_ids(conn))
                 return claimed
             except errors.UniqueViolation:
                 metrics.EVENT_INSERT_FALLBACKS.inc()
@@ -90,11 +93,17 @@ class DirectInserts:
         return [known[(e.unit, e.kind.value, e.profile_id, e.service)] for e in events]
 
 
-async def _copy(conn: Connection, events: Sequence[UsageEvent], meta: Sequence[int]) -> None:
-    async with conn.cursor() as cur, cur.copy(f"COPY events ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(list(_TYPES))
+async def _copy(conn: Connection, events: Sequence[UsageEvent], meta: Sequence[int], *, compact: bool) -> None:
+    columns, types = (_COMPACT_COLUMNS, _COMPACT_TYPES) if compact else (_COLUMNS, _TYPES)
+    async with conn.cursor() as cur, cur.copy(f"COPY events ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(list(types))
         write = copy.write_row
+        if not compact:
+            for e, meta_id in zip(events, meta, strict=True):
+                await write((e.device_id, e.meter, e.ts, e.event_id, e.value, meta_id, e.received_at,
+                             e.reset_marker, e.text_value))
+            return
         for e, meta_id in zip(events, meta, strict=True):
-            await write((e.device_id, e.meter, e.ts, e.event_id, e.value, meta_id, e.received_at, e.reset_marker,
-                         e.text_value))
-
+            seq = compact_id(e.event_id)
+            await write((e.device_id, e.meter, e.ts, None if seq is not None else e.event_id, e.value, meta_id,
+                         e.received_at, e.reset_marker, e.text_value, seq))

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from usagehub.core.counters import Reading
+from usagehub.storage.events import compact_ids
 from usagehub.storage.pool import Connection
 
 MeterKey = tuple[str, str]
@@ -39,7 +40,10 @@ async def save_meter_state(conn: Connection, new_state: Sequence[tuple[MeterKey,
 # register's history into gaps that hold stored readings only: the nearest stored reading at each end of each
 # gap is a neighbour (below the first late reading: the nearest one down; above the last: the nearest one up).
 # The client sends three values per late reading, not the sixteen of a probe pair: binding those arrays was
-# most of the client's cost.
+# most of the client's cost. Where ids and values may be stored in compact forms (TimescaleDB, migration 0044)
+# rows are read through events_rows, which gives the text and numeric back, and the row bounds are repeated as
+# bounds on ts alone (they compare the view's id expression, which no index holds), so the time index and chunk
+# exclusion bound the scan; plain PostgreSQL reads events with the key's row bounds, as before.
 _NEIGHBOURS_SQL = (
     "WITH r AS (SELECT * FROM unnest(%b::int[], %b::text[], %b::text[]) AS r(i, device_id, meter)), "
     "l AS (SELECT u.i, u.ts, u.id, lag(u.ts) OVER w AS p_ts, lag(u.id) OVER w AS p_id, "
@@ -52,18 +56,21 @@ _NEIGHBOURS_SQL = (
     "SELECT k.i, e.ts, e.value, e.event_id, e.reset_marker FROM k JOIN r USING (i) "
     "CROSS JOIN (SELECT max(month_end) AS archived_until FROM events_archived) h "
     "CROSS JOIN LATERAL (SELECT * FROM ("
-    " (SELECT ts, value, event_id, reset_marker FROM events WHERE k.down AND device_id = r.device_id "
+    " (SELECT ts, value, event_id, reset_marker FROM {rows} WHERE k.down AND device_id = r.device_id "
     "  AND meter = r.meter AND (ts, event_id) > (k.lo_ts, k.lo_id) AND (ts, event_id) < (k.hi_ts, k.hi_id) "
-    "  ORDER BY ts DESC, event_id DESC LIMIT 1) "
-    " UNION ALL (SELECT ts, value, event_id, reset_marker FROM events WHERE NOT k.down AND device_id = r.device_id "
-    "  AND meter = r.meter AND (ts, event_id) > (k.lo_ts, k.lo_id) AND (ts, event_id) < (k.hi_ts, k.hi_id) "
-    "  ORDER BY ts, event_id LIMIT 1) "
+    "  {bounds}ORDER BY ts DESC, event_id DESC LIMIT 1) "
+    " UNION ALL (SELECT ts, value, event_id, reset_marker FROM {rows} WHERE NOT k.down "
+    "  AND device_id = r.device_id AND meter = r.meter "
+    "  AND (ts, event_id) > (k.lo_ts, k.lo_id) AND (ts, event_id) < (k.hi_ts, k.hi_id) "
+    "  {bounds}ORDER BY ts, event_id LIMIT 1) "
     # Archived months (storage/archive.py): the nearest archived reading in the gap, the nearer of both wins;
     # a gap that starts after the archived months is not looked up there.
     " UNION ALL SELECT * FROM events_archive_nearest(r.device_id, r.meter, k.lo_ts, k.lo_id, k.hi_ts, k.hi_id, "
     "  k.down) WHERE k.lo_ts < h.archived_until) c "
     " ORDER BY CASE WHEN k.down THEN c.ts END DESC, CASE WHEN k.down THEN c.event_id END DESC, c.ts, c.event_id "
     " LIMIT 1) AS e")
+_NEIGHBOURS = {False: _NEIGHBOURS_SQL.format(rows="events", bounds=""),
+               True: _NEIGHBOURS_SQL.format(rows="events_rows", bounds="AND ts BETWEEN k.lo_ts AND k.hi_ts ")}
 
 
 async def stored_neighbourhoods(conn: Connection, batches: Mapping[MeterKey, list[Reading]],
@@ -95,7 +102,7 @@ async def stored_neighbourhoods(conn: Connection, batches: Mapping[MeterKey, lis
             late[2].extend(r.event_id for r in older)
     found: dict[MeterKey, dict[tuple[datetime, str], Reading]] = {k: {} for k in keys}
     if late[0]:
-        cur = await conn.execute(_NEIGHBOURS_SQL, (*regs, *late))
+        cur = await conn.execute(_NEIGHBOURS[await compact_ids(conn)], (*regs, *late))
         for r in await cur.fetchall():
             reading = Reading(ts=r[1], value=r[2], event_id=r[3], reset_marker=r[4])  # type: ignore[arg-type]
             found[keys[int(r[0]) - 1]][reading.key] = reading  # type: ignore[call-overload]
