@@ -151,6 +151,10 @@ async def test_two_writers_of_one_day_do_not_wait_for_each_other(database_url: s
         noon = BASE + timedelta(hours=12)  # the same local day (24 October) in Berlin and Kathmandu
         insert = ("INSERT INTO session_points (account_id, service, device_id, product, kind, aggregation, "
                   "start_ts, end_ts, value) VALUES (%s, 'electricity', %s, 'energy', 'usage', 'sum', %s, %s, %s)")
+        # An unbound point first (no rollup): on TimescaleDB it makes the chunk, which a transaction that makes it
+        # holds until it commits (a weekly wait, not this one).
+        await first.execute(insert, (None, "d0", noon, noon, Decimal(7)))
+        await first.commit()
         await first.execute(insert, ("acc-berlin", "d1", noon, noon, Decimal("1.5")))  # not committed yet
         await second.execute("SET lock_timeout = '3s'")  # before 0046 it waited here for the first's COMMIT
         await second.execute(insert, ("acc-nepal", "d2", noon, noon, Decimal("2.25")))

@@ -15,13 +15,13 @@ from psycopg.rows import dict_row
 from usagehub.storage.pool import Connection
 from usagehub.storage.queries import DESCRIBED_COLUMNS, POINT_METER
 
-# The latest reading of each named meter of a device, each on its index: the newest row and the newest
-# archived reading (a late row of an archived month can be older than a later archived month's readings;
-# the newer wins), then that one reading described. Its cost does not grow with the device's history.
+# The latest reading of each named meter of a device, each on its index: the newest row (events_rows: the
+# id as text on TimescaleDB too, 0044) and the newest archived reading (a late row of an archived month can
+# be older than a later archived month's readings; the newer wins), then that one reading described. Its cost does not grow with the device's history.
 _LAST_READINGS_SQL = (
     f"SELECT {DESCRIBED_COLUMNS} FROM unnest(%s::text[]) AS w(meter) "
     "CROSS JOIN LATERAL (SELECT k.ts, k.event_id FROM ("
-    " (SELECT ts, event_id FROM events WHERE device_id = %s AND meter = w.meter "
+    " (SELECT ts, event_id FROM events_rows WHERE device_id = %s AND meter = w.meter "
     "  ORDER BY ts DESC, event_id DESC LIMIT 1) "
     " UNION ALL SELECT ts, event_id FROM events_archive_nearest(%s, w.meter, '-infinity', '', 'infinity', '', "
     " true)) k ORDER BY k.ts DESC, k.event_id DESC LIMIT 1) k "
