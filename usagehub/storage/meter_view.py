@@ -17,7 +17,8 @@ from usagehub.storage.queries import DESCRIBED_COLUMNS, POINT_METER
 
 # The latest reading of each named meter of a device, each on its index: the newest row (events_rows: the
 # id as text on TimescaleDB too, 0044) and the newest archived reading (a late row of an archived month can
-# be older than a later archived month's readings; the newer wins), then that one reading described. Its cost does not grow with the device's history.
+# be older than a later archived month's readings; the newer wins), then that one reading described. Its
+# cost does not grow with the device's history.
 _LAST_READINGS_SQL = (
     f"SELECT {DESCRIBED_COLUMNS} FROM unnest(%s::text[]) AS w(meter) "
     "CROSS JOIN LATERAL (SELECT k.ts, k.event_id FROM ("
