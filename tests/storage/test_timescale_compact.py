@@ -94,8 +94,7 @@ async def _compress_compact(pool: AsyncConnectionPool) -> int:
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT count(events_compress_chunk(c)) FROM show_chunks('events') c "
                                  "UNION ALL SELECT count(compress_chunk(c, if_not_compressed => true)) "
-                                 "FROM show_chunks('usage_entries') c UNION ALL SELECT count(compress_chunk(c, "
-                                 "if_not_compressed => true)) FROM show_chunks('session_points') c")
+                                 "FROM show_chunks('session_points') c")
         return sum(int(str(r[0])) for r in await cur.fetchall())
 
 
@@ -294,7 +293,7 @@ async def test_the_migration_converts_a_database_with_compressed_chunks(ts_empty
         async with pool.connection() as conn:
             await conn.execute("SELECT count(compress_chunk(c)) FROM show_chunks('events') c")
         before = await _rows(pool, DESCRIBED)
-        assert await migrate(pool) == ["0043_events_no_bloom", "0044_events_compact"]
+        assert (await migrate(pool))[:2] == ["0043_events_no_bloom", "0044_events_compact"]
         async with pool.connection() as conn:  # 0044 adds events_compress_job: this test runs it itself
             await conn.execute("SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs "
                                "WHERE job_id >= 1000")
