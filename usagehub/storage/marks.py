@@ -189,7 +189,7 @@ def _point(account: str, service: str, row: Any) -> Point:
 
 
 async def _fetch(conn: Connection, sql: str, params: list[list[Any]]) -> list[Any]:
-    cur = await conn.execute(sql, params)
+    cur = await conn.execute(sql, params, binary=True)
     return await cur.fetchall()
 
 
