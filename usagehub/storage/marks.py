@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -184,8 +184,8 @@ def _point(account: str, service: str, row: Any) -> Point:
     """A point of a walk from a ``_POINTS_IN`` row (its ask's index first)."""
     _, device, product, kind, agg, start, end, value, active, label, tie = row
     return Point(account_id=account, service=service, device_id=device, product=product, kind=_POINT_KINDS[kind],
-                 aggregation=_AGGREGATIONS[agg], start=utc(start), end=utc(end), value=value, active=active,
-                 label=label, tie=tie)
+                 aggregation=_AGGREGATIONS[agg], start=start if start.tzinfo is UTC else utc(start),
+                 end=end if end.tzinfo is UTC else utc(end), value=value, active=active, label=label, tie=tie)
 
 
 async def _fetch(conn: Connection, sql: str, params: list[list[Any]]) -> list[Any]:
