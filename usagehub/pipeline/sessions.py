@@ -147,7 +147,7 @@ class SessionEngine:
 
     async def replay_queued(self, conn: Connection, *, limit: int | None, accounts: list[str] | None = None,
                             skip_locked: bool = True, max_segments: int | None = None,
-                            budget: int | None = None, min_age_s: float = 0.0) -> int:
+                            budget: int | None = None, min_age_s: float = 0.0, quiet_s: float | None = None) -> int:
         """Replay queued segments of up to ``limit`` accounts in this transaction; the queue rows replayed.
 
         ``max_segments`` claims every row of at most that many segments (``storage.session_queue.claim``:
@@ -158,7 +158,7 @@ class SessionEngine:
         self.refresh()
         self.locked_at = None
         rows, ids = await claim(conn, limit=limit, accounts=accounts, skip_locked=skip_locked,
-                                max_segments=max_segments, min_age_s=min_age_s)
+                                max_segments=max_segments, min_age_s=min_age_s, quiet_s=quiet_s)
         claimed = {a for a, _, _ in rows}
         self.last_claimed = len(claimed)
         self.last_segments = len({(a, s, segment_start(t)) for a, s, t in rows})
