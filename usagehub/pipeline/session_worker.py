@@ -43,7 +43,7 @@ class SessionWorker:
     def __init__(self, pool: AsyncConnectionPool, engine: SessionEngine, *, accounts_per_round: int = 256,
                  idle_s: float = 0.1, coalesce_s: float = 1.0, lock_timeout_ms: int = 5000,
                  segments_per_round: int | None = 1024, budget_per_round: int | None = 40_000,
-                 target_round_s: float | None = 0.5, quiet_s: float = 0.25) -> None:
+                 target_round_s: float | None = 0.5, quiet_s: float = 0.3) -> None:
         """``coalesce_s``: an account is claimed once its oldest queued row is this old (and after a round that
         emptied the queue the worker waits this long), so that a round finds more points per segment: a segment
         is replayed once for the batches of that time, not once per batch (each replay reads up to a chunk's
@@ -52,9 +52,9 @@ class SessionWorker:
         change, the open session, its period's kept partials and record), not per point: 1 s (was 0.5) and 1,024
         segments a round (was 256, which split a second's backlog of a 40-account fleet into several rounds)
         cut the worker's CPU per event by about a third (``bench/session_rounds.py``: rounds of 5,000 messages
-        against 2,500), for billing state up to about half a second staler while ingest goes on. An account
-        whose newest queued row is ``quiet_s`` old is claimed at once: nothing more came to gather (when
-        ingest pauses or ends, its last batches are not held back for ``coalesce_s``).
+        against 2,500), for billing state up to about half a second staler while ingest goes on. Once the
+        queue's newest row is ``quiet_s`` old, every account is claimed at once: ingest paused or ended and
+        nothing more comes to gather, so its last batches are not held back for ``coalesce_s``.
 
         ``segments_per_round`` (each with all its queue rows) and ``budget_per_round`` (points read plus marks
         moved) bound a round's work, so the accounts' locks it holds are released well before an ingest batch's

@@ -52,15 +52,17 @@ async def claim(conn: Connection, *, limit: int | None, accounts: list[str] | No
     ``accounts`` restricts the claim to those accounts (a billing run); without ``skip_locked`` the claim
     waits for a replay holding them instead of passing over it. ``min_age_s`` passes over accounts whose
     oldest row is younger (a session worker lets batches gather: one replay then covers more of them),
-    unless its newest row is ``quiet_s`` old: nothing came for it since, so waiting gathers nothing more.
+    unless the newest row of the queue (of ``accounts``) is ``quiet_s`` old: ingest paused or ended, so waiting
+    gathers nothing more. (Per account that would not do: a commit lane's batches come seconds apart under load.)
     """
     skip = " SKIP LOCKED" if skip_locked else ""
     where = "WHERE account_id = ANY(%(acc)s)" if accounts is not None else ""
     seg = "date_bin(%(width)s, q.seg_start, %(epoch)s)"
     cur = await conn.execute(
-        f"WITH pick AS (SELECT account_id, min(queued_at) AS waited FROM session_queue {where} GROUP BY account_id "
+        f"WITH rows AS (SELECT account_id, queued_at, max(queued_at) OVER () AS newest FROM session_queue {where}), "
+        "pick AS (SELECT account_id, min(queued_at) AS waited FROM rows GROUP BY account_id "
         "HAVING min(queued_at) <= now() - make_interval(secs => %(age)s) "
-        "OR max(queued_at) <= now() - make_interval(secs => %(quiet)s) ORDER BY 2, 1 LIMIT %(limit)s), "
+        "OR min(newest) <= now() - make_interval(secs => %(quiet)s) ORDER BY 2, 1 LIMIT %(limit)s), "
         f"segs AS (SELECT q.account_id, q.service, {seg} AS seg, p.waited FROM session_queue q JOIN pick p "
         "USING (account_id) GROUP BY 1, 2, 3, 4), "
         "firsts AS (SELECT account_id, service, seg FROM segs ORDER BY row_number() OVER (PARTITION BY account_id "
