@@ -13,10 +13,11 @@ import hypothesis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usagehub.core.allocation import Point, PointKind
+from usagehub.core.allocation import Point, PointKind, net_points
 from usagehub.core.events import Aggregation
 from usagehub.core.sessions import (
     CloseReason,
+    Machine,
     Resume,
     Session,
     SessionRules,
@@ -231,6 +232,33 @@ def test_sessions_are_invariant_to_arrival_order_duplication_and_retraction(poin
         # (a usage span reported across a deactivation may end after the next session starts)
         assert a.start <= b.start and a.closed_reason is not None
         assert a.period <= b.period
+
+
+class _CheckEveryPoint(Machine):
+    """The walk as it was: the idle and period checks (``maybe_close``) before every point fed."""
+
+    def feed(self, point: Point) -> None:
+        if self.cur is not None:
+            self.maybe_close(point.start)
+        activity = self.is_activity(point)
+        if self.cur is None:
+            if not activity:
+                return
+            self.open(point.start, Resume(key=sort_key(point)))
+        self.add(point, activity)
+
+
+@settings(max_examples=120, deadline=None)
+@given(points=point_sets(), idle=st.sampled_from([timedelta(minutes=5), HOUR, timedelta(hours=30)]))
+def test_feed_skips_the_close_check_only_where_it_would_do_nothing(points: list[Point], idle: timedelta) -> None:
+    # Machine.feed calls maybe_close only past the period's end or the idle deadline: the same sessions as
+    # checking before every point (idle gaps, period ends, states carried over whole periods).
+    rules = SessionRules(idle_timeout=idle, zone=BERLIN)
+    reference = _CheckEveryPoint("acc", "power", rules)
+    for point in sorted(net_points(points), key=sort_key):
+        reference.feed(point)
+    reference.finish(AS_OF)
+    assert run(points, AS_OF, rules) == reference.sessions
 
 
 @settings(max_examples=120, deadline=None)

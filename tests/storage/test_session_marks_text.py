@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -13,7 +15,7 @@ from usagehub.core.allocation import Point, PointKind
 from usagehub.core.events import Aggregation
 from usagehub.core.segments import EMPTY, Mark, MarkBefore, MarksAfter, Outcome, step
 from usagehub.core.sessions import SessionRules
-from usagehub.storage.marks import acc_json, answer, entry_json, save_walks
+from usagehub.storage.marks import StoredForms, acc_json, answer, entry_json, mark_of, mark_texts, save_walks
 from usagehub.storage.migrations import _migrations, migrate
 from usagehub.storage.pool import open_pool
 from usagehub.storage.sessions import resume_json
@@ -69,3 +71,26 @@ async def test_marks_stored_as_jsonb_read_back_equal_after_0034_and_new_ones_rou
         assert kinds == [("text",)]
     finally:
         await pool.close()
+
+
+def test_marks_written_back_from_their_stored_forms_are_the_texts_made_from_scratch() -> None:
+    """A replay reuses the stored JSON of what it read (``StoredForms``); what it writes must not differ.
+
+    The walk's moved mark holds its own piece and creations and the next mark's open shape and states with a
+    new prefix; a mark with no states and no creations (two empty tuples, one object) must not mix them up.
+    """
+    stored = marks_of("t3-acc")
+    rows = [(m.start, *mark_texts(m), m.points) for m in stored]
+    forms = StoredForms()
+    read = [mark_of(row, forms) for row in rows]
+    assert read == stored
+    assert any(not m.entry.active and not m.created for m in read)  # the empty tuples, both kinds
+    for m, row in zip(read, rows, strict=True):
+        assert mark_texts(m, forms) == row[1:4]  # written back as read
+    for m, after in pairwise(read):
+        if m.piece is None or after.entry.open is None:
+            continue
+        moved = replace(m, entry=replace(after.entry, prefix=m.entry.prefix.merge(m.piece)))
+        assert mark_texts(moved, forms) == mark_texts(moved)  # parts reused, prefix made
+        fresh = replace(moved, piece=replace(m.piece, count=m.piece.count + 1), created=())
+        assert mark_texts(fresh, forms) == mark_texts(fresh)  # equal values that are other objects: made again

@@ -137,3 +137,23 @@ async def test_a_claim_picks_the_longest_waiting_accounts_and_only_those_asked_f
     async with pool.connection() as conn, conn.transaction():  # a billing run of tenant t1's accounts
         rows, _ = await claim(conn, limit=None, accounts=["t1-b", "t1-a", "t1-c"], skip_locked=False)
         assert sorted({a for a, _, _ in rows}) == ["t1-a", "t1-b"]
+
+
+async def test_a_claim_takes_young_accounts_at_once_when_nothing_came_since(pool: AsyncConnectionPool) -> None:
+    # Every row is at least 2 s old (ingest paused or ended): waiting gathers nothing more, so with quiet_s 1 s
+    # the young account is claimed too; a row of another account just now (ingest goes on) keeps it waiting.
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO session_queue (account_id, service, seg_start, queued_at) VALUES "
+            "('t1-a', 'power', %(t)s, now() - interval '3 s'), ('t1-a', 'power', %(t)s, now() - interval '2 s'), "
+            "('t2-a', 'power', %(t)s, now() - interval '9 s')", {"t": OCT})
+    for quiet, expected in ((None, ["t2-a"]), (1.0, ["t1-a", "t2-a"]), (60.0, ["t2-a"])):
+        async with pool.connection() as conn, conn.transaction():
+            rows, _ = await claim(conn, limit=None, min_age_s=5, quiet_s=quiet)
+            assert sorted({a for a, _, _ in rows}) == expected, quiet
+    async with pool.connection() as conn:
+        await conn.execute("INSERT INTO session_queue (account_id, service, seg_start) VALUES ('t1-b', 'power', %s)",
+                           (OCT,))
+    async with pool.connection() as conn, conn.transaction():
+        rows, _ = await claim(conn, limit=None, min_age_s=5, quiet_s=1.0)
+        assert sorted({a for a, _, _ in rows}) == ["t2-a"]

@@ -144,6 +144,8 @@ def net_points(points: Iterable[Point]) -> list[Point]:
             first[key] = point
         else:  # the same span again (a retraction, a re-add; the same object twice counts twice too)
             sums[key] = sums.get(key, seen.value) + point.value
+    if not sums:  # the common case: every span once
+        return [*others, *first.values()]
     return [*others, *(p if (total := sums.get(k)) is None or p.value == total else replace(p, value=total)
                        for k, p in first.items())]
 

@@ -26,7 +26,7 @@ from usagehub.core.events import MeterKind, UsageEvent
 from usagehub.core.segments import Outcome, Request, rewalk, segment_start, settle_outcome
 from usagehub.core.sessions import SessionRules, SortKey
 from usagehub.storage.billing import RecordBook
-from usagehub.storage.marks import Group, answer, save_walks
+from usagehub.storage.marks import Group, StoredForms, answer, save_walks
 from usagehub.storage.pool import Connection
 from usagehub.storage.session_queue import claim, finish, queue_segments, zones_of
 from usagehub.storage.sessions import (
@@ -147,7 +147,7 @@ class SessionEngine:
 
     async def replay_queued(self, conn: Connection, *, limit: int | None, accounts: list[str] | None = None,
                             skip_locked: bool = True, max_segments: int | None = None,
-                            budget: int | None = None, min_age_s: float = 0.0) -> int:
+                            budget: int | None = None, min_age_s: float = 0.0, quiet_s: float | None = None) -> int:
         """Replay queued segments of up to ``limit`` accounts in this transaction; the queue rows replayed.
 
         ``max_segments`` claims every row of at most that many segments (``storage.session_queue.claim``:
@@ -158,7 +158,7 @@ class SessionEngine:
         self.refresh()
         self.locked_at = None
         rows, ids = await claim(conn, limit=limit, accounts=accounts, skip_locked=skip_locked,
-                                max_segments=max_segments, min_age_s=min_age_s)
+                                max_segments=max_segments, min_age_s=min_age_s, quiet_s=quiet_s)
         claimed = {a for a, _, _ in rows}
         self.last_claimed = len(claimed)
         self.last_segments = len({(a, s, segment_start(t)) for a, s, t in rows})
@@ -214,10 +214,11 @@ class SessionEngine:
                                                changed=instants, budget=budget)
         outcomes: list[tuple[Group, Outcome]] = []
         asks: list[tuple[Group, Request]] = []
+        forms = StoredForms()  # the marks read, so that those written back unchanged in part are not serialised again
         for group, walk in walks.items():
             _advance(group, walk, None, asks, outcomes)
         while asks:
-            answers = await answer(conn, asks)
+            answers = await answer(conn, asks, forms)
             current, asks = asks, []
             for (group, _), ans in zip(current, answers, strict=True):
                 _advance(group, walks[group], ans, asks, outcomes)
@@ -229,7 +230,7 @@ class SessionEngine:
                 if left is None:
                     raise AssertionError("a walk with a budget needs somewhere to leave what is left")
                 left.extend(_earliest_per_segment((account, service, t) for t in out.pending))
-        return await save_walks(conn, outcomes)
+        return await save_walks(conn, outcomes, forms)
 
 
 def _earliest_per_segment(instants: Iterable[tuple[str, str, datetime]]) -> set[tuple[str, str, datetime]]:

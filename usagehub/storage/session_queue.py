@@ -40,7 +40,7 @@ def _columns(items: list[Queued]) -> tuple[list[str], list[str], list[datetime]]
 
 async def claim(conn: Connection, *, limit: int | None, accounts: list[str] | None = None,
                 skip_locked: bool = True, max_segments: int | None = None,
-                min_age_s: float = 0.0) -> tuple[list[Queued], list[int]]:
+                min_age_s: float = 0.0, quiet_s: float | None = None) -> tuple[list[Queued], list[int]]:
     """Claim queued rows until the transaction ends: of ``limit`` accounts, the longest waiting first.
 
     Returns the rows and their ids (for ``finish``).
@@ -51,14 +51,18 @@ async def claim(conn: Connection, *, limit: int | None, accounts: list[str] | No
     first in a turn), so a huge account is replayed in bounded rounds and does not hold the others back;
     ``accounts`` restricts the claim to those accounts (a billing run); without ``skip_locked`` the claim
     waits for a replay holding them instead of passing over it. ``min_age_s`` passes over accounts whose
-    oldest row is younger (a session worker lets batches gather: one replay then covers more of them).
+    oldest row is younger (a session worker lets batches gather: one replay then covers more of them),
+    unless the newest row of the queue (of ``accounts``) is ``quiet_s`` old: ingest paused or ended, so waiting
+    gathers nothing more. (Per account that would not do: a commit lane's batches come seconds apart under load.)
     """
     skip = " SKIP LOCKED" if skip_locked else ""
     where = "WHERE account_id = ANY(%(acc)s)" if accounts is not None else ""
     seg = "date_bin(%(width)s, q.seg_start, %(epoch)s)"
     cur = await conn.execute(
-        f"WITH pick AS (SELECT account_id, min(queued_at) AS waited FROM session_queue {where} GROUP BY account_id "
-        "HAVING min(queued_at) <= now() - make_interval(secs => %(age)s) ORDER BY 2, 1 LIMIT %(limit)s), "
+        f"WITH rows AS (SELECT account_id, queued_at, max(queued_at) OVER () AS newest FROM session_queue {where}), "
+        "pick AS (SELECT account_id, min(queued_at) AS waited FROM rows GROUP BY account_id "
+        "HAVING min(queued_at) <= now() - make_interval(secs => %(age)s) "
+        "OR min(newest) <= now() - make_interval(secs => %(quiet)s) ORDER BY 2, 1 LIMIT %(limit)s), "
         f"segs AS (SELECT q.account_id, q.service, {seg} AS seg, p.waited FROM session_queue q JOIN pick p "
         "USING (account_id) GROUP BY 1, 2, 3, 4), "
         "firsts AS (SELECT account_id, service, seg FROM segs ORDER BY row_number() OVER (PARTITION BY account_id "
@@ -67,7 +71,7 @@ async def claim(conn: Connection, *, limit: int | None, accounts: list[str] | No
         f"ON q.account_id = f.account_id AND q.service = f.service AND {seg} = f.seg "
         f"ORDER BY q.account_id, q.service, q.seg_start FOR UPDATE OF q{skip}",
         {"acc": accounts, "limit": limit, "segments": max_segments, "width": SEGMENT, "epoch": EPOCH,
-         "age": min_age_s})
+         "age": min_age_s, "quiet": min_age_s if quiet_s is None else min(quiet_s, min_age_s)})
     rows: list[Any] = await cur.fetchall()  # LIMIT NULL: every account, every segment
     return [(str(r[0]), str(r[1]), utc(r[2])) for r in rows], [int(r[3]) for r in rows]
 
