@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -20,27 +19,10 @@ from tests.storage.analytics_data import add_accounts, copy_points
 from tests.storage.test_analytics_rollups import _assert_exact
 from tests.storage.test_sessions_billing import NOW, feed, reading, wired
 from tests.storage.timescale_stream import answers, compress_everything, play
-from usagehub.storage.pool import open_pool
 from usagehub.storage.registry import Registry
 from usagehub.storage.retention import set_event_retention
 
 AUG = datetime(2026, 8, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-async def ts_pool(timescale_database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    """An open pool on a fresh, migrated TimescaleDB database."""
-    p = await open_pool(timescale_database_url, min_size=1, max_size=4)
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-async def plain_pool(plain_database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    """An open pool on a fresh, migrated plain PostgreSQL database (TimescaleDB installed, not preloaded)."""
-    p = await open_pool(plain_database_url, min_size=1, max_size=4)
-    yield p
-    await p.close()
 
 
 async def _rows(pool: AsyncConnectionPool, query: str, *params: object) -> list[tuple[object, ...]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from tests.conftest import _with_db, drop_database
 from tests.storage import timescale_stream
+from tests.storage.test_timescale import _rows
 from tests.storage.timescale_stream import answers, play
 from usagehub.core.counters import Reading
 from usagehub.core.events import MeterKind, UsageEvent
@@ -40,25 +41,6 @@ NUMERIC_TEXT = {"1000000000000000000", "0.0000000000000000001", "123456789012345
                 "-1000000000000000000000000000000"}
 
 
-@pytest.fixture
-async def ts_pool(timescale_database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    """An open pool on a fresh, migrated TimescaleDB database."""
-    p = await open_pool(timescale_database_url, min_size=1, max_size=4)
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-async def plain_pool(plain_database_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    """An open pool on a fresh, migrated plain PostgreSQL database."""
-    p = await open_pool(plain_database_url, min_size=1, max_size=4)
-    yield p
-    await p.close()
-
-
-async def _rows(pool: AsyncConnectionPool, query: str, *params: object) -> list[tuple[object, ...]]:
-    async with pool.connection() as conn:
-        return list(await (await conn.execute(query, params)).fetchall())
 
 
 def _event(device: str, event_id: str, slot: int, value: str | Decimal, *, late_s: int = 2) -> UsageEvent:
