@@ -1,7 +1,7 @@
 """Cost of one reading late in a month: a meter that never idles keeps one open session.
 
 Feeds N readings of one meter at 15-minute cadence, one batch each, through the real pipeline
-(usage entries, points, sessions, billing records on embedded PostgreSQL), and prints the median
+(usage points with their entries, sessions, billing records on embedded PostgreSQL), and prints the median
 commit latency of the first and the last 100 readings. With ``--shuffle`` the readings arrive out of
 order (blocks of 4 shuffled, and every 50th reading held back a day), which used to replay the whole
 open session on every batch.
