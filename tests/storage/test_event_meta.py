@@ -14,9 +14,10 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from tests.conftest import _with_db, drop_database
+from tests.storage.migrate_before import migrate_before
 from usagehub.core.events import MeterKind, UsageEvent
 from usagehub.storage.events import event_key, insert_events
-from usagehub.storage.migrations import _migrations, migrate
+from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -107,12 +108,7 @@ async def test_events_stored_before_the_migration_keep_their_description(empty_d
         older = [_event("dev-1", n) for n in range(1, 4)] + [_event("panel-1", 1, profile="ajax-hub", unit="count",
                                                                      kind=MeterKind.EVENT, service="security")]
         async with pool.connection() as conn:  # the database as the release before 0024 left it
-            await conn.execute("CREATE TABLE schema_migrations (name text PRIMARY KEY, "
-                               "applied_at timestamptz NOT NULL DEFAULT now())")
-            for name, sql in _migrations():
-                if name < "0024":
-                    await conn.execute(sql.encode())
-                    await conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
+            await migrate_before(conn, "0024")
             await conn.execute("SELECT ensure_event_partition('2026-03-01')")
             async with conn.cursor() as cur:
                 await cur.executemany(

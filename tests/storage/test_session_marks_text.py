@@ -10,13 +10,14 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from tests.storage.migrate_before import migrate_before
 from tests.storage.test_event_meta import empty_database_url  # noqa: F401  (fixture)
 from usagehub.core.allocation import Point, PointKind
 from usagehub.core.events import Aggregation
 from usagehub.core.segments import EMPTY, Mark, MarkBefore, MarksAfter, Outcome, step
 from usagehub.core.sessions import SessionRules
 from usagehub.storage.marks import StoredForms, acc_json, answer, entry_json, mark_of, mark_texts, save_walks
-from usagehub.storage.migrations import _migrations, migrate
+from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
 from usagehub.storage.sessions import resume_json
 
@@ -42,12 +43,7 @@ async def test_marks_stored_as_jsonb_read_back_equal_after_0034_and_new_ones_rou
     old, new = marks_of("t1-acc"), marks_of("t2-acc")
     try:
         async with pool.connection() as conn:  # the database as the release before 0034 left it
-            await conn.execute("CREATE TABLE schema_migrations (name text PRIMARY KEY, "
-                               "applied_at timestamptz NOT NULL DEFAULT now())")
-            for name, sql in _migrations():
-                if name < "0034":
-                    await conn.execute(sql.encode())
-                    await conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
+            await migrate_before(conn, "0034")
             for m in old:
                 await conn.execute(
                     "INSERT INTO session_marks (account_id, service, seg_start, entry, piece, created, points) "

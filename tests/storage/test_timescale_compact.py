@@ -15,13 +15,14 @@ from psycopg_pool import AsyncConnectionPool
 
 from tests.conftest import _with_db, drop_database
 from tests.storage import timescale_stream
+from tests.storage.migrate_before import migrate_before
 from tests.storage.test_timescale import _rows
 from tests.storage.timescale_stream import answers, play
 from usagehub.core.counters import Reading
 from usagehub.core.events import MeterKind, UsageEvent
 from usagehub.storage.events import CANONICAL_ID, compact_id, event_key, insert_events
 from usagehub.storage.events_direct import DirectInserts
-from usagehub.storage.migrations import _migrations, migrate
+from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
 from usagehub.storage.usage import stored_neighbourhoods
 
@@ -263,12 +264,7 @@ async def test_the_migration_converts_a_database_with_compressed_chunks(ts_empty
     pool = await open_pool(ts_empty_url, min_size=1, max_size=2)
     try:
         async with pool.connection() as conn:  # the database as the release before 0043 left it
-            await conn.execute("CREATE TABLE schema_migrations (name text PRIMARY KEY, "
-                               "applied_at timestamptz NOT NULL DEFAULT now())")
-            for name, sql in _migrations():
-                if name < "0043":
-                    await conn.execute(sql.encode())
-                    await conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
+            await migrate_before(conn, "0043")
             await conn.execute("SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs "
                                "WHERE job_id >= 1000")
         events = _stream()

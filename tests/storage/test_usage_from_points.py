@@ -13,10 +13,11 @@ from decimal import Decimal
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from tests.storage.migrate_before import migrate_before
 from tests.storage.test_event_meta import empty_database_url  # noqa: F401  (fixture)
 from tests.storage.test_sessions_billing import NOW, feed, reading, records, wired
 from usagehub.errors import DomainError
-from usagehub.storage.migrations import _migrations, migrate
+from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
 from usagehub.storage.queries import Reads
 from usagehub.storage.registry import Registry
@@ -110,12 +111,7 @@ async def test_a_database_with_per_reading_entries_keeps_every_entry_unit_and_co
     t = DAY + timedelta(hours=1)
     try:
         async with pool.connection() as conn:  # the database as the release before 0041 left it
-            await conn.execute("CREATE TABLE schema_migrations (name text PRIMARY KEY, "
-                               "applied_at timestamptz NOT NULL DEFAULT now())")
-            for name, sql in _migrations():
-                if name < "0041":
-                    await conn.execute(sql.encode())
-                    await conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
+            await migrate_before(conn, "0041")
             # A reading's entry split at a move (two points), a pulse meter's entry in Wh, a correction.
             await conn.execute(
                 "INSERT INTO usage_entries (entry_id, device_id, meter, ts, quantity, unit, service, entry_kind, "
