@@ -9,9 +9,11 @@ Where the month read would use ``rating_sums`` (a whole-hour bucket, every point
 ends in the period, keys valid in the account's zone: ``rating_sums.KEPT_SUMS_SQL``), point values are never
 negative, so the running sum in storage order never falls, and the prefix ends where it first exceeds the
 billed quantity: the points after it (the *tail*, usually a few late ones) are those whose running sum is
-above it. The server computes the running sum and ships only the tail; the billed usage is each kept
-bucket minus the tail's points in it, and the late usage is the tail's points up to where the running sum
-reaches billed plus adjustment, as items of their own, exactly as the point read makes them. The prefix
+above it. The server computes the running sum and ships only the tail and the billed points sharing a kept
+bucket with it; the billed usage is each other kept bucket's sum and those billed points, and the late usage
+is the tail's points up to where the running sum reaches billed plus adjustment, as items of their own,
+exactly as the point read makes them (a bucket's billed points stay points: whether one of them or a late
+point comes first in the bucket decides which crosses a graduated tier). The prefix
 must end exactly on the billed quantity and the late points on the adjusted one, as ``split_at_quantity``
 requires; anything else (and a negative adjustment) reads every point as before.
 """
@@ -40,23 +42,29 @@ from usagehub.storage.rating_usage import (
     rated_difference,
 )
 
-# The points after the billed prefix of each product, with their running sum in storage order and the key
-# of the kept bucket they are summed in (as KEPT_SUMS_SQL keys it: the local hour of the midpoint, local
-# hours beginning at %(origin)s plus whole hours, merged per %(stride)s when the offsets are whole hours).
-# The window reads the account-month's points in the covering index (session_points_account_time) on the
-# server; only the tail crosses to the client.
+# The points after the billed prefix of each product (the tail), with their running sum in storage order and
+# the key of the kept bucket they are summed in (as KEPT_SUMS_SQL keys it: the local hour of the midpoint,
+# local hours beginning at %(origin)s plus whole hours, merged per %(stride)s when the offsets are whole
+# hours), and the billed points that share a bucket with a tail point. Those are read one by one: a bucket's
+# sum is rated at the bucket's start, but a late point is rated at its midpoint, and which of the two comes
+# first in the bucket decides which of them crosses a graduated tier. The window reads the account-month's
+# points in the covering index (session_points_account_time) on the server; only the touched buckets' points
+# cross to the client.
 TAIL_SQL = """
-SELECT t.product, t.point_id, t.device_id, t.start_ts, t.end_ts, t.value, t.label, t.aggregation, t.run,
-       CASE WHEN %(merge)s THEN date_bin(%(stride)s, t.mh, timestamptz '1970-01-01 00:00:00+00') ELSE t.mh END
-FROM (SELECT p.*, date_bin('1 hour', date_add(p.start_ts, (p.end_ts - p.start_ts) / 2, 'UTC'), %(origin)s) AS mh
-      FROM (SELECT product, point_id, device_id, start_ts, end_ts, value, label, aggregation,
-                   sum(value) OVER (PARTITION BY product COLLATE "C" ORDER BY point_id) AS run
-            FROM session_points
-            WHERE account_id = %(account)s AND kind = 'usage' AND start_ts >= %(start)s AND start_ts < %(end)s
-              AND product = ANY(%(products)s)) p
-      JOIN unnest(%(products)s::text[], %(billed)s::numeric[]) AS b(product, billed) USING (product)
-      WHERE p.run > b.billed) t
-ORDER BY t.product COLLATE "C", t.point_id"""
+SELECT product, point_id, device_id, start_ts, end_ts, value, label, aggregation, run, at, late
+FROM (SELECT t.*, bool_or(t.late) OVER (PARTITION BY t.product COLLATE "C", t.at) AS touched
+      FROM (SELECT p.*, p.run > b.billed AS late,
+                   CASE WHEN %(merge)s THEN date_bin(%(stride)s, p.mh, timestamptz '1970-01-01 00:00:00+00')
+                        ELSE p.mh END AS at
+            FROM (SELECT product, point_id, device_id, start_ts, end_ts, value, label, aggregation,
+                         date_bin('1 hour', date_add(start_ts, (end_ts - start_ts) / 2, 'UTC'), %(origin)s) AS mh,
+                         sum(value) OVER (PARTITION BY product COLLATE "C" ORDER BY point_id) AS run
+                  FROM session_points
+                  WHERE account_id = %(account)s AND kind = 'usage' AND start_ts >= %(start)s
+                    AND start_ts < %(end)s AND product = ANY(%(products)s)) p
+            JOIN unnest(%(products)s::text[], %(billed)s::numeric[]) AS b(product, billed) USING (product)) t) u
+WHERE touched
+ORDER BY product COLLATE "C", point_id"""
 
 
 async def adjustment_lines(conn: Connection, account: Account, period: Period, adjustments: Sequence[BillingRecord],
@@ -97,16 +105,21 @@ async def kept_adjustment_items(conn: Connection, account: Account, original: Pe
         split = _split(buckets[target.product], tails[target.product], billed, billed + adjustment.quantity)
         if split is None:
             return None
-        old, late = split
+        old, touched, late = split
         billed_items += [UsageItem(account_id=target.account_id, product=target.product, ts=at.astimezone(UTC),
                                    quantity=q, unit=target.unit, record_id=target.record_id) for at, q in old]
+        billed_items += items_of(touched, sum((p.value for p in touched), Decimal(0)), target, original)
         late_items += items_of(late, adjustment.quantity, adjustment, original)
     return billed_items, late_items
 
 
-def _split(kept: dict[datetime, Decimal], tail: list[Any], billed: Decimal,
-           total: Decimal) -> tuple[list[tuple[datetime, Decimal]], list[StoredPoint]] | None:
-    """(billed sums per kept bucket, late points), or None when the prefixes do not end on the quantities."""
+def _split(kept: dict[datetime, Decimal], rows: list[Any], billed: Decimal, total: Decimal
+           ) -> tuple[list[tuple[datetime, Decimal]], list[StoredPoint], list[StoredPoint]] | None:
+    """(billed sums of the buckets without late points, the billed points of the others, late points).
+
+    None when the prefixes do not end on the quantities, or a touched bucket's points do not add up to its sum.
+    """
+    tail = [r for r in rows if r[10]]
     before_tail = tail[0][8] - tail[0][5] if tail else sum(kept.values(), Decimal(0))
     if before_tail != billed:  # no prefix sums to the billed quantity
         return None
@@ -114,10 +127,17 @@ def _split(kept: dict[datetime, Decimal], tail: list[Any], billed: Decimal,
     if total != billed and (not late or late[-1][8] != total):  # no prefix sums to billed plus adjustment
         return None
     remaining = dict(kept)
-    for row in tail:
+    for row in rows:
         if row[9] not in remaining:
             return None
         remaining[row[9]] -= row[5]
-    return ([(at, q) for at, q in sorted(remaining.items()) if q != 0],
-            [StoredPoint(r[1], r[0], r[2], r[3].astimezone(UTC), r[4].astimezone(UTC), r[5], r[6], r[7])
-             for r in late])
+    touched = {row[9] for row in rows}
+    if any(remaining[at] != 0 for at in touched):
+        return None
+    return ([(at, q) for at, q in sorted(remaining.items()) if at not in touched and q != 0],
+            [_stored(r) for r in rows if not r[10]], [_stored(r) for r in late])
+
+
+def _stored(row: Any) -> StoredPoint:
+    return StoredPoint(row[1], row[0], row[2], row[3].astimezone(UTC), row[4].astimezone(UTC), row[5], row[6],
+                       row[7])
