@@ -16,6 +16,7 @@ publishing. Billed totals (billing records per account and product) are checked 
     .venv/bin/python bench/fleet.py [WEEKS] [ACCOUNTS]        # defaults: 5 weeks, 40 accounts
     BENCH_PYSPY=/tmp/hub.txt ...                               # also sample the hub with py-spy
     BENCH_SESSION_WORKERS=0 ...                                # sessions inline in each batch (default 1)
+    BENCH_INGEST_PROCESSES=2 ...                               # serve --ingest-processes (default: the hub's)
     BENCH_PGSS=20 ...                                          # print PostgreSQL's 20 costliest statements
     BENCH_KEEP=1 ...                                           # keep the run's folder (database, logs; ~0.5 GB)
 Cameras (recorded MB) and 16-bit registers are not in the fleet: no shipped MQTT profile has them.
@@ -230,6 +231,8 @@ def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path,
     env = {**os.environ, "USAGEHUB_MQTT_CLIENT_ID": client_id}
     proc = subprocess.Popen([sys.executable, "-m", "usagehub", "serve", *settings, "--http-port", "0",
                              "--session-workers", os.environ.get("BENCH_SESSION_WORKERS", "1"),
+                             *(["--ingest-processes", os.environ["BENCH_INGEST_PROCESSES"]]
+                               if "BENCH_INGEST_PROCESSES" in os.environ else []),
                              "--config", "/dev/null"], cwd=ROOT, env=env)
     try:
         wait_rows(url, "SELECT count(*) FROM quarantine", HUB_PROBE, port)  # subscribed
@@ -258,7 +261,7 @@ def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path,
         own_cpu = tree_cpu_s(proc.pid, children=False) - own0
         print(f"  hub: all stored after {stored_at - t0:.1f} s, all billed after {billed_at - t0:.1f} s")
         last = count(url, "SELECT count(*) FROM events")
-        print(f"  hub CPU {1e6 * own_cpu / last:.0f} us/event (with its session workers "
+        print(f"  hub CPU {1e6 * own_cpu / last:.0f} us/event (with its child processes "
               f"{1e6 * hub_cpu / last:.0f}), "
               f"PostgreSQL CPU {1e6 * pg_cpu / last:.0f} us/event")
         with psycopg.connect(url) as conn:

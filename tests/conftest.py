@@ -26,6 +26,7 @@ from usagehub.storage.pool import open_pool
 # a session worker child, overload a 2-core CI machine. The session workers have their own tests
 # (tests/storage/test_session_queue.py, tests/integration/test_session_workers.py pass --session-workers 1).
 os.environ.setdefault("USAGEHUB_SESSION_WORKERS", "0")
+os.environ.setdefault("USAGEHUB_INGEST_PROCESSES", "0")  # likewise: tests/integration/test_ingest_processes.py
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

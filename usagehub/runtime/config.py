@@ -45,6 +45,10 @@ class HubConfig(BaseModel):
     # Sessions off the ingest path (pipeline/session_worker.py): N child processes replay the session queue.
     session_workers: int = Field(1, ge=0, le=64, description="session worker processes; 0: sessions and billing "
                                                              "records are recomputed inside each ingest batch")
+    # Receive in the hub process, decode and commit MQTT messages in N children (runtime/ingest_processes.py).
+    ingest_processes: int | None = Field(None, ge=0, le=16, description="child processes decoding and committing "
+                                         "MQTT messages (commit_lanes are shared among them); 0: the hub process "
+                                         "does it; unset: 2 on a machine of 2 cores or more, else 0")
     # Scale-out (docs/scale-out.md): a JetStream stream between adapters and pipeline workers.
     bus: str | None = Field(None, description="NATS URL(s), comma-separated; empty: no bus (or embedded with workers)")
     workers: int = Field(0, ge=0, le=256, description="pipeline worker processes; 0: the pipeline runs in-process")

@@ -10,7 +10,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import uvicorn
 from psycopg_pool import AsyncConnectionPool
@@ -41,6 +41,9 @@ from usagehub.storage.registry import DeviceDirectorySql, Registry
 from usagehub.storage.retention_pack import pack_daily
 from usagehub.web.app import create_app
 
+if TYPE_CHECKING:
+    from usagehub.runtime.ingest_processes import ProcessSink
+
 log = logging.getLogger(__name__)
 # Adapters that only bind a port: a failure at start names the port; one that dies later is rebound.
 BIND_ONLY = frozenset({"coap", "http", "binary", "snmp"})
@@ -68,6 +71,7 @@ class Hub:
     prepaid: PrepaidRuntime | None = None
     broker: EmbeddedBroker | None = None  # the embedded broker, when no mqtt_url is set
     links: dict[str, Link] = field(default_factory=dict)  # connections beside the adapters (the bus), in /readyz
+    ingest: ProcessSink | None = None  # with --ingest-processes: where the MQTT adapter offers its messages
 
     def stop(self) -> None:
         """Begin a clean shutdown."""
@@ -194,11 +198,19 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
         from usagehub.runtime import scaleout
         from usagehub.runtime.session_workers import session_workers
 
+        ingest, adapter_configs = None, _adapter_configs(config, broker_url)
         if not scaleout.uses_bus(config):
             children = await stack.enter_async_context(session_workers(config, pool))
             billing.engine.defer = children is not None  # batches queue their sessions; the children replay them
+            from usagehub.runtime.ingest_processes import ingest_processes, process_count
+
+            if process_count(config) and "mqtt" in adapter_configs:  # children decode and commit MQTT
+                from usagehub.runtime.worker import lock_devices_first
+
+                pipeline.hooks.insert(0, lock_devices_first)  # its own pipeline (HTTP, CoAP...) writes beside them
+                ingest = await stack.enter_async_context(ingest_processes(config, pipeline, str(pool.conninfo)))
         hub = Hub(config=config, pool=pool, pipeline=pipeline, keys=ApiKeys(pool),
-                  registry=registry_for(pool, billing), billing=billing, broker=broker)
+                  registry=registry_for(pool, billing), billing=billing, broker=broker, ingest=ingest)
         hub.prepaid = PrepaidRuntime.create(pool, profiles, mqtt_url=broker_url, client_id=config.mqtt_client_id,
                                             shared=bool(config.mqtt_url))  # amqtt (embedded) has no $share
         settings = AdapterSettings(profiles=profiles, devices=DeviceDirectorySql(pool), data_dir=config.data_dir,
@@ -207,7 +219,7 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
             hub.links["bus"] = Link("bus")
             hub.sink = await stack.enter_async_context(scaleout.ingest_bus(config, profiles, pool,
                                                                            link=hub.links["bus"]))
-        for name, raw in _adapter_configs(config, broker_url).items():
+        for name, raw in adapter_configs.items():
             factory = adapters.load(name)
             hub.adapters[name] = await stack.enter_async_context(
                 factory.create(factory.config_model.model_validate(raw), replace(settings, keyring=keyring)))
@@ -252,6 +264,8 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
                     max_depth=c.graphql_max_depth, max_aliases=c.graphql_max_aliases,
                     max_fields=c.graphql_max_fields, max_cost=c.graphql_max_cost)
     side_links = {"mqtt-prepaid": hub.prepaid.mqtt.link} if hub.prepaid and hub.prepaid.mqtt else {}
+    if hub.ingest is not None:
+        side_links["ingest-processes"] = hub.ingest.link
     rebound = {n: Link(n) for n in hub.adapters if n in BIND_ONLY}  # rebound with backoff if they die
     readiness = Readiness(hub.adapters, hub.pipeline, {**hub.links, **side_links, **rebound})
     app = create_app(services, hub.keys, ready=readiness.ready, live=readiness.live, limits=limits,
@@ -276,8 +290,11 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     hub.background.append(asyncio.create_task(pack_daily(hub.pool), name="events-pack"))
     hub.background.append(asyncio.create_task(daily_analytics(hub, services.analytics), name="analytics-daily"))
     hub.background += hub.prepaid.start() if hub.prepaid is not None else []
-    adapter_tasks = [asyncio.create_task(keep_serving(a, sink, rebound[n], detail=n) if n in rebound else a.run(sink),
-                                         name=f"adapter:{n}") for n, a in hub.adapters.items()]
+    # An OfferSink (the MQTT adapter offers, and takes no receipt); the other adapters use the hub's pipeline.
+    sinks = {"mqtt": cast(Sink, hub.ingest)} if hub.ingest is not None else {}
+    adapter_tasks = [asyncio.create_task(keep_serving(a, sink, rebound[n], detail=n) if n in rebound
+                                         else a.run(sinks.get(n, sink)), name=f"adapter:{n}")
+                     for n, a in hub.adapters.items()]
     web_task = asyncio.create_task(server.serve(sockets=[http]), name="web")
     while not server.started and not web_task.done():  # noqa: ASYNC110 — uvicorn offers only a flag
         await asyncio.sleep(0.02)
@@ -313,6 +330,8 @@ async def _shutdown(hub: Hub, server: uvicorn.Server, pipeline_task: asyncio.Tas
     for task in (*hub.background, *adapter_tasks):
         task.cancel()
     await asyncio.gather(*hub.background, *adapter_tasks, return_exceptions=True)
+    if hub.ingest is not None:  # what the children hold is committed (and reported) before they stop
+        await hub.ingest.drain(timeout_s=STOP_DRAIN_S)
     pipeline_task.cancel()  # the batch being committed is shielded and completes
     await asyncio.gather(pipeline_task, return_exceptions=True)
     await hub.pipeline.drain(timeout_s=STOP_DRAIN_S)  # a database that is gone must not keep the hub alive

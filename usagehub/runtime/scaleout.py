@@ -127,6 +127,8 @@ class WorkerPool:
         argv = [sys.executable, "-m", "usagehub", self.command]
         if self.command == "worker":
             argv += ["--index", str(index), "--workers", str(self.count)]
+        elif self.command == "ingest-worker":
+            argv += ["--index", str(index)]
         with (self.log_dir / f"{self.command}-{index}.log").open("ab") as out:
             self.procs[index] = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                                  preexec_fn=killed_with_parent)

@@ -25,11 +25,14 @@ def serve(config: HubConfig, bus: BusOption = None,
           workers: Annotated[int | None, typer.Option(help="pipeline worker processes over the bus; "
                                                            "without --bus an embedded nats-server")] = None,
           session_workers: Annotated[int | None, typer.Option(
-              help="session worker processes replaying sessions off the ingest path; 0: inline")] = None) -> None:
+              help="session worker processes replaying sessions off the ingest path; 0: inline")] = None,
+          ingest_processes: Annotated[int | None, typer.Option(
+              help="child processes decoding and committing MQTT messages; 0: in the hub process")] = None) -> None:
     """Run the hub: adapters, pipeline, GraphQL on embedded defaults unless told otherwise."""
     from usagehub.runtime.hub import run_hub
 
-    asyncio.run(run_hub(with_flags(config, bus=bus, workers=workers, session_workers=session_workers)))
+    asyncio.run(run_hub(with_flags(config, bus=bus, workers=workers, session_workers=session_workers,
+                                   ingest_processes=ingest_processes)))
 
 
 @hub_app.command(name="session-worker", hidden=True)
@@ -39,6 +42,16 @@ def session_worker(config: HubConfig) -> None:
     from usagehub.runtime.session_workers import run_session_worker
 
     asyncio.run(run_session_worker(config))
+
+
+@hub_app.command(name="ingest-worker", hidden=True)
+@with_settings
+def ingest_worker(config: HubConfig,
+                  index: Annotated[int, typer.Option(help="this ingest process's number, 0-based")] = 0) -> None:
+    """Decode and commit the MQTT messages ``serve`` hands over (started by ``serve --ingest-processes``)."""
+    from usagehub.runtime.ingest_child import run_ingest_child
+
+    asyncio.run(run_ingest_child(config, index=index))
 
 
 @hub_app.command()

@@ -1,0 +1,217 @@
+"""``serve --ingest-processes N``: the hub process receives MQTT and acknowledges; N children decode and commit.
+
+One Python process receiving, decoding and committing every message leaves both cores partly idle: while
+it builds a batch, PostgreSQL waits for it, and while PostgreSQL works, its other batches wait for their
+turn on the one event loop (``bench/fleet.py``: the hub process at 65-85 % of a core, PostgreSQL at 45-60 %).
+With ingest processes the hub process keeps the MQTT connection (so its session, its subscriptions and
+the order of its acknowledgements stay one) and hands each message to the child its sender's lane key
+picks (``Identity.lane_key``, as commit lanes pick within a pipeline: one device's messages always go
+to one child, in order). Each child runs the pipeline (``runtime.ingest_child``) and answers with the
+tokens of what it committed; only then does the hub acknowledge to the broker, as before.
+
+Nothing is lost when a child dies: the hub keeps every message until its child reports the commit, and
+sends what is unreported again to the child restarted in its place (a batch the dead child committed comes
+back as duplicates, which the events' identity turns away). The children take the device locks first, as
+bus workers do, so a device that moves between children (meter types changed its lane key) or that also
+reaches the hub's own pipeline (HTTP) is written by one of them at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from usagehub.adapters.link import Link
+from usagehub.core.events import RawMessage
+from usagehub.pipeline.pipeline import Pipeline, lane_index
+from usagehub.runtime.config import HubConfig
+from usagehub.runtime.ingest_frames import FrameError, decode_tokens, encode_messages, parse_hello, read_frame
+from usagehub.runtime.scaleout import WorkerPool
+from usagehub.runtime.session_workers import child_environment
+
+log = logging.getLogger(__name__)
+
+Stored = Callable[[], None] | None
+_ROUTES_MAX = 100_000  # topics remembered per profile version: a flood of invented topics must not grow memory
+# What a child's environment carries of the hub's pipeline settings (a TOML file is read by the hub alone).
+_PIPELINE = ("batch_max_messages", "batch_max_wait_ms", "session_workers")
+
+
+class _Child:
+    """One ingest process as the hub sees it: its connection and the messages it has not committed yet."""
+
+    __slots__ = ("index", "pending", "unsent", "writer")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.writer: asyncio.StreamWriter | None = None
+        self.pending: dict[int, tuple[RawMessage, Stored]] = {}  # by token, in the order received
+        self.unsent: list[int] = []
+
+
+class ProcessSink:
+    """Where the MQTT adapter offers messages when ingest runs in child processes (an ``OfferSink``)."""
+
+    def __init__(self, pipeline: Pipeline, count: int, secret: bytes, *, window: int = 20_000) -> None:
+        """``window``: messages a child may hold uncommitted; beyond, ``offer`` waits (the broker keeps the rest)."""
+        self.pipeline, self.secret, self.window = pipeline, secret, window
+        self.children = [_Child(i) for i in range(count)]
+        self.link = Link("ingest-processes")
+        self._token = 0
+        self._room = asyncio.Event()
+        self._flushing = False
+        self._routes: dict[str, _Child] = {}
+        self._routes_version = -1
+
+    def _child_of(self, message: RawMessage) -> _Child:
+        if self._routes_version != self.pipeline.profiles.version or len(self._routes) >= _ROUTES_MAX:
+            self._routes.clear()
+            self._routes_version = self.pipeline.profiles.version
+        child = self._routes.get(message.topic)
+        if child is None or message.meta:
+            key = self.pipeline.identity.lane_key(message)
+            child = self.children[lane_index(key, len(self.children))]
+            if not message.meta:
+                self._routes[message.topic] = child
+        return child
+
+    def offer_nowait(self, message: RawMessage, stored: Stored) -> bool:
+        """Hand ``message`` to its child (True), or False when that child holds ``window`` messages already."""
+        child = self._child_of(message)
+        if len(child.pending) >= self.window:
+            return False
+        self._token += 1
+        child.pending[self._token] = (message, stored)
+        if child.writer is not None:
+            child.unsent.append(self._token)
+            self._flush_soon()
+        return True
+
+    async def offer(self, message: RawMessage, stored: Stored) -> None:
+        """``offer_nowait``, waiting for room."""
+        while not self.offer_nowait(message, stored):
+            self._room.clear()
+            await self._room.wait()
+
+    def held(self) -> int:
+        """Messages handed to children and not yet committed."""
+        return sum(len(c.pending) for c in self.children)
+
+    async def drain(self, timeout_s: float) -> int:
+        """Wait until the children committed what they hold (at most ``timeout_s``); what is still held."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.held() and asyncio.get_running_loop().time() < deadline:
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await self._room.wait()
+        return self.held()
+
+    def _flush_soon(self) -> None:
+        if not self._flushing:  # one frame per child per event-loop pass
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flushing = False
+        for child in self.children:
+            if child.writer is not None and child.unsent:
+                pending = child.pending
+                child.writer.write(encode_messages((t, pending[t][0]) for t in child.unsent if t in pending))
+                child.unsent = []
+
+    def _committed(self, child: _Child, tokens: tuple[int, ...]) -> None:
+        pending = child.pending
+        for token in tokens:
+            entry = pending.pop(token, None)
+            if entry is not None and entry[1] is not None:
+                entry[1]()
+        self._room.set()
+
+    async def connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A child's connection (``asyncio.start_unix_server``): its hello, then its committed tokens."""
+        child: _Child | None = None
+        try:
+            async with asyncio.timeout(10):
+                body = await read_frame(reader)
+            index = parse_hello(body or b"", self.secret)
+            if not 0 <= index < len(self.children):
+                raise FrameError(f"no ingest process {index}")
+            child = self.children[index]
+            if child.writer is not None:  # a child that lost its place: its replacement takes everything over
+                child.writer.close()
+            child.writer, child.unsent = writer, list(child.pending)  # what was not reported comes again
+            self._flush_soon()
+            self._link_state()
+            while (body := await read_frame(reader)) is not None:
+                self._committed(child, decode_tokens(body))
+        except (FrameError, OSError, TimeoutError) as err:
+            log.warning("ingest process %s: connection closed (%s)", child.index if child else "?", err)
+        finally:
+            if child is not None and child.writer is writer:
+                child.writer = None
+                self._link_state()
+            writer.close()
+
+    def _link_state(self) -> None:
+        up = sum(c.writer is not None for c in self.children)
+        if up == len(self.children):
+            self.link.connected(f"{up} ingest processes")
+        elif self.link.is_up:
+            self.link.lost(ConnectionError(f"{len(self.children) - up} of {len(self.children)} ingest processes "
+                                           "not connected"))
+
+
+def process_count(config: HubConfig) -> int:
+    """How many ingest processes ``config`` asks for (unset: 2 where there are 2 cores or more)."""
+    if config.ingest_processes is not None:
+        return config.ingest_processes
+    return 2 if (os.cpu_count() or 1) >= 2 else 0
+
+
+def child_settings(config: HubConfig, database_url: str, socket_path: Path, secret: bytes) -> dict[str, str]:
+    """The environment of an ingest process: the session workers' plus the pipeline settings and the socket.
+
+    The hub's ``commit_lanes`` are shared among its processes: more lanes per process cut each lane's
+    batches smaller (more transactions, more CPU per event) and make lanes wait on each other's account
+    locks (``bench/fleet.py``: 2 processes of 2 lanes stored 19.0-22.1K events/s, of 4 lanes 16.5-20.9K).
+    """
+    env = child_environment(config, database_url)
+    for name in _PIPELINE:
+        env[f"USAGEHUB_{name.upper()}"] = str(getattr(config, name))
+    env["USAGEHUB_COMMIT_LANES"] = str(max(1, config.commit_lanes // process_count(config)))
+    env["USAGEHUB_INGEST_SOCKET"] = str(socket_path)
+    env["USAGEHUB_INGEST_SECRET"] = secret.hex()
+    return env
+
+
+@contextlib.asynccontextmanager
+async def ingest_processes(config: HubConfig, pipeline: Pipeline, database_url: str) -> AsyncIterator[ProcessSink]:
+    """``config.ingest_processes`` children behind a ``ProcessSink``; on exit they commit what they hold and stop."""
+    count, secret = process_count(config), secrets.token_bytes(32)
+    # A child holds about two full batches per commit lane of its own: enough to commit full batches under
+    # load, while the rest of a backlog waits in the broker (once received, its receive→billable clock runs).
+    window = max(1000, 2 * max(1, config.commit_lanes // count) * config.batch_max_messages)
+    sink = ProcessSink(pipeline, count, secret, window=window)
+    with tempfile.TemporaryDirectory(prefix="usagehub-ingest-") as folder:  # mode 0700: the hub's user alone
+        path = Path(folder) / "ingest.sock"
+        server = await asyncio.start_unix_server(sink.connected, path=str(path))
+        children = WorkerPool(config, "", count, config.data_dir / "ingest-processes",
+                              env=child_settings(config, database_url, path, secret), command="ingest-worker")
+        supervisor = asyncio.create_task(children.supervise(), name="ingest-processes")
+        try:
+            yield sink
+        finally:
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
+            await children.stop()
+            server.close()
+            for child in sink.children:
+                if child.writer is not None:
+                    child.writer.close()
