@@ -1,0 +1,198 @@
+"""``serve --ingest-processes 2`` against Mosquitto: two tenants bill exactly through the children, a killed
+child is replaced without losing or doubling anything, nothing is acknowledged before a child commits, and
+a caller on the hub's socket without its secret is turned away."""
+
+from __future__ import annotations
+
+import random
+import signal
+import socket
+import struct
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import psutil
+import psycopg
+import pytest
+
+from tests.conftest import SHARED, Mosquitto
+from tests.integration.hubproc import HubProcess, usagehub
+from tests.integration.test_crash import _publish
+from tests.peers import time_scale
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TENANTS = {"t1": ["d00", "d01", "d02"], "t2": ["d03", "d04"]}
+INGEST = ["--ingest-processes", "2", "--session-workers", "0"]
+
+
+def _seed(tmp: Path, tenant: str, devices: list[str]) -> Path:
+    lines = [f"tenant: {tenant}", "accounts:", f"  - {{id: acct-{tenant}}}", "devices:"]
+    lines += [f"  - {{id: {d}, profile: acme-em340}}" for d in devices]
+    lines += ["bindings:"]
+    lines += [f'  - {{device: {d}, account: acct-{tenant}, valid_from: "2026-01-01T00:00:00Z"}}' for d in devices]
+    path = tmp / f"seed-{tenant}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _messages(rng: random.Random, readings: int = 150) -> tuple[list[str], dict[str, Decimal]]:
+    """Readings of every device, shuffled, ~10 % published twice; the kWh each tenant's account adds."""
+    lines: list[str] = []
+    expected = dict.fromkeys(TENANTS, Decimal(0))
+    for tenant, devices in TENANTS.items():
+        for device in devices:
+            first = register = rng.randrange(1000, 10**6)
+            for k in range(1, readings + 1):
+                register += rng.randrange(0, 500) if k > 1 else 0
+                body = {"seq": k, "ts": f"2026-10-{1 + k // 96:02d}T{(k % 96) // 4:02d}:{15 * (k % 4):02d}:00Z",
+                        "energy_wh": register, "boot": 1}
+                lines.append(f"meters/{device}/reading\t{orjson.dumps(body).decode()}")
+            expected[tenant] += Decimal(register - first) / 1000
+    dups = rng.sample(lines, len(lines) // 10)
+    rng.shuffle(lines)
+    return lines + dups, expected
+
+
+def _children(hub: HubProcess) -> list[psutil.Process]:
+    """The hub's live ingest processes, by index."""
+    assert hub.proc is not None
+    live = []
+    for p in psutil.Process(hub.proc.pid).children():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and "ingest-worker" in " ".join(p.cmdline()):
+                live.append(p)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue
+    return sorted(live, key=lambda p: p.cmdline()[-1])
+
+
+def _wait_children(hub: HubProcess, count: int, not_pids: tuple[int, ...] = ()) -> list[psutil.Process]:
+    deadline = time.monotonic() + 30 * time_scale()
+    while True:
+        live = [c for c in _children(hub) if c.pid not in not_pids]
+        if len(live) == count:
+            return live
+        assert time.monotonic() < deadline, hub.log.read_text()[-3000:]
+        time.sleep(0.1)
+
+
+def _one(url: str, sql: str) -> object:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    return row[0]
+
+
+def _billed(url: str) -> dict[str, Decimal]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT a.tenant, sum(b.quantity) FROM billing_records b JOIN accounts a "
+                            "USING (account_id) GROUP BY 1").fetchall()
+    return {str(r[0]): Decimal(r[1]) for r in rows}
+
+
+def _wait_stored(url: str, distinct: int, hub: HubProcess) -> None:
+    deadline = time.monotonic() + 120 * time_scale()
+    while _one(url, "SELECT count(*) FROM events") != distinct and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert _one(url, "SELECT count(*) FROM events") == distinct, hub.log.read_text()[-3000:]
+
+
+def test_two_tenants_bill_exactly_through_the_children_and_a_killed_one_is_replaced(
+        database_url: str, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    if not (SHARED / "baselines" / "pub.py").exists():
+        pytest.skip("../shared/baselines/pub.py is not present")
+    lines, expected = _messages(random.Random(29))
+    hub = HubProcess(database_url, mosquitto.url, tmp_path / "data", extra=INGEST)
+    for tenant, devices in TENANTS.items():
+        assert usagehub("seed", str(_seed(tmp_path, tenant, devices)), *hub.settings).returncode == 0
+    hub.start()  # ready once both children are connected
+    try:
+        first, _ = _wait_children(hub, 2)
+        publisher = _publish(mosquitto, lines, tmp_path / "fleet.txt")
+        time.sleep(0.5)
+        first.send_signal(signal.SIGKILL)  # what it held is sent again to its replacement
+        assert publisher.wait(120) == 0
+        _wait_stored(database_url, len(set(lines)), hub)
+        assert _billed(database_url) == expected  # each tenant's own readings, none twice
+        nodes = _one(database_url, "SELECT array_agg(node ORDER BY node) FROM ingest_totals WHERE messages > 0")
+        assert {str(n).split("/")[0] for n in nodes} >= {"ingest-0", "ingest-1"}  # type: ignore[attr-defined]
+        replaced = _wait_children(hub, 2, not_pids=(first.pid,))
+        assert first.pid not in {c.pid for c in replaced}
+        assert "ingest-worker 0 exited" in hub.log.read_text()
+    finally:
+        assert hub.terminate() == 0
+
+
+def test_nothing_is_acknowledged_before_a_child_commits(database_url: str, mosquitto: Mosquitto,
+                                                         tmp_path: Path) -> None:
+    """Children frozen: the hub holds the messages unacknowledged; killed, the next hub receives them again."""
+    if not (SHARED / "baselines" / "pub.py").exists():
+        pytest.skip("../shared/baselines/pub.py is not present")
+    lines, expected = _messages(random.Random(31), readings=40)
+    hub = HubProcess(database_url, mosquitto.url, tmp_path / "data", extra=INGEST)
+    for tenant, devices in TENANTS.items():
+        assert usagehub("seed", str(_seed(tmp_path, tenant, devices)), *hub.settings).returncode == 0
+    hub.start()
+    children = _wait_children(hub, 2)
+    for child in children:
+        child.send_signal(signal.SIGSTOP)
+    assert _publish(mosquitto, lines, tmp_path / "fleet.txt").wait(60) == 0
+    time.sleep(1.0)  # the hub has received them all and handed them over: none committed
+    assert _one(database_url, "SELECT count(*) FROM events") == 0
+    hub.kill()  # the children die with it (SIGKILL reaches stopped processes)
+    for child in children:
+        child.wait(10)
+    again = HubProcess(database_url, mosquitto.url, tmp_path / "data", extra=INGEST)
+    again.start()  # the same persistent session: the broker delivers what was never acknowledged
+    try:
+        _wait_stored(database_url, len(set(lines)), again)
+        assert _billed(database_url) == expected
+    finally:
+        assert again.terminate() == 0
+
+
+def _socket_of(child: psutil.Process) -> str:
+    return child.environ()["USAGEHUB_INGEST_SOCKET"]
+
+
+def _turned_away(path: str, first: bytes) -> bool:
+    """Whether the hub closes a connection that opens with ``first``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(15 * time_scale())
+        s.connect(path)
+        s.sendall(first)
+        try:
+            return s.recv(65536) == b""
+        except ConnectionResetError:
+            return True
+
+
+def test_a_caller_without_the_secret_is_turned_away_and_ingest_goes_on(
+        database_url: str, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    if not (SHARED / "baselines" / "pub.py").exists():
+        pytest.skip("../shared/baselines/pub.py is not present")
+    lines, expected = _messages(random.Random(37), readings=30)
+    hub = HubProcess(database_url, mosquitto.url, tmp_path / "data", extra=INGEST)
+    for tenant, devices in TENANTS.items():
+        assert usagehub("seed", str(_seed(tmp_path, tenant, devices)), *hub.settings).returncode == 0
+    hub.start()
+    try:
+        children = _wait_children(hub, 2)
+        path = _socket_of(children[0])
+        assert oct(Path(path).parent.stat().st_mode & 0o777) == "0o700"  # the hub's user alone may enter
+        guessed = struct.pack("!IQ", 40, 0) + bytes(32)  # index 0 with a guessed (zero) secret
+        assert _turned_away(path, guessed)
+        assert _turned_away(path, struct.pack("!I", 0xFFFFFFF0))  # a frame larger than any the hub accepts
+        assert _turned_away(path, b"\x00\x00\x00\x05hello")  # not a hello at all
+        # Were it taken for child 0, the hub would have sent it child 0's messages: the real children still
+        # hold their places and ingest goes on.
+        assert _publish(mosquitto, lines, tmp_path / "fleet.txt").wait(60) == 0
+        _wait_stored(database_url, len(set(lines)), hub)
+        assert _billed(database_url) == expected
+        assert [c.pid for c in _wait_children(hub, 2)] == [c.pid for c in children]
+        assert "ingest process ?: connection closed" in hub.log.read_text()
+    finally:
+        assert hub.terminate() == 0

@@ -1,0 +1,83 @@
+"""The frames between ``serve`` and its ingest processes: exact round trips; bad bytes end with FrameError."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from usagehub.core.events import RawMessage
+from usagehub.runtime.ingest_frames import (
+    FrameError,
+    decode_messages,
+    decode_tokens,
+    encode_messages,
+    encode_tokens,
+    hello,
+    parse_hello,
+    read_frame,
+)
+
+SECRET = bytes(range(32))
+instants = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC))
+messages = st.lists(st.tuples(st.integers(0, 2**64 - 1), st.text(max_size=80), st.binary(max_size=300), instants),
+                    max_size=30)
+
+
+def _body(frame: bytes) -> bytes:
+    assert int.from_bytes(frame[:4], "big") == len(frame) - 4
+    return frame[4:]
+
+
+@given(messages)
+def test_messages_come_back_exactly(items: list[tuple[int, str, bytes, datetime]]) -> None:
+    sent = [(token, RawMessage(transport="mqtt", topic=topic, payload=payload, received_at=at))
+            for token, topic, payload, at in items]
+    assert decode_messages(_body(encode_messages(sent))) == sent
+
+
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=200))
+def test_tokens_come_back_exactly(tokens: list[int]) -> None:
+    assert list(decode_tokens(_body(encode_tokens(tokens)))) == tokens
+
+
+@given(st.binary(max_size=400))
+def test_any_bytes_decode_or_raise_frame_error(body: bytes) -> None:
+    for decode in (decode_messages, decode_tokens):
+        try:
+            decode(body)
+        except FrameError:
+            pass
+
+
+def test_a_message_cut_short_is_refused() -> None:
+    at = datetime(2026, 11, 29, tzinfo=UTC) + timedelta(microseconds=7)
+    body = _body(encode_messages([(1, RawMessage(transport="mqtt", topic="meters/m1/reading", payload=b"{}",
+                                                 received_at=at))]))
+    with pytest.raises(FrameError, match="runs past"):
+        decode_messages(body[:-1])
+
+
+def test_a_hello_needs_the_secret() -> None:
+    assert parse_hello(_body(hello(3, SECRET)), SECRET) == 3
+    for body in (_body(hello(3, bytes(32))), _body(hello(3, SECRET))[:-1], b""):
+        with pytest.raises(FrameError, match="secret"):
+            parse_hello(body, SECRET)
+
+
+async def test_frames_are_read_whole_and_a_cut_or_oversized_one_is_refused() -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(encode_tokens([1, 2]) + encode_tokens([3]))
+    reader.feed_eof()
+    assert [await read_frame(reader), await read_frame(reader), await read_frame(reader)] == [
+        _body(encode_tokens([1, 2])), _body(encode_tokens([3])), None]
+    for data, error in ((encode_tokens([1])[:-3], "inside a frame"), (b"\x00\x00", "frame header"),
+                        (b"\xff\xff\xff\xff", "at most")):
+        reader = asyncio.StreamReader()
+        reader.feed_data(data)
+        reader.feed_eof()
+        with pytest.raises(FrameError, match=error):
+            await read_frame(reader)
