@@ -12,6 +12,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import orjson
 import psutil
 import psycopg
@@ -93,6 +94,13 @@ def _billed(url: str) -> dict[str, Decimal]:
     return {str(r[0]): Decimal(r[1]) for r in rows}
 
 
+def _metric(hub: HubProcess, name: str) -> float:
+    for line in httpx.get(f"http://127.0.0.1:{hub.port}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return -1.0
+
+
 def _wait_stored(url: str, distinct: int, hub: HubProcess) -> None:
     deadline = time.monotonic() + 120 * time_scale()
     while _one(url, "SELECT count(*) FROM events") != distinct and time.monotonic() < deadline:
@@ -119,6 +127,12 @@ def test_two_tenants_bill_exactly_through_the_children_and_a_killed_one_is_repla
         assert _billed(database_url) == expected  # each tenant's own readings, none twice
         nodes = _one(database_url, "SELECT array_agg(node ORDER BY node) FROM ingest_totals WHERE messages > 0")
         assert {str(n).split("/")[0] for n in nodes} >= {"ingest-0", "ingest-1"}  # type: ignore[attr-defined]
+        # /metrics: the durable totals cover the children's batches; the hub counts what it received.
+        deadline = time.monotonic() + 15 * time_scale()
+        while _metric(hub, 'usagehub_ingest_stored{kind="accepted"}') != len(set(lines)):
+            assert time.monotonic() < deadline, _metric(hub, 'usagehub_ingest_stored{kind="accepted"}')
+            time.sleep(0.5)
+        assert _metric(hub, 'usagehub_messages_in_total{transport="mqtt"}') >= len(lines)
         replaced = _wait_children(hub, 2, not_pids=(first.pid,))
         assert first.pid not in {c.pid for c in replaced}
         assert "ingest-worker 0 exited" in hub.log.read_text()

@@ -14,6 +14,7 @@ from usagehub.runtime.config import HubConfig
 from usagehub.runtime.demo_story import LOW_TOPUP, Story, set_up, watch_low_account
 from usagehub.runtime.hub import Hub, run_hub
 from usagehub.runtime.simulate import Fleet, Simulator
+from usagehub.storage.queries import Reads
 
 
 async def run_demo(config: HubConfig, *, meters: int, panels: int, rate: float, duration_s: float,
@@ -128,7 +129,8 @@ async def _summary(hub: Hub, sim: Simulator, duration_s: float) -> None:
     try:
         while not hub.stopping.is_set():
             await asyncio.sleep(1)
-            line = summary_line(sim.sent, hub.pipeline.totals)
+            # Stored totals of every process (ingest processes commit beside the hub's own pipeline).
+            line = summary_line(sim.sent, await Reads(hub.pool).ingest_totals())
             sys.stdout.write(f"\r{line}   " if tty else f"{line}\n")
             sys.stdout.flush()
             if sim_task.done():

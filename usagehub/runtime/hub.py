@@ -208,7 +208,7 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
                 from usagehub.runtime.worker import lock_devices_first
 
                 pipeline.hooks.insert(0, lock_devices_first)  # its own pipeline (HTTP, CoAP...) writes beside them
-                ingest = await stack.enter_async_context(ingest_processes(config, pipeline, str(pool.conninfo)))
+                ingest = await stack.enter_async_context(ingest_processes(config, pipeline, pool))
         hub = Hub(config=config, pool=pool, pipeline=pipeline, keys=ApiKeys(pool),
                   registry=registry_for(pool, billing), billing=billing, broker=broker, ingest=ingest)
         hub.prepaid = PrepaidRuntime.create(pool, profiles, mqtt_url=broker_url, client_id=config.mqtt_client_id,

@@ -27,6 +27,9 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from psycopg_pool import AsyncConnectionPool
+
+from usagehub import metrics
 from usagehub.adapters.link import Link
 from usagehub.core.events import RawMessage
 from usagehub.pipeline.pipeline import Pipeline, lane_index
@@ -34,6 +37,7 @@ from usagehub.runtime.config import HubConfig
 from usagehub.runtime.ingest_frames import FrameError, decode_tokens, encode_messages, parse_hello, read_frame
 from usagehub.runtime.scaleout import WorkerPool
 from usagehub.runtime.session_workers import child_environment
+from usagehub.storage.ingest_totals import read_totals
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,9 @@ class ProcessSink:
         self._flushing = False
         self._routes: dict[str, _Child] = {}
         self._routes_version = -1
+        self.closing = False
+        self._received = 0  # messages taken since the last flush, for /metrics
+        self._mqtt_in = metrics.MESSAGES_IN.labels("mqtt")
 
     def _child_of(self, message: RawMessage) -> _Child:
         if self._routes_version != self.pipeline.profiles.version or len(self._routes) >= _ROUTES_MAX:
@@ -87,6 +94,7 @@ class ProcessSink:
         if len(child.pending) >= self.window:
             return False
         self._token += 1
+        self._received += 1
         child.pending[self._token] = (message, stored)
         if child.writer is not None:
             child.unsent.append(self._token)
@@ -125,6 +133,9 @@ class ProcessSink:
                 pending = child.pending
                 child.writer.write(encode_messages((t, pending[t][0]) for t in child.unsent if t in pending))
                 child.unsent = []
+        received, self._received = self._received, 0
+        if received:
+            self._mqtt_in.inc(received)
 
     def _committed(self, child: _Child, tokens: tuple[int, ...]) -> None:
         pending = child.pending
@@ -160,12 +171,29 @@ class ProcessSink:
             writer.close()
 
     def _link_state(self) -> None:
+        if self.closing:  # the children stop with the hub: not an outage
+            return
         up = sum(c.writer is not None for c in self.children)
         if up == len(self.children):
             self.link.connected(f"{up} ingest processes")
         elif self.link.is_up:
             self.link.lost(ConnectionError(f"{len(self.children) - up} of {len(self.children)} ingest processes "
                                            "not connected"))
+
+
+async def publish_totals(pool: AsyncConnectionPool, every_s: float = 5.0) -> None:
+    """Keep ``usagehub_ingest_stored`` current: the children's batches are counted in the database only.
+
+    The per-batch counters and histograms of /metrics (events accepted, commit seconds...) are the hub
+    process's own pipeline's (HTTP, CoAP...); the durable totals cover every process.
+    """
+    while True:
+        try:
+            for kind, value in (await read_totals(pool)).items():
+                metrics.STORED_TOTAL.labels(kind).set(value)
+        except Exception:  # a metric; the next round tries again
+            log.debug("ingest totals not read", exc_info=True)
+        await asyncio.sleep(every_s)
 
 
 def process_count(config: HubConfig) -> int:
@@ -192,7 +220,8 @@ def child_settings(config: HubConfig, database_url: str, socket_path: Path, secr
 
 
 @contextlib.asynccontextmanager
-async def ingest_processes(config: HubConfig, pipeline: Pipeline, database_url: str) -> AsyncIterator[ProcessSink]:
+async def ingest_processes(config: HubConfig, pipeline: Pipeline,
+                           pool: AsyncConnectionPool) -> AsyncIterator[ProcessSink]:
     """``config.ingest_processes`` children behind a ``ProcessSink``; on exit they commit what they hold and stop."""
     count, secret = process_count(config), secrets.token_bytes(32)
     # A child holds about two full batches per commit lane of its own: enough to commit full batches under
@@ -203,13 +232,17 @@ async def ingest_processes(config: HubConfig, pipeline: Pipeline, database_url: 
         path = Path(folder) / "ingest.sock"
         server = await asyncio.start_unix_server(sink.connected, path=str(path))
         children = WorkerPool(config, "", count, config.data_dir / "ingest-processes",
-                              env=child_settings(config, database_url, path, secret), command="ingest-worker")
-        supervisor = asyncio.create_task(children.supervise(), name="ingest-processes")
+                              env=child_settings(config, str(pool.conninfo), path, secret), command="ingest-worker")
+        tasks = [asyncio.create_task(children.supervise(), name="ingest-processes"),
+                 asyncio.create_task(publish_totals(pool), name="ingest-totals")]
         try:
             yield sink
         finally:
-            supervisor.cancel()
-            await asyncio.gather(supervisor, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            sink.closing = True
+            sink.link.down()
             await children.stop()
             server.close()
             for child in sink.children:
