@@ -74,9 +74,9 @@ async def test_frames_are_read_whole_and_a_cut_or_oversized_one_is_refused() -> 
     assert [await read_frame(reader), await read_frame(reader), await read_frame(reader)] == [
         _body(encode_tokens([1, 2])), _body(encode_tokens([3])), None]
     for data, error in ((encode_tokens([1])[:-3], "inside a frame"), (b"\x00\x00", "frame header"),
-                        (b"\xff\xff\xff\xff", "at most")):
+                        (b"\x00\x00\x00\x41" + bytes(65), "at most 64")):
         reader = asyncio.StreamReader()
         reader.feed_data(data)
         reader.feed_eof()
         with pytest.raises(FrameError, match=error):
-            await read_frame(reader)
+            await read_frame(reader, max_size=64)

@@ -267,7 +267,7 @@ async def _serve(hub: Hub, install_signals: bool, on_ready: Callable[[Hub], Any]
     if hub.ingest is not None:
         side_links["ingest-processes"] = hub.ingest.link
     rebound = {n: Link(n) for n in hub.adapters if n in BIND_ONLY}  # rebound with backoff if they die
-    readiness = Readiness(hub.adapters, hub.pipeline, {**hub.links, **side_links, **rebound})
+    readiness = Readiness(hub.adapters, hub.ingest or hub.pipeline, {**hub.links, **side_links, **rebound})
     app = create_app(services, hub.keys, ready=readiness.ready, live=readiness.live, limits=limits,
                      extra_routes=list(routes))
     ingest = HttpConfig()  # slow clients: header and body deadlines on the API port too

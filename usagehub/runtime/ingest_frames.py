@@ -21,7 +21,8 @@ from usagehub.core.events import RawMessage
 _LEN = struct.Struct("!I")
 _HEAD = struct.Struct("!QqHI")  # token, received_at (µs since the epoch), topic length, payload length
 _TOKEN = struct.Struct("!Q")
-MAX_FRAME = 256 << 20  # larger than any batch the hub writes at once (its window is bounded)
+MAX_FRAME = (1 << 32) - 1  # what the length can say: the hub's frames are bounded by its window and MQTT's
+HELLO_MAX = 64  # a hello's bound, before the caller is known
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -34,8 +35,8 @@ def frame(body: bytes) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
-    """The next frame's body, or None at a clean end of the stream."""
+async def read_frame(reader: asyncio.StreamReader, max_size: int = MAX_FRAME) -> bytes | None:
+    """The next frame's body (FrameError beyond ``max_size`` bytes), or None at a clean end of the stream."""
     try:
         head = await reader.readexactly(4)
     except asyncio.IncompleteReadError as err:
@@ -43,8 +44,8 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
             raise FrameError("the stream ended inside a frame header") from err
         return None
     (size,) = _LEN.unpack(head)
-    if size > MAX_FRAME:
-        raise FrameError(f"a frame of {size} bytes (at most {MAX_FRAME})")
+    if size > max_size:
+        raise FrameError(f"a frame of {size} bytes (at most {max_size})")
     try:
         return await reader.readexactly(size)
     except asyncio.IncompleteReadError as err:

@@ -24,6 +24,7 @@ import logging
 import os
 import secrets
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -34,7 +35,14 @@ from usagehub.adapters.link import Link
 from usagehub.core.events import RawMessage
 from usagehub.pipeline.pipeline import Pipeline, lane_index
 from usagehub.runtime.config import HubConfig
-from usagehub.runtime.ingest_frames import FrameError, decode_tokens, encode_messages, parse_hello, read_frame
+from usagehub.runtime.ingest_frames import (
+    HELLO_MAX,
+    FrameError,
+    decode_tokens,
+    encode_messages,
+    parse_hello,
+    read_frame,
+)
 from usagehub.runtime.scaleout import WorkerPool
 from usagehub.runtime.session_workers import child_environment
 from usagehub.storage.ingest_totals import read_totals
@@ -50,21 +58,25 @@ _PIPELINE = ("batch_max_messages", "batch_max_wait_ms", "session_workers")
 class _Child:
     """One ingest process as the hub sees it: its connection and the messages it has not committed yet."""
 
-    __slots__ = ("index", "pending", "unsent", "writer")
+    __slots__ = ("held_bytes", "index", "pending", "unsent", "waiting_since", "writer")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.writer: asyncio.StreamWriter | None = None
         self.pending: dict[int, tuple[RawMessage, Stored]] = {}  # by token, in the order received
+        self.held_bytes = 0  # payload bytes of ``pending``
         self.unsent: list[int] = []
+        self.waiting_since: float | None = None  # since when messages wait with no commit reported
 
 
 class ProcessSink:
     """Where the MQTT adapter offers messages when ingest runs in child processes (an ``OfferSink``)."""
 
-    def __init__(self, pipeline: Pipeline, count: int, secret: bytes, *, window: int = 20_000) -> None:
-        """``window``: messages a child may hold uncommitted; beyond, ``offer`` waits (the broker keeps the rest)."""
-        self.pipeline, self.secret, self.window = pipeline, secret, window
+    def __init__(self, pipeline: Pipeline, count: int, secret: bytes, *, window: int = 20_000,
+                 window_bytes: int = 64 << 20) -> None:
+        """``window``/``window_bytes``: messages (payload bytes) a child may hold uncommitted; beyond, ``offer``
+        waits (the broker keeps the rest; one message larger than ``window_bytes`` passes alone)."""
+        self.pipeline, self.secret, self.window, self.window_bytes = pipeline, secret, window, window_bytes
         self.children = [_Child(i) for i in range(count)]
         self.link = Link("ingest-processes")
         self._token = 0
@@ -75,6 +87,8 @@ class ProcessSink:
         self.closing = False
         self._received = 0  # messages taken since the last flush, for /metrics
         self._mqtt_in = metrics.MESSAGES_IN.labels("mqtt")
+        metrics.COMMIT_WAIT.set_function(self.commit_wait_s)
+        metrics.STALLED.set_function(lambda: float(self.stalled))
 
     def _child_of(self, message: RawMessage) -> _Child:
         if self._routes_version != self.pipeline.profiles.version or len(self._routes) >= _ROUTES_MAX:
@@ -91,11 +105,14 @@ class ProcessSink:
     def offer_nowait(self, message: RawMessage, stored: Stored) -> bool:
         """Hand ``message`` to its child (True), or False when that child holds ``window`` messages already."""
         child = self._child_of(message)
-        if len(child.pending) >= self.window:
+        if child.pending and (len(child.pending) >= self.window or child.held_bytes >= self.window_bytes):
             return False
         self._token += 1
         self._received += 1
         child.pending[self._token] = (message, stored)
+        child.held_bytes += len(message.payload)
+        if child.waiting_since is None:
+            child.waiting_since = time.monotonic()
         if child.writer is not None:
             child.unsent.append(self._token)
             self._flush_soon()
@@ -106,6 +123,17 @@ class ProcessSink:
         while not self.offer_nowait(message, stored):
             self._room.clear()
             await self._room.wait()
+
+    def commit_wait_s(self) -> float:
+        """Seconds messages have waited with no commit in between, here or in the hub's own pipeline."""
+        waiting = [c.waiting_since for c in self.children if c.waiting_since is not None]
+        own = time.monotonic() - min(waiting) if waiting else 0.0
+        return max(own, self.pipeline.commit_wait_s())
+
+    @property
+    def stalled(self) -> bool:
+        """Whether messages have waited longer than the pipeline's ``stall_after_s`` with no commit."""
+        return self.commit_wait_s() > self.pipeline.settings.stall_after_s
 
     def held(self) -> int:
         """Messages handed to children and not yet committed."""
@@ -141,8 +169,11 @@ class ProcessSink:
         pending = child.pending
         for token in tokens:
             entry = pending.pop(token, None)
-            if entry is not None and entry[1] is not None:
-                entry[1]()
+            if entry is not None:
+                child.held_bytes -= len(entry[0].payload)
+                if entry[1] is not None:
+                    entry[1]()
+        child.waiting_since = time.monotonic() if pending else None
         self._room.set()
 
     async def connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -150,7 +181,7 @@ class ProcessSink:
         child: _Child | None = None
         try:
             async with asyncio.timeout(10):
-                body = await read_frame(reader)
+                body = await read_frame(reader, max_size=HELLO_MAX)
             index = parse_hello(body or b"", self.secret)
             if not 0 <= index < len(self.children):
                 raise FrameError(f"no ingest process {index}")
@@ -160,7 +191,7 @@ class ProcessSink:
             child.writer, child.unsent = writer, list(child.pending)  # what was not reported comes again
             self._flush_soon()
             self._link_state()
-            while (body := await read_frame(reader)) is not None:
+            while (body := await read_frame(reader, max_size=self.window * 8 + 8)) is not None:
                 self._committed(child, decode_tokens(body))
         except (FrameError, OSError, TimeoutError) as err:
             log.warning("ingest process %s: connection closed (%s)", child.index if child else "?", err)

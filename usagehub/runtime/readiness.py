@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from usagehub.adapters.link import Link
-from usagehub.pipeline.pipeline import Pipeline
+
+
+class Committing(Protocol):
+    """What readiness asks of ingest: how long messages have waited with no commit (the pipeline, or the
+    hub's ingest processes with it)."""
+
+    def commit_wait_s(self) -> float: ...
+
+    @property
+    def stalled(self) -> bool: ...
 
 
 def adapter_up(adapter: object) -> bool:
@@ -24,7 +33,7 @@ def adapter_up(adapter: object) -> bool:
 class Readiness:
     """What /readyz and /healthz answer for one hub."""
 
-    def __init__(self, adapters: Mapping[str, object], pipeline: Pipeline, links: Mapping[str, Link]) -> None:
+    def __init__(self, adapters: Mapping[str, object], pipeline: Committing, links: Mapping[str, Link]) -> None:
         self.adapters, self.pipeline, self.links = adapters, pipeline, links
         self.started = asyncio.Event()  # set once every adapter was up for the first time
 
