@@ -14,6 +14,7 @@ Usage: .venv/bin/python bench/ingest.py [N] [REPEAT]
                              the messages are published, then it is resumed and timed. On a quiet machine the
                              glue drains live messages as fast as this bench publishes them (bare subscriber,
                              glue and publisher all ~21-22K msg/s), so a live ratio above ~1.0 cannot show.
+       BENCH_INGEST_PROCESSES=0 ...  serve --ingest-processes 0 (default: the hub's, 2 on 2+ cores)
 """
 
 from __future__ import annotations
@@ -229,8 +230,10 @@ def usagehub_run(url: str, port: int, msgs: list[tuple[bytes, bytes]], events: i
             conn.execute("INSERT INTO gateway_devices (gateway_id, device_id) SELECT g.device_id, m.device_id "
                          "FROM devices g JOIN devices m ON m.device_id LIKE 'm%' WHERE g.device_id LIKE 'g%'")
     env = {**os.environ, "USAGEHUB_MQTT_CLIENT_ID": f"usagehub-bench-{uuid.uuid4().hex[:6]}"}
+    ingest = os.environ.get("BENCH_INGEST_PROCESSES")
     proc = subprocess.Popen([sys.executable, "-m", "usagehub", "serve", *settings, "--http-port", "0",
-                             "--config", "/dev/null"], cwd=ROOT, env=env)
+                             *(["--ingest-processes", ingest] if ingest else []), "--config", "/dev/null"],
+                            cwd=ROOT, env=env)
     try:
         wait_rows(url, "SELECT count(*) FROM quarantine", HUB_PROBE, port)  # subscribed: ready for devices
         meter, t0 = _start(url, broker_pid, proc.pid, msgs, port)
