@@ -255,10 +255,12 @@ async def ingest_processes(config: HubConfig, pipeline: Pipeline,
                            pool: AsyncConnectionPool) -> AsyncIterator[ProcessSink]:
     """``config.ingest_processes`` children behind a ``ProcessSink``; on exit they commit what they hold and stop."""
     count, secret = process_count(config), secrets.token_bytes(32)
-    # A child holds about two full batches per commit lane of its own: enough to commit full batches under
-    # load, while the rest of a backlog waits in the broker (once received, its receive→billable clock runs).
-    window = max(1000, 2 * max(1, config.commit_lanes // count) * config.batch_max_messages)
-    sink = ProcessSink(pipeline, count, secret, window=window)
+    # A child holds about two full batches per commit lane of its own, by messages and by bytes: enough to
+    # commit full batches under load, while the rest of a backlog waits in the broker (once received, its
+    # receive→billable clock runs: gateway messages of 50 readings fill a batch's bytes long before its count).
+    lanes = max(1, config.commit_lanes // count)
+    sink = ProcessSink(pipeline, count, secret, window=max(1000, 2 * lanes * config.batch_max_messages),
+                       window_bytes=2 * lanes * pipeline.settings.batch_max_bytes)
     with tempfile.TemporaryDirectory(prefix="usagehub-ingest-") as folder:  # mode 0700: the hub's user alone
         path = Path(folder) / "ingest.sock"
         server = await asyncio.start_unix_server(sink.connected, path=str(path))
