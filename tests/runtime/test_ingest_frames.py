@@ -1,4 +1,5 @@
-"""The frames between ``serve`` and its ingest processes: exact round trips; bad bytes end with FrameError."""
+"""The frames between ``serve`` and its ingest processes: exact round trips; bad bytes end with FrameError;
+every lane of every child is used."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from usagehub.core.events import RawMessage
+from usagehub.pipeline.pipeline import lane_index
 from usagehub.runtime.ingest_frames import (
     FrameError,
     decode_messages,
@@ -21,6 +23,7 @@ from usagehub.runtime.ingest_frames import (
     parse_hello,
     read_frame,
 )
+from usagehub.runtime.ingest_processes import child_index
 
 SECRET = bytes(range(32))
 instants = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC))
@@ -80,3 +83,10 @@ async def test_frames_are_read_whole_and_a_cut_or_oversized_one_is_refused() -> 
         reader.feed_eof()
         with pytest.raises(FrameError, match=error):
             await read_frame(reader, max_size=64)
+
+
+@pytest.mark.parametrize(("children", "lanes"), [(2, 2), (2, 1), (3, 2), (2, 4)])
+def test_every_lane_of_every_child_gets_devices(children: int, lanes: int) -> None:
+    """The hub's choice of child and the child's choice of lane split devices independently."""
+    used = {(child_index(f"m{d:04d}", children, lanes), lane_index(f"m{d:04d}", lanes)) for d in range(2000)}
+    assert used == {(c, lane) for c in range(children) for lane in range(lanes)}

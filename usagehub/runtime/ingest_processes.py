@@ -55,6 +55,17 @@ _ROUTES_MAX = 100_000  # topics remembered per profile version: a flood of inven
 _PIPELINE = ("batch_max_messages", "batch_max_wait_ms", "session_workers")
 
 
+def child_index(key: str, children: int, lanes: int) -> int:
+    """The child that commits a lane key's messages when each child has ``lanes`` commit lanes.
+
+    The lane among all children's lanes, and the child holding it: a child splits its messages over its
+    own lanes by the same key (``lane_index(key, lanes)``), so picking the child by
+    ``lane_index(key, children)`` would send all of a child's messages to one of its lanes when the
+    counts are equal.
+    """
+    return lane_index(key, children * lanes) // lanes
+
+
 class _Child:
     """One ingest process as the hub sees it: its connection and the messages it has not committed yet."""
 
@@ -72,11 +83,12 @@ class _Child:
 class ProcessSink:
     """Where the MQTT adapter offers messages when ingest runs in child processes (an ``OfferSink``)."""
 
-    def __init__(self, pipeline: Pipeline, count: int, secret: bytes, *, window: int = 20_000,
+    def __init__(self, pipeline: Pipeline, count: int, secret: bytes, *, lanes: int = 1, window: int = 20_000,
                  window_bytes: int = 64 << 20) -> None:
-        """``window``/``window_bytes``: messages (payload bytes) a child may hold uncommitted; beyond, ``offer``
-        waits (the broker keeps the rest; one message larger than ``window_bytes`` passes alone)."""
+        """``lanes``: each child's commit lanes. ``window``/``window_bytes``: messages (payload bytes) a child may
+        hold uncommitted; beyond, ``offer`` waits (the broker keeps the rest; one larger message passes alone)."""
         self.pipeline, self.secret, self.window, self.window_bytes = pipeline, secret, window, window_bytes
+        self.lanes = lanes
         self.children = [_Child(i) for i in range(count)]
         self.link = Link("ingest-processes")
         self._token = 0
@@ -96,8 +108,8 @@ class ProcessSink:
             self._routes_version = self.pipeline.profiles.version
         child = self._routes.get(message.topic)
         if child is None or message.meta:
-            key = self.pipeline.identity.lane_key(message)
-            child = self.children[lane_index(key, len(self.children))]
+            child = self.children[child_index(self.pipeline.identity.lane_key(message), len(self.children),
+                                              self.lanes)]
             if not message.meta:
                 self._routes[message.topic] = child
         return child
@@ -234,6 +246,11 @@ def process_count(config: HubConfig) -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 0
 
 
+def child_lanes(config: HubConfig) -> int:
+    """Each ingest process's commit lanes: the hub's ``commit_lanes`` shared among them."""
+    return max(1, config.commit_lanes // max(1, process_count(config)))
+
+
 def child_settings(config: HubConfig, database_url: str, socket_path: Path, secret: bytes) -> dict[str, str]:
     """The environment of an ingest process: the session workers' plus the pipeline settings and the socket.
 
@@ -244,7 +261,7 @@ def child_settings(config: HubConfig, database_url: str, socket_path: Path, secr
     env = child_environment(config, database_url)
     for name in _PIPELINE:
         env[f"USAGEHUB_{name.upper()}"] = str(getattr(config, name))
-    env["USAGEHUB_COMMIT_LANES"] = str(max(1, config.commit_lanes // process_count(config)))
+    env["USAGEHUB_COMMIT_LANES"] = str(child_lanes(config))
     env["USAGEHUB_INGEST_SOCKET"] = str(socket_path)
     env["USAGEHUB_INGEST_SECRET"] = secret.hex()
     return env
@@ -258,8 +275,8 @@ async def ingest_processes(config: HubConfig, pipeline: Pipeline,
     # A child holds about two full batches per commit lane of its own, by messages and by bytes: enough to
     # commit full batches under load, while the rest of a backlog waits in the broker (once received, its
     # receive→billable clock runs: gateway messages of 50 readings fill a batch's bytes long before its count).
-    lanes = max(1, config.commit_lanes // count)
-    sink = ProcessSink(pipeline, count, secret, window=max(1000, 2 * lanes * config.batch_max_messages),
+    lanes = child_lanes(config)
+    sink = ProcessSink(pipeline, count, secret, lanes=lanes, window=max(1000, 2 * lanes * config.batch_max_messages),
                        window_bytes=2 * lanes * pipeline.settings.batch_max_bytes)
     with tempfile.TemporaryDirectory(prefix="usagehub-ingest-") as folder:  # mode 0700: the hub's user alone
         path = Path(folder) / "ingest.sock"
