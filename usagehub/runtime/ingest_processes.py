@@ -255,8 +255,8 @@ def child_settings(config: HubConfig, database_url: str, socket_path: Path, secr
     """The environment of an ingest process: the session workers' plus the pipeline settings and the socket.
 
     The hub's ``commit_lanes`` are shared among its processes: more lanes per process cut each lane's
-    batches smaller (more transactions, more CPU per event) and make lanes wait on each other's account
-    locks (``bench/fleet.py``: 2 processes of 2 lanes stored 19.0-22.1K events/s, of 4 lanes 16.5-20.9K).
+    batches smaller (more transactions, more CPU per event) for no more parallelism than the processes
+    already give (docs/architecture.md, "Ingest processes").
     """
     env = child_environment(config, database_url)
     for name in _PIPELINE:
