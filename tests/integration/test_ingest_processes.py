@@ -113,7 +113,9 @@ def test_two_tenants_bill_exactly_through_the_children_and_a_killed_one_is_repla
     if not (SHARED / "baselines" / "pub.py").exists():
         pytest.skip("../shared/baselines/pub.py is not present")
     lines, expected = _messages(random.Random(29))
-    hub = HubProcess(database_url, mosquitto.url, tmp_path / "data", extra=INGEST)
+    # As serve runs by default: a session worker replays what the children queue.
+    hub = HubProcess(database_url, mosquitto.url, tmp_path / "data",
+                     extra=["--ingest-processes", "2", "--session-workers", "1"])
     for tenant, devices in TENANTS.items():
         assert usagehub("seed", str(_seed(tmp_path, tenant, devices)), *hub.settings).returncode == 0
     hub.start()  # ready once both children are connected
@@ -124,6 +126,9 @@ def test_two_tenants_bill_exactly_through_the_children_and_a_killed_one_is_repla
         first.send_signal(signal.SIGKILL)  # what it held is sent again to its replacement
         assert publisher.wait(120) == 0
         _wait_stored(database_url, len(set(lines)), hub)
+        deadline = time.monotonic() + 60 * time_scale()
+        while _one(database_url, "SELECT count(*) FROM session_queue") != 0 and time.monotonic() < deadline:
+            time.sleep(0.3)
         assert _billed(database_url) == expected  # each tenant's own readings, none twice
         nodes = _one(database_url, "SELECT array_agg(node ORDER BY node) FROM ingest_totals WHERE messages > 0")
         assert {str(n).split("/")[0] for n in nodes} >= {"ingest-0", "ingest-1"}  # type: ignore[attr-defined]
