@@ -289,6 +289,7 @@ def main() -> None:
                                                        "gw", "gw_p50", "gw_p99", "sp", "sp_p50", "sp_p99")}
     glue_cpu: list[dict[str, float]] = []
     hub_cpu: list[dict[str, float]] = []
+    gw_cpu: list[dict[str, float]] = []
     try:
         for r in range(repeat):
             results["bare_sub"].append(asyncio.run(bare_subscriber(broker.port, single)))
@@ -303,8 +304,9 @@ def main() -> None:
             results["hub"].append(rate)
             results["hub_p50"].append(p50)
             results["hub_p99"].append(p99)
-            rate, p50, p99, _ = usagehub_run(new_db(server), broker.port, gateway, gw_n, tmp / f"g{r}",
-                                             broker.proc.pid)
+            rate, p50, p99, cpu = usagehub_run(new_db(server), broker.port, gateway, gw_n, tmp / f"g{r}",
+                                               broker.proc.pid)
+            gw_cpu.append(cpu)
             results["gw"].append(rate)
             results["gw_p50"].append(p50)
             results["gw_p99"].append(p99)
@@ -335,6 +337,9 @@ def main() -> None:
     if glue_cpu:  # single readings: the same messages through both
         print_cpu({k: statistics.median(c[k] for c in glue_cpu) for k in glue_cpu[0]},
                   {k: statistics.median(c[k] for c in hub_cpu) for k in hub_cpu[0]})
+    gw = {k: statistics.median(c[k] for c in gw_cpu) for k in gw_cpu[0]}
+    print("  CPU us per stored reading, gateway messages: " + ", ".join(f"{k} {1e6 * v:.1f}" for k, v in gw.items())
+          + f", all {1e6 * sum(gw.values()):.1f}")
 
 
 if __name__ == "__main__":
