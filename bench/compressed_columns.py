@@ -1,8 +1,9 @@
 """What each column of ``events`` costs once TimescaleDB compresses it, and what other representations would cost.
 
-Loads the fleet of bench/storage_size.py (15-minute register readings, arrival jitter in microseconds) into a
-fresh embedded TimescaleDB, compresses the chunks as the hub does (``events_compress_chunk``: compact forms of
-ids and values, migration 0044; no bloom filter, 0043), and prints the stored bytes per event of every column
+Loads the fleet of bench/storage_size.py (15-minute register readings, arrival jitter in whole milliseconds as
+the hub records it since 0047) into a fresh embedded TimescaleDB, compresses the chunks as the hub does
+(``events_compress_chunk``: compact forms of ids and values, migration 0044; arrival times as integer
+milliseconds, 0047; no bloom filter, 0043), and prints the stored bytes per event of every column
 of the compressed chunks (``pg_column_size`` of the column arrays, so TOAST compression included). Then it
 copies the events into scratch hypertables: the layout before 0043/0044 (text ids, numeric values, the primary
 key and its automatic bloom filter), that layout with each sparse-index choice, and copies that differ in one
@@ -13,7 +14,12 @@ storage.events for duplicates): batches of a fleet's new readings and the same b
 nothing of 0043/0044, so a base checkout's code can run it for a before/after pair:
 ``PYTHONPATH=<base worktree> .venv/bin/python bench/compressed_columns.py --insert-only``.
 
+``--intervals-only`` measures the events as compressed and then the chunk intervals alone (``--intervals 7,14``):
+the compact events in hypertables of each chunk interval, arrival times as timestamptz and as integer ms, bytes
+per event over all chunks and over the chunks the data fills.
+
 Run: .venv/bin/python bench/compressed_columns.py --devices 200 --days 14     # ~2 min here
+     .venv/bin/python bench/compressed_columns.py --devices 200 --days 112 --intervals-only   # ~6 min
 """
 
 from __future__ import annotations
@@ -138,23 +144,54 @@ async def late_inserts(conn: Any, table: str, since: Any, rounds: int = 5) -> tu
     return statistics.median(new), statistics.median(dup)
 
 
-async def chunk_intervals(conn: Any, pool: AsyncConnectionPool, rows: int) -> None:
-    """The compact events in hypertables of other chunk intervals (a batch holds a meter's readings of a chunk,
-    at most 1,000): hypertable bytes per event. Meaningful when the data spans several of the longest chunks."""
-    for days in (7, 10, 14, 21):
-        table = f"ev_chunk_{days}d"
-        await conn.execute(f"CREATE TABLE {table} AS SELECT device_id, meter, ts, event_id, event_seq, value, "
-                           "value_int, value_scale, meta_id, received_at, ingested_at FROM events "
-                           "ORDER BY device_id, meter, ts")
-        await conn.execute(f"SELECT create_hypertable('{table}', 'ts', chunk_time_interval => interval '{days} days', "
-                           "migrate_data => true, create_default_indexes => false)")
-        await conn.execute(f"ALTER TABLE {table} SET (timescaledb.compress, timescaledb.compress_segmentby = "
-                           "'device_id, meter', timescaledb.compress_orderby = 'ts', timescaledb.sparse_index = "
-                           "'minmax(ts)')")
-        await conn.execute(f"SELECT count(compress_chunk(c)) FROM show_chunks('{table}') c")
-        size = int(await scalar(pool, f"SELECT hypertable_size('{table}')"))
-        print(f"events compact in {days}-day chunks: hypertable {size / rows:.2f} B/event")
-        await conn.execute(f"DROP TABLE {table}")
+# The compact events with their arrival times as timestamptz, or as integer milliseconds (0047: the ms after ts
+# truncated to the ms, and after received_at; TimescaleDB delta-of-delta encodes integers, a timestamptz keeps the
+# µs bits). Both read back from either stored form; the ms form needs arrival times in whole ms.
+RECEIVED = "coalesce(received_at, events_ms_floor(ts) + received_ms * interval '1 millisecond')"
+ARRIVALS = {"timestamptz": f"{RECEIVED} AS received_at, coalesce(ingested_at, {RECEIVED} + ingested_ms * "
+                           "interval '1 millisecond') AS ingested_at",
+            "ms": "coalesce(received_ms, events_ms_after(received_at, events_ms_floor(ts))) AS received_ms, "
+                  "coalesce(ingested_ms, events_ms_after(ingested_at, received_at)) AS ingested_ms"}
+
+
+async def chunk_interval(conn: Any, pool: AsyncConnectionPool, days: int, arrivals: str) -> tuple[float, float, int]:
+    """Hypertable bytes per event of the compact events in ``days``-day chunks: all chunks, and only the chunks the
+    data fills (no partial chunk at either end); and how many full chunks there are."""
+    table = f"ev_chunk_{days}d"
+    await conn.execute(f"CREATE TABLE {table} AS SELECT device_id, meter, ts, event_id, event_seq, value, "
+                       f"value_int, value_scale, meta_id, {ARRIVALS[arrivals]} FROM events "
+                       "ORDER BY device_id, meter, ts")
+    await conn.execute(f"SELECT create_hypertable('{table}', 'ts', chunk_time_interval => interval '{days} days', "
+                       "migrate_data => true, create_default_indexes => false)")
+    await conn.execute(f"ALTER TABLE {table} SET (timescaledb.compress, timescaledb.compress_segmentby = "
+                       "'device_id, meter', timescaledb.compress_orderby = 'ts', timescaledb.sparse_index = "
+                       "'minmax(ts)')")
+    # A chunk is full when the data covers its whole range.
+    full = [r[0] for r in await (await conn.execute(
+        "SELECT format('%%I.%%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks "
+        f"WHERE hypertable_name = %s AND range_start >= (SELECT min(ts) FROM {table}) "
+        f"AND range_end <= (SELECT max(ts) FROM {table}) + interval '15 minutes'", (table,))).fetchall()]
+    counts = {c: int(await scalar(pool, f"SELECT count(*) FROM {c}")) for c in full}
+    await conn.execute(f"SELECT count(compress_chunk(c)) FROM show_chunks('{table}') c")
+    rows = int(await scalar(pool, f"SELECT count(*) FROM {table}"))
+    size = int(await scalar(pool, f"SELECT hypertable_size('{table}')"))
+    full_size = 0
+    for chunk in full:
+        full_size += int(await scalar(pool, "SELECT sum(after_compression_total_bytes) FROM chunk_compression_stats("
+                                            "%s) WHERE format('%%I.%%I', chunk_schema, chunk_name) = %s",
+                                      table, chunk))
+    await conn.execute(f"DROP TABLE {table}")
+    return size / rows, full_size / max(1, sum(counts.values())), len(full)
+
+
+async def chunk_intervals(conn: Any, pool: AsyncConnectionPool, intervals: list[int]) -> None:
+    """Print :func:`chunk_interval` for each interval and arrival representation (a batch holds a meter's
+    readings of one chunk, at most 1,000: longer chunks fill more of it)."""
+    for days in intervals:
+        for arrivals in ARRIVALS:
+            per_event, per_full, n = await chunk_interval(conn, pool, days, arrivals)
+            print(f"events compact in {days}-day chunks, arrival times {arrivals}: hypertable {per_event:.2f} B/event, "
+                  f"full chunks only ({n}) {per_full:.2f} B/event")
 
 
 async def late(conn: Any, table: str, devices: int) -> None:
@@ -191,7 +228,7 @@ async def insert_cost(pool: AsyncConnectionPool, devices: int, batches: int) -> 
           f"resent {statistics.median(dup):.1f} ms per batch (medians)")
 
 
-async def run(devices: int, days: int, insert_only: bool) -> None:
+async def run(devices: int, days: int, insert_only: bool, intervals: list[int], intervals_only: bool) -> None:
     """Load, compress, measure the migrated columns and each variant."""
     folder = Path(tempfile.mkdtemp(prefix="usagehub-bench-columns-"))
     folder.chmod(0o755)  # noqa: ASYNC240 — once, before anything runs
@@ -211,12 +248,16 @@ async def run(devices: int, days: int, insert_only: bool) -> None:
             async with pool.connection() as conn:
                 await conn.execute("SELECT count(events_compress_chunk(c)) FROM show_chunks('events') c")
                 total = int(await scalar(pool, "SELECT hypertable_size('events')"))
-                print(f"{rows} events; events compressed as the hub does (0043, 0044): {total / rows:.2f} B/event "
-                      "(hypertable_size)")
-                show("events compact (0043, 0044)", await compressed_column_bytes(conn, "events", rows))
+                print(f"{rows} events; events compressed as the hub does (0043, 0044, 0047): "
+                      f"{total / rows:.2f} B/event (hypertable_size)")
+                columns = await compressed_column_bytes(conn, "events", rows)
+                show("events compact (0043, 0044, 0047)", columns)
                 parts = await compressed_parts(pool, "events", rows)
                 print("    compressed chunks: " + ", ".join(f"{k.removeprefix('events.')} {v:.2f}"
                                                           for k, v in parts.items()))
+                if intervals_only:
+                    await chunk_intervals(conn, pool, intervals)
+                    return
                 for name, sparse, what in KEYED:
                     await scratch(conn, name, VARIANTS[0][1], key=True, sparse=sparse)
                     size = int(await scalar(pool, f"SELECT hypertable_size('ev_{name}')"))
@@ -230,7 +271,7 @@ async def run(devices: int, days: int, insert_only: bool) -> None:
                     size = int(await scalar(pool, f"SELECT hypertable_size('ev_{name}')"))
                     show(f"ev_{name} — {what}; hypertable {size / rows:.2f} B/event, "
                          f"{time.perf_counter() - t0:.0f} s", await compressed_column_bytes(conn, f"ev_{name}", rows))
-                await chunk_intervals(conn, pool, rows)
+                await chunk_intervals(conn, pool, intervals)
                 print("events compact (0043, 0044), last: its late rows stay in the chunks")
                 await late(conn, "events", devices)
         finally:
@@ -244,5 +285,9 @@ if __name__ == "__main__":
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--insert-only", action="store_true", help="time the event writers instead (see above)")
+    parser.add_argument("--intervals", default="7,14,21,28", help="chunk intervals to measure, days")
+    parser.add_argument("--intervals-only", action="store_true",
+                        help="measure the events as compressed and the chunk intervals only")
     args = parser.parse_args()
-    asyncio.run(run(args.devices, args.days, args.insert_only))
+    asyncio.run(run(args.devices, args.days, args.insert_only, [int(d) for d in args.intervals.split(",")],
+                    args.intervals_only))

@@ -52,12 +52,14 @@ RAW_DAILY = ("SELECT (p.start_ts AT TIME ZONE a.timezone)::date AS d, sum(p.valu
              "AND p.start_ts >= %s::timestamptz - interval '15 hours' AND p.start_ts < %s::timestamptz + interval "
              "'15 hours' AND (p.start_ts AT TIME ZONE a.timezone)::date >= %s "
              "AND (p.start_ts AT TIME ZONE a.timezone)::date < %s GROUP BY 1 ORDER BY 1")
-# One day of readings per device: a register growing 0.15..0.25 kWh per 15 minutes, realistic jitter.
+# One day of readings per device: a register growing 0.15..0.25 kWh per 15 minutes, realistic jitter; arrival
+# times to the whole millisecond, as the hub records them (migration 0047).
 EVENTS_DAY = """
 INSERT INTO events (device_id, meter, ts, event_id, value, meta_id, received_at, ingested_at)
 SELECT 'dev-' || lpad(d::text, 6, '0'), 'energy', t, (%(base)s + n)::text,
        round((d %% 97) * 100 + (%(base)s + n) * 0.2 + random()::numeric * 0.05, 3), %(meta)s,
-       t + random() * interval '3 s', t + interval '3 s' + random() * interval '1 s'
+       date_trunc('milliseconds', t + random() * interval '3 s'),
+       date_trunc('milliseconds', t + interval '3 s' + random() * interval '1 s')
 FROM generate_series(1, %(devices)s) d,
      generate_series(%(day)s::timestamptz, %(day)s::timestamptz + interval '23 hours 45 minutes',
                      interval '15 minutes') WITH ORDINALITY AS g(t, n)"""

@@ -139,7 +139,8 @@ class MeterInspection:
     account_id: str | None
     last_value: Decimal
     last_reading_at: datetime
-    last_received_at: datetime
+    last_received_at: datetime = strawberry.field(
+        description="When the hub received the last reading, to the whole millisecond (the hub's clock).")
     period: str
     period_total: Decimal
     last_state: str | None = strawberry.field(description="A state meter's current state (its last state name).")

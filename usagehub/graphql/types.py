@@ -99,7 +99,8 @@ class UsageEvent:
     kind: str
     profile_id: str
     service: str
-    received_at: datetime
+    received_at: datetime = strawberry.field(
+        description="When the hub received it, to the whole millisecond (the hub's clock; ts is the device's).")
     text_value: str | None
 
     @classmethod

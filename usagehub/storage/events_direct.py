@@ -24,7 +24,7 @@ from psycopg import errors
 
 from usagehub import metrics
 from usagehub.core.events import UsageEvent
-from usagehub.storage.events import EventKey, compact_id, compact_ids, insert_events
+from usagehub.storage.events import EventKey, arrival_ms, compact_id, compact_ids, insert_events
 from usagehub.storage.pool import Connection
 
 _COLUMNS = "device_id, meter, ts, event_id, value, meta_id, received_at, reset_marker, text_value"
@@ -100,10 +100,10 @@ async def _copy(conn: Connection, events: Sequence[UsageEvent], meta: Sequence[i
         write = copy.write_row
         if not compact:
             for e, meta_id in zip(events, meta, strict=True):
-                await write((e.device_id, e.meter, e.ts, e.event_id, e.value, meta_id, e.received_at,
+                await write((e.device_id, e.meter, e.ts, e.event_id, e.value, meta_id, arrival_ms(e.received_at),
                              e.reset_marker, e.text_value))
             return
         for e, meta_id in zip(events, meta, strict=True):
             seq = compact_id(e.event_id)
             await write((e.device_id, e.meter, e.ts, None if seq is not None else e.event_id, e.value, meta_id,
-                         e.received_at, e.reset_marker, e.text_value, seq))
+                         arrival_ms(e.received_at), e.reset_marker, e.text_value, seq))
