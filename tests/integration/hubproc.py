@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
+import psutil
 
 from tests.peers import free_port, time_scale
 from usagehub.storage.keys import ApiKeys
@@ -81,6 +82,19 @@ class HubProcess:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"hub not ready:\n{self.log.read_text()[-3000:]}")
+
+    def children(self, command: str) -> list[psutil.Process]:
+        """The hub's live children running ``usagehub COMMAND``, by argument list (a killed one the hub has not
+        reaped yet is a zombie: not live)."""
+        assert self.proc is not None
+        live = []
+        for p in psutil.Process(self.proc.pid).children():
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE and command in p.cmdline():
+                    live.append(p)
+            except (psutil.ZombieProcess, psutil.NoSuchProcess):
+                continue
+        return sorted(live, key=lambda p: p.cmdline())
 
     def kill(self) -> None:
         """SIGKILL: no cleanup at all."""

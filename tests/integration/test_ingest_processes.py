@@ -59,15 +59,7 @@ def _messages(rng: random.Random, readings: int = 150) -> tuple[list[str], dict[
 
 def _children(hub: HubProcess) -> list[psutil.Process]:
     """The hub's live ingest processes, by index."""
-    assert hub.proc is not None
-    live = []
-    for p in psutil.Process(hub.proc.pid).children():
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE and "ingest-worker" in " ".join(p.cmdline()):
-                live.append(p)
-        except (psutil.ZombieProcess, psutil.NoSuchProcess):
-            continue
-    return sorted(live, key=lambda p: p.cmdline()[-1])
+    return hub.children("ingest-worker")
 
 
 def _wait_children(hub: HubProcess, count: int, not_pids: tuple[int, ...] = ()) -> list[psutil.Process]:
@@ -108,17 +100,22 @@ def _wait_stored(url: str, distinct: int, hub: HubProcess) -> None:
     assert _one(url, "SELECT count(*) FROM events") == distinct, hub.log.read_text()[-3000:]
 
 
+def _seeded_hub(database_url: str, mosquitto: Mosquitto, tmp_path: Path, extra: list[str]) -> HubProcess:
+    """A hub with both tenants' accounts and meters seeded, started (ready once its children are connected)."""
+    hub = HubProcess(database_url, mosquitto.url, tmp_path / "data", extra=extra)
+    for tenant, devices in TENANTS.items():
+        assert usagehub("seed", str(_seed(tmp_path, tenant, devices)), *hub.settings).returncode == 0
+    hub.start()
+    return hub
+
+
 def test_two_tenants_bill_exactly_through_the_children_and_a_killed_one_is_replaced(
         database_url: str, mosquitto: Mosquitto, tmp_path: Path) -> None:
     if not (SHARED / "baselines" / "pub.py").exists():
         pytest.skip("../shared/baselines/pub.py is not present")
     lines, expected = _messages(random.Random(29))
     # As serve runs by default: a session worker replays what the children queue.
-    hub = HubProcess(database_url, mosquitto.url, tmp_path / "data",
-                     extra=["--ingest-processes", "2", "--session-workers", "1"])
-    for tenant, devices in TENANTS.items():
-        assert usagehub("seed", str(_seed(tmp_path, tenant, devices)), *hub.settings).returncode == 0
-    hub.start()  # ready once both children are connected
+    hub = _seeded_hub(database_url, mosquitto, tmp_path, ["--ingest-processes", "2", "--session-workers", "1"])
     try:
         first, _ = _wait_children(hub, 2)
         publisher = _publish(mosquitto, lines, tmp_path / "fleet.txt")
@@ -151,10 +148,7 @@ def test_nothing_is_acknowledged_before_a_child_commits(database_url: str, mosqu
     if not (SHARED / "baselines" / "pub.py").exists():
         pytest.skip("../shared/baselines/pub.py is not present")
     lines, expected = _messages(random.Random(31), readings=40)
-    hub = HubProcess(database_url, mosquitto.url, tmp_path / "data", extra=INGEST)
-    for tenant, devices in TENANTS.items():
-        assert usagehub("seed", str(_seed(tmp_path, tenant, devices)), *hub.settings).returncode == 0
-    hub.start()
+    hub = _seeded_hub(database_url, mosquitto, tmp_path, INGEST)
     children = _wait_children(hub, 2)
     for child in children:
         child.send_signal(signal.SIGSTOP)
@@ -194,10 +188,7 @@ def test_a_caller_without_the_secret_is_turned_away_and_ingest_goes_on(
     if not (SHARED / "baselines" / "pub.py").exists():
         pytest.skip("../shared/baselines/pub.py is not present")
     lines, expected = _messages(random.Random(37), readings=30)
-    hub = HubProcess(database_url, mosquitto.url, tmp_path / "data", extra=INGEST)
-    for tenant, devices in TENANTS.items():
-        assert usagehub("seed", str(_seed(tmp_path, tenant, devices)), *hub.settings).returncode == 0
-    hub.start()
+    hub = _seeded_hub(database_url, mosquitto, tmp_path, INGEST)
     try:
         children = _wait_children(hub, 2)
         path = _socket_of(children[0])

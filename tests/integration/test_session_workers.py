@@ -36,16 +36,7 @@ def _messages(rng: random.Random, devices: int = 5, readings: int = 150) -> tupl
 
 
 def _children(hub: HubProcess) -> list[psutil.Process]:
-    """The hub's live session-worker children (a killed one the hub has not reaped yet is a zombie: not live)."""
-    assert hub.proc is not None
-    live = []
-    for p in psutil.Process(hub.proc.pid).children():
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE and "session-worker" in " ".join(p.cmdline()):
-                live.append(p)
-        except (psutil.ZombieProcess, psutil.NoSuchProcess):
-            continue
-    return live
+    return hub.children("session-worker")
 
 
 def _one(url: str, sql: str) -> object:

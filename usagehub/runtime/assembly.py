@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import signal
 from collections.abc import AsyncIterator
 
 from psycopg_pool import AsyncConnectionPool
@@ -29,6 +30,17 @@ from usagehub.storage.migrations import migrate
 from usagehub.storage.pool import open_pool
 from usagehub.storage.registry import KnownDevices
 from usagehub.storage.retention import set_event_retention
+
+
+def stopping_on_signals(stopping: asyncio.Event | None = None) -> asyncio.Event:
+    """``stopping``, or an event SIGTERM/SIGINT sets (a child process of the hub: it stops cleanly on either)."""
+    if stopping is not None:
+        return stopping
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, event.set)
+    return event
 
 
 async def database_url(config: HubConfig) -> str:

@@ -13,11 +13,10 @@ import contextlib
 import functools
 import logging
 import os
-import signal
 
 from usagehub.operations.profiles import ProfileCatalog
 from usagehub.pipeline.pipeline import Pipeline
-from usagehub.runtime.assembly import build_pipeline, open_storage
+from usagehub.runtime.assembly import build_pipeline, open_storage, stopping_on_signals
 from usagehub.runtime.config import HubConfig
 from usagehub.runtime.device_keys import open_keyring, refresh_keyring
 from usagehub.runtime.ingest_frames import decode_messages, encode_tokens, hello, read_frame
@@ -57,11 +56,7 @@ async def _receive(reader: asyncio.StreamReader, pipeline: Pipeline, reports: _R
 async def run_ingest_child(config: HubConfig, *, index: int, stopping: asyncio.Event | None = None) -> None:
     """Serve as ingest process ``index`` of the hub whose socket and secret are in the environment."""
     path, secret = os.environ["USAGEHUB_INGEST_SOCKET"], bytes.fromhex(os.environ["USAGEHUB_INGEST_SECRET"])
-    if stopping is None:
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stopping.set)
+    stopping = stopping_on_signals(stopping)
     files = load_profiles(config.profiles)
     async with open_storage(config) as pool:
         keyring = await open_keyring(config, pool)

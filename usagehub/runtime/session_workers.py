@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from usagehub.core.decode import ProfileSet
 from usagehub.operations.profiles import ProfileCatalog
 from usagehub.pipeline.session_worker import SessionWorker
 from usagehub.pipeline.sessions import SessionEngine
-from usagehub.runtime.assembly import open_storage
+from usagehub.runtime.assembly import open_storage, stopping_on_signals
 from usagehub.runtime.config import HubConfig
 from usagehub.runtime.profile_files import load_profiles
 from usagehub.runtime.scaleout import WorkerPool
@@ -49,11 +48,7 @@ def child_environment(config: HubConfig, database_url: str) -> dict[str, str]:
 
 async def run_session_worker(config: HubConfig, *, stopping: asyncio.Event | None = None) -> None:
     """Replay the session queue until SIGTERM/SIGINT (or ``stopping``); a round in progress rolls back."""
-    if stopping is None:
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stopping.set)
+    stopping = stopping_on_signals(stopping)
     files = load_profiles(config.profiles)
     async with open_storage(config, max_size=2) as pool:
         profiles = ProfileSet(files)

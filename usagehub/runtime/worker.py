@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,7 +27,7 @@ from usagehub.bus.consumer import PartitionConsumer, owned_partitions
 from usagehub.bus.stream import BusSettings, connect, ensure_stream, servers_of
 from usagehub.core.events import UsageEvent
 from usagehub.pipeline.pipeline import Pipeline
-from usagehub.runtime.assembly import build_pipeline, open_storage
+from usagehub.runtime.assembly import build_pipeline, open_storage, stopping_on_signals
 from usagehub.runtime.config import HubConfig
 from usagehub.runtime.profile_files import load_profiles
 from usagehub.storage.pool import Connection
@@ -116,11 +115,7 @@ async def run_worker(config: HubConfig, *, index: int, workers: int, stopping: a
             raise SystemExit(f"worker {index}: cannot serve /metrics on {config.http_host}:{port}: {err}") from err
         log.info("worker %d: /metrics on %s:%d", index, config.http_host, port)
     profiles = load_profiles(config.profiles)
-    if stopping is None:
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stopping.set)
+    stopping = stopping_on_signals(stopping)
     async with open_storage(config) as pool:
         config = worker_config(config, workers)
         # Its own ingest_totals row: workers sharing the hub's row queued on its row lock until each commit.
