@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import SHARED, Mosquitto
 from tests.integration.hubproc import HubProcess, usagehub
+from tests.integration.test_bus_serve_workers import two_free_ports, worker_accepted
 from tests.integration.test_crash import _publish
 from tests.peers import time_scale
 
@@ -184,10 +185,12 @@ def _turned_away(path: str, first: bytes) -> bool:
 
 
 def test_a_caller_without_the_secret_is_turned_away_and_ingest_goes_on(
-        database_url: str, mosquitto: Mosquitto, tmp_path: Path) -> None:
+        database_url: str, mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if not (SHARED / "baselines" / "pub.py").exists():
         pytest.skip("../shared/baselines/pub.py is not present")
     lines, expected = _messages(random.Random(37), readings=30)
+    metrics_port = two_free_ports()
+    monkeypatch.setenv("USAGEHUB_WORKER_METRICS_PORT", str(metrics_port))  # ingest process N: metrics_port + N
     hub = _seeded_hub(database_url, mosquitto, tmp_path, INGEST)
     try:
         children = _wait_children(hub, 2)
@@ -203,6 +206,9 @@ def test_a_caller_without_the_secret_is_turned_away_and_ingest_goes_on(
         _wait_stored(database_url, len(set(lines)), hub)
         assert _billed(database_url) == expected
         assert [c.pid for c in _wait_children(hub, 2)] == [c.pid for c in children]
+        # Each child serves its own /metrics: what it stored, counted where it committed.
+        accepted = [worker_accepted(metrics_port + i) for i in (0, 1)]
+        assert all(a > 0 for a in accepted) and sum(accepted) == len(set(lines))
         assert "ingest process ?: connection closed" in hub.log.read_text()
     finally:
         assert hub.terminate() == 0

@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import signal
 from collections.abc import AsyncIterator
 
+from prometheus_client import start_http_server
 from psycopg_pool import AsyncConnectionPool
 
+from usagehub import metrics
 from usagehub.billing.service import BillingService
 from usagehub.core.codecs.keyring import KeyRing
 from usagehub.core.decode import ProfileSet
@@ -31,6 +34,8 @@ from usagehub.storage.pool import open_pool
 from usagehub.storage.registry import KnownDevices
 from usagehub.storage.retention import set_event_retention
 
+log = logging.getLogger(__name__)
+
 
 def stopping_on_signals(stopping: asyncio.Event | None = None) -> asyncio.Event:
     """``stopping``, or an event SIGTERM/SIGINT sets (a child process of the hub: it stops cleanly on either)."""
@@ -41,6 +46,18 @@ def stopping_on_signals(stopping: asyncio.Event | None = None) -> asyncio.Event:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, event.set)
     return event
+
+
+def serve_worker_metrics(config: HubConfig, index: int, what: str) -> None:
+    """With ``worker_metrics_port``: serve this child's /metrics (its counters, latencies, queue) at port + index."""
+    if config.worker_metrics_port is None:
+        return
+    port = config.worker_metrics_port + index
+    try:
+        start_http_server(port, addr=config.http_host, registry=metrics.REGISTRY)
+    except OSError as err:
+        raise SystemExit(f"{what} {index}: cannot serve /metrics on {config.http_host}:{port}: {err}") from err
+    log.info("%s %d: /metrics on %s:%d", what, index, config.http_host, port)
 
 
 async def database_url(config: HubConfig) -> str:

@@ -55,8 +55,8 @@ class HubConfig(BaseModel):
     bus_partitions: int = Field(16, ge=1, le=4096, description="stream partitions (fixed for a stream's life)")
     bus_replicas: int = Field(1, ge=1, le=5, description="stream replicas: 3 on a 3-node cluster")
     bus_ack_wait_s: float = Field(30.0, gt=0, le=3600, description="redelivery delay of an unacked message")
-    worker_metrics_port: int | None = Field(None, ge=1, le=65535, description="bus worker N serves /metrics on "
-                                            "http_host at this port + N; unset: workers serve none")
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535, description="bus worker (or ingest process) N "
+                                            "serves /metrics on http_host at this port + N; unset: they serve none")
     adapters: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                 description="extra adapters by name, with their config")
     graphql_max_depth: int = Field(12, ge=2, le=50)

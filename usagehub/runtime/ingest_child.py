@@ -16,7 +16,7 @@ import os
 
 from usagehub.operations.profiles import ProfileCatalog
 from usagehub.pipeline.pipeline import Pipeline
-from usagehub.runtime.assembly import build_pipeline, open_storage, stopping_on_signals
+from usagehub.runtime.assembly import build_pipeline, open_storage, serve_worker_metrics, stopping_on_signals
 from usagehub.runtime.config import HubConfig
 from usagehub.runtime.device_keys import open_keyring, refresh_keyring
 from usagehub.runtime.ingest_frames import decode_messages, encode_tokens, hello, read_frame
@@ -57,6 +57,7 @@ async def run_ingest_child(config: HubConfig, *, index: int, stopping: asyncio.E
     """Serve as ingest process ``index`` of the hub whose socket and secret are in the environment."""
     path, secret = os.environ["USAGEHUB_INGEST_SOCKET"], bytes.fromhex(os.environ["USAGEHUB_INGEST_SECRET"])
     stopping = stopping_on_signals(stopping)
+    serve_worker_metrics(config, index, "ingest process")
     files = load_profiles(config.profiles)
     async with open_storage(config) as pool:
         keyring = await open_keyring(config, pool)

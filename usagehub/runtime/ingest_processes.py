@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 Stored = Callable[[], None] | None
 _ROUTES_MAX = 100_000  # topics remembered per profile version: a flood of invented topics must not grow memory
 # What a child's environment carries of the hub's pipeline settings (a TOML file is read by the hub alone).
-_PIPELINE = ("batch_max_messages", "batch_max_wait_ms", "session_workers")
+_PIPELINE = ("batch_max_messages", "batch_max_wait_ms", "session_workers", "worker_metrics_port", "http_host")
 
 
 def child_index(key: str, children: int, lanes: int) -> int:
@@ -227,8 +227,9 @@ class ProcessSink:
 async def publish_totals(pool: AsyncConnectionPool, every_s: float = 5.0) -> None:
     """Keep ``usagehub_ingest_stored`` current: the children's batches are counted in the database only.
 
-    The per-batch counters and histograms of /metrics (events accepted, commit seconds...) are the hub
-    process's own pipeline's (HTTP, CoAP...); the durable totals cover every process.
+    The per-batch counters and histograms of the hub's /metrics (events accepted, commit seconds...) are its
+    own pipeline's (HTTP, CoAP...); each child serves its own with ``worker_metrics_port``; the durable totals
+    cover every process.
     """
     while True:
         try:
@@ -260,7 +261,8 @@ def child_settings(config: HubConfig, database_url: str, socket_path: Path, secr
     """
     env = child_environment(config, database_url)
     for name in _PIPELINE:
-        env[f"USAGEHUB_{name.upper()}"] = str(getattr(config, name))
+        if getattr(config, name) is not None:
+            env[f"USAGEHUB_{name.upper()}"] = str(getattr(config, name))
     env["USAGEHUB_COMMIT_LANES"] = str(child_lanes(config))
     env["USAGEHUB_INGEST_SOCKET"] = str(socket_path)
     env["USAGEHUB_INGEST_SECRET"] = secret.hex()

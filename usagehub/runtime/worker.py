@@ -19,15 +19,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from nats.errors import Error as NatsError
-from prometheus_client import start_http_server
 
-from usagehub import metrics
 from usagehub.adapters.link import Link
 from usagehub.bus.consumer import PartitionConsumer, owned_partitions
 from usagehub.bus.stream import BusSettings, connect, ensure_stream, servers_of
 from usagehub.core.events import UsageEvent
 from usagehub.pipeline.pipeline import Pipeline
-from usagehub.runtime.assembly import build_pipeline, open_storage, stopping_on_signals
+from usagehub.runtime.assembly import build_pipeline, open_storage, serve_worker_metrics, stopping_on_signals
 from usagehub.runtime.config import HubConfig
 from usagehub.runtime.profile_files import load_profiles
 from usagehub.storage.pool import Connection
@@ -107,13 +105,7 @@ async def run_worker(config: HubConfig, *, index: int, workers: int, stopping: a
     """Run one worker until ``stopping`` is set (default: SIGTERM/SIGINT): partitions → pipeline → COMMIT → ack."""
     settings = bus_settings(config)
     partitions = owned_partitions(settings.partitions, index, workers)
-    if config.worker_metrics_port is not None:  # this worker's counters, latencies and queue, for Prometheus
-        port = config.worker_metrics_port + index
-        try:
-            start_http_server(port, addr=config.http_host, registry=metrics.REGISTRY)
-        except OSError as err:
-            raise SystemExit(f"worker {index}: cannot serve /metrics on {config.http_host}:{port}: {err}") from err
-        log.info("worker %d: /metrics on %s:%d", index, config.http_host, port)
+    serve_worker_metrics(config, index, "worker")
     profiles = load_profiles(config.profiles)
     stopping = stopping_on_signals(stopping)
     async with open_storage(config) as pool:
