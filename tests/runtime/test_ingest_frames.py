@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -90,3 +94,12 @@ def test_every_lane_of_every_child_gets_devices(children: int, lanes: int) -> No
     """The hub's choice of child and the child's choice of lane split devices independently."""
     used = {(child_index(f"m{d:04d}", children, lanes), lane_index(f"m{d:04d}", lanes)) for d in range(2000)}
     assert used == {(c, lane) for c in range(children) for lane in range(lanes)}
+
+
+def test_an_ingest_worker_started_by_hand_says_what_starts_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("USAGEHUB_INGEST_")}
+    done = subprocess.run([sys.executable, "-m", "usagehub", "ingest-worker", "--index", "0"], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "started by `usagehub serve --ingest-processes N`" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -55,7 +55,11 @@ async def _receive(reader: asyncio.StreamReader, pipeline: Pipeline, reports: _R
 
 async def run_ingest_child(config: HubConfig, *, index: int, stopping: asyncio.Event | None = None) -> None:
     """Serve as ingest process ``index`` of the hub whose socket and secret are in the environment."""
-    path, secret = os.environ["USAGEHUB_INGEST_SOCKET"], bytes.fromhex(os.environ["USAGEHUB_INGEST_SECRET"])
+    try:
+        path, secret = os.environ["USAGEHUB_INGEST_SOCKET"], bytes.fromhex(os.environ["USAGEHUB_INGEST_SECRET"])
+    except (KeyError, ValueError) as err:
+        raise SystemExit("usagehub ingest-worker is started by `usagehub serve --ingest-processes N`, which gives "
+                         f"it USAGEHUB_INGEST_SOCKET and USAGEHUB_INGEST_SECRET ({err!r})") from None
     stopping = stopping_on_signals(stopping)
     serve_worker_metrics(config, index, "ingest process")
     files = load_profiles(config.profiles)
