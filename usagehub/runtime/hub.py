@@ -198,13 +198,13 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
         from usagehub.runtime import scaleout
         from usagehub.runtime.session_workers import session_workers
 
-        ingest, adapter_configs = None, _adapter_configs(config, broker_url)
+        ingest = None
         if not scaleout.uses_bus(config):
             children = await stack.enter_async_context(session_workers(config, pool))
             billing.engine.defer = children is not None  # batches queue their sessions; the children replay them
             from usagehub.runtime.ingest_processes import ingest_processes, process_count
 
-            if process_count(config) and "mqtt" in adapter_configs:  # children decode and commit MQTT
+            if process_count(config):  # children decode and commit MQTT (the mqtt adapter always runs)
                 from usagehub.runtime.worker import lock_devices_first
 
                 pipeline.hooks.insert(0, lock_devices_first)  # its own pipeline (HTTP, CoAP...) writes beside them
@@ -219,7 +219,7 @@ async def run_hub(config: HubConfig, *, on_ready: Callable[[Hub], Any] | None = 
             hub.links["bus"] = Link("bus")
             hub.sink = await stack.enter_async_context(scaleout.ingest_bus(config, profiles, pool,
                                                                            link=hub.links["bus"]))
-        for name, raw in adapter_configs.items():
+        for name, raw in _adapter_configs(config, broker_url).items():
             factory = adapters.load(name)
             hub.adapters[name] = await stack.enter_async_context(
                 factory.create(factory.config_model.model_validate(raw), replace(settings, keyring=keyring)))
