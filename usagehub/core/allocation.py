@@ -92,14 +92,21 @@ def allocate_entry(entry: UsageEntry, info: MeterInfo, bindings: BindingIndex,
                    zone_of: ZoneOf = utc_zone) -> list[Point]:
     """The usage points of one entry, each bound to its account (None: unbound)."""
     ts = ensure_aware(entry.ts)
+    device = entry.device_id
     if entry.since is None:
         pieces = [(ts, ts, entry.quantity)]
-    elif not (cuts := _segments(entry, since := ensure_aware(entry.since), bindings, zone_of)):
-        pieces = [(since, ts, entry.quantity)]  # the common case: one account, one period (split_interval's answer)
     else:
+        since = ensure_aware(entry.since)
+        account = bindings.account_at(device, since)
+        if not bindings.changes_within(device, since, ts) and not boundaries_within(since, ts, zone_of(account)):
+            # the common case: one account, one period (split_interval's answer), looked up once
+            return [Point(account_id=account, service=info.service, device_id=device, product=info.product,
+                          kind=PointKind.USAGE, aggregation=info.aggregation, start=since, end=ts,
+                          value=entry.quantity, label=entry.label)]
+        cuts = _segments(entry, since, bindings, zone_of)
         pieces = [(p.start, p.end, p.quantity) for p in split_interval(entry.quantity, since, ts, cuts)]
-    return [Point(account_id=bindings.account_at(entry.device_id, a), service=info.service,
-                  device_id=entry.device_id, product=info.product, kind=PointKind.USAGE,
+    return [Point(account_id=bindings.account_at(device, a), service=info.service,
+                  device_id=device, product=info.product, kind=PointKind.USAGE,
                   aggregation=info.aggregation, start=a, end=b, value=q, label=entry.label)
             for a, b, q in pieces]
 

@@ -133,19 +133,24 @@ def apply_batch(known: Sequence[Reading], new: Iterable[Reading],
     keys = [r.key for r in series]
     entries: list[UsageEntry] = []
     added: list[Reading] = []
+    usage = EntryKind.USAGE
     for reading in new:
         ensure_aware(reading.ts)
-        if keys and reading.key > keys[-1]:
-            i = len(keys)  # the common in-order case, no search
-        else:
-            i = bisect_left(keys, reading.key)
-            if i < len(keys) and keys[i] == reading.key:
-                continue  # a duplicate: identity already known
+        key = (reading.ts, reading.event_id)
+        if not keys or key > keys[-1]:  # the common in-order case: no search, no retraction
+            if (entry := _entry(spec, series[-1] if series else None, reading, reading.event_id, usage)) is not None:
+                entries.append(entry)
+            series.append(reading)
+            keys.append(key)
+            added.append(reading)
+            continue
+        i = bisect_left(keys, key)
+        if i < len(keys) and keys[i] == key:
+            continue  # a duplicate: identity already known
         prev = series[i - 1] if i > 0 else None
-        nxt = series[i] if i < len(series) else None
-        entries.extend(amend(prev, nxt, reading, spec))
+        entries.extend(amend(prev, series[i], reading, spec))
         series.insert(i, reading)
-        keys.insert(i, reading.key)
+        keys.insert(i, key)
         added.append(reading)
     return entries, added
 

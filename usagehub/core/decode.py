@@ -44,6 +44,8 @@ def topic_regex(pattern: str) -> re.Pattern[str]:
 
 def to_decimal(value: object) -> Decimal:
     """A device number as an exact Decimal; floats go through their shortest repr, bools are refused."""
+    if type(value) is int:  # the common case first (bool is a subclass of int, not int itself)
+        return Decimal(value)
     if isinstance(value, bool):
         raise InvalidOperation("boolean is not a number")
     if isinstance(value, int | Decimal):
@@ -72,6 +74,8 @@ def parse_timestamp(value: object, spec: TimestampSpec) -> datetime:
             ts = datetime.fromisoformat(value)
         except ValueError as err:
             raise ValidationFailed("bad timestamp", detail=f"{spec.path}: {value[:40]!r}") from err
+        if ts.tzinfo is UTC:  # "Z" or "+00:00": already as events carry it
+            return ts
         if ts.tzinfo is None:
             raise ValidationFailed("timestamp without zone", detail=f"{spec.path}: {value[:40]!r}")
         return ts.astimezone(UTC)
@@ -173,15 +177,16 @@ class CompiledProfile:
     def _meter_event(self, meter: _Meter, record: object, device_id: str, ts: datetime,
                      seq: object, message: RawMessage) -> UsageEvent | None:
         spec = meter.spec
+        kind = spec.kind
         if meter.when is not None and spec.when is not None and meter.when.get(record) not in spec.when.in_:
             return None
         raw = meter.value.get(record) if meter.value else (spec.oid and _oid_value(record, spec.oid))
         text_value: str | None = None
-        if spec.kind is MeterKind.EVENT and meter.value is None:
+        if kind is MeterKind.EVENT and meter.value is None:
             value = Decimal(1)
         elif raw is MISSING or raw is None:
             return None  # this message does not carry this meter
-        elif spec.kind is MeterKind.STATE:
+        elif kind is MeterKind.STATE:
             active = raw in spec.active_values or str(raw).lower() in {str(v).lower() for v in spec.active_values}
             value, text_value = Decimal(1 if active else 0), str(raw)[:200]
         else:
@@ -189,14 +194,14 @@ class CompiledProfile:
                 number = to_decimal(raw)
             except InvalidOperation as err:
                 raise ValidationFailed("not a number", detail=f"{meter.name}: {str(raw)[:40]!r}") from err
-            if number in meter.missing:
+            if meter.missing and number in meter.missing:
                 return None
             if abs(number) >= _IMPLAUSIBLE:
                 raise ValidationFailed("value out of range", detail=f"{meter.name}: implausibly large")
             if (spec.min is not None and number < spec.min) or (spec.max is not None and number > spec.max):
                 raise ValidationFailed("value out of range", detail=f"{meter.name}={number}")
             value = number * spec.scale
-            if spec.kind is MeterKind.CUMULATIVE and value < 0:
+            if kind is MeterKind.CUMULATIVE and value < 0:
                 raise ValidationFailed("value out of range", detail=f"{meter.name}={number} (negative register)")
         reset = None
         if meter.reset is not None:
@@ -210,12 +215,20 @@ class CompiledProfile:
                           reset_marker=reset, text_value=text_value)
 
 
-_ID_OK = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
+_ID_OK = re.compile(r"[^\x00-\x1f\x7f]{1,128}")  # the whole id (fullmatch: "$" would let a last "\n" pass)
+
+
+_IDS_SEEN: set[str] = set()  # ids that passed: a fleet's devices repeat in every message
 
 
 def _clean_id(device_id: str) -> str:
-    if not _ID_OK.match(device_id):
+    if device_id in _IDS_SEEN:
+        return device_id
+    if not _ID_OK.fullmatch(device_id):
         raise ValidationFailed("bad device id", detail=repr(device_id[:40]))
+    if len(_IDS_SEEN) >= 262_144:  # bounded: a flood of made-up ids only costs the regex again
+        _IDS_SEEN.clear()
+    _IDS_SEEN.add(device_id)
     return device_id
 
 

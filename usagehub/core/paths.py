@@ -25,9 +25,12 @@ class FieldPath:
 
     text: str
     steps: tuple[str | int, ...]
+    key: str | None = None  # the one step of ``$.name``: a JSON object's field, looked up at once
 
     def get(self, document: object) -> object:
         """The value at this path, or ``MISSING`` when any step is absent."""
+        if self.key is not None and type(document) is dict:
+            return document.get(self.key, _MISSING)
         node = document
         for step in self.steps:
             if type(node) is dict and type(step) is str:  # the common case (JSON objects), without ABC checks
@@ -64,4 +67,4 @@ def compile_path(text: str) -> FieldPath:
         key, index, quoted = m.groups()
         steps.append(int(index) if index is not None else (key or quoted))
         pos = m.end()
-    return FieldPath(text, tuple(steps))
+    return FieldPath(text, tuple(steps), steps[0] if len(steps) == 1 and isinstance(steps[0], str) else None)

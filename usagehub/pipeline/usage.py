@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from contextvars import ContextVar
+from decimal import Decimal
 
 from usagehub.core.counters import CounterSpec, Reading, UsageEntry, apply_batch, reading_of, simple_entry
 from usagehub.core.counters import wrap_modulus as modulus_of
@@ -35,6 +36,7 @@ class UsageWriter:
         # the pipeline commits batches of several lanes at once, each in its own task.
         self._last: ContextVar[Sequence[tuple[UsageEntry, UsageEvent]]] = ContextVar(
             f"usage-entries-{id(self)}", default=())
+        self._moduli: dict[tuple[str, str], tuple[object, Decimal | None]] = {}  # per profile meter
 
     @property
     def last_entries(self) -> Sequence[tuple[UsageEntry, UsageEvent]]:
@@ -42,9 +44,13 @@ class UsageWriter:
         return self._last.get()
 
     def _spec(self, event: UsageEvent) -> CounterSpec:
-        meter = self.profiles.by_id[event.profile_id].profile.meters[event.meter]
-        return CounterSpec(device_id=event.device_id, meter=event.meter,
-                           wrap_modulus=modulus_of(meter.wrap_bits, meter.scale))
+        compiled = self.profiles.by_id[event.profile_id]
+        cached = self._moduli.get((event.profile_id, event.meter))
+        if cached is None or cached[0] is not compiled:  # profiles can be replaced while the hub runs
+            meter = compiled.profile.meters[event.meter]
+            cached = self._moduli[(event.profile_id, event.meter)] = (compiled,
+                                                                     modulus_of(meter.wrap_bits, meter.scale))
+        return CounterSpec(device_id=event.device_id, meter=event.meter, wrap_modulus=cached[1])
 
     async def apply(self, conn: Connection, events: Sequence[UsageEvent]) -> None:
         """Derive the usage entries of ``events`` (already identity-checked as new); see ``last_entries``."""

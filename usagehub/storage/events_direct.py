@@ -17,7 +17,6 @@ staged insert leaves it out.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 from psycopg import errors
@@ -40,25 +39,26 @@ class DirectInserts:
 
     def __init__(self, keep: int = 65_536) -> None:
         self.keep = keep
-        self._recent: OrderedDict[EventKey, None] = OrderedDict()
+        # Two generations: new identities go to the first; when it holds keep/2, it becomes the second and the
+        # old second is dropped at once (between keep/2 and keep identities are kept, none copied).
+        self._recent: set[EventKey] = set()
+        self._older: set[EventKey] = set()
         self._meta: dict[Meta, int] = {}
 
     def committed(self, keys: Iterable[EventKey]) -> None:
         """Remember identities whose batch committed (only then are they duplicates for sure)."""
-        recent = self._recent
-        for key in keys:
-            recent[key] = None
-        while len(recent) > self.keep:
-            recent.popitem(last=False)
+        self._recent.update(keys)
+        if len(self._recent) >= self.keep // 2:
+            self._older, self._recent = self._recent, set()
 
     async def insert(self, conn: Connection, events: Sequence[UsageEvent]) -> set[EventKey]:
         """Insert the events not stored yet; return the identities that are new (as ``insert_events``)."""
         fresh: list[UsageEvent] = []
         claimed: set[EventKey] = set()
-        recent = self._recent
+        recent, older = self._recent, self._older
         for e in events:
             key = (e.device_id, e.meter, e.ts, e.event_id)
-            if key in claimed or key in recent:
+            if key in claimed or key in recent or key in older:
                 continue
             claimed.add(key)
             fresh.append(e)
@@ -98,12 +98,17 @@ async def _copy(conn: Connection, events: Sequence[UsageEvent], meta: Sequence[i
     async with conn.cursor() as cur, cur.copy(f"COPY events ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(list(types))
         write = copy.write_row
+        arrived, at_ms = None, None  # the events of one message share their arrival: truncated once
         if not compact:
             for e, meta_id in zip(events, meta, strict=True):
-                await write((e.device_id, e.meter, e.ts, e.event_id, e.value, meta_id, arrival_ms(e.received_at),
-                             e.reset_marker, e.text_value))
+                if e.received_at is not arrived:
+                    arrived, at_ms = e.received_at, arrival_ms(e.received_at)
+                await write((e.device_id, e.meter, e.ts, e.event_id, e.value, meta_id, at_ms, e.reset_marker,
+                             e.text_value))
             return
         for e, meta_id in zip(events, meta, strict=True):
+            if e.received_at is not arrived:
+                arrived, at_ms = e.received_at, arrival_ms(e.received_at)
             seq = compact_id(e.event_id)
             await write((e.device_id, e.meter, e.ts, None if seq is not None else e.event_id, e.value, meta_id,
-                         arrival_ms(e.received_at), e.reset_marker, e.text_value, seq))
+                         at_ms, e.reset_marker, e.text_value, seq))

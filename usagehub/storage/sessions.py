@@ -194,7 +194,8 @@ def origin_of(entry: UsageEntry, unit: str) -> Origin:
 
     The points are the usage ledger (migration 0041): the view ``usage_entries`` sums an entry's points.
     """
-    return (REF_SEP.join((entry.kind.value, entry.meter, entry.cause)), entry.since, entry.ts, entry.quantity,
+    return (REF_SEP.join((entry.kind, entry.meter, entry.cause)),  # a StrEnum member joins as its value
+            entry.since, entry.ts, entry.quantity,
             unit)
 
 
