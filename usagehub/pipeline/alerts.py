@@ -32,8 +32,10 @@ class AlertStage:
         seen: dict[str, tuple[datetime, datetime]] = {}
         for e in events:
             prev = seen.get(e.device_id)
-            seen[e.device_id] = (e.received_at, e.ts) if prev is None else (max(prev[0], e.received_at),
-                                                                              max(prev[1], e.ts))
+            if prev is None:
+                seen[e.device_id] = (e.received_at, e.ts)
+            elif e.received_at > prev[0] or e.ts > prev[1]:
+                seen[e.device_id] = (max(prev[0], e.received_at), max(prev[1], e.ts))
         await touch_seen(conn, sorted((d, r, t) for d, (r, t) in seen.items()))
         if self.rules:
             await raise_device_alerts(conn, event_alerts(events, self.rules))

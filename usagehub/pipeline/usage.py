@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from contextvars import ContextVar
 from decimal import Decimal
+from operator import attrgetter
 
 from usagehub.core.counters import CounterSpec, Reading, UsageEntry, apply_batch, reading_of, simple_entry
 from usagehub.core.counters import wrap_modulus as modulus_of
@@ -22,6 +23,9 @@ from usagehub.storage.usage import (
     save_meter_state,
     stored_neighbourhoods,
 )
+
+
+_ORDER = attrgetter("ts", "event_id")  # a register's readings in key order
 
 
 class UsageWriter:
@@ -71,7 +75,7 @@ class UsageWriter:
         state = await lock_meter_state(conn, keys)
         out: list[tuple[UsageEntry, UsageEvent]] = []
         new_state: list[tuple[MeterKey, Reading]] = []
-        groups = {key: sorted(registers[key], key=lambda e: (e.ts, e.event_id)) for key in keys}
+        groups = {key: sorted(registers[key], key=_ORDER) for key in keys}
         readings_of = {key: [reading_of(e) for e in group] for key, group in groups.items()}
         # Registers whose batch reaches back before their latest reading need the stored neighbours:
         # one round trip for all of them.

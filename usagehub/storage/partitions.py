@@ -31,7 +31,9 @@ _ADVISORY_KEY = 7_311_002  # the key ensure_event_partition() uses: one partitio
 
 def month_of(ts: datetime) -> date:
     """The first day of the UTC month ``ts`` falls in."""
-    return ts.astimezone(UTC).date().replace(day=1)
+    if ts.tzinfo is not UTC:  # events carry UTC: the common case takes no conversion
+        ts = ts.astimezone(UTC)
+    return date(ts.year, ts.month, 1)
 
 
 def add_months(month: date, n: int) -> date:

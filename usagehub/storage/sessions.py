@@ -205,9 +205,8 @@ async def copy_points(conn: Connection, points: Sequence[tuple[Point, Origin | N
             f"COPY session_points ({_POINT_COLUMNS}, {_ORIGIN_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types([*_POINT_TYPES, *_ORIGIN_TYPES])
         for p, o in points:
-            await copy.write_row((p.account_id, p.service, p.device_id, p.product, p.kind.value,
-                                  p.aggregation.value, p.start, p.end, p.value, p.active, p.label, p.tie,
-                                  *(o or _NO_ORIGIN)))
+            await copy.write_row((p.account_id, p.service, p.device_id, p.product, p.kind, p.aggregation,  # StrEnums
+                                  p.start, p.end, p.value, p.active, p.label, p.tie, *(o or _NO_ORIGIN)))
 
 
 async def insert_sessions(conn: Connection, sessions: Sequence[Session]) -> None:
