@@ -24,7 +24,6 @@ from usagehub.storage.usage import (
     stored_neighbourhoods,
 )
 
-
 _ORDER = attrgetter("ts", "event_id")  # a register's readings in key order
 
 
