@@ -34,6 +34,7 @@ from usagehub.core.events import RawMessage, UsageEvent
 from usagehub.errors import StorageError, StorageUnavailable
 from usagehub.pipeline import memory
 from usagehub.pipeline.identity import Entitlements
+from usagehub.pipeline.routes import TopicRoutes
 from usagehub.storage.events import (
     EventKey,
     QuarantineItem,
@@ -52,7 +53,6 @@ BatchHook = Callable[[Connection, Sequence[UsageEvent]], Awaitable[None]]
 Listener = Callable[[Sequence[UsageEvent]], None]
 
 
-_TOPIC_LANES_MAX = 65_536  # topics whose lane is remembered (emptied when full: invented topics)
 
 
 @dataclass(slots=True)
@@ -115,8 +115,7 @@ class Pipeline:
         self.totals = {"messages": 0, "accepted": 0, "duplicates": 0, "quarantined": 0, "batches": 0}
         self._in_counters: dict[str, Any] = {}
         self._in_counts: dict[str, int] = {}  # received since the last batch was taken
-        self._topic_lanes: dict[str, dict[str, _Lane]] = {}  # transport -> topic -> lane (messages without meta)
-        self._topic_lanes_version = profiles.version
+        self._routes = TopicRoutes(profiles, self._route)  # a topic's lane, remembered
         self.identity = Entitlements(pool, profiles)
         self.inserts = DirectInserts()
         self._totals_loaded = False
@@ -161,20 +160,10 @@ class Pipeline:
 
     def _lane_of(self, message: RawMessage) -> _Lane:
         lanes = self._lanes
-        if len(lanes) == 1:
-            return lanes[0]
-        if message.meta:  # an authenticated sender, or metadata a profile reads: no cache
-            return lanes[lane_index(self.identity.lane_key(message), len(lanes))]
-        if self._topic_lanes_version != self.profiles.version:  # meter types changed: topics may move
-            self._topic_lanes.clear()
-            self._topic_lanes_version = self.profiles.version
-        cache = self._topic_lanes.get(message.transport)
-        if cache is None or len(cache) >= _TOPIC_LANES_MAX:  # a flood of invented topics must not grow memory
-            cache = self._topic_lanes[message.transport] = {}
-        lane = cache.get(message.topic)
-        if lane is None:
-            lane = cache[message.topic] = lanes[lane_index(self.identity.lane_key(message), len(lanes))]
-        return lane
+        return lanes[0] if len(lanes) == 1 else self._routes(message)
+
+    def _route(self, message: RawMessage) -> _Lane:
+        return self._lanes[lane_index(self.identity.lane_key(message), len(self._lanes))]
 
     async def _enqueue(self, item: _Item) -> None:
         lane = self._lane_of(item.message)

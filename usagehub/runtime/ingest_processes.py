@@ -34,6 +34,7 @@ from usagehub import metrics
 from usagehub.adapters.link import Link
 from usagehub.core.events import RawMessage
 from usagehub.pipeline.pipeline import Pipeline, lane_index
+from usagehub.pipeline.routes import TopicRoutes
 from usagehub.runtime.config import HubConfig
 from usagehub.runtime.ingest_frames import (
     HELLO_MAX,
@@ -94,25 +95,15 @@ class ProcessSink:
         self._token = 0
         self._room = asyncio.Event()
         self._flushing = False
-        self._routes: dict[str, _Child] = {}
-        self._routes_version = -1
+        self._child_of = TopicRoutes(pipeline.profiles, self._route, limit=_ROUTES_MAX)  # a topic's child, kept
         self.closing = False
         self._received = 0  # messages taken since the last flush, for /metrics
         self._mqtt_in = metrics.MESSAGES_IN.labels("mqtt")
         metrics.COMMIT_WAIT.set_function(self.commit_wait_s)
         metrics.STALLED.set_function(lambda: float(self.stalled))
 
-    def _child_of(self, message: RawMessage) -> _Child:
-        if self._routes_version != self.pipeline.profiles.version or len(self._routes) >= _ROUTES_MAX:
-            self._routes.clear()
-            self._routes_version = self.pipeline.profiles.version
-        child = self._routes.get(message.topic)
-        if child is None or message.meta:
-            child = self.children[child_index(self.pipeline.identity.lane_key(message), len(self.children),
-                                              self.lanes)]
-            if not message.meta:
-                self._routes[message.topic] = child
-        return child
+    def _route(self, message: RawMessage) -> _Child:
+        return self.children[child_index(self.pipeline.identity.lane_key(message), len(self.children), self.lanes)]
 
     def offer_nowait(self, message: RawMessage, stored: Stored) -> bool:
         """Hand ``message`` to its child (True), or False when that child holds ``window`` messages already."""
