@@ -8,6 +8,7 @@ import random
 import signal
 import socket
 import struct
+import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +24,7 @@ from tests.integration.hubproc import HubProcess, usagehub
 from tests.integration.test_bus_serve_workers import two_free_ports, worker_accepted
 from tests.integration.test_crash import _publish
 from tests.peers import time_scale
+from usagehub.runtime.ingest_processes import FOLDER_PREFIX
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -156,12 +158,16 @@ def test_nothing_is_acknowledged_before_a_child_commits(database_url: str, mosqu
     assert _publish(mosquitto, lines, tmp_path / "fleet.txt").wait(60) == 0
     time.sleep(1.0)  # the hub has received them all and handed them over: none committed
     assert _one(database_url, "SELECT count(*) FROM events") == 0
+    killed = hub.proc.pid if hub.proc else 0
+    left = list(Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}{killed}-*"))
     hub.kill()  # the children die with it (SIGKILL reaches stopped processes)
     for child in children:
         child.wait(10)
+    assert len(left) == 1 and left[0].exists()  # a killed hub cannot remove its socket folder
     again = HubProcess(database_url, mosquitto.url, tmp_path / "data", extra=INGEST)
     again.start()  # the same persistent session: the broker delivers what was never acknowledged
     try:
+        assert not left[0].exists()  # the next hub removed it
         _wait_stored(database_url, len(set(lines)), again)
         assert _billed(database_url) == expected
     finally:

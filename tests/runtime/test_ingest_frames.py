@@ -27,7 +27,7 @@ from usagehub.runtime.ingest_frames import (
     parse_hello,
     read_frame,
 )
-from usagehub.runtime.ingest_processes import child_index
+from usagehub.runtime.ingest_processes import FOLDER_PREFIX, child_index, remove_stale_folders
 
 SECRET = bytes(range(32))
 instants = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC))
@@ -103,3 +103,15 @@ def test_an_ingest_worker_started_by_hand_says_what_starts_it(tmp_path: Path) ->
     assert done.returncode != 0
     assert "started by `usagehub serve --ingest-processes N`" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_only_the_socket_folders_of_dead_hubs_are_removed(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale, mine = tmp_path / f"{FOLDER_PREFIX}{gone.pid}-abc", tmp_path / f"{FOLDER_PREFIX}{os.getpid()}-def"
+    other = tmp_path / f"{FOLDER_PREFIX}xyz"  # not named by a pid: not ours to judge
+    for folder in (stale, mine, other):
+        folder.mkdir()
+        (folder / "ingest.sock").write_bytes(b"")
+    assert remove_stale_folders(tmp_path) == 1
+    assert not stale.exists() and mine.exists() and other.exists()

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -260,6 +261,37 @@ def child_settings(config: HubConfig, database_url: str, socket_path: Path, secr
     return env
 
 
+FOLDER_PREFIX = "usagehub-ingest-"  # the sockets' folders: usagehub-ingest-<hub pid>-<random>
+
+
+def remove_stale_folders(parent: Path | None = None) -> int:
+    """Remove the socket folders of hubs that died without cleaning up (SIGKILL); how many were removed.
+
+    Only folders of this user whose hub process is gone: another hub's live folder is never touched.
+    """
+    removed = 0
+    for folder in Path(parent or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        try:
+            pid = int(folder.name.removeprefix(FOLDER_PREFIX).split("-", 1)[0])
+            if folder.stat().st_uid != os.getuid() or _alive(pid):
+                continue
+        except (ValueError, OSError):
+            continue  # not one of ours (or gone meanwhile)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 @contextlib.asynccontextmanager
 async def ingest_processes(config: HubConfig, pipeline: Pipeline,
                            pool: AsyncConnectionPool) -> AsyncIterator[ProcessSink]:
@@ -272,7 +304,9 @@ async def ingest_processes(config: HubConfig, pipeline: Pipeline,
     lanes = child_lanes(config)
     sink = ProcessSink(pipeline, count, secret, lanes=lanes, window=max(1000, 2 * lanes * config.batch_max_messages),
                        window_bytes=(lanes + 1) * pipeline.settings.batch_max_bytes)
-    with tempfile.TemporaryDirectory(prefix="usagehub-ingest-") as folder:  # mode 0700: the hub's user alone
+    remove_stale_folders()
+    # mode 0700: the hub's user alone; the hub's pid in the name lets a later hub remove it if this one is killed
+    with tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-") as folder:
         path = Path(folder) / "ingest.sock"
         server = await asyncio.start_unix_server(sink.connected, path=str(path))
         children = WorkerPool(config, "", count, config.data_dir / "ingest-processes",
