@@ -215,6 +215,11 @@ def test_a_caller_without_the_secret_is_turned_away_and_ingest_goes_on(
         # Each child serves its own /metrics: what it stored, counted where it committed.
         accepted = [worker_accepted(metrics_port + i) for i in (0, 1)]
         assert all(a > 0 for a in accepted) and sum(accepted) == len(set(lines))
+        # ... and the hub's /metrics counts them all (the children's counters come with their reports).
+        deadline = time.monotonic() + 10 * time_scale()  # a report follows its commit by a loop pass or two
+        while worker_accepted(hub.port) < len(set(lines)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert worker_accepted(hub.port) == len(set(lines))
         assert "ingest process ?: connection closed" in hub.log.read_text()
     finally:
         assert hub.terminate() == 0

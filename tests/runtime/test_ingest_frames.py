@@ -20,9 +20,9 @@ from usagehub.pipeline.pipeline import lane_index
 from usagehub.runtime.ingest_frames import (
     FrameError,
     decode_messages,
-    decode_tokens,
+    decode_report,
     encode_messages,
-    encode_tokens,
+    encode_report,
     hello,
     parse_hello,
     read_frame,
@@ -49,12 +49,15 @@ def test_messages_come_back_exactly(items: list[tuple[int, str, bytes, datetime]
 
 @given(st.lists(st.integers(0, 2**64 - 1), max_size=200))
 def test_tokens_come_back_exactly(tokens: list[int]) -> None:
-    assert list(decode_tokens(_body(encode_tokens(tokens)))) == tokens
+    assert decode_report(_body(encode_report(tokens))) == (tuple(tokens), [])
+    counters = [("usagehub_events_accepted_total", {}, 3.0)]
+    assert decode_report(_body(encode_report(tokens, counters))) == (tuple(tokens),
+                                                                     [["usagehub_events_accepted_total", {}, 3.0]])
 
 
 @given(st.binary(max_size=400))
 def test_any_bytes_decode_or_raise_frame_error(body: bytes) -> None:
-    for decode in (decode_messages, decode_tokens):
+    for decode in (decode_messages, decode_report):
         with contextlib.suppress(FrameError):
             decode(body)
 
@@ -76,11 +79,11 @@ def test_a_hello_needs_the_secret() -> None:
 
 async def test_frames_are_read_whole_and_a_cut_or_oversized_one_is_refused() -> None:
     reader = asyncio.StreamReader()
-    reader.feed_data(encode_tokens([1, 2]) + encode_tokens([3]))
+    reader.feed_data(encode_report([1, 2]) + encode_report([3]))
     reader.feed_eof()
     assert [await read_frame(reader), await read_frame(reader), await read_frame(reader)] == [
-        _body(encode_tokens([1, 2])), _body(encode_tokens([3])), None]
-    for data, error in ((encode_tokens([1])[:-3], "inside a frame"), (b"\x00\x00", "frame header"),
+        _body(encode_report([1, 2])), _body(encode_report([3])), None]
+    for data, error in ((encode_report([1])[:-3], "inside a frame"), (b"\x00\x00", "frame header"),
                         (b"\x00\x00\x00\x41" + bytes(65), "at most 64")):
         reader = asyncio.StreamReader()
         reader.feed_data(data)

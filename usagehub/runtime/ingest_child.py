@@ -19,7 +19,8 @@ from usagehub.pipeline.pipeline import Pipeline
 from usagehub.runtime.assembly import build_pipeline, open_storage, serve_worker_metrics, stopping_on_signals
 from usagehub.runtime.config import HubConfig
 from usagehub.runtime.device_keys import open_keyring, refresh_keyring
-from usagehub.runtime.ingest_frames import decode_messages, encode_tokens, hello, read_frame
+from usagehub.runtime.ingest_counters import CounterDeltas
+from usagehub.runtime.ingest_frames import decode_messages, encode_report, hello, read_frame
 from usagehub.runtime.profile_files import load_profiles
 from usagehub.runtime.worker import lock_devices_first
 
@@ -27,11 +28,12 @@ log = logging.getLogger(__name__)
 
 
 class _Reports:
-    """Committed tokens, sent to the hub once per event-loop pass."""
+    """Committed tokens, sent to the hub once per event-loop pass with what the counters gained."""
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.tokens: list[int] = []
+        self.counters = CounterDeltas()
 
     def committed(self, token: int) -> None:
         if not self.tokens:
@@ -40,7 +42,7 @@ class _Reports:
 
     def flush(self) -> None:
         if self.tokens and not self.writer.is_closing():
-            self.writer.write(encode_tokens(self.tokens))
+            self.writer.write(encode_report(self.tokens, self.counters.take()))
         self.tokens = []
 
 

@@ -3,7 +3,8 @@
 A frame is a 4-byte big-endian length and its body. A hello opens a connection: the child's index and
 the secret the hub started it with (the socket lies in a folder only the hub's user may enter; the secret
 also proves the caller is its child). The hub then sends batches of messages, each ``(token, received_at,
-topic, payload)``; the child answers with the tokens of the messages whose batch committed. A frame is
+topic, payload)``; the child answers with reports: the tokens of the messages whose batch committed, and
+what its counters gained meanwhile (JSON, ``ingest_counters``). A frame is
 checked even so: a body that does not parse ends the connection (``FrameError``), and the hub sends what
 was not acknowledged again on the next one.
 """
@@ -15,12 +16,16 @@ import hmac
 import struct
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
 
 from usagehub.core.events import RawMessage
 
 _LEN = struct.Struct("!I")
 _HEAD = struct.Struct("!QqHI")  # token, received_at (µs since the epoch), topic length, payload length
 _TOKEN = struct.Struct("!Q")
+_COUNT = struct.Struct("!I")  # tokens in a report
 MAX_FRAME = (1 << 32) - 1  # what the length can say: the hub's frames are bounded by its window and MQTT's
 HELLO_MAX = 64  # a hello's bound, before the caller is known
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -96,13 +101,22 @@ def decode_messages(body: bytes, transport: str = "mqtt") -> list[tuple[int, Raw
     return out
 
 
-def encode_tokens(tokens: list[int]) -> bytes:
-    """One frame of committed tokens."""
-    return frame(struct.pack(f"!{len(tokens)}Q", *tokens))
+def encode_report(tokens: list[int], counters: list[Any] | tuple[()] = ()) -> bytes:
+    """One frame of committed tokens, and what the child's counters gained meanwhile (``ingest_counters``)."""
+    return frame(_COUNT.pack(len(tokens)) + struct.pack(f"!{len(tokens)}Q", *tokens)
+                 + (orjson.dumps(counters) if counters else b""))
 
 
-def decode_tokens(body: bytes) -> tuple[int, ...]:
-    """The tokens of a frame body."""
-    if len(body) % _TOKEN.size:
-        raise FrameError(f"a token frame of {len(body)} bytes")
-    return struct.unpack(f"!{len(body) // _TOKEN.size}Q", body)
+def decode_report(body: bytes) -> tuple[tuple[int, ...], Any]:
+    """The tokens of a report's body and its counters document (an empty list when it carries none)."""
+    if len(body) < _COUNT.size:
+        raise FrameError(f"a report of {len(body)} bytes")
+    (count,) = _COUNT.unpack_from(body)
+    end = _COUNT.size + count * _TOKEN.size
+    if len(body) < end:
+        raise FrameError(f"a report of {len(body)} bytes for {count} tokens")
+    try:
+        counters = orjson.loads(body[end:]) if len(body) > end else []
+    except orjson.JSONDecodeError as err:
+        raise FrameError(f"a report's counters do not parse: {err}") from err
+    return struct.unpack_from(f"!{count}Q", body, _COUNT.size), counters

@@ -37,10 +37,11 @@ from usagehub.core.events import RawMessage
 from usagehub.pipeline.pipeline import Pipeline, lane_index
 from usagehub.pipeline.routes import TopicRoutes
 from usagehub.runtime.config import HubConfig
+from usagehub.runtime.ingest_counters import add_deltas, parse_deltas
 from usagehub.runtime.ingest_frames import (
     HELLO_MAX,
     FrameError,
-    decode_tokens,
+    decode_report,
     encode_messages,
     parse_hello,
     read_frame,
@@ -52,6 +53,7 @@ from usagehub.storage.ingest_totals import read_totals
 log = logging.getLogger(__name__)
 
 Stored = Callable[[], None] | None
+_COUNTERS_MAX = 64 << 10  # a report's counters beside its tokens (a few hundred bytes in practice)
 _ROUTES_MAX = 100_000  # topics remembered per profile version: a flood of invented topics must not grow memory
 # What a child's environment carries of the hub's pipeline settings (a TOML file is read by the hub alone).
 _PIPELINE = ("batch_max_messages", "batch_max_wait_ms", "session_workers", "worker_metrics_port", "http_host")
@@ -195,8 +197,11 @@ class ProcessSink:
             child.writer, child.unsent = writer, list(child.pending)  # what was not reported comes again
             self._flush_soon()
             self._link_state()
-            while (body := await read_frame(reader, max_size=self.window * 8 + 8)) is not None:
-                self._committed(child, decode_tokens(body))
+            while (body := await read_frame(reader, max_size=self.window * 8 + _COUNTERS_MAX)) is not None:
+                tokens, counters = decode_report(body)
+                deltas = parse_deltas(counters)
+                self._committed(child, tokens)
+                add_deltas(deltas)
         except (FrameError, OSError, TimeoutError) as err:
             log.warning("ingest process %s: connection closed (%s)", child.index if child else "?", err)
         finally:
@@ -217,11 +222,11 @@ class ProcessSink:
 
 
 async def publish_totals(pool: AsyncConnectionPool, every_s: float = 5.0) -> None:
-    """Keep ``usagehub_ingest_stored`` current: the children's batches are counted in the database only.
+    """Keep ``usagehub_ingest_stored`` current from the durable totals of every process.
 
-    The per-batch counters and histograms of the hub's /metrics (events accepted, commit seconds...) are its
-    own pipeline's (HTTP, CoAP...); each child serves its own with ``worker_metrics_port``; the durable totals
-    cover every process.
+    The children's counters (events accepted, duplicates, quarantined...) reach the hub's with their reports
+    (``ingest_counters``); their histograms (commit seconds, batch sizes) stay per process: each child serves
+    its own /metrics with ``worker_metrics_port``.
     """
     while True:
         try:
