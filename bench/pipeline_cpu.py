@@ -6,6 +6,10 @@ PostgreSQL, and prints events/s of the pipeline with the time per stage. It isol
 costs in Python and SQL from the receive path. ``--profile FILE`` writes a cProfile of the run.
 
     .venv/bin/python bench/pipeline_cpu.py [WEEKS] [ACCOUNTS] [--deferred] [--profile /tmp/pipe.prof]
+    .venv/bin/python bench/pipeline_cpu.py --gateways [READINGS]   # bench/ingest.py's gateway messages of 50
+
+``--gateways`` feeds ``bench/ingest.py``'s gateway case instead (deferred sessions, meters bound to no account)
+and prints the stages per reading: the hub process's CPU per reading is the figure to compare.
 
 ``--deferred`` queues sessions as ``serve`` does with session workers, and replays the queue after ingest
 (timed apart: in ``serve`` that work runs in another process, on the other core).
@@ -21,6 +25,8 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -101,28 +107,46 @@ async def run(url: str, pgdata: Path, msgs: list[tuple[bytes, bytes]], deferred:
     return elapsed, stage
 
 
+def gateway_source(readings: int) -> tuple[list[tuple[bytes, bytes]], str, int]:
+    """``bench/ingest.py``'s gateway case: messages of 50 readings of 1,000 meters behind 50 gateways."""
+    from bench.ingest import GATEWAYS, METERS, messages
+
+    lines = ["accounts: [{id: a}]", "devices:"] + [f"  - {{id: m{d:04d}}}" for d in range(METERS)]
+    lines += [f"  - {{id: g{g:02d}, profile: acme-dc100-gateway}}" for g in range(GATEWAYS)]
+    return messages(readings, gateway=50), "\n".join(lines) + "\n", readings
+
+
 def main() -> None:
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    weeks = int(args[0]) if args else 2
-    accounts = int(args[1]) if len(args) > 1 else 20
+    args = [a for a in sys.argv[1:] if not a.startswith("--") and not a.startswith("/")]
     profile = sys.argv[sys.argv.index("--profile") + 1] if "--profile" in sys.argv else None
-    msgs, _truth, seed = fleet(weeks, accounts)
+    gateways = "--gateways" in sys.argv
+    if gateways:  # N readings (default 200,000) in gateway messages of 50, the meters bound to no account
+        msgs, seed, units = gateway_source(int(args[0]) if args else 200_000)
+    else:
+        weeks, accounts = int(args[0]) if args else 2, int(args[1]) if len(args) > 1 else 20
+        msgs, _truth, seed = fleet(weeks, accounts)
+        units = len(msgs)
     tmp = scratch("usagehub-pipe-")
     url = embedded_database_url(tmp / "db")
     (tmp / "seed.yaml").write_text(seed)
     subprocess.run([sys.executable, "-m", "usagehub", "seed", str(tmp / "seed.yaml"), "--database-url", url,
                     "--data-dir", str(tmp), "--log-level", "WARNING"], check=True, cwd=ROOT, capture_output=True)
+    if gateways:
+        with psycopg.connect(url) as conn:
+            conn.execute("INSERT INTO gateway_devices (gateway_id, device_id) SELECT g.device_id, m.device_id "
+                         "FROM devices g JOIN devices m ON m.device_id LIKE 'm%' WHERE g.device_id LIKE 'g%'")
     prof = cProfile.Profile() if profile else None
     if prof:
         prof.enable()
-    elapsed, stage = asyncio.run(run(url, tmp / "db" / "pg", msgs, "--deferred" in sys.argv))
+    elapsed, stage = asyncio.run(run(url, tmp / "db" / "pg", msgs, "--deferred" in sys.argv or gateways))
     if prof:
         prof.disable()
         prof.dump_stats(profile)
-    print(f"pipeline alone: {len(msgs)} messages in {elapsed:.1f} s = {len(msgs) / elapsed:,.0f} msg/s")
+    unit = "reading" if gateways else "message"
+    print(f"pipeline alone: {units} {unit}s in {len(msgs)} messages, {elapsed:.1f} s = {units / elapsed:,.0f} "
+          f"{unit}s/s")
     for name, seconds in sorted(stage.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:<16} {seconds:6.2f} s  {1e6 * seconds / len(msgs):6.0f} us/message")
-
+        print(f"  {name:<30} {seconds:6.2f} s  {1e6 * seconds / units:6.1f} us/{unit}")
 
 if __name__ == "__main__":
     main()
