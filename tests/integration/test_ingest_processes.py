@@ -220,6 +220,10 @@ def test_a_caller_without_the_secret_is_turned_away_and_ingest_goes_on(
         while worker_accepted(hub.port) < len(set(lines)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert worker_accepted(hub.port) == len(set(lines))
+        text = httpx.get(f"http://127.0.0.1:{hub.port}/metrics", timeout=5).text
+        batches = next(float(line.split()[1]) for line in text.splitlines()
+                       if line.startswith("usagehub_batch_messages_sum"))
+        assert batches >= len(lines)  # every message the children committed, in the hub's histogram
         assert "ingest process ?: connection closed" in hub.log.read_text()
     finally:
         assert hub.terminate() == 0

@@ -49,10 +49,10 @@ def test_messages_come_back_exactly(items: list[tuple[int, str, bytes, datetime]
 
 @given(st.lists(st.integers(0, 2**64 - 1), max_size=200))
 def test_tokens_come_back_exactly(tokens: list[int]) -> None:
-    assert decode_report(_body(encode_report(tokens))) == (tuple(tokens), [])
-    counters = [("usagehub_events_accepted_total", {}, 3.0)]
-    assert decode_report(_body(encode_report(tokens, counters))) == (tuple(tokens),
-                                                                     [["usagehub_events_accepted_total", {}, 3.0]])
+    assert decode_report(_body(encode_report(tokens))) == (tuple(tokens), {})
+    figures = {"counters": [("usagehub_events_accepted_total", {}, 3.0)], "batches": [(0.25, 40)]}
+    assert decode_report(_body(encode_report(tokens, figures))) == (
+        tuple(tokens), {"counters": [["usagehub_events_accepted_total", {}, 3.0]], "batches": [[0.25, 40]]})
 
 
 @given(st.binary(max_size=400))

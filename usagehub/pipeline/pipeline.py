@@ -113,6 +113,7 @@ class Pipeline:
         self.hooks: list[BatchHook] = []
         self.listeners: list[Listener] = []
         self.totals = {"messages": 0, "accepted": 0, "duplicates": 0, "quarantined": 0, "batches": 0}
+        self.batches_observed: list[tuple[float, int]] | None = None  # (commit seconds, messages) when kept
         self._in_counters: dict[str, Any] = {}
         self._in_counts: dict[str, int] = {}  # received since the last batch was taken
         self._routes = TopicRoutes(profiles, self._route)  # a topic's lane, remembered
@@ -343,8 +344,11 @@ class Pipeline:
                     "quarantined": len(quarantine), "batches": 1})
         self.inserts.committed(new_keys)
         lane.waiting_since = time.monotonic() if not lane.queue.empty() else None
-        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        metrics.COMMIT_SECONDS.observe(seconds)
         metrics.BATCH_SIZE.observe(len(batch))
+        if self.batches_observed is not None:  # an ingest process relays them to the hub's histograms
+            self.batches_observed.append((seconds, len(batch)))
         self._resolve(batch, new_keys, q_ids)
         if sum(len(item.message.payload) for item in batch) >= self.settings.trim_after_bytes:
             memory.trim()  # large messages must not leave the process large

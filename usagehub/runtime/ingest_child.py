@@ -19,7 +19,7 @@ from usagehub.pipeline.pipeline import Pipeline
 from usagehub.runtime.assembly import build_pipeline, open_storage, serve_worker_metrics, stopping_on_signals
 from usagehub.runtime.config import HubConfig
 from usagehub.runtime.device_keys import open_keyring, refresh_keyring
-from usagehub.runtime.ingest_counters import CounterDeltas
+from usagehub.runtime.ingest_counters import CounterDeltas, report_figures
 from usagehub.runtime.ingest_frames import decode_messages, encode_report, hello, read_frame
 from usagehub.runtime.profile_files import load_profiles
 from usagehub.runtime.worker import lock_devices_first
@@ -28,12 +28,13 @@ log = logging.getLogger(__name__)
 
 
 class _Reports:
-    """Committed tokens, sent to the hub once per event-loop pass with what the counters gained."""
+    """Committed tokens, sent to the hub once per event-loop pass with the counters' gains and the batches."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, batches: list[tuple[float, int]]) -> None:
         self.writer = writer
         self.tokens: list[int] = []
         self.counters = CounterDeltas()
+        self.batches = batches  # the pipeline's committed batches since the last report
 
     def committed(self, token: int) -> None:
         if not self.tokens:
@@ -42,7 +43,7 @@ class _Reports:
 
     def flush(self) -> None:
         if self.tokens and not self.writer.is_closing():
-            self.writer.write(encode_report(self.tokens, self.counters.take()))
+            self.writer.write(encode_report(self.tokens, report_figures(self.counters, self.batches)))
         self.tokens = []
 
 
@@ -75,7 +76,8 @@ async def run_ingest_child(config: HubConfig, *, index: int, stopping: asyncio.E
         await catalog.load()
         reader, writer = await asyncio.open_unix_connection(path)
         writer.write(hello(index, secret))
-        reports = _Reports(writer)
+        pipeline.batches_observed = []
+        reports = _Reports(writer, pipeline.batches_observed)
         pipeline_task = asyncio.create_task(pipeline.run(), name="pipeline")
         receiving = asyncio.create_task(_receive(reader, pipeline, reports), name="receive")
         side = [asyncio.create_task(catalog.listen(), name="meter-types"),

@@ -4,7 +4,7 @@ A frame is a 4-byte big-endian length and its body. A hello opens a connection: 
 the secret the hub started it with (the socket lies in a folder only the hub's user may enter; the secret
 also proves the caller is its child). The hub then sends batches of messages, each ``(token, received_at,
 topic, payload)``; the child answers with reports: the tokens of the messages whose batch committed, and
-what its counters gained meanwhile (JSON, ``ingest_counters``). A frame is
+what its counters and batches say since the last report (JSON, ``ingest_counters``). A frame is
 checked even so: a body that does not parse ends the connection (``FrameError``), and the hub sends what
 was not acknowledged again on the next one.
 """
@@ -101,14 +101,14 @@ def decode_messages(body: bytes, transport: str = "mqtt") -> list[tuple[int, Raw
     return out
 
 
-def encode_report(tokens: list[int], counters: list[Any] | tuple[()] = ()) -> bytes:
-    """One frame of committed tokens, and what the child's counters gained meanwhile (``ingest_counters``)."""
+def encode_report(tokens: list[int], figures: dict[str, Any] | None = None) -> bytes:
+    """One frame of committed tokens, and the child's figures since its last report (``ingest_counters``)."""
     return frame(_COUNT.pack(len(tokens)) + struct.pack(f"!{len(tokens)}Q", *tokens)
-                 + (orjson.dumps(counters) if counters else b""))
+                 + (orjson.dumps(figures) if figures else b""))
 
 
 def decode_report(body: bytes) -> tuple[tuple[int, ...], Any]:
-    """The tokens of a report's body and its counters document (an empty list when it carries none)."""
+    """The tokens of a report's body and its figures document (an empty dict when it carries none)."""
     if len(body) < _COUNT.size:
         raise FrameError(f"a report of {len(body)} bytes")
     (count,) = _COUNT.unpack_from(body)
@@ -116,7 +116,7 @@ def decode_report(body: bytes) -> tuple[tuple[int, ...], Any]:
     if len(body) < end:
         raise FrameError(f"a report of {len(body)} bytes for {count} tokens")
     try:
-        counters = orjson.loads(body[end:]) if len(body) > end else []
+        figures = orjson.loads(body[end:]) if len(body) > end else {}
     except orjson.JSONDecodeError as err:
-        raise FrameError(f"a report's counters do not parse: {err}") from err
-    return struct.unpack_from(f"!{count}Q", body, _COUNT.size), counters
+        raise FrameError(f"a report's figures do not parse: {err}") from err
+    return struct.unpack_from(f"!{count}Q", body, _COUNT.size), figures

@@ -37,7 +37,7 @@ from usagehub.core.events import RawMessage
 from usagehub.pipeline.pipeline import Pipeline, lane_index
 from usagehub.pipeline.routes import TopicRoutes
 from usagehub.runtime.config import HubConfig
-from usagehub.runtime.ingest_counters import add_deltas, parse_deltas
+from usagehub.runtime.ingest_counters import add_report, parse_report
 from usagehub.runtime.ingest_frames import (
     HELLO_MAX,
     FrameError,
@@ -198,10 +198,10 @@ class ProcessSink:
             self._flush_soon()
             self._link_state()
             while (body := await read_frame(reader, max_size=self.window * 8 + _COUNTERS_MAX)) is not None:
-                tokens, counters = decode_report(body)
-                deltas = parse_deltas(counters)
+                tokens, figures = decode_report(body)
+                deltas, batches = parse_report(figures)
                 self._committed(child, tokens)
-                add_deltas(deltas)
+                add_report(deltas, batches)
         except (FrameError, OSError, TimeoutError) as err:
             log.warning("ingest process %s: connection closed (%s)", child.index if child else "?", err)
         finally:
@@ -224,9 +224,9 @@ class ProcessSink:
 async def publish_totals(pool: AsyncConnectionPool, every_s: float = 5.0) -> None:
     """Keep ``usagehub_ingest_stored`` current from the durable totals of every process.
 
-    The children's counters (events accepted, duplicates, quarantined...) reach the hub's with their reports
-    (``ingest_counters``); their histograms (commit seconds, batch sizes) stay per process: each child serves
-    its own /metrics with ``worker_metrics_port``.
+    The children's counters (events accepted, duplicates, quarantined...) and their batches' commit seconds
+    and sizes reach the hub's /metrics with their reports (``ingest_counters``); with ``worker_metrics_port``
+    each child also serves its own.
     """
     while True:
         try:
