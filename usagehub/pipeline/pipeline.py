@@ -347,8 +347,9 @@ class Pipeline:
         seconds = time.perf_counter() - started
         metrics.COMMIT_SECONDS.observe(seconds)
         metrics.BATCH_SIZE.observe(len(batch))
-        if self.batches_observed is not None:  # an ingest process relays them to the hub's histograms
-            self.batches_observed.append((seconds, len(batch)))
+        kept = self.batches_observed  # an ingest process relays them to the hub's histograms
+        if kept is not None and len(kept) < 10_000:  # bounded, should its reports stop
+            kept.append((seconds, len(batch)))
         self._resolve(batch, new_keys, q_ids)
         if sum(len(item.message.payload) for item in batch) >= self.settings.trim_after_bytes:
             memory.trim()  # large messages must not leave the process large

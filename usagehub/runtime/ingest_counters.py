@@ -20,7 +20,7 @@ from usagehub.runtime.ingest_frames import FrameError
 RELAYED: tuple[Counter, ...] = (metrics.EVENTS_ACCEPTED, metrics.EVENTS_DUPLICATE, metrics.QUARANTINED,
                                 metrics.BATCH_RETRIES, metrics.EVENT_INSERT_FALLBACKS, metrics.LOCK_TIMEOUTS,
                                 metrics.PARTITIONS_CREATED)
-_BY_NAME = {f"{c._name}_total": c for c in RELAYED}  # the sample name of each counter
+_BY_NAME = {f"{next(iter(c.describe())).name}_total": c for c in RELAYED}  # the sample name of each counter
 _MAX_DELTA = 1e12  # more than any process counts between two reports
 Delta = tuple[str, dict[str, str], float]  # sample name, labels, what it gained
 
@@ -53,7 +53,7 @@ def parse_report(doc: Any) -> tuple[list[Delta], list[Batch]]:
     """A report's counters and batches, checked (FrameError otherwise)."""
     if not isinstance(doc, dict) or not set(doc) <= {"counters", "batches"}:
         raise FrameError("a report's figures are not {counters, batches}")
-    return parse_deltas(doc.get("counters", [])), _parse_batches(doc.get("batches", []))
+    return _parse_deltas(doc.get("counters", [])), _parse_batches(doc.get("batches", []))
 
 
 def _parse_batches(doc: Any) -> list[Batch]:
@@ -73,7 +73,7 @@ def _number(value: Any, low: float, high: float) -> bool:
             and low <= value <= high)
 
 
-def parse_deltas(doc: Any) -> list[Delta]:
+def _parse_deltas(doc: Any) -> list[Delta]:
     """A child's deltas, checked (FrameError otherwise): known counters, their own labels, sane amounts."""
     if not isinstance(doc, list):
         raise FrameError("counters are not a list")
@@ -83,6 +83,7 @@ def parse_deltas(doc: Any) -> list[Delta]:
             raise FrameError("a counter is not [name, labels, amount]")
         name, labels, amount = item
         counter = _BY_NAME.get(name) if isinstance(name, str) else None
+        # _labelnames: the label names a counter was declared with (prometheus_client has no public accessor)
         if counter is None or not isinstance(labels, dict) or set(labels) != set(counter._labelnames):
             raise FrameError(f"no such counter: {str(name)[:80]}")
         if not all(isinstance(v, str) and len(v) <= 200 for v in labels.values()):

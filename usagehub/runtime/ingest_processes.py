@@ -53,7 +53,7 @@ from usagehub.storage.ingest_totals import read_totals
 log = logging.getLogger(__name__)
 
 Stored = Callable[[], None] | None
-_COUNTERS_MAX = 64 << 10  # a report's counters beside its tokens (a few hundred bytes in practice)
+_FIGURES_MAX = 64 << 10  # a report's figures beside its tokens (a few hundred bytes in practice)
 _ROUTES_MAX = 100_000  # topics remembered per profile version: a flood of invented topics must not grow memory
 # What a child's environment carries of the hub's pipeline settings (a TOML file is read by the hub alone).
 _PIPELINE = ("batch_max_messages", "batch_max_wait_ms", "session_workers", "worker_metrics_port", "http_host")
@@ -197,7 +197,7 @@ class ProcessSink:
             child.writer, child.unsent = writer, list(child.pending)  # what was not reported comes again
             self._flush_soon()
             self._link_state()
-            while (body := await read_frame(reader, max_size=self.window * 8 + _COUNTERS_MAX)) is not None:
+            while (body := await read_frame(reader, max_size=self.window * 8 + _FIGURES_MAX)) is not None:
                 tokens, figures = decode_report(body)
                 deltas, batches = parse_report(figures)
                 self._committed(child, tokens)
