@@ -15,6 +15,8 @@ Usage: .venv/bin/python bench/ingest.py [N] [REPEAT]
                              glue drains live messages as fast as this bench publishes them (bare subscriber,
                              glue and publisher all ~21-22K msg/s), so a live ratio above ~1.0 cannot show.
        BENCH_INGEST_PROCESSES=0 ...  serve --ingest-processes 0 (default: the hub's, 2 on 2+ cores)
+       BENCH_CASES=gw ...            the hub's cases to run (default hub,gw,sp: single readings, gateway
+                                     messages, each meter through all gateways); the baselines always run
        BENCH_GATEWAY_SCALE=10 ...    the gateway cases carry this many times N readings (default 10; 1 before
                                      2026-11-29: 400 messages stored in under a second, where the pipeline's
                                      fixed latency set the rate)
@@ -45,6 +47,7 @@ from bench.scratch import scratch  # noqa: E402
 from usagehub.storage.embedded import embedded_database_url  # noqa: E402
 
 BASELINES = ROOT.parent / "shared" / "baselines"
+CASES = set(os.environ.get("BENCH_CASES", "hub,gw,sp").split(","))  # single readings, gateways, spread gateways
 METERS = 1000
 
 
@@ -298,23 +301,17 @@ def main() -> None:
                 rate, cpu = glue_batch(new_db(server), broker.port, single, broker.proc.pid)
                 results["glue"].append(rate)
                 glue_cpu.append(cpu)
-            rate, p50, p99, cpu = usagehub_run(new_db(server), broker.port, single, n, tmp / f"h{r}",
-                                               broker.proc.pid)
-            hub_cpu.append(cpu)
-            results["hub"].append(rate)
-            results["hub_p50"].append(p50)
-            results["hub_p99"].append(p99)
-            rate, p50, p99, cpu = usagehub_run(new_db(server), broker.port, gateway, gw_n, tmp / f"g{r}",
-                                               broker.proc.pid)
-            gw_cpu.append(cpu)
-            results["gw"].append(rate)
-            results["gw_p50"].append(p50)
-            results["gw_p99"].append(p99)
-            rate, p50, p99, _ = usagehub_run(new_db(server), broker.port, spread, gw_n, tmp / f"s{r}",
-                                             broker.proc.pid)
-            results["sp"].append(rate)
-            results["sp_p50"].append(p50)
-            results["sp_p99"].append(p99)
+            for case, msgs, events, cpus in (("hub", single, n, hub_cpu), ("gw", gateway, gw_n, gw_cpu),
+                                              ("sp", spread, gw_n, None)):
+                if case not in CASES:
+                    continue
+                rate, p50, p99, cpu = usagehub_run(new_db(server), broker.port, msgs, events, tmp / f"{case}{r}",
+                                                   broker.proc.pid)
+                if cpus is not None:
+                    cpus.append(cpu)
+                results[case].append(rate)
+                results[f"{case}_p50"].append(p50)
+                results[f"{case}_p99"].append(p99)
             print(f"run {r + 1}: " + ", ".join(f"{k}={v[-1]:.0f}" for k, v in results.items() if v), flush=True)
     finally:
         broker.proc.terminate()
@@ -324,22 +321,26 @@ def main() -> None:
     print(f"  bare COPY binary of the same rows              {med['copy']:>10,.0f} rows/s")
     if "glue" in med:
         print(f"  glue_batch.py (acks before commit)             {med['glue']:>10,.0f} msg/s")
-    print(f"  usagehub, single readings (acks after commit)  {med['hub']:>10,.0f} events/s  "
-          f"receive->store p50 {med['hub_p50']:.1f} ms p99 {med['hub_p99']:.1f} ms")
-    print(f"  gateway cases: {gw_n} readings in {len(gateway)} messages (BENCH_GATEWAY_SCALE)")
-    print(f"  usagehub, gateway messages of 50 readings      {med['gw']:>10,.0f} events/s  "
-          f"receive->store p50 {med['gw_p50']:.1f} ms p99 {med['gw_p99']:.1f} ms")
-    print(f"  ... each meter through all 50 gateways         {med['sp']:>10,.0f} events/s  "
-          f"receive->store p50 {med['sp_p50']:.1f} ms p99 {med['sp_p99']:.1f} ms")
-    print(f"  ratios: usagehub/bare subscriber {med['hub'] / med['bare_sub']:.2f}"
-          + (f", usagehub/glue_batch {med['hub'] / med['glue']:.2f}, gateways/glue_batch "
-             f"{med['gw'] / med['glue']:.2f} (spread {med['sp'] / med['glue']:.2f})" if "glue" in med else ""))
-    if glue_cpu:  # single readings: the same messages through both
+    labels = {"hub": "usagehub, single readings (acks after commit) ",
+              "gw": "usagehub, gateway messages of 50 readings     ",
+              "sp": "... each meter through all 50 gateways        "}
+    for case, label in labels.items():
+        if case == "gw" and ("gw" in med or "sp" in med):
+            print(f"  gateway cases: {gw_n} readings in {len(gateway)} messages (BENCH_GATEWAY_SCALE)")
+        if case in med:
+            print(f"  {label} {med[case]:>10,.0f} events/s  "
+                  f"receive->store p50 {med[f'{case}_p50']:.1f} ms p99 {med[f'{case}_p99']:.1f} ms")
+    ratios = [f"usagehub/bare subscriber {med['hub'] / med['bare_sub']:.2f}"] if "hub" in med else []
+    names = {"hub": "usagehub/glue_batch", "gw": "gateways/glue_batch", "sp": "spread/glue_batch"}
+    ratios += [f"{name} {med[case] / med['glue']:.2f}" for case, name in names.items() if case in med and "glue" in med]
+    print("  ratios: " + ", ".join(ratios))
+    if glue_cpu and hub_cpu:  # single readings: the same messages through both
         print_cpu({k: statistics.median(c[k] for c in glue_cpu) for k in glue_cpu[0]},
                   {k: statistics.median(c[k] for c in hub_cpu) for k in hub_cpu[0]})
-    gw = {k: statistics.median(c[k] for c in gw_cpu) for k in gw_cpu[0]}
-    print("  CPU us per stored reading, gateway messages: " + ", ".join(f"{k} {1e6 * v:.1f}" for k, v in gw.items())
-          + f", all {1e6 * sum(gw.values()):.1f}")
+    if gw_cpu:
+        gw = {k: statistics.median(c[k] for c in gw_cpu) for k in gw_cpu[0]}
+        print("  CPU us per stored reading, gateway messages: "
+              + ", ".join(f"{k} {1e6 * v:.1f}" for k, v in gw.items()) + f", all {1e6 * sum(gw.values()):.1f}")
 
 
 if __name__ == "__main__":
