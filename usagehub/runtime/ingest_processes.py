@@ -316,17 +316,14 @@ async def ingest_processes(config: HubConfig, pipeline: Pipeline,
         server = await asyncio.start_unix_server(sink.connected, path=str(path))
         children = WorkerPool(config, "", count, config.data_dir / "ingest-processes",
                               env=child_settings(config, str(pool.conninfo), path, secret), command="ingest-worker")
-        tasks = [asyncio.create_task(children.supervise(), name="ingest-processes"),
-                 asyncio.create_task(publish_totals(pool), name="ingest-totals")]
         try:
-            yield sink
+            async with children.running("ingest-processes", {"ingest-totals": publish_totals(pool)}):
+                try:
+                    yield sink
+                finally:
+                    sink.closing = True  # the children stop with the hub: their connections closing is no outage
+                    sink.link.down()
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            sink.closing = True
-            sink.link.down()
-            await children.stop()
             server.close()
             for child in sink.children:
                 if child.writer is not None:

@@ -15,8 +15,9 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -145,6 +146,21 @@ class WorkerPool:
                     self.restarts += 1
                     self.start(i)
 
+    @contextlib.asynccontextmanager
+    async def running(self, name: str, side: dict[str, Coroutine[Any, Any, None]] | None = None
+                      ) -> AsyncIterator[WorkerPool]:
+        """Supervise the workers (task ``name``) and run the ``side`` tasks (by name) while in the block; on exit
+        cancel them all and stop the workers."""
+        tasks = [asyncio.create_task(self.supervise(), name=name),
+                 *(asyncio.create_task(work, name=task) for task, work in (side or {}).items())]
+        try:
+            yield self
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.stop()
+
     async def stop(self, timeout_s: float = 12.0) -> None:
         """SIGTERM every worker and wait: each commits and acks what it holds.
 
@@ -187,14 +203,7 @@ async def ingest_bus(config: HubConfig, profiles: list[Profile], pool: AsyncConn
         stack.push_async_callback(nc.close)
         if config.workers:
             workers = WorkerPool(config, url, config.workers, config.data_dir / "workers")
-            task = asyncio.create_task(workers.supervise(), name="worker-pool")
-
-            async def stop_workers() -> None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                await workers.stop()
-
-            stack.push_async_callback(stop_workers)
+            await stack.enter_async_context(workers.running("worker-pool"))
         publisher = BusPublisher(nc, ProfileSet(profiles), settings, router=router)
         log.info("ingest over the bus (%d servers): %d partitions, %d local workers", len(settings.servers),
                  settings.partitions, config.workers)

@@ -87,12 +87,5 @@ async def session_workers(config: HubConfig, pool: AsyncConnectionPool) -> Async
         return
     children = WorkerPool(config, "", config.session_workers, config.data_dir / "session-workers",
                           env=child_environment(config, str(pool.conninfo)), command="session-worker")
-    tasks = [asyncio.create_task(children.supervise(), name="session-workers"),
-             asyncio.create_task(watch_backlog(pool), name="session-backlog")]
-    try:
+    async with children.running("session-workers", {"session-backlog": watch_backlog(pool)}):
         yield children
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await children.stop()
