@@ -10,7 +10,7 @@ spend money the account does not have.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -127,6 +127,12 @@ async def append(conn: Connection, rows: Sequence[LedgerRow], *, returning: bool
     return [int(r[0]) for r in _rows(await cur.fetchall())] if returning else []
 
 
+def _moved(old: AccountState, new: AccountState) -> tuple[AccountState, list[Notice]]:
+    """The notices of a state whose block was already moved decision by decision (a device batch)."""
+    crossed = [n for n in notices(old, replace(new, blocked=old.blocked))[1] if n is Notice.LOW_BALANCE]
+    return new, [*crossed, Notice.BLOCKED if new.blocked else Notice.RESTORED]
+
+
 async def settle(conn: Connection, before: dict[str, AccountState],
                  after: dict[str, AccountState]) -> list[tuple[str, Notice, AccountState]]:
     """Save arrears and block state of changed accounts and record their alerts/events (NOTIFY at commit)."""
@@ -134,7 +140,7 @@ async def settle(conn: Connection, before: dict[str, AccountState],
     events: list[tuple[str, Notice, AccountState]] = []
     for account, new in after.items():
         old = before[account]
-        final, found = notices(old, new)
+        final, found = notices(old, new) if new.blocked == old.blocked else _moved(old, new)
         if final.arrears != old.arrears or final.blocked != old.blocked:
             changed.append(final)
         events += [(account, n, final) for n in found]

@@ -128,7 +128,9 @@ class _Batch:
     def write(self, account: str, plan: core.Plan, **refs: Any) -> None:
         currency = self.states[account].currency
         self.ledger += [LedgerRow(account_id=account, entry=e, currency=currency, **refs) for e in plan.entries]
-        self.states[account] = plan.state
+        # Blocked or restored as each decision leaves it, as one transaction per request would: a later request
+        # of the batch is refused ACCOUNT_BLOCKED, never granted on a blocked account (``settle`` reports it).
+        self.states[account] = core.notices(self.states[account], plan.state)[0]
 
     async def price(self, account: str, product: str, quantity: Decimal) -> Decimal:
         """The charge of ``quantity`` now (memoised per batch: requests repeat the same quantities)."""
