@@ -367,7 +367,7 @@ async def _period_to_date(conn: Connection, wanted: list[tuple[str, str, str]],
     cur = await conn.execute(
         "SELECT k.a, k.p, (SELECT coalesce(sum(value), 0) FROM session_points WHERE account_id = k.a "
         "AND product = k.p AND kind = 'usage' AND start_ts >= k.s AND start_ts < %s) "
-        "FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(a, p, s)",
+        "FROM unnest(%b::text[], %b::text[], %b::timestamptz[]) AS k(a, p, s)",
         (at, [k[0] for k in keys], [k[1] for k in keys], starts))
     return {(str(r[0]), str(r[1])): Decimal(r[2]) for r in await cur.fetchall()}  # type: ignore[arg-type]
 

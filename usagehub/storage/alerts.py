@@ -43,7 +43,7 @@ async def raise_device_alerts(conn: Connection, alerts: Sequence[NewAlert]) -> i
     cur = await conn.execute(
         "INSERT INTO alerts (tenant, kind, severity, account_id, device_id, message, raised_at, dedupe_key) "
         "SELECT d.tenant, n.kind, n.severity, b.account_id, n.device_id, n.message, n.raised_at, n.dedupe_key "
-        "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[]) "
+        "FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::text[]) "
         "  AS n(kind, severity, device_id, message, raised_at, dedupe_key) "
         "JOIN devices d ON d.device_id = n.device_id "
         "LEFT JOIN bindings b ON b.device_id = n.device_id AND b.valid @> n.raised_at "
@@ -59,7 +59,7 @@ async def touch_seen(conn: Connection, seen: Sequence[tuple[str, datetime, datet
         return
     await conn.execute(
         "INSERT INTO device_seen (device_id, last_received, last_ts) "
-        "SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) "
+        "SELECT * FROM unnest(%b::text[], %b::timestamptz[], %b::timestamptz[]) "
         "ON CONFLICT (device_id) DO UPDATE SET last_received = greatest(device_seen.last_received, "
         "EXCLUDED.last_received), last_ts = greatest(device_seen.last_ts, EXCLUDED.last_ts)",
         ([s[0] for s in seen], [s[1] for s in seen], [s[2] for s in seen]))

@@ -83,7 +83,7 @@ class DirectInserts:
             async with conn.cursor() as cur:
                 await cur.execute(
                     "SELECT m.meta_id, m.unit, m.kind, m.profile_id, m.service FROM event_meta m "
-                    "JOIN unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS k(u, k, p, s) "
+                    "JOIN unnest(%b::text[], %b::text[], %b::text[], %b::text[]) AS k(u, k, p, s) "
                     "ON (m.unit, m.kind, m.profile_id, m.service) = (k.u, k.k, k.p, k.s)",
                     [list(c) for c in zip(*missing, strict=True)])
                 for row in await cur.fetchall():

@@ -119,8 +119,8 @@ async def append(conn: Connection, rows: Sequence[LedgerRow], *, returning: bool
         "INSERT INTO ledger_entries (account_id, kind, amount, currency, vendor_id, payment_ref, card_id, "
         "reservation_id, device_id, product, quantity, balance_after) "
         "SELECT a, k, m, c, v, p, cd, r, d, pr, q, pa.balance + sum(m) OVER (PARTITION BY a ORDER BY n) "
-        "FROM unnest(%s::text[], %s::text[], %s::numeric[], %s::text[], "
-        "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::numeric[]) "
+        "FROM unnest(%b::text[], %b::text[], %b::numeric[], %b::text[], "
+        "%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::numeric[]) "
         "WITH ORDINALITY AS u(a, k, m, c, v, p, cd, r, d, pr, q, n) "
         "LEFT JOIN prepaid_accounts pa ON pa.account_id = u.a ORDER BY n"
         + (" RETURNING entry_id" if returning else ""), columns)
@@ -148,13 +148,13 @@ async def settle(conn: Connection, before: dict[str, AccountState],
         await conn.execute(
             "UPDATE prepaid_accounts pa SET arrears = u.arrears, blocked = u.blocked, "
             "blocked_at = CASE WHEN u.blocked AND NOT pa.blocked THEN now() WHEN u.blocked THEN pa.blocked_at END "
-            "FROM unnest(%s::text[], %s::numeric[], %s::bool[]) AS u(account_id, arrears, blocked) "
+            "FROM unnest(%b::text[], %b::numeric[], %b::bool[]) AS u(account_id, arrears, blocked) "
             "WHERE pa.account_id = u.account_id",
             ([s.account_id for s in changed], [s.arrears for s in changed], [s.blocked for s in changed]))
     if events:
         await conn.execute(
             "INSERT INTO prepaid_events (account_id, kind, balance, funds, currency) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::numeric[], %s::numeric[], %s::text[])",
+            "SELECT * FROM unnest(%b::text[], %b::text[], %b::numeric[], %b::numeric[], %b::text[])",
             ([a for a, _, _ in events], [n.value for _, n, _ in events], [s.balance for _, _, s in events],
              [s.funds for _, _, s in events], [s.currency for _, _, s in events]))
     return events

@@ -63,7 +63,7 @@ async def lock_devices(conn: Connection, devices: Iterable[str]) -> None:
     if names:
         await conn.execute(
             "SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtextextended('usagehub-device:' || d, 0) AS k "
-            "FROM unnest(%s::text[]) AS d ORDER BY d) AS s", (names,))
+            "FROM unnest(%b::text[]) AS d ORDER BY d) AS s", (names,))
 
 
 async def zones_of(conn: Connection, accounts: Iterable[str]) -> dict[str, ZoneInfo]:
@@ -236,7 +236,7 @@ async def sessions_of_pairs(conn: Connection, pairs: Iterable[Pair]) -> list[Ses
         return []
     cur = await conn.execute(
         f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE (account_id, period_start) IN "
-        "(SELECT * FROM unnest(%s::text[], %s::timestamptz[]))", ([a for a, _ in items], [s for _, s in items]))
+        "(SELECT * FROM unnest(%b::text[], %b::timestamptz[]))", ([a for a, _ in items], [s for _, s in items]))
     return [session_of(r) for r in await cur.fetchall()]
 
 

@@ -16,7 +16,7 @@ async def lock_meter_state(conn: Connection, keys: Sequence[MeterKey]) -> dict[M
     """The latest reading of each register, row-locked: two hubs (or batches) on one meter serialise here."""
     cur = await conn.execute(
         "SELECT device_id, meter, ts, value, event_id, reset_marker FROM meter_state "
-        "WHERE (device_id, meter) IN (SELECT * FROM unnest(%s::text[], %s::text[])) "
+        "WHERE (device_id, meter) IN (SELECT * FROM unnest(%b::text[], %b::text[])) "
         "ORDER BY device_id, meter FOR UPDATE",
         ([k[0] for k in keys], [k[1] for k in keys]))
     return {(str(r[0]), str(r[1])): Reading(ts=r[2], value=r[3], event_id=r[4], reset_marker=r[5])  # type: ignore[arg-type]
@@ -29,8 +29,8 @@ async def save_meter_state(conn: Connection, new_state: Sequence[tuple[MeterKey,
         return
     await conn.execute(
         "INSERT INTO meter_state (device_id, meter, ts, value, reset_marker, event_id) "
-        "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::numeric[], %s::text[], "
-        "%s::text[]) ON CONFLICT (device_id, meter) DO UPDATE SET ts = EXCLUDED.ts, "
+        "SELECT * FROM unnest(%b::text[], %b::text[], %b::timestamptz[], %b::numeric[], %b::text[], "
+        "%b::text[]) ON CONFLICT (device_id, meter) DO UPDATE SET ts = EXCLUDED.ts, "
         "value = EXCLUDED.value, reset_marker = EXCLUDED.reset_marker, event_id = EXCLUDED.event_id",
         tuple(list(col) for col in zip(*[(k[0], k[1], r.ts, r.value, r.reset_marker, r.event_id)
                                          for k, r in new_state], strict=True)))
