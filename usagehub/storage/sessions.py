@@ -200,13 +200,22 @@ def origin_of(entry: UsageEntry, unit: str) -> Origin:
 
 
 async def copy_points(conn: Connection, points: Sequence[tuple[Point, Origin | None]]) -> None:
-    """Store points with the entry each usage point came from (None for gauge/state points)."""
+    """Store points with the entry each usage point came from (None for gauge/state points).
+
+    The entry's ts and quantity are stored NULL where they are the point's own end and value (the same
+    objects: a point that is its whole entry), as readers take them (migration 0049).
+    """
     async with conn.cursor() as cur, cur.copy(
             f"COPY session_points ({_POINT_COLUMNS}, {_ORIGIN_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types([*_POINT_TYPES, *_ORIGIN_TYPES])
+        write = copy.write_row
         for p, o in points:
-            await copy.write_row((p.account_id, p.service, p.device_id, p.product, p.kind, p.aggregation,  # StrEnums
-                                  p.start, p.end, p.value, p.active, p.label, p.tie, *(o or _NO_ORIGIN)))
+            if o is None:
+                o = _NO_ORIGIN
+            elif o[2] is p.end or o[3] is p.value:  # a point that is its whole entry: its end and value say them
+                o = (o[0], o[1], None if o[2] is p.end else o[2], None if o[3] is p.value else o[3], o[4])
+            await write((p.account_id, p.service, p.device_id, p.product, p.kind, p.aggregation,  # StrEnums
+                         p.start, p.end, p.value, p.active, p.label, p.tie, *o))
 
 
 async def insert_sessions(conn: Connection, sessions: Sequence[Session]) -> None:
