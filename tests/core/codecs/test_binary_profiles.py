@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from tests.core.codecs.binary_records import load_profile, pulse_record
+from tests.core.codecs.conformance_dir import CONFORMANCE
 from usagehub.core.codecs.checksums import crc16_arc
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import MeterKind, RawMessage, UsageEvent
@@ -16,7 +16,7 @@ from usagehub.core.events import MeterKind, RawMessage, UsageEvent
 NAMES = ("acme-pulse-bin", "mbus-heat-meter", "sia-dc09-panel")
 PROFILES = ProfileSet([load_profile(n) for n in NAMES])
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-LIBMBUS = Path(__file__).resolve().parents[3].parent / "shared/conformance/libmbus/test/test-frames"
+LIBMBUS = CONFORMANCE / "libmbus" / "test" / "test-frames"
 
 
 def _decode(profile: str, payload: bytes) -> dict[str, UsageEvent]:

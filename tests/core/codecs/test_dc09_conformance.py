@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.core.codecs.conformance_dir import CONFORMANCE
 from usagehub.core.codecs.dc09 import (
     CODEC,
     Dc09Error,
@@ -23,7 +23,6 @@ from usagehub.core.codecs.dc09 import (
 )
 from usagehub.errors import DecodeError
 
-CONFORMANCE = Path(__file__).resolve().parents[3].parent / "shared" / "conformance"
 CASES = json.loads(
     (CONFORMANCE / "pysiaalarm/tests/test_sia_package_cases.EventParsing.EXTRACTED.json").read_text()
 )["cases"]

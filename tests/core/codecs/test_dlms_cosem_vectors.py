@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
+from tests.core.codecs.conformance_dir import CONFORMANCE
 from usagehub.core.codecs.dlms_hdlc import join_apdu
 from usagehub.core.codecs.dlms_push import DlmsPushDecoder, DlmsPushOptions, decipher, push_values
 from usagehub.errors import DecodeError
 
-CONFORMANCE = Path(__file__).resolve().parents[3].parent / "shared" / "conformance"
 CASES = {c["id"]: c for c in json.loads((CONFORMANCE / "dlms-cosem/tests/tests.EXTRACTED.json").read_text())["vectors"]}
 
 

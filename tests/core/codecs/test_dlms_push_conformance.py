@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import re
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.core.codecs.conformance_dir import CONFORMANCE
 from usagehub.core.codecs.dlms_push import DlmsPushDecoder, DlmsPushOptions
 from usagehub.errors import DecodeError
 
-CONFORMANCE = Path(__file__).resolve().parents[3].parent / "shared" / "conformance"
 DATA = json.loads((CONFORMANCE / "smartmeter-datacollector/tests/testdata.EXTRACTED.json").read_text())
 VECTORS = {v["id"]: v for v in DATA["vectors"]}
 TYPES: dict[str, list[str]] = DATA["upstream_type_map"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.core.codecs.binary_records import load_profile, pulse_record
+from tests.core.codecs.conformance_dir import CONFORMANCE
 from usagehub.core.codecs.dc09 import CODEC as DC09
 from usagehub.core.codecs.dc09 import Dc09Options
 from usagehub.core.codecs.layout import CODEC as LAYOUT
@@ -20,7 +20,6 @@ from usagehub.core.codecs.layout import LayoutOptions
 from usagehub.core.codecs.mbus import decode_frame
 from usagehub.errors import DecodeError
 
-CONFORMANCE = Path(__file__).resolve().parents[3].parent / "shared" / "conformance"
 MBUS_SEEDS = [
     bytes(int(t, 16) for t in p.read_text().split())
     for p in sorted((CONFORMANCE / "libmbus/test/test-frames").glob("*.hex"))[:20]

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
+from tests.core.codecs.conformance_dir import CONFORMANCE
 from usagehub.core.codecs.mbus import decode_frame
 from usagehub.errors import DecodeError
 
-LIBMBUS = Path(__file__).resolve().parents[3].parent / "shared" / "conformance" / "libmbus" / "test"
+LIBMBUS = CONFORMANCE / "libmbus" / "test"
 GOOD = sorted((LIBMBUS / "test-frames").glob("*.hex"))
 ERRORS = sorted((LIBMBUS / "error-frames").glob("*.hex"))
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.core.codecs.conformance_dir import CONFORMANCE
 from usagehub.core.codecs.mbus import decode_frame
 from usagehub.errors import DecodeError
 
-CONFORMANCE = Path(__file__).resolve().parents[3].parent / "shared" / "conformance"
 LIBMBUS = CONFORMANCE / "libmbus" / "test" / "test-frames"
 
 

@@ -6,16 +6,15 @@ import base64
 import json
 import re
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.core.codecs.conformance_dir import CONFORMANCE
 from usagehub.core.codecs.sparkplug import Payload, decode_payload
 from usagehub.core.codecs.sparkplug_values import DATATYPES, array, float32_decimal
 from usagehub.errors import DecodeError
 
-CONFORMANCE = Path(__file__).resolve().parents[3].parent / "shared" / "conformance"
 SPEC = json.loads(next((CONFORMANCE / "eclipse-sparkplug").rglob("*.EXTRACTED.json")).read_text())
 BENTHOS = json.loads((CONFORMANCE / "benthos-umh/sparkplug_plugin/test_vectors.EXTRACTED.json").read_text())["vectors"]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import base64
 import json
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
+from tests.core.codecs.conformance_dir import CONFORMANCE
 from usagehub.core.codecs.sparkplug import Payload, decode_payload
 from usagehub.core.codecs.sparkplug_session import (
     REBIRTH_METRIC,
@@ -19,7 +19,6 @@ from usagehub.core.codecs.sparkplug_session import (
 )
 from usagehub.errors import DecodeError
 
-CONFORMANCE = Path(__file__).resolve().parents[3].parent / "shared" / "conformance"
 _VECTORS = json.loads((CONFORMANCE / "benthos-umh/sparkplug_plugin/test_vectors.EXTRACTED.json").read_text())
 V = {v["name"]: base64.b64decode(v["base64"]) for v in _VECTORS["vectors"]}
 NODE = parse_topic("spBv1.0/plant/NBIRTH/edge1")

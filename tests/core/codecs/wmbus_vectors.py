@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-CONFORMANCE = Path(__file__).resolve().parents[3].parent / "shared" / "conformance"
+from tests.core.codecs.conformance_dir import CONFORMANCE
+
 WMBUSMETERS = json.loads((CONFORMANCE / "wmbusmeters/drivers/src/xmq-tests.EXTRACTED.json").read_text())["vectors"]
 IOBROKER = json.loads((CONFORMANCE / "ioBroker.wmbus/lib/wmbus_decoder.test.EXTRACTED.json").read_text())["vectors"]
 
