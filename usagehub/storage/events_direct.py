@@ -77,20 +77,24 @@ class DirectInserts:
     async def _meta_ids(self, conn: Connection, events: Sequence[UsageEvent]) -> list[int] | None:
         """Each event's meta id, or None when a combination is not in ``event_meta`` yet (staged insert adds it)."""
         known = self._meta
-        combos = {(e.unit, e.kind.value, e.profile_id, e.service) for e in events}
-        missing = [c for c in combos if c not in known]
-        if missing:
-            async with conn.cursor() as cur:
-                await cur.execute(
-                    "SELECT m.meta_id, m.unit, m.kind, m.profile_id, m.service FROM event_meta m "
-                    "JOIN unnest(%b::text[], %b::text[], %b::text[], %b::text[]) AS k(u, k, p, s) "
-                    "ON (m.unit, m.kind, m.profile_id, m.service) = (k.u, k.k, k.p, k.s)",
-                    [list(c) for c in zip(*missing, strict=True)])
-                for row in await cur.fetchall():
-                    known[(str(row[1]), str(row[2]), str(row[3]), str(row[4]))] = int(str(row[0]))
-            if any(c not in known for c in missing):
-                return None
-        return [known[(e.unit, e.kind.value, e.profile_id, e.service)] for e in events]
+        # The kind as its StrEnum member: it hashes and compares as its value, without the enum's property call.
+        combos = [(e.unit, e.kind, e.profile_id, e.service) for e in events]
+        try:
+            return [known[c] for c in combos]
+        except KeyError:
+            pass
+        missing = list({c for c in combos if c not in known})
+        async with conn.cursor() as cur:
+            await cur.execute(
+                "SELECT m.meta_id, m.unit, m.kind, m.profile_id, m.service FROM event_meta m "
+                "JOIN unnest(%b::text[], %b::text[], %b::text[], %b::text[]) AS k(u, k, p, s) "
+                "ON (m.unit, m.kind, m.profile_id, m.service) = (k.u, k.k, k.p, k.s)",
+                [[str(v) for v in col] for col in zip(*missing, strict=True)])
+            for row in await cur.fetchall():
+                known[(str(row[1]), str(row[2]), str(row[3]), str(row[4]))] = int(str(row[0]))
+        if any(c not in known for c in missing):
+            return None
+        return [known[c] for c in combos]
 
 
 async def _copy(conn: Connection, events: Sequence[UsageEvent], meta: Sequence[int], *, compact: bool) -> None:
