@@ -41,3 +41,25 @@ def test_routes_are_forgotten_when_the_profiles_change_and_when_full() -> None:
     profiles.replace(load_profiles(SHIPPED_PROFILES))  # meter types may have moved topics
     routes(_message("a"))
     assert asked[-1] == "a" and len(asked) == 6
+
+
+def test_heavy_senders_are_spread_evenly_and_keep_their_place() -> None:
+    """50 gateways over two ingest processes: 25 each (a hash split them 30/20); a key's place never changes,
+    and past the limit new keys take the fallback without moving the others."""
+    from usagehub.pipeline.routes import Spread
+    from usagehub.runtime.ingest_processes import child_index
+
+    spread = Spread(2, lambda key: child_index(key, 2, 2), limit=60)
+    gateways = [f"g{g:02d}" for g in range(50)]
+    places = {key: spread(key) for key in gateways}
+    assert sorted(places.values()).count(0) == 25 and spread.keys == [25, 25]
+    hashed = [child_index(key, 2, 2) for key in gateways]
+    assert abs(hashed.count(0) - hashed.count(1)) >= 10  # what the hash alone gave this fleet
+    for key in reversed(gateways):  # asked again, in any order: the same place
+        assert spread(key) == places[key]
+    later = [f"m{d:04d}" for d in range(20)]
+    for key in later:
+        spread(key)
+    assert len(spread) == 60  # the limit: the last ten keys were hashed, not remembered
+    assert [spread(key) for key in later[10:]] == [child_index(key, 2, 2) for key in later[10:]]
+    assert all(spread(key) == places[key] for key in gateways)

@@ -35,7 +35,7 @@ from usagehub import metrics
 from usagehub.adapters.link import Link
 from usagehub.core.events import RawMessage
 from usagehub.pipeline.pipeline import Pipeline, lane_index
-from usagehub.pipeline.routes import TopicRoutes
+from usagehub.pipeline.routes import Spread, TopicRoutes
 from usagehub.runtime.config import HubConfig
 from usagehub.runtime.ingest_counters import add_report, parse_report
 from usagehub.runtime.ingest_frames import (
@@ -98,6 +98,7 @@ class ProcessSink:
         self._token = 0
         self._room = asyncio.Event()
         self._flushing = False
+        self._spread = Spread(count, lambda key: child_index(key, count, lanes), limit=_ROUTES_MAX)
         self._child_of = TopicRoutes(pipeline.profiles, self._route, limit=_ROUTES_MAX)  # a topic's child, kept
         self.closing = False
         self._received = 0  # messages taken since the last flush, for /metrics
@@ -106,7 +107,7 @@ class ProcessSink:
         metrics.STALLED.set_function(lambda: float(self.stalled))
 
     def _route(self, message: RawMessage) -> _Child:
-        return self.children[child_index(self.pipeline.identity.lane_key(message), len(self.children), self.lanes)]
+        return self.children[self._spread(self.pipeline.identity.lane_key(message))]
 
     def offer_nowait(self, message: RawMessage, stored: Stored) -> bool:
         """Hand ``message`` to its child (True), or False when that child holds ``window`` messages already."""
