@@ -63,11 +63,12 @@ SELECT 'dev-' || lpad(d::text, 6, '0'), 'energy', t, (%(base)s + n)::text,
 FROM generate_series(1, %(devices)s) d,
      generate_series(%(day)s::timestamptz, %(day)s::timestamptz + interval '23 hours 45 minutes',
                      interval '15 minutes') WITH ORDINALITY AS g(t, n)"""
+# Each point is its whole entry: its entry's ts and quantity are its own end and value, stored NULL (0049).
 POINTS_DAY = """
 INSERT INTO session_points (account_id, service, device_id, product, kind, aggregation, start_ts, end_ts, value,
                             entry_ref, entry_since, entry_ts, entry_quantity)
 SELECT 'acc-' || lpad((d / 2)::text, 6, '0'), 'electricity', 'dev-' || lpad(d::text, 6, '0'), 'energy', 'usage',
-       'sum', t - interval '15 minutes', t, v, 'usage:' || (%(base)s + n), t - interval '15 minutes', t, v
+       'sum', t - interval '15 minutes', t, v, 'usage:' || (%(base)s + n), t - interval '15 minutes', NULL, NULL
 FROM generate_series(1, %(devices)s) d,
      generate_series(%(day)s::timestamptz, %(day)s::timestamptz + interval '23 hours 45 minutes',
                      interval '15 minutes') WITH ORDINALITY AS g(t, n),
