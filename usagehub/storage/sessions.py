@@ -210,12 +210,11 @@ async def copy_points(conn: Connection, points: Sequence[tuple[Point, Origin | N
         copy.set_types([*_POINT_TYPES, *_ORIGIN_TYPES])
         write = copy.write_row
         for p, o in points:
-            if o is None:
-                o = _NO_ORIGIN
-            elif o[2] is p.end or o[3] is p.value:  # a point that is its whole entry: its end and value say them
-                o = (o[0], o[1], None if o[2] is p.end else o[2], None if o[3] is p.value else o[3], o[4])
+            origin: tuple[object, ...] = _NO_ORIGIN if o is None else o
+            if o is not None and (o[2] is p.end or o[3] is p.value):  # its own end/value: NULL (0049)
+                origin = (o[0], o[1], None if o[2] is p.end else o[2], None if o[3] is p.value else o[3], o[4])
             await write((p.account_id, p.service, p.device_id, p.product, p.kind, p.aggregation,  # StrEnums
-                         p.start, p.end, p.value, p.active, p.label, p.tie, *o))
+                         p.start, p.end, p.value, p.active, p.label, p.tie, *origin))
 
 
 async def insert_sessions(conn: Connection, sessions: Sequence[Session]) -> None:
