@@ -24,10 +24,40 @@ class CpuMeter:
     def __init__(self, url: str, broker_pid: int, program_pid: int) -> None:
         self.parts = {"program": lambda: tree_cpu_s(program_pid), "PostgreSQL": lambda: postgres_cpu_s(url),
                       "broker": lambda: tree_cpu_s(broker_pid), "publisher": time.process_time}
+        self.program_pid = program_pid
         self.start = {k: f() for k, f in self.parts.items()}
+        self.start_processes = process_cpu_s(program_pid)
 
     def spent(self) -> dict[str, float]:
         return {k: f() - self.start[k] for k, f in self.parts.items()}
+
+    def per_process(self) -> dict[str, float]:
+        """CPU seconds of each of the program's processes since the start, by role (``process_cpu_s``)."""
+        return {k: v - self.start_processes.get(k, 0.0) for k, v in process_cpu_s(self.program_pid).items()}
+
+
+def process_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of a hub and each of its child processes, by role: "hub", "ingest N", "session worker"."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    out: dict[str, float] = {}
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            args = proc.cmdline()
+            if proc.pid == pid:
+                role = "hub"
+            elif "ingest-worker" in args and "--index" in args:
+                role = f"ingest {args[args.index('--index') + 1]}"
+            elif "session-worker" in args:
+                role = "session worker"
+            else:
+                role = f"pid {proc.pid}"
+            t = proc.cpu_times()
+            out[role] = out.get(role, 0.0) + t.user + t.system
+    return out
 
 
 def tree_cpu_s(pid: int, *, children: bool = True) -> float:

@@ -244,9 +244,10 @@ def _start(url: str, broker_pid: int, pid: int, msgs: list[tuple[bytes, bytes]],
 
 
 def usagehub_run(url: str, port: int, msgs: list[tuple[bytes, bytes]], events: int, tmp: Path,
-                 broker_pid: int) -> tuple[float, float, float, dict[str, float]]:
-    """events/s stored, receive->store p50/p99 (ms), and CPU seconds per event of every part (the session
-    worker's included: counted once the session queue is empty, after the rate's end)."""
+                 broker_pid: int) -> tuple[float, float, float, dict[str, float], dict[str, float]]:
+    """events/s stored, receive->store p50/p99 (ms), CPU seconds per event of every part (the session
+    worker's included: counted once the session queue is empty, after the rate's end), and of each of the
+    hub's processes (ingest processes that share the work unevenly leave a core idle at the end)."""
     tmp.mkdir(parents=True, exist_ok=True)
     seed = tmp / "seed.yaml"
     # The registered profile decodes (docs/security.md): meters as acme-em340; in the gateway case the
@@ -276,8 +277,9 @@ def usagehub_run(url: str, port: int, msgs: list[tuple[bytes, bytes]], events: i
         t1 = wait_stored(url, events)
         wait_count(url, "SELECT CASE WHEN EXISTS (SELECT 1 FROM session_queue) THEN 0 ELSE 1 END", 1)
         cpu = {k: v / events for k, v in meter.spent().items()}
+        processes = {k: v / events for k, v in meter.per_process().items()}
         lat = latencies(url)
-        return events / (t1 - t0), lat[0], lat[1], cpu
+        return events / (t1 - t0), lat[0], lat[1], cpu, processes
     finally:
         proc.terminate()
         proc.wait(30)
@@ -323,6 +325,7 @@ def main() -> None:
     glue_cpu: list[dict[str, float]] = []
     hub_cpu: list[dict[str, float]] = []
     gw_cpu: list[dict[str, float]] = []
+    gw_processes: list[dict[str, float]] = []
     try:
         for r in range(repeat):
             results["bare_sub"].append(asyncio.run(bare_subscriber(broker.port, single)))
@@ -335,10 +338,12 @@ def main() -> None:
                                               ("sp", spread, gw_n, None)):
                 if case not in CASES:
                     continue
-                rate, p50, p99, cpu = usagehub_run(new_db(server), broker.port, msgs, events, tmp / f"{case}{r}",
-                                                   broker.proc.pid)
+                rate, p50, p99, cpu, processes = usagehub_run(new_db(server), broker.port, msgs, events,
+                                                              tmp / f"{case}{r}", broker.proc.pid)
                 if cpus is not None:
                     cpus.append(cpu)
+                if case == "gw":
+                    gw_processes.append(processes)
                 results[case].append(rate)
                 results[f"{case}_p50"].append(p50)
                 results[f"{case}_p99"].append(p99)
@@ -371,6 +376,9 @@ def main() -> None:
         gw = {k: statistics.median(c[k] for c in gw_cpu) for k in gw_cpu[0]}
         print("  CPU us per stored reading, gateway messages: "
               + ", ".join(f"{k} {1e6 * v:.1f}" for k, v in gw.items()) + f", all {1e6 * sum(gw.values()):.1f}")
+        roles = sorted({k for p in gw_processes for k in p})
+        print("    the hub's processes: " + ", ".join(
+            f"{k} {1e6 * statistics.median(p.get(k, 0.0) for p in gw_processes):.1f}" for k in roles))
 
 
 if __name__ == "__main__":
