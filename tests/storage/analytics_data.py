@@ -9,7 +9,7 @@ from decimal import Decimal
 from psycopg_pool import AsyncConnectionPool
 
 POINT_COLUMNS = "account_id, service, device_id, product, kind, aggregation, start_ts, end_ts, value"
-Row = tuple[str, str, str, str, str, datetime, Decimal]  # account, service, device, product, kind, start, value
+Row = tuple[str | None, str, str, str, str, datetime, Decimal]  # account, service, device, product, kind, start, value
 
 
 async def add_accounts(pool: AsyncConnectionPool, accounts: dict[str, str], market: str = "DE") -> None:

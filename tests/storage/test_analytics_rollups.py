@@ -56,7 +56,7 @@ points = st.builds(
     lambda acc, dev, prod, kind, minutes, value: (
         acc, "security" if prod == "alarms" else "electricity", dev, prod, kind,
         BASE + timedelta(minutes=minutes), Decimal(value) / 1000),
-    st.sampled_from(sorted(ZONES)), st.sampled_from(["d1", "d2"]), st.sampled_from(["energy", "alarms"]),
+    st.sampled_from([*sorted(ZONES), None]), st.sampled_from(["d1", "d2"]), st.sampled_from(["energy", "alarms"]),
     st.sampled_from(["usage", "usage", "gauge", "state"]), st.integers(0, 3 * 24 * 60),
     st.integers(-500, 100_000))
 
@@ -168,3 +168,42 @@ async def test_two_writers_of_one_day_do_not_wait_for_each_other(database_url: s
         row = await (await conn.execute("SELECT count(*), sum(quantity) FROM rollup_fleet_slots")).fetchone()
         fleet = await (await conn.execute("SELECT quantity, accounts FROM rollup_fleet_daily")).fetchall()
     assert row == (2, Decimal("3.75")) and fleet == [(Decimal("3.75"), 2)]
+
+
+async def test_points_without_an_account_build_no_rollup_statement(pool: AsyncConnectionPool) -> None:
+    """Migration 0051: a batch of unbound points leaves the trigger at once; one bound point rolls the batch up."""
+    await add_accounts(pool, ZONES)
+    noon = BASE + timedelta(hours=12)
+    unbound = [(None, "electricity", f"d{i}", "energy", "usage", noon + timedelta(minutes=i), Decimal(i))
+               for i in range(5)]
+    async with pool.connection() as conn, conn.transaction(force_rollback=True):
+        # The trigger's statements come from analytics_rollup_sql (inlined SQL): a wrapper counts its calls.
+        await conn.execute("ALTER FUNCTION analytics_rollup_sql(text) RENAME TO analytics_rollup_sql_counted")
+        await conn.execute("CREATE TEMP TABLE rollup_calls (source text)")
+        await conn.execute(
+            "CREATE FUNCTION analytics_rollup_sql(source text) RETURNS TABLE (tbl text, stmt text) LANGUAGE plpgsql "
+            "AS $$ BEGIN INSERT INTO rollup_calls VALUES (source); "
+            "RETURN QUERY SELECT * FROM analytics_rollup_sql_counted(source); END $$")
+
+        async def calls() -> int:
+            return int((await (await conn.execute("SELECT count(*) FROM rollup_calls")).fetchone())[0])  # type: ignore[index]
+
+        await _copy_rows(conn, unbound)
+        assert await calls() == 0  # before 0051: built and ran its statements for nothing
+        await _copy_rows(conn, [*unbound[:2], ("acc-berlin", "electricity", "d9", "energy", "usage", noon,
+                                               Decimal("2.5"))])
+        assert await calls() == 1
+        await conn.execute("UPDATE session_points SET value = value + 1 WHERE account_id IS NULL")
+        assert await calls() == 1  # an update of unbound points only
+        await conn.execute("UPDATE session_points SET account_id = 'acc-nepal' WHERE device_id = 'd3'")
+        assert await calls() == 2  # a point that gains an account counts
+        rows = await (await conn.execute("SELECT account_id, quantity FROM rollup_daily ORDER BY 1")).fetchall()
+        assert rows == [("acc-berlin", Decimal("2.5")), ("acc-nepal", Decimal(4))]
+
+
+async def _copy_rows(conn: psycopg.AsyncConnection[Any], rows: list[tuple[Any, ...]]) -> None:
+    async with conn.cursor() as cur, cur.copy(
+            "COPY session_points (account_id, service, device_id, product, kind, aggregation, start_ts, end_ts, "
+            "value) FROM STDIN") as copy:
+        for account, service, device, product, kind, start, value in rows:
+            await copy.write_row((account, service, device, product, kind, "sum", start, start, value))

@@ -159,6 +159,87 @@ async def test_a_removed_relation_stops_the_gateway_within_the_cache_time(pipeli
         ("quarantined", identity.NOT_ENTITLED, "a1")]
 
 
+async def _one(pipeline: Pipeline, message: RawMessage) -> Receipt:
+    return await (await pipeline.submit(message))
+
+
+async def test_a_registry_change_counts_when_heard_and_nothing_is_reloaded_before(
+        pipeline: Pipeline, pool: AsyncConnectionPool) -> None:
+    """Migration 0052: while its listener is connected, the cache keeps facts past ``ttl_s`` until a change."""
+    facts = pipeline.identity.facts
+    facts._ttl = 0.05
+    loads: list[list[str]] = []
+    load = facts._load
+
+    async def counted(device_ids: list[str]) -> dict[str, identity.DeviceFacts]:
+        loads.append(sorted(device_ids))
+        return await load(device_ids)
+
+    facts._load = counted  # type: ignore[method-assign]
+    heard = asyncio.Event()
+    changed = facts.changed
+
+    def hear(payload: str = "") -> None:
+        changed(payload)
+        heard.set()
+
+    facts.changed = hear  # type: ignore[method-assign]
+
+    def reading(meter: str, seq: int, gateway: str = "gw-a") -> RawMessage:
+        body = {"readings": [{"meter": meter, "seq": seq, "ts": T0.isoformat(), "energy_wh": seq}]}
+        return RawMessage(transport="mqtt", topic=f"gateways/{gateway}/batch", payload=orjson.dumps(body),
+                          received_at=NOW)
+
+    task = asyncio.create_task(pipeline.run())
+    try:
+        await asyncio.wait_for(facts.listening.wait(), 10)
+        assert (await _one(pipeline, reading("a1", 1))).outcome == Outcome.ACCEPTED
+        assert loads == [["gw-a"], ["a1"]]  # the sender, then the device it names
+        await asyncio.sleep(0.2)  # four times ttl_s: a deaf cache would reload
+        assert (await _one(pipeline, reading("a1", 2))).outcome == Outcome.ACCEPTED
+        assert loads == [["gw-a"], ["a1"]]
+        # Tenant B's registry changes too: every cache forgets (a change is rare; what changed is not said).
+        heard.clear()
+        assert await Registry(pool).detach_from_gateway(gateway_id="gw-a", device_ids=["a1"], tenant="A") == ["a1"]
+        await asyncio.wait_for(heard.wait(), 10)
+        assert outcome(await _one(pipeline, reading("a1", 3))) == (
+            "quarantined", identity.NOT_ENTITLED, "a1")
+        assert loads[2:] == [["gw-a"], ["a1"]]
+        # A hostile gateway of tenant B is refused for A's meter before and after B's registry changes.
+        assert outcome(await _one(pipeline, reading("a2", 1, "gw-b"))) == (
+            "quarantined", identity.NOT_ENTITLED, "a2")
+        heard.clear()
+        await Registry(pool).upsert_device(device_id="b9", tenant="B")
+        await asyncio.wait_for(heard.wait(), 10)
+        assert outcome(await _one(pipeline, reading("a2", 2, "gw-b"))) == (
+            "quarantined", identity.NOT_ENTITLED, "a2")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await pipeline.drain()
+    assert not facts.listening.is_set()  # stopped: entries live ttl_s again
+
+
+async def test_a_load_that_a_change_overtakes_is_not_kept(pipeline: Pipeline, pool: AsyncConnectionPool) -> None:
+    facts = pipeline.identity.facts
+    facts.listening.set()  # as if connected: only a change ends an entry
+    load = facts._load
+
+    async def overtaken(device_ids: list[str]) -> dict[str, identity.DeviceFacts]:
+        found = await load(device_ids)
+        facts.changed()  # heard while the load's answer was on its way
+        return found
+
+    facts._load = overtaken  # type: ignore[method-assign]
+    assert (await facts.get(["a1"]))["a1"] == identity.DeviceFacts(tenant="A", profile_id=None,
+                                                                   gateways=frozenset({"gw-a", "hgw-a"}))
+    facts._load = load  # type: ignore[method-assign]
+    await Registry(pool).detach_from_gateway(gateway_id="gw-a", device_ids=["a1"], tenant="A")
+    # Not kept: the next get reads the registry again (a kept answer would still name gw-a).
+    assert (await facts.get(["a1"]))["a1"] == identity.DeviceFacts(tenant="A", profile_id=None,
+                                                                   gateways=frozenset({"hgw-a"}))
+
+
 async def test_gateway_relation_is_tenant_scoped(pipeline: Pipeline, pool: AsyncConnectionPool) -> None:
     reg = Registry(pool)
     with pytest.raises(DomainError) as err:

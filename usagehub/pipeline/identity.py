@@ -23,6 +23,7 @@ A refused message is quarantined whole, with the reason and the device.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from usagehub.core.decode import CompiledProfile, ProfileSet
 from usagehub.core.events import RawMessage, UsageEvent
 from usagehub.errors import DecodeError
 from usagehub.storage.events import QuarantineItem
+from usagehub.storage.notify import listen_forever
 from usagehub.storage.pool import mapped_errors
 
 # Transports whose topic identity segment is enforced by the broker (ACL pattern on %u).
@@ -42,6 +44,7 @@ TOPIC_IDENTITY_TRANSPORTS = frozenset({"mqtt", "sparkplug"})
 # Operator-only doors: a device registered with no profile is still accepted.
 OPERATOR_TRANSPORTS = frozenset({"file"})
 _SENDER_GROUPS = ("device_id", "gateway_id")
+REGISTRY_CHANNEL = "usagehub_registry"  # notified at the commit of any change of devices or gateway_devices
 
 UNKNOWN_DEVICE = "unknown device"
 NO_PROFILE = "device has no registered profile"
@@ -67,35 +70,67 @@ class Decodable(Protocol):
 
 
 class DeviceFactsCache:
-    """Registry facts per device, cached for ``ttl_s`` so a changed profile or relation counts within seconds."""
+    """Registry facts per device: cached until the registry changes (a notification), or ``ttl_s`` while deaf.
+
+    A trigger on ``devices`` and ``gateway_devices`` notifies ``usagehub_registry`` at each change's commit
+    (migration 0052); :meth:`listen` drops every entry then, so a changed profile or relation counts at
+    once. While no listener is connected (not started, or its connection lost) an entry lives ``ttl_s``, as
+    all did before: that costs a lookup for each message of a device that sends less often than ``ttl_s``
+    (a meter every 15 minutes: every message). A load that a change overtakes is not kept.
+    """
 
     def __init__(self, pool: AsyncConnectionPool, *, ttl_s: float = 3.0, max_entries: int = 200_000) -> None:
         self.pool, self._ttl, self._max = pool, ttl_s, max_entries
-        self._cache: dict[str, tuple[float, DeviceFacts | None]] = {}
+        self._cache: dict[str, tuple[float, DeviceFacts | None]] = {}  # loaded at (monotonic), facts
+        self.changes = 0  # registry changes heard (a load that one overtakes is not kept)
+        self.listening = asyncio.Event()  # set while the listener is connected
 
     async def get(self, device_ids: Iterable[str]) -> dict[str, DeviceFacts | None]:
         """Facts of each device id (None when it is not registered)."""
         now = time.monotonic()
-        wanted = set(device_ids)
+        fresh_after = float("-inf") if self.listening.is_set() else now - self._ttl
         out: dict[str, DeviceFacts | None] = {}
         ask = []
-        for d in wanted:
-            hit = self._cache.get(d)
-            if hit is not None and hit[0] > now:
+        cache = self._cache
+        for d in set(device_ids):
+            hit = cache.get(d)
+            if hit is not None and hit[0] > fresh_after:
                 out[d] = hit[1]
             else:
                 ask.append(d)
         if ask:
+            changes = self.changes
             found = await self._load(ask)
-            if len(self._cache) + len(ask) > self._max:  # a flood of invented ids must not grow memory
-                self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-                if len(self._cache) + len(ask) > self._max:
-                    self._cache.clear()
             for d in ask:
-                facts = found.get(d)
-                self._cache[d] = (now + self._ttl, facts)
-                out[d] = facts
+                out[d] = found.get(d)
+            if changes != self.changes:  # a change was heard meanwhile: this load may predate it
+                return out
+            cache = self._cache
+            if len(cache) + len(ask) > self._max:  # a flood of invented ids must not grow memory
+                self._cache = cache = {k: v for k, v in cache.items() if v[0] > fresh_after}
+                if len(cache) + len(ask) > self._max:
+                    cache.clear()
+            for d in ask:
+                cache[d] = (now, out[d])
         return out
+
+    def changed(self, _payload: str = "") -> None:
+        """The registry changed: every entry is gone (loads in flight are not kept)."""
+        self.changes += 1
+        self._cache.clear()
+
+    async def listen(self, retry_s: float = 1.0) -> None:
+        """Hear registry changes until cancelled, reconnecting; entries live ``ttl_s`` while not connected."""
+        try:
+            await listen_forever(str(self.pool.conninfo), REGISTRY_CHANNEL, self.changed,
+                                 on_connect=self._connected, on_lost=self.listening.clear, retry_s=retry_s)
+        finally:
+            self.listening.clear()
+
+    def _connected(self) -> None:
+        self.changed()  # what changed while no one listened
+        self.listening.set()
+
 
     async def _load(self, device_ids: list[str]) -> dict[str, DeviceFacts]:
         async with mapped_errors(), self.pool.connection() as conn:

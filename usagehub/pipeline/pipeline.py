@@ -199,10 +199,8 @@ class Pipeline:
         memory.bound_heap()  # large messages get their own mappings, returned when freed
         memory.tune_collector()
         await self._load_totals()
-        if len(self._lanes) == 1:
-            await self._run_lane(self._lanes[0])
-            return
         async with asyncio.TaskGroup() as group:
+            group.create_task(self.identity.facts.listen(), name="pipeline-registry")
             for lane in self._lanes:
                 group.create_task(self._run_lane(lane), name=f"pipeline-lane-{lane.index}")
 

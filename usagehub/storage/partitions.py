@@ -111,7 +111,7 @@ class Partitions:
 
     async def ensure_for(self, timestamps: Iterable[datetime]) -> None:
         """Before a batch: one quick try per new month (short lock timeout); never blocks ingest."""
-        months = {month_of(ts) for ts in timestamps} - self._known - self._tried
+        months = {month_of(ts) for ts in set(timestamps)} - self._known - self._tried  # a message's readings share one
         if not months:
             return
         async with self.pool.connection() as conn:
