@@ -10,7 +10,8 @@ MESSAGES_IN = Counter("usagehub_messages_in_total", "Raw messages received", ["t
 EVENTS_ACCEPTED = Counter("usagehub_events_accepted_total", "New usage events stored", registry=REGISTRY)
 EVENTS_DUPLICATE = Counter("usagehub_events_duplicate_total", "Events already stored (replays, redeliveries)",
                            registry=REGISTRY)
-QUARANTINED = Counter("usagehub_quarantined_total", "Messages stored in quarantine", ["reason"],
+QUARANTINED_LABELS = ("reason",)  # named once: runtime.ingest_counters checks a child's labels against them
+QUARANTINED = Counter("usagehub_quarantined_total", "Messages stored in quarantine", QUARANTINED_LABELS,
                       registry=REGISTRY)
 # Faults the hub survives: connections, stalls, partitions, durable totals.
 ADAPTER_UP = Gauge("usagehub_adapter_up", "1 while the adapter is connected/listening, else 0", ["adapter"],
@@ -26,8 +27,9 @@ COMMIT_WAIT = Gauge("usagehub_pipeline_commit_wait_seconds",
                     "Seconds messages have waited with no commit (0 when nothing waits)", registry=REGISTRY)
 STALLED = Gauge("usagehub_pipeline_stalled", "1 while messages wait longer than the stall threshold",
                 registry=REGISTRY)
-LOCK_TIMEOUTS = Counter("usagehub_lock_timeouts_total", "Statements that gave up waiting for a lock", ["what"],
-                        registry=REGISTRY)
+LOCK_TIMEOUT_LABELS = ("what",)
+LOCK_TIMEOUTS = Counter("usagehub_lock_timeouts_total", "Statements that gave up waiting for a lock",
+                        LOCK_TIMEOUT_LABELS, registry=REGISTRY)
 PARTITIONS_CREATED = Counter("usagehub_partitions_created_total", "Event partitions created ahead of time",
                              registry=REGISTRY)
 STORED_TOTAL = Gauge("usagehub_ingest_stored", "Durable ingest totals from the database (survive restarts)",

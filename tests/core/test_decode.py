@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usagehub.core.decode import ProfileSet
+from usagehub.core.decode import DeviceIds, ProfileSet
 from usagehub.core.events import MeterKind, RawMessage, content_event_id
 from usagehub.core.paths import MISSING, PathSyntaxError, compile_path
 from usagehub.errors import DecodeError
@@ -92,6 +92,23 @@ def test_device_id_with_control_characters_is_refused(device_id: str) -> None:
     PROFILES.decode(msg("gateways/g/batch", {"readings": [good]}))  # a good id first: ids that passed are kept
     with pytest.raises(DecodeError, match=r"bad device id|missing field"):
         PROFILES.decode(msg("gateways/g/batch", {"readings": [good, {**good, "meter": device_id}]}))
+
+
+def test_checked_ids_are_bounded_and_a_bad_one_is_refused_after_the_bound() -> None:
+    ids = DeviceIds(limit=2)
+    assert [ids.clean(i) for i in ("m1", "m2", "m3", "m1")] == ["m1", "m2", "m3", "m1"]  # m3 started it again
+    with pytest.raises(DecodeError, match="bad device id"):
+        ids.clean("m\n")
+    with pytest.raises(DecodeError, match="bad device id"):
+        ids.clean("x" * 129)
+
+
+def test_a_profile_set_keeps_its_checked_ids_when_its_profiles_change() -> None:
+    profiles = ProfileSet(load_profiles(SHIPPED_PROFILES))
+    ids = profiles.ids
+    profiles.replace(load_profiles(SHIPPED_PROFILES))
+    assert profiles.ids is ids and all(c.ids is ids for c in profiles.compiled)
+    assert ProfileSet(load_profiles(SHIPPED_PROFILES)).ids is not ids  # another set, its own
 
 
 scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.text(max_size=20)

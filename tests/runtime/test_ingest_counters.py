@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from usagehub import metrics
-from usagehub.runtime.ingest_counters import CounterDeltas, add_report, parse_report, report_figures
+from usagehub.runtime.ingest_counters import RELAYED, CounterDeltas, add_report, parse_report, report_figures
 from usagehub.runtime.ingest_frames import FrameError
 
 
@@ -69,3 +69,13 @@ def test_hostile_batches_are_refused_and_observe_nothing(figures: object) -> Non
     with pytest.raises(FrameError):
         add_report(*parse_report(figures))
     assert _value("usagehub_commit_seconds_count") == before
+
+
+def test_the_relayed_label_names_are_the_declared_ones() -> None:
+    """A child's labels are checked against RELAYED: a counter declared with other names would refuse every report."""
+    for counter, names in RELAYED.items():
+        if names:
+            counter.labels(**dict.fromkeys(names, "label-check"))  # prometheus_client: ValueError on other names
+        else:
+            with pytest.raises(ValueError, match="No label names"):
+                counter.labels()

@@ -100,8 +100,9 @@ class _Meter:
 class CompiledProfile:
     """A profile prepared for the hot path: topic regex, codec function, compiled paths."""
 
-    def __init__(self, profile: Profile, keyring: KeyRing | None = None) -> None:
+    def __init__(self, profile: Profile, keyring: KeyRing | None = None, ids: DeviceIds | None = None) -> None:
         self.profile = profile
+        self.ids = ids if ids is not None else DeviceIds()
         self.topic_re = topic_regex(profile.match.topic) if profile.match.topic else None
         codec = get_codec(profile.decode_type)
         options = codec.options_model.model_validate(profile.decode)
@@ -160,11 +161,11 @@ class CompiledProfile:
             found = self.device_id.get(record)
             if found is MISSING or found is None or found == "":
                 raise ValidationFailed("missing field", detail=self.device_id.text)
-            return _clean_id(str(found))
+            return self.ids.clean(str(found))
         device_id = captures.get("device_id")
         if not device_id:
             raise ValidationFailed("missing field", detail="device_id")
-        return _clean_id(device_id)
+        return self.ids.clean(device_id)
 
     def _timestamp(self, record: object, message: RawMessage) -> datetime:
         if self.ts_path is None or self.timestamp is None:
@@ -218,18 +219,28 @@ class CompiledProfile:
 _ID_OK = re.compile(r"[^\x00-\x1f\x7f]{1,128}")  # the whole id (fullmatch: "$" would let a last "\n" pass)
 
 
-_IDS_SEEN: set[str] = set()  # ids that passed: a fleet's devices repeat in every message
+class DeviceIds:
+    """Device ids checked once: a fleet's devices repeat in every message, the pattern runs for new ones only.
 
+    Bounded: past ``limit`` ids the set starts again, so a flood of made-up ids only costs the pattern again.
+    One per ``ProfileSet``, shared by its compiled profiles.
+    """
 
-def _clean_id(device_id: str) -> str:
-    if device_id in _IDS_SEEN:
+    def __init__(self, limit: int = 262_144) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def clean(self, device_id: str) -> str:
+        """``device_id`` when it is a valid id (ValidationFailed otherwise)."""
+        seen = self._seen
+        if device_id in seen:
+            return device_id
+        if not _ID_OK.fullmatch(device_id):
+            raise ValidationFailed("bad device id", detail=repr(device_id[:40]))
+        if len(seen) >= self.limit:
+            seen.clear()
+        seen.add(device_id)
         return device_id
-    if not _ID_OK.fullmatch(device_id):
-        raise ValidationFailed("bad device id", detail=repr(device_id[:40]))
-    if len(_IDS_SEEN) >= 262_144:  # bounded: a flood of made-up ids only costs the regex again
-        _IDS_SEEN.clear()
-    _IDS_SEEN.add(device_id)
-    return device_id
 
 
 def _oid_value(record: object, oid: str) -> object:
@@ -244,11 +255,12 @@ class ProfileSet:
     def __init__(self, profiles: Iterable[Profile], keyring: KeyRing | None = None) -> None:
         self.keyring = keyring
         self.version = 0
+        self.ids = DeviceIds()  # kept across replace: the fleet's ids stay checked
         self.replace(profiles)
 
     def replace(self, profiles: Iterable[Profile]) -> None:
         """Put ``profiles`` in force in place, so every holder of this set decodes with them from now on."""
-        compiled = [CompiledProfile(p, self.keyring) for p in profiles]
+        compiled = [CompiledProfile(p, self.keyring, self.ids) for p in profiles]
         self.compiled, self.by_id = compiled, {c.profile.id: c for c in compiled}
         self._match = lru_cache(maxsize=65536)(self._match_uncached)
         self.version += 1

@@ -17,9 +17,11 @@ from prometheus_client import Counter
 from usagehub import metrics
 from usagehub.runtime.ingest_frames import FrameError
 
-RELAYED: tuple[Counter, ...] = (metrics.EVENTS_ACCEPTED, metrics.EVENTS_DUPLICATE, metrics.QUARANTINED,
-                                metrics.BATCH_RETRIES, metrics.EVENT_INSERT_FALLBACKS, metrics.LOCK_TIMEOUTS,
-                                metrics.PARTITIONS_CREATED)
+# Each relayed counter with the label names it was declared with (prometheus_client has no public accessor).
+RELAYED: dict[Counter, tuple[str, ...]] = {
+    metrics.EVENTS_ACCEPTED: (), metrics.EVENTS_DUPLICATE: (), metrics.QUARANTINED: metrics.QUARANTINED_LABELS,
+    metrics.BATCH_RETRIES: (), metrics.EVENT_INSERT_FALLBACKS: (), metrics.LOCK_TIMEOUTS: metrics.LOCK_TIMEOUT_LABELS,
+    metrics.PARTITIONS_CREATED: ()}
 _BY_NAME = {f"{next(iter(c.describe())).name}_total": c for c in RELAYED}  # the sample name of each counter
 _MAX_DELTA = 1e12  # more than any process counts between two reports
 Delta = tuple[str, dict[str, str], float]  # sample name, labels, what it gained
@@ -83,8 +85,7 @@ def _parse_deltas(doc: Any) -> list[Delta]:
             raise FrameError("a counter is not [name, labels, amount]")
         name, labels, amount = item
         counter = _BY_NAME.get(name) if isinstance(name, str) else None
-        # _labelnames: the label names a counter was declared with (prometheus_client has no public accessor)
-        if counter is None or not isinstance(labels, dict) or set(labels) != set(counter._labelnames):
+        if counter is None or not isinstance(labels, dict) or set(labels) != set(RELAYED[counter]):
             raise FrameError(f"no such counter: {str(name)[:80]}")
         if not all(isinstance(v, str) and len(v) <= 200 for v in labels.values()):
             raise FrameError("a counter label is not a short text")
