@@ -94,6 +94,21 @@ def test_device_id_with_control_characters_is_refused(device_id: str) -> None:
         PROFILES.decode(msg("gateways/g/batch", {"readings": [good, {**good, "meter": device_id}]}))
 
 
+def test_readings_sharing_a_timestamp_text_and_the_next_text_each_get_their_own_time() -> None:
+    def reading(meter: str, ts: object) -> dict[str, object]:
+        return {"meter": meter, "seq": 1, "ts": ts, "energy_wh": 1}
+
+    profiles = ProfileSet(load_profiles(SHIPPED_PROFILES))
+    first, second = "2026-10-01T00:00:00Z", "2026-10-01T00:15:00+02:00"
+    events = profiles.decode(msg("gateways/g/batch", {"readings": [reading("m1", first), reading("m2", first),
+                                                                   reading("m3", second)]}))
+    assert [e.ts for e in events] == [datetime(2026, 10, 1, tzinfo=UTC)] * 2 + [datetime(2026, 9, 30, 22, 15,
+                                                                                          tzinfo=UTC)]
+    for bad in ("2026-10-01T00:00:00", True):  # after a good text: no zone, and a boolean, are still refused
+        with pytest.raises(DecodeError, match="timestamp"):
+            profiles.decode(msg("gateways/g/batch", {"readings": [reading("m1", first), reading("m2", bad)]}))
+
+
 def test_checked_ids_are_bounded_and_a_bad_one_is_refused_after_the_bound() -> None:
     ids = DeviceIds(limit=2)
     assert [ids.clean(i) for i in ("m1", "m2", "m3", "m1")] == ["m1", "m2", "m3", "m1"]  # m3 started it again

@@ -115,6 +115,7 @@ class CompiledProfile:
         ts = profile.timestamp
         self.timestamp = ts if isinstance(ts, TimestampSpec) else (TimestampSpec(path=ts) if ts else None)
         self.ts_path = compile_path(self.timestamp.path) if self.timestamp else None
+        self._last_ts: tuple[str, datetime] | None = None  # the last timestamp text parsed, and its time
         self.meters = tuple(
             _Meter(name, spec,
                    compile_path(spec.value) if spec.value else None,
@@ -173,6 +174,13 @@ class CompiledProfile:
         raw = self.ts_path.get(record)
         if raw is MISSING or raw is None:
             raise ValidationFailed("missing field", detail=self.ts_path.text)
+        if type(raw) is str:  # a gateway's readings often share one: the last text parsed is kept
+            last = self._last_ts
+            if last is not None and last[0] == raw:
+                return last[1]
+            ts = parse_timestamp(raw, self.timestamp)
+            self._last_ts = (raw, ts)
+            return ts
         return parse_timestamp(raw, self.timestamp)
 
     def _meter_event(self, meter: _Meter, record: object, device_id: str, ts: datetime,
