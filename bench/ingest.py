@@ -20,6 +20,9 @@ Usage: .venv/bin/python bench/ingest.py [N] [REPEAT]
        BENCH_GATEWAY_SCALE=10 ...    the gateway cases carry this many times N readings (default 10; 1 before
                                      2026-11-29: 400 messages stored in under a second, where the pipeline's
                                      fixed latency set the rate)
+       BENCH_BOUND=100 ...           bind the meters to this many accounts (meter i to account i mod 100), so
+                                     their usage is billable: sessions, rollups and the session worker run too
+                                     (default 0: the meters are bound to no account, their usage is kept unbound)
 """
 
 from __future__ import annotations
@@ -257,6 +260,10 @@ def usagehub_run(url: str, port: int, msgs: list[tuple[bytes, bytes]], events: i
     lines = ["accounts: [{id: a}]", "devices:"] + [f"  - {{id: m{d:04d}{profile}}}" for d in range(METERS)]
     if via_gateway:
         lines += [f"  - {{id: g{g:02d}, profile: acme-dc100-gateway}}" for g in range(GATEWAYS)]
+    if bound := int(os.environ.get("BENCH_BOUND", "0")):
+        lines[0] = "accounts: [" + ", ".join(f"{{id: a{a:03d}}}" for a in range(bound)) + "]"
+        lines += ["bindings:"] + [f"  - {{device: m{d:04d}, account: a{d % bound:03d}, "
+                                  "valid_from: '2026-01-01T00:00:00+00:00'}" for d in range(METERS)]
     seed.write_text("\n".join(lines) + "\n")
     settings = ["--database-url", url, "--mqtt-url", f"mqtt://127.0.0.1:{port}", "--data-dir", str(tmp),
                 "--log-level", "WARNING"]
