@@ -131,7 +131,6 @@ class DeviceFactsCache:
         self.changed()  # what changed while no one listened
         self.listening.set()
 
-
     async def _load(self, device_ids: list[str]) -> dict[str, DeviceFacts]:
         async with mapped_errors(), self.pool.connection() as conn:
             cur = await conn.execute(
