@@ -149,3 +149,39 @@ def test_reallocation_equals_allocating_under_the_new_bindings(
     result = sorted([*kept, *(p for p, _ in reallocate(moved, at, new, zone_of))], key=repr)
     direct = sorted([p for e in entries for p in allocate_entry(e, info, new, zone_of)], key=repr)
     assert result == direct
+
+
+async def test_a_rebind_deletes_the_devices_points_through_the_device_index(pool: AsyncConnectionPool) -> None:
+    """Migration 0053: plain storage keeps no index on point_id; rebind's delete names the device and instant."""
+    rows = [(f"d{i % 40}", MAR + timedelta(hours=i)) for i in range(4000)]
+    async with pool.connection() as conn:
+        async with conn.cursor() as cur, cur.copy(
+                "COPY session_points (account_id, service, device_id, product, kind, aggregation, start_ts, end_ts, "
+                "value) FROM STDIN") as copy:
+            for device, at in rows:
+                await copy.write_row((None, "electricity", device, "energy", "usage", "sum", at, at, Decimal(1)))
+        await conn.execute("ANALYZE session_points")
+        since = MAR + timedelta(hours=3000)
+        mine = [int(r[0]) for r in await (await conn.execute(
+            "SELECT point_id FROM session_points WHERE device_id = 'd7' AND end_ts >= %s", (since,))).fetchall()]
+        other = int((await (await conn.execute(  # a hostile id: another device's point, named with d7's
+            "SELECT min(point_id) FROM session_points WHERE device_id = 'd8' AND end_ts >= %s", (since,)))
+            .fetchone())[0])  # type: ignore[index]
+        timescale = bool((await (await conn.execute(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'session_points'::regclass "
+            "AND tgname = 'session_points_rollup_delete')")).fetchone())[0])  # type: ignore[index]
+        await conn.commit()
+        stats = "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables WHERE relname = 'session_points'"
+        async with conn.transaction(force_rollback=True):
+            before = await (await conn.execute(stats)).fetchone()
+            deleted = await (await conn.execute("SELECT session_points_delete(%s::bigint[], 'd7', %s)",
+                                                ([*mine, other], since))).fetchone()
+            after = await (await conn.execute(stats)).fetchone()
+            left = await (await conn.execute(
+                "SELECT count(*) FILTER (WHERE device_id = 'd7' AND end_ts >= %s), "
+                "count(*) FILTER (WHERE point_id = %s) FROM session_points", (since, other))).fetchone()
+    assert len(mine) == 25
+    assert deleted == (25,) and left == (0, 1)  # d8's point stays: the delete is bounded to the device
+    assert before is not None and after is not None
+    if not timescale:  # the hypertable keeps its key (point_id, start_ts) and scans its chunks its own way
+        assert (after[0] - before[0], after[1] - before[1]) == (0, 1)  # one probe of the device's index, no scan

@@ -98,8 +98,13 @@ async def rebind(engine: SessionEngine, conn: Connection, device_id: str, at: da
     accounts = {p.account_id for p in old} | {p.account_id for p, _ in fresh}
     await lock_accounts(conn, {a for a in accounts if a})
     zones |= await zones_of(conn, {a for a in accounts if a})
-    # session_points_delete keeps the rollups exact on both storages (migration 0014)
-    await conn.execute("SELECT session_points_delete(%s::bigint[])", ([r[0] for r in found],))
+    # session_points_delete keeps the rollups exact on both storages (migration 0014); given the device and
+    # ``at`` it finds the points through the device's index (plain storage keeps none on point_id, 0053).
+    cur = await conn.execute("SELECT session_points_delete(%s::bigint[], %s, %s)",
+                             ([r[0] for r in found], device_id, at))
+    deleted = await cur.fetchone()
+    if deleted is None or deleted[0] != len(found):  # never re-allocate beside points left in place
+        raise RuntimeError(f"rebind of {device_id}: deleted {deleted and deleted[0]} of {len(found)} points")
     await copy_points(conn, fresh)
     # Old owners recompute from where they lost points, new owners from where they gained them.
     await engine.recompute(conn, [*old, *(p for p, _ in fresh)], zones)
