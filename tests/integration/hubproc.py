@@ -42,10 +42,12 @@ class HubProcess:
     # Every hub started and not yet stopped: a test that fails midway leaves none running (see stop_leftovers).
     running: ClassVar[set[HubProcess]] = set()
 
-    def __init__(self, database_url: str, mqtt_url: str, data_dir: Path, *, extra: list[str] | None = None) -> None:
+    def __init__(self, database_url: str, mqtt_url: str, data_dir: Path, *, extra: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.database_url, self.mqtt_url, self.data_dir = database_url, mqtt_url, data_dir
         self.port = free_port()
         self.extra = extra or []
+        self.env = env  # added to this process's environment
         self.proc: subprocess.Popen[str] | None = None
         self.log = data_dir / "hub.log"
 
@@ -60,7 +62,8 @@ class HubProcess:
         with self.log.open("a") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "usagehub", "serve", *self.settings, "--http-port", str(self.port),
-                 *self.extra], stdout=out, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+                 *self.extra], stdout=out, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                env={**os.environ, **self.env} if self.env else None)
         HubProcess.running.add(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

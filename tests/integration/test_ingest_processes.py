@@ -5,6 +5,7 @@ a caller on the hub's socket without its secret is turned away."""
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import socket
 import struct
@@ -103,9 +104,10 @@ def _wait_stored(url: str, distinct: int, hub: HubProcess) -> None:
     assert _one(url, "SELECT count(*) FROM events") == distinct, hub.log.read_text()[-3000:]
 
 
-def _seeded_hub(database_url: str, mosquitto: Mosquitto, tmp_path: Path, extra: list[str]) -> HubProcess:
+def _seeded_hub(database_url: str, mosquitto: Mosquitto, tmp_path: Path, extra: list[str],
+                env: dict[str, str] | None = None) -> HubProcess:
     """A hub with both tenants' accounts and meters seeded, started (ready once its children are connected)."""
-    hub = HubProcess(database_url, mosquitto.url, tmp_path / "data", extra=extra)
+    hub = HubProcess(database_url, mosquitto.url, tmp_path / "data", extra=extra, env=env)
     for tenant, devices in TENANTS.items():
         assert usagehub("seed", str(_seed(tmp_path, tenant, devices)), *hub.settings).returncode == 0
     hub.start()
@@ -151,7 +153,12 @@ def test_nothing_is_acknowledged_before_a_child_commits(database_url: str, mosqu
     if not (SHARED / "baselines" / "pub.py").exists():
         pytest.skip("../shared/baselines/pub.py is not present")
     lines, expected = _messages(random.Random(31), readings=40)
-    hub = _seeded_hub(database_url, mosquitto, tmp_path, INGEST)
+    # The hubs' socket folders in a temp dir of their own: any hub starting on this machine (another test's, a
+    # bench's) removes a dead hub's folder, and could do so between the kill and the check below. Short, as
+    # the sockets' paths must be (108 bytes).
+    private = Path(tempfile.mkdtemp(prefix="uh-"))
+    env = {"TMPDIR": str(private)}
+    hub = _seeded_hub(database_url, mosquitto, tmp_path, INGEST, env)
     children = _wait_children(hub, 2)
     for child in children:
         child.send_signal(signal.SIGSTOP)
@@ -159,12 +166,12 @@ def test_nothing_is_acknowledged_before_a_child_commits(database_url: str, mosqu
     time.sleep(1.0)  # the hub has received them all and handed them over: none committed
     assert _one(database_url, "SELECT count(*) FROM events") == 0
     killed = hub.proc.pid if hub.proc else 0
-    left = list(Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}{killed}-*"))
+    left = list(private.glob(f"{FOLDER_PREFIX}{killed}-*"))
     hub.kill()  # the children die with it (SIGKILL reaches stopped processes)
     for child in children:
         child.wait(10)
     assert len(left) == 1 and left[0].exists()  # a killed hub cannot remove its socket folder
-    again = HubProcess(database_url, mosquitto.url, tmp_path / "data", extra=INGEST)
+    again = HubProcess(database_url, mosquitto.url, tmp_path / "data", extra=INGEST, env=env)
     again.start()  # the same persistent session: the broker delivers what was never acknowledged
     try:
         assert not left[0].exists()  # the next hub removed it
@@ -172,6 +179,7 @@ def test_nothing_is_acknowledged_before_a_child_commits(database_url: str, mosqu
         assert _billed(database_url) == expected
     finally:
         assert again.terminate() == 0
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def _socket_of(child: psutil.Process) -> str:
