@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 from psycopg_pool import AsyncConnectionPool
 
 from usagehub import metrics
 from usagehub.core.events import MeterKind, UsageEvent
-from usagehub.storage.events import EventKey, event_key, insert_events
+from usagehub.storage.events import EventKey, copy_numeric, event_key, insert_events
 from usagehub.storage.events_direct import DirectInserts
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -149,3 +149,28 @@ async def test_an_identity_in_a_compressed_chunk_is_found_too(pool: AsyncConnect
     assert await _batch(pool, DirectInserts(), resent) == {event_key(resent[1])}
     assert _fallbacks() == before + 1
     assert [r[3] for r in await _stored(pool) if r[0] == "m7"] == [str(n) for n in range(9)]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(st.one_of(
+    st.decimals(min_value=-10**22, max_value=10**22, allow_nan=False, allow_infinity=False),
+    st.sampled_from([Decimal("1E+3"), Decimal("5.0"), Decimal("-0"), Decimal("1.000"), Decimal(10**20),
+                     Decimal(9999), Decimal(10000), Decimal("0E-7")])), min_size=1, max_size=8))
+async def test_a_whole_value_copied_as_an_int_is_the_numeric_the_decimal_is(
+        pool: AsyncConnectionPool, values: list[Decimal]) -> None:
+    # The copies pass values of exponent 0 as ints (storage.events.WHOLE); what is stored, value and display
+    # scale, is what PostgreSQL makes of the Decimal itself, through either insert.
+    assert all((type(copy_numeric(v)) is int) == (v.as_tuple().exponent == 0) for v in values)
+    run = f"v{uuid.uuid4().hex[:8]}"
+    direct = [_event(run + "-d", n, value=v) for n, v in enumerate(values)]
+    staged = [_event(run + "-s", n, value=v) for n, v in enumerate(values)]
+    async with pool.connection() as conn:
+        async with conn.transaction():
+            await DirectInserts().insert(conn, direct)
+            await insert_events(conn, staged)
+        expected = [(await (await conn.execute("SELECT %b::numeric::text", [v])).fetchone() or ("?",))[0]
+                    for v in values]
+        for device in (run + "-d", run + "-s"):
+            rows = await (await conn.execute("SELECT value::text FROM events WHERE device_id = %s ORDER BY ts",
+                                             (device,))).fetchall()
+            assert [r[0] for r in rows] == expected

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Generator
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from msgspec.structs import replace
 from psycopg_pool import AsyncConnectionPool
 
 from tests.core.test_segment_chunks import _LOST_AT_THE_PERIOD_START

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from usagehub.core.events import RawMessage
 from usagehub.core.profiles import Profile
-from usagehub.core.records import record
+from usagehub.core.records import Record
 
 if TYPE_CHECKING:
     from usagehub.adapters.prepaid_port import PrepaidPort
@@ -37,8 +37,7 @@ class Outcome(StrEnum):
     QUARANTINED = "quarantined"  # stored in quarantine with the reason
 
 
-@record
-class Receipt:
+class Receipt(Record, frozen=True, kw_only=True):
     """The durable result of one submitted message."""
 
     outcome: Outcome

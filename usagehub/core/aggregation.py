@@ -8,19 +8,19 @@ merge of its sessions' partials, whatever their order.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import field
 from datetime import datetime
 from decimal import Decimal
 
+import msgspec
+
 from usagehub.core.events import Aggregation
-from usagehub.core.records import record
+from usagehub.core.records import Record
 
 _ZERO = Decimal(0)
 _NO_LABELS: frozenset[str] = frozenset()
 
 
-@record
-class Sample:
+class Sample(Record, frozen=True, kw_only=True):
     """One value of a meter at an instant; ``label`` is what a unique count counts."""
 
     at: datetime
@@ -29,8 +29,7 @@ class Sample:
     tie: str = ""     # orders samples that share an instant (for ``last``)
 
 
-@record
-class Partial:
+class Partial(Record, frozen=True, kw_only=True):
     """Mergeable state of one aggregation over a set of samples (and state durations)."""
 
     aggregation: Aggregation
@@ -40,7 +39,7 @@ class Partial:
     maximum: Decimal | None = None
     last: Decimal | None = None
     last_key: tuple[datetime, str, Decimal] | None = None  # value last: ties stay total
-    labels: frozenset[str] = field(default_factory=frozenset)
+    labels: frozenset[str] = msgspec.field(default_factory=frozenset)
     seconds: Decimal = _ZERO
 
     @classmethod

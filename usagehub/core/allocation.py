@@ -11,19 +11,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
+import msgspec
+
 from usagehub.core.binding import BindingIndex
 from usagehub.core.counters import UsageEntry
 from usagehub.core.events import Aggregation, UsageEvent
 from usagehub.core.periods import boundaries_within, ensure_aware, split_interval
 from usagehub.core.profiles import MeterSpec
-from usagehub.core.records import record
+from usagehub.core.records import Record
 
 ZoneOf = Callable[[str | None], ZoneInfo]
 _UTC = ZoneInfo("UTC")
@@ -42,8 +44,7 @@ class PointKind(StrEnum):
     STATE = "state"
 
 
-@record
-class Point:
+class Point(Record, frozen=True, kw_only=True):
     """One account-bound sample of a product, over ``[start, end]`` (an instant when equal)."""
 
     account_id: str | None
@@ -153,8 +154,8 @@ def net_points(points: Iterable[Point]) -> list[Point]:
             sums[key] = sums.get(key, seen.value) + point.value
     if not sums:  # the common case: every span once
         return [*others, *first.values()]
-    return [*others, *(p if (total := sums.get(k)) is None or p.value == total else replace(p, value=total)
-                       for k, p in first.items())]
+    return [*others, *(p if (total := sums.get(k)) is None or p.value == total
+                         else msgspec.structs.replace(p, value=total) for k, p in first.items())]
 
 
 def by_account(points: Iterable[Point]) -> dict[tuple[str | None, str], list[Point]]:

@@ -19,7 +19,7 @@ from enum import StrEnum
 
 from usagehub.core.events import MeterKind, UsageEvent
 from usagehub.core.periods import ensure_aware
-from usagehub.core.records import record
+from usagehub.core.records import Record
 from usagehub.errors import DomainError
 
 
@@ -31,8 +31,7 @@ class EntryKind(StrEnum):
     CORRECTION = "correction"
 
 
-@record
-class Reading:
+class Reading(Record, frozen=True, kw_only=True):
     """One reading of a register; ``(ts, event_id)`` is its identity and its sort key."""
 
     ts: datetime
@@ -46,8 +45,7 @@ class Reading:
         return (self.ts, self.event_id)
 
 
-@record
-class UsageEntry:
+class UsageEntry(Record, frozen=True, kw_only=True):
     """Append-only usage of one device meter, covering ``(since, ts]`` or the instant ``ts``."""
 
     device_id: str

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from types import MappingProxyType
 
-from usagehub.core.records import record
+import msgspec
+
+from usagehub.core.records import Record
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -38,8 +39,7 @@ class Aggregation(StrEnum):
     DURATION = "duration"      # time spent in the active state
 
 
-@record
-class RawMessage:
+class RawMessage(Record, frozen=True, kw_only=True):
     """Bytes and metadata as an adapter received them; adapters produce nothing else.
 
     ``topic`` is the MQTT topic, CoAP/HTTP path, SNMP OID prefix or file name;
@@ -52,11 +52,10 @@ class RawMessage:
     payload: bytes
     received_at: datetime
     source: str = ""
-    meta: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    meta: Mapping[str, str] = msgspec.field(default_factory=lambda: _EMPTY)
 
 
-@record
-class UsageEvent:
+class UsageEvent(Record, frozen=True, kw_only=True):
     """One meter reading of one device at one device time: the unit of usage.
 
     Identity is ``(device_id, event_id, meter, ts)``: ``event_id`` is the device's

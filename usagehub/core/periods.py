@@ -15,7 +15,7 @@ from functools import lru_cache
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
-from usagehub.core.records import record
+from usagehub.core.records import Record
 
 #: Parts of a split are quantized to this quantum; the last part absorbs the remainder.
 SPLIT_QUANTUM = Decimal("0.000000001")
@@ -101,8 +101,7 @@ def boundaries_within(since: datetime, until: datetime, zone: ZoneInfo) -> list[
     return cuts
 
 
-@record
-class Part:
+class Part(Record, frozen=True, kw_only=True):
     """A piece ``(start, end]`` of an interval of usage and the quantity it carries."""
 
     start: datetime

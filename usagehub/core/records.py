@@ -1,22 +1,21 @@
-"""``@record``: an immutable value class that is cheap to build, for the classes made once per event.
+"""``Record``: an immutable value class that is cheap to build, for the classes made once per event.
 
-A ``frozen`` dataclass sets each field through ``object.__setattr__``: building one of twelve fields costs
-about three times a plain one, and the hub builds several per event (events, readings, entries, points, parts,
-receipts): about 5 % of its CPU. A record is a plain slotted dataclass at run time, with the same ``__eq__``
-and field ``__hash__`` as a frozen one, and frozen to the type checker (``dataclass_transform``):
-``mypy --strict`` refuses any assignment to a field, which is where this code base enforces immutability.
-Use ``dataclasses.replace`` to change one.
+A frozen dataclass sets each field through ``object.__setattr__``, and even a plain slotted one runs a
+generated ``__init__`` of Python code: the hub builds several per event (events, readings, entries, points,
+parts, receipts). A record is a frozen ``msgspec.Struct``, built by C code: a point of twelve fields costs
+~0.12 us against ~0.59 us as a slotted dataclass, and a change of one field ~0.1 us against ~1.7 us
+(``dataclasses.replace``). It compares and hashes by its fields, as a frozen dataclass does, refuses
+assignment at run time and to the type checker, and pickles. Change one with ``msgspec.structs.replace``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TypeVar, dataclass_transform
-
-T = TypeVar("T")
+import msgspec
 
 
-@dataclass_transform(frozen_default=True, kw_only_default=True)
-def record(cls: type[T]) -> type[T]:
-    """Make ``cls`` a keyword-only, slotted, hashable value class (frozen for the type checker)."""
-    return dataclass(slots=True, kw_only=True, unsafe_hash=True)(cls)
+class Record(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of the value classes made per event.
+
+    Each declares ``frozen=True, kw_only=True`` again: msgspec applies ``kw_only`` to a class's own fields,
+    and the type checker reads both from the class statement.
+    """

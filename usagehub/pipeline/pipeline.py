@@ -357,6 +357,8 @@ class Pipeline:
     def _resolve(self, batch: list[_Item], new_keys: set[EventKey], q_ids: list[int]) -> None:
         q_iter = iter(q_ids)
         accepted = duplicates = quarantined = 0
+        # Every event a new identity (the common case): no event needs looking up.
+        all_new = len(new_keys) == sum(len(item.events) for item in batch)
         for item in batch:
             future = item.future
             if item.quarantine is not None:
@@ -367,12 +369,7 @@ class Pipeline:
                     future.set_result(Receipt(outcome=Outcome.QUARANTINED, reason=item.quarantine.reason,
                                               quarantine_id=q_id, device_id=item.quarantine.device_id))
             else:
-                fresh = 0
-                for e in item.events:  # the first claim of a new key is the new one; later copies are dups
-                    key = (e.device_id, e.meter, e.ts, e.event_id)
-                    if key in new_keys:
-                        new_keys.discard(key)
-                        fresh += 1
+                fresh = len(item.events) if all_new else self._fresh(item.events, new_keys)
                 dup = len(item.events) - fresh
                 accepted += fresh
                 duplicates += dup
@@ -391,6 +388,18 @@ class Pipeline:
         totals["quarantined"] += quarantined
         for kind, value in totals.items():
             metrics.STORED_TOTAL.labels(kind).set(value)
+
+    @staticmethod
+    def _fresh(events: Sequence[UsageEvent], new_keys: set[EventKey]) -> int:
+        """How many of a message's events are new; the first claim of a new key is the new one (taken from
+        ``new_keys``), later copies are duplicates."""
+        fresh = 0
+        for e in events:
+            key = (e.device_id, e.meter, e.ts, e.event_id)
+            if key in new_keys:
+                new_keys.discard(key)
+                fresh += 1
+        return fresh
 
     async def _quarantine_after_refusal(self, lane: _Lane, item: _Item, err: StorageError) -> None:
         item.quarantine = QuarantineItem(message=item.message, reason="refused by storage", detail=str(err),

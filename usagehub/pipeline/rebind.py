@@ -13,11 +13,12 @@ lost or gained a piece are then recomputed (billed records get adjustments).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
+
+import msgspec
 
 from usagehub.core.allocation import MeterInfo, Point, PointKind, allocate_entry
 from usagehub.core.binding import BindingIndex
@@ -63,7 +64,8 @@ def reallocate(rows: Sequence[tuple[Point, Origin | None]], at: datetime, bindin
     tails: dict[Origin, tuple[Point, datetime]] = {}
     for point, origin in rows:
         if point.kind is not PointKind.USAGE or origin is None:
-            out.append((replace(point, account_id=bindings.account_at(point.device_id, point.start)), origin))
+            account = bindings.account_at(point.device_id, point.start)
+            out.append((msgspec.structs.replace(point, account_id=account), origin))
         elif origin not in tails or point.start < tails[origin][1]:
             tails[origin] = (point, point.start)
     for origin, (point, tail_start) in tails.items():

@@ -23,7 +23,7 @@ from psycopg import errors
 
 from usagehub import metrics
 from usagehub.core.events import UsageEvent
-from usagehub.storage.events import EventKey, arrival_ms, compact_id, compact_ids, insert_events
+from usagehub.storage.events import WHOLE, EventKey, arrival_ms, compact_id, compact_ids, insert_events
 from usagehub.storage.pool import Connection
 
 _COLUMNS = "device_id, meter, ts, event_id, value, meta_id, received_at, reset_marker, text_value"
@@ -107,12 +107,13 @@ async def _copy(conn: Connection, events: Sequence[UsageEvent], meta: Sequence[i
             for e, meta_id in zip(events, meta, strict=True):
                 if e.received_at is not arrived:
                     arrived, at_ms = e.received_at, arrival_ms(e.received_at)
-                await write((e.device_id, e.meter, e.ts, e.event_id, e.value, meta_id, at_ms, e.reset_marker,
-                             e.text_value))
+                v = e.value  # whole values as ints (events.WHOLE): inlined, this loop runs per reading
+                await write((e.device_id, e.meter, e.ts, e.event_id, int(v) if v.same_quantum(WHOLE) else v, meta_id,
+                             at_ms, e.reset_marker, e.text_value))
             return
         for e, meta_id in zip(events, meta, strict=True):
             if e.received_at is not arrived:
                 arrived, at_ms = e.received_at, arrival_ms(e.received_at)
-            seq = compact_id(e.event_id)
-            await write((e.device_id, e.meter, e.ts, None if seq is not None else e.event_id, e.value, meta_id,
-                         at_ms, e.reset_marker, e.text_value, seq))
+            seq, v = compact_id(e.event_id), e.value
+            await write((e.device_id, e.meter, e.ts, None if seq is not None else e.event_id,
+                         int(v) if v.same_quantum(WHOLE) else v, meta_id, at_ms, e.reset_marker, e.text_value, seq))

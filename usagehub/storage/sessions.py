@@ -24,6 +24,7 @@ from usagehub.core.sessions import (
     Session,
     SortKey,
 )
+from usagehub.storage.events import WHOLE
 from usagehub.storage.pool import Connection
 
 Pair = tuple[str, Period]
@@ -213,8 +214,9 @@ async def copy_points(conn: Connection, points: Sequence[tuple[Point, Origin | N
             origin: tuple[object, ...] = _NO_ORIGIN if o is None else o
             if o is not None and (o[2] is p.end or o[3] is p.value):  # its own end/value: NULL (0049)
                 origin = (o[0], o[1], None if o[2] is p.end else o[2], None if o[3] is p.value else o[3], o[4])
+            v = p.value  # whole values as ints (events.WHOLE): inlined, this loop runs per reading
             await write((p.account_id, p.service, p.device_id, p.product, p.kind, p.aggregation,  # StrEnums
-                         p.start, p.end, p.value, p.active, p.label, p.tie, *origin))
+                         p.start, p.end, int(v) if v.same_quantum(WHOLE) else v, p.active, p.label, p.tie, *origin))
 
 
 async def insert_sessions(conn: Connection, sessions: Sequence[Session]) -> None:

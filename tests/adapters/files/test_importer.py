@@ -110,7 +110,7 @@ class _WithDevice:
         self.inner = inner
 
     async def submit(self, message: RawMessage):  # type: ignore[no-untyped-def]
-        from dataclasses import replace
+        from msgspec.structs import replace
 
         return await self.inner.submit(replace(message, meta={**message.meta, "device_id": "plug9"}))
 
