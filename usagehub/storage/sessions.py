@@ -36,7 +36,6 @@ _POINT_TYPES = ["text", "text", "text", "text", "text", "text", "timestamptz", "
                 "text", "text"]
 _ORIGIN_COLUMNS = "entry_ref, entry_since, entry_ts, entry_quantity, entry_unit"
 _ORIGIN_TYPES = ["text", "timestamptz", "timestamptz", "numeric", "text"]
-_NO_ORIGIN = (None, None, None, None, None)
 Origin = tuple[str, datetime | None, datetime, Decimal, str]  # entry ref, since, ts, quantity, unit
 REF_SEP = "\x1f"  # entry ref: kind, meter and cause joined by the ASCII unit separator
 _SESSION_COLUMNS = ("session_id, account_id, service, period_start, period_end, period_label, start_ts, end_ts, "
@@ -210,13 +209,17 @@ async def copy_points(conn: Connection, points: Sequence[tuple[Point, Origin | N
             f"COPY session_points ({_POINT_COLUMNS}, {_ORIGIN_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types([*_POINT_TYPES, *_ORIGIN_TYPES])
         write = copy.write_row
-        for p, o in points:
-            origin: tuple[object, ...] = _NO_ORIGIN if o is None else o
-            if o is not None and (o[2] is p.end or o[3] is p.value):  # its own end/value: NULL (0049)
-                origin = (o[0], o[1], None if o[2] is p.end else o[2], None if o[3] is p.value else o[3], o[4])
-            v = p.value  # whole values as ints (events.WHOLE): inlined, this loop runs per reading
+        for p, o in points:  # one row each, built in one tuple: this loop runs per reading
+            v, end = p.value, p.end
+            if o is None:
+                ref = since = ts = quantity = unit = None
+            else:
+                ref, since, ts, quantity, unit = o
+                ts = None if ts is end else ts  # its own end/value: NULL (0049)
+                quantity = None if quantity is v else quantity
             await write((p.account_id, p.service, p.device_id, p.product, p.kind, p.aggregation,  # StrEnums
-                         p.start, p.end, int(v) if v.same_quantum(WHOLE) else v, p.active, p.label, p.tie, *origin))
+                         p.start, end, int(v) if v.same_quantum(WHOLE) else v,  # whole values as ints (WHOLE)
+                         p.active, p.label, p.tie, ref, since, ts, quantity, unit))
 
 
 async def insert_sessions(conn: Connection, sessions: Sequence[Session]) -> None:
