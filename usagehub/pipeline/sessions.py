@@ -107,14 +107,8 @@ class SessionEngine:
 
     async def apply(self, conn: Connection, events: Sequence[UsageEvent]) -> None:
         """Batch hook: the UsageWriter's entries and the gauge/state events of the batch."""
-        infos: dict[tuple[str, str], MeterInfo | None] = {}  # per batch: its readings share a few meters
-        entries: list[tuple[UsageEntry, MeterInfo]] = []
-        for entry, event in self.entries():
-            key = (event.profile_id, event.meter)
-            if (info := infos.get(key)) is None and key not in infos:
-                info = infos[key] = self.info(*key)
-            if info is not None:
-                entries.append((entry, info))
+        entries = [(entry, info) for entry, event in self.entries()
+                   if (info := self.info(event.profile_id, event.meter)) is not None]
         instants = [(event, info) for event in events if event.kind in (MeterKind.GAUGE, MeterKind.STATE)
                     and (info := self.info(event.profile_id, event.meter)) is not None]
         await self.absorb(conn, entries, instants, defer=self.defer)
