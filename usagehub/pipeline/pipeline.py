@@ -70,9 +70,12 @@ class PipelineSettings:
 
     batch_max_messages: int = 2000
     batch_max_wait_ms: float = 20.0
-    # Gateway messages carry many readings: bound a batch by bytes too, so one batch
-    # never holds the event loop (and the MQTT keepalive) for long.
-    batch_max_bytes: int = 512 * 1024
+    # Gateway messages carry many readings: bound a batch by bytes too, so one batch never holds the event loop
+    # (and the MQTT keepalive) for long. It also sets how long a received gateway reading waits: an ingest
+    # process holds (lanes + 1) batches by bytes. bench/ingest.py's gateway case (messages of 50 readings,
+    # ~4.3 KB), alternated: 512 KiB p99 1.0-1.55 s, 256 KiB 0.68-0.71 s at the same rate, 128 KiB 0.6-0.7 s
+    # at a tenth less (docs/architecture.md, "Per-reading CPU, fifth pass").
+    batch_max_bytes: int = 256 * 1024
     # Read-ahead: about two full batches per lane wait here; past that the adapters wait (MQTT leaves the rest
     # with the broker, unacknowledged) instead of holding tens of thousands of messages in the process.
     queue_max_messages: int = 8_000

@@ -306,7 +306,8 @@ async def ingest_processes(config: HubConfig, pipeline: Pipeline,
     # A child holds about two full batches per commit lane of its own by messages, and one batch per lane
     # plus one by bytes: enough to commit full batches under load, while the rest of a backlog waits in the
     # broker (once received, its receive→billable clock runs: gateway messages of 50 readings fill a batch's
-    # bytes long before its count; at two batches per lane by bytes their p99 was 1.0-1.15 s, at this 0.9-1.0).
+    # bytes long before its count; at two batches per lane by bytes their p99 was 1.0-1.15 s, at this 0.9-1.0
+    # with batches of 512 KiB, 0.7 with 256 KiB: PipelineSettings.batch_max_bytes).
     lanes = child_lanes(config)
     sink = ProcessSink(pipeline, count, secret, lanes=lanes, window=max(1000, 2 * lanes * config.batch_max_messages),
                        window_bytes=(lanes + 1) * pipeline.settings.batch_max_bytes)
