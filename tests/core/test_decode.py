@@ -143,3 +143,29 @@ def test_hostile_payloads_only_ever_raise_decode_error(payload: bytes, topic: st
         return
     for e in events:
         assert isinstance(e.value, Decimal) and e.ts.tzinfo is not None
+
+
+@pytest.mark.parametrize(("raw", "refused"), [
+    (str(10**20 - 1), False), (str(10**20), True), (str(-(10**20)), True), ("0E+30", False),
+    ("1E+20", True), ("9.99999E+19", False), ("-0", False), (0, False)])
+def test_an_implausibly_large_register_is_refused_at_ten_to_the_twentieth(raw: object, refused: bool) -> None:
+    body = {"seq": 1, "ts": "2026-10-05T12:00:00+00:00", "energy_wh": raw}
+    if refused:
+        with pytest.raises(DecodeError, match="implausibly large"):
+            PROFILES.decode(msg("meters/m1/reading", body))
+        return
+    events = PROFILES.decode(msg("meters/m1/reading", body))
+    (energy,) = [e for e in events if e.meter == "energy"]
+    assert energy.value == Decimal(str(raw)) * Decimal("0.001")
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False))
+def test_the_size_check_reads_the_exponent_as_abs_would(number: Decimal) -> None:
+    assert (number.adjusted() >= 20 and bool(number)) == (abs(number) >= Decimal(10) ** 20)
+
+
+def test_a_long_sequence_number_is_cut_to_64_characters_and_a_short_one_kept() -> None:
+    for seq, expected in ((7, "7"), ("x" * 64, "x" * 64), ("y" * 100, "y" * 64)):
+        events = PROFILES.decode(msg("meters/m1/reading", {"seq": seq, "ts": "2026-10-05T12:00:00+00:00",
+                                                           "energy_wh": 5}))
+        assert {e.event_id for e in events} == {expected}

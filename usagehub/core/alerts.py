@@ -26,8 +26,8 @@ class NewAlert:
 def _fires(event: UsageEvent, active_values: Sequence[object]) -> bool:
     """A state meter fires when it becomes active; any other meter when its value is not zero."""
     if event.kind is MeterKind.STATE:
-        return event.text_value in {str(v) for v in active_values} or event.value != 0
-    return event.value != 0
+        return event.text_value in {str(v) for v in active_values} or bool(event.value)
+    return bool(event.value)
 
 
 def event_alerts(events: Iterable[UsageEvent], rules: Mapping[tuple[str, str], tuple[str, Sequence[object]]]

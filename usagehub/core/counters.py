@@ -98,7 +98,7 @@ def register_delta(prev: Reading | None, cur: Reading, *, wrap_modulus: Decimal 
 def _entry(spec: CounterSpec, a: Reading | None, b: Reading, cause: str, kind: EntryKind,
            negate: bool = False) -> UsageEntry | None:
     quantity = register_delta(a, b, wrap_modulus=spec.wrap_modulus, reset_from_zero=spec.reset_from_zero)
-    if a is None or quantity == 0:
+    if a is None or not quantity:  # Decimal truth, not == 0: no int to convert per reading
         return None  # a baseline or an unchanged register carries no usage
     return UsageEntry(device_id=spec.device_id, meter=spec.meter, ts=b.ts, since=a.ts,
                       quantity=-quantity if negate else quantity, cause=cause, kind=kind)

@@ -183,7 +183,7 @@ class _Machine:
 
     def is_activity(self, point: Point) -> bool:
         if point.kind is PointKind.USAGE:
-            return point.value != 0
+            return bool(point.value)
         if point.kind is PointKind.STATE:
             return bool(point.active) != ((point.device_id, point.product) in self.active)
         return True
@@ -195,7 +195,7 @@ class _Machine:
         if cur is not None and (point.start >= cur.period.end
                                 or (not self.active and point.start > cur.last + self.rules.idle_timeout)):
             self.maybe_close(point.start)
-        activity = point.value != 0 if point.kind is PointKind.USAGE else self.is_activity(point)
+        activity = bool(point.value) if point.kind is PointKind.USAGE else self.is_activity(point)
         if self.cur is None:
             if not activity:
                 return  # zero usage and repeated "off" open nothing
