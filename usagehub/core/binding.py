@@ -66,8 +66,11 @@ class BindingIndex:
 
     def changes_within(self, device_id: str, since: datetime, until: datetime) -> list[datetime]:
         """Instants strictly inside ``(since, until)`` where the device's account changes."""
+        held = self._by_device.get(device_id)
+        if not held:  # an unbound device (most of a fleet's readings in some hubs): no set, no sort
+            return []
         cuts: set[datetime] = set()
-        for binding in self._by_device.get(device_id, ()):
+        for binding in held:
             for edge in (binding.valid_from, binding.valid_to):
                 if edge is not None and since < edge < until:
                     cuts.add(edge)

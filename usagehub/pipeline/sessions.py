@@ -130,7 +130,11 @@ class SessionEngine:
         stored: list[tuple[Point, Origin | None]] = []
         for entry, info in entries:
             origin = origin_of(entry, info.unit)
-            stored.extend((p, origin) for p in allocate_entry(entry, info, bindings, zone_of))
+            points = allocate_entry(entry, info, bindings, zone_of)
+            if len(points) == 1:  # the common case (one account, one period): no generator per reading
+                stored.append((points[0], origin))
+            else:
+                stored.extend((p, origin) for p in points)
         for event, info in instants:
             stored.append((event_point(event, info, bindings, state=event.kind is MeterKind.STATE), None))
         bound = [p for p, _ in stored if p.account_id is not None]

@@ -70,23 +70,34 @@ class UsageWriter:
 
     async def _registers(self, conn: Connection,
                          registers: dict[MeterKey, list[UsageEvent]]) -> list[tuple[UsageEntry, UsageEvent]]:
+        """The entries of each register's new readings (``registers``' lists are sorted in place)."""
         keys = sorted(registers)
         state = await lock_meter_state(conn, keys)
         out: list[tuple[UsageEntry, UsageEvent]] = []
         new_state: list[tuple[MeterKey, Reading]] = []
-        groups = {key: sorted(registers[key], key=_ORDER) for key in keys}
-        readings_of = {key: [reading_of(e) for e in group] for key, group in groups.items()}
-        # Registers whose batch reaches back before their latest reading need the stored neighbours:
-        # one round trip for all of them.
-        late = {key: readings for key, readings in readings_of.items()
-                if (latest := state.get(key)) is not None and readings[0].key <= latest.key}
+        # One pass per register (a gateway batch holds a few readings of each of many registers, so the
+        # per-register work counts): its events in key order, their readings, and whether the batch reaches
+        # back before its latest stored reading, when it needs the stored neighbours (one round trip for all).
+        readings_of: dict[MeterKey, list[Reading]] = {}
+        late: dict[MeterKey, list[Reading]] = {}
+        for key in keys:
+            group = registers[key]  # the caller's own lists: sorted in place
+            if len(group) > 1:
+                group.sort(key=_ORDER)
+            readings = readings_of[key] = [reading_of(e) for e in group]
+            if (latest := state.get(key)) is not None and readings[0].key <= latest.key:
+                late[key] = readings
         neighbours = await stored_neighbourhoods(conn, late, state)
         for key in keys:
-            group, readings, latest = groups[key], readings_of[key], state.get(key)
+            group, readings, latest = registers[key], readings_of[key], state.get(key)
             known = neighbours.get(key, [latest] if latest else [])
             entries, _ = apply_batch(known, readings, self._spec(group[0]))
-            by_id = {e.event_id: e for e in group}
-            out.extend((entry, by_id.get(entry.cause, group[-1])) for entry in entries)
+            if len(group) == 1:  # every entry comes from the one event
+                only = group[0]
+                out.extend([(entry, only) for entry in entries])
+            else:
+                by_id = {e.event_id: e for e in group}
+                out.extend((entry, by_id.get(entry.cause, group[-1])) for entry in entries)
             if latest is None or readings[-1].key > latest.key:
                 new_state.append((key, readings[-1]))
         await save_meter_state(conn, new_state)
