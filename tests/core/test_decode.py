@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usagehub.core.decode import DeviceIds, ProfileSet
+from usagehub.core.decode import DeviceIds, ProfileSet, to_decimal
 from usagehub.core.events import MeterKind, RawMessage, content_event_id
 from usagehub.core.paths import MISSING, PathSyntaxError, compile_path
 from usagehub.errors import DecodeError
@@ -169,3 +169,10 @@ def test_a_long_sequence_number_is_cut_to_64_characters_and_a_short_one_kept() -
         events = PROFILES.decode(msg("meters/m1/reading", {"seq": seq, "ts": "2026-10-05T12:00:00+00:00",
                                                            "energy_wh": 5}))
         assert {e.event_id for e in events} == {expected}
+
+
+@pytest.mark.parametrize("value", [Decimal("NaN"), Decimal("sNaN"), Decimal("Infinity"), Decimal("-Infinity")])
+def test_a_decimal_that_is_no_finite_number_is_refused(value: Decimal) -> None:
+    with pytest.raises(InvalidOperation, match="not a finite number"):
+        to_decimal(value)
+    assert to_decimal(Decimal("1.50")) == Decimal("1.50") and str(to_decimal(Decimal("1.50"))) == "1.50"

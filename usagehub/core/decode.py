@@ -50,7 +50,10 @@ def to_decimal(value: object) -> Decimal:
     if isinstance(value, bool):
         raise InvalidOperation("boolean is not a number")
     if isinstance(value, int | Decimal):
-        return Decimal(value)
+        result = Decimal(value)
+        if not result.is_finite():  # a Decimal from a binary codec (CBOR) may be NaN or infinite
+            raise InvalidOperation("not a finite number")
+        return result
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             raise InvalidOperation("not a finite number")
