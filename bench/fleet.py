@@ -15,7 +15,7 @@ publishing. Billed totals (billing records per account and product) are checked 
 
     .venv/bin/python bench/fleet.py [WEEKS] [ACCOUNTS]        # defaults: 5 weeks, 40 accounts
     BENCH_PYSPY=/tmp/hub.txt ...                               # also sample the hub with py-spy
-    BENCH_SESSION_WORKERS=0 ...                                # sessions inline in each batch (default 1)
+    BENCH_SESSION_WORKERS=0 ...                                # sessions inline in each batch (default: the hub's)
     BENCH_INGEST_PROCESSES=2 ...                               # serve --ingest-processes (default: the hub's)
     BENCH_PGSS=20 ...                                          # print PostgreSQL's 20 costliest statements
     BENCH_KEEP=1 ...                                           # keep the run's folder (database, logs; ~0.5 GB)
@@ -195,7 +195,8 @@ def hub(url: str, port: int, msgs: list[Msg], seed: str, tmp: Path,
     client_id = f"usagehub-fleet-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "USAGEHUB_MQTT_CLIENT_ID": client_id}
     proc = subprocess.Popen([sys.executable, "-m", "usagehub", "serve", *settings, "--http-port", "0",
-                             "--session-workers", os.environ.get("BENCH_SESSION_WORKERS", "1"),
+                             *(["--session-workers", os.environ["BENCH_SESSION_WORKERS"]]
+                               if "BENCH_SESSION_WORKERS" in os.environ else []),
                              *(["--ingest-processes", os.environ["BENCH_INGEST_PROCESSES"]]
                                if "BENCH_INGEST_PROCESSES" in os.environ else []),
                              "--config", "/dev/null"], cwd=ROOT, env=env)

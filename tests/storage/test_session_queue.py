@@ -139,6 +139,33 @@ async def test_worker_beside_ingest_equals_inline(pool: AsyncConnectionPool, sec
     assert await _derived(pool) == expected
 
 
+async def test_two_workers_beside_ingest_equal_inline(pool: AsyncConnectionPool, second_pool: AsyncConnectionPool
+                                                     ) -> None:
+    """serve's default on 2 cores: two workers share one queue while ingest goes on; the result equals inline."""
+    expected = await _inline(second_pool)
+    await _seed(pool)
+    pipeline, _ = wired(pool)
+    _engine(pipeline).defer = True
+    profiles = _engine(pipeline).profiles
+    workers = [SessionWorker(pool, SessionEngine(profiles, clock=lambda: NOW), idle_s=0.005, coalesce_s=0.02)
+               for _ in range(2)]
+    running = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        for chunk in _fleet():
+            await feed(pipeline, chunk)
+            await asyncio.sleep(0.03)  # let both workers' rounds interleave with batches and with each other
+    finally:
+        for task in running:
+            task.cancel()
+        ended = await asyncio.gather(*running, return_exceptions=True)
+    assert all(isinstance(e, asyncio.CancelledError) for e in ended), ended  # neither worker died on the other
+    for w in workers:
+        await w.drain()
+    assert await _queued(pool) == 0
+    assert sum(w.replayed for w in workers) > 0
+    assert await _derived(pool) == expected
+
+
 async def test_failed_round_keeps_its_queue_and_writes_nothing(pool: AsyncConnectionPool,
                                                                second_pool: AsyncConnectionPool) -> None:
     expected = await _inline(second_pool)

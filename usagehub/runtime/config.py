@@ -42,9 +42,13 @@ class HubConfig(BaseModel):
     batch_max_wait_ms: float = Field(20.0, ge=0, le=10_000)
     commit_lanes: int = Field(4, ge=1, le=16, description="ingest batches committed at once (messages of one "
                                                           "sender share a lane)")
-    # Sessions off the ingest path (pipeline/session_worker.py): N child processes replay the session queue.
-    session_workers: int = Field(1, ge=0, le=64, description="session worker processes; 0: sessions and billing "
-                                                             "records are recomputed inside each ingest batch")
+    # Sessions off the ingest path (pipeline/session_worker.py): N child processes replay the session queue. Two on
+    # 2 cores: one alone fell behind while ingest took both cores, and billed a burst's last readings seconds after
+    # storing them (docs/architecture.md, "Sessions off the ingest path").
+    session_workers: int = Field(default_factory=lambda: 2 if (os.cpu_count() or 1) >= 2 else 1, ge=0, le=64,
+                                 description="session worker processes (default: 2 on 2 cores or more, else 1); "
+                                             "0: sessions and billing records are recomputed inside each ingest "
+                                             "batch")
     # Receive in the hub process, decode and commit MQTT messages in N children (runtime/ingest_processes.py).
     ingest_processes: int | None = Field(None, ge=0, le=16, description="child processes decoding and committing "
                                          "MQTT messages (commit_lanes are shared among them); 0: the hub process "

@@ -1,4 +1,4 @@
-"""Session workers as child processes of ``serve`` (``--session-workers N``, default 1).
+"""Session workers as child processes of ``serve`` (``--session-workers N``; default 2 on 2 cores or more).
 
 The hub's pipeline then queues the session segments each batch touched instead
 of replaying them (``SessionEngine.defer``), and N ``usagehub session-worker``
