@@ -119,46 +119,26 @@ async def test_worker_after_ingest_equals_inline(pool: AsyncConnectionPool, seco
     assert await _derived(pool) == expected
 
 
-async def test_worker_beside_ingest_equals_inline(pool: AsyncConnectionPool, second_pool: AsyncConnectionPool
-                                                  ) -> None:
-    expected = await _inline(second_pool)
-    await _seed(pool)
-    pipeline, _ = wired(pool)
-    _engine(pipeline).defer = True
-    worker = SessionWorker(pool, SessionEngine(_engine(pipeline).profiles, clock=lambda: NOW), idle_s=0.005)
-    running = asyncio.create_task(worker.run())
-    try:
-        for chunk in _fleet():
-            await feed(pipeline, chunk)
-            await asyncio.sleep(0.01)  # let rounds interleave with batches
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-    await worker.drain()
-    assert worker.replayed > 0
-    assert await _derived(pool) == expected
-
-
-async def test_two_workers_beside_ingest_equal_inline(pool: AsyncConnectionPool, second_pool: AsyncConnectionPool
-                                                     ) -> None:
-    """serve's default on 2 cores: two workers share one queue while ingest goes on; the result equals inline."""
+@pytest.mark.parametrize("count", [1, 2])  # 2: serve's default on 2 cores, both sharing one queue
+async def test_workers_beside_ingest_equal_inline(count: int, pool: AsyncConnectionPool,
+                                                  second_pool: AsyncConnectionPool) -> None:
     expected = await _inline(second_pool)
     await _seed(pool)
     pipeline, _ = wired(pool)
     _engine(pipeline).defer = True
     profiles = _engine(pipeline).profiles
     workers = [SessionWorker(pool, SessionEngine(profiles, clock=lambda: NOW), idle_s=0.005, coalesce_s=0.02)
-               for _ in range(2)]
+               for _ in range(count)]
     running = [asyncio.create_task(w.run()) for w in workers]
     try:
         for chunk in _fleet():
             await feed(pipeline, chunk)
-            await asyncio.sleep(0.03)  # let both workers' rounds interleave with batches and with each other
+            await asyncio.sleep(0.03)  # let rounds interleave with batches (and with each other's)
     finally:
         for task in running:
             task.cancel()
         ended = await asyncio.gather(*running, return_exceptions=True)
-    assert all(isinstance(e, asyncio.CancelledError) for e in ended), ended  # neither worker died on the other
+    assert all(isinstance(e, asyncio.CancelledError) for e in ended), ended  # no worker died on the other
     for w in workers:
         await w.drain()
     assert await _queued(pool) == 0

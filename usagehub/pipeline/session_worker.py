@@ -104,10 +104,14 @@ class SessionWorker:
         """Replay until cancelled; a failed round (lock timeout, outage) is retried with backoff."""
         memory.tune_collector()
         delay = self.idle_s
+        # A new row is claimed no sooner than this after it was queued (the queue quiet that long, or its account's
+        # oldest row that old), so an idle worker polls no oftener: every idle round is a transaction and a claim,
+        # and a hub runs a worker per core beside everything else.
+        idle_most = max(self.idle_s, min(self.coalesce_s, self.quiet_s))
         while True:
             try:
                 done = await self.round(min_age_s=self.coalesce_s, quiet_s=self.quiet_s)
-                delay = self.idle_s
+                delay = self.idle_s if done else min(max(delay, self.idle_s) * 2, idle_most)
             except StorageError as err:
                 log.warning("session replay round failed (%s); retrying in %.1fs", err, delay)
                 done = 0
