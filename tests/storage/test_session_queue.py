@@ -146,6 +146,37 @@ async def test_workers_beside_ingest_equal_inline(count: int, pool: AsyncConnect
     assert await _derived(pool) == expected
 
 
+async def test_an_idle_worker_polls_seldom_and_still_takes_a_new_row_promptly(pool: AsyncConnectionPool) -> None:
+    await _seed(pool)
+    pipeline, _ = wired(pool)
+    _engine(pipeline).defer = True
+    worker = SessionWorker(pool, SessionEngine(_engine(pipeline).profiles, clock=lambda: NOW), idle_s=0.01,
+                           quiet_s=0.2)
+    rounds = 0
+    real_round = worker.round
+
+    async def counted(**kwargs: Any) -> int:
+        nonlocal rounds
+        rounds += 1
+        return await real_round(**kwargs)
+
+    worker.round = counted  # type: ignore[method-assign]
+    running = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(1.0)
+        assert 1 <= rounds <= 12, rounds  # backing off to quiet_s; every idle_s would be ~100 rounds a second
+        await feed(pipeline, [reading("m1", k, OCT + STEP * k, 250 * k) for k in (1, 2)])
+        for _ in range(250):
+            if worker.replayed:
+                break
+            await asyncio.sleep(0.02)
+        assert worker.replayed > 0  # claimed once quiet_s old, within one backed-off wait
+        assert await _queued(pool) == 0
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
 async def test_failed_round_keeps_its_queue_and_writes_nothing(pool: AsyncConnectionPool,
                                                                second_pool: AsyncConnectionPool) -> None:
     expected = await _inline(second_pool)
