@@ -111,7 +111,7 @@ class SessionWorker:
         while True:
             try:
                 done = await self.round(min_age_s=self.coalesce_s, quiet_s=self.quiet_s)
-                delay = self.idle_s if done else min(max(delay, self.idle_s) * 2, idle_most)
+                delay = self.idle_s if done else min(delay * 2, idle_most)  # delay >= idle_s throughout
             except StorageError as err:
                 log.warning("session replay round failed (%s); retrying in %.1fs", err, delay)
                 done = 0
