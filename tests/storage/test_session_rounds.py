@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -21,6 +23,7 @@ from usagehub.core.segments import segment_start
 from usagehub.pipeline.session_worker import SessionWorker
 from usagehub.pipeline.sessions import SessionEngine
 from usagehub.storage.session_queue import claim
+from usagehub.storage.sessions import lock_accounts
 
 __all__ = ["second_pool"]  # the fixture, used by name
 
@@ -157,3 +160,33 @@ async def test_a_claim_takes_young_accounts_at_once_when_nothing_came_since(pool
     async with pool.connection() as conn, conn.transaction():
         rows, _ = await claim(conn, limit=None, min_age_s=5, quiet_s=1.0)
         assert sorted({a for a, _, _ in rows}) == ["t2-a"]
+
+
+async def _advisory_locks(conn: Any) -> int:
+    cur = await conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
+    row = await cur.fetchone()
+    return int(row[0])
+
+
+async def test_a_round_passes_over_an_account_another_holds_and_locks_only_what_it_claims(
+        pool: AsyncConnectionPool, second_pool: AsyncConnectionPool) -> None:
+    """Two workers share the queue: one must not claim the newer rows of an account the other is replaying and
+    then wait for its lock (the two would take turns, each replaying what gathered during the other's round)."""
+    expected = await _inline(second_pool)
+    engine = await _ingest_deferred(pool)  # a1 (tenant t1) and a2 (tenant t2) queued
+    async with pool.connection() as conn, conn.transaction():  # limit 1: one account claimed, one lock taken
+        rows, _ = await claim(conn, limit=1)
+        assert len({a for a, _, _ in rows}) == 1 and await _advisory_locks(conn) == 1
+    replayer = SessionEngine(engine.profiles, clock=lambda: NOW)
+    async with pool.connection() as held, held.transaction():
+        await lock_accounts(held, ["a1"])  # another round (or a correction) holds a1
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute("SET LOCAL lock_timeout = '2s'")  # waiting for a1 would fail the round here
+            assert await asyncio.wait_for(replayer.replay_queued(conn, limit=None), timeout=1.5) > 0
+            assert replayer.last_claimed == 1 and await _advisory_locks(conn) == 1  # a2's
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT DISTINCT account_id FROM session_queue")
+            assert await cur.fetchall() == [("a1",)]  # passed over, still queued
+    await SessionWorker(pool, replayer).drain()  # a1 is free now
+    assert await _queued(pool) == 0
+    assert await _derived(pool) == expected

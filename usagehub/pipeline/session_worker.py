@@ -6,7 +6,8 @@ segments it touched; acknowledgement to the device follows that commit. A
 session worker — another process, so the second core works — claims the queue
 a few accounts at a time and replays them (``SessionEngine.replay_queued``) in
 one transaction per round. Several workers (or hubs) share one queue safely:
-claims skip each other's rows, and the account locks order them with ingest.
+a round locks the accounts it can have at once and claims only their rows, so
+two rounds never replay one account at a time nor wait for each other.
 Under load a round finds more queued per segment, so its cost per event falls.
 """
 

@@ -2,9 +2,12 @@
 
 The queue is a log: ingest appends a row per (account, service, segment) a batch touched, holding the
 earliest instant it stored there, without taking any lock a replay holds (so a session round never stalls
-ingest). A replayer claims rows (``FOR UPDATE``, whole segments), then the accounts' advisory locks
-(``storage.sessions.lock_accounts``, shared with billing runs and corrections, so none of them deadlock),
-replays, and deletes exactly the rows it claimed, by id, in the same transaction. A point committed
+ingest). A session round first takes the advisory locks of the accounts it can have at once (the key of
+``storage.sessions.lock_accounts``, shared with billing runs and corrections; an account another round or
+a billing run holds is passed over, never waited for), then claims their rows (``FOR UPDATE SKIP LOCKED``,
+whole segments), replays, and deletes exactly the rows it claimed, by id, in the same transaction. A
+billing run claims its accounts' rows, waiting for them, then waits for their locks: a round never waits
+for it, so neither can deadlock the other. A point committed
 after the claim comes with a row the claim did not take: a later round replays it. A point committed
 before the claim is seen by the replay, which reads points after claiming.
 """
@@ -17,7 +20,7 @@ from typing import Any
 
 from usagehub.core.segments import EPOCH, SEGMENT
 from usagehub.storage.pool import Connection
-from usagehub.storage.sessions import utc
+from usagehub.storage.sessions import account_lock_key, utc
 
 # (account, service, instant): the earliest point a batch stored in one segment (column ``seg_start``, named
 # when it held segment starts; a replay starts at the chunk holding the instant, see core.segments.CHUNK).
@@ -54,15 +57,22 @@ async def claim(conn: Connection, *, limit: int | None, accounts: list[str] | No
     oldest row is younger (a session worker lets batches gather: one replay then covers more of them),
     unless the newest row of the queue (of ``accounts``) is ``quiet_s`` old: ingest paused or ended, so waiting
     gathers nothing more. (Per account that would not do: a commit lane's batches come seconds apart under load.)
+
+    With ``skip_locked`` the claim takes the accounts' locks first, those it can have at once (the caller
+    holds them until the transaction ends): an account another round holds is passed over. Claiming its
+    newer rows and then waiting for its lock would serialise two workers, each replaying rows the other
+    let gather for only as long as the other's round took (``bench/fleet.py``: 6.3 s of lock waits in ~20 s).
     """
+    if skip_locked:
+        accounts = await _take_free_accounts(conn, limit=limit, accounts=accounts, min_age_s=min_age_s,
+                                             quiet_s=quiet_s)
+        if not accounts:
+            return [], []
+        limit, min_age_s, quiet_s = None, 0.0, None
     skip = " SKIP LOCKED" if skip_locked else ""
-    where = "WHERE account_id = ANY(%(acc)s)" if accounts is not None else ""
     seg = "date_bin(%(width)s, q.seg_start, %(epoch)s)"
     cur = await conn.execute(
-        f"WITH rows AS (SELECT account_id, queued_at, max(queued_at) OVER () AS newest FROM session_queue {where}), "
-        "pick AS (SELECT account_id, min(queued_at) AS waited FROM rows GROUP BY account_id "
-        "HAVING min(queued_at) <= now() - make_interval(secs => %(age)s) "
-        "OR min(newest) <= now() - make_interval(secs => %(quiet)s) ORDER BY 2, 1 LIMIT %(limit)s), "
+        _due(accounts, materialized=False) + " LIMIT %(limit)s), "
         f"segs AS (SELECT q.account_id, q.service, {seg} AS seg, p.waited FROM session_queue q JOIN pick p "
         "USING (account_id) GROUP BY 1, 2, 3, 4), "
         "firsts AS (SELECT account_id, service, seg FROM segs ORDER BY row_number() OVER (PARTITION BY account_id "
@@ -71,9 +81,42 @@ async def claim(conn: Connection, *, limit: int | None, accounts: list[str] | No
         f"ON q.account_id = f.account_id AND q.service = f.service AND {seg} = f.seg "
         f"ORDER BY q.account_id, q.service, q.seg_start FOR UPDATE OF q{skip}",
         {"acc": accounts, "limit": limit, "segments": max_segments, "width": SEGMENT, "epoch": EPOCH,
-         "age": min_age_s, "quiet": min_age_s if quiet_s is None else min(quiet_s, min_age_s)})
+         **_ages(min_age_s, quiet_s)})
     rows: list[Any] = await cur.fetchall()  # LIMIT NULL: every account, every segment
     return [(str(r[0]), str(r[1]), utc(r[2])) for r in rows], [int(r[3]) for r in rows]
+
+
+async def _take_free_accounts(conn: Connection, *, limit: int | None, accounts: list[str] | None,
+                              min_age_s: float, quiet_s: float | None) -> list[str]:
+    """Lock up to ``limit`` accounts due for a replay that no one else holds (the longest waiting first).
+
+    ``pick`` is materialised in its order and the lock is tried row by row under the ``LIMIT``, so no account
+    beyond the limit is locked, and the locks taken are exactly the accounts returned.
+    """
+    cur = await conn.execute(
+        _due(accounts, materialized=True) + ") "
+        f"SELECT account_id FROM pick WHERE pg_try_advisory_xact_lock({account_lock_key('account_id')}) "
+        "LIMIT %(limit)s",
+        {"acc": accounts, "limit": limit, **_ages(min_age_s, quiet_s)})
+    return [str(r[0]) for r in await cur.fetchall()]
+
+
+def _ages(min_age_s: float, quiet_s: float | None) -> dict[str, float]:
+    """The parameters ``age`` and ``quiet`` of ``_due`` (quiet never longer than the age it shortens)."""
+    return {"age": min_age_s, "quiet": min_age_s if quiet_s is None else min(quiet_s, min_age_s)}
+
+
+def _due(accounts: list[str] | None, *, materialized: bool) -> str:
+    """The start of a statement: ``pick``, the accounts (of ``accounts``) due for a replay, longest waiting first.
+
+    Left open after its ``ORDER BY`` (for a ``LIMIT``); parameters ``acc``, ``age`` and ``quiet`` (``claim``).
+    """
+    where = "WHERE account_id = ANY(%(acc)s)" if accounts is not None else ""
+    mat = "MATERIALIZED " if materialized else ""
+    return (f"WITH rows AS (SELECT account_id, queued_at, max(queued_at) OVER () AS newest FROM session_queue {where}"
+            f"), pick AS {mat}(SELECT account_id, min(queued_at) AS waited FROM rows "
+            "GROUP BY account_id HAVING min(queued_at) <= now() - make_interval(secs => %(age)s) "
+            "OR min(newest) <= now() - make_interval(secs => %(quiet)s) ORDER BY 2, 1")
 
 
 async def finish(conn: Connection, ids: Iterable[int]) -> None:

@@ -48,12 +48,17 @@ def utc(ts: Any) -> datetime:
     return ts if ts.tzinfo is UTC else ts.astimezone(UTC)
 
 
+def account_lock_key(column: str) -> str:
+    """The SQL of the advisory lock key of the account named by ``column`` (one key for all who take it)."""
+    return f"hashtextextended('usagehub-account:' || {column}, 0)"
+
+
 async def lock_accounts(conn: Connection, accounts: Iterable[str]) -> None:
     """Serialise sessions and billing of these accounts (ingest, corrections, billing runs), in one order."""
     names = sorted(set(accounts))
     if names:
         await conn.execute(
-            "SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtextextended('usagehub-account:' || a, 0) AS k "
+            f"SELECT pg_advisory_xact_lock(k) FROM (SELECT {account_lock_key('a')} AS k "
             "FROM unnest(%b::text[]) AS a ORDER BY a) AS s", (names,))
 
 
