@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Generator, Iterable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import given, settings
@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from tests.core.test_sessions import AS_OF, BERLIN, BERLIN_RULES, HOUR, _arrivals, point_sets, usage
 from usagehub.core.allocation import Point
 from usagehub.core.segments import (
+    EPOCH,
+    SEGMENT,
     Listed,
     Mark,
     MarkBefore,
@@ -20,6 +22,8 @@ from usagehub.core.segments import (
     Outcome,
     PointsIn,
     rewalk,
+    segment_index,
+    segment_start,
     settle_outcome,
 )
 from usagehub.core.sessions import Resume, Session, SessionRules, sessionize
@@ -182,3 +186,12 @@ def test_a_walk_again_over_unchanged_points_writes_no_mark(points: list[Point], 
     assert store.marks == before
     assert store.stored() == sessionize(points, account_id="acc", service="power", rules=BERLIN_RULES,
                                         as_of=AS_OF)
+
+
+@settings(max_examples=300, deadline=None)
+@given(at=st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2200, 1, 1),
+                       timezones=st.builds(timezone, st.timedeltas(min_value=timedelta(hours=-14),
+                                                                    max_value=timedelta(hours=14)))))
+def test_segment_index_numbers_the_segment_that_segment_start_names(at: datetime) -> None:
+    # Microseconds and offsets of any size, before and after EPOCH: the index keys exactly segment_start's groups.
+    assert segment_start(at) == EPOCH + segment_index(at) * SEGMENT

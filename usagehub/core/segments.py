@@ -50,6 +50,20 @@ def segment_start(at: datetime, segment: timedelta = SEGMENT) -> datetime:
     return _EPOCH + ((ensure_aware(at) - _EPOCH) // segment) * segment
 
 
+_PER_DAY, _WIDTH_S = timedelta(days=1) // SEGMENT, SEGMENT.seconds
+assert timedelta(days=1) == _PER_DAY * SEGMENT, "segment_index needs segments that tile a day"
+
+
+def segment_index(at: datetime) -> int:
+    """The number of the segment (of ``SEGMENT``, from ``EPOCH``) holding the aware instant ``at``.
+
+    A key for grouping instants by segment, for hot paths: ``segment_start``'s timedelta division and product
+    cost ~1 µs an instant; days and seconds of one difference cost a fifth of that.
+    """
+    since = at - _EPOCH
+    return since.days * _PER_DAY + since.seconds // _WIDTH_S
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Acc:
     """What a session accumulated over some points: activity count, devices, per-product partials."""

@@ -23,7 +23,7 @@ from usagehub.core.binding import BindingIndex
 from usagehub.core.counters import UsageEntry
 from usagehub.core.decode import ProfileSet
 from usagehub.core.events import MeterKind, UsageEvent
-from usagehub.core.segments import Outcome, Request, rewalk, segment_start, settle_outcome
+from usagehub.core.segments import Outcome, Request, rewalk, segment_index, settle_outcome
 from usagehub.core.sessions import SessionRules, SortKey
 from usagehub.storage.billing import RecordBook
 from usagehub.storage.marks import Group, StoredForms, answer, save_walks
@@ -165,7 +165,7 @@ class SessionEngine:
                                 max_segments=max_segments, min_age_s=min_age_s, quiet_s=quiet_s)
         claimed = {a for a, _, _ in rows}
         self.last_claimed = len(claimed)
-        self.last_segments = len({(a, s, segment_start(t)) for a, s, t in rows})
+        self.last_segments = len({(a, s, segment_index(t)) for a, s, t in rows})
         if not rows:
             return 0
         await lock_accounts(conn, claimed)
@@ -243,10 +243,12 @@ def _earliest_per_segment(instants: Iterable[tuple[str, str, datetime]]) -> set[
     The exact instant, not the segment start: the replay then starts at the chunk holding it
     (``core.segments.CHUNK``) instead of reading the segment from its start.
     """
-    first: dict[tuple[str, str, datetime], datetime] = {}
-    for account, service, t in instants:
-        key = (account, service, segment_start(t))
-        first[key] = min(first.get(key, t), t)
+    first: dict[tuple[str, str, int], datetime] = {}
+    for account, service, t in instants:  # one per stored point: each step here counts (bench/fleet.py)
+        key = (account, service, segment_index(t))
+        known = first.get(key)
+        if known is None or t < known:
+            first[key] = t
     return {(a, s, t) for (a, s, _), t in first.items()}
 
 
