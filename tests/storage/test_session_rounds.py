@@ -190,3 +190,21 @@ async def test_a_round_passes_over_an_account_another_holds_and_locks_only_what_
     await SessionWorker(pool, replayer).drain()  # a1 is free now
     assert await _queued(pool) == 0
     assert await _derived(pool) == expected
+
+
+async def test_a_drain_waits_for_an_account_another_holds(pool: AsyncConnectionPool,
+                                                          second_pool: AsyncConnectionPool) -> None:
+    """A drain (tests, benches, after workers were stopped) empties the queue: where a running worker's round
+    passes over a held account, a drain waits for it (a cancelled round's backend may hold it a moment longer)."""
+    expected = await _inline(second_pool)
+    engine = await _ingest_deferred(pool)
+    worker = SessionWorker(pool, SessionEngine(engine.profiles, clock=lambda: NOW))
+    async with pool.connection() as held:
+        async with held.transaction():
+            await lock_accounts(held, ["a1"])
+            draining = asyncio.create_task(worker.drain())
+            await asyncio.sleep(0.5)
+            assert not draining.done()  # waiting for a1, not returning with a1 still queued
+        assert await asyncio.wait_for(draining, timeout=30) > 0
+    assert await _queued(pool) == 0
+    assert await _derived(pool) == expected

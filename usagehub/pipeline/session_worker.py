@@ -70,8 +70,10 @@ class SessionWorker:
         self.scale = 1.0  # the share of both bounds in force (adapted to target_round_s)
         self.replayed = 0  # segments replayed since start
 
-    async def round(self, *, min_age_s: float = 0.0, quiet_s: float | None = None) -> int:
-        """One transaction: claim, replay, reconcile, delete; the segments replayed (0: none old enough)."""
+    async def round(self, *, min_age_s: float = 0.0, quiet_s: float | None = None, wait: bool = False) -> int:
+        """One transaction: claim, replay, reconcile, delete; the segments replayed (0: none old enough).
+
+        ``wait``: wait for accounts another transaction holds instead of passing over them (a drain)."""
         started = time.perf_counter()
         async with mapped_errors(), self.pool.connection() as conn, conn.transaction():
             # The name marks the round's transaction in pg_stat_activity (how long a round holds its locks).
@@ -79,7 +81,8 @@ class SessionWorker:
                                (f"{self.lock_timeout_ms}ms", ROUND_NAME))
             segments, budget = self.bounds()
             done = await self.engine.replay_queued(conn, limit=self.accounts_per_round, max_segments=segments,
-                                                   budget=budget, min_age_s=min_age_s, quiet_s=quiet_s)
+                                                   budget=budget, min_age_s=min_age_s, quiet_s=quiet_s,
+                                                   skip_locked=not wait)
         # How long the round held its accounts (ingest batches wait that long), not how long it waited for them.
         self._adapt(time.perf_counter() - (self.engine.locked_at or started))
         if done:
@@ -125,9 +128,12 @@ class SessionWorker:
                 await asyncio.sleep(min(self.coalesce_s, self.quiet_s))
 
     async def drain(self) -> int:
-        """Replay until the queue is empty, young rows too (tests, shutdown); the segments replayed."""
+        """Replay until the queue is empty, young rows too (tests, benches); the segments replayed.
+
+        Unlike a running worker's rounds, a drain waits for an account another transaction holds (a round
+        ending, or a backend whose cancelled round still holds its locks) instead of passing over it."""
         total = 0
-        while done := await self.round():
+        while done := await self.round(wait=True):
             total += done
         return total
 
