@@ -7,7 +7,7 @@ session worker — another process, so the second core works — claims the queu
 a few accounts at a time and replays them (``SessionEngine.replay_queued``) in
 one transaction per round. Several workers (or hubs) share one queue safely:
 a round locks the accounts it can have at once and claims only their rows, so
-two rounds never replay one account at a time nor wait for each other.
+no two rounds replay one account at once, and neither waits for the other.
 Under load a round finds more queued per segment, so its cost per event falls.
 """
 

@@ -168,7 +168,8 @@ class SessionEngine:
         self.last_segments = len({(a, s, segment_index(t)) for a, s, t in rows})
         if not rows:
             return 0
-        await lock_accounts(conn, claimed)
+        if not skip_locked:  # else the claim took the accounts' locks before their rows (storage.session_queue)
+            await lock_accounts(conn, claimed)
         self.locked_at = time.perf_counter()
         zones = {a: ZoneInfo(z) for a, z in (await zones_of(conn, claimed)).items()}
         changed: defaultdict[tuple[str, str], list[datetime]] = defaultdict(list)
