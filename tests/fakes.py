@@ -24,7 +24,7 @@ class RecordingSink:
         fut: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         receipt = self._decide(message)
         if self._delay_s:
-            asyncio.get_running_loop().call_later(self._delay_s, fut.set_result, receipt)
+            asyncio.get_running_loop().call_later(self._delay_s, _resolve, fut, receipt)
         else:
             fut.set_result(receipt)
         return fut
@@ -35,6 +35,11 @@ class RecordingSink:
                 self.received.clear()
                 await self.received.wait()
         return self.messages
+
+
+def _resolve(fut: asyncio.Future[Receipt], receipt: Receipt) -> None:
+    if not fut.done():  # the adapter may have cancelled it (stopped) before the delay ran out
+        fut.set_result(receipt)
 
 
 class StaticDirectory:
