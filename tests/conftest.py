@@ -58,9 +58,31 @@ def _server_folder(prefix: str) -> Path:
     ``USAGEHUB_TEST_DB_DIR`` names another folder.
     """
     base = os.environ.get("USAGEHUB_TEST_DB_DIR")
-    if base is None and os.access("/dev/shm", os.W_OK) and shutil.disk_usage("/dev/shm").free > 4 << 30:
-        base = "/dev/shm"
+    if base is None and os.access("/dev/shm", os.W_OK):
+        _remove_stale_servers(Path("/dev/shm"))
+        if shutil.disk_usage("/dev/shm").free > 4 << 30:
+            base = "/dev/shm"
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+
+
+def _remove_stale_servers(base: Path, min_age_s: float = 600) -> None:
+    """Remove the folders of killed runs' servers (a killed run's server stops with it; its files would hold memory).
+
+    Only folders older than ``min_age_s`` whose server is not running: another run's server may be starting.
+    """
+    for folder in base.glob("usagehub-test-*"):
+        try:
+            if time.time() - folder.stat().st_mtime < min_age_s:
+                continue
+            pid_file = folder / "pg" / "postmaster.pid"
+            if pid_file.exists():
+                os.kill(int(pid_file.read_text().split()[0]), 0)  # raises if no such process
+                continue
+        except (ProcessLookupError, ValueError, IndexError):
+            pass
+        except OSError:  # gone meanwhile, or not ours to look at
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _embedded_server(timescale: bool) -> str:
