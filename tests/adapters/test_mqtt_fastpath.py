@@ -139,6 +139,17 @@ def test_an_invalid_utf8_topic_and_a_topic_alias_are_left_to_paho() -> None:
         assert [(r.topic, r.mid) for r in got] == [("m/1", 7)]
 
 
+def test_with_properties_to_paho_a_publish_with_properties_is_left_to_paho() -> None:
+    plain, with_props = publish(b"p/1", b"x", 1, 7, True), publish(b"p/2", b"y", 1, 8, True, _user_props())
+    stream = bytearray(plain + with_props + plain)
+    got: list[fastpath.Received] = []
+    assert fastpath.take_publishes(stream, True, got.append, properties_to_paho=True) == len(plain)
+    assert [(r.topic, r.mid) for r in got] == [("p/1", 7)]
+    got.clear()  # without it the properties are skipped: all three taken
+    assert fastpath.take_publishes(stream, True, got.append) == len(stream)
+    assert [(r.topic, r.payload) for r in got] == [("p/1", b"x"), ("p/2", b"y"), ("p/1", b"x")]
+
+
 class _Sink:
     """A pipeline whose commits succeed at once, except for payloads it is told to fail (never acked)."""
 

@@ -176,3 +176,51 @@ async def test_malformed_requests_are_refused_with_reasons_and_the_loop_goes_on(
     ok = await devices.ask("dA", "authorize", {"req": "after", "units": "1"})
     assert ok["ok"]  # the loop is alive and money moved only for the valid request
     assert await money(pool, "A") == (Decimal("9.75"), Decimal("0.25"))
+
+
+async def test_mqtt5_requests_with_a_response_topic_and_plain_ones_are_each_answered_where_asked(
+        world: tuple[Devices, PrepaidService], pool: AsyncConnectionPool, mosquitto: Mosquitto) -> None:
+    """The receiver reads plain requests on its fast path and leaves those with MQTT 5 properties to paho:
+    interleaved on one connection, each is answered once, on its Response Topic with its Correlation Data or on
+    the device's response topic, and the money moves once per grant."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    devices, _ = world
+    replies: dict[bytes, tuple[str, dict[str, Any]]] = {}
+    arrived = asyncio.Event()
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="dev5",
+                              protocol=aiomqtt.ProtocolVersion.V5) as dev5:
+        await dev5.subscribe("replies/dA/#", qos=1)
+
+        async def pump() -> None:
+            async for m in dev5.messages:
+                correlation = getattr(m.properties, "CorrelationData", b"")
+                replies[bytes(correlation)] = (m.topic.value, orjson.loads(m.payload))
+                arrived.set()
+
+        pumping = asyncio.create_task(pump())
+        try:
+            for i in range(6):
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.ResponseTopic = f"replies/dA/{i}"
+                props.CorrelationData = f"corr-{i}".encode()
+                await dev5.publish("prepaid/dA/authorize", orjson.dumps({"req": f"v5-{i}", "units": "2"}), qos=1,
+                                   properties=props)
+                await devices.send("dA", "authorize", {"req": f"plain-{i}", "units": "2"})
+            async with asyncio.timeout(10):
+                while len(replies) < 6:
+                    arrived.clear()
+                    await arrived.wait()
+        finally:
+            pumping.cancel()
+            await asyncio.gather(pumping, return_exceptions=True)
+    assert sorted(replies) == [f"corr-{i}".encode() for i in range(6)]
+    for i in range(6):
+        topic, doc = replies[f"corr-{i}".encode()]
+        assert topic == f"replies/dA/{i}" and doc["req"] == f"v5-{i}" and doc["ok"]
+        assert f"v5-{i}" not in devices.answers  # not also on the device's response topic
+        plain = await devices.answer(f"plain-{i}")
+        assert len(plain) == 1 and plain[0]["ok"]
+    # twelve grants of 0.50 EUR held against 10.00, each once
+    assert await money(pool, "A") == (Decimal("4.00"), Decimal("6.00"))

@@ -32,6 +32,7 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from usagehub.adapters.mqtt import lean
 from usagehub.adapters.mqtt.backpressure import ReadPause
+from usagehub.adapters.mqtt.coalesce import CoalescedWrites
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,13 @@ def _varint(buf: bytearray, i: int, end: int) -> tuple[int, int] | None:
     return None
 
 
-def take_publishes(buf: bytearray, v5: bool, put: Callable[[Received], None]) -> int:
+def take_publishes(buf: bytearray, v5: bool, put: Callable[[Received], None], *,
+                   properties_to_paho: bool = False) -> int:
     """Hand every complete QoS 0/1 PUBLISH at the start of ``buf`` to ``put``, in order; the bytes taken.
 
     Stops at the first packet that is not one (or is incomplete, or is not plain UTF-8 topic text):
-    the caller leaves that one to paho.
+    the caller leaves that one to paho. MQTT 5 properties are skipped; with ``properties_to_paho`` a
+    packet that has any is left to paho too (its reader decodes them: a request's Response Topic).
     """
     pos, end = 0, len(buf)
     while pos < end:
@@ -102,7 +105,7 @@ def take_publishes(buf: bytearray, v5: bool, put: Callable[[Received], None]) ->
             i += 2
         if v5:
             props = _varint(buf, i, stop)
-            if props is None or props[1] + props[0] > stop:
+            if props is None or props[1] + props[0] > stop or (properties_to_paho and props[0]):
                 break
             i = props[1] + props[0]
         put(Received(topic, bytes(buf[i:stop]), qos, mid))
@@ -110,27 +113,28 @@ def take_publishes(buf: bytearray, v5: bool, put: Callable[[Received], None]) ->
     return pos
 
 
-def install(client: aiomqtt.Client, pause: ReadPause | None = None) -> bool:
+def install(client: aiomqtt.Client, pause: ReadPause | None = None, *, properties_to_paho: bool = False) -> bool:
     """Give a connected client (plain TCP, buffered reads) the fast PUBLISH reader; False, unchanged, otherwise.
 
     With ``pause``, each read pass tells it what it queued (it stops reading while too much waits).
+    With ``properties_to_paho``, MQTT 5 PUBLISH packets with properties go through paho (``take_publishes``).
     """
     paho = client._client
-    sock = paho._sock
+    sock = paho._sock  # buffered reads, or coalesced writes over buffered reads (coalesce.py)
+    reads = sock._sock if isinstance(sock, CoalescedWrites) else sock
     queue: asyncio.Queue[aiomqtt.Message] | None = getattr(client, "_queue", None)
-    if not lean.supported() or not isinstance(sock, lean.BufferedReads) or queue is None or queue.maxsize > 0:
+    if not lean.supported() or not isinstance(reads, lean.BufferedReads) or queue is None or queue.maxsize > 0:
         return False  # a bounded queue: aiomqtt's own callback handles a full queue, put_nowait would raise
-    reads: lean.BufferedReads = sock
     v5 = paho._protocol == paho_client.MQTTv5
     pahos_read = paho._packet_read
     put = cast(Callable[[Received], None], queue.put_nowait)  # a Received reads as a Message (topic_of)
 
     def packet_read() -> MQTTErrorCode:
-        if paho._in_packet["command"] != 0 or paho._sock is not reads:
+        if paho._in_packet["command"] != 0 or paho._sock is not sock:
             return pahos_read()  # part-way through a packet of its own, or another socket now
         if not reads.pending() and not reads.fill():
             return pahos_read()  # nothing waiting, or the socket failed: paho reports it as always
-        taken = take_publishes(reads.buffer, v5, put)
+        taken = take_publishes(reads.buffer, v5, put, properties_to_paho=properties_to_paho)
         if not taken:
             return pahos_read()
         reads.consume(taken)

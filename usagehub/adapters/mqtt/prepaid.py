@@ -11,7 +11,9 @@ Three parts, so none waits behind another (docs/prepaid.md, "Device side"):
 
 - the **receiver** (one connection) parses each request as it arrives — a malformed
   one is refused with its reason at once — and queues it: no task, future or
-  answer object per message;
+  answer object per message; PUBLISH packets are read by the ingest fast path
+  (``fastpath.py``), except MQTT 5 requests with properties (a Response Topic),
+  which paho decodes;
 - the **decider** hands everything queued to the port in one call (one transaction
   for all of them, when the port can batch), acknowledges those requests to the
   broker (manual PUBACK) after that commit, and queues the answers;
@@ -36,7 +38,7 @@ from paho.mqtt.properties import Properties
 
 from usagehub import metrics
 from usagehub.adapters.link import Link
-from usagehub.adapters.mqtt import lean, prepaid_stages
+from usagehub.adapters.mqtt import fastpath, lean, prepaid_stages
 from usagehub.adapters.mqtt.ack import ManualAck
 from usagehub.adapters.mqtt.coalesce import coalesce_writes
 from usagehub.adapters.mqtt.config import MqttConfig
@@ -68,8 +70,9 @@ class PrepaidMqttSettings:
     answer_qos: int = 1  # a device that misses an answer asks again with the same request id
 
 
+_Message = aiomqtt.Message | fastpath.Received
 # A request waiting for its decision: (message, request id to echo, request, received at, queued at).
-_Pending = tuple[aiomqtt.Message, "str | int | None", DeviceRequest, float, float]
+_Pending = tuple[_Message, "str | int | None", DeviceRequest, float, float]
 # An answer waiting for the publisher: (topic, payload, MQTT 5 properties, received at, stage marks or None).
 _Answer = tuple[str, bytes, "Properties | None", float, "tuple[float, ...] | None"]
 
@@ -140,6 +143,7 @@ class PrepaidMqtt:
             for client in (receiving, publishing):
                 lean.buffer_reads(client)
                 coalesce_writes(client)  # a loop pass's acks (or answers) leave in one send
+            fastpath.install(receiving, properties_to_paho=True)  # else paho reads each packet, as before
             await receiving.subscribe([(f, 1) for f in self.filters()])
             self.client = publishing
             self.connected.set()
@@ -158,7 +162,7 @@ class PrepaidMqtt:
         for_device = self.settings.prefix
         async for message in lean.messages(client):
             received = time.perf_counter()
-            parts = message.topic.value.split("/")
+            parts = fastpath.topic_of(message).split("/")
             if len(parts) < 3:
                 acks.ack(message)
                 continue
@@ -239,9 +243,9 @@ class PrepaidMqtt:
             return await self.port.commit(request.reservation_id, request.used_units, device_id=request.device_id)
         return await self.port.release(request.reservation_id, device_id=request.device_id)
 
-    def _queue_answer(self, message: aiomqtt.Message, device_id: str, prefix: str, answer: dict[str, Any],
+    def _queue_answer(self, message: _Message, device_id: str, prefix: str, answer: dict[str, Any],
                       received: float, marks: tuple[float, ...] | None) -> None:
-        props = message.properties
+        props = getattr(message, "properties", None)  # the fast path takes only packets without any
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         if not response_topic:
             self._answers.put_nowait((f"{prefix}/{device_id}/response", orjson.dumps(answer), None, received, marks))
